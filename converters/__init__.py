@@ -1,0 +1,1 @@
+"""Model importers and exporters. They emit and read edgedl IR only; they know nothing of kernels."""

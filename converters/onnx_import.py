@@ -1,0 +1,260 @@
+"""Import ONNX models (file path, bytes or ModelProto) into an edgedl :class:`~edgedl.ir.Graph`.
+
+Every structural problem becomes a :class:`~edgedl.errors.ModelFormatError` naming what and where.
+External tensor data is read only from inside the model's folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
+from edgedl.ir import MAX_TENSOR_ELEMENTS, Graph, Node, TensorSpec, contiguous
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.UINT16: np.uint16,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.UINT32: np.uint32,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.UINT64: np.uint64,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def onnx_dtype(elem_type: int, where: str) -> np.dtype:
+    """numpy dtype of an ONNX element type; ModelFormatError/UnsupportedOpError for others."""
+    if elem_type in _ONNX_DTYPES:
+        return np.dtype(_ONNX_DTYPES[elem_type])
+    try:
+        name = onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        raise ModelFormatError(f"{where}: unknown element type {elem_type}") from None
+    raise UnsupportedOpError(f"{where}: element type {name} is not supported")
+
+
+def numpy_to_onnx_dtype(dtype: np.dtype) -> int:
+    for k, v in _ONNX_DTYPES.items():
+        if np.dtype(v) == np.dtype(dtype):
+            return k
+    raise EdgeDLError(f"dtype {dtype} has no ONNX equivalent")
+
+
+def read_model_proto(src) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse ``src`` (path, bytes or ModelProto) without external data. Returns the proto and its folder."""
+    if isinstance(src, onnx.ModelProto):
+        return src, None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data, base = bytes(src), None
+        where = "model bytes"
+    elif isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        where = f"'{path}'"
+        if not path.exists():
+            raise ModelFormatError(f"model file {where} does not exist")
+        if path.is_dir():
+            raise ModelFormatError(f"{where} is a folder, not a model file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelFormatError(f"cannot read model file {where}: {e.strerror}") from None
+        base = path.resolve().parent
+    else:
+        raise EdgeDLError(f"cannot load a model from {type(src).__name__}: pass a path, bytes or onnx.ModelProto")
+    if not data:
+        raise ModelFormatError(f"{where} is empty")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception:  # protobuf raises DecodeError and, for some inputs, other errors
+        raise ModelFormatError(f"{where} is not an ONNX model (protobuf decoding failed; truncated or "
+                               "another format?)") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
+        raise ModelFormatError(f"{where} is not an ONNX model (no IR version or no graph outputs)")
+    return proto, base
+
+
+def _safe_external_path(base: Path | None, location: str, tensor: str) -> Path:
+    if base is None:
+        raise ModelFormatError(f"initializer '{tensor}' stores its data in external file '{location}', but the "
+                               "model was not loaded from a file path, so there is no folder to read it from")
+    if not location or "\x00" in location:
+        raise ModelFormatError(f"initializer '{tensor}' has an empty or invalid external data location")
+    rel = Path(location)
+    if rel.is_absolute() or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+        raise ModelFormatError(f"initializer '{tensor}': external data path '{location}' is absolute; only "
+                               "paths inside the model's folder are allowed")
+    if ".." in Path(location.replace("\\", "/")).parts:
+        raise ModelFormatError(f"initializer '{tensor}': external data path '{location}' leaves the model's "
+                               "folder ('..' is not allowed)")
+    full = (base / rel).resolve()
+    if full != base and base not in full.parents:
+        raise ModelFormatError(f"initializer '{tensor}': external data path '{location}' resolves outside the "
+                               "model's folder (symbolic link?)")
+    if not full.is_file():
+        raise ModelFormatError(f"initializer '{tensor}': external data file '{location}' does not exist")
+    return full
+
+
+def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.ndarray:
+    name = t.name or where
+    dims = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in dims):
+        raise ModelFormatError(f"initializer '{name}' has negative dims {dims}")
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if count > MAX_TENSOR_ELEMENTS:
+        raise ModelFormatError(f"initializer '{name}' declares {count} elements {dims}: absurdly large")
+    dtype = onnx_dtype(t.data_type, f"initializer '{name}'")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in t.external_data}
+        path = _safe_external_path(base, info.get("location", ""), name)
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise ModelFormatError(f"initializer '{name}': bad external data offset/length") from None
+        size = path.stat().st_size
+        want = count * dtype.itemsize
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelFormatError(f"initializer '{name}': external data range [{offset}, {offset + length}) "
+                                   f"is outside file '{info.get('location')}' ({size} bytes)")
+        if length != want:
+            raise ModelFormatError(f"initializer '{name}' declares dims {dims} ({want} bytes) but its external "
+                                   f"data holds {length} bytes")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read(length)
+        t2 = onnx.TensorProto()
+        t2.CopyFrom(t)
+        del t2.external_data[:]
+        t2.data_location = onnx.TensorProto.DEFAULT
+        t2.raw_data = raw
+        t = t2
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelFormatError(f"initializer '{name}' declares dims {dims} but its data does not match "
+                               f"({e.__class__.__name__}: {e})") from None
+    if arr.shape != dims:
+        raise ModelFormatError(f"initializer '{name}' declares dims {dims} but its data has shape {arr.shape}")
+    return contiguous(arr)
+
+
+def _value_spec(vi: onnx.ValueInfoProto, kind: str) -> TensorSpec:
+    where = f"{kind} '{vi.name}'"
+    tt = vi.type
+    if tt.WhichOneof("value") != "tensor_type":
+        raise UnsupportedOpError(f"{where} is not a tensor (sequences, maps and optionals are not supported)")
+    dtype = onnx_dtype(tt.tensor_type.elem_type, where) if tt.tensor_type.elem_type else np.dtype(np.float32)
+    if not tt.tensor_type.HasField("shape"):
+        return TensorSpec(vi.name, None, dtype)
+    dims: list = []
+    for i, d in enumerate(tt.tensor_type.shape.dim):
+        which = d.WhichOneof("value")
+        if which == "dim_value":
+            if d.dim_value < 0 or d.dim_value > MAX_TENSOR_ELEMENTS:
+                raise ModelFormatError(f"{where}: dimension {i} is {d.dim_value}, which is not a valid size")
+            dims.append(int(d.dim_value))
+        elif which == "dim_param":
+            dims.append(str(d.dim_param))
+        else:
+            dims.append(None)
+    return TensorSpec(vi.name, tuple(dims), dtype)
+
+
+def _attribute(a: onnx.AttributeProto, node_desc: str):
+    if a.type == onnx.AttributeProto.TENSOR:
+        return _tensor_to_array(a.t, None, f"attribute {a.name} of {node_desc}")
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        raise UnsupportedOpError(f"{node_desc}: subgraph attributes (control flow) are not supported")
+    if a.type == onnx.AttributeProto.SPARSE_TENSOR:
+        raise UnsupportedOpError(f"{node_desc}: sparse tensor attributes are not supported")
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", errors="replace")
+    elif isinstance(v, list) and v and isinstance(v[0], bytes):
+        v = [s.decode("utf-8", errors="replace") for s in v]
+    return v
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    a = node.attrs
+    if "value" in a:
+        return a["value"]
+    if "value_float" in a:
+        return np.array(a["value_float"], np.float32)
+    if "value_floats" in a:
+        return np.array(a["value_floats"], np.float32)
+    if "value_int" in a:
+        return np.array(a["value_int"], np.int64)
+    if "value_ints" in a:
+        return np.array(a["value_ints"], np.int64)
+    raise UnsupportedOpError(f"{node.describe()}: only tensor, float(s) and int(s) constants are supported")
+
+
+def import_onnx(src) -> Graph:
+    """Convert an ONNX model into an edgedl Graph (no shape binding, no optimization)."""
+    proto, base = read_model_proto(src)
+    g = proto.graph
+    opset = 0
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            opset = int(imp.version)
+    if opset == 0:
+        opset = 1 if not proto.opset_import else 13
+
+    initializers: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        if not t.name:
+            raise ModelFormatError("an initializer has no name")
+        initializers[t.name] = _tensor_to_array(t, base, "initializer")
+    if g.sparse_initializer:
+        raise UnsupportedOpError("sparse initializers are not supported")
+
+    inputs = [_value_spec(vi, "graph input") for vi in g.input if vi.name not in initializers]
+    outputs = [_value_spec(vi, "graph output") for vi in g.output]
+
+    nodes: list[Node] = []
+    for i, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{i}"
+        desc = f"{n.op_type} node '{name}'"
+        attrs = {a.name: _attribute(a, desc) for a in n.attribute}
+        node = Node(n.op_type, name, list(n.input), list(n.output), attrs, n.domain or "")
+        nodes.append(node)
+
+    # Constant nodes become initializers: one mechanism for every constant.
+    from edgedl.registry import lookup
+
+    kept: list[Node] = []
+    for node in nodes:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            if len(node.outputs) != 1:
+                raise ModelFormatError(f"{node.describe()} must have exactly one output")
+            initializers[node.outputs[0]] = contiguous(_constant_value(node))
+        else:
+            kept.append(node)
+
+    missing = [n for n in kept if lookup(n.op_type, n.domain) is None]
+    if missing:
+        by_type: dict[str, list[str]] = {}
+        for n in missing:
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            by_type.setdefault(key, []).append(n.name)
+        parts = [f"{t} (nodes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                 for t, names in sorted(by_type.items())]
+        raise UnsupportedOpError(f"unsupported operators: {'; '.join(parts)}")
+
+    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph")
+    graph.validate_and_sort()
+    return graph

@@ -1,0 +1,62 @@
+"""edgedl: run and fine-tune neural networks on single-board computers with Numba-compiled kernels.
+
+The public surface is small::
+
+    import edgedl
+    model = edgedl.load("model.onnx")
+    outputs = model.run({"input": x})     # dict name -> array
+    y = model(x)                          # positional inputs, one array or a tuple
+"""
+from __future__ import annotations
+
+from .errors import EdgeDLError, InputError, ModelFormatError, ShapeError, UnsupportedOpError
+from .model import Model, TensorInfo
+from .threads import set_num_threads
+
+__version__ = "0.1.0"
+
+
+def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None) -> Model:
+    """Load an ONNX model.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, bytes or onnx.ModelProto
+        The model: a path to an ``.onnx`` file (external data is read from its folder only), the bytes of
+        one, or a parsed ``onnx.ModelProto``.
+    target : str, optional
+        A target profile name (e.g. ``"rpi4"``); profiles arrive with the targets work. ``None`` runs with
+        the host's defaults.
+    optimize : bool
+        Run the load-time passes (Identity/Dropout removal, BatchNormalization folding, activation fusion).
+    num_threads : int, optional
+        Threads for parallel kernels for this model (default: ``edgedl.set_num_threads`` or all cores).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    EdgeDLError
+        For a missing, empty, truncated or invalid file, unsupported operators, or shapes that do not fit.
+    """
+    from .converters.onnx_import import import_onnx
+    from .passes import optimize as run_passes
+
+    graph = import_onnx(src)
+    if optimize:
+        run_passes(graph)
+    if target is not None:
+        from .targets import resolve_target
+
+        target = resolve_target(target)
+        if num_threads is None:
+            num_threads = target.num_threads
+    return Model(graph, target=target, num_threads=num_threads)
+
+
+__all__ = [
+    "load", "Model", "TensorInfo", "set_num_threads", "EdgeDLError", "ModelFormatError",
+    "UnsupportedOpError", "ShapeError", "InputError", "__version__",
+]

@@ -1,0 +1,167 @@
+"""The public Model: a loaded graph, its ops, and plans cached per binding of input shapes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import EdgeDLError, InputError, ShapeError
+from .ir import Graph, TensorSpec, TensorType, contiguous
+from .registry import Op, lookup
+from .runtime.plan import Plan, build_plan
+from .threads import configure_threads
+
+#: How many shape bindings keep their plan (and arena) alive at once.
+MAX_CACHED_PLANS = 8
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (ints, or str for symbolic dims, or None for unknown) and dtype of a model input/output."""
+
+    name: str
+    shape: tuple | None
+    dtype: np.dtype
+
+
+class Model:
+    """A model ready to run. Create it with :func:`edgedl.load`.
+
+    Symbolic input dimensions (ONNX ``dim_param`` such as a batch size ``N``) bind to the shapes given at
+    ``run``; every new binding gets its own plan (shapes, folded constants, kernels and arena), cached.
+    """
+
+    def __init__(self, graph: Graph, target=None, num_threads: int | None = None):
+        self.graph = graph
+        self.target = target
+        self.num_threads = num_threads
+        self._ops: dict[str, Op] = {}
+        for node in graph.nodes:
+            cls = lookup(node.op_type, node.domain)
+            if cls is None:  # importers check this already; keep the error clear for hand-built graphs
+                raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
+            self._ops[node.name] = cls(node, graph.opset)
+        self._plans: dict[tuple, Plan] = {}
+        if all(s.is_static for s in graph.inputs):
+            self.plan()  # static models are fully validated at load time
+
+    # --- description --------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self.graph.outputs]
+
+    def __repr__(self) -> str:
+        ins = ", ".join(repr(s) for s in self.graph.inputs)
+        outs = ", ".join(repr(s) for s in self.graph.outputs)
+        return f"<edgedl.Model {self.graph.name!r} ({ins}) -> ({outs}), {len(self.graph.nodes)} nodes>"
+
+    # --- planning -----------------------------------------------------------------------------------
+    def _bind(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorType]:
+        symbols: dict[str, int] = {}
+        bound: dict[str, TensorType] = {}
+        for spec in self.graph.inputs:
+            shape = tuple(int(d) for d in shapes[spec.name])
+            if spec.shape is not None:
+                if len(shape) != len(spec.shape):
+                    raise InputError(f"input '{spec.name}' must have rank {len(spec.shape)} (shape "
+                                     f"{_fmt(spec.shape)}), got shape {shape}")
+                for axis, (d, v) in enumerate(zip(spec.shape, shape)):
+                    if isinstance(d, int) and d != v:
+                        raise InputError(f"input '{spec.name}' must have shape {_fmt(spec.shape)}, got {shape} "
+                                         f"(axis {axis} is {v}, expected {d})")
+                    if isinstance(d, str):
+                        if symbols.setdefault(d, v) != v:
+                            raise InputError(f"input '{spec.name}': dimension '{d}' is {v} here but "
+                                             f"{symbols[d]} in another input")
+            bound[spec.name] = TensorType(shape, np.dtype(spec.dtype))
+        return bound
+
+    def plan(self, shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+        """The plan for a binding of input shapes (symbolic and unknown dims default to 1)."""
+        if shapes is None:
+            shapes = {s.name: tuple(d if isinstance(d, int) else 1 for d in (s.shape or ()))
+                      for s in self.graph.inputs}
+        key = tuple((n, tuple(shapes[n])) for n in sorted(shapes))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = build_plan(self.graph, self._ops, self._bind(shapes))
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        return plan
+
+    @property
+    def arena_bytes(self) -> int:
+        """Arena size of the default plan (symbolic dims bound to 1)."""
+        return self.plan().arena_bytes
+
+    @property
+    def arena_lower_bound(self) -> int:
+        """Most activation bytes live at any one step of the default plan."""
+        return self.plan().arena_lower_bound
+
+    # --- running ------------------------------------------------------------------------------------
+    def _check_feeds(self, feeds: dict) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
+        names = {s.name for s in self.graph.inputs}
+        unknown = sorted(set(feeds) - names)
+        if unknown:
+            raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {sorted(names)}")
+        missing = [s.name for s in self.graph.inputs if s.name not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}")
+        out = {}
+        for spec in self.graph.inputs:
+            arr = feeds[spec.name]
+            if not isinstance(arr, np.ndarray):
+                if np.isscalar(arr) or isinstance(arr, (list, tuple)):
+                    arr = np.asarray(arr)
+                else:
+                    raise InputError(f"input '{spec.name}' must be a numpy array, got {type(arr).__name__}")
+            if arr.dtype != spec.dtype:
+                raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got "
+                                 f"{arr.dtype.name}")
+            out[spec.name] = contiguous(arr)
+        return out
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model. ``feeds`` maps every input name to an array; returns output name -> array."""
+        feeds = self._check_feeds(feeds)
+        plan = self.plan({n: a.shape for n, a in feeds.items()})
+        configure_threads(self.num_threads)
+        return plan.run(feeds)
+
+    def __call__(self, *arrays: np.ndarray):
+        """Run with positional inputs; returns one array or a tuple of arrays (in output order)."""
+        if len(arrays) != len(self.graph.inputs):
+            raise InputError(f"the model takes {len(self.graph.inputs)} input(s) "
+                             f"({[s.name for s in self.graph.inputs]}), got {len(arrays)}")
+        result = self.run({s.name: a for s, a in zip(self.graph.inputs, arrays)})
+        outs = tuple(result[s.name] for s in self.graph.outputs)
+        return outs[0] if len(outs) == 1 else outs
+
+    # --- inspection ---------------------------------------------------------------------------------
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.graph.nodes:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def num_parameters(self) -> int:
+        return int(sum(a.size for a in self.graph.initializers.values()))
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def spec_of(t: TensorSpec) -> TensorInfo:
+    return TensorInfo(t.name, t.shape, np.dtype(t.dtype))
+
+
+__all__ = ["Model", "TensorInfo", "ShapeError"]

@@ -1,0 +1,62 @@
+"""Small helpers shared by op families: axis normalization, broadcasting, reading constant inputs."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError, UnsupportedOpError
+from ..ir import TensorType
+from ..registry import Op
+
+
+def normalize_axis(op: Op, axis: int, rank: int, what: str = "axis") -> int:
+    """Map a possibly negative axis into [0, rank); ShapeError when out of range."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise op.error(f"{what} {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def broadcast_shapes(op: Op, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy (multidirectional) broadcasting; ShapeError naming the shapes when they do not fit."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for k in range(rank):
+        dims = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise op.error(f"shapes {', '.join(str(tuple(s)) for s in shapes)} cannot be broadcast together")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def const_input(op: Op, consts: list, index: int, what: str) -> np.ndarray:
+    """The value of a constant input, or UnsupportedOpError if it is computed at run time."""
+    value = consts[index] if index < len(consts) else None
+    if value is None:
+        raise op.error(f"{what} (input {index}) must be a constant known when the plan is built; "
+                       "data-dependent values are not supported", UnsupportedOpError)
+    return value
+
+
+def const_ints(op: Op, consts: list, index: int, what: str) -> list[int]:
+    value = const_input(op, consts, index, what)
+    if value.dtype.kind not in "iu":
+        raise op.error(f"{what} must be integers, got {value.dtype}")
+    return [int(v) for v in value.reshape(-1)]
+
+
+def require_dtype(op: Op, t: TensorType, allowed: tuple, what: str = "input") -> None:
+    if np.dtype(t.dtype).name not in allowed:
+        raise op.error(f"{what} has dtype {np.dtype(t.dtype).name}; supported: {', '.join(allowed)}",
+                       UnsupportedOpError)
+
+
+def same_dtype(op: Op, ins: list, what: str = "inputs") -> np.dtype:
+    dts = {np.dtype(t.dtype) for t in ins if t is not None}
+    if len(dts) != 1:
+        raise op.error(f"{what} must share one dtype, got {sorted(d.name for d in dts)}")
+    return dts.pop()
+
+
+__all__ = ["normalize_axis", "broadcast_shapes", "const_input", "const_ints", "require_dtype", "same_dtype",
+           "ShapeError"]

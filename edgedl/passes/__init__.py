@@ -1,0 +1,18 @@
+"""Graph rewrites that run once at load time (shape-independent). Constant folding that needs shapes runs
+at plan time (see ``edgedl.runtime.plan``)."""
+from __future__ import annotations
+
+from ..ir import Graph
+from .fuse import fold_batchnorm, fuse_activations
+from .simplify import remove_identities
+
+
+def optimize(graph: Graph) -> Graph:
+    """Run the default load-time pipeline in place and return the graph."""
+    remove_identities(graph)
+    fold_batchnorm(graph)
+    fuse_activations(graph)
+    return graph
+
+
+__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_activations"]

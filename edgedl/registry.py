@@ -1,0 +1,130 @@
+"""The op registry: each operator is registered once, with everything it needs side by side.
+
+An op class (a subclass of :class:`Op`) is constructed once per node. It parses the node's attributes in
+``__init__`` and provides:
+
+* ``infer(ins, consts)``: the shape rule. ``ins`` holds a :class:`~edgedl.ir.TensorType` per input (None for
+  an omitted optional input) and ``consts`` the value of each input that is a known constant (else None).
+  It returns one TensorType per output and raises :class:`~edgedl.errors.EdgeDLError` for inputs that do
+  not fit. It runs before any kernel, so kernels may trust the shapes they get.
+* ``ref(*arrays)``: the numpy reference, the spec that tests check kernels against. It also folds
+  constants at plan time.
+* ``build(ins, outs, consts)``: the prepare step. It computes constant parameters once (packed weights,
+  broadcast strides) and returns a :class:`Kernel` that runs on preallocated outputs. The default runs
+  ``ref`` and copies the result; ops with Numba kernels override it.
+
+Class attributes describe coverage for ``edgedl ops``: ``kernels`` maps a device to the dtypes that have a
+compiled kernel there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from .errors import EdgeDLError, ShapeError, UnsupportedOpError
+from .ir import Node, TensorType
+
+KernelFn = Callable[[list, list, np.ndarray], None]
+
+
+@dataclass
+class Kernel:
+    """A prepared kernel: ``fn(inputs, outputs, scratch)`` writes into preallocated ``outputs``.
+
+    ``scratch_bytes`` of workspace are handed in as a uint8 array that lives only during this step.
+    ``impl`` says what runs: "numba" (a compiled kernel) or "numpy" (the reference path).
+    """
+
+    fn: KernelFn
+    scratch_bytes: int = 0
+    impl: str = "numba"
+
+
+class Op:
+    """Base class of every operator. See the module docstring for the contract."""
+
+    op_type: ClassVar[str] = ""
+    domain: ClassVar[str] = ""
+    #: device -> dtypes with a compiled kernel, e.g. {"cpu": ("float32",)}
+    kernels: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: output 0 is a view of input 0 with another shape (Reshape, Flatten, Squeeze, ...): no copy
+    alias: ClassVar[bool] = False
+    #: outputs depend only on input shapes (Shape, Size): always folded at plan time
+    shape_only: ClassVar[bool] = False
+    #: minimum and maximum number of inputs
+    num_inputs: ClassVar[tuple[int, int]] = (1, 1)
+
+    def __init__(self, node: Node, opset: int):
+        self.node = node
+        self.opset = opset
+        lo, hi = self.num_inputs
+        n = len(node.inputs)
+        while n > 0 and not node.inputs[n - 1]:
+            n -= 1
+        if n < lo or n > hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise self.error(f"takes {want} inputs, got {n}")
+
+    # --- helpers for subclasses -------------------------------------------------------------------
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.node.attrs.get(name, default)
+
+    def error(self, msg: str, cls: type[EdgeDLError] = ShapeError) -> EdgeDLError:
+        return cls(f"{self.node.describe()}: {msg}")
+
+    def unsupported(self, msg: str) -> EdgeDLError:
+        return self.error(msg, UnsupportedOpError)
+
+    # --- the contract ---------------------------------------------------------------------------------
+    def infer(self, ins: list[TensorType | None], consts: list[np.ndarray | None]) -> list[TensorType]:
+        raise NotImplementedError
+
+    def ref(self, *inputs: np.ndarray | None) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def build(self, ins: list[TensorType | None], outs: list[TensorType],
+              consts: list[np.ndarray | None]) -> Kernel:
+        return ref_kernel(self)
+
+
+def ref_kernel(op: Op) -> Kernel:
+    """A kernel that runs the numpy reference and copies into the preallocated outputs."""
+
+    def run(inputs, outputs, scratch):
+        results = op.ref(*inputs)
+        for out, res in zip(outputs, results):
+            out[...] = res
+
+    return Kernel(run, impl="numpy")
+
+
+_REGISTRY: dict[tuple[str, str], type[Op]] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: add an op class to the registry under (domain, op_type)."""
+    key = (cls.domain, cls.op_type)
+    if not cls.op_type:
+        raise TypeError(f"{cls.__name__} has no op_type")
+    if key in _REGISTRY:
+        raise TypeError(f"op {key} registered twice")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def lookup(op_type: str, domain: str = "") -> type[Op] | None:
+    _load_ops()
+    if domain == "ai.onnx":
+        domain = ""
+    return _REGISTRY.get((domain, op_type))
+
+
+def registered_ops() -> dict[tuple[str, str], type[Op]]:
+    _load_ops()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _load_ops() -> None:
+    from . import ops  # noqa: F401  (importing the package registers every op family)

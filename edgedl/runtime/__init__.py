@@ -1,0 +1,1 @@
+"""Planning (shape binding, constant folding, memory arena) and execution of edgedl graphs."""

@@ -1,0 +1,230 @@
+"""Turn a graph plus concrete input types into an executable plan.
+
+Building a plan: bind shapes (running every op's shape rule in topological order), fold constants (any node
+whose inputs are all constant, and every shape-only node such as Shape), drop nodes no output needs,
+prepare a kernel per remaining node, and lay every intermediate tensor and kernel workspace into one arena
+by liveness. Running a plan does no allocation beyond the outputs handed to the caller.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EdgeDLError, ShapeError
+from ..ir import Graph, Node, TensorType, check_shape, contiguous
+from ..registry import Kernel, Op
+from .arena import Buffer, lower_bound, plan_arena
+
+
+@dataclass
+class Step:
+    node: Node
+    op: Op
+    kernel: Kernel
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    scratch: np.ndarray | None = None
+    #: output 0 becomes a view of input 0 with this shape (no kernel runs)
+    view_shape: tuple[int, ...] | None = None
+
+
+@dataclass
+class Plan:
+    """An executable plan for one binding of input shapes."""
+
+    input_types: dict[str, TensorType]
+    types: dict[str, TensorType]
+    steps: list[Step]
+    slot_of: dict[str, int]
+    template: list
+    input_slots: list[tuple[str, int]]
+    fresh_outputs: list[tuple[int, tuple[int, ...], np.dtype]]
+    outputs: list[tuple[str, int, bool]]  # (name, slot, copy before returning)
+    arena: np.ndarray
+    arena_bytes: int
+    arena_lower_bound: int
+    folded: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            slots = list(self.template)
+            for name, idx in self.input_slots:
+                slots[idx] = feeds[name]
+            for idx, shape, dtype in self.fresh_outputs:
+                slots[idx] = np.empty(shape, dtype)
+            for step in self.steps:
+                if step.view_shape is not None:
+                    slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
+                    continue
+                step.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
+                               [slots[o] for o in step.outs], step.scratch)
+            return {name: (np.array(slots[idx], copy=True) if copy else slots[idx])
+                    for name, idx, copy in self.outputs}
+
+    def kernel_impls(self) -> dict[str, int]:
+        """How many steps run each implementation ("numba", "numpy", "view")."""
+        counts: dict[str, int] = {}
+        for s in self.steps:
+            key = "view" if s.view_shape is not None else s.kernel.impl
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _context(node: Node, exc: Exception) -> EdgeDLError:
+    if isinstance(exc, EdgeDLError):
+        msg = str(exc)
+        if node.name not in msg:
+            msg = f"{node.describe()}: {msg}"
+        return type(exc)(msg)
+    return EdgeDLError(f"{node.describe()}: {type(exc).__name__}: {exc}")
+
+
+def _dummy(t: TensorType) -> np.ndarray:
+    """A zero-memory stand-in with the right shape and dtype (for shape-only ops)."""
+    return np.broadcast_to(np.zeros((), t.dtype), t.shape)
+
+
+def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorType]) -> Plan:
+    types: dict[str, TensorType] = {}
+    consts: dict[str, np.ndarray] = {}
+    for name, arr in graph.initializers.items():
+        consts[name] = arr
+        types[name] = TensorType(arr.shape, arr.dtype)
+    types.update(input_types)
+
+    live: list[Node] = []
+    folded = 0
+    for node in graph.nodes:
+        op = ops[node.name]
+        ins = [types[i] if i else None for i in node.inputs]
+        cin = [consts.get(i) if i else None for i in node.inputs]
+        try:
+            outs = op.infer(ins, cin)
+            for k, (name, t) in enumerate(zip(node.outputs, outs)):
+                if name:
+                    types[name] = TensorType(check_shape(t.shape, f"output {k} ('{name}')"), np.dtype(t.dtype))
+            if len(outs) < sum(1 for o in node.outputs if o):
+                raise ShapeError(f"has {len(node.outputs)} outputs, at most {len(outs)} are defined")
+            present = [c for i, c in zip(node.inputs, cin) if i]
+            if op.shape_only or (present and all(c is not None for c in present)):
+                args = [(_dummy(t) if op.shape_only else c) if t is not None else None for t, c in zip(ins, cin)]
+                values = op.ref(*args)
+                for name, val in zip(node.outputs, values):
+                    if name:
+                        val = contiguous(val)
+                        if val.shape != types[name].shape or val.dtype != types[name].dtype:
+                            raise EdgeDLError(f"internal: folded value of '{name}' is {val.dtype}{val.shape}, "
+                                              f"shape rule said {types[name]}")
+                        consts[name] = val
+                folded += 1
+                continue
+        except Exception as e:  # noqa: BLE001 - every failure gets the node's name attached
+            raise _context(node, e) from e
+        live.append(node)
+
+    for spec in graph.outputs:
+        t = types[spec.name]
+        if spec.dtype is not None and spec.shape is not None and t.dtype != spec.dtype:
+            raise ShapeError(f"graph output '{spec.name}' is declared {spec.dtype} but computes {t.dtype}")
+        if spec.shape is not None and len(spec.shape) == len(t.shape):
+            for d, v in zip(spec.shape, t.shape):
+                if isinstance(d, int) and d != v:
+                    raise ShapeError(f"graph output '{spec.name}' is declared with shape {spec.shape} but "
+                                     f"computes {t.shape}")
+
+    # Dead-node elimination: keep what the graph outputs need.
+    needed = {s.name for s in graph.outputs}
+    kept: list[Node] = []
+    for node in reversed(live):
+        if any(o in needed for o in node.outputs if o):
+            kept.append(node)
+            needed.update(i for i in node.inputs if i)
+    kept.reverse()
+
+    output_names = [s.name for s in graph.outputs]
+    graph_out = set(output_names)
+    graph_in = set(input_types)
+
+    slot_of: dict[str, int] = {}
+    template: list = []
+
+    def slot(name: str) -> int:
+        if name not in slot_of:
+            slot_of[name] = len(template)
+            template.append(consts.get(name))
+        return slot_of[name]
+
+    steps: list[Step] = []
+    base_of: dict[str, str] = {}  # alias tensor -> arena tensor whose memory it views
+    for s_idx, node in enumerate(kept):
+        op = ops[node.name]
+        ins_t = [types[i] if i else None for i in node.inputs]
+        cin = [consts.get(i) if i else None for i in node.inputs]
+        outs_t = [types[o] for o in node.outputs if o]
+        try:
+            src = node.inputs[0] if node.inputs else ""
+            if op.alias and node.outputs[0] not in graph_out and src not in consts:
+                kernel = Kernel(lambda i, o, s: None, impl="view")
+                view = types[node.outputs[0]].shape
+                if src not in graph_in and src not in graph_out:
+                    base_of[node.outputs[0]] = base_of.get(src, src)
+            else:
+                kernel = op.build(ins_t, outs_t, cin)
+                view = None
+        except Exception as e:  # noqa: BLE001
+            raise _context(node, e) from e
+        ins = tuple(slot(i) if i else -1 for i in node.inputs)
+        outs = tuple(slot(o) for o in node.outputs if o)
+        steps.append(Step(node, op, kernel, ins, outs, None, view))
+        del s_idx
+
+    for name in output_names:
+        slot(name)
+
+    # Liveness of arena tensors (intermediates that are not graph outputs, inputs or constants).
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for s_idx, step in enumerate(steps):
+        node = step.node
+        for i in node.inputs:
+            if i:
+                b = base_of.get(i, i)
+                if b in first:
+                    last[b] = max(last[b], s_idx)
+        for o in node.outputs:
+            if o and o not in graph_out and o not in base_of and o not in consts:
+                first[o] = s_idx
+                last[o] = s_idx
+    buffers = [Buffer(name, types[name].nbytes, first[name], last[name]) for name in first]
+    buffers += [Buffer(("scratch", s_idx), step.kernel.scratch_bytes, s_idx, s_idx)
+                for s_idx, step in enumerate(steps) if step.kernel.scratch_bytes > 0]
+    arena_bytes = plan_arena(buffers)
+    arena = np.empty(max(arena_bytes, 1), np.uint8)
+    for buf in buffers:
+        raw = arena[buf.offset:buf.offset + buf.nbytes]
+        if isinstance(buf.key, tuple):
+            steps[buf.key[1]].scratch = raw
+        else:
+            t = types[buf.key]
+            template[slot_of[buf.key]] = raw.view(t.dtype).reshape(t.shape)
+
+    fresh = []
+    outputs = []
+    produced_fresh = set()
+    for step in steps:
+        for o in step.node.outputs:
+            if o in graph_out and step.view_shape is None and o not in produced_fresh:
+                produced_fresh.add(o)
+                fresh.append((slot_of[o], types[o].shape, types[o].dtype))
+    for name in output_names:
+        outputs.append((name, slot_of[name], name not in produced_fresh))
+
+    return Plan(
+        input_types=dict(input_types), types=types, steps=steps, slot_of=slot_of, template=template,
+        input_slots=[(n, slot_of[n]) for n in input_types if n in slot_of], fresh_outputs=fresh,
+        outputs=outputs, arena=arena, arena_bytes=arena_bytes, arena_lower_bound=lower_bound(buffers),
+        folded=folded,
+    )
