@@ -154,6 +154,8 @@ def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.n
 def _value_spec(vi: onnx.ValueInfoProto, kind: str) -> TensorSpec:
     where = f"{kind} '{vi.name}'"
     tt = vi.type
+    if tt.WhichOneof("value") is None and kind == "graph output":
+        return TensorSpec(vi.name, None, None)  # no declared type: taken from the plan
     if tt.WhichOneof("value") != "tensor_type":
         raise UnsupportedOpError(f"{where} is not a tensor (sequences, maps and optionals are not supported)")
     dtype = onnx_dtype(tt.tensor_type.elem_type, where) if tt.tensor_type.elem_type else np.dtype(np.float32)
@@ -245,7 +247,10 @@ def import_onnx(src) -> Graph:
         else:
             kept.append(node)
 
-    missing = [n for n in kept if lookup(n.op_type, n.domain) is None]
+    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph")
+    graph.validate_and_sort()
+
+    missing = [n for n in graph.nodes if lookup(n.op_type, n.domain) is None]
     if missing:
         by_type: dict[str, list[str]] = {}
         for n in missing:
@@ -254,7 +259,4 @@ def import_onnx(src) -> Graph:
         parts = [f"{t} (nodes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
                  for t, names in sorted(by_type.items())]
         raise UnsupportedOpError(f"unsupported operators: {'; '.join(parts)}")
-
-    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph")
-    graph.validate_and_sort()
     return graph

@@ -19,3 +19,15 @@ class ShapeError(EdgeDLError):
 
 class InputError(EdgeDLError):
     """The feeds given to ``Model.run`` have wrong names, shapes or dtypes."""
+
+
+class ConstantRequired(UnsupportedOpError):
+    """An op needs the value of a tensor (a Reshape shape, Slice starts, ...) when the plan is built.
+
+    When that tensor is computed from graph inputs, the Model specializes its plan on those inputs' values
+    (as it does on input shapes); otherwise this error reaches the user.
+    """
+
+    def __init__(self, message: str, tensor: str):
+        super().__init__(message)
+        self.tensor = tensor

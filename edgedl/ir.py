@@ -25,9 +25,11 @@ class TensorSpec:
 
     name: str
     shape: tuple[Dim, ...] | None
-    dtype: np.dtype
+    dtype: np.dtype | None
 
     def __repr__(self) -> str:
+        if self.dtype is None:
+            return f"{self.name}: ?"
         dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
         return f"{self.name}: {np.dtype(self.dtype).name}{dims}"
 

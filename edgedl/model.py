@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EdgeDLError, InputError, ShapeError
+from .errors import ConstantRequired, EdgeDLError, InputError, ShapeError
 from .ir import Graph, TensorSpec, TensorType, contiguous
 from .registry import Op, lookup
 from .runtime.plan import Plan, build_plan
@@ -35,15 +35,24 @@ class Model:
         self.graph = graph
         self.target = target
         self.num_threads = num_threads
-        self._ops: dict[str, Op] = {}
+        self._op_classes: dict[str, type[Op]] = {}
         for node in graph.nodes:
             cls = lookup(node.op_type, node.domain)
             if cls is None:  # importers check this already; keep the error clear for hand-built graphs
                 raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
-            self._ops[node.name] = cls(node, graph.opset)
+            self._op_classes[node.name] = cls
+            cls(node, graph.opset)  # attributes are validated at load time
         self._plans: dict[tuple, Plan] = {}
+        #: graph inputs whose values the plans are specialized on (e.g. a Reshape shape fed as an input)
+        self._value_inputs: set[str] = set()
         if all(s.is_static for s in graph.inputs):
-            self.plan()  # static models are fully validated at load time
+            try:
+                self.plan()  # static models are fully validated at load time
+            except ConstantRequired as e:
+                sources = self._inputs_feeding(e.tensor)
+                if not sources:
+                    raise
+                self._value_inputs |= sources  # validated at the first run, once the values are known
 
     # --- description --------------------------------------------------------------------------------
     @property
@@ -52,7 +61,14 @@ class Model:
 
     @property
     def outputs(self) -> list[TensorInfo]:
-        return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self.graph.outputs]
+        infos = []
+        for s in self.graph.outputs:
+            shape, dtype = s.shape, s.dtype
+            if dtype is None and all(i.is_static for i in self.graph.inputs):
+                t = self.plan().types[s.name]
+                shape, dtype = t.shape, t.dtype
+            infos.append(TensorInfo(s.name, shape, None if dtype is None else np.dtype(dtype)))
+        return infos
 
     def __repr__(self) -> str:
         ins = ", ".join(repr(s) for s in self.graph.inputs)
@@ -80,19 +96,45 @@ class Model:
             bound[spec.name] = TensorType(shape, np.dtype(spec.dtype))
         return bound
 
-    def plan(self, shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
-        """The plan for a binding of input shapes (symbolic and unknown dims default to 1)."""
+    def plan(self, shapes: dict[str, tuple[int, ...]] | None = None,
+             values: dict[str, np.ndarray] | None = None) -> Plan:
+        """The plan for a binding of input shapes (symbolic and unknown dims default to 1).
+
+        ``values`` holds the feeds of inputs the plan must be specialized on (see ``run``)."""
         if shapes is None:
             shapes = {s.name: tuple(d if isinstance(d, int) else 1 for d in (s.shape or ()))
                       for s in self.graph.inputs}
+        values = {n: values[n] for n in self._value_inputs} if values and self._value_inputs else {}
+        if self._value_inputs and len(values) != len(self._value_inputs):
+            raise ConstantRequired(f"this model needs the values of inputs {sorted(self._value_inputs)} to "
+                                   "build a plan: call run() with feeds", sorted(self._value_inputs)[0])
         key = tuple((n, tuple(shapes[n])) for n in sorted(shapes))
+        key += tuple((n, values[n].dtype.str, values[n].tobytes()) for n in sorted(values))
         plan = self._plans.get(key)
         if plan is None:
-            plan = build_plan(self.graph, self._ops, self._bind(shapes))
+            # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
+            ops = {n.name: self._op_classes[n.name](n, self.graph.opset) for n in self.graph.nodes}
+            plan = build_plan(self.graph, ops, self._bind(shapes), values)
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
         return plan
+
+    def _inputs_feeding(self, tensor: str) -> set[str]:
+        """Graph inputs that ``tensor`` is computed from."""
+        producers = self.graph.producers()
+        graph_inputs = {s.name for s in self.graph.inputs}
+        found, stack, seen = set(), [tensor], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in graph_inputs:
+                found.add(t)
+            elif t in producers:
+                stack.extend(i for i in producers[t].inputs if i)
+        return found
 
     @property
     def arena_bytes(self) -> int:
@@ -132,7 +174,18 @@ class Model:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model. ``feeds`` maps every input name to an array; returns output name -> array."""
         feeds = self._check_feeds(feeds)
-        plan = self.plan({n: a.shape for n, a in feeds.items()})
+        shapes = {n: a.shape for n, a in feeds.items()}
+        while True:
+            try:
+                plan = self.plan(shapes, feeds)
+                break
+            except ConstantRequired as e:
+                # A value the plan needs (a Reshape shape, Slice starts...) comes from graph inputs:
+                # specialize plans on those inputs' values, as on shapes. Gives up if nothing new is found.
+                sources = self._inputs_feeding(e.tensor) - self._value_inputs
+                if not sources:
+                    raise
+                self._value_inputs |= sources
         configure_threads(self.num_threads)
         return plan.run(feeds)
 

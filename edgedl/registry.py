@@ -1,6 +1,7 @@
 """The op registry: each operator is registered once, with everything it needs side by side.
 
-An op class (a subclass of :class:`Op`) is constructed once per node. It parses the node's attributes in
+An op class (a subclass of :class:`Op`) is constructed once per node and plan (so state that ``infer``
+stores on ``self`` belongs to one binding of shapes). It parses the node's attributes in
 ``__init__`` and provides:
 
 * ``infer(ins, consts)``: the shape rule. ``ins`` holds a :class:`~edgedl.ir.TensorType` per input (None for

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ShapeError, UnsupportedOpError
+from ..errors import ConstantRequired, ShapeError, UnsupportedOpError
 from ..ir import TensorType
 from ..registry import Op
 
@@ -33,8 +33,10 @@ def const_input(op: Op, consts: list, index: int, what: str) -> np.ndarray:
     """The value of a constant input, or UnsupportedOpError if it is computed at run time."""
     value = consts[index] if index < len(consts) else None
     if value is None:
-        raise op.error(f"{what} (input {index}) must be a constant known when the plan is built; "
-                       "data-dependent values are not supported", UnsupportedOpError)
+        tensor = op.node.inputs[index] if index < len(op.node.inputs) else ""
+        raise ConstantRequired(f"{op.node.describe()}: {what} (input {index}, '{tensor}') must be known when "
+                               "the plan is built; values computed from data inside the model are not "
+                               "supported", tensor)
     return value
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EdgeDLError, ShapeError
+from ..errors import ConstantRequired, EdgeDLError, ShapeError
 from ..ir import Graph, Node, TensorType, check_shape, contiguous
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
@@ -74,6 +74,8 @@ class Plan:
 
 
 def _context(node: Node, exc: Exception) -> EdgeDLError:
+    if isinstance(exc, ConstantRequired):
+        return exc
     if isinstance(exc, EdgeDLError):
         msg = str(exc)
         if node.name not in msg:
@@ -87,13 +89,19 @@ def _dummy(t: TensorType) -> np.ndarray:
     return np.broadcast_to(np.zeros((), t.dtype), t.shape)
 
 
-def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorType]) -> Plan:
+def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorType],
+               input_values: dict[str, np.ndarray] | None = None) -> Plan:
+    """Build a plan for concrete input types. ``input_values`` are graph inputs whose values the plan is
+    specialized on (they become constants; see Model)."""
     types: dict[str, TensorType] = {}
     consts: dict[str, np.ndarray] = {}
     for name, arr in graph.initializers.items():
         consts[name] = arr
         types[name] = TensorType(arr.shape, arr.dtype)
     types.update(input_types)
+    input_values = input_values or {}
+    consts.update(input_values)
+    input_types = {n: t for n, t in input_types.items() if n not in input_values}
 
     live: list[Node] = []
     folded = 0

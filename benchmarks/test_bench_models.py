@@ -1,0 +1,56 @@
+"""End-to-end latency of the zoo models, batch 1, 2 threads: edgedl and onnxruntime in the same run.
+
+    pip install ".[test]" && pytest benchmarks/test_bench_models.py --benchmark-only
+
+The summary at the end prints each ratio and their geometric mean.
+"""
+import numpy as np
+import pytest
+
+import edgedl
+from edgedl import zoo
+
+ort = pytest.importorskip("onnxruntime")
+
+THREADS = 2
+CASES = {
+    "mobilenet_v2_like 224": lambda: (zoo.mobilenet_v2_like(), (1, 3, 224, 224)),
+    "mobilenet_v2_like 0.5x 128": lambda: (zoo.mobilenet_v2_like(resolution=128, width=0.5), (1, 3, 128, 128)),
+    "resnet_like 224": lambda: (zoo.resnet_like(), (1, 3, 224, 224)),
+    "kws_tc_resnet": lambda: (zoo.kws_tc_resnet(), (1, 40, 98)),
+    "nhwc_cnn 64": lambda: (zoo.nhwc_cnn(), (1, 64, 64, 3)),
+}
+_cache: dict = {}
+
+
+def _case(name):
+    if name not in _cache:
+        proto, shape = CASES[name]()
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        _cache[name] = (proto, x)
+    return _cache[name]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_edgedl(benchmark, case):
+    proto, x = _case(case)
+    model = edgedl.load(proto, num_threads=THREADS)
+    feeds = {model.inputs[0].name: x}
+    model.run(feeds)  # compile + plan outside the timing
+    benchmark.extra_info.update(engine="edgedl", case=case)
+    benchmark.group = case
+    benchmark(model.run, feeds)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_onnxruntime(benchmark, case):
+    proto, x = _case(case)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {sess.get_inputs()[0].name: x}
+    sess.run(None, feeds)
+    benchmark.extra_info.update(engine="onnxruntime", case=case)
+    benchmark.group = case
+    benchmark(sess.run, None, feeds)

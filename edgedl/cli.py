@@ -1,0 +1,155 @@
+"""The ``edgedl`` command: info, run, ops."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmt_shape(shape) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def cmd_info(args) -> int:
+    import edgedl
+
+    model = edgedl.load(args.model)
+    print(f"model: {args.model}  (graph '{model.graph.name}', opset {model.graph.opset})")
+    print("inputs:")
+    for t in model.inputs:
+        print(f"  {t.name}: {np.dtype(t.dtype).name} {_fmt_shape(t.shape)}")
+    print("outputs:")
+    for t in model.outputs:
+        print(f"  {t.name}: {'?' if t.dtype is None else np.dtype(t.dtype).name} {_fmt_shape(t.shape)}")
+    print(f"parameters: {model.num_parameters():,}")
+    print(f"nodes after load-time passes: {len(model.graph.nodes)}")
+    print("ops: " + ", ".join(f"{k} x{v}" for k, v in model.op_counts().items()))
+    symbolic = any(not isinstance(d, int) for t in model.inputs for d in (t.shape or ()))
+    plan = model.plan()
+    note = " (symbolic dims bound to 1)" if symbolic else ""
+    print(f"plan{note}: {len(plan.steps)} steps, {plan.folded} nodes folded to constants; kernels: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(plan.kernel_impls().items())))
+    print(f"arena: {plan.arena_bytes:,} bytes ({_fmt_bytes(plan.arena_bytes)}); lower bound (most bytes live "
+          f"at one step): {plan.arena_lower_bound:,} bytes")
+    return 0
+
+
+def _load_inputs(path: str, model) -> dict[str, np.ndarray]:
+    from edgedl.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"input file '{path}' does not exist")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
+        raise InputError(f"cannot read '{path}' as .npy/.npz: {e}") from None
+    if isinstance(data, np.ndarray):
+        if len(model.inputs) != 1:
+            raise InputError(f"the model has {len(model.inputs)} inputs ({[t.name for t in model.inputs]}): "
+                             "pass an .npz with one array per input name")
+        return {model.inputs[0].name: data}
+    with data:
+        feeds = {k: data[k] for k in data.files}
+    if len(model.inputs) == 1 and len(feeds) == 1 and model.inputs[0].name not in feeds:
+        feeds = {model.inputs[0].name: next(iter(feeds.values()))}
+    return feeds
+
+
+def cmd_run(args) -> int:
+    import edgedl
+
+    model = edgedl.load(args.model, num_threads=args.threads)
+    feeds = _load_inputs(args.input, model)
+    t0 = time.perf_counter()
+    outputs = model.run(feeds)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(max(0, args.repeat - 1)):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - t0)
+    for name, arr in outputs.items():
+        line = f"{name}: {arr.dtype.name} {list(arr.shape)}"
+        if arr.size and arr.dtype.kind == "f":
+            flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
+            line += f"  min {arr.min():.6g} max {arr.max():.6g} mean {arr.mean():.6g}"
+            line += f"  argmax per row {flat.argmax(axis=1)[:8].tolist()}"
+        print(line)
+    msg = f"first run {first * 1e3:.2f} ms (includes plan and any kernel compilation)"
+    if times:
+        msg += f"; steady state median {np.median(times) * 1e3:.3f} ms over {len(times)} runs"
+    print(msg)
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from edgedl.registry import registered_ops
+
+    rows = []
+    for (domain, op_type), cls in registered_ops().items():
+        cpu = ",".join(cls.kernels.get("cpu", ())) or "-"
+        cuda = ",".join(cls.kernels.get("cuda", ())) or "-"
+        view = "view" if cls.alias else ("folded" if cls.shape_only else "")
+        rows.append((f"{domain + '.' if domain else ''}{op_type}", cpu, cuda, "numpy ref", view))
+    header = ("op", "cpu (numba)", "cuda", "other dtypes", "notes")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"\n{len(rows)} ops. 'cpu (numba)': dtypes with a compiled Numba kernel; other dtypes run the numpy "
+          "reference. Backward passes arrive with the training work.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgedl", description="Run neural networks on single-board computers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("info", help="describe a model: inputs, outputs, ops, parameters, arena")
+    s.add_argument("model")
+    s.set_defaults(fn=cmd_info)
+    s = sub.add_parser("run", help="run a model on inputs from .npy/.npz")
+    s.add_argument("model")
+    s.add_argument("--input", "-i", required=True, help=".npy (single-input models) or .npz keyed by input name")
+    s.add_argument("--output", "-o", help="write the outputs to this .npz")
+    s.add_argument("--threads", type=int, default=None, help="threads for parallel kernels")
+    s.add_argument("--repeat", type=int, default=1, help="run this many times and report the median time")
+    s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("ops", help="print the operator coverage matrix from the registry")
+    s.set_defaults(fn=cmd_ops)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgedl.errors import EdgeDLError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except EdgeDLError as e:
+        print(f"edgedl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

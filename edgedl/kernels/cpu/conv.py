@@ -1,0 +1,548 @@
+"""fp32 2-D convolution (NCHW) and transposed convolution, prepared once per (weight, input shape).
+
+:class:`Conv2d` picks a strategy at construction:
+
+* ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): a direct kernel,
+  one output plane at a time (parallel over images x channels): the input plane is copied into a
+  zero-padded buffer, then each output row is accumulated with vectorized loops over the output
+  columns (all nine taps of a 3x3 kernel fused in one pass);
+* ``"gemm"``: per image and group, ``out[g] (C_out/g x OH*OW) = W_g (C_out/g x C_in/g*kH*kW) @
+  im2col(x)[g]``. The weights are packed once here; im2col is never materialized: the GEMM driver packs
+  each B panel straight from ``x`` (zero padding included; a 1x1 stride-1 unpadded convolution reads x
+  as a plain matrix). Bias and activation run in the GEMM epilogue.
+
+:class:`ConvTranspose2d`: ``col[g] (C_out/g*kH*kW x H*W) = W_g^T @ x[g]`` by the same GEMM, then a
+col2im scatter-add that is parallel over output channels (each thread owns whole output planes), with
+bias and activation fused.
+
+Both take ``__call__(x, out, scratch=None)``: ``x`` and ``out`` C-contiguous float32 arrays of
+``in_shape`` / ``out_shape``; ``scratch`` a uint8 (or any) buffer of at least ``scratch_bytes`` bytes.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .act import ACT_NONE, act_code, act_inplace, act_ref
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .gemm import (BIAS_NONE, BIAS_ROW, GemmCall, conv_geometry, conv_ktab, matrix_geometry, matrix_ktab,
+                   pack_a, packed_a_size)
+
+__all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",
+           "conv_transpose2d_ref"]
+
+
+def _pair(v, name, default):
+    if v is None:
+        return default
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must have 2 values, got {v}")
+    return v
+
+
+def _pads4(p):
+    if p is None:
+        return (0, 0, 0, 0)
+    p = tuple(int(a) for a in p)
+    if len(p) != 4:
+        raise ValueError(f"pads must be (top, left, bottom, right), got {p}")
+    if min(p) < 0:
+        raise ValueError(f"negative pads are not supported: {p}")
+    return p
+
+
+def conv_out_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:
+    return (size + pad_begin + pad_end - ((k - 1) * dilation + 1)) // stride + 1
+
+
+def conv_transpose_out_size(size: int, k: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+                            output_padding: int) -> int:
+    return stride * (size - 1) + output_padding + (k - 1) * dilation + 1 - pad_begin - pad_end
+
+
+def _as_scratch_f32(scratch, nfloat: int) -> np.ndarray:
+    if nfloat <= 0:
+        return np.zeros(1, dtype=np.float32)
+    if scratch is not None:
+        raw = scratch.reshape(-1).view(np.uint8)
+        if raw.nbytes >= 4 * nfloat:
+            addr = raw.ctypes.data
+            skip = (-addr) % 4
+            if raw.nbytes - skip >= 4 * nfloat:
+                return raw[skip: skip + 4 * nfloat].view(np.float32)
+    return np.empty(nfloat, dtype=np.float32)
+
+
+def _flat(a: np.ndarray, shape, what: str) -> np.ndarray:
+    if a.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {a.shape}, expected {tuple(shape)}")
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous float32 array")
+    return a.reshape(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# depthwise
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def _dw_fill(x, xoff, h, wd, pt, pl, hp, wp, pbuf):
+    """Copy input plane x[xoff:] (h x wd) into the padded buffer (hp x wp, input at row pt, column pl).
+    The border is never written: it stays zero from the buffer's allocation."""
+    r0 = max(0, pt)
+    r1 = min(hp, pt + h)
+    c0 = min(pl, wp)
+    ncopy = min(wp, pl + wd) - c0
+    if ncopy <= 0:
+        return
+    for r in range(r0, r1):
+        d = pbuf[r * wp + c0:r * wp + c0 + ncopy]
+        sv = x[xoff + (r - pt) * wd:xoff + (r - pt) * wd + ncopy]
+        for q in range(ncopy):
+            d[q] = sv[q]
+
+
+@numba.njit(inline="always", **NJIT)
+def _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, act, alpha, beta, pbuf,
+                   wide):
+    """Stride-1 depthwise plane computed 'wide': wide[oy*wp + ox] for every ox < wp (the last columns
+    are junk) is one long vectorized loop per tap row, then the valid columns are copied to out."""
+    nq = oh_n * wp
+    if kh_n == 3 and kw_n == 3:
+        w0 = w[woff]
+        w1 = w[woff + 1]
+        w2 = w[woff + 2]
+        w3 = w[woff + 3]
+        w4 = w[woff + 4]
+        w5 = w[woff + 5]
+        w6 = w[woff + 6]
+        w7 = w[woff + 7]
+        w8 = w[woff + 8]
+        r1 = dh * wp
+        r2 = 2 * dh * wp
+        p0 = pbuf[0:]
+        p1 = pbuf[dw:]
+        p2 = pbuf[2 * dw:]
+        p3 = pbuf[r1:]
+        p4 = pbuf[r1 + dw:]
+        p5 = pbuf[r1 + 2 * dw:]
+        p6 = pbuf[r2:]
+        p7 = pbuf[r2 + dw:]
+        p8 = pbuf[r2 + 2 * dw:]
+        for q in range(nq):
+            wide[q] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
+                       + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
+    else:
+        for q in range(nq):
+            wide[q] = bval
+        for i in range(kh_n):
+            for j in range(kw_n):
+                wv = w[woff + i * kw_n + j]
+                p = pbuf[i * dh * wp + j * dw:]
+                for q in range(nq):
+                    wide[q] += wv * p[q]
+    for oy in range(oh_n):
+        o = out[ooff + oy * ow_n:ooff + (oy + 1) * ow_n]
+        wr = wide[oy * wp:]
+        for ox in range(ow_n):
+            o[ox] = wr[ox]
+    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+
+
+@numba.njit(inline="always", **NJIT)
+def _dw_plane_rows(w, woff, bval, out, ooff, kh_n, kw_n, sh, sw, dh, dw, oh_n, ow_n, wp, act, alpha, beta,
+                   pbuf):
+    """Strided depthwise plane, row by row (views indexed by the loop variable only, so the loops
+    carry no negative-index wraparound and vectorize)."""
+    for oy in range(oh_n):
+        ob = ooff + oy * ow_n
+        o = out[ob:ob + ow_n]
+        rb = oy * sh * wp
+        if kh_n == 3 and kw_n == 3:
+            r1 = rb + dh * wp
+            r2 = r1 + dh * wp
+            w0 = w[woff]
+            w1 = w[woff + 1]
+            w2 = w[woff + 2]
+            w3 = w[woff + 3]
+            w4 = w[woff + 4]
+            w5 = w[woff + 5]
+            w6 = w[woff + 6]
+            w7 = w[woff + 7]
+            w8 = w[woff + 8]
+            p0 = pbuf[rb:]
+            p1 = pbuf[rb + dw:]
+            p2 = pbuf[rb + 2 * dw:]
+            p3 = pbuf[r1:]
+            p4 = pbuf[r1 + dw:]
+            p5 = pbuf[r1 + 2 * dw:]
+            p6 = pbuf[r2:]
+            p7 = pbuf[r2 + dw:]
+            p8 = pbuf[r2 + 2 * dw:]
+            if sw == 2:
+                for ox in range(ow_n):
+                    q = 2 * ox
+                    o[ox] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
+                             + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
+            else:
+                for ox in range(ow_n):
+                    q = sw * ox
+                    o[ox] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
+                             + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
+        else:
+            for ox in range(ow_n):
+                o[ox] = bval
+            for i in range(kh_n):
+                for j in range(kw_n):
+                    wv = w[woff + i * kw_n + j]
+                    p = pbuf[rb + i * dh * wp + j * dw:]
+                    for ox in range(ow_n):
+                        o[ox] += wv * p[ox * sw]
+    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+
+
+@numba.njit(inline="always", **NJIT)
+def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n,
+              ow_n, hp, wp, act, alpha, beta, pbuf, wide):
+    has_bias = bias.size > 0
+    flat = sh == 1 and sw == 1
+    for p in range(lo, hi):
+        n = p // c_out
+        oc = p - n * c_out
+        ic = oc // mult
+        bval = bias[oc] if has_bias else np.float32(0.0)
+        _dw_fill(x, (n * c_in + ic) * h * wd, h, wd, pt, pl, hp, wp, pbuf)
+        if flat:
+            _dw_plane_wide(w, oc * kh_n * kw_n, bval, out, p * oh_n * ow_n, kh_n, kw_n, dh, dw, oh_n, ow_n,
+                           wp, act, alpha, beta, pbuf, wide)
+        else:
+            _dw_plane_rows(w, oc * kh_n * kw_n, bval, out, p * oh_n * ow_n, kh_n, kw_n, sh, sw, dh, dw,
+                           oh_n, ow_n, wp, act, alpha, beta, pbuf)
+
+
+@numba.njit(inline="always", **NJIT)
+def _dw_buffers(hp, wp, kw_n, dw, oh_n):
+    pbuf = np.zeros(hp * wp + (kw_n - 1) * dw + 16, dtype=np.float32)
+    wide = np.empty(oh_n * wp + 16, dtype=np.float32)
+    return pbuf, wide
+
+
+@numba.njit(**NJIT)
+def _dw_serial(x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n,
+               hp, wp, act, alpha, beta):
+    pbuf, wide = _dw_buffers(hp, wp, kw_n, dw, oh_n)
+    _dw_range(0, nb * c_out, x, w, bias, out, c_in, c_out, c_out // c_in, h, wd, kh_n, kw_n, sh, sw, dh,
+              dw, pt, pl, oh_n, ow_n, hp, wp, act, alpha, beta, pbuf, wide)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _dw_parallel(nslots, x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl,
+                 oh_n, ow_n, hp, wp, act, alpha, beta):
+    total = nb * c_out
+    for s in prange(nslots):
+        pbuf, wide = _dw_buffers(hp, wp, kw_n, dw, oh_n)
+        _dw_range(s * total // nslots, (s + 1) * total // nslots, x, w, bias, out, c_in, c_out,
+                  c_out // c_in, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n, hp, wp, act, alpha,
+                  beta, pbuf, wide)
+
+
+# ---------------------------------------------------------------------------------------------------
+# col2im (ConvTranspose)
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def _col2im_plane(col, coff, out, ooff, bval, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n, act,
+                  alpha, beta):
+    """out[ooff:] (oh_n x ow_n) = act(bval + scatter of the kh_n*kw_n rows (h*wd each) of col[coff:])."""
+    hw = h * wd
+    for q in range(oh_n * ow_n):
+        out[ooff + q] = bval
+    for i in range(kh_n):
+        for j in range(kw_n):
+            rbase = coff + (i * kw_n + j) * hw
+            xo = j * dw - pl
+            # input columns ix with 0 <= ix*sw + xo < ow_n
+            ix0 = 0 if xo >= 0 else (-xo + sw - 1) // sw
+            lim = ow_n - xo  # ix*sw < lim
+            ix1 = 0 if lim <= 0 else min(wd, (lim + sw - 1) // sw)
+            if ix1 <= ix0:
+                continue
+            for iy in range(h):
+                oy = iy * sh + i * dh - pt
+                if oy < 0 or oy >= oh_n:
+                    continue
+                ob = ooff + oy * ow_n + xo
+                cb = rbase + iy * wd
+                if sw == 1:
+                    for ix in range(ix0, ix1):
+                        out[ob + ix] += col[cb + ix]
+                else:
+                    for ix in range(ix0, ix1):
+                        out[ob + ix * sw] += col[cb + ix]
+    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+
+
+@numba.njit(inline="always", **NJIT)
+def _col2im_range(lo, hi, col, out, bias, n, c_out, cog, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n,
+                  ow_n, act, alpha, beta):
+    has_bias = bias.size > 0
+    for oc in range(lo, hi):
+        g = oc // cog
+        ocg = oc - g * cog
+        coff = (g * cog * kh_n * kw_n + ocg * kh_n * kw_n) * h * wd
+        bval = bias[oc] if has_bias else np.float32(0.0)
+        _col2im_plane(col, coff, out, (n * c_out + oc) * oh_n * ow_n, bval, h, wd, kh_n, kw_n, sh, sw, dh,
+                      dw, pt, pl, oh_n, ow_n, act, alpha, beta)
+
+
+@numba.njit(**NJIT)
+def _col2im_serial(col, out, bias, n, c_out, cog, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n,
+                   act, alpha, beta):
+    _col2im_range(0, c_out, col, out, bias, n, c_out, cog, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n,
+                  ow_n, act, alpha, beta)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _col2im_parallel(nslots, col, out, bias, n, c_out, cog, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl,
+                     oh_n, ow_n, act, alpha, beta):
+    for s in prange(nslots):
+        _col2im_range(s * c_out // nslots, (s + 1) * c_out // nslots, col, out, bias, n, c_out, cog, h, wd,
+                      kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n, act, alpha, beta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# classes
+# ---------------------------------------------------------------------------------------------------
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+class Conv2d:
+    """2-D convolution, NCHW float32, prepared for one weight and one input shape.
+
+    ``Conv2d(weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+    act=ACT_NONE, alpha=0.0, beta=0.0)``
+
+    * ``weight``: (C_out, C_in/group, kH, kW); ``bias``: (C_out,) or None;
+    * ``in_shape``: (N, C_in, H, W); ``pads``: (top, left, bottom, right) (ONNX order is
+      (top, left, bottom, right) too: x1_begin, x2_begin, x1_end, x2_end);
+    * ``act``, ``alpha``, ``beta``: fused activation (an ``ACT_*`` code or an ONNX op name).
+
+    Attributes: ``out_shape``, ``scratch_bytes`` (0: panels are packed in small per-thread buffers),
+    ``strategy`` ("gemm" or "depthwise"). ``__call__(x, out, scratch=None, threads=None)``.
+    """
+
+    def __init__(self, weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                 group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.ndim != 4:
+            raise ValueError(f"weight must be (C_out, C_in/group, kH, kW), got shape {weight.shape}")
+        n, c, h, w = (int(v) for v in in_shape)
+        cout, cg, kh, kw = weight.shape
+        sh, sw = _pair(strides, "strides", (1, 1))
+        dh, dw = _pair(dilations, "dilations", (1, 1))
+        pt, pl, pb, pr = _pads4(pads)
+        group = int(group)
+        if group < 1 or c % group or cout % group or c // group != cg:
+            raise ValueError(f"bad group {group} for C_in={c}, C_out={cout}, weight {weight.shape}")
+        if min(sh, sw, dh, dw) < 1:
+            raise ValueError("strides and dilations must be >= 1")
+        oh = conv_out_size(h, kh, sh, pt, pb, dh)
+        ow = conv_out_size(w, kw, sw, pl, pr, dw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"empty output {oh}x{ow} for input {h}x{w}, kernel {kh}x{kw}")
+        self.in_shape = (n, c, h, w)
+        self.out_shape = (n, cout, oh, ow)
+        self.geometry = dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, pt=pt, pl=pl, pb=pb, pr=pr)
+        self.group = group
+        self.act = act_code(act)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        if self.bias is not None and self.bias.size != cout:
+            raise ValueError(f"bias has {self.bias.size} elements, expected {cout}")
+        self.scratch_bytes = 0
+        if group == c and cg == 1:
+            self.strategy = "depthwise"
+            self.w = np.ascontiguousarray(weight).reshape(-1)
+            self._hp = (oh - 1) * sh + (kh - 1) * dh + 1
+            self._wp = (ow - 1) * sw + (kw - 1) * dw + 1
+            self._dw_args = (n, c, cout, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, self._hp, self._wp,
+                             self.act, np.float32(self.alpha), np.float32(self.beta))
+            self.work = n * cout * oh * ow * kh * kw
+            return
+        self.strategy = "gemm"
+        m = cout // group
+        k = cg * kh * kw
+        npix = oh * ow
+        asz = packed_a_size(m, k)
+        self.ap = np.zeros(group * asz, dtype=np.float32)
+        w2 = weight.reshape(group, m, k)
+        for g in range(group):
+            pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
+        if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pl == pb == pr == 0:
+            geo, ktab = matrix_geometry(cg, h * w, h * w), matrix_ktab(cg, h * w)
+        else:
+            geo = conv_geometry(h, w, kh, kw, sh, sw, dh, dw, pt, pl, ow)
+            ktab = conv_ktab(cg, h, w, kh, kw, dh, dw)
+        self._gemm = GemmCall(self.ap, m, npix, k, npix, geo=geo, ktab=ktab, nbatch=n, ngroups=group,
+                              a_gstride=asz, b_nstride=c * h * w, b_gstride=cg * h * w,
+                              c_nstride=cout * npix, c_gstride=m * npix, bias=self.bias,
+                              bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
+                              act=self.act, alpha=self.alpha, beta=self.beta)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, scratch=None, threads: int | None = None) -> np.ndarray:
+        xf = _flat(x, self.in_shape, "input")
+        of = _flat(out, self.out_shape, "output")
+        if self.strategy == "gemm":
+            self._gemm.run(of, xf, threads)
+            return out
+        if threads is None:
+            threads = numba.get_num_threads()
+        bias = self.bias if self.bias is not None else _EMPTY
+        planes = self.out_shape[0] * self.out_shape[1]
+        if threads > 1 and planes > 1 and self.work >= PARALLEL_MIN_WORK:
+            _dw_parallel(min(threads, planes), xf, self.w, bias, of, *self._dw_args)
+        else:
+            _dw_serial(xf, self.w, bias, of, *self._dw_args)
+        return out
+
+
+class ConvTranspose2d:
+    """2-D transposed convolution (ONNX ConvTranspose), NCHW float32, prepared per weight and input shape.
+
+    ``ConvTranspose2d(weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+    output_padding=(0, 0), group=1, act=ACT_NONE, alpha=0.0, beta=0.0)``
+
+    * ``weight``: (C_in, C_out/group, kH, kW); ``bias``: (C_out,) or None; ``pads``: (top, left, bottom,
+      right); output size ``stride*(H-1) + output_padding + (k-1)*dilation + 1 - pad_begin - pad_end``
+      (for ONNX ``output_shape``, the caller derives the pads).
+
+    ``scratch_bytes``: the column buffer (C_out*kH*kW x H*W floats for one image).
+    ``__call__(x, out, scratch=None, threads=None)``.
+    """
+
+    def __init__(self, weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                 output_padding=(0, 0), group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.ndim != 4:
+            raise ValueError(f"weight must be (C_in, C_out/group, kH, kW), got shape {weight.shape}")
+        n, c, h, w = (int(v) for v in in_shape)
+        cin, cog, kh, kw = weight.shape
+        sh, sw = _pair(strides, "strides", (1, 1))
+        dh, dw = _pair(dilations, "dilations", (1, 1))
+        oph, opw = _pair(output_padding, "output_padding", (0, 0))
+        pt, pl, pb, pr = _pads4(pads)
+        group = int(group)
+        if group < 1 or cin != c or c % group:
+            raise ValueError(f"bad group {group} for C_in={c}, weight {weight.shape}")
+        cout = cog * group
+        oh = conv_transpose_out_size(h, kh, sh, pt, pb, dh, oph)
+        ow = conv_transpose_out_size(w, kw, sw, pl, pr, dw, opw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"empty output {oh}x{ow}")
+        self.in_shape = (n, c, h, w)
+        self.out_shape = (n, cout, oh, ow)
+        self.group = group
+        self.act = act_code(act)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        if self.bias is not None and self.bias.size != cout:
+            raise ValueError(f"bias has {self.bias.size} elements, expected {cout}")
+        cig = c // group
+        m = cog * kh * kw
+        hw = h * w
+        asz = packed_a_size(m, cig)
+        self.ap = np.zeros(group * asz, dtype=np.float32)
+        for g in range(group):
+            wg = weight[g * cig:(g + 1) * cig].reshape(cig, m)  # (K, M)
+            if cig > 0:
+                pack_a(wg.T, self.ap[g * asz:(g + 1) * asz])
+        self._ncol = group * m * hw
+        self.scratch_bytes = 4 * self._ncol
+        self._gemm = GemmCall(self.ap, m, hw, cig, hw, geo=matrix_geometry(cig, hw, hw),
+                              ktab=matrix_ktab(cig, hw), nbatch=1, ngroups=group, a_gstride=asz,
+                              b_gstride=cig * hw, c_gstride=m * hw)
+        self._c2i = (cout, cog, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, self.act, np.float32(self.alpha),
+                     np.float32(self.beta))
+        self.work = n * m * group * hw * max(cig, 1)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, scratch=None, threads: int | None = None) -> np.ndarray:
+        xf = _flat(x, self.in_shape, "input")
+        of = _flat(out, self.out_shape, "output")
+        if threads is None:
+            threads = numba.get_num_threads()
+        col = _as_scratch_f32(scratch, self._ncol)
+        bias = self.bias if self.bias is not None else _EMPTY
+        n, c, h, w = self.in_shape
+        cout = self.out_shape[1]
+        par = threads > 1 and cout > 1 and self.work >= PARALLEL_MIN_WORK
+        for i in range(n):
+            if c == 0:
+                col[:] = 0.0
+            else:
+                self._gemm.run(col, xf[i * c * h * w:(i + 1) * c * h * w], threads)
+            if par:
+                _col2im_parallel(min(threads, cout), col, of, bias, i, *self._c2i)
+            else:
+                _col2im_serial(col, of, bias, i, *self._c2i)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# float64 references
+# ---------------------------------------------------------------------------------------------------
+def conv2d_ref(x, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+               act=ACT_NONE, alpha=0.0, beta=0.0):
+    """float64 numpy reference of :class:`Conv2d`."""
+    x = np.asarray(x, np.float64)
+    wt = np.asarray(weight, np.float64)
+    n, c, h, w = x.shape
+    cout, cg, kh, kw = wt.shape
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = pads
+    oh = conv_out_size(h, kh, sh, pt, pb, dh)
+    ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    m = cout // group
+    out = np.zeros((n, cout, oh, ow))
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+                out[:, g * m:(g + 1) * m] += np.einsum("nchw,mc->nmhw", patch, wt[g * m:(g + 1) * m, :, i, j])
+    if bias is not None:
+        out += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+    return act_ref(out, act_code(act), alpha, beta)
+
+
+def conv_transpose2d_ref(x, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                         output_padding=(0, 0), group=1, act=ACT_NONE, alpha=0.0, beta=0.0):
+    """float64 numpy reference of :class:`ConvTranspose2d` (direct scatter, then crop)."""
+    x = np.asarray(x, np.float64)
+    wt = np.asarray(weight, np.float64)
+    n, c, h, w = x.shape
+    cin, cog, kh, kw = wt.shape
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = pads
+    oph, opw = output_padding
+    oh = conv_transpose_out_size(h, kh, sh, pt, pb, dh, oph)
+    ow = conv_transpose_out_size(w, kw, sw, pl, pr, dw, opw)
+    fh = max(sh * (h - 1) + (kh - 1) * dh + 1, pt + oh)
+    fw = max(sw * (w - 1) + (kw - 1) * dw + 1, pl + ow)
+    full = np.zeros((n, cog * group, fh, fw))
+    cig = c // group
+    for g in range(group):
+        xs = x[:, g * cig:(g + 1) * cig]
+        for i in range(kh):
+            for j in range(kw):
+                contrib = np.einsum("nchw,co->nohw", xs, wt[g * cig:(g + 1) * cig, :, i, j])
+                full[:, g * cog:(g + 1) * cog, i * dh: i * dh + sh * (h - 1) + 1: sh,
+                     j * dw: j * dw + sw * (w - 1) + 1: sw] += contrib
+    out = full[:, :, pt: pt + oh, pl: pl + ow]
+    if bias is not None:
+        out = out + np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+    return act_ref(out, act_code(act), alpha, beta)

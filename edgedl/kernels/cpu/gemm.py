@@ -1,0 +1,805 @@
+"""fp32 GEMM: packing, the blocked (and parallel) driver around the LLVM microkernel, GEMV paths,
+batched matmul and a pre-packed fully connected weight.
+
+Layouts
+-------
+* packed A (the "weights" side, M rows): row panels of ``MR`` rows, panel ``p`` holds
+  ``ap[p*K*MR + k*MR + r] = A[p*MR + r, k]`` (rows past M are zero). Size :func:`packed_a_size`.
+* packed B (K x N): column panels of ``NR`` columns, ``bp[q*K*NR + k*NR + j] = B[k, q*NR + j]`` (zero
+  padded). Size :func:`packed_b_size`. Only pre-packed constant B (an FC weight) is stored like this;
+  otherwise the driver packs each ``KC x NR`` panel of B on the fly into a per-thread buffer, straight
+  from the source through a *B geometry* (see :func:`matrix_geometry`), which also describes im2col of
+  a convolution input, so convolutions never materialize an im2col matrix.
+
+Driver
+------
+C = act(A @ B + bias) (or C += A @ B with ``accumulate``) for a batch of independent GEMMs that share
+M, N, K (convolution: images x groups), split into tasks of (row block x column block); each task owns
+its C tiles, tasks run under ``prange`` when the work is at least ``PARALLEL_MIN_WORK``. K is blocked by
+``KC``; every C element is computed by the same sequence of operations whatever the thread count, so
+results are bitwise identical for 1 or N threads. Edge tiles go through a small scratch tile. Bias (per
+row or per column) enters the accumulators before the k loop; the activation runs on the tile right
+after its last K block (in registers for the simple ones, on the L1-hot tile otherwise).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
+from .config import FASTMATH, NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, copy_nr, copy_nr_s2, microkernel,
+                  microkernel_panel)
+
+__all__ = [
+    "MR", "NR", "KC", "MC", "NC", "matrix_ktab", "conv_ktab", "BIAS_NONE", "BIAS_ROW", "BIAS_COL",
+    "packed_a_size", "packed_b_size", "pack_a", "pack_b", "matrix_geometry", "conv_geometry",
+    "sgemm_packed", "gemm_driver", "gemm", "matmul", "gemv", "vecmat", "PackedA", "PackedWeight",
+    "gemm_ref",
+]
+
+#: K block (B panel of KC x NR floats = 16 KiB stays in L1)
+KC = 256
+#: rows of C per task row block (A block of MC x KC floats stays in L2)
+MC = 24 * MR
+#: columns of C per task column block (when the task has several row blocks, all its packed B panels
+#: of one K block are kept: NC/NR panels of KC x NR floats)
+NC = 24 * NR
+
+#: bias modes
+BIAS_NONE = 0
+BIAS_ROW = 1
+BIAS_COL = 2
+
+#: geometry vector fields (int64): B[k, j] of im2col with k = (c, kh, kw), j = (oh, ow)
+G_SC, G_SY, G_SX, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PT, G_PL, G_OW = range(14)
+GEOM_LEN = 14
+
+_SIMPLE = np.array([1, 1, 1, 1, 1, 0, 1, 0, 0], dtype=np.bool_)
+
+
+def packed_a_size(m: int, k: int) -> int:
+    """float32 elements of a packed A (M x K)."""
+    return -(-m // MR) * MR * max(k, 1)
+
+
+def packed_b_size(k: int, n: int) -> int:
+    """float32 elements of a packed B (K x N)."""
+    return -(-n // NR) * NR * max(k, 1)
+
+
+def matrix_geometry(k: int, n: int, row_stride: int, col_stride: int = 1) -> np.ndarray:
+    """B geometry of a plain matrix: B[k, j] = src[off + k*row_stride + j*col_stride]."""
+    return np.array([row_stride, 0, col_stride, 1, max(n, 1), 1, 1, 1, 1, 1, 1, 0, 0, max(n, 1)],
+                    dtype=np.int64)
+
+
+def conv_geometry(h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, pt: int, pl: int,
+                  ow: int) -> np.ndarray:
+    """B geometry of im2col of one image group x[c, y, x] (C-contiguous planes of h x w):
+    B[(c*kh + i)*kw + j, oy*ow + ox] = x[c, oy*sh - pt + i*dh, ox*sw - pl + j*dw] (0 outside)."""
+    return np.array([h * w, w, 1, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ow], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# packing
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(**NJIT)
+def pack_a(a, ap):
+    """Pack A (2-D float32, any strides: a transposed view is fine) into ``ap`` (packed_a_size)."""
+    m, k = a.shape
+    npan = (m + MR - 1) // MR
+    for p in range(npan):
+        base = p * k * MR
+        r0 = p * MR
+        rows = min(MR, m - r0)
+        for kk in range(k):
+            for r in range(rows):
+                ap[base + kk * MR + r] = a[r0 + r, kk]
+            for r in range(rows, MR):
+                ap[base + kk * MR + r] = np.float32(0.0)
+
+
+@numba.njit(**NJIT)
+def pack_b(b, bp):
+    """Pack B (2-D float32, any strides) into ``bp`` (packed_b_size) as NR-column panels."""
+    k, n = b.shape
+    npan = (n + NR - 1) // NR
+    for q in range(npan):
+        base = q * k * NR
+        c0 = q * NR
+        cols = min(NR, n - c0)
+        for kk in range(k):
+            o = base + kk * NR
+            for j in range(cols):
+                bp[o + j] = b[kk, c0 + j]
+            for j in range(cols, NR):
+                bp[o + j] = np.float32(0.0)
+
+
+@numba.njit(inline="always", **NJIT)
+def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
+    """Pack B[k0:k0+kc, col0:col0+ncols] (geometry ``geo``, row table ``ktab``) into buf[kc][NR],
+    zero padded. Fast path: the panel's NR columns lie in one output row and the row's taps are inside
+    the image: one vector copy (stride 1 or 2) per k."""
+    h = geo[G_H]
+    w = geo[G_W]
+    sy = geo[G_SY]
+    sx = geo[G_SX]
+    sh = geo[G_SH]
+    sw = geo[G_SW]
+    ow_n = geo[G_OW]
+    zero = np.float32(0.0)
+    oh = col0 // ow_n
+    ow = col0 - oh * ow_n
+    if ow + ncols <= ow_n and ncols == NR:
+        y0 = oh * sh - geo[G_PT]
+        x0 = ow * sw - geo[G_PL]
+        span = (NR - 1) * sw
+        pbase = soff + y0 * sy + x0 * sx
+        step = sw * sx
+        nsrc = src.size
+        if (y0 >= 0 and y0 + (geo[G_KH] - 1) * geo[G_DH] < h and x0 >= 0
+                and x0 + (geo[G_KW] - 1) * geo[G_DW] + span < w):
+            # every tap of every row is inside the image: no checks per k
+            if step == 1:
+                for kk in range(kc):
+                    copy_nr(buf, kk * NR, src, pbase + ktab[k0 + kk, 0])
+                return
+            if step == 2:
+                for kk in range(kc):
+                    p = pbase + ktab[k0 + kk, 0]
+                    if p + 2 * NR <= nsrc:
+                        copy_nr_s2(buf, kk * NR, src, p)
+                    else:
+                        for t in range(NR):
+                            buf[kk * NR + t] = src[p + 2 * t]
+                return
+        for kk in range(kc):
+            k = k0 + kk
+            dst = kk * NR
+            y = y0 + ktab[k, 1]
+            x = x0 + ktab[k, 2]
+            if y < 0 or y >= h:
+                for t in range(NR):
+                    buf[dst + t] = zero
+            elif x >= 0 and x + span < w:
+                p = pbase + ktab[k, 0]
+                if step == 1:
+                    copy_nr(buf, dst, src, p)
+                elif step == 2 and p + 2 * NR <= nsrc:
+                    copy_nr_s2(buf, dst, src, p)
+                else:
+                    for t in range(NR):
+                        buf[dst + t] = src[p + t * step]
+            else:
+                p = pbase + ktab[k, 0]
+                for t in range(NR):
+                    xt = x + t * sw
+                    buf[dst + t] = src[p + t * step] if (xt >= 0 and xt < w) else zero
+        return
+    # general: columns across output rows, or a partial panel
+    for t in range(ncols):
+        ybase[t] = oh * sh - geo[G_PT]
+        xbase[t] = ow * sw - geo[G_PL]
+        ow += 1
+        if ow == ow_n:
+            ow = 0
+            oh += 1
+    for kk in range(kc):
+        k = k0 + kk
+        dst = kk * NR
+        kb = soff + ktab[k, 0]
+        dy = ktab[k, 1]
+        dx = ktab[k, 2]
+        for t in range(ncols):
+            y = ybase[t] + dy
+            x = xbase[t] + dx
+            if y >= 0 and y < h and x >= 0 and x < w:
+                buf[dst + t] = src[kb + ybase[t] * sy + xbase[t] * sx]
+            else:
+                buf[dst + t] = zero
+        for t in range(ncols, NR):
+            buf[dst + t] = zero
+
+
+def matrix_ktab(k: int, row_stride: int) -> np.ndarray:
+    """Row table of a plain matrix B: (k*row_stride, 0, 0) per row k."""
+    t = np.zeros((max(k, 1), 3), dtype=np.int64)
+    t[:, 0] = np.arange(max(k, 1), dtype=np.int64) * row_stride
+    return t
+
+
+def conv_ktab(c: int, h: int, w: int, kh: int, kw: int, dh: int, dw: int) -> np.ndarray:
+    """Row table of im2col: for k = (ci*kh + i)*kw + j: (ci*h*w + i*dh*w + j*dw, i*dh, j*dw)."""
+    ci, i, j = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+    t = np.empty((max(c * kh * kw, 1), 3), dtype=np.int64)
+    if c * kh * kw == 0:
+        t[:] = 0
+        return t
+    t[:, 0] = (ci * h * w + i * dh * w + j * dw).reshape(-1)
+    t[:, 1] = (i * dh).reshape(-1)
+    t[:, 2] = (j * dw).reshape(-1)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def _tile_act(c, off, ldc, rows, cols, act, alpha, beta):
+    for r in range(rows):
+        act_inplace(c, off + r * ldc, off + r * ldc + cols, act, alpha, beta)
+
+
+@numba.njit(**NJIT)
+def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride, ldc,
+              bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act, alpha,
+              beta, buf, ybase, xbase):
+    """Task = (GEMM of the batch, column block of nbt tiles, row split of mst tiles).
+
+    Loops: K blocks > row blocks of MC rows (A block in L2) > column panels (B panel in L1, packed once
+    per K block and kept for the next row blocks) > row tiles."""
+    per = rs * cb
+    gemm_i = task // per
+    t = task - gemm_i * per
+    cbi = t // rs
+    rsi = t - cbi * rs
+    bi = gemm_i // ngroups
+    g = gemm_i - bi * ngroups
+    mt = (m + MR - 1) // MR
+    nt = (n + NR - 1) // NR
+    i0 = rsi * mst
+    i1 = min(mt, i0 + mst)
+    j0 = cbi * nbt
+    j1 = min(nt, j0 + nbt)
+    if i0 >= i1 or j0 >= j1:
+        return
+    a_base = g * a_gstride
+    b_off = bi * b_nstride + g * b_gstride
+    c_base = bi * c_nstride + g * c_gstride
+    bias_base = g * bias_gstride
+    simple = _SIMPLE[act]
+    prepacked = bp.size > 0
+    mbt = MC // MR
+    nrb = (i1 - i0 + mbt - 1) // mbt
+    keep = nrb > 1  # several row blocks: keep every packed panel of the column block for the next ones
+    nkb = max(1, (k + KC - 1) // KC)
+    for kb in range(nkb):
+        k0 = kb * KC
+        kc = min(KC, k - k0)
+        flags = 0
+        if kb > 0 or accumulate:
+            flags |= UK_ACCUMULATE
+        if kb == 0:
+            if bias_mode == BIAS_ROW:
+                flags |= UK_BIAS
+            elif bias_mode == BIAS_COL:
+                flags |= UK_BIAS_COL
+        last = kb == nkb - 1
+        uact = act if (last and simple) else ACT_NONE
+        post = last and not simple and act != ACT_NONE
+        for ib in range(nrb):
+            ia = i0 + ib * mbt
+            ie = min(i1, ia + mbt)
+            for jt in range(j0, j1):
+                col0 = jt * NR
+                if prepacked:
+                    bpanel = bp
+                    boff = jt * k * NR + k0 * NR
+                else:
+                    bpanel = buf
+                    boff = (jt - j0) * KC * NR if keep else 0
+                    if ib == 0 or not keep:
+                        _pack_b_panel(bsrc, b_off, geo, ktab, k0, kc, col0, min(NR, n - col0),
+                                      buf[boff:], ybase, xbase)
+                ncols = min(NR, n - col0)
+                mlast = min(MR, m - (ie - 1) * MR)
+                microkernel_panel(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bpanel, boff, c,
+                                  c_base + ia * MR * ldc + col0, MR * ldc, ldc, flags, bias,
+                                  bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                  MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast, ncols)
+                if post:
+                    for it in range(ia, ie):
+                        _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), ncols, act,
+                                  alpha, beta)
+
+
+@numba.njit(**NJIT)
+def _gemm_serial(ntasks, bufsize, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
+                 c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
+                 accumulate, act, alpha, beta):
+    buf = np.empty(bufsize, dtype=np.float32)
+    ybase = np.empty(NR, dtype=np.int64)
+    xbase = np.empty(NR, dtype=np.int64)
+    for task in range(ntasks):
+        _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride,
+                  ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act,
+                  alpha, beta, buf, ybase, xbase)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _gemm_parallel(nslots, ntasks, bufsize, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
+                   c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst,
+                   nbt, accumulate, act, alpha, beta):
+    for s in prange(nslots):
+        buf = np.empty(bufsize, dtype=np.float32)
+        ybase = np.empty(NR, dtype=np.int64)
+        xbase = np.empty(NR, dtype=np.int64)
+        lo = s * ntasks // nslots
+        hi = (s + 1) * ntasks // nslots
+        for task in range(lo, hi):
+            _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
+                      c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
+                      accumulate, act, alpha, beta, buf, ybase, xbase)
+
+
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+def _plan_tasks(m: int, n: int, nbatch: int, threads: int):
+    """(rs, cb, mst, nbt): row splits and column blocks per GEMM and their sizes in tiles."""
+    mt = -(-m // MR)
+    nt = -(-n // NR)
+    cb = -(-nt // max(1, NC // NR))
+    rs = 1
+    if threads > 1:
+        tasks = nbatch * cb
+        if tasks < 2 * threads:
+            f = -(-2 * threads // tasks)
+            if nt >= mt and nt >= f * cb:
+                cb *= f
+            else:
+                rs = min(mt, f)
+        tasks = nbatch * cb * rs
+        if tasks % threads and tasks < 8 * threads:
+            # round the number of tasks up to a multiple of the threads for an even static split
+            if nt >= mt:
+                while (nbatch * cb * rs) % threads and cb < nt:
+                    cb += 1
+            else:
+                while (nbatch * cb * rs) % threads and rs < mt:
+                    rs += 1
+    nbt = -(-nt // cb)
+    cb = -(-nt // nbt)
+    mst = -(-mt // rs)
+    rs = -(-mt // mst)
+    return rs, cb, mst, nbt
+
+
+def pad_bias(bias: np.ndarray | None, bias_mode: int, m: int, n: int, ngroups: int = 1,
+             bias_gstride: int = 0) -> tuple[np.ndarray, int, int]:
+    """(padded bias, bias_mode, group stride) as the driver reads it: the microkernel loads a whole
+    MR (rows) / NR (columns) from every tile start, so the bias is zero padded to whole tiles."""
+    if bias is None or bias_mode == BIAS_NONE:
+        return _EMPTY, BIAS_NONE, 0
+    bias = np.asarray(bias, dtype=np.float32).reshape(-1)
+    mt = -(-m // MR)
+    nt = -(-n // NR)
+    if bias_mode == BIAS_ROW:
+        if ngroups == 1 or bias_gstride == 0:
+            arr = np.zeros(mt * MR, dtype=np.float32)
+            arr[:m] = bias[:m]
+            return arr, BIAS_ROW, 0
+        arr = np.zeros((ngroups, mt * MR), dtype=np.float32)
+        arr[:, :m] = bias[: ngroups * bias_gstride].reshape(ngroups, bias_gstride)[:, :m]
+        return arr.reshape(-1), BIAS_ROW, mt * MR
+    arr = np.zeros(nt * NR, dtype=np.float32)
+    arr[:n] = bias[:n]
+    return arr, BIAS_COL, 0
+
+
+class GemmCall:
+    """A prepared batched, grouped GEMM on packed A: everything but the B source and C is fixed.
+
+    For image ``b < nbatch`` and group ``g < ngroups``, ``run(c, bsrc)`` computes
+    ``C_bg = act(A_g @ B_bg + bias_g)`` (or ``C_bg += A_g @ B_bg + bias_g`` with ``accumulate``), where
+
+    * ``A_g`` = packed A at ``ap[g*a_gstride:]`` (M x K, see :func:`pack_a`);
+    * ``B_bg`` = the pre-packed ``bp`` (see :func:`pack_b`) if non-empty, else B[kk, j] read through
+      geometry ``geo`` and row table ``ktab`` from the flat float32 ``bsrc`` at offset
+      ``b*b_nstride + g*b_gstride`` (:func:`matrix_geometry` / :func:`matrix_ktab` for a matrix,
+      :func:`conv_geometry` / :func:`conv_ktab` for im2col of an image);
+    * ``C_bg`` = flat float32 ``c`` from offset ``b*c_nstride + g*c_gstride``, rows ``ldc`` apart;
+    * bias: ``BIAS_ROW`` adds ``bias[g*bias_gstride + i]`` to row i, ``BIAS_COL`` ``bias[j]`` to column j;
+      the activation comes last.
+
+    The task split depends on the thread count at call time (numba.get_num_threads(), or ``threads``);
+    the parallel path runs when M*N*K*batch reaches PARALLEL_MIN_WORK. Results do not depend on it."""
+
+    def __init__(self, ap: np.ndarray, m: int, n: int, k: int, ldc: int, *, bp: np.ndarray = _EMPTY,
+                 geo: np.ndarray | None = None, ktab: np.ndarray | None = None, nbatch: int = 1,
+                 ngroups: int = 1, a_gstride: int = 0, b_nstride: int = 0, b_gstride: int = 0,
+                 c_nstride: int = 0, c_gstride: int = 0, bias: np.ndarray | None = None,
+                 bias_mode: int = BIAS_NONE, bias_gstride: int = 0, accumulate: bool = False,
+                 act: int = ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+        if bp.size == 0 and (geo is None or ktab is None):
+            raise ValueError("GemmCall: give a pre-packed B or a B geometry and row table")
+        self.m, self.n, self.k, self.nbatch, self.ngroups = m, n, k, nbatch, ngroups
+        bias_arr, bias_mode, bias_gstride = pad_bias(bias, bias_mode, m, n, ngroups, bias_gstride)
+        self._head = (ap, a_gstride, bp)
+        self._mid = (b_nstride, b_gstride, geo if geo is not None else matrix_geometry(1, 1, 1),
+                     np.ascontiguousarray(ktab if ktab is not None else matrix_ktab(1, 1), dtype=np.int64))
+        self._tail = (c_nstride, c_gstride, ldc, bias_arr, bias_mode, bias_gstride, m, n, k, ngroups)
+        self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta))
+        self.work = m * n * max(k, 1) * nbatch * ngroups
+        self._plans: dict[int, tuple] = {}
+
+    def _plan(self, threads: int) -> tuple:
+        plan = self._plans.get(threads)
+        if plan is None:
+            total = self.nbatch * self.ngroups
+            parallel = threads > 1 and self.work >= PARALLEL_MIN_WORK
+            rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1)
+            ntasks = total * rs * cb
+            keep = mst > MC // MR
+            bufsize = (nbt if keep else 1) * KC * NR
+            nslots = min(threads, ntasks) if parallel else 0
+            plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt))
+            self._plans[threads] = plan
+        return plan
+
+    def run(self, c: np.ndarray, bsrc: np.ndarray = _EMPTY, threads: int | None = None) -> None:
+        """Compute into the flat float32 ``c`` reading B from the flat float32 ``bsrc``."""
+        if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
+            return
+        nslots, ntasks, bufsize, split = self._plan(numba.get_num_threads() if threads is None else threads)
+        if bsrc.size == 0:
+            bsrc = _ONE
+        args = ((bufsize,) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split + self._flags)
+        if nslots:
+            _gemm_parallel(nslots, ntasks, *args)
+        else:
+            _gemm_serial(ntasks, *args)
+
+
+_ONE = np.zeros(1, dtype=np.float32)
+
+
+def gemm_driver(ap: np.ndarray, m: int, n: int, k: int, c: np.ndarray, ldc: int, *,
+                bsrc: np.ndarray = _EMPTY, threads: int | None = None, **kw) -> None:
+    """One-off :class:`GemmCall`: ``GemmCall(ap, m, n, k, ldc, **kw).run(c, bsrc, threads)``."""
+    GemmCall(ap, m, n, k, ldc, **kw).run(c, bsrc, threads)
+
+
+def sgemm_packed(ap: np.ndarray, bp: np.ndarray, c: np.ndarray, m: int, n: int, k: int,
+                 bias: np.ndarray | None = None, act: int = ACT_NONE, alpha: float = 0.0,
+                 beta: float = 0.0, *, bias_mode: int = BIAS_ROW, accumulate: bool = False,
+                 ldc: int | None = None, threads: int | None = None) -> None:
+    """C[M, N] = act(A @ B + bias) with both operands packed (:func:`pack_a`, :func:`pack_b`).
+
+    ``c``: C-contiguous float32 (M, N) array (or any array whose flat buffer has rows ``ldc`` apart);
+    ``bias``: per row (default; conv output channels) or per column with ``bias_mode=BIAS_COL``."""
+    flat = c.reshape(-1)
+    gemm_driver(ap, m, n, k, flat, n if ldc is None else ldc, bp=bp, bias=bias,
+                bias_mode=bias_mode if bias is not None else BIAS_NONE, accumulate=accumulate,
+                act=act, alpha=alpha, beta=beta, threads=threads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GEMV (few rows or few columns)
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta):
+    """out[q, n] = act(dot(w[n, :], x[q, :]) + bias[n]) for q < x.shape[0] (<= 3)."""
+    nb = x.shape[0]
+    kk = w.shape[1]
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    if nb == 1:
+        for i in range(kk):
+            s0 += w[n, i] * x[0, i]
+    elif nb == 2:
+        for i in range(kk):
+            wv = w[n, i]
+            s0 += wv * x[0, i]
+            s1 += wv * x[1, i]
+    else:
+        for i in range(kk):
+            wv = w[n, i]
+            s0 += wv * x[0, i]
+            s1 += wv * x[1, i]
+            s2 += wv * x[2, i]
+    b = bias[n] if has_bias else np.float32(0.0)
+    out[0, n] = apply_act(s0 + b, act, alpha, beta)
+    if nb > 1:
+        out[1, n] = apply_act(s1 + b, act, alpha, beta)
+    if nb > 2:
+        out[2, n] = apply_act(s2 + b, act, alpha, beta)
+
+
+@numba.njit(**NJIT)
+def _gemv_serial(w, x, out, bias, act, alpha, beta):
+    has_bias = bias.size > 0
+    for n in range(w.shape[0]):
+        _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _gemv_parallel(w, x, out, bias, act, alpha, beta):
+    has_bias = bias.size > 0
+    for n in prange(w.shape[0]):
+        _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta)
+
+
+def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+         act: int = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, threads: int | None = None) -> None:
+    """out[b, n] = act(sum_k w[n, k] * x[b, k] + bias[n]) for up to 3 rows b of x.
+
+    ``w``: (N, K) with contiguous rows (an FC weight as stored by ONNX Gemm transB=1); ``x``: (B<=3, K);
+    ``out``: (B, N), any strides (pass ``out.T`` for the transposed layout)."""
+    if x.shape[0] > 3:
+        raise ValueError("gemv handles at most 3 vectors")
+    b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if threads is None:
+        threads = numba.get_num_threads()
+    if threads > 1 and w.size * x.shape[0] >= PARALLEL_MIN_WORK:
+        _gemv_parallel(w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+    else:
+        _gemv_serial(w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+
+
+@numba.njit(inline="always", **NJIT)
+def _vecmat_chunk(a, b, out, j0, j1, bias, has_bias, act, alpha, beta):
+    """out[i, j0:j1] = act(sum_k a[i, k] * b[k, j0:j1] + bias[j]) for the (<= 3) rows i of a."""
+    m, kk = a.shape
+    for i in range(m):
+        for j in range(j0, j1):
+            out[i, j] = bias[j] if has_bias else np.float32(0.0)
+    for q in range(kk):
+        for i in range(m):
+            s = a[i, q]
+            for j in range(j0, j1):
+                out[i, j] += s * b[q, j]
+    if act != ACT_NONE:
+        for i in range(m):
+            for j in range(j0, j1):
+                out[i, j] = apply_act(out[i, j], act, alpha, beta)
+
+
+_VM_CHUNK = 256
+
+
+@numba.njit(**NJIT)
+def _vecmat_serial(a, b, out, bias, act, alpha, beta):
+    n = b.shape[1]
+    has_bias = bias.size > 0
+    for j0 in range(0, n, _VM_CHUNK):
+        _vecmat_chunk(a, b, out, j0, min(n, j0 + _VM_CHUNK), bias, has_bias, act, alpha, beta)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _vecmat_parallel(a, b, out, bias, act, alpha, beta):
+    n = b.shape[1]
+    has_bias = bias.size > 0
+    nch = (n + _VM_CHUNK - 1) // _VM_CHUNK
+    for c in prange(nch):
+        j0 = c * _VM_CHUNK
+        _vecmat_chunk(a, b, out, j0, min(n, j0 + _VM_CHUNK), bias, has_bias, act, alpha, beta)
+
+
+def vecmat(a: np.ndarray, b: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+           act: int = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, threads: int | None = None) -> None:
+    """out[i, :] = act(a[i, :] @ b + bias) for up to 3 rows of a; b: (K, N) with unit column stride
+    (read in place, row by row), out: (M, N) with unit column stride, bias per column."""
+    if a.shape[0] > 3:
+        raise ValueError("vecmat handles at most 3 rows")
+    bb = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if threads is None:
+        threads = numba.get_num_threads()
+    args = (np.ascontiguousarray(a, dtype=np.float32), b, out, bb, int(act), np.float32(alpha),
+            np.float32(beta))
+    if threads > 1 and b.size * a.shape[0] >= PARALLEL_MIN_WORK and b.shape[1] > _VM_CHUNK:
+        _vecmat_parallel(*args)
+    else:
+        _vecmat_serial(*args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# high level
+# ---------------------------------------------------------------------------------------------------
+def _unit_cols(b: np.ndarray) -> np.ndarray:
+    """b as float32 2-D with unit column stride and a non-negative row stride (copy only if needed)."""
+    if b.dtype != np.float32:
+        b = b.astype(np.float32)
+    if (b.shape[1] > 1 and b.strides[1] != 4) or (b.shape[0] > 1 and (b.strides[0] % 4 or b.strides[0] < 0)):
+        b = np.ascontiguousarray(b)
+    return b
+
+
+def _b_source(b: np.ndarray):
+    """(flat source, geometry, row table) for a 2-D float32 B with unit column stride."""
+    k, n = b.shape
+    if b.size == 0:
+        return np.zeros(1, np.float32), matrix_geometry(1, max(n, 1), 0), matrix_ktab(1, 0)
+    rs = b.strides[0] // 4 if k > 1 else n
+    length = (k - 1) * rs + n
+    flat = np.lib.stride_tricks.as_strided(b, shape=(length,), strides=(4,))
+    return flat, matrix_geometry(k, n, rs), matrix_ktab(k, rs)
+
+
+def _flat_out(out: np.ndarray) -> tuple[np.ndarray, int]:
+    if out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("output must be a C-contiguous float32 array")
+    return out.reshape(-1), (out.shape[-1] if out.ndim else 1)
+
+
+class PackedA:
+    """A constant left operand A (M x K) packed once (a conv weight, or any weight used as A).
+
+    ``PackedA(a)(b, out, bias=None, act=0, alpha=0, beta=0)``: out (M, N) = act(A @ b + bias[row])."""
+
+    def __init__(self, a: np.ndarray):
+        a = np.asarray(a, dtype=np.float32)
+        if a.ndim != 2:
+            raise ValueError("A must be 2-D")
+        self.m, self.k = a.shape
+        self.data = np.zeros(packed_a_size(self.m, self.k), dtype=np.float32)
+        if self.k > 0 and self.m > 0:
+            pack_a(a, self.data)
+
+    def __call__(self, b: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+                 act: int | str | None = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, *,
+                 accumulate: bool = False, threads: int | None = None) -> np.ndarray:
+        k, n = b.shape
+        if k != self.k:
+            raise ValueError(f"K mismatch: A has {self.k}, B has {k}")
+        src, geo, ktab = _b_source(_unit_cols(b))
+        flat, ldc = _flat_out(out)
+        gemm_driver(self.data, self.m, n, k, flat, ldc, bsrc=src, geo=geo, ktab=ktab, bias=bias,
+                    bias_mode=BIAS_ROW if bias is not None else BIAS_NONE, accumulate=accumulate,
+                    act=act_code(act), alpha=alpha, beta=beta, threads=threads)
+        return out
+
+
+class PackedWeight:
+    """A fully connected weight packed once at load: Y = act(X @ W^T + bias) (ONNX Gemm transB=1).
+
+    ``w``: (N_out, K) as ONNX Gemm stores it with transB=1; pass ``trans_b=False`` for a (K, N_out)
+    weight (ONNX Gemm transB=0, or the constant B of a MatMul). Batches of at most 3 rows run a GEMV on
+    W's contiguous rows (parallel over outputs); larger ones the GEMM with W^T pre-packed as the B
+    operand (bias per column) and X packed per call into the scratch."""
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None = None, trans_b: bool = True,
+                 act: int | str | None = ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+        w = np.asarray(w, dtype=np.float32)
+        if w.ndim != 2:
+            raise ValueError("weight must be 2-D")
+        self.w_rows = np.ascontiguousarray(w if trans_b else w.T)  # (N_out, K)
+        self.n, self.k = self.w_rows.shape
+        self.bp = np.zeros(packed_b_size(self.k, self.n), dtype=np.float32)
+        if self.k > 0 and self.n > 0:
+            pack_b(self.w_rows.T, self.bp)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        if self.bias is not None and self.bias.size == 1 and self.n != 1:
+            self.bias = np.full(self.n, self.bias[0], dtype=np.float32)
+        if self.bias is not None and self.bias.size != self.n:
+            raise ValueError(f"bias has {self.bias.size} elements, expected {self.n}")
+        self.act = act_code(act)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def scratch_bytes(self, m: int) -> int:
+        """Workspace bytes for a batch of m rows (the packed X)."""
+        return 0 if m <= 3 else 4 * packed_a_size(m, self.k)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None,
+                 threads: int | None = None) -> np.ndarray:
+        """out (M, N_out) = act(x (M, K) @ W^T + bias); out C-contiguous."""
+        m, k = x.shape
+        if k != self.k:
+            raise ValueError(f"K mismatch: weight has {self.k}, input {k}")
+        if m == 0 or self.n == 0:
+            return out
+        if m <= 3 and k > 0:
+            gemv(self.w_rows, _unit_cols(x), out, self.bias, self.act, self.alpha, self.beta, threads)
+            return out
+        size = packed_a_size(m, k)
+        if scratch is not None and scratch.nbytes >= 4 * size:
+            ap = scratch.reshape(-1).view(np.uint8)[: 4 * size].view(np.float32)
+        else:
+            ap = np.empty(size, dtype=np.float32)
+        if k == 0:
+            ap[:] = 0.0
+        else:
+            pack_a(x.astype(np.float32, copy=False), ap)
+        flat, ldc = _flat_out(out)
+        gemm_driver(ap, m, self.n, k, flat, ldc, bp=self.bp, bias=self.bias,
+                    bias_mode=BIAS_COL if self.bias is not None else BIAS_NONE, act=self.act,
+                    alpha=self.alpha, beta=self.beta, threads=threads)
+        return out
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, bias: np.ndarray | None = None,
+         act: int | str | None = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, *,
+         bias_mode: int = BIAS_COL, accumulate: bool = False, threads: int | None = None) -> np.ndarray:
+    """out (M, N) = act(a (M, K) @ b (K, N) + bias) in float32; a and b may be strided 2-D views.
+
+    ``bias`` is per column (length N, or 1) by default, per row (length M) with ``bias_mode=BIAS_ROW``;
+    ``accumulate=True`` adds the product to what ``out`` holds (ONNX Gemm with a full C: copy beta*C
+    into out first). Packs A on every call: for a constant A use :class:`PackedA`, for a constant FC
+    weight :class:`PackedWeight`. ``alpha``/``beta`` are the activation's parameters."""
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2:
+        raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
+    if out is None:
+        out = np.empty((m, n), dtype=np.float32)
+    act = act_code(act)
+    if m == 0 or n == 0:
+        return out
+    if bias is None:
+        bias_mode = BIAS_NONE
+    else:
+        bias = np.asarray(bias, dtype=np.float32).reshape(-1)
+        want = m if bias_mode == BIAS_ROW else n
+        if bias.size == 1 and want != 1:
+            bias = np.full(want, bias[0], dtype=np.float32)
+        if bias.size != want:
+            raise ValueError(f"bias has {bias.size} elements, expected {want}")
+    if k > 0 and not accumulate:
+        if n <= 3 and bias_mode != BIAS_COL and n < m:
+            # out^T (n, m): dot products of A's contiguous rows with B's columns
+            gemv(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b.T, dtype=np.float32),
+                 out.T, bias, act, alpha, beta, threads)
+            return out
+        if m <= 3 and bias_mode != BIAS_ROW:
+            vecmat(a, _unit_cols(b), out, bias, act, alpha, beta, threads)
+            return out
+    ap = np.zeros(packed_a_size(m, k), dtype=np.float32)
+    if k > 0:
+        pack_a(a.astype(np.float32, copy=False), ap)
+    src, geo, ktab = _b_source(_unit_cols(b))
+    flat, ldc = _flat_out(out)
+    gemm_driver(ap, m, n, k, flat, ldc, bsrc=src, geo=geo, ktab=ktab, bias=bias, bias_mode=bias_mode,
+                accumulate=accumulate, act=act, alpha=alpha, beta=beta, threads=threads)
+    return out
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           threads: int | None = None) -> np.ndarray:
+    """numpy.matmul for float32 with broadcast batch dimensions (1-D operands promoted as numpy does).
+
+    The batch loop runs in Python; a 2-D ``a`` shared by the whole batch is packed once."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    m, k = a2.shape[-2:]
+    k2, n = b2.shape[-2:]
+    if k != k2:
+        raise ValueError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    want_shape = batch + (m, n)
+    if a.ndim == 1:
+        want_shape = want_shape[:-2] + (n,)
+    if b.ndim == 1:
+        want_shape = want_shape[:-1]
+    if out is None:
+        out = np.empty(want_shape, dtype=np.float32)
+    elif out.shape != want_shape:
+        raise ValueError(f"matmul: out has shape {out.shape}, expected {want_shape}")
+    if not out.flags.c_contiguous or out.dtype != np.float32:
+        raise ValueError("matmul: out must be a C-contiguous float32 array")
+    o3 = out.reshape(batch + (m, n))
+    ab = np.broadcast_to(a2, batch + (m, k))
+    bb = np.broadcast_to(b2, batch + (k, n))
+    shared = a2.ndim == 2 and m > 3 and n > 3 and len(batch) > 0
+    packed = PackedA(a2) if shared else None
+    for idx in np.ndindex(*batch):
+        if packed is not None:
+            packed(bb[idx], o3[idx], threads=threads)
+        else:
+            gemm(ab[idx], bb[idx], o3[idx], threads=threads)
+    return out
+
+
+def gemm_ref(a, b, bias=None, act=ACT_NONE, alpha=0.0, beta=0.0, bias_mode=BIAS_COL):
+    """float64 numpy reference of :func:`gemm`."""
+    r = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    if bias is not None:
+        bias = np.asarray(bias, np.float64).reshape(-1)
+        r = r + (bias[:, None] if bias_mode == BIAS_ROW else bias[None, :])
+    return act_ref(r, act_code(act), alpha, beta)

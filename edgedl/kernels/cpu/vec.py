@@ -1,0 +1,533 @@
+"""The fp32 GEMM microkernel, written directly in LLVM IR as a Numba intrinsic.
+
+Numba does not keep a GEMM register tile in registers (arrays live in memory and SLP vectorization of a
+scalar tile fails), so the innermost MR x NR tile update is emitted here with llvmlite's IRBuilder:
+
+* the tile is ``MR`` rows of ``NV`` vectors ``<VW x float>`` (MR * NV accumulators, phi nodes of a k loop
+  built from basic blocks, unrolled ``UNROLL`` times with a remainder loop);
+* per k step: ``NV`` vector loads of the packed B row (align 4: unaligned-safe), ``MR`` scalar loads of
+  the packed A column splatted to vectors, ``MR * NV`` ``llvm.fmuladd`` (fused where the FPU has FMA,
+  a multiply and an add elsewhere; never a libcall as ``llvm.fma`` can be);
+* before the loop the accumulators start from 0, or from the C tile (``UK_ACCUMULATE``: K-blocking), plus
+  a per-row bias (``UK_BIAS``) and/or a per-column bias (``UK_BIAS_COL``);
+* after the loop the simple activations (:data:`~edgedl.kernels.cpu.act.SIMPLE_ACTS`) run on the vectors
+  and the tile is stored to C at row stride ``ldc``.
+
+Only portable LLVM vector IR is used (no target intrinsics): the backend splits ``<8 x float>`` into the
+target's registers (two NEON q registers, one AVX ymm register).
+
+Packed layouts (see :mod:`~edgedl.kernels.cpu.gemm`): A row panel ``[K][MR]``, B column panel ``[K][NR]``.
+"""
+from __future__ import annotations
+
+import llvmlite.ir as ir
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .act import (ACT_CLIP, ACT_HARD_SIGMOID, ACT_HARD_SWISH, ACT_LEAKY_RELU, ACT_NONE, ACT_RELU)
+
+#: rows of the register tile
+MR = 6
+#: floats per vector
+VW = 8
+#: vectors per tile row
+NV = 2
+#: columns of the register tile
+NR = NV * VW
+#: k steps per iteration of the unrolled loop
+UNROLL = 4
+
+#: ``flags`` bits of the microkernel
+UK_ACCUMULATE = 1  # start from the values in C (K-blocking) instead of 0
+UK_BIAS = 2        # add bias[bias_off + r] to every element of row r
+UK_BIAS_COL = 4    # add bias[bias_off + j] to every element of column j
+
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+
+
+def _const_i64(v):
+    return ir.Constant(_I64, v)
+
+
+def _splat(builder, vecty, scalar):
+    undef = ir.Constant(vecty, ir.Undefined)
+    v = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, vecty.count), [0] * vecty.count)
+    return builder.shuffle_vector(v, undef, mask)
+
+
+def _vec_const(vecty, value):
+    return ir.Constant(vecty, [float(np.float32(value))] * vecty.count)
+
+
+def _select_lt(builder, x, y, then_v, else_v):
+    """x < y ? then_v : else_v (ordered: NaN x keeps else_v)."""
+    return builder.select(builder.fcmp_ordered("<", x, y), then_v, else_v)
+
+
+def _select_gt(builder, x, y, then_v, else_v):
+    return builder.select(builder.fcmp_ordered(">", x, y), then_v, else_v)
+
+
+def _act_ir(builder, code, x, va, vb, vecty):
+    """IR for the simple activation ``code`` on vector ``x`` (NaN-propagating, like act.apply_act)."""
+    zero = _vec_const(vecty, 0.0)
+    one = _vec_const(vecty, 1.0)
+    if code == ACT_NONE:
+        return x
+    if code == ACT_RELU:
+        return _select_lt(builder, x, zero, zero, x)
+    if code == ACT_CLIP:
+        t = _select_lt(builder, x, va, va, x)
+        return _select_gt(builder, t, vb, vb, t)
+    if code == ACT_LEAKY_RELU:
+        return _select_lt(builder, x, zero, builder.fmul(x, va), x)
+    if code == ACT_HARD_SWISH:
+        t = builder.fadd(builder.fmul(x, _vec_const(vecty, 1.0 / 6.0)), _vec_const(vecty, 0.5))
+        t = _select_lt(builder, t, zero, zero, t)
+        t = _select_gt(builder, t, one, one, t)
+        return builder.fmul(x, t)
+    if code == ACT_HARD_SIGMOID:
+        t = builder.fadd(builder.fmul(x, va), vb)
+        t = _select_lt(builder, t, zero, zero, t)
+        return _select_gt(builder, t, one, one, t)
+    raise AssertionError(code)
+
+
+_IR_ACTS = (ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID)
+
+
+def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_ptr, ldc, flags,
+                      bias_ptr, act, alpha, beta, mrows, ncols):
+    """Emit one tile update at the builder's position; ``mrows`` (<= mr) rows and ``ncols`` (<= nv*vw)
+    columns of C are read/written (edge tiles use masked vector loads/stores)."""
+    vecty = ir.VectorType(_F32, vw)
+    vptr = vecty.as_pointer()
+    maskty = ir.VectorType(ir.IntType(1), vw)
+    fn = builder.function
+    module = builder.module
+    fmuladd = cgutils.get_or_insert_function(
+        module, ir.FunctionType(vecty, [vecty, vecty, vecty]), f"llvm.fmuladd.v{vw}f32")
+    mload = cgutils.get_or_insert_function(
+        module, ir.FunctionType(vecty, [vptr, _I32, maskty, vecty]), f"llvm.masked.load.v{vw}f32.p0")
+    mstore = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [vecty, vptr, _I32, maskty]),
+        f"llvm.masked.store.v{vw}f32.p0")
+    nacc = mr * nv
+    full = builder.and_(builder.icmp_signed(">=", mrows, _const_i64(mr)),
+                        builder.icmp_signed(">=", ncols, _const_i64(nv * vw)))
+
+    def edge_masks():
+        """mask[r][v]: lanes of row r, vector v that lie inside the mrows x ncols edge tile."""
+        lanes = ir.Constant(ir.VectorType(_I32, vw), list(range(vw)))
+        out = []
+        for r in range(mr):
+            row_ok = builder.icmp_signed("<", _const_i64(r), mrows)
+            row = []
+            for v in range(nv):
+                rem = builder.trunc(builder.sub(ncols, _const_i64(v * vw)), _I32)
+                rem = builder.select(row_ok, rem, ir.Constant(_I32, 0))
+                row.append(builder.icmp_signed("<", lanes, _splat(builder, ir.VectorType(_I32, vw), rem)))
+            out.append(row)
+        return out
+
+    def row_col_ptr(r, v):
+        off = builder.add(builder.mul(_const_i64(r), ldc), _const_i64(v * vw))
+        return builder.bitcast(builder.gep(c_ptr, [off]), vptr)
+
+    # ---- initial accumulators: 0, or C, plus bias -------------------------------------------------------
+    bb_entry = builder.block
+    bb_load_c = fn.append_basic_block("uk.load_c")
+    bb_after_c = fn.append_basic_block("uk.after_c")
+    bb_bias = fn.append_basic_block("uk.bias")
+    bb_after_bias = fn.append_basic_block("uk.after_bias")
+    bb_loop4 = fn.append_basic_block("uk.loop4")
+    bb_mid = fn.append_basic_block("uk.mid")
+    bb_loop1 = fn.append_basic_block("uk.loop1")
+    bb_done = fn.append_basic_block("uk.done")
+
+    zero_v = _vec_const(vecty, 0.0)
+    is_acc = builder.icmp_unsigned("!=", builder.and_(flags, _const_i64(UK_ACCUMULATE)), _const_i64(0))
+    bb_acc = fn.append_basic_block("uk.acc")
+    builder.cbranch(is_acc, bb_acc, bb_after_c)
+    builder.position_at_end(bb_acc)
+
+    bb_load_edge = fn.append_basic_block("uk.load_c_edge")
+    builder.cbranch(full, bb_load_c, bb_load_edge)
+    builder.position_at_end(bb_load_c)
+    c_vals = [builder.load(row_col_ptr(r, v), align=4) for r in range(mr) for v in range(nv)]
+    builder.branch(bb_after_c)
+    builder.position_at_end(bb_load_edge)
+    masks = edge_masks()
+    c_edge = [builder.call(mload, [row_col_ptr(r, v), ir.Constant(_I32, 4), masks[r][v], zero_v])
+              for r in range(mr) for v in range(nv)]
+    builder.branch(bb_after_c)
+
+    builder.position_at_end(bb_after_c)
+    init = []
+    for i in range(nacc):
+        phi = builder.phi(vecty)
+        phi.add_incoming(zero_v, bb_entry)
+        phi.add_incoming(c_vals[i], bb_load_c)
+        phi.add_incoming(c_edge[i], bb_load_edge)
+        init.append(phi)
+    # per-row bias (UK_BIAS): bias[r] splat over row r
+    prev_block, prev = bb_after_c, init
+    has_bias = builder.icmp_unsigned("!=", builder.and_(flags, _const_i64(UK_BIAS)), _const_i64(0))
+    builder.cbranch(has_bias, bb_bias, bb_after_bias)
+    builder.position_at_end(bb_bias)
+    with_bias = []
+    for r in range(mr):
+        bval = builder.load(builder.gep(bias_ptr, [_const_i64(r)]), align=4)
+        bvec = _splat(builder, vecty, bval)
+        for v in range(nv):
+            with_bias.append(builder.fadd(prev[r * nv + v], bvec))
+    builder.branch(bb_after_bias)
+    builder.position_at_end(bb_after_bias)
+    mid = []
+    for i in range(nacc):
+        phi = builder.phi(vecty)
+        phi.add_incoming(prev[i], prev_block)
+        phi.add_incoming(with_bias[i], bb_bias)
+        mid.append(phi)
+    # per-column bias (UK_BIAS_COL): bias[v*vw : v*vw+vw] added to every row
+    bb_bias_col = fn.append_basic_block("uk.bias_col")
+    bb_after_col = fn.append_basic_block("uk.after_bias_col")
+    has_col = builder.icmp_unsigned("!=", builder.and_(flags, _const_i64(UK_BIAS_COL)), _const_i64(0))
+    builder.cbranch(has_col, bb_bias_col, bb_after_col)
+    builder.position_at_end(bb_bias_col)
+    bcols = [builder.load(builder.bitcast(builder.gep(bias_ptr, [_const_i64(v * vw)]), vptr), align=4)
+             for v in range(nv)]
+    with_col = [builder.fadd(mid[r * nv + v], bcols[v]) for r in range(mr) for v in range(nv)]
+    builder.branch(bb_after_col)
+    builder.position_at_end(bb_after_col)
+    acc0 = []
+    for i in range(nacc):
+        phi = builder.phi(vecty)
+        phi.add_incoming(mid[i], bb_after_bias)
+        phi.add_incoming(with_col[i], bb_bias_col)
+        acc0.append(phi)
+    bb_start = bb_after_col
+    n4 = builder.udiv(kc, _const_i64(unroll)) if unroll > 1 else kc
+    builder.cbranch(builder.icmp_signed(">", n4, _const_i64(0)), bb_loop4, bb_mid)
+
+    def k_step(accs, ap, bp, k):
+        """One k step on accumulators ``accs`` reading A at ap[k*mr + r], B at bp[k*nr + v*vw]."""
+        bvecs = []
+        for v in range(nv):
+            p = builder.gep(bp, [_const_i64(k * nv * vw + v * vw)], inbounds=True)
+            bvecs.append(builder.load(builder.bitcast(p, vptr), align=4))
+        out = list(accs)
+        for r in range(mr):
+            aval = builder.load(builder.gep(ap, [_const_i64(k * mr + r)], inbounds=True), align=4)
+            avec = _splat(builder, vecty, aval)
+            for v in range(nv):
+                out[r * nv + v] = builder.call(fmuladd, [avec, bvecs[v], out[r * nv + v]])
+        return out
+
+    # ---- unrolled main loop ---------------------------------------------------------------------------
+    builder.position_at_end(bb_loop4)
+    i_phi = builder.phi(_I64)
+    a_phi = builder.phi(a_ptr.type)
+    b_phi = builder.phi(b_ptr.type)
+    acc_phis = [builder.phi(vecty) for _ in range(nacc)]
+    accs = acc_phis
+    for u in range(unroll):
+        accs = k_step(accs, a_phi, b_phi, u)
+    a_next = builder.gep(a_phi, [_const_i64(unroll * mr)], inbounds=True)
+    b_next = builder.gep(b_phi, [_const_i64(unroll * nv * vw)], inbounds=True)
+    i_next = builder.add(i_phi, _const_i64(1))
+    bb_loop4_end = builder.block
+    builder.cbranch(builder.icmp_signed("<", i_next, n4), bb_loop4, bb_mid)
+    i_phi.add_incoming(_const_i64(0), bb_start)
+    i_phi.add_incoming(i_next, bb_loop4_end)
+    a_phi.add_incoming(a_ptr, bb_start)
+    a_phi.add_incoming(a_next, bb_loop4_end)
+    b_phi.add_incoming(b_ptr, bb_start)
+    b_phi.add_incoming(b_next, bb_loop4_end)
+    for i in range(nacc):
+        acc_phis[i].add_incoming(acc0[i], bb_start)
+        acc_phis[i].add_incoming(accs[i], bb_loop4_end)
+
+    # ---- remainder: kc % unroll single steps ----------------------------------------------------------
+    builder.position_at_end(bb_mid)
+    a_mid = builder.phi(a_ptr.type)
+    a_mid.add_incoming(a_ptr, bb_start)
+    a_mid.add_incoming(a_next, bb_loop4_end)
+    b_mid = builder.phi(b_ptr.type)
+    b_mid.add_incoming(b_ptr, bb_start)
+    b_mid.add_incoming(b_next, bb_loop4_end)
+    acc_mid = []
+    for i in range(nacc):
+        phi = builder.phi(vecty)
+        phi.add_incoming(acc0[i], bb_start)
+        phi.add_incoming(accs[i], bb_loop4_end)
+        acc_mid.append(phi)
+    rem = builder.sub(kc, builder.mul(n4, _const_i64(unroll))) if unroll > 1 else _const_i64(0)
+    builder.cbranch(builder.icmp_signed(">", rem, _const_i64(0)), bb_loop1, bb_done)
+
+    builder.position_at_end(bb_loop1)
+    j_phi = builder.phi(_I64)
+    a1 = builder.phi(a_ptr.type)
+    b1 = builder.phi(b_ptr.type)
+    acc1 = [builder.phi(vecty) for _ in range(nacc)]
+    accs1 = k_step(acc1, a1, b1, 0)
+    a1n = builder.gep(a1, [_const_i64(mr)], inbounds=True)
+    b1n = builder.gep(b1, [_const_i64(nv * vw)], inbounds=True)
+    j_next = builder.add(j_phi, _const_i64(1))
+    bb_loop1_end = builder.block
+    builder.cbranch(builder.icmp_signed("<", j_next, rem), bb_loop1, bb_done)
+    j_phi.add_incoming(_const_i64(0), bb_mid)
+    j_phi.add_incoming(j_next, bb_loop1_end)
+    a1.add_incoming(a_mid, bb_mid)
+    a1.add_incoming(a1n, bb_loop1_end)
+    b1.add_incoming(b_mid, bb_mid)
+    b1.add_incoming(b1n, bb_loop1_end)
+    for i in range(nacc):
+        acc1[i].add_incoming(acc_mid[i], bb_mid)
+        acc1[i].add_incoming(accs1[i], bb_loop1_end)
+
+    # ---- epilogue: activation, store --------------------------------------------------------------------
+    builder.position_at_end(bb_done)
+    final = []
+    for i in range(nacc):
+        phi = builder.phi(vecty)
+        phi.add_incoming(acc_mid[i], bb_mid)
+        phi.add_incoming(accs1[i], bb_loop1_end)
+        final.append(phi)
+    va = _splat(builder, vecty, alpha)
+    vb = _splat(builder, vecty, beta)
+    bb_exit = fn.append_basic_block("uk.exit")
+    bb_plain = fn.append_basic_block("uk.act_none")
+    switch = builder.switch(act, bb_plain)
+
+    def store_all(vals):
+        bb_full = fn.append_basic_block("uk.store_full")
+        bb_edge = fn.append_basic_block("uk.store_edge")
+        builder.cbranch(full, bb_full, bb_edge)
+        builder.position_at_end(bb_full)
+        for r in range(mr):
+            for v in range(nv):
+                builder.store(vals[r * nv + v], row_col_ptr(r, v), align=4)
+        builder.branch(bb_exit)
+        builder.position_at_end(bb_edge)
+        masks = edge_masks()
+        for r in range(mr):
+            for v in range(nv):
+                builder.call(mstore, [vals[r * nv + v], row_col_ptr(r, v), ir.Constant(_I32, 4), masks[r][v]])
+        builder.branch(bb_exit)
+
+    builder.position_at_end(bb_plain)
+    store_all(final)
+    for code in _IR_ACTS:
+        bb = fn.append_basic_block(f"uk.act{code}")
+        switch.add_case(_const_i64(code), bb)
+        builder.position_at_end(bb)
+        store_all([_act_ir(builder, code, x, va, vb, vecty) for x in final])
+    builder.position_at_end(bb_exit)
+
+
+def _make_microkernel(mr, nv, vw, unroll):
+    @intrinsic
+    def microkernel(typingctx, kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act,
+                    alpha, beta, mrows, ncols):
+        for arr in (ap, bp, c, bias):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        for i in (kc, a_off, b_off, c_off, ldc, flags, bias_off, act, mrows, ncols):
+            if not isinstance(i, types.Integer):
+                return None
+        for f in (alpha, beta):
+            if not isinstance(f, (types.Float, types.Integer)):
+                return None
+        sig = types.void(kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act, alpha, beta,
+                         mrows, ncols)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+
+            def i64(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            def data(k, off_k):
+                arr = context.make_array(at[k])(context, builder, value=args[k])
+                return builder.gep(arr.data, [i64(off_k)])
+
+            a_ptr = data(1, 2)
+            b_ptr = data(3, 4)
+            c_ptr = data(5, 6)
+            bias_ptr = data(9, 10)
+            alpha_v = context.cast(builder, args[12], at[12], types.float32)
+            beta_v = context.cast(builder, args[13], at[13], types.float32)
+            _emit_microkernel(context, builder, mr, nv, vw, unroll, i64(0), a_ptr, b_ptr, c_ptr, i64(7),
+                              i64(8), bias_ptr, i64(11), alpha_v, beta_v, i64(14), i64(15))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+#: ``microkernel(kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act, alpha, beta,
+#: mrows, ncols)``
+#:
+#: C[c_off + r*ldc + j] (r < mrows <= MR, j < ncols <= NR) = act(init + sum_k ap[a_off + k*MR + r] * bp[b_off + k*NR + j])
+#: with init = (C if flags & UK_ACCUMULATE else 0) + (bias[bias_off + r] if flags & UK_BIAS else 0)
+#: + (bias[bias_off + j] if flags & UK_BIAS_COL else 0).
+#: ``act`` is applied only for the codes of SIMPLE_ACTS (others: stored without activation). ``ap``,
+#: ``bp``, ``bias``: float32 arrays (bias is read only with UK_BIAS); ``c``: float32 array of any rank,
+#: addressed flat from its data pointer. Usable only inside @njit code.
+microkernel = _make_microkernel(MR, NV, VW, UNROLL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# panel row copies (packing): LLVM does not vectorize 16-float copies between two float32 arrays that
+# it cannot prove disjoint, so they are written as explicit vector loads and stores too
+# ---------------------------------------------------------------------------------------------------
+def _make_copy(nv, vw, stride):
+    @intrinsic
+    def copy_row(typingctx, dst, doff, src, soff):
+        for arr in (dst, src):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        if not isinstance(doff, types.Integer) or not isinstance(soff, types.Integer):
+            return None
+        sig = types.void(dst, doff, src, soff)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+            vecty = ir.VectorType(_F32, vw)
+            wide = ir.VectorType(_F32, vw * stride)
+
+            def ptr(k, off_k):
+                arr = context.make_array(at[k])(context, builder, value=args[k])
+                return builder.gep(arr.data, [context.cast(builder, args[off_k], at[off_k], types.int64)])
+
+            d = ptr(0, 1)
+            s = ptr(2, 3)
+            for v in range(nv):
+                sp = builder.gep(s, [_const_i64(v * vw * stride)])
+                val = builder.load(builder.bitcast(sp, wide.as_pointer()), align=4)
+                if stride > 1:
+                    mask = ir.Constant(ir.VectorType(_I32, vw), [i * stride for i in range(vw)])
+                    val = builder.shuffle_vector(val, ir.Constant(wide, ir.Undefined), mask)
+                dp = builder.gep(d, [_const_i64(v * vw)])
+                builder.store(val, builder.bitcast(dp, vecty.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy_row
+
+
+#: ``copy_nr(dst, doff, src, soff)``: dst[doff:doff+NR] = src[soff:soff+NR] (vector loads/stores)
+copy_nr = _make_copy(NV, VW, 1)
+#: ``copy_nr_s2(dst, doff, src, soff)``: dst[doff+t] = src[soff+2t], t < NR; reads src[soff:soff+2*NR]
+copy_nr_s2 = _make_copy(NV, VW, 2)
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """``prefetch(arr, off)``: hint to load the cache line holding arr[off] (llvm.prefetch, read, L1).
+    Prefetches never fault, so ``off`` may lie past the end of the array."""
+    if not isinstance(arr, types.Array) or not isinstance(off, types.Integer):
+        return None
+    sig = types.void(arr, off)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        a = context.make_array(at[0])(context, builder, value=args[0])
+        p = builder.gep(a.data, [context.cast(builder, args[1], at[1], types.int64)])
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(p, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                          ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _make_panel_kernel(mr, nv, vw, unroll):
+    @intrinsic
+    def microkernel_panel(typingctx, ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc,
+                          flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last, ncols):
+        for arr in (ap, bp, c, bias):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        for i in (ntiles, kc, a_off, a_step, b_off, c_off, c_step, ldc, flags, bias_off, bias_step, act,
+                  mrows_last, ncols):
+            if not isinstance(i, types.Integer):
+                return None
+        for f in (alpha, beta):
+            if not isinstance(f, (types.Float, types.Integer)):
+                return None
+        sig = types.void(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias,
+                         bias_off, bias_step, act, alpha, beta, mrows_last, ncols)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+
+            def i64(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            def data(k, off_k):
+                arr = context.make_array(at[k])(context, builder, value=args[k])
+                return builder.gep(arr.data, [i64(off_k)])
+
+            n = i64(0)
+            kcv = i64(1)
+            a0 = data(2, 3)
+            b_ptr = data(5, 6)
+            c0 = data(7, 8)
+            bias0 = data(12, 13)
+            a_step_v, c_step_v, bias_step_v = i64(4), i64(9), i64(14)
+            ldc_v, flags_v, act_v = i64(10), i64(11), i64(15)
+            alpha_v = context.cast(builder, args[16], at[16], types.float32)
+            beta_v = context.cast(builder, args[17], at[17], types.float32)
+            fn = builder.function
+            bb_pre = builder.block
+            bb_loop = fn.append_basic_block("panel.loop")
+            bb_exit = fn.append_basic_block("panel.exit")
+            builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
+            builder.position_at_end(bb_loop)
+            t = builder.phi(_I64)
+            ap_ = builder.phi(a0.type)
+            cp_ = builder.phi(c0.type)
+            bp_ = builder.phi(bias0.type)
+            last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
+            mrows = builder.select(last, i64(18), _const_i64(mr))
+            _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
+                              bp_, act_v, alpha_v, beta_v, mrows, i64(19))
+            t_next = builder.add(t, _const_i64(1))
+            a_next = builder.gep(ap_, [a_step_v])
+            c_next = builder.gep(cp_, [c_step_v])
+            b_next = builder.gep(bp_, [bias_step_v])
+            bb_end = builder.block
+            builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
+            t.add_incoming(_const_i64(0), bb_pre)
+            t.add_incoming(t_next, bb_end)
+            ap_.add_incoming(a0, bb_pre)
+            ap_.add_incoming(a_next, bb_end)
+            cp_.add_incoming(c0, bb_pre)
+            cp_.add_incoming(c_next, bb_end)
+            bp_.add_incoming(bias0, bb_pre)
+            bp_.add_incoming(b_next, bb_end)
+            builder.position_at_end(bb_exit)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel_panel
+
+
+#: ``microkernel_panel(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias,
+#: bias_off, bias_step, act, alpha, beta, mrows_last, ncols)``: :data:`microkernel` on ``ntiles`` tiles
+#: down one B panel, tile t reading A at ``a_off + t*a_step``, writing C at ``c_off + t*c_step`` with
+#: bias at ``bias_off + t*bias_step``; the last tile has ``mrows_last`` rows, every tile ``ncols``
+#: columns (the loop over the tiles runs in IR: no per-tile call overhead).
+microkernel_panel = _make_panel_kernel(MR, NV, VW, UNROLL)

@@ -1,0 +1,240 @@
+"""Conv and ConvTranspose (any spatial rank in the reference; Numba kernels for 1D and 2D float32)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..ir import TensorType
+from ..registry import Kernel, Op, ref_kernel, register
+from .fused import activation_ref, fused_activation
+
+
+def _ints(op: Op, name: str, default: list[int], n: int) -> list[int]:
+    value = op.attr(name)
+    if value is None:
+        return list(default)
+    value = [int(v) for v in value]
+    if len(value) != n:
+        raise op.error(f"attribute {name} has {len(value)} values, expected {n}")
+    return value
+
+
+class _ConvBase(Op):
+    num_inputs = (2, 3)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.group = int(self.attr("group", 1))
+        self.auto_pad = self.attr("auto_pad", "NOTSET")
+        if isinstance(self.auto_pad, bytes):
+            self.auto_pad = self.auto_pad.decode()
+        if self.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            raise self.error(f"unknown auto_pad '{self.auto_pad}'")
+        if self.group < 1:
+            raise self.error(f"group must be positive, got {self.group}")
+        self.act = fused_activation(self)
+
+    def _geometry(self, x: TensorType, w: TensorType):
+        if len(x.shape) < 3:
+            raise self.error(f"input must be (N, C, spatial...), got shape {x.shape}")
+        if len(w.shape) != len(x.shape):
+            raise self.error(f"weight rank {len(w.shape)} (shape {w.shape}) does not match input rank "
+                             f"{len(x.shape)} (shape {x.shape})")
+        nsp = len(x.shape) - 2
+        kernel = list(w.shape[2:])
+        ks = self.attr("kernel_shape")
+        if ks is not None and [int(k) for k in ks] != kernel:
+            raise self.error(f"kernel_shape {list(ks)} does not match the weight's spatial shape {kernel}")
+        strides = _ints(self, "strides", [1] * nsp, nsp)
+        dilations = _ints(self, "dilations", [1] * nsp, nsp)
+        if any(s < 1 for s in strides) or any(d < 1 for d in dilations) or any(k < 1 for k in kernel):
+            raise self.error(f"strides {strides}, dilations {dilations} and kernel {kernel} must be positive")
+        return nsp, kernel, strides, dilations
+
+    def _check_bias(self, b: TensorType | None, channels: int):
+        if b is not None and tuple(b.shape) != (channels,):
+            raise self.error(f"bias must have shape ({channels},), got {b.shape}")
+
+
+@register
+class Conv(_ConvBase):
+    op_type = "Conv"
+    kernels = {"cpu": ("float32",)}
+
+    def infer(self, ins, consts):
+        x, w = ins[0], ins[1]
+        b = ins[2] if len(ins) > 2 else None
+        if x.dtype != w.dtype:
+            raise self.error(f"input dtype {x.dtype} and weight dtype {w.dtype} differ")
+        nsp, kernel, strides, dilations = self._geometry(x, w)
+        n, c = x.shape[:2]
+        m = w.shape[0]
+        if c != w.shape[1] * self.group:
+            raise self.error(f"input has {c} channels but the weight expects {w.shape[1]} x group {self.group}"
+                             f" = {w.shape[1] * self.group} (weight shape {w.shape})")
+        if m % self.group:
+            raise self.error(f"{m} output channels are not divisible by group {self.group}")
+        self._check_bias(b, m)
+        spatial = x.shape[2:]
+        pads = self._pads(spatial, kernel, strides, dilations, nsp)
+        out = []
+        for i in range(nsp):
+            span = (kernel[i] - 1) * dilations[i] + 1
+            padded = spatial[i] + pads[i] + pads[i + nsp]
+            if span > padded:
+                raise self.error(f"kernel {'x'.join(map(str, kernel))} (dilated extent {span} on spatial axis "
+                                 f"{i}) is larger than the padded input ({padded})")
+            out.append((padded - span) // strides[i] + 1)
+        self.geometry = (kernel, strides, dilations, pads)
+        return [TensorType((n, m, *out), x.dtype)]
+
+    def _pads(self, spatial, kernel, strides, dilations, nsp):
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            begin, end = [], []
+            for i in range(nsp):
+                out = -(-spatial[i] // strides[i])
+                total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
+                small, big = total // 2, total - total // 2
+                begin.append(small if self.auto_pad == "SAME_UPPER" else big)
+                end.append(big if self.auto_pad == "SAME_UPPER" else small)
+            return begin + end
+        if self.auto_pad == "VALID":
+            return [0] * (2 * nsp)
+        pads = _ints(self, "pads", [0] * (2 * nsp), 2 * nsp)
+        if any(p < 0 for p in pads):
+            raise self.error(f"negative pads {pads} are not allowed")
+        return pads
+
+    def ref(self, x, w, b=None):
+        kernel, strides, dilations, pads = self.geometry
+        y = conv_ref(x, w, b, strides, pads, dilations, self.group)
+        return [activation_ref(y.astype(x.dtype), *self.act)]
+
+    def build(self, ins, outs, consts):
+        x, w = ins[0], ins[1]
+        if x.dtype != np.float32 or len(x.shape) not in (3, 4):
+            return ref_kernel(self)
+        return _build_conv_kernel(self, ins, outs, consts)
+
+
+def conv_ref(x, w, b, strides, pads, dilations, group):
+    """Direct N-d convolution in float64 (the spec): y[n, m, o...] = sum_c,k x[n, c, o*s + k*d - p] w[m, c, k]."""
+    nsp = x.ndim - 2
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp]) for i in range(nsp)])
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    kernel = w.shape[2:]
+    out_sp = [(xp.shape[2 + i] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1 for i in range(nsp)]
+    y = np.zeros((n, m, *out_sp))
+    cg, mg = c // group, m // group
+    w64 = w.astype(np.float64)
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for offs in itertools.product(*[range(k) for k in kernel]):
+            sl = tuple(slice(offs[i] * dilations[i], offs[i] * dilations[i] + strides[i] * (out_sp[i] - 1) + 1,
+                             strides[i]) for i in range(nsp))
+            patch = xs[(slice(None), slice(None)) + sl]
+            wk = w64[(slice(g * mg, (g + 1) * mg), slice(None)) + tuple(offs)]
+            y[:, g * mg:(g + 1) * mg] += np.einsum("nc...,mc->nm...", patch, wk)
+    if b is not None:
+        y += b.astype(np.float64).reshape((1, m) + (1,) * nsp)
+    return y
+
+
+@register
+class ConvTranspose(_ConvBase):
+    op_type = "ConvTranspose"
+    kernels = {"cpu": ("float32",)}
+
+    def infer(self, ins, consts):
+        x, w = ins[0], ins[1]
+        b = ins[2] if len(ins) > 2 else None
+        if x.dtype != w.dtype:
+            raise self.error(f"input dtype {x.dtype} and weight dtype {w.dtype} differ")
+        nsp, kernel, strides, dilations = self._geometry(x, w)
+        n, c = x.shape[:2]
+        if c != w.shape[0]:
+            raise self.error(f"input has {c} channels but the weight (shape {w.shape}) expects {w.shape[0]}")
+        if c % self.group:
+            raise self.error(f"{c} input channels are not divisible by group {self.group}")
+        m = w.shape[1] * self.group
+        self._check_bias(b, m)
+        spatial = x.shape[2:]
+        out_pad = _ints(self, "output_padding", [0] * nsp, nsp)
+        for i in range(nsp):
+            if out_pad[i] < 0 or (out_pad[i] >= strides[i] and out_pad[i] >= dilations[i]):
+                raise self.error(f"output_padding {out_pad} must be smaller than the stride or the dilation")
+        full = [strides[i] * (spatial[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1
+                for i in range(nsp)]
+        out_shape = self.attr("output_shape")
+        if out_shape is not None:
+            out_shape = [int(v) for v in out_shape][-nsp:]
+            if len(out_shape) != nsp:
+                raise self.error(f"output_shape {list(self.attr('output_shape'))} does not have {nsp} spatial dims")
+            pads = [0] * (2 * nsp)
+            for i in range(nsp):
+                total = full[i] - out_shape[i]
+                if self.auto_pad == "SAME_UPPER":
+                    pads[i], pads[i + nsp] = total // 2, total - total // 2
+                else:
+                    pads[i], pads[i + nsp] = total - total // 2, total // 2
+        elif self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0] * (2 * nsp)
+            for i in range(nsp):
+                total = max(0, full[i] - spatial[i] * strides[i])
+                if self.auto_pad == "SAME_UPPER":
+                    pads[i], pads[i + nsp] = total // 2, total - total // 2
+                else:
+                    pads[i], pads[i + nsp] = total - total // 2, total // 2
+        elif self.auto_pad == "VALID":
+            pads = [0] * (2 * nsp)
+        else:
+            pads = _ints(self, "pads", [0] * (2 * nsp), 2 * nsp)
+        out = [full[i] - pads[i] - pads[i + nsp] for i in range(nsp)]
+        if any(o < 1 for o in out):
+            raise self.error(f"pads {pads} leave an empty output (full output {full})")
+        self.geometry = (kernel, strides, dilations, pads, out_pad, out)
+        return [TensorType((n, m, *out), x.dtype)]
+
+    def ref(self, x, w, b=None):
+        kernel, strides, dilations, pads, out_pad, out = self.geometry
+        y = conv_transpose_ref(x, w, b, strides, pads, dilations, self.group, out)
+        return [activation_ref(y.astype(x.dtype), *self.act)]
+
+    def build(self, ins, outs, consts):
+        if ins[0].dtype != np.float32 or len(ins[0].shape) not in (3, 4):
+            return ref_kernel(self)
+        return _build_conv_transpose_kernel(self, ins, outs, consts)
+
+
+def conv_transpose_ref(x, w, b, strides, pads, dilations, group, out_sp):
+    """Transposed convolution in float64 by scattering each input pixel's kernel (the spec)."""
+    nsp = x.ndim - 2
+    n, c = x.shape[:2]
+    cg = c // group
+    mg = w.shape[1]
+    kernel = w.shape[2:]
+    full = [max(strides[i] * (x.shape[2 + i] - 1) + (kernel[i] - 1) * dilations[i] + 1, pads[i] + out_sp[i])
+            for i in range(nsp)]
+    y = np.zeros((n, mg * group, *full))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for g in range(group):
+        xs = x64[:, g * cg:(g + 1) * cg]
+        for offs in itertools.product(*[range(k) for k in kernel]):
+            sl = tuple(slice(offs[i] * dilations[i], offs[i] * dilations[i] + strides[i] * (x.shape[2 + i] - 1) + 1,
+                             strides[i]) for i in range(nsp))
+            wk = w64[(slice(g * cg, (g + 1) * cg), slice(None)) + tuple(offs)]
+            y[(slice(None), slice(g * mg, (g + 1) * mg)) + sl] += np.einsum("nc...,cm->nm...", xs, wk)
+    y = y[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + out_sp[i]) for i in range(nsp))]
+    if b is not None:
+        y = y + b.astype(np.float64).reshape((1, -1) + (1,) * nsp)
+    return y
+
+
+def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
+    return ref_kernel(op)
+
+
+def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel:
+    return ref_kernel(op)

@@ -1,0 +1,300 @@
+"""Elementwise ops: broadcasting arithmetic (Add, Sub, Mul, Div), variadic Sum/Max/Min, and unary math
+(Neg, Abs, Sqrt, Exp, Log, Reciprocal).
+
+float32 runs Numba kernels (:mod:`edgedl.kernels.cpu.elementwise`): binary ops on a broadcast plan
+collapsed at build time, unary ops as one flat loop. Every other dtype (int8 ... uint64, float16,
+float64) runs the numpy reference, which follows the ONNX spec (integer Div truncates toward zero).
+"""
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+import numpy as np
+
+from ..ir import TensorType
+from ..kernels.cpu import elementwise as K
+from ..registry import Kernel, Op, ref_kernel, register
+from .common import broadcast_shapes, require_dtype, same_dtype
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES
+SIGNED_DTYPES = FLOAT_DTYPES + ("int8", "int16", "int32", "int64")
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)
+
+
+def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """C-style integer division (truncation toward zero); division by zero gives 0 like numpy."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.floor_divide(x, y)
+        if np.dtype(x.dtype).kind == "u":
+            return q
+        r = np.remainder(x, y)
+        adjust = (r != 0) & ((x < 0) ^ (y < 0))
+        return (q + adjust.astype(q.dtype)).astype(x.dtype)
+
+
+# --- binary --------------------------------------------------------------------------------------------
+class _Binary(Op):
+    """Two inputs of one dtype, numpy (multidirectional) broadcasting; opset < 7 ``broadcast``/``axis``."""
+
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (2, 2)
+    code: ClassVar[int]
+    ufunc: ClassVar[np.ufunc]
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        # opset < 7: B broadcasts to A only with broadcast=1, aligned at ``axis`` (default: trailing dims)
+        self.legacy = opset < 7
+        self.legacy_broadcast = int(self.attr("broadcast", 0))
+        self.legacy_axis = self.attr("axis", None)
+
+    def _shapes(self, a_shape, b_shape):
+        """Effective input shapes (legacy broadcasting rewritten as numpy broadcasting)."""
+        if not self.legacy:
+            return a_shape, b_shape
+        if not self.legacy_broadcast:
+            if tuple(a_shape) != tuple(b_shape):
+                raise self.error(f"shapes {tuple(a_shape)} and {tuple(b_shape)} differ and broadcast=0 "
+                                 f"(opset {self.opset})")
+            return a_shape, b_shape
+        ra, rb = len(a_shape), len(b_shape)
+        axis = ra - rb if self.legacy_axis is None else int(self.legacy_axis)
+        if axis < 0:
+            axis += ra
+        if not 0 <= axis <= ra - rb:
+            raise self.error(f"broadcast axis {self.legacy_axis} does not fit shapes {tuple(a_shape)} and "
+                             f"{tuple(b_shape)}")
+        b_eff = tuple(b_shape) + (1,) * (ra - axis - rb)
+        for da, db in zip(a_shape[axis:], b_shape):
+            if db not in (1, da):
+                raise self.error(f"shape {tuple(b_shape)} cannot broadcast to {tuple(a_shape)} at axis {axis}")
+        return a_shape, b_eff
+
+    def infer(self, ins, consts):
+        dt = same_dtype(self, ins)
+        require_dtype(self, ins[0], self.dtypes())
+        a, b = self._shapes(ins[0].shape, ins[1].shape)
+        return [TensorType(broadcast_shapes(self, a, b), dt)]
+
+    def dtypes(self) -> tuple:
+        return NUMERIC_DTYPES
+
+    def compute(self, a, b):
+        with np.errstate(all="ignore"):
+            return self.ufunc(a, b)
+
+    def ref(self, a, b):
+        a_s, b_s = self._shapes(a.shape, b.shape)
+        b = b.reshape(b_s)
+        return [np.asarray(self.compute(a, b)).astype(a.dtype, copy=False)]
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32:
+            return ref_kernel(self)
+        a_s, b_s = self._shapes(ins[0].shape, ins[1].shape)
+        k = K.BinaryKernel(self.code, a_s, b_s, outs[0].shape)
+
+        def run(inputs, outputs, scratch):
+            k(_flat(inputs[0]), _flat(inputs[1]), _flat(outputs[0]))
+
+        return Kernel(run)
+
+
+@register
+class Add(_Binary):
+    op_type = "Add"
+    code = K.B_ADD
+    ufunc = np.add
+
+
+@register
+class Sub(_Binary):
+    op_type = "Sub"
+    code = K.B_SUB
+    ufunc = np.subtract
+
+
+@register
+class Mul(_Binary):
+    op_type = "Mul"
+    code = K.B_MUL
+    ufunc = np.multiply
+
+
+@register
+class Div(_Binary):
+    op_type = "Div"
+    code = K.B_DIV
+    ufunc = np.divide
+
+    def compute(self, a, b):
+        if np.dtype(a.dtype).kind in "iu":
+            return _int_div(a, b)
+        with np.errstate(all="ignore"):
+            return np.divide(a, b)
+
+
+# --- variadic -----------------------------------------------------------------------------------------
+class _Variadic(Op):
+    """1..N inputs of one dtype, all broadcast together (opset >= 8; earlier opsets need equal shapes)."""
+
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (1, 2 ** 31)
+    code: ClassVar[int]
+    ufunc: ClassVar[np.ufunc]
+
+    def infer(self, ins, consts):
+        if any(t is None for t in ins):
+            raise self.error("inputs cannot be omitted")
+        dt = same_dtype(self, ins)
+        require_dtype(self, ins[0], NUMERIC_DTYPES)
+        shapes = [t.shape for t in ins]
+        if self.opset < 8 and len({tuple(s) for s in shapes}) > 1:
+            raise self.error(f"opset {self.opset} requires equal shapes, got "
+                             f"{', '.join(str(tuple(s)) for s in shapes)}")
+        return [TensorType(broadcast_shapes(self, *shapes), dt)]
+
+    def ref(self, *xs):
+        shape = np.broadcast_shapes(*(x.shape for x in xs))
+        with np.errstate(all="ignore"):
+            res = functools.reduce(self.ufunc, xs[1:], xs[0])
+        return [np.array(np.broadcast_to(res, shape), dtype=xs[0].dtype)]
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32:
+            return ref_kernel(self)
+        out_shape = outs[0].shape
+        if len(ins) == 1:
+            def run1(inputs, outputs, scratch):
+                K.unary(K.U_COPY, _flat(inputs[0]), _flat(outputs[0]))
+
+            return Kernel(run1)
+        first = K.BinaryKernel(self.code, ins[0].shape, ins[1].shape, out_shape)
+        rest = [K.BinaryKernel(self.code, out_shape, t.shape, out_shape) for t in ins[2:]]
+
+        def run(inputs, outputs, scratch):
+            out = _flat(outputs[0])
+            first(_flat(inputs[0]), _flat(inputs[1]), out)
+            for k, x in zip(rest, inputs[2:]):
+                k(out, _flat(x), out)  # in place: every element reads its own position of out
+
+        return Kernel(run)
+
+
+@register
+class Sum(_Variadic):
+    op_type = "Sum"
+    code = K.B_ADD
+    ufunc = np.add
+
+
+@register
+class Max(_Variadic):
+    op_type = "Max"
+    code = K.B_MAX
+    ufunc = np.maximum
+
+
+@register
+class Min(_Variadic):
+    op_type = "Min"
+    code = K.B_MIN
+    ufunc = np.minimum
+
+
+# --- unary --------------------------------------------------------------------------------------------
+class Unary(Op):
+    """One input, output of the same shape and dtype. Subclasses set ``code`` (the kernel's op code),
+    ``dtypes`` (what ONNX allows) and ``compute`` (numpy); ``params`` gives the kernel's alpha, beta."""
+
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (1, 1)
+    code: ClassVar[int]
+    dtypes: ClassVar[tuple] = FLOAT_DTYPES
+
+    def params(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def infer(self, ins, consts):
+        require_dtype(self, ins[0], self.dtypes)
+        return [TensorType(ins[0].shape, ins[0].dtype)]
+
+    def compute(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def ref(self, x, *rest):
+        with np.errstate(all="ignore"):
+            return [np.asarray(self.compute(x)).astype(x.dtype, copy=False)]
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32:
+            return ref_kernel(self)
+        code = self.code
+        alpha, beta = (float(v) for v in self.params())
+
+        def run(inputs, outputs, scratch):
+            K.unary(code, _flat(inputs[0]), _flat(outputs[0]), alpha, beta)
+
+        return Kernel(run)
+
+
+@register
+class Neg(Unary):
+    op_type = "Neg"
+    code = K.U_NEG
+    dtypes = SIGNED_DTYPES
+
+    def compute(self, x):
+        return np.negative(x)
+
+
+@register
+class Abs(Unary):
+    op_type = "Abs"
+    code = K.U_ABS
+    dtypes = NUMERIC_DTYPES
+
+    def compute(self, x):
+        return np.abs(x)
+
+
+@register
+class Sqrt(Unary):
+    op_type = "Sqrt"
+    code = K.U_SQRT
+
+    def compute(self, x):
+        return np.sqrt(x)
+
+
+@register
+class Exp(Unary):
+    op_type = "Exp"
+    code = K.U_EXP
+
+    def compute(self, x):
+        return np.exp(x)
+
+
+@register
+class Log(Unary):
+    op_type = "Log"
+    code = K.U_LOG
+
+    def compute(self, x):
+        return np.log(x)
+
+
+@register
+class Reciprocal(Unary):
+    op_type = "Reciprocal"
+    code = K.U_RECIPROCAL
+
+    def compute(self, x):
+        return np.reciprocal(x)

@@ -1,0 +1,367 @@
+"""Pooling: MaxPool (with the optional Indices output), AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Windowed pooling works for any spatial rank >= 1 (1D, 2D, 3D, ...); float32 runs Numba kernels
+(``edgedl.kernels.cpu.pool``), other dtypes (MaxPool int8/uint8, float16/float64) the numpy reference.
+
+Output sizes follow the ONNX spec for every opset:
+
+* explicit pads: ``floor((in + pb + pe - ext) / s) + 1`` with ``ext = (k - 1) * d + 1``; with ceil_mode the
+  ceiling, minus one when the last window would start past the input and the left padding;
+* auto_pad SAME_UPPER / SAME_LOWER: ``ceil(in / s)``, total padding ``(out - 1) * s + ext - in`` (the odd
+  element at the end for SAME_UPPER, at the beginning for SAME_LOWER); VALID: no padding, floor.
+
+Semantics: MaxPool ignores padding and NaN inputs (onnx's reference); AveragePool divides by the number of
+window elements inside the input (count_include_pad=0) or inside the padded input (count_include_pad=1;
+windows that hang past the padded input because of ceil_mode divide by the clipped count, as onnx's
+reference and onnxruntime do). Indices are flat over (N, C, spatial...), row-major over the spatial axes
+or column-major with storage_order=1; ties keep the first element in row-major window order.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..ir import TensorType
+from ..registry import Kernel, Op, ref_kernel, register
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _fmt(v) -> str:
+    return "x".join(str(int(i)) for i in v)
+
+
+class _WindowPool(Op):
+    """Shared attribute parsing and geometry for MaxPool and AveragePool."""
+
+    num_inputs = (1, 1)
+    float_dtypes = ("float16", "float32", "float64")
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        ks = self.attr("kernel_shape")
+        if ks is None:
+            raise self.error("the kernel_shape attribute is required")
+        self.kernel_shape = [int(k) for k in ks]
+        if not self.kernel_shape:
+            raise self.error("kernel_shape is empty")
+        nsp = len(self.kernel_shape)
+        self.auto_pad = self.attr("auto_pad", "NOTSET")
+        if isinstance(self.auto_pad, bytes):
+            self.auto_pad = self.auto_pad.decode()
+        if self.auto_pad == "":
+            self.auto_pad = "NOTSET"
+        if self.auto_pad not in _AUTO_PADS:
+            raise self.error(f"unknown auto_pad '{self.auto_pad}' (expected one of {', '.join(_AUTO_PADS)})")
+        self.strides = self._ints("strides", [1] * nsp, nsp)
+        self.dilations = self._ints("dilations", [1] * nsp, nsp)
+        self.pads_attr = self._ints("pads", [0] * (2 * nsp), 2 * nsp)
+        self.ceil_mode = int(self.attr("ceil_mode", 0))
+        if any(k < 1 for k in self.kernel_shape):
+            raise self.error(f"kernel_shape {self.kernel_shape} must be positive")
+        if any(s < 1 for s in self.strides):
+            raise self.error(f"strides {self.strides} must be positive")
+        if any(d < 1 for d in self.dilations):
+            raise self.error(f"dilations {self.dilations} must be positive")
+        if any(p < 0 for p in self.pads_attr):
+            raise self.error(f"negative pads {self.pads_attr} are not allowed")
+
+    def _ints(self, name, default, n):
+        value = self.attr(name)
+        if value is None:
+            return list(default)
+        value = [int(v) for v in value]
+        if len(value) != n:
+            raise self.error(f"attribute {name} has {len(value)} values, expected {n} for kernel_shape "
+                             f"{self.kernel_shape}")
+        return value
+
+    def geometry(self, x: TensorType):
+        """(in_sp, out_sp, pads) for input ``x``; raises on bad shapes. Also stored on ``self.geom``."""
+        shape = tuple(x.shape)
+        nsp = len(self.kernel_shape)
+        if len(shape) < 3:
+            raise self.error(f"input must be (N, C, spatial...) with rank >= 3, got shape {shape}")
+        if len(shape) - 2 != nsp:
+            raise self.error(f"kernel_shape {self.kernel_shape} has {nsp} spatial dims but the input shape "
+                             f"{shape} has {len(shape) - 2}")
+        in_sp = list(shape[2:])
+        k, s, d = self.kernel_shape, self.strides, self.dilations
+        ext = [(k[i] - 1) * d[i] + 1 for i in range(nsp)]
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = [-(-in_sp[i] // s[i]) for i in range(nsp)]
+            pads = [0] * (2 * nsp)
+            for i in range(nsp):
+                total = max(0, (out[i] - 1) * s[i] + ext[i] - in_sp[i])
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + nsp] = (small, big) if self.auto_pad == "SAME_UPPER" else (big, small)
+        else:
+            pads = [0] * (2 * nsp) if self.auto_pad == "VALID" else list(self.pads_attr)
+            padded = [in_sp[i] + pads[i] + pads[i + nsp] for i in range(nsp)]
+            if any(ext[i] > padded[i] for i in range(nsp)):
+                dil = f" (dilated extent {_fmt(ext)})" if any(di != 1 for di in d) else ""
+                raise self.error(f"kernel {_fmt(k)}{dil} is larger than the padded input {_fmt(padded)} "
+                                 f"(input {shape}, pads {pads})")
+            out = []
+            for i in range(nsp):
+                span = padded[i] - ext[i]
+                if self.ceil_mode and self.auto_pad == "NOTSET":
+                    o = -(-span // s[i]) + 1
+                    if (o - 1) * s[i] >= in_sp[i] + pads[i]:
+                        o -= 1  # the last window must start inside the input or the left padding
+                else:
+                    o = span // s[i] + 1
+                out.append(o)
+        if any(o < 1 for o in out):
+            raise self.error(f"the output would be empty: spatial size {out} for input {shape}, kernel "
+                             f"{_fmt(k)}, strides {s}, pads {pads}")
+        self.geom = (in_sp, out, pads)
+        return in_sp, out, pads
+
+    def _tables(self, count_include_pad=False):
+        from ..kernels.cpu.pool import window_tables
+
+        in_sp, out, pads = self.geom
+        return window_tables(in_sp, out, self.kernel_shape, self.strides, self.dilations, pads, count_include_pad)
+
+    @staticmethod
+    def _views(x_shape, y_shape):
+        p = int(x_shape[0]) * int(x_shape[1])
+        xs = (p, int(np.prod(x_shape[2:-1], dtype=np.int64)), int(x_shape[-1]))
+        ys = (p, int(np.prod(y_shape[2:-1], dtype=np.int64)), int(y_shape[-1]))
+        return xs, ys
+
+
+def _axis_coords(in_sp, out, k, s, d, pads):
+    """Per axis: input coordinates (out, k) of each tap, a mask of taps inside the input, and one of taps
+    inside the padded input."""
+    nsp = len(in_sp)
+    res = []
+    for i in range(nsp):
+        c = (np.arange(out[i])[:, None] * s[i] - pads[i]) + np.arange(k[i])[None, :] * d[i]
+        res.append((c, (c >= 0) & (c < in_sp[i]), c < in_sp[i] + pads[i + nsp]))
+    return res
+
+
+def _gather_taps(x, in_sp, out, k, s, d, pads, fill):
+    """Yield (tap index tuple, values (N, C, *out), per-axis coordinate arrays) for every kernel tap, values
+    outside the input replaced by ``fill``."""
+    nsp = len(in_sp)
+    coords = _axis_coords(in_sp, out, k, s, d, pads)
+    lo = [max(0, -int(coords[i][0].min())) for i in range(nsp)]
+    hi = [max(0, int(coords[i][0].max()) - in_sp[i] + 1) for i in range(nsp)]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(lo[i], hi[i]) for i in range(nsp)], constant_values=fill)
+    for taps in itertools.product(*[range(kk) for kk in k]):
+        sl = tuple(slice(lo[i] + int(coords[i][0][0, taps[i]]),
+                         lo[i] + int(coords[i][0][0, taps[i]]) + s[i] * (out[i] - 1) + 1, s[i])
+                   for i in range(nsp))
+        yield taps, xp[(slice(None), slice(None)) + sl], coords
+
+
+def maxpool_ref(x, kernel, strides, dilations, pads, out, want_indices=False, storage_order=0):
+    """MaxPool in numpy (the spec). Returns (y, indices or None)."""
+    in_sp = list(x.shape[2:])
+    nsp = len(in_sp)
+    if x.dtype.kind == "f":
+        lowest = -np.inf
+    else:
+        lowest = np.iinfo(x.dtype).min
+    y = np.full(x.shape[:2] + tuple(out), lowest, dtype=x.dtype)
+    ind = None
+    if want_indices:
+        n, c = x.shape[:2]
+        plane = int(np.prod(in_sp, dtype=np.int64))
+        ind = np.full(y.shape, -1, np.int64)
+        base = (np.arange(n * c, dtype=np.int64) * plane).reshape((n, c) + (1,) * nsp)
+        mul = ([int(np.prod(in_sp[i + 1:], dtype=np.int64)) for i in range(nsp)] if not storage_order
+               else [int(np.prod(in_sp[:i], dtype=np.int64)) for i in range(nsp)])
+    for taps, v, coords in _gather_taps(x, in_sp, out, kernel, strides, dilations, pads, lowest):
+        if ind is None:
+            y = np.fmax(y, v) if x.dtype.kind == "f" else np.maximum(y, v)
+            continue
+        valid = np.ones(tuple(out), bool)
+        flat = np.zeros(tuple(out), np.int64)
+        for i in range(nsp):
+            shp = [1] * nsp
+            shp[i] = out[i]
+            valid = valid & coords[i][1][:, taps[i]].reshape(shp)
+            flat = flat + coords[i][0][:, taps[i]].reshape(shp) * mul[i]
+        better = valid & ((ind < 0) | (v > y))
+        y = np.where(valid & (v > y), v, y)
+        ind = np.where(better, base + flat, ind)
+    return y, ind
+
+
+def avgpool_ref(x, kernel, strides, dilations, pads, out, count_include_pad):
+    """AveragePool in numpy (the spec), accumulating in float64."""
+    in_sp = list(x.shape[2:])
+    nsp = len(in_sp)
+    acc = np.zeros(x.shape[:2] + tuple(out), np.float64)
+    for _, v, _ in _gather_taps(x.astype(np.float64), in_sp, out, kernel, strides, dilations, pads, 0.0):
+        acc += v
+    count = np.ones(tuple(out), np.float64)
+    for i, (c, inside, in_padded) in enumerate(_axis_coords(in_sp, out, kernel, strides, dilations, pads)):
+        shp = [1] * nsp
+        shp[i] = out[i]
+        count = count * (in_padded if count_include_pad else inside).sum(axis=1).reshape(shp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (acc / count).astype(x.dtype)
+
+
+@register
+class MaxPool(_WindowPool):
+    op_type = "MaxPool"
+    kernels = {"cpu": ("float32",)}
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.storage_order = int(self.attr("storage_order", 0))
+        if self.storage_order not in (0, 1):
+            raise self.error(f"storage_order must be 0 or 1, got {self.storage_order}")
+        self.present = [bool(o) for o in node.outputs]
+        self.want_indices = len(self.present) > 1 and self.present[1]
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if np.dtype(x.dtype).name not in ("float16", "float32", "float64", "int8", "uint8"):
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+                                   "float64, int8, uint8)")
+        _, out, _ = self.geometry(x)
+        oshape = tuple(x.shape[:2]) + tuple(out)
+        return [TensorType(oshape, x.dtype), TensorType(oshape, np.dtype(np.int64))]
+
+    def ref(self, x):
+        _, out, pads = self.geom
+        y, ind = maxpool_ref(x, self.kernel_shape, self.strides, self.dilations, pads, out, self.want_indices,
+                             self.storage_order)
+        if ind is None:
+            ind = np.zeros(y.shape, np.int64)  # not requested: only its type matters
+        return [y, ind]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32:
+            return self._ref_present()
+        from ..kernels.cpu.pool import maxpool_indices_runner, pool2d_runner
+
+        tab = self._tables()
+        _, out, _ = self.geom
+        xs, ys = self._views(x.shape, (x.shape[0], x.shape[1], *out))
+        vol = int(np.prod(self.kernel_shape))
+        if self.want_indices:
+            run_idx = maxpool_indices_runner(tab, xs, ys, vol, bool(self.storage_order))
+            if not self.present[0]:  # Y omitted: it goes to the workspace
+                n_y = int(np.prod(ys))
+
+                def run(inputs, outputs, scratch):
+                    run_idx(inputs[0], scratch[:4 * n_y].view(np.float32), outputs[0])
+                return Kernel(run, scratch_bytes=4 * n_y)
+
+            def run(inputs, outputs, scratch):
+                run_idx(inputs[0], outputs[0], outputs[1])
+            return Kernel(run)
+        run_max, nbytes = pool2d_runner("max", tab, xs, ys, vol)
+
+        def run(inputs, outputs, scratch):
+            run_max(inputs[0], outputs[0], scratch)
+        return Kernel(run, scratch_bytes=nbytes)
+
+    def _ref_present(self) -> Kernel:
+        """The numpy path, writing only the outputs the node has."""
+        present = self.present
+
+        def run(inputs, outputs, scratch):
+            results = [r for r, p in zip(self.ref(*inputs), present) if p]
+            for o, r in zip(outputs, results):
+                o[...] = r
+        return Kernel(run, impl="numpy")
+
+
+@register
+class AveragePool(_WindowPool):
+    op_type = "AveragePool"
+    kernels = {"cpu": ("float32",)}
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.count_include_pad = int(self.attr("count_include_pad", 0))
+        if self.count_include_pad not in (0, 1):
+            raise self.error(f"count_include_pad must be 0 or 1, got {self.count_include_pad}")
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if np.dtype(x.dtype).name not in self.float_dtypes:
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+                                   "float64)")
+        _, out, _ = self.geometry(x)
+        return [TensorType(tuple(x.shape[:2]) + tuple(out), x.dtype)]
+
+    def ref(self, x):
+        _, out, pads = self.geom
+        return [avgpool_ref(x, self.kernel_shape, self.strides, self.dilations, pads, out,
+                            self.count_include_pad)]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32:
+            return ref_kernel(self)
+        from ..kernels.cpu.pool import pool2d_runner
+
+        tab = self._tables(bool(self.count_include_pad))
+        xs, ys = self._views(x.shape, outs[0].shape)
+        run_avg, nbytes = pool2d_runner("avg", tab, xs, ys, int(np.prod(self.kernel_shape)))
+
+        def run(inputs, outputs, scratch):
+            run_avg(inputs[0], outputs[0], scratch)
+        return Kernel(run, scratch_bytes=nbytes)
+
+
+class _GlobalPool(Op):
+    num_inputs = (1, 1)
+    kernels = {"cpu": ("float32",)}
+    kind = ""
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        shape = tuple(x.shape)
+        if len(shape) < 3:
+            raise self.error(f"input must be (N, C, spatial...) with rank >= 3, got shape {shape}")
+        if np.dtype(x.dtype).name not in ("float16", "float32", "float64"):
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+                                   "float64)")
+        if self.kind == "max" and any(d == 0 for d in shape[2:]):
+            raise self.error(f"cannot take the maximum over an empty spatial shape {shape[2:]}")
+        return [TensorType(shape[:2] + (1,) * (len(shape) - 2), x.dtype)]
+
+    def ref(self, x):
+        axes = tuple(range(2, x.ndim))
+        if self.kind == "avg":
+            return [x.astype(np.float64).mean(axis=axes, keepdims=True).astype(x.dtype)]
+        return [x.max(axis=axes, keepdims=True)]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32:
+            return ref_kernel(self)
+        from ..kernels.cpu.pool import global_pool_runner
+
+        planes = int(x.shape[0]) * int(x.shape[1])
+        size = int(np.prod(x.shape[2:], dtype=np.int64))
+        run_g = global_pool_runner(self.kind, planes, size)
+
+        def run(inputs, outputs, scratch):
+            run_g(inputs[0], outputs[0])
+        return Kernel(run)
+
+
+@register
+class GlobalAveragePool(_GlobalPool):
+    op_type = "GlobalAveragePool"
+    kind = "avg"
+
+
+@register
+class GlobalMaxPool(_GlobalPool):
+    op_type = "GlobalMaxPool"
+    kind = "max"

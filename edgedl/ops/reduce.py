@@ -1,0 +1,147 @@
+"""ReduceSum, ReduceMean, ReduceMax.
+
+Axes come from the ``axes`` attribute before the opset where they became an input (ReduceSum: 13, the
+others: 18) and from the optional ``axes`` input (a constant) from then on. No axes, or an empty axes
+tensor, reduces every axis unless ``noop_with_empty_axes`` = 1, which makes the op an identity.
+Reducing an empty set gives 0 (sum), NaN (mean) or the lowest value of the dtype (max: -inf).
+
+float32 runs the Numba kernels of :mod:`edgedl.kernels.cpu.reduce` (float64 accumulation for sums);
+other dtypes (and empty inputs) run the numpy reference.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..ir import TensorType
+from ..kernels.cpu import reduce as K
+from ..registry import Kernel, Op, ref_kernel, register
+from .common import const_ints, normalize_axis, require_dtype
+from .elementwise import NUMERIC_DTYPES
+
+
+class _Reduce(Op):
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (1, 2)
+    #: first opset where axes is an input instead of an attribute
+    axes_input_since: ClassVar[int] = 18
+    kind: ClassVar[int]
+    dtypes: ClassVar[tuple] = NUMERIC_DTYPES
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.keepdims = bool(int(self.attr("keepdims", 1)))
+        self.noop = bool(int(self.attr("noop_with_empty_axes", 0)))
+        self.axes_attr = self.attr("axes", None)
+        self.axes_from_input = opset >= self.axes_input_since
+        if not self.axes_from_input and len(node.inputs) > 1 and node.inputs[1]:
+            raise self.error(f"opset {opset} takes axes as an attribute, not an input")
+
+    # --- axes ------------------------------------------------------------------------------------------
+    def _axes(self, rank: int, given) -> tuple[int, ...] | None:
+        """Normalized, sorted axes; None means identity (noop_with_empty_axes with no axes)."""
+        if given is None and self.axes_attr is not None:
+            given = list(self.axes_attr)
+        axes = [] if given is None else [int(a) for a in np.asarray(given).reshape(-1)]
+        if not axes:
+            return None if self.noop else tuple(range(rank))
+        norm = [normalize_axis(self, a, rank, "reduction axis") for a in axes]
+        if len(set(norm)) != len(norm):
+            raise self.error(f"axes {axes} repeat an axis")
+        return tuple(sorted(norm))
+
+    def _given(self, consts):
+        if self.axes_from_input and len(self.node.inputs) > 1 and self.node.inputs[1]:
+            return const_ints(self, consts, 1, "axes")
+        return None
+
+    def _out_shape(self, shape, axes):
+        if axes is None:
+            return tuple(shape)
+        if self.keepdims:
+            return tuple(1 if k in axes else d for k, d in enumerate(shape))
+        return tuple(d for k, d in enumerate(shape) if k not in axes)
+
+    # --- the contract ----------------------------------------------------------------------------------
+    def infer(self, ins, consts):
+        require_dtype(self, ins[0], self.dtypes)
+        if len(ins) > 1 and ins[1] is not None:
+            if np.dtype(ins[1].dtype) != np.int64:
+                raise self.error(f"axes must be int64, got {np.dtype(ins[1].dtype).name}")
+            if len(ins[1].shape) != 1:
+                raise self.error(f"axes must be 1-D, got shape {tuple(ins[1].shape)}")
+        axes = self._axes(len(ins[0].shape), self._given(consts))
+        return [TensorType(self._out_shape(ins[0].shape, axes), ins[0].dtype)]
+
+    def reduce(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def ref(self, x, axes_value=None):
+        axes = self._axes(x.ndim, axes_value)
+        if axes is None:
+            return [x.copy()]
+        with np.errstate(all="ignore"):
+            y = self.reduce(x, axes)
+        return [np.asarray(y).reshape(self._out_shape(x.shape, axes)).astype(x.dtype)]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        axes = self._axes(len(x.shape), self._given(consts))
+        if np.dtype(x.dtype) != np.float32 or x.size == 0:
+            return ref_kernel(self)
+        if axes is None:
+            def run_copy(inputs, outputs, scratch):
+                np.copyto(outputs[0], inputs[0])
+
+            return Kernel(run_copy, impl="numpy")
+        plan = K.ReducePlan(x.shape, axes, self.kind, mean=self.op_type == "ReduceMean")
+
+        def run(inputs, outputs, scratch):
+            plan(inputs[0].reshape(-1), outputs[0].reshape(-1), scratch)
+
+        return Kernel(run, scratch_bytes=plan.scratch_bytes)
+
+
+@register
+class ReduceSum(_Reduce):
+    op_type = "ReduceSum"
+    axes_input_since = 13
+    kind = K.R_SUM
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            return np.sum(x.astype(np.float64), axis=axes)
+        return np.sum(x, axis=axes, dtype=x.dtype)
+
+
+@register
+class ReduceMean(_Reduce):
+    op_type = "ReduceMean"
+    kind = K.R_SUM
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            return np.mean(x.astype(np.float64), axis=axes)
+        return np.mean(x, axis=axes)
+
+
+@register
+class ReduceMax(_Reduce):
+    op_type = "ReduceMax"
+    kind = K.R_MAX
+    dtypes = NUMERIC_DTYPES + ("bool",)
+
+    def reduce(self, x, axes):
+        if x.size == 0:
+            if x.dtype == np.bool_:
+                low = False
+            elif x.dtype.kind in "iu":
+                low = np.iinfo(x.dtype).min
+            else:
+                low = -np.inf
+            return np.maximum.reduce(x, axis=axes, initial=low)
+        return np.maximum.reduce(x, axis=axes)
+
+
+__all__ = ["ReduceSum", "ReduceMean", "ReduceMax"]
