@@ -148,7 +148,8 @@ def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.n
                                f"({e.__class__.__name__}: {e})") from None
     if arr.shape != dims:
         raise ModelFormatError(f"initializer '{name}' declares dims {dims} but its data has shape {arr.shape}")
-    return contiguous(arr)
+    # NOTE: Numba compiles separate code for read-only arrays; owning writeable copies keeps one signature.
+    return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
 
 
 def _value_spec(vi: onnx.ValueInfoProto, kind: str) -> TensorSpec:

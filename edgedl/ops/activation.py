@@ -13,7 +13,7 @@ from ..ir import TensorType
 from ..kernels.cpu import elementwise as K
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import require_dtype, same_dtype
-from .elementwise import NUMERIC_DTYPES, SIGNED_DTYPES, Unary, _flat
+from .elementwise import NUMERIC_DTYPES, SIGNED_DTYPES, Unary, _flat, const_operands, operand
 
 
 @register
@@ -136,9 +136,10 @@ class PRelu(Op):
             return ref_kernel(self)
         s_shape = self._slope(ins[0].shape, np.empty(ins[1].shape, np.uint8)).shape
         k = K.BinaryKernel(K.B_PRELU, ins[0].shape, s_shape, outs[0].shape)
+        fixed = const_operands(consts)
 
         def run(inputs, outputs, scratch):
-            k(_flat(inputs[0]), _flat(inputs[1]), _flat(outputs[0]))
+            k(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]))
 
         return Kernel(run)
 

@@ -27,6 +27,24 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1)
 
 
+def const_operands(consts: list) -> list:
+    """Per input: a flat, writeable, C-contiguous copy of a constant input that is read-only (initializers
+    often are), else None. Kernels use it instead of the run-time array: Numba compiles a separate
+    specialization for read-only arrays, so this keeps one compiled signature per kernel."""
+    out = []
+    for c in consts:
+        if c is not None and not c.flags.writeable:
+            out.append(np.array(c, dtype=c.dtype, order="C", copy=True).reshape(-1))
+        else:
+            out.append(None)
+    return out
+
+
+def operand(inputs: list, fixed: list, k: int) -> np.ndarray:
+    f = fixed[k]
+    return inputs[k].reshape(-1) if f is None else f
+
+
 def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """C-style integer division (truncation toward zero); division by zero gives 0 like numpy."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,7 +91,8 @@ class _Binary(Op):
         b_eff = tuple(b_shape) + (1,) * (ra - axis - rb)
         for da, db in zip(a_shape[axis:], b_shape):
             if db not in (1, da):
-                raise self.error(f"shape {tuple(b_shape)} cannot broadcast to {tuple(a_shape)} at axis {axis}")
+                raise self.error(f"shape {tuple(b_shape)} cannot broadcast to {tuple(a_shape)} "
+                                 f"at axis {axis}")
         return a_shape, b_eff
 
     def infer(self, ins, consts):
@@ -90,7 +109,7 @@ class _Binary(Op):
             return self.ufunc(a, b)
 
     def ref(self, a, b):
-        a_s, b_s = self._shapes(a.shape, b.shape)
+        _, b_s = self._shapes(a.shape, b.shape)
         b = b.reshape(b_s)
         return [np.asarray(self.compute(a, b)).astype(a.dtype, copy=False)]
 
@@ -99,9 +118,10 @@ class _Binary(Op):
             return ref_kernel(self)
         a_s, b_s = self._shapes(ins[0].shape, ins[1].shape)
         k = K.BinaryKernel(self.code, a_s, b_s, outs[0].shape)
+        fixed = const_operands(consts)
 
         def run(inputs, outputs, scratch):
-            k(_flat(inputs[0]), _flat(inputs[1]), _flat(outputs[0]))
+            k(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]))
 
         return Kernel(run)
 
@@ -172,17 +192,18 @@ class _Variadic(Op):
         out_shape = outs[0].shape
         if len(ins) == 1:
             def run1(inputs, outputs, scratch):
-                K.unary(K.U_COPY, _flat(inputs[0]), _flat(outputs[0]))
+                np.copyto(outputs[0], inputs[0])
 
-            return Kernel(run1)
+            return Kernel(run1, impl="numpy")
         first = K.BinaryKernel(self.code, ins[0].shape, ins[1].shape, out_shape)
         rest = [K.BinaryKernel(self.code, out_shape, t.shape, out_shape) for t in ins[2:]]
+        fixed = const_operands(consts)
 
         def run(inputs, outputs, scratch):
             out = _flat(outputs[0])
-            first(_flat(inputs[0]), _flat(inputs[1]), out)
-            for k, x in zip(rest, inputs[2:]):
-                k(out, _flat(x), out)  # in place: every element reads its own position of out
+            first(operand(inputs, fixed, 0), operand(inputs, fixed, 1), out)
+            for i, k in enumerate(rest, start=2):
+                k(out, operand(inputs, fixed, i), out)  # in place: each element reads its own position
 
         return Kernel(run)
 

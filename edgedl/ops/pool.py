@@ -119,18 +119,12 @@ class _WindowPool(Op):
         self.geom = (in_sp, out, pads)
         return in_sp, out, pads
 
-    def _tables(self, count_include_pad=False):
+    def _tables(self, x: TensorType, count_include_pad=False):
         from ..kernels.cpu.pool import window_tables
 
-        in_sp, out, pads = self.geom
-        return window_tables(in_sp, out, self.kernel_shape, self.strides, self.dilations, pads, count_include_pad)
-
-    @staticmethod
-    def _views(x_shape, y_shape):
-        p = int(x_shape[0]) * int(x_shape[1])
-        xs = (p, int(np.prod(x_shape[2:-1], dtype=np.int64)), int(x_shape[-1]))
-        ys = (p, int(np.prod(y_shape[2:-1], dtype=np.int64)), int(y_shape[-1]))
-        return xs, ys
+        _, out, pads = self.geom
+        return window_tables(x.shape, out, self.kernel_shape, self.strides, self.dilations, pads,
+                             count_include_pad)
 
 
 def _axis_coords(in_sp, out, k, s, d, pads):
@@ -201,7 +195,7 @@ def avgpool_ref(x, kernel, strides, dilations, pads, out, count_include_pad):
     for _, v, _ in _gather_taps(x.astype(np.float64), in_sp, out, kernel, strides, dilations, pads, 0.0):
         acc += v
     count = np.ones(tuple(out), np.float64)
-    for i, (c, inside, in_padded) in enumerate(_axis_coords(in_sp, out, kernel, strides, dilations, pads)):
+    for i, (_, inside, in_padded) in enumerate(_axis_coords(in_sp, out, kernel, strides, dilations, pads)):
         shp = [1] * nsp
         shp[i] = out[i]
         count = count * (in_padded if count_include_pad else inside).sum(axis=1).reshape(shp)
@@ -225,7 +219,8 @@ class MaxPool(_WindowPool):
     def infer(self, ins, consts):
         x = ins[0]
         if np.dtype(x.dtype).name not in ("float16", "float32", "float64", "int8", "uint8"):
-            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported "
+                                   "(float16, float32, "
                                    "float64, int8, uint8)")
         _, out, _ = self.geometry(x)
         oshape = tuple(x.shape[:2]) + tuple(out)
@@ -243,16 +238,13 @@ class MaxPool(_WindowPool):
         x = ins[0]
         if x.dtype != np.float32:
             return self._ref_present()
-        from ..kernels.cpu.pool import maxpool_indices_runner, pool2d_runner
+        from ..kernels.cpu.pool import maxpool_indices_runner, pool_runner
 
-        tab = self._tables()
-        _, out, _ = self.geom
-        xs, ys = self._views(x.shape, (x.shape[0], x.shape[1], *out))
-        vol = int(np.prod(self.kernel_shape))
+        tab = self._tables(x)
         if self.want_indices:
-            run_idx = maxpool_indices_runner(tab, xs, ys, vol, bool(self.storage_order))
+            run_idx = maxpool_indices_runner(tab, bool(self.storage_order))
             if not self.present[0]:  # Y omitted: it goes to the workspace
-                n_y = int(np.prod(ys))
+                n_y = int(np.prod(tab.y3))
 
                 def run(inputs, outputs, scratch):
                     run_idx(inputs[0], scratch[:4 * n_y].view(np.float32), outputs[0])
@@ -261,7 +253,7 @@ class MaxPool(_WindowPool):
             def run(inputs, outputs, scratch):
                 run_idx(inputs[0], outputs[0], outputs[1])
             return Kernel(run)
-        run_max, nbytes = pool2d_runner("max", tab, xs, ys, vol)
+        run_max, nbytes = pool_runner("max", tab)
 
         def run(inputs, outputs, scratch):
             run_max(inputs[0], outputs[0], scratch)
@@ -292,7 +284,8 @@ class AveragePool(_WindowPool):
     def infer(self, ins, consts):
         x = ins[0]
         if np.dtype(x.dtype).name not in self.float_dtypes:
-            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported "
+                                   "(float16, float32, "
                                    "float64)")
         _, out, _ = self.geometry(x)
         return [TensorType(tuple(x.shape[:2]) + tuple(out), x.dtype)]
@@ -306,11 +299,9 @@ class AveragePool(_WindowPool):
         x = ins[0]
         if x.dtype != np.float32:
             return ref_kernel(self)
-        from ..kernels.cpu.pool import pool2d_runner
+        from ..kernels.cpu.pool import pool_runner
 
-        tab = self._tables(bool(self.count_include_pad))
-        xs, ys = self._views(x.shape, outs[0].shape)
-        run_avg, nbytes = pool2d_runner("avg", tab, xs, ys, int(np.prod(self.kernel_shape)))
+        run_avg, nbytes = pool_runner("avg", self._tables(x, bool(self.count_include_pad)))
 
         def run(inputs, outputs, scratch):
             run_avg(inputs[0], outputs[0], scratch)
@@ -328,7 +319,8 @@ class _GlobalPool(Op):
         if len(shape) < 3:
             raise self.error(f"input must be (N, C, spatial...) with rank >= 3, got shape {shape}")
         if np.dtype(x.dtype).name not in ("float16", "float32", "float64"):
-            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported "
+                                   "(float16, float32, "
                                    "float64)")
         if self.kind == "max" and any(d == 0 for d in shape[2:]):
             raise self.error(f"cannot take the maximum over an empty spatial shape {shape[2:]}")
@@ -348,11 +340,11 @@ class _GlobalPool(Op):
 
         planes = int(x.shape[0]) * int(x.shape[1])
         size = int(np.prod(x.shape[2:], dtype=np.int64))
-        run_g = global_pool_runner(self.kind, planes, size)
+        run_g, nbytes = global_pool_runner(self.kind, planes, size)
 
         def run(inputs, outputs, scratch):
-            run_g(inputs[0], outputs[0])
-        return Kernel(run)
+            run_g(inputs[0], outputs[0], scratch)
+        return Kernel(run, scratch_bytes=nbytes)
 
 
 @register

@@ -1,9 +1,10 @@
-"""ReduceSum, ReduceMean, ReduceMax.
+"""ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceSumSquare.
 
 Axes come from the ``axes`` attribute before the opset where they became an input (ReduceSum: 13, the
 others: 18) and from the optional ``axes`` input (a constant) from then on. No axes, or an empty axes
 tensor, reduces every axis unless ``noop_with_empty_axes`` = 1, which makes the op an identity.
-Reducing an empty set gives 0 (sum), NaN (mean) or the lowest value of the dtype (max: -inf).
+Reducing an empty set gives 0 (sum, sum of squares), NaN (mean), the lowest value of the dtype (max:
+-inf) or the highest (min: inf).
 
 float32 runs the Numba kernels of :mod:`edgedl.kernels.cpu.reduce` (float64 accumulation for sums);
 other dtypes (and empty inputs) run the numpy reference.
@@ -126,6 +127,16 @@ class ReduceMean(_Reduce):
         return np.mean(x, axis=axes)
 
 
+def _extreme_identity(dtype: np.dtype, lowest: bool):
+    """The value a max (lowest=True) or min over an empty set gives."""
+    if dtype == np.bool_:
+        return not lowest
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return info.min if lowest else info.max
+    return -np.inf if lowest else np.inf
+
+
 @register
 class ReduceMax(_Reduce):
     op_type = "ReduceMax"
@@ -134,14 +145,32 @@ class ReduceMax(_Reduce):
 
     def reduce(self, x, axes):
         if x.size == 0:
-            if x.dtype == np.bool_:
-                low = False
-            elif x.dtype.kind in "iu":
-                low = np.iinfo(x.dtype).min
-            else:
-                low = -np.inf
-            return np.maximum.reduce(x, axis=axes, initial=low)
+            return np.maximum.reduce(x, axis=axes, initial=_extreme_identity(x.dtype, True))
         return np.maximum.reduce(x, axis=axes)
 
 
-__all__ = ["ReduceSum", "ReduceMean", "ReduceMax"]
+@register
+class ReduceMin(_Reduce):
+    op_type = "ReduceMin"
+    kind = K.R_MIN
+    dtypes = NUMERIC_DTYPES + ("bool",)
+
+    def reduce(self, x, axes):
+        if x.size == 0:
+            return np.minimum.reduce(x, axis=axes, initial=_extreme_identity(x.dtype, False))
+        return np.minimum.reduce(x, axis=axes)
+
+
+@register
+class ReduceSumSquare(_Reduce):
+    op_type = "ReduceSumSquare"
+    kind = K.R_SUMSQ
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            x64 = x.astype(np.float64)
+            return np.sum(x64 * x64, axis=axes)
+        return np.sum(x * x, axis=axes, dtype=x.dtype)
+
+
+__all__ = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare"]

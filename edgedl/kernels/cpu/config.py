@@ -6,6 +6,7 @@ reassociation of reductions, reciprocal approximations, no signed zeros) but del
 """
 from __future__ import annotations
 
+import os
 import platform
 
 #: LLVM fast-math flags (a set, as ``numba.njit(fastmath=...)`` accepts); no nnan / ninf
@@ -13,7 +14,7 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 
 #: a kernel runs its parallel (prange) variant only when it has at least this many multiply-adds
 #: (or element operations) to do; below it the thread fork/join costs more than it saves
-PARALLEL_MIN_WORK = 1 << 17
+PARALLEL_MIN_WORK = 1 << 18
 
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
@@ -22,3 +23,23 @@ NJIT_PARALLEL = dict(NJIT, parallel=True)
 
 MACHINE = platform.machine().lower()
 IS_ARM = MACHINE.startswith(("arm", "aarch64"))
+
+
+def _gemm_tile() -> tuple[int, int, int, int]:
+    """(MR, VW, NV, UNROLL) of the GEMM microkernel: MR rows x NV vectors of VW floats, k loop unrolled.
+
+    64-bit x86 and ARM (32 vector registers on AArch64 / AVX-512, 16 ymm on AVX2): 6 x 16 as 12
+    <8 x float> accumulators, no spills (checked in the assembly for x86-64 and AArch64). 32-bit ARM
+    (16 NEON q registers): 4 x 8 as 8 <4 x float>, unrolled twice only (more unrolling spills).
+    ``EDGEDL_GEMM_TILE="MR,VW,NV,UNROLL"`` overrides it; compiled kernels are cached on disk with the
+    tile baked in, so use a fresh NUMBA_CACHE_DIR with an override."""
+    env = os.environ.get("EDGEDL_GEMM_TILE")
+    if env:
+        mr, vw, nv, unroll = (int(v) for v in env.split(","))
+        return mr, vw, nv, unroll
+    if MACHINE in ("x86_64", "amd64", "aarch64", "arm64"):
+        return 6, 8, 2, 4
+    return 4, 4, 2, 2
+
+
+GEMM_TILE = _gemm_tile()

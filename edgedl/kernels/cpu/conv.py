@@ -28,6 +28,7 @@ from .act import ACT_NONE, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
 from .gemm import (BIAS_NONE, BIAS_ROW, GemmCall, conv_geometry, conv_ktab, matrix_geometry, matrix_ktab,
                    pack_a, packed_a_size)
+from .vec import VW, copy_floats, dw_row_3_1, dw_row_3_2, dw_row_5_1, dw_row_5_2
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",
            "conv_transpose2d_ref"]
@@ -97,133 +98,96 @@ def _dw_fill(x, xoff, h, wd, pt, pl, hp, wp, pbuf):
     if ncopy <= 0:
         return
     for r in range(r0, r1):
-        d = pbuf[r * wp + c0:r * wp + c0 + ncopy]
-        sv = x[xoff + (r - pt) * wd:xoff + (r - pt) * wd + ncopy]
-        for q in range(ncopy):
-            d[q] = sv[q]
+        copy_floats(pbuf, r * wp + c0, x, xoff + (r - pt) * wd, ncopy)
 
 
 @numba.njit(inline="always", **NJIT)
-def _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, act, alpha, beta, pbuf,
-                   wide):
-    """Stride-1 depthwise plane computed 'wide': wide[oy*wp + ox] for every ox < wp (the last columns
-    are junk) is one long vectorized loop per tap row, then the valid columns are copied to out."""
+def _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, pbuf, wide):
+    """Generic stride-1 depthwise plane computed 'wide': wide[oy*wp + ox] for every ox < wp (the last
+    columns are junk) is one long vectorized loop per tap, then the valid columns are copied to out."""
     nq = oh_n * wp
-    if kh_n == 3 and kw_n == 3:
-        w0 = w[woff]
-        w1 = w[woff + 1]
-        w2 = w[woff + 2]
-        w3 = w[woff + 3]
-        w4 = w[woff + 4]
-        w5 = w[woff + 5]
-        w6 = w[woff + 6]
-        w7 = w[woff + 7]
-        w8 = w[woff + 8]
-        r1 = dh * wp
-        r2 = 2 * dh * wp
-        p0 = pbuf[0:]
-        p1 = pbuf[dw:]
-        p2 = pbuf[2 * dw:]
-        p3 = pbuf[r1:]
-        p4 = pbuf[r1 + dw:]
-        p5 = pbuf[r1 + 2 * dw:]
-        p6 = pbuf[r2:]
-        p7 = pbuf[r2 + dw:]
-        p8 = pbuf[r2 + 2 * dw:]
-        for q in range(nq):
-            wide[q] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
-                       + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
-    else:
-        for q in range(nq):
-            wide[q] = bval
-        for i in range(kh_n):
-            for j in range(kw_n):
-                wv = w[woff + i * kw_n + j]
-                p = pbuf[i * dh * wp + j * dw:]
-                for q in range(nq):
-                    wide[q] += wv * p[q]
+    for q in range(nq):
+        wide[q] = bval
+    for i in range(kh_n):
+        for j in range(kw_n):
+            wv = w[woff + i * kw_n + j]
+            p = pbuf[i * dh * wp + j * dw:]
+            for q in range(nq):
+                wide[q] += wv * p[q]
     for oy in range(oh_n):
-        o = out[ooff + oy * ow_n:ooff + (oy + 1) * ow_n]
-        wr = wide[oy * wp:]
-        for ox in range(ow_n):
-            o[ox] = wr[ox]
-    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+        copy_floats(out, ooff + oy * ow_n, wide, oy * wp, ow_n)
 
 
 @numba.njit(inline="always", **NJIT)
-def _dw_plane_rows(w, woff, bval, out, ooff, kh_n, kw_n, sh, sw, dh, dw, oh_n, ow_n, wp, act, alpha, beta,
-                   pbuf):
-    """Strided depthwise plane, row by row (views indexed by the loop variable only, so the loops
-    carry no negative-index wraparound and vectorize)."""
+def _dw_plane_rows(w, woff, bval, out, ooff, kh_n, kw_n, sh, sw, dh, dw, oh_n, ow_n, wp, pbuf):
+    """Generic strided depthwise plane, row by row (views indexed by the loop variable only, so the
+    loops carry no negative-index wraparound)."""
     for oy in range(oh_n):
         ob = ooff + oy * ow_n
         o = out[ob:ob + ow_n]
         rb = oy * sh * wp
-        if kh_n == 3 and kw_n == 3:
-            r1 = rb + dh * wp
-            r2 = r1 + dh * wp
-            w0 = w[woff]
-            w1 = w[woff + 1]
-            w2 = w[woff + 2]
-            w3 = w[woff + 3]
-            w4 = w[woff + 4]
-            w5 = w[woff + 5]
-            w6 = w[woff + 6]
-            w7 = w[woff + 7]
-            w8 = w[woff + 8]
-            p0 = pbuf[rb:]
-            p1 = pbuf[rb + dw:]
-            p2 = pbuf[rb + 2 * dw:]
-            p3 = pbuf[r1:]
-            p4 = pbuf[r1 + dw:]
-            p5 = pbuf[r1 + 2 * dw:]
-            p6 = pbuf[r2:]
-            p7 = pbuf[r2 + dw:]
-            p8 = pbuf[r2 + 2 * dw:]
-            if sw == 2:
+        for ox in range(ow_n):
+            o[ox] = bval
+        for i in range(kh_n):
+            for j in range(kw_n):
+                wv = w[woff + i * kw_n + j]
+                p = pbuf[rb + i * dh * wp + j * dw:]
                 for ox in range(ow_n):
-                    q = 2 * ox
-                    o[ox] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
-                             + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
-            else:
-                for ox in range(ow_n):
-                    q = sw * ox
-                    o[ox] = (bval + w0 * p0[q] + w1 * p1[q] + w2 * p2[q] + w3 * p3[q] + w4 * p4[q]
-                             + w5 * p5[q] + w6 * p6[q] + w7 * p7[q] + w8 * p8[q])
-        else:
-            for ox in range(ow_n):
-                o[ox] = bval
-            for i in range(kh_n):
-                for j in range(kw_n):
-                    wv = w[woff + i * kw_n + j]
-                    p = pbuf[rb + i * dh * wp + j * dw:]
-                    for ox in range(ow_n):
-                        o[ox] += wv * p[ox * sw]
-    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+                    o[ox] += wv * p[ox * sw]
 
 
 @numba.njit(inline="always", **NJIT)
 def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n,
               ow_n, hp, wp, act, alpha, beta, pbuf, wide):
     has_bias = bias.size > 0
-    flat = sh == 1 and sw == 1
+    # 3x3 and 5x5 with column stride 1 or 2: LLVM-IR row kernels (vec.dw_row_K_S)
+    fast = (kh_n == kw_n) and (kh_n == 3 or kh_n == 5) and (sw == 1 or sw == 2)
+    rstride = dh * wp
+    ow_round = (ow_n + VW - 1) // VW * VW
+    plane = oh_n * ow_n
+    if hi <= lo:
+        return
+    n = lo // c_out
+    oc = lo - n * c_out
     for p in range(lo, hi):
-        n = p // c_out
-        oc = p - n * c_out
-        ic = oc // mult
+        ic = oc if mult == 1 else oc // mult
         bval = bias[oc] if has_bias else np.float32(0.0)
+        woff = oc * kh_n * kw_n
+        ooff = p * plane
         _dw_fill(x, (n * c_in + ic) * h * wd, h, wd, pt, pl, hp, wp, pbuf)
-        if flat:
-            _dw_plane_wide(w, oc * kh_n * kw_n, bval, out, p * oh_n * ow_n, kh_n, kw_n, dh, dw, oh_n, ow_n,
-                           wp, act, alpha, beta, pbuf, wide)
+        if fast:
+            for oy in range(oh_n):
+                o0 = ooff + oy * ow_n
+                p0 = oy * sh * wp
+                # a row may spill whole vectors into the next rows of this plane (computed later, so
+                # overwritten): only the plane's last rows need the masked tail
+                nr = ow_round if (oy * ow_n + ow_round <= plane) else ow_n
+                if kh_n == 3:
+                    if sw == 1:
+                        dw_row_3_1(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                    else:
+                        dw_row_3_2(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                else:
+                    if sw == 1:
+                        dw_row_5_1(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                    else:
+                        dw_row_5_2(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+        elif sh == 1 and sw == 1:
+            _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, pbuf, wide)
         else:
-            _dw_plane_rows(w, oc * kh_n * kw_n, bval, out, p * oh_n * ow_n, kh_n, kw_n, sh, sw, dh, dw,
-                           oh_n, ow_n, wp, act, alpha, beta, pbuf)
+            _dw_plane_rows(w, woff, bval, out, ooff, kh_n, kw_n, sh, sw, dh, dw, oh_n, ow_n, wp, pbuf)
+        if act != ACT_NONE:
+            act_inplace(out, ooff, ooff + plane, act, alpha, beta)
+        oc += 1
+        if oc == c_out:
+            oc = 0
+            n += 1
 
 
 @numba.njit(inline="always", **NJIT)
 def _dw_buffers(hp, wp, kw_n, dw, oh_n):
-    pbuf = np.zeros(hp * wp + (kw_n - 1) * dw + 16, dtype=np.float32)
+    # slack past the last row: the row kernels read up to 2*(2*VW - 1) floats beyond their last tap
+    pbuf = np.zeros(hp * wp + (kw_n - 1) * dw + 6 * VW + 64, dtype=np.float32)
     wide = np.empty(oh_n * wp + 16, dtype=np.float32)
     return pbuf, wide
 

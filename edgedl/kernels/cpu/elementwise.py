@@ -14,12 +14,21 @@ last axis x[..., C] op b[C]            (1, 1, M, C)               a: 1, b: 1
 =====================================  =========================  =====================
 
 The kernel walks a flat range of output elements (so parallel chunks get equal work whatever the
-shape), one innermost run at a time; every run is a contiguous loop over the output in one of four
-shapes (vector-vector, vector-scalar, scalar-vector, scalar-scalar). The op is an integer code: the
-branch on it is loop-invariant, so LLVM unswitches it out of the loops and each variant vectorizes.
+shape), a run of whole innermost rows at a time; every row is a contiguous loop over the output in one
+of four shapes (vector-vector, vector-scalar, scalar-vector, scalar-scalar).
 
-Unary ops (including the activations) are one flat loop over the contiguous buffer, again with an
-integer op code and two float parameters.
+Unary ops (including the activations) are one flat loop over the contiguous buffer with two float
+parameters (alpha, beta).
+
+Every op has its own compiled kernels (:func:`binary_kernels`, :func:`unary_kernels`: a serial one and a
+``prange`` one, made on first use and cached on disk): the op code is a compile-time constant, so each
+loop holds one operation and vectorizes. (A run-time op code branch inside the loop is not unswitched
+by LLVM once the loop body is large, and putting every op's loop in one function made that function
+take ~50 s to compile.) Loops run over slices from index 0: an index that Numba cannot prove
+non-negative gets a wraparound check that stops vectorization.
+
+exp, tanh and sigmoid use branch-free float32 versions (:func:`exp_f32`, ...) that vectorize, instead
+of scalar libm calls.
 
 Every kernel here is compiled with ``error_model="numpy"``: float division by zero gives inf/nan
 instead of a Python exception check in the loop (which would also stop vectorization).
@@ -86,7 +95,15 @@ def _ldexp(typingctx, p, n):
     return types.float32(types.float32, types.float32), codegen
 
 
-@numba.njit(inline="always", **_NJIT)
+if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1 (coverage runs): intrinsics cannot run as Python
+    def _ldexp(p, n):
+        if not np.isfinite(n):  # the compiled kernels select such lanes away
+            return np.float32(np.nan)
+        with np.errstate(over="ignore", under="ignore"):
+            return np.float32(np.ldexp(np.float32(p), int(n)))
+
+
+@numba.njit(**_NJIT)
 def exp_f32(x):
     """exp(x) for float32 x: inf above 88.72, NaN for NaN, 0 below -86.6 (results under 2.5e-38 are
     flushed to zero instead of going denormal)."""
@@ -110,7 +127,7 @@ def exp_f32(x):
     return x if x != x else y
 
 
-@numba.njit(inline="always", **_NJIT)
+@numba.njit(**_NJIT)
 def expm1_f32(x):
     """exp(x) - 1 without cancellation near 0 (Taylor polynomial for |x| < 0.35)."""
     p = np.float32(1.0 / 5040.0)
@@ -124,7 +141,7 @@ def expm1_f32(x):
     return small if np.abs(x) < np.float32(0.35) else big
 
 
-@numba.njit(inline="always", **_NJIT)
+@numba.njit(**_NJIT)
 def tanh_f32(x):
     """tanh(x) for float32 x (odd polynomial for |x| <= 0.625, 1 - 2 / (exp(2|x|) + 1) above)."""
     z = np.abs(x)
@@ -140,7 +157,7 @@ def tanh_f32(x):
     return big if z > np.float32(0.625) else small
 
 
-@numba.njit(inline="always", **_NJIT)
+@numba.njit(**_NJIT)
 def sigmoid_f32(x):
     """1 / (1 + exp(-x)) computed from exp(-|x|), which never overflows."""
     e = exp_f32(-np.abs(x))
@@ -148,7 +165,7 @@ def sigmoid_f32(x):
     return r if x >= np.float32(0.0) else e * r
 
 
-@numba.njit(inline="always", **_NJIT)
+@numba.njit(**_NJIT)
 def _bin(op, x, y):
     # NaN-propagating max/min (like numpy.maximum): a NaN in x or y gives NaN.
     if op == B_ADD:
@@ -167,118 +184,7 @@ def _bin(op, x, y):
         return x if x >= np.float32(0.0) else y * x
 
 
-@numba.njit(inline="always", **_NJIT)
-def _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, oo, rows, n):
-    """``rows`` runs of ``n`` outputs each (out[oo + r*n + k]); run r reads a from ao + r*a2 and b from
-    bo + r*b2, with innermost strides a3, b3 in {0, 1} (1: contiguous, 0: broadcast).
-
-    Called with a constant ``op`` so ``_bin`` folds to one operation; the stride case is chosen once
-    outside the row loop. The loops run over slices from index 0: an index Numba cannot prove
-    non-negative gets a wraparound check that stops vectorization."""
-    if a3 == 1 and b3 == 1:
-        for r in range(rows):
-            o = out[oo + r * n:oo + r * n + n]
-            x = a[ao + r * a2:ao + r * a2 + n]
-            y = b[bo + r * b2:bo + r * b2 + n]
-            for k in range(n):
-                o[k] = _bin(op, x[k], y[k])
-    elif a3 == 1:
-        for r in range(rows):
-            o = out[oo + r * n:oo + r * n + n]
-            x = a[ao + r * a2:ao + r * a2 + n]
-            yv = b[bo + r * b2]
-            for k in range(n):
-                o[k] = _bin(op, x[k], yv)
-    elif b3 == 1:
-        for r in range(rows):
-            o = out[oo + r * n:oo + r * n + n]
-            xv = a[ao + r * a2]
-            y = b[bo + r * b2:bo + r * b2 + n]
-            for k in range(n):
-                o[k] = _bin(op, xv, y[k])
-    else:
-        for r in range(rows):
-            o = out[oo + r * n:oo + r * n + n]
-            v = _bin(op, a[ao + r * a2], b[bo + r * b2])
-            for k in range(n):
-                o[k] = v
-
-
-@numba.njit(inline="always", **_NJIT)
-def _binary_range_op(op, a, b, out, dims, sa, sb, start, stop):
-    d1 = dims[1]
-    d2 = dims[2]
-    d3 = dims[3]
-    r = start // d3
-    j = start - r * d3
-    i2 = r % d2
-    t = r // d2
-    i1 = t % d1
-    i0 = t // d1
-    a0, a1, a2, a3 = sa[0], sa[1], sa[2], sa[3]
-    b0, b1, b2, b3 = sb[0], sb[1], sb[2], sb[3]
-    pos = start
-    while pos < stop:
-        ao = i0 * a0 + i1 * a1 + i2 * a2 + j * a3
-        bo = i0 * b0 + i1 * b1 + i2 * b2 + j * b3
-        if j == 0 and stop - pos >= d3:
-            # whole runs: as many as fit in this (i0, i1) block and in [pos, stop)
-            rows = min(d2 - i2, (stop - pos) // d3)
-            _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, pos, rows, d3)
-            pos += rows * d3
-            i2 += rows
-        else:
-            # a partial run (chunk boundaries only)
-            n = min(d3 - j, stop - pos)
-            _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, pos, 1, n)
-            pos += n
-            j += n
-            if j < d3:
-                continue
-            j = 0
-            i2 += 1
-        if i2 == d2:
-            i2 = 0
-            i1 += 1
-            if i1 == d1:
-                i1 = 0
-                i0 += 1
-
-
 @numba.njit(**_NJIT)
-def binary_range(op, a, b, out, dims, sa, sb, start, stop):
-    """Flat output elements [start, stop) of ``out = a op b`` under a rank-4 broadcast plan.
-
-    a, b, out: flat float32 arrays; dims: int64[4] collapsed output dims (out is dims, contiguous);
-    sa, sb: int64[4] element strides of a and b on those dims (0 where broadcast; innermost 0 or 1).
-    The branch on ``op`` is taken once; each copy of the loop nest has a constant op.
-    """
-    if op == B_ADD:
-        _binary_range_op(B_ADD, a, b, out, dims, sa, sb, start, stop)
-    elif op == B_SUB:
-        _binary_range_op(B_SUB, a, b, out, dims, sa, sb, start, stop)
-    elif op == B_MUL:
-        _binary_range_op(B_MUL, a, b, out, dims, sa, sb, start, stop)
-    elif op == B_DIV:
-        _binary_range_op(B_DIV, a, b, out, dims, sa, sb, start, stop)
-    elif op == B_MAX:
-        _binary_range_op(B_MAX, a, b, out, dims, sa, sb, start, stop)
-    elif op == B_MIN:
-        _binary_range_op(B_MIN, a, b, out, dims, sa, sb, start, stop)
-    else:
-        _binary_range_op(B_PRELU, a, b, out, dims, sa, sb, start, stop)
-
-
-@numba.njit(**_NJIT_PAR)
-def binary_parallel(op, a, b, out, dims, sa, sb, nchunks):
-    """``binary_range`` over all of ``out``, split into ``nchunks`` equal flat ranges run in parallel."""
-    total = out.size
-    for c in prange(nchunks):
-        binary_range(op, a, b, out, dims, sa, sb, total * c // nchunks, total * (c + 1) // nchunks)
-
-
-# --- unary --------------------------------------------------------------------------------------------
-@numba.njit(inline="always", **_NJIT)
 def _un(op, v, alpha, beta):
     zero = np.float32(0.0)
     one = np.float32(1.0)
@@ -321,56 +227,149 @@ def _un(op, v, alpha, beta):
 
 
 @numba.njit(inline="always", **_NJIT)
-def _unary_loop(op, x, out, a, b, start, stop):
-    xs = x[start:stop]  # slices: loops from 0 vectorize (no negative-index wraparound check)
-    o = out[start:stop]
-    for i in range(xs.size):
-        o[i] = _un(op, xs[i], a, b)
+def _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, oo, rows, n):
+    """``rows`` runs of ``n`` outputs each (out[oo + r*n + k]); run r reads a from ao + r*a2 and b from
+    bo + r*b2, with innermost strides a3, b3 in {0, 1} (1: contiguous, 0: broadcast).
 
-
-@numba.njit(**_NJIT)
-def unary_range(op, x, out, alpha, beta, start, stop):
-    """out[i] = f_op(x[i]) for i in [start, stop); x, out: flat float32 (may be the same array).
-    The branch on op is taken once; each loop is compiled for a constant op and vectorizes."""
-    a = np.float32(alpha)
-    b = np.float32(beta)
-    if op == U_COPY:
-        _unary_loop(U_COPY, x, out, a, b, start, stop)
-    elif op == U_NEG:
-        _unary_loop(U_NEG, x, out, a, b, start, stop)
-    elif op == U_ABS:
-        _unary_loop(U_ABS, x, out, a, b, start, stop)
-    elif op == U_SQRT:
-        _unary_loop(U_SQRT, x, out, a, b, start, stop)
-    elif op == U_EXP:
-        _unary_loop(U_EXP, x, out, a, b, start, stop)
-    elif op == U_LOG:
-        _unary_loop(U_LOG, x, out, a, b, start, stop)
-    elif op == U_RECIPROCAL:
-        _unary_loop(U_RECIPROCAL, x, out, a, b, start, stop)
-    elif op == U_RELU:
-        _unary_loop(U_RELU, x, out, a, b, start, stop)
-    elif op == U_LEAKY_RELU:
-        _unary_loop(U_LEAKY_RELU, x, out, a, b, start, stop)
-    elif op == U_ELU:
-        _unary_loop(U_ELU, x, out, a, b, start, stop)
-    elif op == U_CLIP:
-        _unary_loop(U_CLIP, x, out, a, b, start, stop)
-    elif op == U_SIGMOID:
-        _unary_loop(U_SIGMOID, x, out, a, b, start, stop)
-    elif op == U_TANH:
-        _unary_loop(U_TANH, x, out, a, b, start, stop)
-    elif op == U_HARD_SIGMOID:
-        _unary_loop(U_HARD_SIGMOID, x, out, a, b, start, stop)
+    Called with a constant ``op`` so ``_bin`` folds to one operation; the stride case is chosen once
+    outside the row loop. The loops run over slices from index 0: an index Numba cannot prove
+    non-negative gets a wraparound check that stops vectorization."""
+    if a3 == 1 and b3 == 1:
+        for r in range(rows):
+            o = out[oo + r * n:oo + r * n + n]
+            x = a[ao + r * a2:ao + r * a2 + n]
+            y = b[bo + r * b2:bo + r * b2 + n]
+            for k in range(n):
+                o[k] = _bin(op, x[k], y[k])
+    elif a3 == 1:
+        for r in range(rows):
+            o = out[oo + r * n:oo + r * n + n]
+            x = a[ao + r * a2:ao + r * a2 + n]
+            yv = b[bo + r * b2]
+            for k in range(n):
+                o[k] = _bin(op, x[k], yv)
+    elif b3 == 1:
+        for r in range(rows):
+            o = out[oo + r * n:oo + r * n + n]
+            xv = a[ao + r * a2]
+            y = b[bo + r * b2:bo + r * b2 + n]
+            for k in range(n):
+                o[k] = _bin(op, xv, y[k])
     else:
-        _unary_loop(U_HARD_SWISH, x, out, a, b, start, stop)
+        for r in range(rows):
+            o = out[oo + r * n:oo + r * n + n]
+            v = _bin(op, a[ao + r * a2], b[bo + r * b2])
+            for k in range(n):
+                o[k] = v
 
 
-@numba.njit(**_NJIT_PAR)
-def unary_parallel(op, x, out, alpha, beta, nchunks):
-    total = out.size
-    for c in prange(nchunks):
-        unary_range(op, x, out, alpha, beta, total * c // nchunks, total * (c + 1) // nchunks)
+@numba.njit(inline="always", **_NJIT)
+def _walk(op, a, b, out, dims, sa, sb, start, stop):
+    """Flat output elements [start, stop) of ``out = a op b`` (see :func:`binary_range`)."""
+    d1 = dims[1]
+    d2 = dims[2]
+    d3 = dims[3]
+    r = start // d3
+    j = start - r * d3
+    i2 = r % d2
+    t = r // d2
+    i1 = t % d1
+    i0 = t // d1
+    a0, a1, a2, a3 = sa[0], sa[1], sa[2], sa[3]
+    b0, b1, b2, b3 = sb[0], sb[1], sb[2], sb[3]
+    pos = start
+    while pos < stop:
+        ao = i0 * a0 + i1 * a1 + i2 * a2 + j * a3
+        bo = i0 * b0 + i1 * b1 + i2 * b2 + j * b3
+        if j == 0 and stop - pos >= d3:
+            # whole runs: as many as fit in this (i0, i1) block and in [pos, stop)
+            rows = min(d2 - i2, (stop - pos) // d3)
+            _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, pos, rows, d3)
+            pos += rows * d3
+            i2 += rows
+        else:
+            # a partial run (chunk boundaries only)
+            n = min(d3 - j, stop - pos)
+            _rows_op(op, a, ao, a2, a3, b, bo, b2, b3, out, pos, 1, n)
+            pos += n
+            j += n
+            if j < d3:
+                continue
+            j = 0
+            i2 += 1
+        if i2 == d2:
+            i2 = 0
+            i1 += 1
+            if i1 == d1:
+                i1 = 0
+                i0 += 1
+
+
+def _make_binary(op):
+    @numba.njit(**_NJIT)
+    def binary_range(a, b, out, dims, sa, sb, start, stop):
+        _walk(op, a, b, out, dims, sa, sb, start, stop)
+
+    @numba.njit(**_NJIT_PAR)
+    def binary_parallel(a, b, out, dims, sa, sb, nchunks):
+        total = out.size
+        for c in prange(nchunks):
+            _walk(op, a, b, out, dims, sa, sb, total * c // nchunks, total * (c + 1) // nchunks)
+
+    return binary_range, binary_parallel
+
+
+def _make_unary(op):
+    @numba.njit(**_NJIT)
+    def unary_range(x, out, alpha, beta, start, stop):
+        xs = x[start:stop]
+        o = out[start:stop]
+        a = np.float32(alpha)
+        b = np.float32(beta)
+        for i in range(xs.size):
+            o[i] = _un(op, xs[i], a, b)
+
+    @numba.njit(**_NJIT_PAR)
+    def unary_parallel(x, out, alpha, beta, nchunks):
+        a = np.float32(alpha)
+        b = np.float32(beta)
+        total = out.size
+        for c in prange(nchunks):
+            xs = x[total * c // nchunks:total * (c + 1) // nchunks]
+            o = out[total * c // nchunks:total * (c + 1) // nchunks]
+            for i in range(xs.size):
+                o[i] = _un(op, xs[i], a, b)
+
+    return unary_range, unary_parallel
+
+
+_BINARY: dict = {}
+_UNARY: dict = {}
+
+
+def binary_kernels(op: int):
+    """(serial, parallel) kernels of binary op ``op``:
+
+    ``serial(a, b, out, dims, sa, sb, start, stop)`` computes flat output elements [start, stop) of
+    ``out = a op b`` under a rank-4 broadcast plan (a, b, out: flat float32; dims: int64[4] collapsed
+    output dims; sa, sb: int64[4] element strides of a and b on them, 0 where broadcast, innermost 0 or
+    1); ``parallel(a, b, out, dims, sa, sb, nchunks)`` does all of out in ``nchunks`` equal ranges."""
+    if op not in _BINARY:
+        _BINARY[op] = _make_binary(op)
+    return _BINARY[op]
+
+
+def unary_kernels(op: int):
+    """(serial, parallel) kernels of unary op ``op``: ``serial(x, out, alpha, beta, start, stop)``
+    computes out[i] = f(x[i]) for i in [start, stop); ``parallel(x, out, alpha, beta, nchunks)`` all."""
+    if op not in _UNARY:
+        _UNARY[op] = _make_unary(op)
+    return _UNARY[op]
+
+
+def binary_range(op, a, b, out, dims, sa, sb, start, stop):
+    """Python-level convenience: the serial kernel of ``op`` on [start, stop)."""
+    binary_kernels(op)[0](a, b, out, dims, sa, sb, start, stop)
 
 
 # --- Python-side drivers (build-time planning, run-time dispatch) --------------------------------------
@@ -425,6 +424,7 @@ class BinaryKernel:
 
     def __init__(self, op: int, a_shape, b_shape, out_shape):
         self.op = op
+        self.serial, self.parallel = binary_kernels(op)
         self.size = int(np.prod(out_shape, dtype=np.int64))
         dims, (sa, sb) = broadcast_plan(tuple(out_shape), tuple(a_shape), tuple(b_shape))
         extra = max(0, len(dims) - BCAST_RANK)
@@ -456,15 +456,16 @@ class BinaryKernel:
     def _one(self, a, b, out):
         n = num_chunks(out.size)
         if n == 1:
-            binary_range(self.op, a, b, out, self.dims, self.sa, self.sb, 0, out.size)
+            self.serial(a, b, out, self.dims, self.sa, self.sb, 0, out.size)
         else:
-            binary_parallel(self.op, a, b, out, self.dims, self.sa, self.sb, n)
+            self.parallel(a, b, out, self.dims, self.sa, self.sb, n)
 
 
 def unary(op: int, x, out, alpha: float = 0.0, beta: float = 0.0) -> None:
     """out = f_op(x) on flat float32 arrays of one size (serial or parallel by size)."""
+    serial, parallel = unary_kernels(op)
     n = num_chunks(out.size)
     if n == 1:
-        unary_range(op, x, out, alpha, beta, 0, out.size)
+        serial(x, out, float(alpha), float(beta), 0, out.size)
     else:
-        unary_parallel(op, x, out, alpha, beta, n)
+        parallel(x, out, float(alpha), float(beta), n)

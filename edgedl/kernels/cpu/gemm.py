@@ -29,8 +29,8 @@ from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
 from .config import FASTMATH, NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
-from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, copy_nr, copy_nr_s2, microkernel,
-                  microkernel_panel)
+from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, VW, copy_nr, copy_nr_s2, microkernel,
+                  microkernel_panel, microkernel_panel_narrow)
 
 __all__ = [
     "MR", "NR", "KC", "MC", "NC", "matrix_ktab", "conv_ktab", "BIAS_NONE", "BIAS_ROW", "BIAS_COL",
@@ -85,20 +85,45 @@ def conv_geometry(h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, d
 # ---------------------------------------------------------------------------------------------------
 # packing
 # ---------------------------------------------------------------------------------------------------
-@numba.njit(**NJIT)
-def pack_a(a, ap):
-    """Pack A (2-D float32, any strides: a transposed view is fine) into ``ap`` (packed_a_size)."""
+@numba.njit(inline="always", **NJIT)
+def _pack_a_panel(a, ap, p):
     m, k = a.shape
-    npan = (m + MR - 1) // MR
-    for p in range(npan):
-        base = p * k * MR
-        r0 = p * MR
-        rows = min(MR, m - r0)
+    base = p * k * MR
+    r0 = p * MR
+    rows = min(MR, m - r0)
+    if rows == MR:
+        for kk in range(k):
+            for r in range(MR):
+                ap[base + kk * MR + r] = a[r0 + r, kk]
+    else:
         for kk in range(k):
             for r in range(rows):
                 ap[base + kk * MR + r] = a[r0 + r, kk]
             for r in range(rows, MR):
                 ap[base + kk * MR + r] = np.float32(0.0)
+
+
+@numba.njit(**NJIT)
+def pack_a(a, ap):
+    """Pack A (2-D float32, any strides: a transposed view is fine) into ``ap`` (packed_a_size)."""
+    for p in range((a.shape[0] + MR - 1) // MR):
+        _pack_a_panel(a, ap, p)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def pack_a_parallel(a, ap):
+    """:func:`pack_a` with the row panels spread over the threads."""
+    for p in prange((a.shape[0] + MR - 1) // MR):
+        _pack_a_panel(a, ap, p)
+
+
+def _pack_a_auto(a: np.ndarray, ap: np.ndarray, threads: int | None) -> None:
+    if threads is None:
+        threads = numba.get_num_threads()
+    if threads > 1 and a.size >= PARALLEL_MIN_WORK // 2 and a.shape[0] > 2 * MR:
+        pack_a_parallel(a, ap)
+    else:
+        pack_a(a, ap)
 
 
 @numba.njit(**NJIT)
@@ -296,10 +321,17 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                       buf[boff:], ybase, xbase)
                 ncols = min(NR, n - col0)
                 mlast = min(MR, m - (ie - 1) * MR)
-                microkernel_panel(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bpanel, boff, c,
-                                  c_base + ia * MR * ldc + col0, MR * ldc, ldc, flags, bias,
-                                  bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
-                                  MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast, ncols)
+                if ncols > VW:
+                    microkernel_panel(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bpanel, boff,
+                                      c, c_base + ia * MR * ldc + col0, MR * ldc, ldc, flags, bias,
+                                      bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                      MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast, ncols)
+                else:
+                    microkernel_panel_narrow(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bpanel,
+                                             boff, c, c_base + ia * MR * ldc + col0, MR * ldc, ldc, flags,
+                                             bias, bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                             MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast,
+                                             ncols)
                 if post:
                     for it in range(ia, ie):
                         _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), ncols, act,
@@ -481,47 +513,104 @@ def sgemm_packed(ap: np.ndarray, bp: np.ndarray, c: np.ndarray, m: int, n: int, 
 # GEMV (few rows or few columns)
 # ---------------------------------------------------------------------------------------------------
 @numba.njit(inline="always", **NJIT)
-def _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta):
-    """out[q, n] = act(dot(w[n, :], x[q, :]) + bias[n]) for q < x.shape[0] (<= 3)."""
+def _gemv_block(w, x, out, n0, n1, bias, has_bias, act, alpha, beta):
+    """out[q, n] = act(dot(w[n, :], x[q, :]) + bias[n]) for n in [n0, n1), q < x.shape[0] (<= 3).
+    One vector: four rows of w at a time (four independent streams); two or three vectors share each
+    load of a row of w."""
     nb = x.shape[0]
     kk = w.shape[1]
-    s0 = np.float32(0.0)
-    s1 = np.float32(0.0)
-    s2 = np.float32(0.0)
+    zero = np.float32(0.0)
+    n = n0
     if nb == 1:
-        for i in range(kk):
-            s0 += w[n, i] * x[0, i]
+        xr = x[0]
+        while n + 4 <= n1:
+            w0 = w[n]
+            w1 = w[n + 1]
+            w2 = w[n + 2]
+            w3 = w[n + 3]
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            for i in range(kk):
+                xv = xr[i]
+                s0 += w0[i] * xv
+                s1 += w1[i] * xv
+                s2 += w2[i] * xv
+                s3 += w3[i] * xv
+            if has_bias:
+                s0 += bias[n]
+                s1 += bias[n + 1]
+                s2 += bias[n + 2]
+                s3 += bias[n + 3]
+            out[0, n] = s0
+            out[0, n + 1] = s1
+            out[0, n + 2] = s2
+            out[0, n + 3] = s3
+            n += 4
+        while n < n1:
+            wr = w[n]
+            s0 = zero
+            for i in range(kk):
+                s0 += wr[i] * xr[i]
+            if has_bias:
+                s0 += bias[n]
+            out[0, n] = s0
+            n += 1
     elif nb == 2:
-        for i in range(kk):
-            wv = w[n, i]
-            s0 += wv * x[0, i]
-            s1 += wv * x[1, i]
+        x0 = x[0]
+        x1 = x[1]
+        for n in range(n0, n1):
+            wr = w[n]
+            s0 = zero
+            s1 = zero
+            for i in range(kk):
+                wv = wr[i]
+                s0 += wv * x0[i]
+                s1 += wv * x1[i]
+            b = bias[n] if has_bias else zero
+            out[0, n] = s0 + b
+            out[1, n] = s1 + b
     else:
-        for i in range(kk):
-            wv = w[n, i]
-            s0 += wv * x[0, i]
-            s1 += wv * x[1, i]
-            s2 += wv * x[2, i]
-    b = bias[n] if has_bias else np.float32(0.0)
-    out[0, n] = apply_act(s0 + b, act, alpha, beta)
-    if nb > 1:
-        out[1, n] = apply_act(s1 + b, act, alpha, beta)
-    if nb > 2:
-        out[2, n] = apply_act(s2 + b, act, alpha, beta)
+        x0 = x[0]
+        x1 = x[1]
+        x2 = x[2]
+        for n in range(n0, n1):
+            wr = w[n]
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            for i in range(kk):
+                wv = wr[i]
+                s0 += wv * x0[i]
+                s1 += wv * x1[i]
+                s2 += wv * x2[i]
+            b = bias[n] if has_bias else zero
+            out[0, n] = s0 + b
+            out[1, n] = s1 + b
+            out[2, n] = s2 + b
+    if act != ACT_NONE:
+        # one activation loop for all paths (an inlined apply_act per store would bloat the code)
+        for q in range(nb):
+            for n in range(n0, n1):
+                out[q, n] = apply_act(out[q, n], act, alpha, beta)
+
+
+_GEMV_ROWS = 64
 
 
 @numba.njit(**NJIT)
 def _gemv_serial(w, x, out, bias, act, alpha, beta):
-    has_bias = bias.size > 0
-    for n in range(w.shape[0]):
-        _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta)
+    _gemv_block(w, x, out, 0, w.shape[0], bias, bias.size > 0, act, alpha, beta)
 
 
 @numba.njit(**NJIT_PARALLEL)
 def _gemv_parallel(w, x, out, bias, act, alpha, beta):
-    has_bias = bias.size > 0
-    for n in prange(w.shape[0]):
-        _dot_rows(w, x, out, n, bias, has_bias, act, alpha, beta)
+    nrow = w.shape[0]
+    nblk = (nrow + _GEMV_ROWS - 1) // _GEMV_ROWS
+    for blk in prange(nblk):
+        _gemv_block(w, x, out, blk * _GEMV_ROWS, min(nrow, (blk + 1) * _GEMV_ROWS), bias, bias.size > 0,
+                    act, alpha, beta)
 
 
 def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
@@ -609,15 +698,30 @@ def _unit_cols(b: np.ndarray) -> np.ndarray:
     return b
 
 
+_GEO_CACHE: dict = {}
+
+
+def _b_geometry(k: int, n: int, rs: int):
+    key = (k, n, rs)
+    hit = _GEO_CACHE.get(key)
+    if hit is None:
+        if len(_GEO_CACHE) > 256:
+            _GEO_CACHE.clear()
+        hit = _GEO_CACHE[key] = (matrix_geometry(k, n, rs), matrix_ktab(k, rs))
+    return hit
+
+
 def _b_source(b: np.ndarray):
     """(flat source, geometry, row table) for a 2-D float32 B with unit column stride."""
     k, n = b.shape
     if b.size == 0:
-        return np.zeros(1, np.float32), matrix_geometry(1, max(n, 1), 0), matrix_ktab(1, 0)
+        return (np.zeros(1, np.float32),) + _b_geometry(1, max(n, 1), 0)
+    if b.flags.c_contiguous:
+        return (b.reshape(-1),) + _b_geometry(k, n, n)
     rs = b.strides[0] // 4 if k > 1 else n
     length = (k - 1) * rs + n
     flat = np.lib.stride_tricks.as_strided(b, shape=(length,), strides=(4,))
-    return flat, matrix_geometry(k, n, rs), matrix_ktab(k, rs)
+    return (flat,) + _b_geometry(k, n, rs)
 
 
 def _flat_out(out: np.ndarray) -> tuple[np.ndarray, int]:
@@ -639,6 +743,7 @@ class PackedA:
         self.data = np.zeros(packed_a_size(self.m, self.k), dtype=np.float32)
         if self.k > 0 and self.m > 0:
             pack_a(a, self.data)
+        self._calls: dict = {}
 
     def __call__(self, b: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
                  act: int | str | None = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, *,
@@ -648,9 +753,17 @@ class PackedA:
             raise ValueError(f"K mismatch: A has {self.k}, B has {k}")
         src, geo, ktab = _b_source(_unit_cols(b))
         flat, ldc = _flat_out(out)
-        gemm_driver(self.data, self.m, n, k, flat, ldc, bsrc=src, geo=geo, ktab=ktab, bias=bias,
-                    bias_mode=BIAS_ROW if bias is not None else BIAS_NONE, accumulate=accumulate,
-                    act=act_code(act), alpha=alpha, beta=beta, threads=threads)
+        key = (n, ldc, int(geo[G_SC]), act_code(act), float(alpha), float(beta), bool(accumulate))
+        call = self._calls.get(key) if bias is None else None
+        if call is None:
+            call = GemmCall(self.data, self.m, n, k, ldc, geo=geo, ktab=ktab, bias=bias,
+                            bias_mode=BIAS_ROW if bias is not None else BIAS_NONE, accumulate=accumulate,
+                            act=act_code(act), alpha=alpha, beta=beta)
+            if bias is None:
+                if len(self._calls) > 64:
+                    self._calls.clear()
+                self._calls[key] = call
+        call.run(flat, src, threads)
         return out
 
 
@@ -704,7 +817,7 @@ class PackedWeight:
         if k == 0:
             ap[:] = 0.0
         else:
-            pack_a(x.astype(np.float32, copy=False), ap)
+            _pack_a_auto(x.astype(np.float32, copy=False), ap, threads)
         flat, ldc = _flat_out(out)
         gemm_driver(ap, m, self.n, k, flat, ldc, bp=self.bp, bias=self.bias,
                     bias_mode=BIAS_COL if self.bias is not None else BIAS_NONE, act=self.act,
@@ -750,7 +863,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, bias: np.n
             return out
     ap = np.zeros(packed_a_size(m, k), dtype=np.float32)
     if k > 0:
-        pack_a(a.astype(np.float32, copy=False), ap)
+        _pack_a_auto(a.astype(np.float32, copy=False), ap, threads)
     src, geo, ktab = _b_source(_unit_cols(b))
     flat, ldc = _flat_out(out)
     gemm_driver(ap, m, n, k, flat, ldc, bsrc=src, geo=geo, ktab=ktab, bias=bias, bias_mode=bias_mode,

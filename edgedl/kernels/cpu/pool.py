@@ -6,21 +6,42 @@ spatial axis is the column axis, all the others are flattened into rows::
     x: (P, R_in, W)     P = N * C planes, R_in = prod(in_spatial[:-1]), W = in_spatial[-1]
     y: (P, R_out, OW)   R_out = prod(out_spatial[:-1]),                OW = out_spatial[-1]
 
-Everything about the window geometry is precomputed at build time (:func:`window_tables`):
+The window geometry is precomputed once per plan (:func:`window_tables`):
 
 * ``row_ptr`` / ``row_src`` (CSR): for output row ``r`` the input rows ``row_src[row_ptr[r]:row_ptr[r+1]]``
   that its window covers inside the input (padding rows are simply absent), in row-major tap order;
 * ``col_k0[ow]`` / ``col_k1[ow]``: the range of column taps ``j`` that fall inside the input for output
-  column ``ow`` (input column ``ow * sw + j * dw - pw``);
-* for averages, ``row_inv[r]`` and ``col_inv[ow]``: the reciprocal of the per-axis element counts (the
-  divisor is separable: count_include_pad=0 counts taps inside the input, =1 taps inside the padded input).
+  column ``ow`` (input column ``ow * sw + j * dw - pw``), and the interior columns [ow_lo, ow_hi) where every
+  tap does;
+* for averages, the reciprocal of the element count of every output position (separable: count_include_pad=0
+  counts the taps inside the input, =1 the taps inside the padded input, which clips windows that hang past
+  it because of ceil_mode).
 
-The parallel variants split the ``P * R_out`` output rows into contiguous chunks, each with its own
-workspace (see ``_max_rows``).
-MaxPool ignores NaN inputs (``v > m`` comparisons), as onnx's reference does; a window with no element
-inside the input gives -inf (MaxPool) or NaN (AveragePool without count_include_pad).
+A plane is pooled in two passes. The vertical pass reduces, for every output row, the input rows its window
+covers into a row of ``vb`` (R_out x W): one contiguous loop per output row, three input rows at a time;
+with a vertical stride of 1 (2D), the rows whose window is entirely inside the input go as one long loop per
+tap over the flattened plane. The horizontal pass reduces each vb row over the kw column taps into y. CNN
+rows are short (7 to 112 columns), too short for vector loops on their own, so when the output rows line up
+with vb's the horizontal pass also runs as a few long loops over the whole flattened plane:
+
+* mode 1 (stride 1, OW == W): y[q] = op_j vb[q + j*dw - pw] for every flat position q;
+* mode 2 (stride 2, W == 2 * OW): vb is first split into its even and odd columns (through a uint64 view:
+  element 2i is the low half of word i), then every tap reads one of the halves contiguously;
+* mode 0 (anything else): row by row, through a padded row buffer whose pads hold the identity.
+
+Flat loops read across row ends at the border columns (windows that reach into the padding); those columns
+are recomputed afterwards from their valid taps only. The parallel variants split the planes into
+contiguous chunks, each with its own workspace (float32): vb (R_out*W) | even/odd split (R_out*W) |
+identity row (W) | padded row (L) | its even/odd split (L).
+
+MaxPool ignores NaN inputs (``v > m`` comparisons), as onnx's reference does; a window with no element inside
+the input gives -inf (MaxPool) or NaN (AveragePool without count_include_pad). GlobalMaxPool propagates NaN
+(numpy's max, onnxruntime).
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -31,95 +52,21 @@ from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
 _NINF = np.float32(-np.inf)
 _F0 = np.float32(0.0)
 
+# layout of the int64 geometry vector handed to the windowed kernels
+G_KW, G_SW, G_DW, G_PL, G_MODE, G_OWLO, G_OWHI, G_RA, G_RB, G_KH, G_DH, G_PT = range(12)
+
 
 # --- build-time tables -------------------------------------------------------------------------------
 def axis_taps(n_in: int, n_out: int, k: int, s: int, d: int, pb: int, pe: int):
     """Per output position of one axis: the valid tap range [k0, k1) (input coordinate o*s - pb + j*d inside
     [0, n_in)) and the number of taps inside the padded input [-pb, n_in + pe)."""
-    o = np.arange(n_out, dtype=np.int64)
-    start = o * s - pb
-    # smallest j with start + j*d >= 0, largest j with start + j*d <= n_in - 1
-    k0 = np.where(start >= 0, 0, (-start + d - 1) // d)
-    k1 = np.where(n_in - 1 - start >= 0, (n_in - 1 - start) // d + 1, 0)
-    k0 = np.clip(k0, 0, k)
-    k1 = np.clip(k1, 0, k)
+    start = np.arange(n_out, dtype=np.int64) * s - pb
+    k0 = np.clip(np.where(start >= 0, 0, (-start + d - 1) // d), 0, k)
+    k1 = np.clip(np.where(n_in - 1 - start >= 0, (n_in - 1 - start) // d + 1, 0), 0, k)
     k1 = np.maximum(k1, k0)
-    limit = n_in + pe - start  # taps with j*d < limit are inside the padded input
-    padded = np.clip((limit + d - 1) // d, 0, k)
+    padded = np.clip((n_in + pe - start + d - 1) // d, 0, k)  # taps with j*d < n_in + pe - start
     return k0.astype(np.int64), k1.astype(np.int64), padded.astype(np.int64)
 
-
-def window_tables(in_sp, out_sp, kernel, strides, dilations, pads, count_include_pad: bool = False):
-    """Precompute the tables described in the module docstring. Returns a dict of arrays and ints."""
-    nsp = len(in_sp)
-    per_axis = [axis_taps(in_sp[i], out_sp[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + nsp])
-                for i in range(nsp)]
-    # rows: outer spatial axes (all but the last)
-    outer_in = list(in_sp[:-1])
-    outer_out = list(out_sp[:-1])
-    r_out = int(np.prod(outer_out, dtype=np.int64)) if outer_out else 1
-    in_row_strides = [int(np.prod(outer_in[i + 1:], dtype=np.int64)) for i in range(len(outer_in))]
-    row_ptr = np.zeros(r_out + 1, np.int64)
-    srcs: list[int] = []
-    row_cnt = np.ones(r_out, np.float64)
-    for r, oidx in enumerate(np.ndindex(*outer_out) if outer_out else [()]):
-        ranges = []
-        cnt = 1.0
-        for i, o in enumerate(oidx):
-            k0, k1, padded = per_axis[i]
-            start = o * strides[i] - pads[i]
-            ranges.append([start + j * dilations[i] for j in range(k0[o], k1[o])])
-            cnt *= float(padded[o] if count_include_pad else k1[o] - k0[o])
-        row_cnt[r] = cnt
-        for coords in (np.ndindex(*[len(x) for x in ranges]) if ranges else [()]):
-            srcs.append(sum(ranges[i][c] * in_row_strides[i] for i, c in enumerate(coords)))
-        row_ptr[r + 1] = len(srcs)
-    row_src = np.array(srcs, np.int64)
-    ck0, ck1, cpad = per_axis[-1]
-    col_cnt = (cpad if count_include_pad else ck1 - ck0).astype(np.float64)
-    full = np.nonzero((ck0 == 0) & (ck1 == kernel[-1]))[0]
-    if len(full):
-        ow_lo, ow_hi = int(full[0]), int(full[-1]) + 1
-    else:
-        ow_lo = ow_hi = int(out_sp[-1])
-    with np.errstate(divide="ignore"):
-        row_inv = np.where(row_cnt > 0, 1.0 / row_cnt, np.nan).astype(np.float32)
-        col_inv = np.where(col_cnt > 0, 1.0 / col_cnt, np.nan).astype(np.float32)
-    # column-major (storage_order=1) index of each input row's first element, for MaxPool Indices:
-    # the first spatial axis varies fastest; the last (column) axis has multiplier prod(outer_in)
-    n_rows_in = int(np.prod(outer_in, dtype=np.int64)) if outer_in else 1
-    row_cm = np.zeros(n_rows_in, np.int64)
-    cm_mul = [int(np.prod(outer_in[:i], dtype=np.int64)) for i in range(len(outer_in))]
-    for r, idx in enumerate(np.ndindex(*outer_in) if outer_in else [()]):
-        row_cm[r] = sum(c * m for c, m in zip(idx, cm_mul))
-    # stride-1 vertical windows of a 2D pool: the output rows whose every tap is inside the input
-    vflat = (0, 0, 1, 1, 0)
-    if nsp == 2 and strides[0] == 1:
-        k0, k1, _ = per_axis[0]
-        inner = np.nonzero((k0 == 0) & (k1 == kernel[0]))[0]
-        if len(inner) and inner[-1] - inner[0] + 1 == len(inner):
-            vflat = (int(inner[0]), int(inner[-1]) + 1, int(kernel[0]), int(dilations[0]), int(pads[0]))
-    return dict(vflat=vflat, row_ptr=row_ptr, row_src=row_src, col_k0=ck0, col_k1=ck1, ow_lo=ow_lo, ow_hi=ow_hi,
-                row_inv=row_inv, col_inv=col_inv, row_cm=row_cm, cm_wmul=n_rows_in,
-                kw=int(kernel[-1]), sw=int(strides[-1]), dw=int(dilations[-1]), pw=int(pads[nsp - 1]))
-
-
-# --- windowed pooling ---------------------------------------------------------------------------------
-# A plane is pooled in two passes. The vertical pass reduces, for every output row, the input rows its
-# window covers (the CSR tables) into a row of ``vb`` (R_out x W): one contiguous loop per output row,
-# three input rows at a time. The horizontal pass reduces each vb row over the kw column taps into y.
-# CNN rows are short (7 to 112 columns), too short for vector loops on their own, so when the output row
-# length lines up with vb's the horizontal pass runs as a few long loops over the whole flattened plane:
-#
-# * mode 1 (stride 1, OW == W): y[q] = op_j vb[q + j*dw - pw] for every flat position q;
-# * mode 2 (stride 2, W == 2 * OW): vb is first split into its even and odd columns (through a uint64 view:
-#   element 2i is the low half of word i), then every tap reads one of the halves contiguously;
-# * mode 0 (anything else): per row, through a padded row buffer (pads hold the identity).
-#
-# Flat loops read across row ends at the border columns (windows that reach into the padding); those
-# columns are recomputed afterwards from the valid taps only (col_k0/col_k1).
-# Workspace per chunk of planes (float32): vb (R_out*W) | even/odd split (R_out*W) | identity row (W) |
-# padded row (L) | its even/odd split (L).
 
 def flat_mode(w_in: int, ow: int, sw: int) -> int:
     """Mode of the horizontal pass (see above) for rows of w_in columns pooled to ow columns at stride sw."""
@@ -136,8 +83,78 @@ def row_buffer_len(w_in: int, ow: int, kw: int, sw: int, dw: int, pl: int) -> in
     return n + (n % 2)
 
 
-def plane_buffer_len(r_out: int, w_in: int, ow: int, kw: int, sw: int, dw: int, pl: int) -> int:
-    return 2 * r_out * w_in + w_in + 2 * row_buffer_len(w_in, ow, kw, sw, dw, pl)
+@dataclass
+class WindowTables:
+    """Everything a windowed-pooling kernel needs about the geometry (see the module docstring)."""
+
+    x3: tuple[int, int, int]       # (P, R_in, W)
+    y3: tuple[int, int, int]       # (P, R_out, OW)
+    row_ptr: np.ndarray            # (R_out + 1,) int64
+    row_src: np.ndarray            # (nnz,) int64
+    col_k0: np.ndarray             # (OW,) int64
+    col_k1: np.ndarray             # (OW,) int64
+    inv: np.ndarray                # (R_out * OW,) float32: 1 / element count (averages)
+    row_cm: np.ndarray             # (R_in,) int64: column-major index of each input row's first element
+    geo: np.ndarray                # int64 vector, see the G_* constants
+    kernel_volume: int
+
+    @property
+    def buffer_len(self) -> int:
+        """float32 workspace per chunk of planes."""
+        r_out, w_in = self.y3[1], self.x3[2]
+        kw, sw, dw, pl = (int(self.geo[i]) for i in (G_KW, G_SW, G_DW, G_PL))
+        return 2 * r_out * w_in + w_in + 2 * row_buffer_len(w_in, self.y3[2], kw, sw, dw, pl)
+
+
+def window_tables(x_shape, out_sp, kernel, strides, dilations, pads, count_include_pad: bool = False):
+    """Precompute the tables for pooling an input of shape ``x_shape`` (N, C, spatial...) to ``out_sp``."""
+    in_sp = [int(v) for v in x_shape[2:]]
+    out_sp = [int(v) for v in out_sp]
+    nsp = len(in_sp)
+    per_axis = [axis_taps(in_sp[i], out_sp[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + nsp])
+                for i in range(nsp)]
+    outer_in, outer_out = in_sp[:-1], out_sp[:-1]
+    r_in = int(np.prod(outer_in, dtype=np.int64))
+    r_out = int(np.prod(outer_out, dtype=np.int64))
+    in_row_strides = [int(np.prod(outer_in[i + 1:], dtype=np.int64)) for i in range(len(outer_in))]
+    row_ptr = np.zeros(r_out + 1, np.int64)
+    srcs: list[int] = []
+    row_cnt = np.ones(r_out, np.float64)
+    for r, oidx in enumerate(np.ndindex(*outer_out)):
+        ranges = []
+        for i, o in enumerate(oidx):
+            k0, k1, padded = per_axis[i]
+            start = o * strides[i] - pads[i]
+            ranges.append([start + j * dilations[i] for j in range(k0[o], k1[o])])
+            row_cnt[r] *= float(padded[o] if count_include_pad else k1[o] - k0[o])
+        for coords in np.ndindex(*[len(v) for v in ranges]):
+            srcs.append(sum(ranges[i][c] * in_row_strides[i] for i, c in enumerate(coords)))
+        row_ptr[r + 1] = len(srcs)
+    ck0, ck1, cpad = per_axis[-1]
+    col_cnt = (cpad if count_include_pad else ck1 - ck0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cnt = np.outer(row_cnt, col_cnt).reshape(-1)
+        inv = np.where(cnt > 0, 1.0 / cnt, np.nan).astype(np.float32)
+    full = np.nonzero((ck0 == 0) & (ck1 == kernel[-1]))[0]
+    ow_lo, ow_hi = (int(full[0]), int(full[-1]) + 1) if len(full) else (out_sp[-1], out_sp[-1])
+    # column-major (storage_order=1) index of each input row's first element: the first spatial axis varies
+    # fastest; the column axis has the multiplier R_in
+    cm_mul = [int(np.prod(outer_in[:i], dtype=np.int64)) for i in range(len(outer_in))]
+    row_cm = np.array([sum(c * m for c, m in zip(idx, cm_mul, strict=True)) for idx in np.ndindex(*outer_in)],
+                      np.int64)
+    # a 2D pool with vertical stride 1: the output rows whose every tap is inside the input
+    ra = rb = 0
+    if nsp == 2 and strides[0] == 1:
+        k0, k1, _ = per_axis[0]
+        inner = np.nonzero((k0 == 0) & (k1 == kernel[0]))[0]
+        if len(inner) and inner[-1] - inner[0] + 1 == len(inner):
+            ra, rb = int(inner[0]), int(inner[-1]) + 1
+    planes = int(x_shape[0]) * int(x_shape[1])
+    geo = np.array([kernel[-1], strides[-1], dilations[-1], pads[nsp - 1],
+                    flat_mode(in_sp[-1], out_sp[-1], strides[-1]), ow_lo, ow_hi,
+                    ra, rb, kernel[0], dilations[0], pads[0]], np.int64)
+    return WindowTables((planes, r_in, in_sp[-1]), (planes, r_out, out_sp[-1]), row_ptr,
+                        np.array(srcs, np.int64), ck0, ck1, inv, row_cm, geo, int(np.prod(kernel)))
 
 
 @numba.njit(**NJIT)
@@ -230,21 +247,9 @@ def _taps_sum(dst, src, qa, pl, kw, dw, half):
 
 
 @numba.njit(**NJIT)
-def _vpass_max(xp, vb, row_ptr, row_src, idrow, vflat):
-    # rows vflat = (ra, rb, kh, dh, pt): output rows ra <= r < rb read input rows r - pt + j*dh, j < kh (stride
-    # 1, every tap inside): one flat loop per tap over all of them
-    ra, rb, kh, dh, pt = vflat
-    n_w0 = xp.shape[1]
-    if rb > ra:
-        _taps_max(vb.reshape(vb.shape[0] * n_w0)[ra * n_w0:rb * n_w0], xp.reshape(xp.shape[0] * n_w0), ra * n_w0,
-                  pt * n_w0, kh, dh * n_w0, 0)
-    _vrows_max(xp, vb, row_ptr, row_src, idrow, 0, ra)
-    _vrows_max(xp, vb, row_ptr, row_src, idrow, rb, vb.shape[0])
-
-
-@numba.njit(**NJIT)
 def _vrows_max(xp, vb, row_ptr, row_src, idrow, r0, r1):
-    # xp is (R_in, W), vb is (R_out, W): vb[r] = max of the input rows of output row r (NaN never wins)
+    # xp is (R_in, W), vb is (R_out, W): vb[r] = max of the input rows of output row r, r0 <= r < r1
+    # (NaN never wins); missing rows read ``idrow`` (-inf)
     n_w = xp.shape[1]
     for r in range(r0, r1):
         t = vb[r]
@@ -275,21 +280,8 @@ def _vrows_max(xp, vb, row_ptr, row_src, idrow, r0, r1):
 
 
 @numba.njit(**NJIT)
-def _vpass_sum(xp, vb, row_ptr, row_src, idrow, vflat):
-    # rows vflat = (ra, rb, kh, dh, pt): output rows ra <= r < rb read input rows r - pt + j*dh, j < kh (stride
-    # 1, every tap inside): one flat loop per tap over all of them
-    ra, rb, kh, dh, pt = vflat
-    n_w0 = xp.shape[1]
-    if rb > ra:
-        _taps_sum(vb.reshape(vb.shape[0] * n_w0)[ra * n_w0:rb * n_w0], xp.reshape(xp.shape[0] * n_w0), ra * n_w0,
-                  pt * n_w0, kh, dh * n_w0, 0)
-    _vrows_sum(xp, vb, row_ptr, row_src, idrow, 0, ra)
-    _vrows_sum(xp, vb, row_ptr, row_src, idrow, rb, vb.shape[0])
-
-
-@numba.njit(**NJIT)
 def _vrows_sum(xp, vb, row_ptr, row_src, idrow, r0, r1):
-    # xp is (R_in, W), vb is (R_out, W): vb[r] = sum of the input rows of output row r
+    # xp is (R_in, W), vb is (R_out, W): vb[r] = sum of the input rows of output row r; idrow holds zeros
     n_w = xp.shape[1]
     for r in range(r0, r1):
         t = vb[r]
@@ -310,80 +302,37 @@ def _vrows_sum(xp, vb, row_ptr, row_src, idrow, r0, r1):
 
 
 @numba.njit(**NJIT)
-def _max_planes(x, y, p0, p1, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pl, mode,
-                buf):
-    # x is (P, R_in, W), y is (P, R_out, OW); planes p0 <= p < p1
-    n_w = x.shape[2]
-    n_r = y.shape[1]
-    ow_n = y.shape[2]
-    n_v = n_r * n_w
-    n_l = (buf.shape[0] - 2 * n_v - n_w) // 2
-    vflat = buf[:n_v]
-    vb = vflat.reshape((n_r, n_w))
-    eo = buf[n_v:2 * n_v]
-    idrow = buf[2 * n_v:2 * n_v + n_w]
-    tpad = buf[2 * n_v + n_w:2 * n_v + n_w + n_l]
-    teo = buf[2 * n_v + n_w + n_l:2 * n_v + n_w + 2 * n_l]
-    for i in range(n_w):
-        idrow[i] = _NINF
-    for i in range(n_l):
-        tpad[i] = _NINF
-    lo = min(ow_lo, ow_n)
-    for p in range(p0, p1):
-        _vpass_max(x[p], vb, row_ptr, row_src, idrow, vflat_rows)
-        yp = y[p]
-        if mode == 0:
-            t = tpad[pl:pl + n_w]
-            for r in range(n_r):
-                vr = vb[r]
-                for w in range(n_w):
-                    t[w] = vr[w]
-                if sw == 2:
-                    _deinterleave(tpad, teo, n_l // 2)
-                    _taps_max(yp[r], teo, 0, 0, kw, dw, n_l // 2)
-                elif sw == 1:
-                    _taps_max(yp[r], tpad, 0, 0, kw, dw, 0)
-                else:
-                    yr = yp[r]
-                    for i in range(ow_n):
-                        m = _NINF
-                        for j in range(kw):
-                            v = tpad[i * sw + j * dw]
-                            m = v if v > m else m
-                        yr[i] = m
-            continue
-        yflat = yp.reshape(n_r * ow_n)
-        if mode == 2:
-            half = n_v // 2
-            _deinterleave(vflat, eo, half)
-            qa, qb = _flat_range(half, kw, dw, pl, half)
-            _taps_max(yflat[qa:qb], eo, qa, pl, kw, dw, half)
+def _vpass(xp, vb, row_ptr, row_src, idrow, geo, is_max):
+    # the vertical pass of one plane: xp is (R_in, W), vb is (R_out, W)
+    ra, rb = geo[G_RA], geo[G_RB]
+    n_w = xp.shape[1]
+    if rb > ra:  # stride-1 rows with every tap inside: one flat loop per tap (rows r - pt + j*dh)
+        dst = vb.reshape(vb.shape[0] * n_w)[ra * n_w:rb * n_w]
+        src = xp.reshape(xp.shape[0] * n_w)
+        if is_max:
+            _taps_max(dst, src, ra * n_w, geo[G_PT] * n_w, geo[G_KH], geo[G_DH] * n_w, 0)
         else:
-            qa, qb = _flat_range(n_v, kw, dw, pl, 0)
-            _taps_max(yflat[qa:qb], vflat, qa, pl, kw, dw, 0)
-        for i in range(ow_n):  # border columns: valid taps only
-            if lo <= i < ow_hi:
-                continue
-            k0 = col_k0[i]
-            nk = col_k1[i] - k0
-            vcol = vflat[i * sw + k0 * dw - pl:]
-            ycol = yflat[i:]
-            for r in range(n_r):
-                m = _NINF
-                for j in range(nk):
-                    v = vcol[r * n_w + j * dw]
-                    m = v if v > m else m
-                ycol[r * ow_n] = m
+            _taps_sum(dst, src, ra * n_w, geo[G_PT] * n_w, geo[G_KH], geo[G_DH] * n_w, 0)
+    if is_max:
+        _vrows_max(xp, vb, row_ptr, row_src, idrow, 0, ra)
+        _vrows_max(xp, vb, row_ptr, row_src, idrow, rb, vb.shape[0])
+    else:
+        _vrows_sum(xp, vb, row_ptr, row_src, idrow, 0, ra)
+        _vrows_sum(xp, vb, row_ptr, row_src, idrow, rb, vb.shape[0])
 
 
 @numba.njit(**NJIT)
-def _avg_planes(x, y, p0, p1, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pl, mode,
-                inv, buf):
-    # x is (P, R_in, W), y is (P, R_out, OW): window sums times inv (R_out * OW,), 1 / element count
+def _pool_planes(x, y, p0, p1, row_ptr, row_src, col_k0, col_k1, geo, inv, buf, is_max):
+    # x is (P, R_in, W), y is (P, R_out, OW); planes p0 <= p < p1. is_max: max pooling, else window sums
+    # times inv (R_out * OW,). buf is this chunk's float32 workspace (see the module docstring).
+    kw, sw, dw, pl, mode = geo[G_KW], geo[G_SW], geo[G_DW], geo[G_PL], geo[G_MODE]
+    lo = min(geo[G_OWLO], y.shape[2])
+    hi = geo[G_OWHI]
     n_w = x.shape[2]
     n_r = y.shape[1]
     ow_n = y.shape[2]
     n_v = n_r * n_w
+    n_y = n_r * ow_n
     n_l = (buf.shape[0] - 2 * n_v - n_w) // 2
     vflat = buf[:n_v]
     vb = vflat.reshape((n_r, n_w))
@@ -391,86 +340,96 @@ def _avg_planes(x, y, p0, p1, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_l
     idrow = buf[2 * n_v:2 * n_v + n_w]
     tpad = buf[2 * n_v + n_w:2 * n_v + n_w + n_l]
     teo = buf[2 * n_v + n_w + n_l:2 * n_v + n_w + 2 * n_l]
+    ident = _NINF if is_max else _F0
     for i in range(n_w):
-        idrow[i] = _F0
+        idrow[i] = ident
     for i in range(n_l):
-        tpad[i] = _F0
-    lo = min(ow_lo, ow_n)
-    n_y = n_r * ow_n
+        tpad[i] = ident
+    t = tpad[pl:pl + n_w]
     for p in range(p0, p1):
-        _vpass_sum(x[p], vb, row_ptr, row_src, idrow, vflat_rows)
+        _vpass(x[p], vb, row_ptr, row_src, idrow, geo, is_max)
         yp = y[p]
         yflat = yp.reshape(n_y)
-        if mode == 0:
-            t = tpad[pl:pl + n_w]
+        if mode == 0:  # row by row through the padded row buffer
             for r in range(n_r):
                 vr = vb[r]
                 for w in range(n_w):
                     t[w] = vr[w]
-                if sw == 2:
-                    _deinterleave(tpad, teo, n_l // 2)
-                    _taps_sum(yp[r], teo, 0, 0, kw, dw, n_l // 2)
-                elif sw == 1:
-                    _taps_sum(yp[r], tpad, 0, 0, kw, dw, 0)
+                if sw <= 2:
+                    half = n_l // 2 if sw == 2 else 0
+                    src = tpad
+                    if sw == 2:
+                        _deinterleave(tpad, teo, half)
+                        src = teo
+                    if is_max:
+                        _taps_max(yp[r], src, 0, 0, kw, dw, half)
+                    else:
+                        _taps_sum(yp[r], src, 0, 0, kw, dw, half)
                 else:
                     yr = yp[r]
                     for i in range(ow_n):
-                        acc = _F0
+                        m = ident
                         for j in range(kw):
-                            acc += tpad[i * sw + j * dw]
-                        yr[i] = acc
+                            v = tpad[i * sw + j * dw]
+                            if is_max:
+                                m = v if v > m else m
+                            else:
+                                m += v
+                        yr[i] = m
         else:
+            half = n_v // 2 if mode == 2 else 0
+            src = vflat
             if mode == 2:
-                half = n_v // 2
                 _deinterleave(vflat, eo, half)
-                qa, qb = _flat_range(half, kw, dw, pl, half)
-                _taps_sum(yflat[qa:qb], eo, qa, pl, kw, dw, half)
+                src = eo
+            qa, qb = _flat_range(n_v // 2 if mode == 2 else n_v, kw, dw, pl, half)
+            if is_max:
+                _taps_max(yflat[qa:qb], src, qa, pl, kw, dw, half)
             else:
-                qa, qb = _flat_range(n_v, kw, dw, pl, 0)
-                _taps_sum(yflat[qa:qb], vflat, qa, pl, kw, dw, 0)
-            for i in range(ow_n):  # border columns: valid taps only
-                if lo <= i < ow_hi:
+                _taps_sum(yflat[qa:qb], src, qa, pl, kw, dw, half)
+            for i in range(ow_n):  # border columns: their valid taps only
+                if lo <= i < hi:
                     continue
                 k0 = col_k0[i]
                 nk = col_k1[i] - k0
                 vcol = vflat[i * sw + k0 * dw - pl:]
                 ycol = yflat[i:]
                 for r in range(n_r):
-                    acc = _F0
+                    m = ident
                     for j in range(nk):
-                        acc += vcol[r * n_w + j * dw]
-                    ycol[r * ow_n] = acc
-        for i in range(n_y):
-            yflat[i] *= inv[i]
-
-
-# --- drivers: every chunk owns a contiguous range of planes and one workspace row ---------------------
-@numba.njit(**NJIT_PARALLEL)
-def _max_planes_par(x, y, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pl, mode, bufs, nchunks):
-    n_p = y.shape[0]
-    for c in prange(nchunks):
-        _max_planes(x, y, c * n_p // nchunks, (c + 1) * n_p // nchunks, row_ptr, row_src, vflat_rows, col_k0, col_k1,
-                    ow_lo, ow_hi, kw, sw, dw, pl, mode, bufs[c])
+                        v = vcol[r * n_w + j * dw]
+                        if is_max:
+                            m = v if v > m else m
+                        else:
+                            m += v
+                    ycol[r * ow_n] = m
+        if not is_max:
+            for i in range(n_y):
+                yflat[i] *= inv[i]
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _avg_planes_par(x, y, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pl, mode, inv, bufs,
-                    nchunks):
+def _pool_planes_par(x, y, row_ptr, row_src, col_k0, col_k1, geo, inv, bufs, is_max, nchunks):
+    # every chunk owns a contiguous range of planes and one workspace row
     n_p = y.shape[0]
     for c in prange(nchunks):
-        _avg_planes(x, y, c * n_p // nchunks, (c + 1) * n_p // nchunks, row_ptr, row_src, vflat_rows, col_k0, col_k1,
-                    ow_lo, ow_hi, kw, sw, dw, pl, mode, inv, bufs[c])
+        p0 = c * n_p // nchunks
+        p1 = (c + 1) * n_p // nchunks
+        _pool_planes(x, y, p0, p1, row_ptr, row_src, col_k0, col_k1, geo, inv, bufs[c], is_max)
 
 
 @numba.njit(**NJIT)
-def _max_idx_rows(x, y, ind, t0, t1, row_ptr, row_src, row_cm, col_k0, col_k1, sw, dw, pw, col_major, cm_wmul):
-    # x is (P, R_in, W), y and ind are (P, R_out, OW); ind gets the flat index (over N*C*spatial) of the
-    # max, row-major (or column-major over the spatial axes when col_major); ties keep the first in
-    # row-major window order; NaN never wins; a window where nothing beats -inf keeps its first element
+def _max_idx_rows(x, y, ind, t0, t1, row_ptr, row_src, row_cm, col_k0, col_k1, geo, col_major):
+    # x is (P, R_in, W), y and ind are (P, R_out, OW); output rows t0 <= t < t1 of the flattened P * R_out.
+    # ind gets the flat index (over N*C*spatial) of the max, row-major (or column-major over the spatial
+    # axes when col_major); ties keep the first in row-major window order; NaN never wins; a window where
+    # nothing beats -inf keeps its first element
+    sw, dw, pl = geo[G_SW], geo[G_DW], geo[G_PL]
     n_r = y.shape[1]
     ow_n = y.shape[2]
     n_w = x.shape[2]
-    plane = x.shape[1] * n_w
+    n_rows = x.shape[1]
+    plane = n_rows * n_w
     for t in range(t0, t1):
         p = t // n_r
         r = t - p * n_r
@@ -482,99 +441,78 @@ def _max_idx_rows(x, y, ind, t0, t1, row_ptr, row_src, row_cm, col_k0, col_k1, s
             for e in range(row_ptr[r], row_ptr[r + 1]):
                 xr = row_src[e]
                 for j in range(col_k0[ow], col_k1[ow]):
-                    w = ow * sw + j * dw - pw
+                    w = ow * sw + j * dw - pl
                     v = x[p, xr, w]
                     if best_row < 0 or v > m:
-                        if v > m:
-                            m = v
                         best_row = xr
                         best_w = w
-                    elif v > m:
-                        m = v
+                    m = v if v > m else m
             y[p, r, ow] = m
             if best_row < 0:
                 ind[p, r, ow] = -1
             elif col_major:
-                ind[p, r, ow] = base + row_cm[best_row] + best_w * cm_wmul
+                ind[p, r, ow] = base + row_cm[best_row] + best_w * n_rows
             else:
                 ind[p, r, ow] = base + best_row * n_w + best_w
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _max_idx_rows_par(x, y, ind, row_ptr, row_src, row_cm, col_k0, col_k1, sw, dw, pw, col_major, cm_wmul,
-                      nchunks):
+def _max_idx_rows_par(x, y, ind, row_ptr, row_src, row_cm, col_k0, col_k1, geo, col_major, nchunks):
     total = y.shape[0] * y.shape[1]
     for c in prange(nchunks):
         _max_idx_rows(x, y, ind, c * total // nchunks, (c + 1) * total // nchunks, row_ptr, row_src, row_cm,
-                      col_k0, col_k1, sw, dw, pw, col_major, cm_wmul)
+                      col_k0, col_k1, geo, col_major)
 
 
-def _nchunks(work: int, rows: int) -> int:
-    """How many parallel chunks (0: run serially)."""
-    if work < PARALLEL_MIN_WORK or rows < 2:
+def _nchunks(work: int, units: int) -> int:
+    """How many parallel chunks to split ``units`` independent pieces into (0: run serially)."""
+    if work < PARALLEL_MIN_WORK or units < 2:
         return 0
     nt = numba.get_num_threads()
-    return min(rows, 4 * nt) if nt > 1 else 0
+    return min(units, 4 * nt) if nt > 1 else 0
 
 
 def max_chunks(units: int) -> int:
-    """The most parallel chunks a run over ``units`` independent pieces may use (workspace is sized for it)."""
+    """The most parallel chunks a run over ``units`` pieces may use (workspaces are sized for it)."""
     return max(1, min(units, 4 * numba.config.NUMBA_NUM_THREADS))
 
 
-def pool2d_runner(kind: str, tab: dict, x_shape3: tuple, y_shape3: tuple, kernel_volume: int):
-    """``(run(x, y, scratch), scratch_bytes)`` for windowed pooling on the (P, R, W) views. kind: "max" or
-    "avg". ``scratch`` is a uint8 workspace of at least scratch_bytes."""
-    row_ptr, row_src = tab["row_ptr"], tab["row_src"]
-    col_k0, col_k1, ow_lo, ow_hi = tab["col_k0"], tab["col_k1"], tab["ow_lo"], tab["ow_hi"]
-    kw, sw, dw, pw = tab["kw"], tab["sw"], tab["dw"], tab["pw"]
-    planes, r_in, w_in = x_shape3
-    r_out, ow = y_shape3[1], y_shape3[2]
-    inv = np.ascontiguousarray(np.outer(tab["row_inv"], tab["col_inv"]).reshape(-1), dtype=np.float32)
-    mode = flat_mode(w_in, ow, sw)
-    per_chunk = plane_buffer_len(r_out, w_in, ow, kw, sw, dw, pw)
-    work = planes * (r_out * w_in * 3 + r_out * ow * kw)
+def pool_runner(kind: str, tab: WindowTables):
+    """``(run(x, y, scratch), scratch_bytes)`` for windowed pooling; kind "max" or "avg". ``scratch`` is a
+    uint8 workspace of at least scratch_bytes."""
+    planes, r_out, ow = tab.y3
+    is_max = kind == "max"
+    per_chunk = tab.buffer_len
+    work = planes * (r_out * tab.x3[2] * 3 + r_out * ow * int(tab.geo[G_KW]))
     maxch = max_chunks(planes)
-    vflat_rows = tab["vflat"]
+    args = (tab.row_ptr, tab.row_src, tab.col_k0, tab.col_k1, tab.geo, tab.inv)
+    x3s, y3s = tab.x3, tab.y3
 
     def run(x, y, scratch):
-        x3, y3 = x.reshape(x_shape3), y.reshape(y_shape3)
+        x3, y3 = x.reshape(x3s), y.reshape(y3s)
         nch = min(_nchunks(work, planes), maxch)
         bufs = scratch[:4 * per_chunk * max(nch, 1)].view(np.float32).reshape(max(nch, 1), per_chunk)
-        if kind == "max":
-            if nch:
-                _max_planes_par(x3, y3, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pw, mode,
-                                bufs, nch)
-            else:
-                _max_planes(x3, y3, 0, planes, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pw,
-                            mode, bufs[0])
+        if nch:
+            _pool_planes_par(x3, y3, *args, bufs, is_max, nch)
         else:
-            if nch:
-                _avg_planes_par(x3, y3, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pw, mode, inv,
-                                bufs, nch)
-            else:
-                _avg_planes(x3, y3, 0, planes, row_ptr, row_src, vflat_rows, col_k0, col_k1, ow_lo, ow_hi, kw, sw, dw, pw,
-                            mode, inv, bufs[0])
+            _pool_planes(x3, y3, 0, planes, *args, bufs[0], is_max)
     return run, 4 * per_chunk * maxch
 
 
-def maxpool_indices_runner(tab: dict, x_shape3: tuple, y_shape3: tuple, kernel_volume: int, col_major: bool):
-    """A ``run(x, y, ind)`` closure for MaxPool with its Indices output."""
-    row_ptr, row_src, row_cm = tab["row_ptr"], tab["row_src"], tab["row_cm"]
-    col_k0, col_k1, sw, dw, pw, cm_wmul = tab["col_k0"], tab["col_k1"], tab["sw"], tab["dw"], tab["pw"], \
-        tab["cm_wmul"]
-    rows = y_shape3[0] * y_shape3[1]
-    work = rows * y_shape3[2] * kernel_volume * 4  # scalar loop: weigh it more
+def maxpool_indices_runner(tab: WindowTables, col_major: bool):
+    """``run(x, y, ind)`` for MaxPool with its Indices output (a scalar loop per output element)."""
+    rows = tab.y3[0] * tab.y3[1]
+    work = rows * tab.y3[2] * tab.kernel_volume * 4
+    args = (tab.row_ptr, tab.row_src, tab.row_cm, tab.col_k0, tab.col_k1, tab.geo, bool(col_major))
+    x3s, y3s = tab.x3, tab.y3
 
     def run(x, y, ind):
-        x3, y3, i3 = x.reshape(x_shape3), y.reshape(y_shape3), ind.reshape(y_shape3)
+        x3, y3, i3 = x.reshape(x3s), y.reshape(y3s), ind.reshape(y3s)
         nch = _nchunks(work, rows)
         if nch:
-            _max_idx_rows_par(x3, y3, i3, row_ptr, row_src, row_cm, col_k0, col_k1, sw, dw, pw, col_major,
-                              cm_wmul, nch)
+            _max_idx_rows_par(x3, y3, i3, *args, nch)
         else:
-            _max_idx_rows(x3, y3, i3, 0, rows, row_ptr, row_src, row_cm, col_k0, col_k1, sw, dw, pw, col_major,
-                          cm_wmul)
+            _max_idx_rows(x3, y3, i3, 0, rows, *args)
     return run
 
 
@@ -592,18 +530,37 @@ def _gap_planes(x, y, p0, p1, inv):
 
 
 @numba.njit(**NJIT)
-def _gmp_planes(x, y, p0, p1):
-    # x is (P, S), y is (P,): max over each plane; NaN propagates
+def _gmp_planes(x, y, p0, p1, lanes):
+    # x is (P, S), y is (P,): max over each plane; NaN propagates. The max runs in 16 independent lanes
+    # (``lanes``, a float32 workspace of 16) so that it vectorizes; a plain sum rides along to detect NaN
     n_s = x.shape[1]
+    nb = n_s // 16
     for p in range(p0, p1):
-        m = _NINF
-        nan = False
         xr = x[p]
-        for i in range(n_s):
-            v = xr[i]
-            nan |= v != v
+        for k in range(16):
+            lanes[k] = _NINF
+        s = _F0
+        for b in range(nb):
+            blk = xr[b * 16:b * 16 + 16]
+            for k in range(16):
+                v = blk[k]
+                m = lanes[k]
+                lanes[k] = v if v > m else m
+                s += v
+        m = _NINF
+        for k in range(16):
+            v = lanes[k]
             m = v if v > m else m
-        y[p] = np.float32(np.nan) if nan else m
+        for i in range(nb * 16, n_s):
+            v = xr[i]
+            m = v if v > m else m
+            s += v
+        if math.isnan(s) or math.isinf(s):  # a NaN, an inf or an overflow: look for a NaN
+            for i in range(n_s):
+                if math.isnan(xr[i]):
+                    m = np.float32(np.nan)
+                    break
+        y[p] = m
 
 
 @numba.njit(**NJIT_PARALLEL)
@@ -614,28 +571,31 @@ def _gap_planes_par(x, y, inv, nchunks):
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _gmp_planes_par(x, y, nchunks):
+def _gmp_planes_par(x, y, lanes, nchunks):
     n_p = x.shape[0]
     for c in prange(nchunks):
-        _gmp_planes(x, y, c * n_p // nchunks, (c + 1) * n_p // nchunks)
+        _gmp_planes(x, y, c * n_p // nchunks, (c + 1) * n_p // nchunks, lanes[c])
 
 
 def global_pool_runner(kind: str, planes: int, size: int):
-    """A ``run(x, y)`` closure for global pooling over (planes, size) views. kind: "max" or "avg"."""
+    """``(run(x, y, scratch), scratch_bytes)`` for global pooling over (planes, size) views. kind: "max" or
+    "avg"."""
     inv = np.float32(1.0 / size) if size else np.float32(np.nan)
     work = planes * size
+    maxch = max_chunks(planes)
 
-    def run(x, y):
+    def run(x, y, scratch):
         x2, y1 = x.reshape(planes, size), y.reshape(planes)
-        nch = _nchunks(work, planes)
+        nch = min(_nchunks(work, planes), maxch)
         if kind == "avg":
             if nch:
                 _gap_planes_par(x2, y1, inv, nch)
             else:
                 _gap_planes(x2, y1, 0, planes, inv)
         else:
+            lanes = scratch[:64 * max(nch, 1)].view(np.float32).reshape(max(nch, 1), 16)
             if nch:
-                _gmp_planes_par(x2, y1, nch)
+                _gmp_planes_par(x2, y1, lanes, nch)
             else:
-                _gmp_planes(x2, y1, 0, planes)
-    return run
+                _gmp_planes(x2, y1, 0, planes, lanes[0])
+    return run, (64 * maxch if kind == "max" else 0)

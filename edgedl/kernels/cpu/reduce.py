@@ -1,4 +1,4 @@
-"""fp32 reductions (sum, mean, max) over any set of axes of a contiguous tensor.
+"""fp32 reductions (sum, mean, max, min, sum of squares) over any set of axes of a contiguous tensor.
 
 :class:`ReducePlan` (built once per shape) drops size-1 dims and merges neighbouring dims that are both
 reduced or both kept. Most reductions then fit an (outer, n, inner) view, reducing the middle dim:
@@ -12,7 +12,7 @@ reduced or both kept. Most reductions then fit an (outer, n, inner) view, reduci
 Other patterns (reduced dims interleaved with kept ones, e.g. axes (0, 2) of a 3-D tensor) first copy
 the input transposed, kept dims first, into the workspace (numpy, no allocation), then reduce rows.
 
-Sums accumulate in float64, so long reductions keep float32 accuracy; the max accumulates in float32.
+Sums accumulate in float64, so long reductions keep float32 accuracy; max and min work in float32.
 """
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from .config import FASTMATH, PARALLEL_MIN_WORK
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
 
-R_SUM = 0  # sum * scale (scale = 1 for ReduceSum, 1/n for ReduceMean)
+R_SUM = 0    # sum * scale (scale = 1 for ReduceSum, 1/n for ReduceMean)
 R_MAX = 1
+R_MIN = 2
+R_SUMSQ = 3  # sum of squares * scale
 
 #: inner positions per work item in the strided kernel
 BLOCK = 256
@@ -36,7 +38,7 @@ _NO_WS = np.zeros(0, np.float64)
 
 @numba.njit(**_NJIT)
 def _row(x, start, stop, kind):
-    """Sum (float64) or max of x[start:stop]; -inf for an empty max."""
+    """Sum or sum of squares (float64), max or min of x[start:stop]; -inf / inf for an empty max / min."""
     xs = x[start:stop]  # a slice: loops from 0 vectorize (no negative-index wraparound check)
     if kind == R_MAX:
         m = np.float32(-np.inf)
@@ -44,9 +46,20 @@ def _row(x, start, stop, kind):
             v = xs[k]
             m = v if v > m else m
         return np.float64(m)
-    s = 0.0
-    for k in range(xs.size):
-        s += xs[k]
+    if kind == R_MIN:
+        m = np.float32(np.inf)
+        for k in range(xs.size):
+            v = xs[k]
+            m = v if v < m else m
+        return np.float64(m)
+    s = np.float64(0.0)
+    if kind == R_SUMSQ:
+        for k in range(xs.size):
+            v = np.float64(xs[k])
+            s += v * v
+    else:
+        for k in range(xs.size):
+            s += np.float64(xs[k])
     return s
 
 
@@ -55,7 +68,7 @@ def reduce_rows(x, out, n, r0, r1, kind, scale):
     """x viewed as (rows, n), contiguous: out[r] = reduce(x[r, :]) for r in [r0, r1)."""
     for r in range(r0, r1):
         v = _row(x, r * n, r * n + n, kind)
-        out[r] = np.float32(v) if kind == R_MAX else np.float32(v * scale)
+        out[r] = np.float32(v) if kind == R_MAX or kind == R_MIN else np.float32(v * scale)
 
 
 @numba.njit(**_NJIT_PAR)
@@ -78,9 +91,11 @@ def reduce_rows_split(x, out, n, rows, pieces, partial, kind, scale):
             v = partial[r * pieces + p]
             if kind == R_MAX:
                 acc = v if v > acc else acc
+            elif kind == R_MIN:
+                acc = v if v < acc else acc
             else:
                 acc += v
-        out[r] = np.float32(acc) if kind == R_MAX else np.float32(acc * scale)
+        out[r] = np.float32(acc) if kind == R_MAX or kind == R_MIN else np.float32(acc * scale)
 
 
 @numba.njit(**_NJIT)
@@ -102,14 +117,29 @@ def reduce_strided(x, out, n, inner, t0, t1, ws, kind, scale):
                 for jj in range(w):
                     v = xr[jj]
                     ob[jj] = v if v > ob[jj] else ob[jj]
+        elif kind == R_MIN:
+            for jj in range(w):
+                ob[jj] = np.float32(np.inf)
+            for k in range(n):
+                xr = x[base + k * inner:base + k * inner + w]
+                for jj in range(w):
+                    v = xr[jj]
+                    ob[jj] = v if v < ob[jj] else ob[jj]
         else:
             acc = ws[:w]
             for jj in range(w):
                 acc[jj] = 0.0
-            for k in range(n):
-                xr = x[base + k * inner:base + k * inner + w]
-                for jj in range(w):
-                    acc[jj] += xr[jj]
+            if kind == R_SUMSQ:
+                for k in range(n):
+                    xr = x[base + k * inner:base + k * inner + w]
+                    for jj in range(w):
+                        v = np.float64(xr[jj])
+                        acc[jj] += v * v
+            else:
+                for k in range(n):
+                    xr = x[base + k * inner:base + k * inner + w]
+                    for jj in range(w):
+                        acc[jj] += xr[jj]
             for jj in range(w):
                 ob[jj] = np.float32(acc[jj] * scale)
 

@@ -36,10 +36,10 @@ def softmax_rows(x, out, n, r0, r1, log):
         for k in range(1, n):
             v = xr[k]
             m = v if v > m else m
-        s = 0.0  # float64 accumulator
+        s = np.float64(0.0)  # float64 accumulator
         if log:
             for k in range(n):
-                s += exp_f32(xr[k] - m)
+                s += np.float64(exp_f32(xr[k] - m))
             shift = m + np.float32(np.log(s))
             for k in range(n):
                 orow[k] = xr[k] - shift
@@ -47,7 +47,7 @@ def softmax_rows(x, out, n, r0, r1, log):
             for k in range(n):
                 e = exp_f32(xr[k] - m)
                 orow[k] = e
-                s += e
+                s += np.float64(e)
             inv = np.float32(1.0 / s)
             for k in range(n):
                 orow[k] *= inv

@@ -26,18 +26,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .act import (ACT_CLIP, ACT_HARD_SIGMOID, ACT_HARD_SWISH, ACT_LEAKY_RELU, ACT_NONE, ACT_RELU)
+from .act import ACT_CLIP, ACT_HARD_SIGMOID, ACT_HARD_SWISH, ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
+from .config import GEMM_TILE
 
-#: rows of the register tile
-MR = 6
-#: floats per vector
-VW = 8
-#: vectors per tile row
-NV = 2
+#: rows of the register tile, floats per vector, vectors per tile row, k steps per unrolled iteration
+#: (per platform, see config.GEMM_TILE)
+MR, VW, NV, UNROLL = GEMM_TILE
 #: columns of the register tile
 NR = NV * VW
-#: k steps per iteration of the unrolled loop
-UNROLL = 4
 
 #: ``flags`` bits of the microkernel
 UK_ACCUMULATE = 1  # start from the values in C (K-blocking) instead of 0
@@ -102,12 +98,13 @@ _IR_ACTS = (ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID
 
 
 def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_ptr, ldc, flags,
-                      bias_ptr, act, alpha, beta, mrows, ncols):
+                      bias_ptr, act, alpha, beta, mrows, ncols, bstride=None):
     """Emit one tile update at the builder's position; ``mrows`` (<= mr) rows and ``ncols`` (<= nv*vw)
     columns of C are read/written (edge tiles use masked vector loads/stores)."""
     vecty = ir.VectorType(_F32, vw)
     vptr = vecty.as_pointer()
     maskty = ir.VectorType(ir.IntType(1), vw)
+    bs = nv * vw if bstride is None else bstride  # floats per k step in the packed B panel
     fn = builder.function
     module = builder.module
     fmuladd = cgutils.get_or_insert_function(
@@ -118,8 +115,8 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         module, ir.FunctionType(ir.VoidType(), [vecty, vptr, _I32, maskty]),
         f"llvm.masked.store.v{vw}f32.p0")
     nacc = mr * nv
-    full = builder.and_(builder.icmp_signed(">=", mrows, _const_i64(mr)),
-                        builder.icmp_signed(">=", ncols, _const_i64(nv * vw)))
+    cols_full = builder.icmp_signed(">=", ncols, _const_i64(nv * vw))
+    full = builder.and_(builder.icmp_signed(">=", mrows, _const_i64(mr)), cols_full)
 
     def edge_masks():
         """mask[r][v]: lanes of row r, vector v that lie inside the mrows x ncols edge tile."""
@@ -157,11 +154,25 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     builder.position_at_end(bb_acc)
 
     bb_load_edge = fn.append_basic_block("uk.load_c_edge")
+    bb_load_rows = fn.append_basic_block("uk.load_c_rows")
+    bb_load_cols = fn.append_basic_block("uk.load_c_cols")
     builder.cbranch(full, bb_load_c, bb_load_edge)
     builder.position_at_end(bb_load_c)
     c_vals = [builder.load(row_col_ptr(r, v), align=4) for r in range(mr) for v in range(nv)]
     builder.branch(bb_after_c)
     builder.position_at_end(bb_load_edge)
+    builder.cbranch(cols_full, bb_load_rows, bb_load_cols)
+    # missing rows only: plain loads, rows past mrows read row 0 instead and become 0 (no masks)
+    builder.position_at_end(bb_load_rows)
+    c_rows = []
+    for r in range(mr):
+        ok = builder.icmp_signed("<", _const_i64(r), mrows)
+        for v in range(nv):
+            p = builder.select(ok, row_col_ptr(r, v), row_col_ptr(0, v))
+            c_rows.append(builder.select(ok, builder.load(p, align=4), zero_v))
+    builder.branch(bb_after_c)
+    # missing columns: masked loads
+    builder.position_at_end(bb_load_cols)
     masks = edge_masks()
     c_edge = [builder.call(mload, [row_col_ptr(r, v), ir.Constant(_I32, 4), masks[r][v], zero_v])
               for r in range(mr) for v in range(nv)]
@@ -173,7 +184,8 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         phi = builder.phi(vecty)
         phi.add_incoming(zero_v, bb_entry)
         phi.add_incoming(c_vals[i], bb_load_c)
-        phi.add_incoming(c_edge[i], bb_load_edge)
+        phi.add_incoming(c_rows[i], bb_load_rows)
+        phi.add_incoming(c_edge[i], bb_load_cols)
         init.append(phi)
     # per-row bias (UK_BIAS): bias[r] splat over row r
     prev_block, prev = bb_after_c, init
@@ -219,7 +231,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         """One k step on accumulators ``accs`` reading A at ap[k*mr + r], B at bp[k*nr + v*vw]."""
         bvecs = []
         for v in range(nv):
-            p = builder.gep(bp, [_const_i64(k * nv * vw + v * vw)], inbounds=True)
+            p = builder.gep(bp, [_const_i64(k * bs + v * vw)], inbounds=True)
             bvecs.append(builder.load(builder.bitcast(p, vptr), align=4))
         out = list(accs)
         for r in range(mr):
@@ -239,7 +251,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     for u in range(unroll):
         accs = k_step(accs, a_phi, b_phi, u)
     a_next = builder.gep(a_phi, [_const_i64(unroll * mr)], inbounds=True)
-    b_next = builder.gep(b_phi, [_const_i64(unroll * nv * vw)], inbounds=True)
+    b_next = builder.gep(b_phi, [_const_i64(unroll * bs)], inbounds=True)
     i_next = builder.add(i_phi, _const_i64(1))
     bb_loop4_end = builder.block
     builder.cbranch(builder.icmp_signed("<", i_next, n4), bb_loop4, bb_mid)
@@ -277,7 +289,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     acc1 = [builder.phi(vecty) for _ in range(nacc)]
     accs1 = k_step(acc1, a1, b1, 0)
     a1n = builder.gep(a1, [_const_i64(mr)], inbounds=True)
-    b1n = builder.gep(b1, [_const_i64(nv * vw)], inbounds=True)
+    b1n = builder.gep(b1, [_const_i64(bs)], inbounds=True)
     j_next = builder.add(j_phi, _const_i64(1))
     bb_loop1_end = builder.block
     builder.cbranch(builder.icmp_signed("<", j_next, rem), bb_loop1, bb_done)
@@ -315,6 +327,20 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
                 builder.store(vals[r * nv + v], row_col_ptr(r, v), align=4)
         builder.branch(bb_exit)
         builder.position_at_end(bb_edge)
+        bb_rows = fn.append_basic_block("uk.store_rows")
+        bb_cols = fn.append_basic_block("uk.store_cols")
+        builder.cbranch(cols_full, bb_rows, bb_cols)
+        # missing rows only: rows past mrows store row 0's values to row 0 again (no masks, no branches;
+        # masked stores are slow on some x86 parts and scalarized on NEON)
+        builder.position_at_end(bb_rows)
+        for r in range(mr):
+            ok = builder.icmp_signed("<", _const_i64(r), mrows)
+            for v in range(nv):
+                p = builder.select(ok, row_col_ptr(r, v), row_col_ptr(0, v))
+                builder.store(builder.select(ok, vals[r * nv + v], vals[v]), p, align=4)
+        builder.branch(bb_exit)
+        # missing columns: masked stores
+        builder.position_at_end(bb_cols)
         masks = edge_masks()
         for r in range(mr):
             for v in range(nv):
@@ -430,29 +456,7 @@ copy_nr = _make_copy(NV, VW, 1)
 copy_nr_s2 = _make_copy(NV, VW, 2)
 
 
-@intrinsic
-def prefetch(typingctx, arr, off):
-    """``prefetch(arr, off)``: hint to load the cache line holding arr[off] (llvm.prefetch, read, L1).
-    Prefetches never fault, so ``off`` may lie past the end of the array."""
-    if not isinstance(arr, types.Array) or not isinstance(off, types.Integer):
-        return None
-    sig = types.void(arr, off)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        a = context.make_array(at[0])(context, builder, value=args[0])
-        p = builder.gep(a.data, [context.cast(builder, args[1], at[1], types.int64)])
-        i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(p, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
-                          ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-def _make_panel_kernel(mr, nv, vw, unroll):
+def _make_panel_kernel(mr, nv, vw, unroll, bstride=None):
     @intrinsic
     def microkernel_panel(typingctx, ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc,
                           flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last, ncols):
@@ -502,7 +506,7 @@ def _make_panel_kernel(mr, nv, vw, unroll):
             last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
             mrows = builder.select(last, i64(18), _const_i64(mr))
             _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
-                              bp_, act_v, alpha_v, beta_v, mrows, i64(19))
+                              bp_, act_v, alpha_v, beta_v, mrows, i64(19), bstride)
             t_next = builder.add(t, _const_i64(1))
             a_next = builder.gep(ap_, [a_step_v])
             c_next = builder.gep(cp_, [c_step_v])
@@ -531,3 +535,168 @@ def _make_panel_kernel(mr, nv, vw, unroll):
 #: bias at ``bias_off + t*bias_step``; the last tile has ``mrows_last`` rows, every tile ``ncols``
 #: columns (the loop over the tiles runs in IR: no per-tile call overhead).
 microkernel_panel = _make_panel_kernel(MR, NV, VW, UNROLL)
+#: the same on the first VW columns only (B panels still NR wide): for a last panel of at most VW
+#: columns it does half the work of :data:`microkernel_panel`
+microkernel_panel_narrow = _make_panel_kernel(MR, 1, VW, UNROLL, bstride=NR)
+
+
+# ---------------------------------------------------------------------------------------------------
+# depthwise convolution rows and float copies
+# ---------------------------------------------------------------------------------------------------
+def _masked_fns(module, vw):
+    vecty = ir.VectorType(_F32, vw)
+    maskty = ir.VectorType(ir.IntType(1), vw)
+    mload = cgutils.get_or_insert_function(
+        module, ir.FunctionType(vecty, [vecty.as_pointer(), _I32, maskty, vecty]),
+        f"llvm.masked.load.v{vw}f32.p0")
+    mstore = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [vecty, vecty.as_pointer(), _I32, maskty]),
+        f"llvm.masked.store.v{vw}f32.p0")
+    return mload, mstore
+
+
+def _lane_mask(builder, vw, rem):
+    """<vw x i1>: lane < rem (rem: i64)."""
+    lanes = ir.Constant(ir.VectorType(_I32, vw), list(range(vw)))
+    return builder.icmp_signed("<", lanes, _splat(builder, ir.VectorType(_I32, vw), builder.trunc(rem, _I32)))
+
+
+def _emit_chunk_loop(builder, n, vw, body):
+    """for each chunk of vw items of [0, n): body(builder, first_index, mask or None); the last,
+    partial chunk gets a lane mask."""
+    fn = builder.function
+    bb_pre = builder.block
+    bb_loop = fn.append_basic_block("chunk.loop")
+    bb_tail_check = fn.append_basic_block("chunk.tail_check")
+    bb_tail = fn.append_basic_block("chunk.tail")
+    bb_exit = fn.append_basic_block("chunk.exit")
+    nfull = builder.sdiv(n, _const_i64(vw))
+    builder.cbranch(builder.icmp_signed(">", nfull, _const_i64(0)), bb_loop, bb_tail_check)
+    builder.position_at_end(bb_loop)
+    i = builder.phi(_I64)
+    body(builder, builder.mul(i, _const_i64(vw)), None)
+    i_next = builder.add(i, _const_i64(1))
+    bb_loop_end = builder.block
+    builder.cbranch(builder.icmp_signed("<", i_next, nfull), bb_loop, bb_tail_check)
+    i.add_incoming(_const_i64(0), bb_pre)
+    i.add_incoming(i_next, bb_loop_end)
+    builder.position_at_end(bb_tail_check)
+    start = builder.mul(nfull, _const_i64(vw))
+    rem = builder.sub(n, start)
+    builder.cbranch(builder.icmp_signed(">", rem, _const_i64(0)), bb_tail, bb_exit)
+    builder.position_at_end(bb_tail)
+    body(builder, start, _lane_mask(builder, vw, rem))
+    builder.branch(bb_exit)
+    builder.position_at_end(bb_exit)
+
+
+def _make_dw_row(kk, stride, vw=VW):
+    @intrinsic
+    def dw_row(typingctx, n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias):
+        for arr in (out, pbuf, wts):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        for i in (n, ooff, poff, rstride, dil, woff):
+            if not isinstance(i, types.Integer):
+                return None
+        sig = types.void(n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+
+            def i64(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            def data(k):
+                return context.make_array(at[k])(context, builder, value=args[k]).data
+
+            vecty = ir.VectorType(_F32, vw)
+            wide = ir.VectorType(_F32, vw * stride)
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vecty, [vecty, vecty, vecty]), f"llvm.fmuladd.v{vw}f32")
+            _, mstore = _masked_fns(builder.module, vw)
+            optr = builder.gep(data(1), [i64(2)])
+            pptr = builder.gep(data(3), [i64(4)])
+            rs = i64(5)
+            dl = i64(6)
+            wptr = builder.gep(data(7), [i64(8)])
+            wv = [_splat(builder, vecty, builder.load(builder.gep(wptr, [_const_i64(t)]), align=4))
+                  for t in range(kk * kk)]
+            bv = _splat(builder, vecty, context.cast(builder, args[9], at[9], types.float32))
+            tap_off = [builder.add(builder.mul(_const_i64(a), rs), builder.mul(_const_i64(b), dl))
+                       for a in range(kk) for b in range(kk)]
+            even = ir.Constant(ir.VectorType(_I32, vw), [i * stride for i in range(vw)])
+
+            def body(bld, ox, mask):
+                base = bld.gep(pptr, [bld.mul(ox, _const_i64(stride))])
+                acc = bv
+                for t in range(kk * kk):
+                    p = bld.gep(base, [tap_off[t]])
+                    if stride == 1:
+                        v = bld.load(bld.bitcast(p, vecty.as_pointer()), align=4)
+                    else:
+                        v = bld.load(bld.bitcast(p, wide.as_pointer()), align=4)
+                        v = bld.shuffle_vector(v, ir.Constant(wide, ir.Undefined), even)
+                    acc = bld.call(fmuladd, [wv[t], v, acc])
+                dst = bld.bitcast(bld.gep(optr, [ox]), vecty.as_pointer())
+                if mask is None:
+                    bld.store(acc, dst, align=4)
+                else:
+                    bld.call(mstore, [acc, dst, ir.Constant(_I32, 4), mask])
+
+            _emit_chunk_loop(builder, i64(0), vw, body)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dw_row
+
+
+#: ``dw_row_K_S(n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias)``: one output row of a KxK
+#: depthwise convolution with column stride S over a zero-padded plane:
+#: out[ooff + x] = bias + sum_{a,b<K} wts[woff + a*K + b] * pbuf[poff + a*rstride + b*dil + S*x], x < n.
+#: Loads may read up to S*VW floats past the last tap of the row (pad the buffer); the last, partial
+#: vector of the row is stored with a lane mask.
+dw_row_3_1 = _make_dw_row(3, 1)
+dw_row_3_2 = _make_dw_row(3, 2)
+dw_row_5_1 = _make_dw_row(5, 1)
+dw_row_5_2 = _make_dw_row(5, 2)
+
+
+@intrinsic
+def copy_floats(typingctx, dst, doff, src, soff, n):
+    """``copy_floats(dst, doff, src, soff, n)``: dst[doff:doff+n] = src[soff:soff+n] (vector loop, masked
+    tail: reads and writes nothing outside the two ranges)."""
+    for arr in (dst, src):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    for i in (doff, soff, n):
+        if not isinstance(i, types.Integer):
+            return None
+    sig = types.void(dst, doff, src, soff, n)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+
+        def i64(k):
+            return context.cast(builder, args[k], at[k], types.int64)
+
+        vecty = ir.VectorType(_F32, VW)
+        mload, mstore = _masked_fns(builder.module, VW)
+        d = builder.gep(context.make_array(at[0])(context, builder, value=args[0]).data, [i64(1)])
+        s = builder.gep(context.make_array(at[2])(context, builder, value=args[2]).data, [i64(3)])
+        zero = _vec_const(vecty, 0.0)
+
+        def body(bld, i, mask):
+            sp = bld.bitcast(bld.gep(s, [i]), vecty.as_pointer())
+            dp = bld.bitcast(bld.gep(d, [i]), vecty.as_pointer())
+            if mask is None:
+                bld.store(bld.load(sp, align=4), dp, align=4)
+            else:
+                v = bld.call(mload, [sp, ir.Constant(_I32, 4), mask, zero])
+                bld.call(mstore, [v, dp, ir.Constant(_I32, 4), mask])
+
+        _emit_chunk_loop(builder, i64(4), VW, body)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,0 +1,221 @@
+"""Normalization: BatchNormalization (standalone; the load-time pass folds the ones that follow a Conv or
+Gemm) and LRN. float32 runs Numba kernels (``edgedl.kernels.cpu.norm``), other dtypes the numpy reference.
+
+BatchNormalization follows every opset:
+
+* opset 1 / 6: ``is_test`` (default 0: training), ``spatial``, ``consumed_inputs`` (ignored); outputs
+  Y, mean, var, saved_mean, saved_var;
+* opset 7 / 9: training mode when more than the Y output is requested (as onnxruntime decides); opset 7
+  still has ``spatial``;
+* opset 14+: ``training_mode``; outputs Y, running_mean, running_var; opset 15 lets mean/var have their own
+  float type.
+
+Inference: ``Y = (X - mean) / sqrt(var + epsilon) * scale + B``, run as a per-channel affine map precomputed
+at build time when the parameters are constants (computed per run otherwise). With ``spatial=0`` the
+parameters may have the shape (C, D1, ..., Dn) and apply per activation (numpy path).
+
+Training (numpy reference path): the batch statistics over every axis but the channel one (axis 0 only with
+``spatial=0``), population variance; Y is normalized with them; ``running = input * momentum + current * (1 -
+momentum)``; saved_mean / saved_var (opset < 14) are the batch mean and variance.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import TensorType
+from ..registry import Kernel, Op, ref_kernel, register
+
+_FLOATS = ("float16", "float32", "float64", "bfloat16")
+
+
+def _dtname(t) -> str:
+    return np.dtype(t.dtype).name
+
+
+@register
+class BatchNormalization(Op):
+    op_type = "BatchNormalization"
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (5, 5)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        self.momentum = float(self.attr("momentum", 0.9))
+        self.spatial = int(self.attr("spatial", 1)) if opset < 9 else 1
+        n_out = len(node.outputs)
+        while n_out > 1 and not node.outputs[n_out - 1]:
+            n_out -= 1
+        self.n_out = n_out
+        if opset >= 14:
+            self.training = bool(int(self.attr("training_mode", 0)))
+            max_out = 3
+        elif opset >= 7:
+            self.training = n_out > 1
+            max_out = 5
+        else:
+            self.training = not bool(int(self.attr("is_test", 0)))
+            max_out = 5
+        if n_out > max_out:
+            raise self.error(f"has {n_out} outputs; opset {opset} defines at most {max_out}")
+        if self.epsilon < 0:
+            raise self.error(f"epsilon must not be negative, got {self.epsilon}")
+
+    # --- shapes -------------------------------------------------------------------------------------------
+    def infer(self, ins, consts):
+        x, scale, bias, mean, var = ins[:5]
+        if len(x.shape) < 2:
+            raise self.error(f"input must be (N, C, ...) with rank >= 2, got shape {x.shape}")
+        for name, t in (("X", x), ("scale", scale), ("B", bias), ("mean", mean), ("var", var)):
+            if _dtname(t) not in _FLOATS:
+                raise self.unsupported(f"{name} has dtype {_dtname(t)}; supported: {', '.join(_FLOATS)}")
+        if self.opset < 15 and len({np.dtype(t.dtype) for t in (x, scale, bias, mean, var)}) > 1:
+            raise self.error("X, scale, B, mean and var must share one dtype before opset 15, got "
+                             + ", ".join(_dtname(t) for t in (x, scale, bias, mean, var)))
+        if self.opset >= 15 and (scale.dtype != bias.dtype or mean.dtype != var.dtype):
+            raise self.error(f"scale/B ({_dtname(scale)}/{_dtname(bias)}) and mean/var ({_dtname(mean)}/"
+                             f"{_dtname(var)}) must each share a dtype")
+        c = x.shape[1]
+        full = tuple(x.shape[1:])
+        self.per_activation = False
+        for name, t in (("scale", scale), ("B", bias), ("mean", mean), ("var", var)):
+            shape = tuple(t.shape)
+            if shape == (c,):
+                continue
+            if not self.spatial and shape == full:
+                self.per_activation = True
+                continue
+            want = f"({c},)" + (f" or {full}" if not self.spatial else "")
+            raise self.error(f"{name} has shape {shape}, expected {want} for an input of shape "
+                             f"{tuple(x.shape)} ({c} channels)")
+        if self.per_activation and any(tuple(t.shape) != full for t in (scale, bias, mean, var)):
+            raise self.error("with spatial=0 the parameters must all have the shape (C,) or all the shape "
+                             f"{full}")
+        stat = tuple(mean.shape)
+        outs = [TensorType(tuple(x.shape), x.dtype)]
+        if self.opset >= 14:
+            outs += [TensorType(stat, mean.dtype), TensorType(stat, var.dtype)]
+        else:
+            outs += [TensorType(stat, mean.dtype)] * 4
+        return outs[:max(self.n_out, 1)]
+
+    # --- the spec -----------------------------------------------------------------------------------------
+    def _bshape(self, x, p):
+        return p.reshape((1,) + p.shape + (1,) * (x.ndim - 1 - p.ndim))
+
+    def ref(self, x, scale, bias, mean, var):
+        x64 = x.astype(np.float64)
+        sc, b, m, v = (self._bshape(x, p.astype(np.float64)) for p in (scale, bias, mean, var))
+        if not self.training:
+            y = (x64 - m) / np.sqrt(v + self.epsilon) * sc + b
+            outs = [y.astype(x.dtype)]
+            if self.opset >= 14:
+                outs += [mean.copy(), var.copy()]
+            else:
+                outs += [mean.copy(), var.copy(), mean.copy(), var.copy()]
+            return outs[:max(self.n_out, 1)]
+        axes = (0,) if self.per_activation else (0,) + tuple(range(2, x.ndim))
+        cur_mean = x64.mean(axis=axes)
+        cur_var = x64.var(axis=axes)
+        cm = self._bshape(x, cur_mean)
+        cv = self._bshape(x, cur_var)
+        y = (x64 - cm) / np.sqrt(cv + self.epsilon) * sc + b
+        run_mean = mean.astype(np.float64) * self.momentum + cur_mean * (1 - self.momentum)
+        run_var = var.astype(np.float64) * self.momentum + cur_var * (1 - self.momentum)
+        outs = [y.astype(x.dtype), run_mean.astype(mean.dtype), run_var.astype(var.dtype)]
+        if self.opset < 14:
+            outs += [cur_mean.astype(mean.dtype), cur_var.astype(var.dtype)]
+        return outs[:max(self.n_out, 1)]
+
+    # --- kernels ------------------------------------------------------------------------------------------
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if self.n_out > 1:
+            return self._ref_present()
+        if self.training or x.dtype != np.float32 or self.per_activation:
+            return ref_kernel(self)
+        from ..kernels.cpu.norm import bn_affine, bn_runtime_affine, channel_affine
+
+        n, c = int(x.shape[0]), int(x.shape[1])
+        s = int(np.prod(x.shape[2:], dtype=np.int64))
+        params = consts[1:5]
+        if all(p is not None for p in params):
+            a, b = bn_affine(*params, self.epsilon)
+
+            def run(inputs, outputs, scratch):
+                channel_affine(inputs[0], outputs[0], a, b, n, c, s)
+            return Kernel(run)
+        if any(t.dtype != np.float32 for t in ins[1:5]):
+            return ref_kernel(self)
+        eps = self.epsilon
+
+        def run_dyn(inputs, outputs, scratch):
+            ab = scratch[:8 * c].view(np.float32)
+            a, b = ab[:c], ab[c:]
+            bn_runtime_affine(inputs[1], inputs[2], inputs[3], inputs[4], eps, a, b)
+            channel_affine(inputs[0], outputs[0], a, b, n, c, s)
+        return Kernel(run_dyn, scratch_bytes=8 * c)
+
+    def _ref_present(self) -> Kernel:
+        """The numpy path, writing only the outputs the node has (an omitted middle output is skipped)."""
+        present = [bool(o) for o in self.node.outputs]
+
+        def run(inputs, outputs, scratch):
+            results = [r for r, p in zip(self.ref(*inputs), present) if p]
+            for o, r in zip(outputs, results):
+                o[...] = r
+        return Kernel(run, impl="numpy")
+
+
+@register
+class LRN(Op):
+    op_type = "LRN"
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (1, 1)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        size = self.attr("size")
+        if size is None:
+            raise self.error("the size attribute is required")
+        self.size = int(size)
+        if self.size < 1:
+            raise self.error(f"size must be positive, got {self.size}")
+        self.alpha = float(self.attr("alpha", 1e-4))
+        self.beta = float(self.attr("beta", 0.75))
+        self.bias = float(self.attr("bias", 1.0))
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if len(x.shape) < 2:
+            raise self.error(f"input must be (N, C, ...) with rank >= 2, got shape {x.shape}")
+        if _dtname(x) not in ("float16", "float32", "float64", "bfloat16"):
+            raise self.unsupported(f"input dtype {_dtname(x)} is not supported (float16, float32, float64)")
+        return [TensorType(tuple(x.shape), x.dtype)]
+
+    def ref(self, x):
+        c = x.shape[1]
+        x64 = x.astype(np.float64)
+        sq = x64 * x64
+        lo_off = (self.size - 1) // 2
+        hi_off = -(-(self.size - 1) // 2)
+        ssum = np.zeros_like(x64)
+        for ch in range(c):
+            lo, hi = max(0, ch - lo_off), min(c - 1, ch + hi_off)
+            ssum[:, ch] = sq[:, lo:hi + 1].sum(axis=1)
+        y = x64 / (self.bias + self.alpha / self.size * ssum) ** self.beta
+        return [y.astype(x.dtype)]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32:
+            return ref_kernel(self)
+        from ..kernels.cpu.norm import lrn_runner
+
+        n, c = int(x.shape[0]), int(x.shape[1])
+        s = int(np.prod(x.shape[2:], dtype=np.int64))
+        run_lrn = lrn_runner(n, c, s, self.size, self.alpha, self.beta, self.bias)
+
+        def run(inputs, outputs, scratch):
+            run_lrn(inputs[0], outputs[0])
+        return Kernel(run)

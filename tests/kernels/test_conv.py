@@ -1,0 +1,186 @@
+"""fp32 Conv2d / ConvTranspose2d kernels (edgedl.kernels.cpu.conv) against float64 numpy references."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from edgedl.kernels.cpu import act as A
+from edgedl.kernels.cpu.conv import Conv2d, ConvTranspose2d, conv2d_ref, conv_transpose2d_ref
+
+RTOL, ATOL = 1e-4, 1e-4
+ALPHA_BETA = {A.ACT_CLIP: (-0.5, 0.7), A.ACT_LEAKY_RELU: (0.1, 0.0), A.ACT_HARD_SIGMOID: (0.2, 0.5),
+              A.ACT_ELU: (0.9, 0.0)}
+
+
+def rnd(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def run_conv(x, w, b, strides, pads, dil, group, act=0, alpha=0.0, beta=0.0, scratch=True):
+    conv = Conv2d(w, b, x.shape, strides, pads, dil, group, act, alpha, beta)
+    out = np.full(conv.out_shape, np.nan, np.float32)
+    conv(x, out, np.empty(conv.scratch_bytes, np.uint8) if scratch else None)
+    return conv, out
+
+
+def check(out, ref):
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=RTOL, atol=ATOL)
+
+
+# (N, C, H, W), C_out, (kH, kW), strides, pads (top, left, bottom, right), dilations, group
+CONV_CASES = [
+    ((1, 3, 9, 11), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),          # odd sizes, same padding
+    ((2, 4, 7, 7), 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),           # 1x1 as a plain GEMM, batch 2
+    ((1, 4, 7, 7), 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),           # strided 1x1
+    ((1, 5, 8, 8), 7, (2, 2), (3, 3), (0, 0, 1, 1), (1, 1), 1),           # stride larger than kernel
+    ((1, 6, 10, 9), 6, (3, 3), (2, 1), (0, 1, 2, 0), (2, 1), 3),          # asymmetric pads, dilation, groups
+    ((2, 4, 13, 11), 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 2),         # grouped, batch 2
+    ((1, 3, 1, 37), 4, (1, 5), (1, 3), (0, 2, 0, 1), (1, 2), 1),          # H = 1 (Conv1D)
+    ((1, 3, 30, 40), 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),        # first layer, s2 (vector copies)
+    ((1, 8, 6, 70), 13, (1, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),         # wide rows, K = 24
+    ((1, 40, 5, 5), 9, (3, 3), (1, 1), (2, 0, 0, 2), (1, 1), 1),          # C*k*k = 360 > KC: K blocks
+    ((1, 2, 4, 4), 3, (4, 4), (1, 1), (0, 0, 0, 0), (1, 1), 1),           # kernel = input: 1x1 output
+    ((1, 2, 3, 3), 3, (3, 3), (1, 1), (4, 4, 4, 4), (1, 1), 1),           # pads larger than the kernel
+    ((1, 40, 6, 7), 160, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),        # M > MC and K > KC
+]
+
+DW_CASES = [
+    # (N, C, H, W), multiplier, (kH, kW), strides, pads, dilations
+    ((1, 8, 12, 12), 1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((2, 5, 13, 9), 1, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    ((1, 4, 11, 10), 2, (3, 3), (1, 1), (0, 2, 1, 0), (2, 2)),            # multiplier 2, dilation
+    ((1, 3, 9, 9), 3, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),              # 5x5, multiplier 3
+    ((1, 6, 10, 8), 1, (5, 5), (2, 1), (2, 1, 2, 3), (1, 1)),             # 5x5 strided rows
+    ((1, 4, 1, 30), 1, (1, 3), (1, 2), (0, 1, 0, 1), (1, 1)),             # H = 1 depthwise
+    ((1, 4, 7, 7), 1, (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),              # stride = kernel
+    ((1, 5, 6, 6), 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),              # 1x1 depthwise (scale)
+    ((1, 1, 9, 9), 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),              # one input channel, 4 outputs
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
+def test_conv_gemm_strategy(case):
+    shape, cout, (kh, kw), s, p, d, g = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, kh, kw), rnd(rng, cout)
+    conv, out = run_conv(x, w, b, s, p, d, g, A.ACT_RELU)
+    assert conv.strategy == "gemm"
+    check(out, conv2d_ref(x, w, b, s, p, d, g, A.ACT_RELU))
+    _, out = run_conv(x, w, None, s, p, d, g, scratch=False)
+    check(out, conv2d_ref(x, w, None, s, p, d, g))
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=[str(i) for i in range(len(DW_CASES))])
+def test_conv_depthwise(case):
+    shape, mult, (kh, kw), s, p, d = case
+    c = shape[1]
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = rnd(rng, *shape), rnd(rng, c * mult, 1, kh, kw), rnd(rng, c * mult)
+    conv, out = run_conv(x, w, b, s, p, d, c, A.ACT_CLIP, 0.0, 6.0)
+    assert conv.strategy == "depthwise"
+    check(out, conv2d_ref(x, w, b, s, p, d, c, A.ACT_CLIP, 0.0, 6.0))
+    _, out = run_conv(x, w, None, s, p, d, c)
+    check(out, conv2d_ref(x, w, None, s, p, d, c))
+
+
+@pytest.mark.parametrize("code", range(A.NUM_ACTS))
+def test_conv_every_activation(code):
+    rng = np.random.default_rng(100 + code)
+    alpha, beta = ALPHA_BETA.get(code, (0.0, 0.0))
+    for shape, cout, k, g in [((1, 3, 10, 9), 7, 3, 1), ((1, 6, 8, 8), 6, 3, 6)]:
+        x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, k, k), rnd(rng, cout)
+        _, out = run_conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), g, code, alpha, beta)
+        check(out, conv2d_ref(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), g, code, alpha, beta))
+
+
+def test_conv_random_shapes():
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        g = int(rng.choice([1, 1, 2, 3]))
+        cin = g * int(rng.integers(1, 5))
+        cout = g * int(rng.integers(1, 6))
+        kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        h = int(rng.integers((kh - 1) * dh + 1, 16))
+        w_ = int(rng.integers((kw - 1) * dw + 1, 16))
+        n = int(rng.integers(1, 3))
+        x, wt, b = rnd(rng, n, cin, h, w_), rnd(rng, cout, cin // g, kh, kw), rnd(rng, cout)
+        code = int(rng.integers(0, A.NUM_ACTS))
+        alpha, beta = ALPHA_BETA.get(code, (0.0, 0.0))
+        _, out = run_conv(x, wt, b, (sh, sw), pads, (dh, dw), g, code, alpha, beta)
+        check(out, conv2d_ref(x, wt, b, (sh, sw), pads, (dh, dw), g, code, alpha, beta))
+
+
+def test_conv_shape_errors():
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError):
+        Conv2d(w, None, (1, 4, 8, 8))  # C_in mismatch
+    with pytest.raises(ValueError):
+        Conv2d(w, None, (1, 3, 2, 2))  # empty output
+    conv = Conv2d(w, None, (1, 3, 8, 8))
+    with pytest.raises(ValueError):
+        conv(np.zeros((1, 3, 8, 9), np.float32), np.zeros(conv.out_shape, np.float32))
+
+
+# (N, C_in, H, W), C_out, (kH, kW), strides, pads, dilations, output_padding, group
+CONVT_CASES = [
+    ((1, 3, 5, 6), 4, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (1, 1), 1),
+    ((2, 4, 4, 4), 6, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (0, 0), 2),
+    ((1, 2, 3, 5), 3, (3, 2), (1, 3), (0, 1, 2, 0), (2, 1), (0, 2), 1),
+    ((1, 6, 7, 7), 6, (4, 4), (2, 2), (1, 1, 1, 1), (1, 1), (0, 0), 6),
+    ((1, 5, 1, 9), 3, (1, 4), (1, 2), (0, 1, 0, 1), (1, 1), (0, 1), 1),   # H = 1
+    ((1, 3, 4, 4), 2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (0, 0), 1),   # 1x1
+    ((1, 2, 3, 3), 2, (2, 2), (4, 4), (0, 0, 0, 0), (1, 1), (3, 3), 1),   # stride > kernel: gaps
+]
+
+
+@pytest.mark.parametrize("case", CONVT_CASES, ids=[str(i) for i in range(len(CONVT_CASES))])
+def test_conv_transpose(case):
+    shape, cout, (kh, kw), s, p, d, op, g = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = rnd(rng, *shape), rnd(rng, shape[1], cout // g, kh, kw), rnd(rng, cout)
+    for code in (A.ACT_NONE, A.ACT_LEAKY_RELU, A.ACT_SIGMOID):
+        alpha, beta = ALPHA_BETA.get(code, (0.0, 0.0))
+        ct = ConvTranspose2d(w, b, shape, s, p, d, op, g, code, alpha, beta)
+        out = np.full(ct.out_shape, np.nan, np.float32)
+        ct(x, out, np.empty(ct.scratch_bytes, np.uint8))
+        check(out, conv_transpose2d_ref(x, w, b, s, p, d, op, g, code, alpha, beta))
+    ct = ConvTranspose2d(w, None, shape, s, p, d, op, g)
+    out = np.empty(ct.out_shape, np.float32)
+    ct(x, out)  # no scratch: allocates its own
+    check(out, conv_transpose2d_ref(x, w, None, s, p, d, op, g))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_conv_one_vs_two_threads_identical():
+    rng = np.random.default_rng(9)
+    before = numba.get_num_threads()
+    cases = [((1, 16, 20, 20), 24, 3, 1), ((2, 32, 16, 16), 32, 3, 32), ((1, 8, 40, 40), 16, 1, 1)]
+    try:
+        for shape, cout, k, g in cases:
+            x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, k, k), rnd(rng, cout)
+            conv = Conv2d(w, b, shape, (1, 1), (k // 2,) * 4, (1, 1), g, A.ACT_RELU)
+            assert conv.strategy == ("depthwise" if g > 1 else "gemm")
+            res = []
+            for th in (1, 2):
+                numba.set_num_threads(th)
+                out = np.empty(conv.out_shape, np.float32)
+                conv(x, out)
+                res.append(out)
+            np.testing.assert_array_equal(res[0], res[1])
+            check(res[0], conv2d_ref(x, w, b, (1, 1), (k // 2,) * 4, (1, 1), g, A.ACT_RELU))
+        x, w = rnd(rng, 1, 16, 12, 12), rnd(rng, 16, 8, 3, 3)
+        ct = ConvTranspose2d(w, None, x.shape, (2, 2), (1, 1, 1, 1), (1, 1), (1, 1))
+        res = []
+        for th in (1, 2):
+            numba.set_num_threads(th)
+            out = np.empty(ct.out_shape, np.float32)
+            ct(x, out)
+            res.append(out)
+        np.testing.assert_array_equal(res[0], res[1])
+    finally:
+        numba.set_num_threads(before)
