@@ -102,21 +102,26 @@ def cmd_run(args) -> int:
 def cmd_ops(args) -> int:
     from edgedl.registry import registered_ops
 
+    dtype_cols = ("float32", "int8")
+    header = ("op", *(f"cpu {d}" for d in dtype_cols), "cpu other", "cuda", "backward", "notes")
     rows = []
     for (domain, op_type), cls in registered_ops().items():
-        cpu = ",".join(cls.kernels.get("cpu", ())) or "-"
+        cpu = set(cls.kernels.get("cpu", ()))
+        cells = ["numba" if d in cpu else "numpy" for d in dtype_cols]
+        cells.append("numba" if len(cpu - set(dtype_cols)) > 1 else "numpy")
         cuda = ",".join(cls.kernels.get("cuda", ())) or "-"
-        view = "view" if cls.alias else ("folded" if cls.shape_only else "")
-        rows.append((f"{domain + '.' if domain else ''}{op_type}", cpu, cuda, "numpy ref", view))
-    header = ("op", "cpu (numba)", "cuda", "other dtypes", "notes")
+        backward = "yes" if getattr(cls, "backward", None) else "-"
+        note = "zero-copy view" if cls.alias else ("folded at plan time" if cls.shape_only else "")
+        rows.append((f"{domain + '.' if domain else ''}{op_type}", *cells, cuda, backward, note))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()
     print(line)
     print("-" * len(line))
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print(f"\n{len(rows)} ops. 'cpu (numba)': dtypes with a compiled Numba kernel; other dtypes run the numpy "
-          "reference. Backward passes arrive with the training work.")
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"\n{len(rows)} ops. numba: a compiled Numba kernel; numpy: the numpy path (reference math, or "
+          "numpy copies for data movement). int8 kernels, CUDA kernels and backward passes arrive with the "
+          "quantization, CUDA and training work.")
     return 0
 
 
@@ -149,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -232,9 +232,87 @@ def conv_transpose_ref(x, w, b, strides, pads, dilations, group, out_sp):
     return y
 
 
+def _as_2d(kernel, strides, dilations, pads):
+    """1-D geometry as 2-D with a unit height (Conv1D runs on the 2-D kernels)."""
+    if len(kernel) == 2:
+        return kernel, strides, dilations, pads
+    return [1, kernel[0]], [1, strides[0]], [1, dilations[0]], [0, pads[0], 0, pads[1]]
+
+
+def _constant_params(op: Op, consts) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """(weight, bias, all constant): the prepare step packs constant weights once."""
+    w = consts[1]
+    has_bias = len(op.node.inputs) > 2 and bool(op.node.inputs[2])
+    b = consts[2] if has_bias else None
+    return w, b, w is not None and (b is not None or not has_bias)
+
+
 def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
-    return ref_kernel(op)
+    from ..kernels.cpu.conv import Conv2d
+
+    kernel, strides, dilations, pads = _as_2d(*op.geometry)
+    x_shape = ins[0].shape if len(ins[0].shape) == 4 else (*ins[0].shape[:2], 1, ins[0].shape[2])
+    out_shape = outs[0].shape if len(outs[0].shape) == 4 else (*outs[0].shape[:2], 1, outs[0].shape[2])
+    w_shape = (*ins[1].shape[:2], *kernel)
+    code, alpha, beta = op.act
+
+    def make(w, b):
+        return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group, code, alpha, beta)
+
+    w, b, constant = _constant_params(op, consts)
+    if constant:
+        conv = make(w, b)  # weights packed once, here
+
+        def run(inputs, outputs, scratch):
+            conv(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
+
+        return Kernel(run, scratch_bytes=conv.scratch_bytes)
+
+    # Weights computed at run time (rare): pack them on every call.
+    probe = make(np.zeros(w_shape, np.float32), None)
+
+    def run_dynamic(inputs, outputs, scratch):
+        make(inputs[1], inputs[2] if len(inputs) > 2 else None)(
+            inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
+
+    return Kernel(run_dynamic, scratch_bytes=probe.scratch_bytes)
 
 
 def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel:
-    return ref_kernel(op)
+    from ..kernels.cpu.conv import ConvTranspose2d
+
+    kernel, strides, dilations, pads, out_pad, _ = op.geometry
+    if any(p < 0 for p in pads):
+        return ref_kernel(op)  # an output_shape larger than the full output: numpy reference
+    if len(kernel) == 1:
+        out_pad = [0, out_pad[0]]
+    kernel, strides, dilations, pads = _as_2d(kernel, strides, dilations, pads)
+    x_shape = ins[0].shape if len(ins[0].shape) == 4 else (*ins[0].shape[:2], 1, ins[0].shape[2])
+    out_shape = outs[0].shape if len(outs[0].shape) == 4 else (*outs[0].shape[:2], 1, outs[0].shape[2])
+    w_shape = (*ins[1].shape[:2], *kernel)
+    code, alpha, beta = op.act
+
+    def make(w, b):
+        conv = ConvTranspose2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, out_pad, op.group,
+                               code, alpha, beta)
+        if tuple(conv.out_shape) != tuple(out_shape):
+            raise op.error(f"internal: transposed convolution kernel computes {conv.out_shape}, "
+                           f"shape rule says {out_shape}")
+        return conv
+
+    w, b, constant = _constant_params(op, consts)
+    if constant:
+        conv = make(w, b)
+
+        def run(inputs, outputs, scratch):
+            conv(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
+
+        return Kernel(run, scratch_bytes=conv.scratch_bytes)
+
+    probe = make(np.zeros(w_shape, np.float32), None)
+
+    def run_dynamic(inputs, outputs, scratch):
+        make(inputs[1], inputs[2] if len(inputs) > 2 else None)(
+            inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
+
+    return Kernel(run_dynamic, scratch_bytes=probe.scratch_bytes)

@@ -94,8 +94,72 @@ class MatMul(Op):
 
 
 def _build_gemm_kernel(op: Gemm, ins, outs, consts) -> Kernel:
-    return ref_kernel(op)
+    from ..kernels.cpu.act import act_inplace
+    from ..kernels.cpu.gemm import PackedWeight, gemm
+
+    m, n = outs[0].shape
+    k = ins[0].shape[0] if op.trans_a else ins[0].shape[1]
+    code, act_alpha, act_beta = op.act
+    b_const = consts[1]
+    has_c = len(op.node.inputs) > 2 and bool(op.node.inputs[2])
+    c_const = consts[2] if has_c else None
+    c_shape = ins[2].shape if has_c else None
+    # A bias per output column: C absent, or a constant of N (or 1) values broadcast over the rows.
+    column_bias = not has_c or (c_const is not None and (len(c_shape) < 2 or c_shape[0] == 1))
+    if b_const is not None and column_bias:
+        w = b_const.astype(np.float32) * np.float32(op.alpha) if op.alpha != 1.0 else b_const
+        bias = None
+        if has_c:
+            bias = np.ascontiguousarray(np.broadcast_to(c_const.reshape(-1) * np.float32(op.beta), (n,)),
+                                        dtype=np.float32)
+        packed = PackedWeight(w, bias, trans_b=bool(op.trans_b), act=code, alpha=act_alpha, beta=act_beta)
+        a_bytes = m * k * 4 if op.trans_a else 0
+        scratch_bytes = a_bytes + packed.scratch_bytes(m)
+
+        def run(inputs, outputs, scratch):
+            a = inputs[0]
+            rest = scratch
+            if op.trans_a:  # NOTE: the packed path wants a C-contiguous A: transpose into the workspace
+                a_t = scratch[:a_bytes].view(np.float32).reshape(m, k)
+                np.copyto(a_t, a.T)
+                a, rest = a_t, scratch[a_bytes:]
+            packed(a, outputs[0], rest)
+
+        return Kernel(run, scratch_bytes=scratch_bytes)
+
+    # General case: B computed at run time, or a C that varies along the rows.
+    def run_general(inputs, outputs, scratch):
+        a = inputs[0].T if op.trans_a else inputs[0]
+        b = inputs[1].T if op.trans_b else inputs[1]
+        out = outputs[0]
+        if has_c:
+            np.multiply(np.broadcast_to(inputs[2], (m, n)), np.float32(op.beta), out=out)
+        if op.alpha != 1.0:
+            a = a * np.float32(op.alpha)  # NOTE: rare (alpha is folded into constant weights)
+        gemm(a, b, out, accumulate=has_c)
+        if code:
+            act_inplace(out.reshape(-1), 0, out.size, code, act_alpha, act_beta)
+
+    return Kernel(run_general)
 
 
 def _build_matmul_kernel(op: MatMul, ins, outs, consts) -> Kernel:
-    return ref_kernel(op)
+    from ..kernels.cpu.gemm import PackedWeight, matmul
+
+    a_shape, b_shape = ins[0].shape, ins[1].shape
+    out_shape = outs[0].shape
+    if consts[1] is not None and len(b_shape) == 2 and len(a_shape) >= 1:
+        # A constant (K, N) weight: pack it once; every row of A (over all batch dims) is one GEMM row.
+        k, n = b_shape
+        rows = int(np.prod(a_shape[:-1], dtype=np.int64)) if len(a_shape) > 1 else 1
+        packed = PackedWeight(consts[1], None, trans_b=False)
+
+        def run(inputs, outputs, scratch):
+            packed(inputs[0].reshape(rows, k), outputs[0].reshape(rows, n), scratch)
+
+        return Kernel(run, scratch_bytes=packed.scratch_bytes(rows))
+
+    def run_general(inputs, outputs, scratch):
+        matmul(inputs[0], inputs[1], outputs[0].reshape(out_shape))
+
+    return Kernel(run_general)

@@ -159,12 +159,13 @@ def test_conv_transpose(case):
 def test_conv_one_vs_two_threads_identical():
     rng = np.random.default_rng(9)
     before = numba.get_num_threads()
-    cases = [((1, 16, 20, 20), 24, 3, 1), ((2, 32, 16, 16), 32, 3, 32), ((1, 8, 40, 40), 16, 1, 1)]
+    cases = [((1, 16, 20, 20), 24, 3, 1), ((2, 32, 16, 16), 32, 3, 32), ((1, 8, 40, 40), 16, 1, 1),
+             ((2, 16, 12, 12), 24, 3, 2)]
     try:
         for shape, cout, k, g in cases:
             x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, k, k), rnd(rng, cout)
             conv = Conv2d(w, b, shape, (1, 1), (k // 2,) * 4, (1, 1), g, A.ACT_RELU)
-            assert conv.strategy == ("depthwise" if g > 1 else "gemm")
+            assert conv.strategy == ("depthwise" if g == shape[1] else "gemm")
             res = []
             for th in (1, 2):
                 numba.set_num_threads(th)

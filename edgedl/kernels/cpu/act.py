@@ -78,6 +78,8 @@ _FHALF = np.float32(0.5)
 @numba.njit(inline="always", cache=True, fastmath=FASTMATH)
 def apply_act(v, code, alpha, beta):
     """``v`` (float32) through activation ``code`` with parameters ``alpha``, ``beta``; returns float32."""
+    # NB: written as compare-and-select on purpose, not min()/max(): ``x < 0 ? 0 : x`` keeps a NaN x,
+    # and so does every clamp below (the microkernel's vector versions in vec.py use the same forms)
     v = np.float32(v)
     a = np.float32(alpha)
     b = np.float32(beta)

@@ -4,8 +4,9 @@
 
 * ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): a direct kernel,
   one output plane at a time (parallel over images x channels): the input plane is copied into a
-  zero-padded buffer, then each output row is accumulated with vectorized loops over the output
-  columns (all nine taps of a 3x3 kernel fused in one pass);
+  zero-padded buffer, then each output row is computed in one pass over its columns with all taps
+  fused (LLVM-IR row kernels for 3x3 and 5x5 with column stride 1 or 2; vectorized Numba loops, one
+  pass per tap, otherwise);
 * ``"gemm"``: per image and group, ``out[g] (C_out/g x OH*OW) = W_g (C_out/g x C_in/g*kH*kW) @
   im2col(x)[g]``. The weights are packed once here; im2col is never materialized: the GEMM driver packs
   each B panel straight from ``x`` (zero padding included; a 1x1 stride-1 unpadded convolution reads x
@@ -184,28 +185,37 @@ def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh,
             n += 1
 
 
-@numba.njit(inline="always", **NJIT)
-def _dw_buffers(hp, wp, kw_n, dw, oh_n):
+def dw_buffer_sizes(hp: int, wp: int, kw_n: int, dw: int, oh_n: int) -> tuple[int, int]:
+    """Floats of the padded-plane buffer and of the wide-row buffer one depthwise worker needs."""
     # slack past the last row: the row kernels read up to 2*(2*VW - 1) floats beyond their last tap
-    pbuf = np.zeros(hp * wp + (kw_n - 1) * dw + 6 * VW + 64, dtype=np.float32)
-    wide = np.empty(oh_n * wp + 16, dtype=np.float32)
+    return hp * wp + (kw_n - 1) * dw + 6 * VW + 64, oh_n * wp + 16
+
+
+@numba.njit(inline="always", **NJIT)
+def _dw_buffers(work, slot, psize, wsize):
+    # work: (slots*(psize+wsize),) float32 workspace; the padded plane must start all zero (its border is
+    # never written), the wide buffer is fully written before it is read
+    base = slot * (psize + wsize)
+    pbuf = work[base:base + psize]
+    pbuf[:] = 0.0
+    wide = work[base + psize:base + psize + wsize]
     return pbuf, wide
 
 
 @numba.njit(**NJIT)
-def _dw_serial(x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n,
-               hp, wp, act, alpha, beta):
-    pbuf, wide = _dw_buffers(hp, wp, kw_n, dw, oh_n)
+def _dw_serial(work, psize, wsize, x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt,
+               pl, oh_n, ow_n, hp, wp, act, alpha, beta):
+    pbuf, wide = _dw_buffers(work, 0, psize, wsize)
     _dw_range(0, nb * c_out, x, w, bias, out, c_in, c_out, c_out // c_in, h, wd, kh_n, kw_n, sh, sw, dh,
               dw, pt, pl, oh_n, ow_n, hp, wp, act, alpha, beta, pbuf, wide)
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _dw_parallel(nslots, x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl,
-                 oh_n, ow_n, hp, wp, act, alpha, beta):
+def _dw_parallel(nslots, work, psize, wsize, x, w, bias, out, nb, c_in, c_out, h, wd, kh_n, kw_n, sh, sw, dh,
+                 dw, pt, pl, oh_n, ow_n, hp, wp, act, alpha, beta):
     total = nb * c_out
     for s in prange(nslots):
-        pbuf, wide = _dw_buffers(hp, wp, kw_n, dw, oh_n)
+        pbuf, wide = _dw_buffers(work, s, psize, wsize)
         _dw_range(s * total // nslots, (s + 1) * total // nslots, x, w, bias, out, c_in, c_out,
                   c_out // c_in, h, wd, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n, hp, wp, act, alpha,
                   beta, pbuf, wide)
@@ -333,6 +343,9 @@ class Conv2d:
             self._dw_args = (n, c, cout, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, self._hp, self._wp,
                              self.act, np.float32(self.alpha), np.float32(self.beta))
             self.work = n * cout * oh * ow * kh * kw
+            self._dw_sizes = dw_buffer_sizes(self._hp, self._wp, kw, dw, oh)
+            slots = max(1, min(numba.config.NUMBA_NUM_THREADS, n * cout))
+            self.scratch_bytes = 4 * slots * sum(self._dw_sizes)
             return
         self.strategy = "gemm"
         m = cout // group
@@ -353,21 +366,28 @@ class Conv2d:
                               c_nstride=cout * npix, c_gstride=m * npix, bias=self.bias,
                               bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
                               act=self.act, alpha=self.alpha, beta=self.beta)
+        self.scratch_bytes = self._gemm.scratch_bytes()
 
     def __call__(self, x: np.ndarray, out: np.ndarray, scratch=None, threads: int | None = None) -> np.ndarray:
+        """``scratch``: a uint8 workspace of ``scratch_bytes`` (allocated per call when None)."""
         xf = _flat(x, self.in_shape, "input")
         of = _flat(out, self.out_shape, "output")
+        if scratch is not None and scratch.nbytes < self.scratch_bytes:
+            raise ValueError(f"scratch has {scratch.nbytes} bytes, {self.scratch_bytes} needed")
         if self.strategy == "gemm":
-            self._gemm.run(of, xf, threads)
+            self._gemm.run(of, xf, threads, scratch)
             return out
         if threads is None:
             threads = numba.get_num_threads()
+        work = _as_scratch_f32(scratch, self.scratch_bytes // 4)
+        psize, wsize = self._dw_sizes
         bias = self.bias if self.bias is not None else _EMPTY
         planes = self.out_shape[0] * self.out_shape[1]
-        if threads > 1 and planes > 1 and self.work >= PARALLEL_MIN_WORK:
-            _dw_parallel(min(threads, planes), xf, self.w, bias, of, *self._dw_args)
+        slots = min(threads, planes, work.size // (psize + wsize))
+        if slots > 1 and self.work >= PARALLEL_MIN_WORK:
+            _dw_parallel(slots, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
         else:
-            _dw_serial(xf, self.w, bias, of, *self._dw_args)
+            _dw_serial(work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
         return out
 
 
@@ -423,10 +443,11 @@ class ConvTranspose2d:
             if cig > 0:
                 pack_a(wg.T, self.ap[g * asz:(g + 1) * asz])
         self._ncol = group * m * hw
-        self.scratch_bytes = 4 * self._ncol
         self._gemm = GemmCall(self.ap, m, hw, cig, hw, geo=matrix_geometry(cig, hw, hw),
                               ktab=matrix_ktab(cig, hw), nbatch=1, ngroups=group, a_gstride=asz,
                               b_gstride=cig * hw, c_gstride=m * hw)
+        self._col_bytes = (4 * self._ncol + 63) // 64 * 64
+        self.scratch_bytes = self._col_bytes + self._gemm.scratch_bytes()
         self._c2i = (cout, cog, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, self.act, np.float32(self.alpha),
                      np.float32(self.beta))
         self.work = n * m * group * hw * max(cig, 1)
@@ -436,7 +457,10 @@ class ConvTranspose2d:
         of = _flat(out, self.out_shape, "output")
         if threads is None:
             threads = numba.get_num_threads()
-        col = _as_scratch_f32(scratch, self._ncol)
+        if scratch is None or scratch.nbytes < self.scratch_bytes:
+            scratch = np.empty(self.scratch_bytes, dtype=np.uint8)
+        col = scratch[:4 * self._ncol].view(np.float32)
+        gemm_work = scratch[self._col_bytes:]
         bias = self.bias if self.bias is not None else _EMPTY
         n, c, h, w = self.in_shape
         cout = self.out_shape[1]
@@ -445,7 +469,7 @@ class ConvTranspose2d:
             if c == 0:
                 col[:] = 0.0
             else:
-                self._gemm.run(col, xf[i * c * h * w:(i + 1) * c * h * w], threads)
+                self._gemm.run(col, xf[i * c * h * w:(i + 1) * c * h * w], threads, gemm_work)
             if par:
                 _col2im_parallel(min(threads, cout), col, of, bias, i, *self._c2i)
             else:
@@ -461,7 +485,7 @@ def conv2d_ref(x, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation
     """float64 numpy reference of :class:`Conv2d`."""
     x = np.asarray(x, np.float64)
     wt = np.asarray(weight, np.float64)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     cout, cg, kh, kw = wt.shape
     sh, sw = strides
     dh, dw = dilations
@@ -488,7 +512,7 @@ def conv_transpose2d_ref(x, weight, bias=None, strides=(1, 1), pads=(0, 0, 0, 0)
     x = np.asarray(x, np.float64)
     wt = np.asarray(weight, np.float64)
     n, c, h, w = x.shape
-    cin, cog, kh, kw = wt.shape
+    _, cog, kh, kw = wt.shape
     sh, sw = strides
     dh, dw = dilations
     pt, pl, pb, pr = pads

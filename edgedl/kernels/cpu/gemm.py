@@ -1,25 +1,30 @@
 """fp32 GEMM: packing, the blocked (and parallel) driver around the LLVM microkernel, GEMV paths,
-batched matmul and a pre-packed fully connected weight.
+batched matmul and pre-packed weights.
 
 Layouts
 -------
 * packed A (the "weights" side, M rows): row panels of ``MR`` rows, panel ``p`` holds
   ``ap[p*K*MR + k*MR + r] = A[p*MR + r, k]`` (rows past M are zero). Size :func:`packed_a_size`.
 * packed B (K x N): column panels of ``NR`` columns, ``bp[q*K*NR + k*NR + j] = B[k, q*NR + j]`` (zero
-  padded). Size :func:`packed_b_size`. Only pre-packed constant B (an FC weight) is stored like this;
+  padded). Size :func:`packed_b_size`. Only a pre-packed constant B (an FC weight) is stored like this;
   otherwise the driver packs each ``KC x NR`` panel of B on the fly into a per-thread buffer, straight
-  from the source through a *B geometry* (see :func:`matrix_geometry`), which also describes im2col of
-  a convolution input, so convolutions never materialize an im2col matrix.
+  from the source through a *B geometry* + row table (:func:`matrix_geometry` / :func:`matrix_ktab`),
+  which also describes im2col of a convolution input (:func:`conv_geometry` / :func:`conv_ktab`), so
+  convolutions never materialize an im2col matrix.
 
-Driver
-------
+Driver (:class:`GemmCall`)
+--------------------------
 C = act(A @ B + bias) (or C += A @ B with ``accumulate``) for a batch of independent GEMMs that share
-M, N, K (convolution: images x groups), split into tasks of (row block x column block); each task owns
-its C tiles, tasks run under ``prange`` when the work is at least ``PARALLEL_MIN_WORK``. K is blocked by
-``KC``; every C element is computed by the same sequence of operations whatever the thread count, so
-results are bitwise identical for 1 or N threads. Edge tiles go through a small scratch tile. Bias (per
-row or per column) enters the accumulators before the k loop; the activation runs on the tile right
-after its last K block (in registers for the simple ones, on the L1-hot tile otherwise).
+M, N, K (convolution: images x groups), split into tasks (GEMM x column block x row split); each task
+owns its C tiles, tasks run under ``prange`` when the work is at least ``PARALLEL_MIN_WORK``. Inside a
+task: K blocks of ``KC`` > row blocks of ``MC`` rows (A block in L2) > B panels (packed once per K block,
+kept for the next row blocks) > the tiles of the panel in one IR loop. Every C element is computed by
+the same sequence of operations whatever the thread count, so results are bitwise identical for 1 or N
+threads. Bias (per row or per column) enters the accumulators before the k loop; the activation runs on
+the tile right after its last K block (in registers for the simple ones, on the L1-hot tile otherwise).
+
+High level: :func:`gemm`, :func:`matmul`, :class:`PackedA` (constant left operand, e.g. conv weights),
+:class:`PackedWeight` (FC weight, Y = X @ W^T), :func:`gemv` / :func:`vecmat` (1 to 3 vectors).
 """
 from __future__ import annotations
 
@@ -28,15 +33,15 @@ import numpy as np
 from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
-from .config import FASTMATH, NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
-from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, VW, copy_nr, copy_nr_s2, microkernel,
-                  microkernel_panel, microkernel_panel_narrow)
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, VW, copy_nr, copy_nr_s2, microkernel_panel,
+                  microkernel_panel_narrow)
 
 __all__ = [
     "MR", "NR", "KC", "MC", "NC", "matrix_ktab", "conv_ktab", "BIAS_NONE", "BIAS_ROW", "BIAS_COL",
     "packed_a_size", "packed_b_size", "pack_a", "pack_b", "matrix_geometry", "conv_geometry",
     "sgemm_packed", "gemm_driver", "gemm", "matmul", "gemv", "vecmat", "PackedA", "PackedWeight",
-    "gemm_ref",
+    "gemm_ref", "GemmCall", "pad_bias", "pack_a_parallel",
 ]
 
 #: K block (B panel of KC x NR floats = 16 KiB stays in L1)
@@ -339,12 +344,13 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
 
 
 @numba.njit(**NJIT)
-def _gemm_serial(ntasks, bufsize, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
-                 c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
+def _gemm_serial(ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
+                 c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
                  accumulate, act, alpha, beta):
-    buf = np.empty(bufsize, dtype=np.float32)
-    ybase = np.empty(NR, dtype=np.int64)
-    xbase = np.empty(NR, dtype=np.int64)
+    # wbuf: (>= bufsize,) float32 panel buffer; ibuf: (>= 2*NR,) int64 index buffers (the caller's workspace)
+    buf = wbuf[:bufsize]
+    ybase = ibuf[:NR]
+    xbase = ibuf[NR:2 * NR]
     for task in range(ntasks):
         _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride,
                   ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act,
@@ -352,13 +358,14 @@ def _gemm_serial(ntasks, bufsize, ap, a_gstride, bp, bsrc, b_nstride, b_gstride,
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _gemm_parallel(nslots, ntasks, bufsize, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
-                   c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst,
-                   nbt, accumulate, act, alpha, beta):
+def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo,
+                   ktab, c, c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb,
+                   mst, nbt, accumulate, act, alpha, beta):
+    # wbuf: (nslots*bufsize,) float32, ibuf: (nslots*2*NR,) int64: each slot owns its slice
     for s in prange(nslots):
-        buf = np.empty(bufsize, dtype=np.float32)
-        ybase = np.empty(NR, dtype=np.int64)
-        xbase = np.empty(NR, dtype=np.int64)
+        buf = wbuf[s * bufsize:(s + 1) * bufsize]
+        ybase = ibuf[s * 2 * NR:s * 2 * NR + NR]
+        xbase = ibuf[s * 2 * NR + NR:(s + 1) * 2 * NR]
         lo = s * ntasks // nslots
         hi = (s + 1) * ntasks // nslots
         for task in range(lo, hi):
@@ -472,14 +479,43 @@ class GemmCall:
             self._plans[threads] = plan
         return plan
 
-    def run(self, c: np.ndarray, bsrc: np.ndarray = _EMPTY, threads: int | None = None) -> None:
-        """Compute into the flat float32 ``c`` reading B from the flat float32 ``bsrc``."""
+    def with_a(self, ap: np.ndarray) -> "GemmCall":
+        """Point this prepared call at another packed A of the same size (e.g. one packed per call)."""
+        self._head = (ap,) + self._head[1:]
+        return self
+
+    def _work_sizes(self, threads: int) -> tuple[int, int]:
+        nslots, _, bufsize, _ = self._plan(threads)
+        slots = max(nslots, 1)
+        return slots * bufsize * 4, slots * 2 * NR * 8
+
+    def scratch_bytes(self, max_threads: int | None = None) -> int:
+        """Workspace bytes :meth:`run` needs for any thread count up to ``max_threads`` (default: every
+        thread Numba may use), so a preallocated arena slice serves every call."""
+        if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
+            return 0
+        top = max_threads or numba.config.NUMBA_NUM_THREADS
+        sizes = [self._work_sizes(t) for t in range(1, top + 1)]
+        return _align8(max(f for f, _ in sizes)) + max(i for _, i in sizes)
+
+    def run(self, c: np.ndarray, bsrc: np.ndarray = _EMPTY, threads: int | None = None,
+            work: np.ndarray | None = None) -> None:
+        """Compute into the flat float32 ``c`` reading B from the flat float32 ``bsrc``.
+
+        ``work``: a uint8 workspace of at least :meth:`scratch_bytes` (allocated here when None)."""
         if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
             return
-        nslots, ntasks, bufsize, split = self._plan(numba.get_num_threads() if threads is None else threads)
+        threads = numba.get_num_threads() if threads is None else threads
+        nslots, ntasks, bufsize, split = self._plan(threads)
+        fbytes, ibytes = self._work_sizes(threads)
+        if work is None or work.nbytes < _align8(fbytes) + ibytes:
+            work = np.empty(_align8(fbytes) + ibytes, dtype=np.uint8)
+        wbuf = work[:fbytes].view(np.float32)
+        ibuf = work[_align8(fbytes):_align8(fbytes) + ibytes].view(np.int64)
         if bsrc.size == 0:
             bsrc = _ONE
-        args = ((bufsize,) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split + self._flags)
+        args = ((bufsize, wbuf, ibuf) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split
+                + self._flags)
         if nslots:
             _gemm_parallel(nslots, ntasks, *args)
         else:
@@ -487,6 +523,17 @@ class GemmCall:
 
 
 _ONE = np.zeros(1, dtype=np.float32)
+
+
+def _align8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _align64(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+_EMPTY_PACKED = np.zeros(1, dtype=np.float32)
 
 
 def gemm_driver(ap: np.ndarray, m: int, n: int, k: int, c: np.ndarray, ldc: int, *,
@@ -793,14 +840,29 @@ class PackedWeight:
         self.act = act_code(act)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self._calls: dict[int, GemmCall] = {}
+
+    def _call(self, m: int) -> "GemmCall":
+        call = self._calls.get(m)
+        if call is None:
+            call = GemmCall(_EMPTY_PACKED, m, self.n, self.k, self.n, bp=self.bp, bias=self.bias,
+                            bias_mode=BIAS_COL if self.bias is not None else BIAS_NONE, act=self.act,
+                            alpha=self.alpha, beta=self.beta)
+            if len(self._calls) > 16:
+                self._calls.clear()
+            self._calls[m] = call
+        return call
 
     def scratch_bytes(self, m: int) -> int:
-        """Workspace bytes for a batch of m rows (the packed X)."""
-        return 0 if m <= 3 else 4 * packed_a_size(m, self.k)
+        """Workspace bytes for a batch of m rows: the packed X, then the GEMM's own workspace."""
+        if m <= 3 or self.k == 0 or self.n == 0:
+            return 0
+        return _align64(4 * packed_a_size(m, self.k)) + self._call(m).scratch_bytes()
 
     def __call__(self, x: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None,
                  threads: int | None = None) -> np.ndarray:
-        """out (M, N_out) = act(x (M, K) @ W^T + bias); out C-contiguous."""
+        """out (M, N_out) = act(x (M, K) @ W^T + bias); out C-contiguous. ``scratch``: a uint8 workspace of
+        :meth:`scratch_bytes` (m) bytes, allocated per call when missing."""
         m, k = x.shape
         if k != self.k:
             raise ValueError(f"K mismatch: weight has {self.k}, input {k}")
@@ -809,19 +871,20 @@ class PackedWeight:
         if m <= 3 and k > 0:
             gemv(self.w_rows, _unit_cols(x), out, self.bias, self.act, self.alpha, self.beta, threads)
             return out
-        size = packed_a_size(m, k)
-        if scratch is not None and scratch.nbytes >= 4 * size:
-            ap = scratch.reshape(-1).view(np.uint8)[: 4 * size].view(np.float32)
-        else:
-            ap = np.empty(size, dtype=np.float32)
         if k == 0:
-            ap[:] = 0.0
-        else:
-            _pack_a_auto(x.astype(np.float32, copy=False), ap, threads)
-        flat, ldc = _flat_out(out)
-        gemm_driver(ap, m, self.n, k, flat, ldc, bp=self.bp, bias=self.bias,
-                    bias_mode=BIAS_COL if self.bias is not None else BIAS_NONE, act=self.act,
-                    alpha=self.alpha, beta=self.beta, threads=threads)
+            out[...] = 0.0
+            if self.bias is not None:
+                out += self.bias
+            act_inplace(out.reshape(-1), 0, out.size, self.act, np.float32(self.alpha), np.float32(self.beta))
+            return out
+        need = self.scratch_bytes(m)
+        if scratch is None or scratch.nbytes < need:
+            scratch = np.empty(need, dtype=np.uint8)
+        ap_bytes = _align64(4 * packed_a_size(m, k))
+        ap = scratch[:4 * packed_a_size(m, k)].view(np.float32)
+        _pack_a_auto(x.astype(np.float32, copy=False), ap, threads)
+        flat, _ = _flat_out(out)
+        self._call(m).with_a(ap).run(flat, _EMPTY, threads, scratch[ap_bytes:])
         return out
 
 

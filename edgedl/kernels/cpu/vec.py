@@ -1,27 +1,38 @@
-"""The fp32 GEMM microkernel, written directly in LLVM IR as a Numba intrinsic.
+"""LLVM-IR building blocks of the dense kernels, as Numba intrinsics (usable inside @njit code only).
 
 Numba does not keep a GEMM register tile in registers (arrays live in memory and SLP vectorization of a
-scalar tile fails), so the innermost MR x NR tile update is emitted here with llvmlite's IRBuilder:
+scalar tile fails), so the GEMM microkernel is emitted here with llvmlite's IRBuilder:
 
-* the tile is ``MR`` rows of ``NV`` vectors ``<VW x float>`` (MR * NV accumulators, phi nodes of a k loop
-  built from basic blocks, unrolled ``UNROLL`` times with a remainder loop);
+* :data:`microkernel_panel`: a loop over the MR x NR tiles down one packed B panel; per tile, ``MR`` rows
+  of ``NV`` vectors ``<VW x float>`` (MR * NV accumulators, phi nodes of a k loop built from basic blocks,
+  unrolled ``UNROLL`` times plus a remainder loop);
 * per k step: ``NV`` vector loads of the packed B row (align 4: unaligned-safe), ``MR`` scalar loads of
   the packed A column splatted to vectors, ``MR * NV`` ``llvm.fmuladd`` (fused where the FPU has FMA,
   a multiply and an add elsewhere; never a libcall as ``llvm.fma`` can be);
 * before the loop the accumulators start from 0, or from the C tile (``UK_ACCUMULATE``: K-blocking), plus
   a per-row bias (``UK_BIAS``) and/or a per-column bias (``UK_BIAS_COL``);
 * after the loop the simple activations (:data:`~edgedl.kernels.cpu.act.SIMPLE_ACTS`) run on the vectors
-  and the tile is stored to C at row stride ``ldc``.
+  and the tile is stored to C at row stride ``ldc``. Edge tiles: missing rows are handled without masks
+  (their stores are redirected to row 0, rewritten with its own values), missing columns with
+  ``llvm.masked.load/store``.
 
-Only portable LLVM vector IR is used (no target intrinsics): the backend splits ``<8 x float>`` into the
-target's registers (two NEON q registers, one AVX ymm register).
+Also here: vector copies for B packing (:data:`copy_nr`, :data:`copy_nr_s2`, :data:`copy_floats`) and
+the depthwise convolution row kernels (:data:`dw_row_3_1` ...), because LLVM does not vectorize those
+loops by itself from Numba code (unprovable aliasing, negative-index wraparound).
+
+Only portable LLVM vector IR is used (no target intrinsics): the backend maps ``<8 x float>`` onto the
+target's registers (two NEON q registers, one AVX ymm register). The tile shape comes from
+:data:`~edgedl.kernels.cpu.config.GEMM_TILE` (6 x 16 on x86-64 and AArch64, 4 x 8 on 32-bit ARM).
 
 Packed layouts (see :mod:`~edgedl.kernels.cpu.gemm`): A row panel ``[K][MR]``, B column panel ``[K][NR]``.
+
+Note: Numba's on-disk cache of a kernel is keyed on its own source file only; after editing this file,
+delete the ``*.nbi``/``*.nbc`` files of gemm/conv in ``__pycache__`` (or change gemm.py/conv.py).
 """
 from __future__ import annotations
 
-import llvmlite.ir as ir
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -355,59 +366,6 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         builder.position_at_end(bb)
         store_all([_act_ir(builder, code, x, va, vb, vecty) for x in final])
     builder.position_at_end(bb_exit)
-
-
-def _make_microkernel(mr, nv, vw, unroll):
-    @intrinsic
-    def microkernel(typingctx, kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act,
-                    alpha, beta, mrows, ncols):
-        for arr in (ap, bp, c, bias):
-            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
-                return None
-        for i in (kc, a_off, b_off, c_off, ldc, flags, bias_off, act, mrows, ncols):
-            if not isinstance(i, types.Integer):
-                return None
-        for f in (alpha, beta):
-            if not isinstance(f, (types.Float, types.Integer)):
-                return None
-        sig = types.void(kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act, alpha, beta,
-                         mrows, ncols)
-
-        def codegen(context, builder, signature, args):
-            at = signature.args
-
-            def i64(k):
-                return context.cast(builder, args[k], at[k], types.int64)
-
-            def data(k, off_k):
-                arr = context.make_array(at[k])(context, builder, value=args[k])
-                return builder.gep(arr.data, [i64(off_k)])
-
-            a_ptr = data(1, 2)
-            b_ptr = data(3, 4)
-            c_ptr = data(5, 6)
-            bias_ptr = data(9, 10)
-            alpha_v = context.cast(builder, args[12], at[12], types.float32)
-            beta_v = context.cast(builder, args[13], at[13], types.float32)
-            _emit_microkernel(context, builder, mr, nv, vw, unroll, i64(0), a_ptr, b_ptr, c_ptr, i64(7),
-                              i64(8), bias_ptr, i64(11), alpha_v, beta_v, i64(14), i64(15))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return microkernel
-
-
-#: ``microkernel(kc, ap, a_off, bp, b_off, c, c_off, ldc, flags, bias, bias_off, act, alpha, beta,
-#: mrows, ncols)``
-#:
-#: C[c_off + r*ldc + j] (r < mrows <= MR, j < ncols <= NR) = act(init + sum_k ap[a_off + k*MR + r] * bp[b_off + k*NR + j])
-#: with init = (C if flags & UK_ACCUMULATE else 0) + (bias[bias_off + r] if flags & UK_BIAS else 0)
-#: + (bias[bias_off + j] if flags & UK_BIAS_COL else 0).
-#: ``act`` is applied only for the codes of SIMPLE_ACTS (others: stored without activation). ``ap``,
-#: ``bp``, ``bias``: float32 arrays (bias is read only with UK_BIAS); ``c``: float32 array of any rank,
-#: addressed flat from its data pointer. Usable only inside @njit code.
-microkernel = _make_microkernel(MR, NV, VW, UNROLL)
 
 
 # ---------------------------------------------------------------------------------------------------
