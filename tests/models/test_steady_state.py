@@ -13,8 +13,8 @@ CHILD = r"""
 import json, tracemalloc, numpy as np, edgedl
 from edgedl import zoo
 from edgedl.registry import Kernel
-model = edgedl.load(zoo.mobilenet_v2_like(resolution=64, width=0.5, classes=10))
-x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+model = edgedl.load(zoo.mobilenet_v2_like(resolution=128, width=0.5, classes=10))
+x = np.random.default_rng(0).standard_normal((1, 3, 128, 128)).astype(np.float32)
 model(x); model(x)
 plan = model.plan({"input": x.shape})
 per_step = {}
