@@ -4,6 +4,8 @@
 
 The summary at the end prints each ratio and their geometric mean.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from edgedl import zoo
 
 ort = pytest.importorskip("onnxruntime")
 
-THREADS = 2
+THREADS = int(os.environ.get("EDGEDL_BENCH_THREADS", "2"))
 CASES = {
     "mobilenet_v2_like 224": lambda: (zoo.mobilenet_v2_like(), (1, 3, 224, 224)),
     "mobilenet_v2_like 0.5x 128": lambda: (zoo.mobilenet_v2_like(resolution=128, width=0.5), (1, 3, 128, 128)),
@@ -31,26 +33,31 @@ def _case(name):
     return _cache[name]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_edgedl(benchmark, case):
-    proto, x = _case(case)
+def _edgedl_runner(proto, x):
     model = edgedl.load(proto, num_threads=THREADS)
     feeds = {model.inputs[0].name: x}
     model.run(feeds)  # compile + plan outside the timing
-    benchmark.extra_info.update(engine="edgedl", case=case)
-    benchmark.group = case
-    benchmark(model.run, feeds)
+    return model.run, feeds
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_onnxruntime(benchmark, case):
-    proto, x = _case(case)
+def _ort_runner(proto, x):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {sess.get_inputs()[0].name: x}
     sess.run(None, feeds)
-    benchmark.extra_info.update(engine="onnxruntime", case=case)
+    return (lambda f: sess.run(None, f)), feeds
+
+
+RUNNERS = {"edgedl": _edgedl_runner, "onnxruntime": _ort_runner}
+
+
+# NOTE: each case's two engines run back to back, so slow drifts of a shared machine hit both alike.
+@pytest.mark.parametrize("case,engine", [(c, e) for c in sorted(CASES) for e in RUNNERS])
+def test_latency(benchmark, case, engine):
+    proto, x = _case(case)
+    run, feeds = RUNNERS[engine](proto, x)
+    benchmark.extra_info.update(engine=engine, case=case, threads=THREADS)
     benchmark.group = case
-    benchmark(sess.run, None, feeds)
+    benchmark(run, feeds)

@@ -117,10 +117,15 @@ def act_inplace(x, start, stop, code, alpha, beta):
     """Apply activation ``code`` to ``x[start:stop]`` (x: flat float32 array), in place.
 
     The branch on ``code`` is taken once, outside the loop, so every loop vectorizes on its own."""
-    if code == ACT_NONE:
+    if code == ACT_NONE or stop <= start:
         return
     a = np.float32(alpha)
     b = np.float32(beta)
+    # NOTE: loop over a slice from 0: with an index of unknown sign Numba emits a negative-index
+    # wraparound per element, which stops LLVM from vectorizing (measured ~8x slower for HardSwish).
+    x = x[start:stop]
+    start = 0
+    stop = x.shape[0]
     if code == ACT_RELU:
         for i in range(start, stop):
             x[i] = apply_act(x[i], ACT_RELU, a, b)

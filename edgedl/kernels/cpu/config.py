@@ -14,7 +14,7 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 
 #: a kernel runs its parallel (prange) variant only when it has at least this many multiply-adds
 #: (or element operations) to do; below it the thread fork/join costs more than it saves
-PARALLEL_MIN_WORK = 1 << 18
+PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_PARALLEL_MIN_WORK", 1 << 18))
 
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
