@@ -4,6 +4,7 @@
 
 The summary at the end prints each ratio and their geometric mean.
 """
+import gc
 import os
 
 import numpy as np
@@ -37,7 +38,7 @@ def _edgedl_runner(proto, x):
     model = edgedl.load(proto, num_threads=THREADS)
     feeds = {model.inputs[0].name: x}
     model.run(feeds)  # compile + plan outside the timing
-    return model.run, feeds
+    return model.run, feeds, lambda: None
 
 
 def _ort_runner(proto, x):
@@ -47,7 +48,12 @@ def _ort_runner(proto, x):
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feeds = {sess.get_inputs()[0].name: x}
     sess.run(None, feeds)
-    return (lambda f: sess.run(None, f)), feeds
+    holder = [sess]
+
+    def close():
+        holder.clear()  # the session's spinning worker threads end with it
+
+    return (lambda f: holder[0].run(None, f)), feeds, close
 
 
 RUNNERS = {"edgedl": _edgedl_runner, "onnxruntime": _ort_runner}
@@ -57,7 +63,13 @@ RUNNERS = {"edgedl": _edgedl_runner, "onnxruntime": _ort_runner}
 @pytest.mark.parametrize("case,engine", [(c, e) for c in sorted(CASES) for e in RUNNERS])
 def test_latency(benchmark, case, engine):
     proto, x = _case(case)
-    run, feeds = RUNNERS[engine](proto, x)
+    gc.collect()
+    run, feeds, close = RUNNERS[engine](proto, x)
     benchmark.extra_info.update(engine=engine, case=case, threads=THREADS)
     benchmark.group = case
-    benchmark(run, feeds)
+    try:
+        benchmark(run, feeds)
+    finally:
+        # NOTE: one engine's idle worker threads must not share the cores with the other's measurement
+        close()
+        gc.collect()

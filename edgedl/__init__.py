@@ -17,6 +17,14 @@ import os as _os
 # Set OMP_WAIT_POLICY yourself (before importing edgedl or numba) to choose otherwise.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# NOTE: an installed edgedl has edgedl.converters and edgedl.targets (setuptools package-dir maps the
+# top-level converters/ and targets/ folders onto them). Imported straight from a source checkout (python
+# run from the repository root), those folders sit beside edgedl/: let the package find them there too.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
+        _os.path.join(_root, "converters", "__init__.py")):
+    __path__.append(_root)  # type: ignore[name-defined]
+
 from .errors import EdgeDLError, InputError, ModelFormatError, ShapeError, UnsupportedOpError
 from .model import Model, TensorInfo
 from .threads import set_num_threads

@@ -43,9 +43,10 @@ print(json.dumps({"worst_step": worst, "median_tensor": tensors[len(tensors) // 
 """
 
 
-def test_no_allocation_beyond_outputs():
+def test_no_allocation_beyond_outputs(tmp_path):
     env = dict(os.environ, NUMBA_NRT_STATS="1")
-    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=900,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     # Every step allocates at most a few KiB of interpreter bookkeeping (views, argument tuples), no

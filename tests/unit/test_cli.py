@@ -43,15 +43,15 @@ def test_ops_matrix(capsys):
 def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    r = subprocess.run([sys.executable, "-m", "edgedl.cli", "info", str(bad)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "edgedl.cli", "info", str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0
     assert r.stderr.startswith("edgedl: error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run([sys.executable, "-m", "edgedl.cli", "run", EXAMPLE, "--input", str(tmp_path / "no.npy")],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((1, 41, 98), np.float32))
     r = subprocess.run([sys.executable, "-m", "edgedl.cli", "run", EXAMPLE, "--input", str(wrong)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "axis 1" in r.stderr and "Traceback" not in r.stderr

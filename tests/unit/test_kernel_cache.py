@@ -18,7 +18,8 @@ print(json.dumps({**kernel_cache_stats(), "y": y.tolist()}))
 
 def _child(cache_dir):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
-    r = subprocess.run([sys.executable, "-c", CHILD, EXAMPLE], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, "-c", CHILD, EXAMPLE], capture_output=True, text=True, env=env, timeout=600,
+                       cwd=cache_dir)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -475,7 +475,12 @@ class GemmCall:
             keep = mst > MC // MR
             bufsize = (nbt if keep else 1) * KC * NR
             nslots = min(threads, ntasks) if parallel else 0
-            plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt))
+            # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
+            # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.
+            shared = (nslots > 1 and rs > 1 and total == 1 and self._head[2].size == 0
+                      and self.k <= SHARED_PACK_MAX_K)
+            shared_floats = -(-self.n // NR) * self.k * NR if shared else 0
+            plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)
             self._plans[threads] = plan
         return plan
 
@@ -485,9 +490,9 @@ class GemmCall:
         return self
 
     def _work_sizes(self, threads: int) -> tuple[int, int]:
-        nslots, _, bufsize, _ = self._plan(threads)
+        nslots, _, bufsize, _, shared_floats = self._plan(threads)
         slots = max(nslots, 1)
-        return slots * bufsize * 4, slots * 2 * NR * 8
+        return (slots * bufsize + shared_floats) * 4, slots * 2 * NR * 8
 
     def scratch_bytes(self, max_threads: int | None = None) -> int:
         """Workspace bytes :meth:`run` needs for any thread count up to ``max_threads`` (default: every
@@ -506,7 +511,7 @@ class GemmCall:
         if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
             return
         threads = numba.get_num_threads() if threads is None else threads
-        nslots, ntasks, bufsize, split = self._plan(threads)
+        nslots, ntasks, bufsize, split, shared_floats = self._plan(threads)
         fbytes, ibytes = self._work_sizes(threads)
         if work is None or work.nbytes < _align8(fbytes) + ibytes:
             work = np.empty(_align8(fbytes) + ibytes, dtype=np.uint8)
@@ -514,7 +519,14 @@ class GemmCall:
         ibuf = work[_align8(fbytes):_align8(fbytes) + ibytes].view(np.int64)
         if bsrc.size == 0:
             bsrc = _ONE
-        args = ((bufsize, wbuf, ibuf) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split
+        head = self._head
+        if shared_floats:
+            bshared = wbuf[wbuf.size - shared_floats:]
+            wbuf = wbuf[:wbuf.size - shared_floats]
+            _, _, geo, ktab = self._mid
+            _pack_b_shared(nslots, bsrc, geo, ktab, self.k, self.n, bshared, ibuf)
+            head = (head[0], head[1], bshared)
+        args = ((bufsize, wbuf, ibuf) + head + (bsrc,) + self._mid + (c,) + self._tail + split
                 + self._flags)
         if nslots:
             _gemm_parallel(nslots, ntasks, *args)
@@ -523,6 +535,22 @@ class GemmCall:
 
 
 _ONE = np.zeros(1, dtype=np.float32)
+
+#: largest K for which a row-split parallel GEMM packs B once into the workspace (bounds its size)
+SHARED_PACK_MAX_K = 1 << 14
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _pack_b_shared(nslots, bsrc, geo, ktab, k, n, bp, ibuf):
+    # bp: (ceil(n/NR) * k * NR,) float32, packed as pack_b lays it out: panel jt at bp[jt*k*NR:], [k][NR]
+    # ibuf: (nslots * 2*NR,) int64 index buffers, one pair per slot
+    nt = (n + NR - 1) // NR
+    for s in prange(nslots):
+        ybase = ibuf[s * 2 * NR:s * 2 * NR + NR]
+        xbase = ibuf[s * 2 * NR + NR:(s + 1) * 2 * NR]
+        for jt in range(s * nt // nslots, (s + 1) * nt // nslots):
+            col0 = jt * NR
+            _pack_b_panel(bsrc, 0, geo, ktab, 0, k, col0, min(NR, n - col0), bp[jt * k * NR:], ybase, xbase)
 
 
 def _align8(n: int) -> int:
