@@ -25,9 +25,9 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
         _os.path.join(_root, "converters", "__init__.py")):
     __path__.append(_root)  # type: ignore[name-defined]
 
-from .errors import EdgeDLError, InputError, ModelFormatError, ShapeError, UnsupportedOpError
-from .model import Model, TensorInfo
-from .threads import set_num_threads
+from .errors import EdgeDLError, InputError, ModelFormatError, ShapeError, UnsupportedOpError  # noqa: E402
+from .model import Model, TensorInfo  # noqa: E402
+from .threads import set_num_threads  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,8 @@ from .converters.onnx_import import numpy_to_onnx_dtype
 
 
 def _namedtuple(names):
-    fields = [n if n.isidentifier() and not n.startswith("_") and not keyword.iskeyword(n) else f"output_{i}" for i, n in enumerate(names)]
+    fields = [n if n.isidentifier() and not n.startswith("_") and not keyword.iskeyword(n) else f"output_{i}"
+              for i, n in enumerate(names)]
     if len(set(fields)) != len(fields):
         fields = [f"output_{i}" for i in range(len(names))]
     return namedtuple("Outputs", fields)

@@ -6,14 +6,14 @@ turns it into an executable plan. Nothing here knows about ONNX protobufs or ker
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union  # noqa: F401  (Union keeps the Dim alias valid on Python 3.10)
 
 import numpy as np
 
 from .errors import ModelFormatError, ShapeError
 
 #: A dimension is a fixed size (int), a symbol bound at run time (str) or unknown (None).
-Dim = Union[int, str, None]
+Dim = Union[int, str, None]  # noqa: UP007
 
 #: Largest tensor edgedl accepts, in elements: anything bigger is a broken or hostile model.
 MAX_TENSOR_ELEMENTS = 1 << 32

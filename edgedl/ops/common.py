@@ -34,8 +34,8 @@ def const_input(op: Op, consts: list, index: int, what: str) -> np.ndarray:
     value = consts[index] if index < len(consts) else None
     if value is None:
         tensor = op.node.inputs[index] if index < len(op.node.inputs) else ""
-        raise ConstantRequired(f"{op.node.describe()}: {what} (input {index}, '{tensor}') must be a constant known when "
-                               "the plan is built; values computed from data inside the model are not "
+        raise ConstantRequired(f"{op.node.describe()}: {what} (input {index}, '{tensor}') must be a constant "
+                               "known when the plan is built; values computed from data inside the model are not "
                                "supported", tensor)
     return value
 

@@ -112,7 +112,7 @@ class Conv(_ConvBase):
         return [activation_ref(y.astype(x.dtype), *self.act)]
 
     def build(self, ins, outs, consts):
-        x, w = ins[0], ins[1]
+        x = ins[0]
         if x.dtype != np.float32 or len(x.shape) not in (3, 4):
             return ref_kernel(self)
         return _build_conv_kernel(self, ins, outs, consts)
@@ -239,6 +239,11 @@ def _as_2d(kernel, strides, dilations, pads):
     return [1, kernel[0]], [1, strides[0]], [1, dilations[0]], [0, pads[0], 0, pads[1]]
 
 
+def _as_4d(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, C, L) as (N, C, 1, L); 4-D shapes unchanged."""
+    return shape if len(shape) == 4 else (*shape[:2], 1, shape[2])
+
+
 def _constant_params(op: Op, consts) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
     """(weight, bias, all constant): the prepare step packs constant weights once."""
     w = consts[1]
@@ -251,31 +256,14 @@ def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
     from ..kernels.cpu.conv import Conv2d
 
     kernel, strides, dilations, pads = _as_2d(*op.geometry)
-    x_shape = ins[0].shape if len(ins[0].shape) == 4 else (*ins[0].shape[:2], 1, ins[0].shape[2])
-    out_shape = outs[0].shape if len(outs[0].shape) == 4 else (*outs[0].shape[:2], 1, outs[0].shape[2])
+    x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
     w_shape = (*ins[1].shape[:2], *kernel)
     code, alpha, beta = op.act
 
     def make(w, b):
         return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group, code, alpha, beta)
 
-    w, b, constant = _constant_params(op, consts)
-    if constant:
-        conv = make(w, b)  # weights packed once, here
-
-        def run(inputs, outputs, scratch):
-            conv(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
-
-        return Kernel(run, scratch_bytes=conv.scratch_bytes)
-
-    # Weights computed at run time (rare): pack them on every call.
-    probe = make(np.zeros(w_shape, np.float32), None)
-
-    def run_dynamic(inputs, outputs, scratch):
-        make(inputs[1], inputs[2] if len(inputs) > 2 else None)(
-            inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
-
-    return Kernel(run_dynamic, scratch_bytes=probe.scratch_bytes)
+    return _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
 
 
 def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel:
@@ -287,8 +275,7 @@ def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel
     if len(kernel) == 1:
         out_pad = [0, out_pad[0]]
     kernel, strides, dilations, pads = _as_2d(kernel, strides, dilations, pads)
-    x_shape = ins[0].shape if len(ins[0].shape) == 4 else (*ins[0].shape[:2], 1, ins[0].shape[2])
-    out_shape = outs[0].shape if len(outs[0].shape) == 4 else (*outs[0].shape[:2], 1, outs[0].shape[2])
+    x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
     w_shape = (*ins[1].shape[:2], *kernel)
     code, alpha, beta = op.act
 
@@ -300,6 +287,12 @@ def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel
                            f"shape rule says {out_shape}")
         return conv
 
+    return _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+
+
+def _conv_kernel(op: Op, make, consts, w_shape, x_shape, out_shape) -> Kernel:
+    """A Kernel over a prepared 2-D (transposed) convolution ``make(weight, bias)``: constant weights are
+    packed once, here; weights computed at run time (rare) are packed on every call."""
     w, b, constant = _constant_params(op, consts)
     if constant:
         conv = make(w, b)

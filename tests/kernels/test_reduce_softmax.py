@@ -237,7 +237,7 @@ def test_parallel_matches_serial():
             results.append([run_op(t, ins, attrs, opset)[0] for t, ins, attrs, opset in cases])
     finally:
         numba.set_num_threads(before)
-    for (t, ins, attrs, _), y1, y2 in zip(cases, *results):
+    for (t, _ins, _attrs, _), y1, y2 in zip(cases, *results):
         rtol = 1e-6 if t.startswith("Reduce") else 0  # sums: partial sums combine in another order
         np.testing.assert_allclose(y1, y2, rtol=rtol)
     close(results[0][0], softmax64(big, -1))

@@ -43,7 +43,8 @@ def test_ops_matrix(capsys):
 def test_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    r = subprocess.run([sys.executable, "-m", "edgedl.cli", "info", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "edgedl.cli", "info", str(bad)], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode != 0
     assert r.stderr.startswith("edgedl: error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -1,7 +1,6 @@
 """Load-time passes (BatchNormalization folding, activation fusion, Identity removal) and plan-time
 constant folding keep results unchanged while removing work."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

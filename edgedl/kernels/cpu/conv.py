@@ -27,8 +27,17 @@ from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
-from .gemm import (BIAS_NONE, BIAS_ROW, GemmCall, conv_geometry, conv_ktab, matrix_geometry, matrix_ktab,
-                   pack_a, packed_a_size)
+from .gemm import (
+    BIAS_NONE,
+    BIAS_ROW,
+    GemmCall,
+    conv_geometry,
+    conv_ktab,
+    matrix_geometry,
+    matrix_ktab,
+    pack_a,
+    packed_a_size,
+)
 from .vec import VW, copy_floats, dw_row_3_1, dw_row_3_2, dw_row_5_1, dw_row_5_2
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",

@@ -34,8 +34,18 @@ from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
 from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
-from .vec import (MR, NR, UK_ACCUMULATE, UK_BIAS, UK_BIAS_COL, VW, copy_nr, copy_nr_s2, microkernel_panel,
-                  microkernel_panel_narrow)
+from .vec import (
+    MR,
+    NR,
+    UK_ACCUMULATE,
+    UK_BIAS,
+    UK_BIAS_COL,
+    VW,
+    copy_nr,
+    copy_nr_s2,
+    microkernel_panel,
+    microkernel_panel_narrow,
+)
 
 __all__ = [
     "MR", "NR", "KC", "MC", "NC", "matrix_ktab", "conv_ktab", "BIAS_NONE", "BIAS_ROW", "BIAS_COL",
@@ -484,7 +494,7 @@ class GemmCall:
             self._plans[threads] = plan
         return plan
 
-    def with_a(self, ap: np.ndarray) -> "GemmCall":
+    def with_a(self, ap: np.ndarray) -> GemmCall:
         """Point this prepared call at another packed A of the same size (e.g. one packed per call)."""
         self._head = (ap,) + self._head[1:]
         return self
@@ -870,7 +880,7 @@ class PackedWeight:
         self.beta = float(beta)
         self._calls: dict[int, GemmCall] = {}
 
-    def _call(self, m: int) -> "GemmCall":
+    def _call(self, m: int) -> GemmCall:
         call = self._calls.get(m)
         if call is None:
             call = GemmCall(_EMPTY_PACKED, m, self.n, self.k, self.n, bp=self.bp, bias=self.bias,
