@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConstantRequired, EdgeDLError, InputError, ShapeError
-from .ir import Graph, TensorSpec, TensorType, contiguous
+from .errors import ConstantRequired, EdgeDLError, InputError
+from .ir import Graph, TensorType, contiguous
 from .registry import Op, lookup
 from .runtime.plan import Plan, build_plan
 from .threads import configure_threads
@@ -211,10 +211,3 @@ class Model:
 
 def _fmt(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def spec_of(t: TensorSpec) -> TensorInfo:
-    return TensorInfo(t.name, t.shape, np.dtype(t.dtype))
-
-
-__all__ = ["Model", "TensorInfo", "ShapeError"]

@@ -167,7 +167,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
 
     steps: list[Step] = []
     base_of: dict[str, str] = {}  # alias tensor -> arena tensor whose memory it views
-    for s_idx, node in enumerate(kept):
+    for node in kept:
         op = ops[node.name]
         ins_t = [types[i] if i else None for i in node.inputs]
         cin = [consts.get(i) if i else None for i in node.inputs]
@@ -187,7 +187,6 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
         ins = tuple(slot(i) if i else -1 for i in node.inputs)
         outs = tuple(slot(o) for o in node.outputs if o)
         steps.append(Step(node, op, kernel, ins, outs, None, view))
-        del s_idx
 
     for name in output_names:
         slot(name)
