@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 from .gemm import (
     BIAS_NONE,
     BIAS_ROW,
@@ -387,7 +387,7 @@ class Conv2d:
             self._gemm.run(of, xf, threads, scratch)
             return out
         if threads is None:
-            threads = numba.get_num_threads()
+            threads = num_threads()
         work = _as_scratch_f32(scratch, self.scratch_bytes // 4)
         psize, wsize = self._dw_sizes
         bias = self.bias if self.bias is not None else _EMPTY
@@ -465,7 +465,7 @@ class ConvTranspose2d:
         xf = _flat(x, self.in_shape, "input")
         of = _flat(out, self.out_shape, "output")
         if threads is None:
-            threads = numba.get_num_threads()
+            threads = num_threads()
         if scratch is None or scratch.nbytes < self.scratch_bytes:
             scratch = np.empty(self.scratch_bytes, dtype=np.uint8)
         col = scratch[:4 * self._ncol].view(np.float32)

@@ -41,7 +41,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from .config import FASTMATH, PARALLEL_MIN_WORK
+from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -377,7 +377,7 @@ def num_chunks(work: int) -> int:
     """How many parallel chunks ``work`` element operations are worth (1: run the serial kernel)."""
     if work < PARALLEL_MIN_WORK:
         return 1
-    return max(1, min(numba.get_num_threads(), work // (PARALLEL_MIN_WORK // 4)))
+    return max(1, min(num_threads(), work // (PARALLEL_MIN_WORK // 4)))
 
 
 def broadcast_plan(out_shape, *in_shapes):

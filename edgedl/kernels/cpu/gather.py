@@ -7,10 +7,9 @@ anything is read: a bad index makes the kernel return its position instead of re
 """
 from __future__ import annotations
 
-import numba
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 
 
 @njit(**NJIT)
@@ -59,7 +58,7 @@ def gather(data, idx, out, outer, dim, inner) -> int:
     if nwork == 0 or inner == 0:
         return -1
     if out.shape[0] >= PARALLEL_MIN_WORK and nwork > 1:
-        _gather_par(data, idx, out, dim, inner, nwork, min(nwork, 8 * numba.get_num_threads()))
+        _gather_par(data, idx, out, dim, inner, nwork, min(nwork, 8 * num_threads()))
     else:
         _gather_range(data, idx, out, dim, inner, 0, nwork)
     return -1

@@ -33,7 +33,7 @@ import numpy as np
 from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 from .vec import (
     MR,
     NR,
@@ -134,7 +134,7 @@ def pack_a_parallel(a, ap):
 
 def _pack_a_auto(a: np.ndarray, ap: np.ndarray, threads: int | None) -> None:
     if threads is None:
-        threads = numba.get_num_threads()
+        threads = num_threads()
     if threads > 1 and a.size >= PARALLEL_MIN_WORK // 2 and a.shape[0] > 2 * MR:
         pack_a_parallel(a, ap)
     else:
@@ -454,7 +454,7 @@ class GemmCall:
     * bias: ``BIAS_ROW`` adds ``bias[g*bias_gstride + i]`` to row i, ``BIAS_COL`` ``bias[j]`` to column j;
       the activation comes last.
 
-    The task split depends on the thread count at call time (numba.get_num_threads(), or ``threads``);
+    The task split depends on the thread count at call time (num_threads(), or ``threads``);
     the parallel path runs when M*N*K*batch reaches PARALLEL_MIN_WORK. Results do not depend on it."""
 
     def __init__(self, ap: np.ndarray, m: int, n: int, k: int, ldc: int, *, bp: np.ndarray = _EMPTY,
@@ -520,7 +520,7 @@ class GemmCall:
         ``work``: a uint8 workspace of at least :meth:`scratch_bytes` (allocated here when None)."""
         if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
             return
-        threads = numba.get_num_threads() if threads is None else threads
+        threads = num_threads() if threads is None else threads
         nslots, ntasks, bufsize, split, shared_floats = self._plan(threads)
         fbytes, ibytes = self._work_sizes(threads)
         if work is None or work.nbytes < _align8(fbytes) + ibytes:
@@ -708,7 +708,7 @@ def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None 
         raise ValueError("gemv handles at most 3 vectors")
     b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if threads is None:
-        threads = numba.get_num_threads()
+        threads = num_threads()
     if threads > 1 and w.size * x.shape[0] >= PARALLEL_MIN_WORK:
         _gemv_parallel(w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
     else:
@@ -762,7 +762,7 @@ def vecmat(a: np.ndarray, b: np.ndarray, out: np.ndarray, bias: np.ndarray | Non
         raise ValueError("vecmat handles at most 3 rows")
     bb = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if threads is None:
-        threads = numba.get_num_threads()
+        threads = num_threads()
     args = (np.ascontiguousarray(a, dtype=np.float32), b, out, bb, int(act), np.float32(alpha),
             np.float32(beta))
     if threads > 1 and b.size * a.shape[0] >= PARALLEL_MIN_WORK and b.shape[1] > _VM_CHUNK:

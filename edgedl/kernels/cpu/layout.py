@@ -18,11 +18,10 @@ All arrays are flat (1-D) C-contiguous; shapes and strides come as int64 arrays,
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 
 #: side of the square tiles of the tiled transpose
 TILE = 32
@@ -112,7 +111,7 @@ def transpose_rows(x, out, bshape, bstride, length):
     if nrows == 0:
         return
     if out.shape[0] >= PARALLEL_MIN_WORK and nrows > 1:
-        _rows_par(x, out, bshape, bstride, length, nrows, min(nrows, 8 * numba.get_num_threads()))
+        _rows_par(x, out, bshape, bstride, length, nrows, min(nrows, 8 * num_threads()))
     else:
         _rows_range(x, out, bshape, bstride, length, 0, nrows)
 
@@ -171,7 +170,7 @@ def transpose_tiles(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_ist
     jb_width = 8 if (m_istride * x.itemsize) % 4096 == 0 else TILE
     if out.shape[0] >= PARALLEL_MIN_WORK and nwork > 1:
         _tiles_par(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_istride, jb_width, nwork,
-                   min(nwork, 8 * numba.get_num_threads()))
+                   min(nwork, 8 * num_threads()))
     else:
         _tiles_range(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_istride, jb_width, 0, nwork)
 

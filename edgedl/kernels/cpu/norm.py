@@ -18,13 +18,13 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 
 
 def _nchunks(work: int, units: int) -> int:
     if work < PARALLEL_MIN_WORK or units < 2:
         return 0
-    nt = numba.get_num_threads()
+    nt = num_threads()
     return min(units, 4 * nt) if nt > 1 else 0
 
 

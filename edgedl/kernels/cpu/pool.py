@@ -47,7 +47,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 
 _NINF = np.float32(-np.inf)
 _F0 = np.float32(0.0)
@@ -468,7 +468,7 @@ def _nchunks(work: int, units: int) -> int:
     """How many parallel chunks to split ``units`` independent pieces into (0: run serially)."""
     if work < PARALLEL_MIN_WORK or units < 2:
         return 0
-    nt = numba.get_num_threads()
+    nt = num_threads()
     return min(units, 4 * nt) if nt > 1 else 0
 
 

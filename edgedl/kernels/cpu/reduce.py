@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import FASTMATH, PARALLEL_MIN_WORK
+from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -214,7 +214,7 @@ class ReducePlan:
     def _chunks(self) -> int:
         if self.size < PARALLEL_MIN_WORK:
             return 1
-        return max(1, min(numba.get_num_threads(), self.max_chunks))
+        return max(1, min(num_threads(), self.max_chunks))
 
     def __call__(self, x, out, scratch):
         if self.transpose is not None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import numba
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 
 
 def _chunks(nwork: int) -> int:
-    return min(nwork, 8 * numba.get_num_threads())
+    return min(nwork, 8 * num_threads())
 
 
 # --- nearest, 2-D -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import FASTMATH, PARALLEL_MIN_WORK
+from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
 from .elementwise import exp_f32
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
@@ -137,7 +137,7 @@ class SoftmaxKernel:
         work = 4 * self.size  # exp dominates: several flops per element
         if work < PARALLEL_MIN_WORK or self.items < 2:
             return 1
-        return max(1, min(numba.get_num_threads(), self.max_chunks, self.items))
+        return max(1, min(num_threads(), self.max_chunks, self.items))
 
     def __call__(self, x, out, scratch):
         if self.size == 0:
