@@ -36,6 +36,9 @@ class _ConvBase(Op):
         self.act = fused_activation(self)
 
     def _geometry(self, x: TensorType, w: TensorType):
+        """Validate input against weight; (spatial rank, kernel, strides, dilations)."""
+        if x.dtype != w.dtype:
+            raise self.error(f"input dtype {x.dtype} and weight dtype {w.dtype} differ")
         if len(x.shape) < 3:
             raise self.error(f"input must be (N, C, spatial...), got shape {x.shape}")
         if len(w.shape) != len(x.shape):
@@ -65,8 +68,6 @@ class Conv(_ConvBase):
     def infer(self, ins, consts):
         x, w = ins[0], ins[1]
         b = ins[2] if len(ins) > 2 else None
-        if x.dtype != w.dtype:
-            raise self.error(f"input dtype {x.dtype} and weight dtype {w.dtype} differ")
         nsp, kernel, strides, dilations = self._geometry(x, w)
         n, c = x.shape[:2]
         m = w.shape[0]
@@ -150,8 +151,6 @@ class ConvTranspose(_ConvBase):
     def infer(self, ins, consts):
         x, w = ins[0], ins[1]
         b = ins[2] if len(ins) > 2 else None
-        if x.dtype != w.dtype:
-            raise self.error(f"input dtype {x.dtype} and weight dtype {w.dtype} differ")
         nsp, kernel, strides, dilations = self._geometry(x, w)
         n, c = x.shape[:2]
         if c != w.shape[0]:
