@@ -37,11 +37,16 @@ class Kernel:
 
     ``scratch_bytes`` of workspace are handed in as a uint8 array that lives only during this step.
     ``impl`` says what runs: "numba" (a compiled kernel) or "numpy" (the reference path).
+    ``bind`` (optional): ``bind(inputs, outputs, scratch, threads)`` returns a no-argument callable doing
+    the same work on those very arrays, with every argument prepared once. The planner binds steps whose
+    arrays stay the same from run to run (arena tensors, constants), which removes the per-call Python
+    work that dominates small layers.
     """
 
     fn: KernelFn
     scratch_bytes: int = 0
     impl: str = "numba"
+    bind: Callable[[list, list, np.ndarray, int], Callable[[], None]] | None = None
 
 
 class Op:

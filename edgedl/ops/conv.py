@@ -299,7 +299,12 @@ def _conv_kernel(op: Op, make, consts, w_shape, x_shape, out_shape) -> Kernel:
         def run(inputs, outputs, scratch):
             conv(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
 
-        return Kernel(run, scratch_bytes=conv.scratch_bytes)
+        bind = None
+        if hasattr(conv, "bind"):
+            def bind(inputs, outputs, scratch, threads):
+                return conv.bind(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch, threads)
+
+        return Kernel(run, scratch_bytes=conv.scratch_bytes, bind=bind)
 
     probe = make(np.zeros(w_shape, np.float32), None)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ConstantRequired, EdgeDLError, ShapeError
 from ..ir import Graph, Node, TensorType, check_shape, contiguous
+from ..kernels.cpu.config import num_threads
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
 
@@ -28,6 +29,8 @@ class Step:
     scratch: np.ndarray | None = None
     #: output 0 becomes a view of input 0 with this shape (no kernel runs)
     view_shape: tuple[int, ...] | None = None
+    #: the kernel bound to this step's fixed arrays (see Kernel.bind), or None
+    bound: object = None
 
 
 @dataclass
@@ -47,15 +50,38 @@ class Plan:
     arena_lower_bound: int
     folded: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    bound_threads: int = 0
+
+    def _bind(self, threads: int) -> None:
+        """Bind every step whose inputs, outputs and workspace are the same arrays on every run."""
+        arrays = list(self.template)
+        for step in self.steps:
+            step.bound = None
+            if step.view_shape is not None:
+                base = arrays[step.ins[0]]
+                if base is not None:  # a view of an arena tensor or a constant: the same memory every run
+                    arrays[step.outs[0]] = base.reshape(step.view_shape)
+                continue
+            if (step.kernel.bind is not None and all(i < 0 or arrays[i] is not None for i in step.ins)
+                    and all(arrays[o] is not None for o in step.outs)):
+                step.bound = step.kernel.bind([arrays[i] if i >= 0 else None for i in step.ins],
+                                              [arrays[o] for o in step.outs], step.scratch, threads)
+        self.bound_threads = threads
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
+            threads = num_threads()
+            if threads != self.bound_threads:
+                self._bind(threads)
             slots = list(self.template)
             for name, idx in self.input_slots:
                 slots[idx] = feeds[name]
             for idx, shape, dtype in self.fresh_outputs:
                 slots[idx] = np.empty(shape, dtype)
             for step in self.steps:
+                if step.bound is not None:
+                    step.bound()
+                    continue
                 if step.view_shape is not None:
                     slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
                     continue

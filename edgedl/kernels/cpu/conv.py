@@ -21,6 +21,8 @@ Both take ``__call__(x, out, scratch=None)``: ``x`` and ``out`` C-contiguous flo
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
@@ -377,6 +379,25 @@ class Conv2d:
                               act=self.act, alpha=self.alpha, beta=self.beta)
         self.scratch_bytes = self._gemm.scratch_bytes()
 
+    def bind(self, x: np.ndarray, out: np.ndarray, scratch, threads: int):
+        """A no-argument callable computing ``self(x, out, scratch, threads)`` with every argument prepared
+        now (x, out and scratch must stay the same arrays from call to call)."""
+        xf = _flat(x, self.in_shape, "input")
+        of = _flat(out, self.out_shape, "output")
+        if self.strategy == "gemm":
+            return self._gemm.bind(of, xf, threads, scratch)
+        return functools.partial(*self._dw_call(xf, of, _as_scratch_f32(scratch, self.scratch_bytes // 4), threads))
+
+    def _dw_call(self, xf, of, work, threads) -> tuple:
+        """(kernel, *arguments) of the depthwise path."""
+        psize, wsize = self._dw_sizes
+        bias = self.bias if self.bias is not None else _EMPTY
+        planes = self.out_shape[0] * self.out_shape[1]
+        slots = min(threads, planes, work.size // (psize + wsize))
+        if slots > 1 and self.work >= PARALLEL_MIN_WORK:
+            return (_dw_parallel, slots, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
+        return (_dw_serial, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
+
     def __call__(self, x: np.ndarray, out: np.ndarray, scratch=None, threads: int | None = None) -> np.ndarray:
         """``scratch``: a uint8 workspace of ``scratch_bytes`` (allocated per call when None)."""
         xf = _flat(x, self.in_shape, "input")
@@ -388,15 +409,8 @@ class Conv2d:
             return out
         if threads is None:
             threads = num_threads()
-        work = _as_scratch_f32(scratch, self.scratch_bytes // 4)
-        psize, wsize = self._dw_sizes
-        bias = self.bias if self.bias is not None else _EMPTY
-        planes = self.out_shape[0] * self.out_shape[1]
-        slots = min(threads, planes, work.size // (psize + wsize))
-        if slots > 1 and self.work >= PARALLEL_MIN_WORK:
-            _dw_parallel(slots, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
-        else:
-            _dw_serial(work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
+        fn, *args = self._dw_call(xf, of, _as_scratch_f32(scratch, self.scratch_bytes // 4), threads)
+        fn(*args)
         return out
 
 

@@ -28,6 +28,8 @@ High level: :func:`gemm`, :func:`matmul`, :class:`PackedA` (constant left operan
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
@@ -513,6 +515,29 @@ class GemmCall:
         sizes = [self._work_sizes(t) for t in range(1, top + 1)]
         return _align8(max(f for f, _ in sizes)) + max(i for _, i in sizes)
 
+    def bind(self, c: np.ndarray, bsrc: np.ndarray, threads: int, work: np.ndarray | None):
+        """A no-argument callable doing ``run(c, bsrc, threads, work)`` with every argument prepared now
+        (the arrays must stay the same from call to call)."""
+        if self.m <= 0 or self.n <= 0 or self.nbatch * self.ngroups == 0:
+            return _nothing
+        fbytes, ibytes = self._work_sizes(threads)
+        if work is None or work.nbytes < _align8(fbytes) + ibytes:
+            work = np.empty(_align8(fbytes) + ibytes, dtype=np.uint8)
+        return functools.partial(self.run, c, bsrc, threads, work) if self._plan(threads)[4] else \
+            functools.partial(*self._call_args(c, bsrc, threads, work))
+
+    def _call_args(self, c, bsrc, threads, work) -> tuple:
+        """(kernel, *arguments) of one call without shared B packing."""
+        nslots, ntasks, bufsize, split, _ = self._plan(threads)
+        fbytes, ibytes = self._work_sizes(threads)
+        wbuf = work[:fbytes].view(np.float32)
+        ibuf = work[_align8(fbytes):_align8(fbytes) + ibytes].view(np.int64)
+        if bsrc.size == 0:
+            bsrc = _ONE
+        args = ((bufsize, wbuf, ibuf) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split
+                + self._flags)
+        return (_gemm_parallel, nslots, ntasks, *args) if nslots else (_gemm_serial, ntasks, *args)
+
     def run(self, c: np.ndarray, bsrc: np.ndarray = _EMPTY, threads: int | None = None,
             work: np.ndarray | None = None) -> None:
         """Compute into the flat float32 ``c`` reading B from the flat float32 ``bsrc``.
@@ -525,26 +550,28 @@ class GemmCall:
         fbytes, ibytes = self._work_sizes(threads)
         if work is None or work.nbytes < _align8(fbytes) + ibytes:
             work = np.empty(_align8(fbytes) + ibytes, dtype=np.uint8)
+        if not shared_floats:
+            fn, *args = self._call_args(c, bsrc, threads, work)
+            fn(*args)
+            return
         wbuf = work[:fbytes].view(np.float32)
         ibuf = work[_align8(fbytes):_align8(fbytes) + ibytes].view(np.int64)
         if bsrc.size == 0:
             bsrc = _ONE
-        head = self._head
-        if shared_floats:
-            bshared = wbuf[wbuf.size - shared_floats:]
-            wbuf = wbuf[:wbuf.size - shared_floats]
-            _, _, geo, ktab = self._mid
-            _pack_b_shared(nslots, bsrc, geo, ktab, self.k, self.n, bshared, ibuf)
-            head = (head[0], head[1], bshared)
-        args = ((bufsize, wbuf, ibuf) + head + (bsrc,) + self._mid + (c,) + self._tail + split
-                + self._flags)
-        if nslots:
-            _gemm_parallel(nslots, ntasks, *args)
-        else:
-            _gemm_serial(ntasks, *args)
+        bshared = wbuf[wbuf.size - shared_floats:]
+        wbuf = wbuf[:wbuf.size - shared_floats]
+        _, _, geo, ktab = self._mid
+        _pack_b_shared(nslots, bsrc, geo, ktab, self.k, self.n, bshared, ibuf)
+        head = (self._head[0], self._head[1], bshared)
+        _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c, *self._tail, *split,
+                       *self._flags)
 
 
 _ONE = np.zeros(1, dtype=np.float32)
+
+
+def _nothing() -> None:
+    return None
 
 #: largest K for which a row-split parallel GEMM packs B once into the workspace (bounds its size)
 SHARED_PACK_MAX_K = 1 << 14
