@@ -11,12 +11,6 @@ from __future__ import annotations
 
 import os as _os
 
-# NOTE: Numba's OpenMP workers spin after each parallel region by default. On a board where other work
-# shares the cores (and on this project's 2-vCPU CI machines) the spinning threads slow the serial kernels
-# between parallel regions: measured 12.5 ms -> 6.6 ms for MobileNetV2 at 2 threads with a passive wait.
-# Set OMP_WAIT_POLICY yourself (before importing edgedl or numba) to choose otherwise.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # NOTE: an installed edgedl has edgedl.converters and edgedl.targets (setuptools package-dir maps the
 # top-level converters/ and targets/ folders onto them). Imported straight from a source checkout (python
 # run from the repository root), those folders sit beside edgedl/: let the package find them there too.
