@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
+import pytest
 
 import edgedl
 from edgedl import zoo
@@ -60,4 +62,22 @@ def test_one_and_two_threads_agree():
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
     y1 = edgedl.load(proto, num_threads=1)(x)
     y2 = edgedl.load(proto, num_threads=2)(x)
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
+def test_changing_the_thread_count_rebinds_prepared_steps():
+    proto = zoo.mobilenet_v2_like(resolution=64, width=0.5, classes=10)
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    model = edgedl.load(proto)
+    try:
+        edgedl.set_num_threads(2)
+        y2 = model(x)
+        plan = model.plan({"input": x.shape})
+        assert plan.bound_threads == 2 and any(s.bound is not None for s in plan.steps)
+        edgedl.set_num_threads(1)
+        y1 = model(x)
+        assert plan.bound_threads == 1
+    finally:
+        edgedl.set_num_threads(None)
     np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-7)
