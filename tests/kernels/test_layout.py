@@ -5,11 +5,10 @@ import numba
 import numpy as np
 import pytest
 
+from edgedl import testing
 from edgedl.errors import EdgeDLError, ShapeError, UnsupportedOpError
-from edgedl.ir import Node, TensorType
 from edgedl.kernels.cpu.layout import bits_view, collapse_transpose, make_transpose
 from edgedl.ops.layout import slice_bounds
-from edgedl.registry import lookup
 
 rng = np.random.default_rng(1234)
 
@@ -19,17 +18,7 @@ def run_op(op_type, inputs, attrs=None, opset=18, const=(), n_out=1):
 
     ``inputs`` is a list of arrays (None for omitted inputs); indices in ``const`` are passed as constants.
     Returns (outputs, reference outputs, kernel)."""
-    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    node = Node(op_type, "n", names, [f"o{k}" for k in range(n_out)], dict(attrs or {}))
-    op = lookup(op_type)(node, opset)
-    ins = [None if a is None else TensorType(a.shape, a.dtype) for a in inputs]
-    consts = [a if k in const else None for k, a in enumerate(inputs)]
-    outs = op.infer(ins, consts)
-    kernel = op.build(ins, outs, consts)
-    results = [np.empty(t.shape, t.dtype) for t in outs]
-    scratch = np.empty(kernel.scratch_bytes, np.uint8)
-    kernel.fn(list(inputs), results, scratch)
-    return results, op.ref(*inputs), kernel
+    return testing.run_op(op_type, inputs, attrs, opset=opset, const=const, n_out=n_out)
 
 
 def rand(shape, dtype=np.float32):

@@ -7,6 +7,7 @@ import numba
 import numpy as np
 import pytest
 
+from edgedl import testing
 from edgedl.errors import EdgeDLError, ShapeError
 from edgedl.ir import Node, TensorType
 from edgedl.registry import lookup
@@ -19,13 +20,7 @@ def make_op(op_type, attrs, inputs, outputs, opset):
 
 
 def run(op, arrays, consts):
-    ins = [TensorType(a.shape, a.dtype) for a in arrays]
-    types = op.infer(ins, consts)
-    present = [t for t, o in zip(types, op.node.outputs) if o]
-    kernel = op.build(ins, present, consts)
-    outs = [np.full(t.shape, np.nan, t.dtype) for t in present]
-    kernel.fn(list(arrays), outs, np.empty(kernel.scratch_bytes, np.uint8))
-    return outs, kernel
+    return testing.run_kernel(op, arrays, consts)
 
 
 def bn_params(rng, c, dtype=np.float32):

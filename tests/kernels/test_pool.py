@@ -8,6 +8,7 @@ import numba
 import numpy as np
 import pytest
 
+from edgedl import testing
 from edgedl.errors import EdgeDLError, ShapeError
 from edgedl.ir import Node, TensorType
 from edgedl.registry import lookup
@@ -21,14 +22,8 @@ def make_op(op_type, attrs, n_out=1, opset=19):
 
 
 def run_kernel(op, x):
-    """infer -> build -> run on preallocated outputs; returns (outputs, kernel)."""
-    types = op.infer([TensorType(x.shape, x.dtype)], [None])
-    present = [t for t, o in zip(types, op.node.outputs) if o]
-    kernel = op.build([TensorType(x.shape, x.dtype)], present, [None])
-    outs = [np.full(t.shape, 7, t.dtype) for t in present]
-    scratch = np.empty(kernel.scratch_bytes, np.uint8)
-    kernel.fn([x], outs, scratch)
-    return outs, kernel
+    """infer -> build -> run on preallocated outputs (filled with 7); returns (outputs, kernel)."""
+    return testing.run_kernel(op, [x], [None], fill=7)
 
 
 def spec_out_size(n, k, s, d, pb, pe, ceil_mode, auto_pad):

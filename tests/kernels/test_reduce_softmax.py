@@ -3,11 +3,10 @@ import numba
 import numpy as np
 import pytest
 
+from edgedl import testing
 from edgedl.errors import ShapeError, UnsupportedOpError
-from edgedl.ir import Node, TensorType
 from edgedl.kernels.cpu.config import PARALLEL_MIN_WORK
 from edgedl.kernels.cpu.reduce import R_MAX, R_SUM, ReducePlan
-from edgedl.registry import lookup
 
 rng = np.random.default_rng(77)
 
@@ -18,17 +17,8 @@ def run_op(op_type, inputs, attrs=None, opset=18, const=None):
     ``const``: indices of inputs passed as constants (default: every input after the first).
     Returns (output, reference output, kernel)."""
     const = range(1, len(inputs)) if const is None else const
-    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    node = Node(op_type, "n", names, ["y"], dict(attrs or {}))
-    op = lookup(op_type)(node, opset)
-    ins = [None if a is None else TensorType(a.shape, a.dtype) for a in inputs]
-    consts = [a if k in const else None for k, a in enumerate(inputs)]
-    (t,) = op.infer(ins, consts)
-    kernel = op.build(ins, [t], consts)
-    y = np.full(t.shape, np.nan, t.dtype) if np.dtype(t.dtype).kind == "f" else np.empty(t.shape, t.dtype)
-    scratch = np.empty(kernel.scratch_bytes, np.uint8) if kernel.scratch_bytes else None
-    kernel.fn(list(inputs), [y], scratch)
-    return y, op.ref(*inputs)[0], kernel
+    (y,), (ref,), kernel = testing.run_op(op_type, inputs, attrs, opset=opset, const=const)
+    return y, ref, kernel
 
 
 def rand(shape, scale=3.0, dtype=np.float32):

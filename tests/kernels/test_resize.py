@@ -14,8 +14,9 @@ from onnx.reference.ops.op_resize import (
 )
 
 import edgedl
+from edgedl import testing
 from edgedl.errors import ShapeError, UnsupportedOpError
-from edgedl.ir import Node, TensorType
+from edgedl.ir import Node
 from edgedl.ops.resize import axis_table
 from edgedl.registry import lookup
 
@@ -34,12 +35,7 @@ def run_resize(x, attrs=None, scales=None, sizes=None, roi=None, opset=19, op_ty
         inputs = [x] if scales is None else [x, np.asarray(scales, np.float32)]
     names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
     op = lookup(op_type)(Node(op_type, "r", names, ["y"], dict(attrs or {})), opset)
-    ins = [None if a is None else TensorType(a.shape, a.dtype) for a in inputs]
-    consts = [None] + inputs[1:]
-    (t,) = op.infer(ins, consts)
-    kernel = op.build(ins, [t], consts)
-    out = np.full(t.shape, np.nan, t.dtype) if t.dtype.kind == "f" else np.empty(t.shape, t.dtype)
-    kernel.fn(list(inputs), [out], np.empty(kernel.scratch_bytes, np.uint8))
+    (out,), kernel = testing.run_kernel(op, inputs, [None] + inputs[1:])
     return out, op.ref(*inputs)[0], kernel
 
 
