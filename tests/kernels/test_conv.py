@@ -185,3 +185,57 @@ def test_conv_one_vs_two_threads_identical():
         np.testing.assert_array_equal(res[0], res[1])
     finally:
         numba.set_num_threads(before)
+
+
+# (N, C, H, W), (kH, kW), strides, pads, dilations: depthwise cases run through both kernels
+DW_BOTH_CASES = [
+    ((1, 48, 4, 4), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),               # whole channel blocks, 4x4 planes
+    ((1, 13, 7, 7), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),               # partial last block
+    ((2, 5, 9, 6), (3, 3), (1, 1), (0, 2, 1, 0), (2, 2)),                # C < VW, dilation, batch 2
+    ((1, 19, 10, 8), (5, 5), (2, 1), (2, 1, 2, 3), (1, 1)),              # 5x5, asymmetric pads
+    ((1, 16, 8, 8), (3, 3), (3, 3), (0, 0, 0, 0), (1, 1)),               # stride skips the last rows
+    ((1, 24, 40, 37), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),             # wide rows (vector chunks + tail)
+    ((1, 8, 1, 30), (1, 3), (1, 2), (0, 1, 0, 1), (1, 1)),               # H = 1
+    ((1, 9, 6, 6), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),                # 1x1 depthwise
+]
+
+
+@pytest.mark.parametrize("case", DW_BOTH_CASES, ids=[str(i) for i in range(len(DW_BOTH_CASES))])
+def test_depthwise_kernels_agree(case, monkeypatch):
+    """The row kernels and the channel-interleaved kernel give the same floats (same sums in the same
+    order), and both match the reference, with and without a fused activation."""
+    from edgedl.kernels.cpu import conv as conv_mod
+
+    shape, (kh, kw), s, p, d = case
+    c = shape[1]
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = rnd(rng, *shape), rnd(rng, c, 1, kh, kw), rnd(rng, c)
+    for code in (A.ACT_NONE, A.ACT_HARD_SWISH, A.ACT_SIGMOID):
+        outs = {}
+        for interleaved in (False, True):
+            monkeypatch.setattr(conv_mod, "prefer_interleaved", lambda oh, ow, v=interleaved: v)
+            conv, out = run_conv(x, w, b, s, p, d, c, code)
+            assert conv.depthwise_kernel == ("interleaved" if interleaved else "rows")
+            outs[interleaved] = out
+        np.testing.assert_array_equal(outs[True], outs[False])
+        check(outs[True], conv2d_ref(x, w, b, s, p, d, c, code))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_depthwise_interleaved_threads_identical():
+    rng = np.random.default_rng(11)
+    x, w, b = rnd(rng, 2, 200, 14, 14), rnd(rng, 200, 1, 3, 3), rnd(rng, 200)
+    conv = Conv2d(w, b, x.shape, (1, 1), (1, 1, 1, 1), (1, 1), 200, A.ACT_RELU)
+    assert conv.depthwise_kernel == "interleaved"
+    before = numba.get_num_threads()
+    res = []
+    try:
+        for th in (1, 2):
+            numba.set_num_threads(th)
+            out = np.empty(conv.out_shape, np.float32)
+            conv(x, out, np.empty(conv.scratch_bytes, np.uint8))
+            res.append(out)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(res[0], res[1])
+    check(res[0], conv2d_ref(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 200, A.ACT_RELU))

@@ -2,8 +2,9 @@
 
 :class:`Conv2d` picks a strategy at construction:
 
-* ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): a direct kernel,
-  one output plane at a time (parallel over images x channels): the input plane is copied into a
+* ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): for output rows
+  narrower than 4 vectors and multiplier 1, the channel-interleaved kernel of :mod:`.depthwise_ci`;
+  otherwise a direct kernel, one output plane at a time (parallel over images x channels): the input plane is copied into a
   zero-padded buffer, then each output row is computed in one pass over its columns with all taps
   fused (LLVM-IR row kernels for 3x3 and 5x5 with column stride 1 or 2; vectorized Numba loops, one
   pass per tap, otherwise);
@@ -40,6 +41,7 @@ from .gemm import (
     pack_a,
     packed_a_size,
 )
+from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .vec import VW, copy_floats, dw_row_3_1, dw_row_3_2, dw_row_5_1, dw_row_5_2
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",
@@ -313,7 +315,9 @@ class Conv2d:
     * ``act``, ``alpha``, ``beta``: fused activation (an ``ACT_*`` code or an ONNX op name).
 
     Attributes: ``out_shape``, ``scratch_bytes`` (0: panels are packed in small per-thread buffers),
-    ``strategy`` ("gemm" or "depthwise"). ``__call__(x, out, scratch=None, threads=None)``.
+    ``strategy`` ("gemm" or "depthwise"), for depthwise ``depthwise_kernel`` ("rows": one plane at a
+    time, vectorized along output rows; "interleaved": :mod:`.depthwise_ci`, VW channels at a time, for
+    narrow planes). ``__call__(x, out, scratch=None, threads=None)``.
     """
 
     def __init__(self, weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
@@ -357,6 +361,15 @@ class Conv2d:
             self._dw_sizes = dw_buffer_sizes(self._hp, self._wp, kw, dw, oh)
             slots = max(1, min(numba.config.NUMBA_NUM_THREADS, n * cout))
             self.scratch_bytes = 4 * slots * sum(self._dw_sizes)
+            self._ci = None
+            self.depthwise_kernel = "rows"
+            if cout == c and prefer_interleaved(oh, ow):
+                self.depthwise_kernel = "interleaved"
+                self._ci = DepthwiseInterleaved(weight, self.bias, self.in_shape, self.out_shape, kh, kw, sh, sw,
+                                                dh, dw, pt, pl, self._hp, self._wp, self.act, self.alpha,
+                                                self.beta)
+                self.scratch_bytes = 4 * max(self._ci.workspace_floats(t)
+                                             for t in range(1, numba.config.NUMBA_NUM_THREADS + 1))
             return
         self.strategy = "gemm"
         m = cout // group
@@ -390,6 +403,8 @@ class Conv2d:
 
     def _dw_call(self, xf, of, work, threads) -> tuple:
         """(kernel, *arguments) of the depthwise path."""
+        if self._ci is not None:
+            return self._ci.call_args(xf, of, work, threads)
         psize, wsize = self._dw_sizes
         bias = self.bias if self.bias is not None else _EMPTY
         planes = self.out_shape[0] * self.out_shape[1]

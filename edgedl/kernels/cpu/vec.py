@@ -658,3 +658,203 @@ def copy_floats(typingctx, dst, doff, src, soff, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ---------------------------------------------------------------------------------------------------
+# channel-interleaved depthwise convolution
+# ---------------------------------------------------------------------------------------------------
+#: output pixels computed together by :data:`dw_ci_rows` (independent accumulator chains per tap)
+DWCI_PIXELS = 4
+
+
+def _counted_loop(builder, count, name, at_least_once=False):
+    """Open ``for i in range(count)`` (count: i64, may be <= 0 unless ``at_least_once``: then the body
+    runs first and its values dominate the code after the loop); returns (i, close) where ``close()``
+    ends the loop body and leaves the builder after the loop."""
+    fn = builder.function
+    bb_pre = builder.block
+    bb_loop = fn.append_basic_block(f"{name}.loop")
+    bb_exit = fn.append_basic_block(f"{name}.exit")
+    if at_least_once:
+        builder.branch(bb_loop)
+    else:
+        builder.cbranch(builder.icmp_signed(">", count, _const_i64(0)), bb_loop, bb_exit)
+    builder.position_at_end(bb_loop)
+    i = builder.phi(_I64)
+    i.add_incoming(_const_i64(0), bb_pre)
+
+    def close():
+        i_next = builder.add(i, _const_i64(1))
+        i.add_incoming(i_next, builder.block)
+        builder.cbranch(builder.icmp_signed("<", i_next, count), bb_loop, bb_exit)
+        builder.position_at_end(bb_exit)
+
+    return i, close
+
+
+@intrinsic
+def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff):
+    """``dw_ci_rows(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)``:
+    depthwise convolution of VW interleaved channels (every pixel is one ``<VW x float>``):
+
+    out[ooff + (r*ncols + c)*VW + l] = bias[boff + l]
+        + sum_{t < ntaps} wts[woff + t*VW + l] * pin[poff + r*prow + c*pcol + taps[t] + l]
+
+    for r < nrows, c < ncols, l < VW. ``DWCI_PIXELS`` pixels of a row share each weight load and keep
+    their own accumulator; the taps are summed in order (as the row kernels do)."""
+    for arr in (out, pin, wts, bias):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    if not isinstance(taps, types.Array) or taps.dtype != types.int64:
+        return None
+    for i in (nrows, ncols, ooff, poff, prow, pcol, ntaps, woff, boff):
+        if not isinstance(i, types.Integer):
+            return None
+    sig = types.void(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+
+        def i64(k):
+            return context.cast(builder, args[k], at[k], types.int64)
+
+        def data(k):
+            return context.make_array(at[k])(context, builder, value=args[k]).data
+
+        vw = VW
+        npx = DWCI_PIXELS
+        vecty = ir.VectorType(_F32, vw)
+        vptr = vecty.as_pointer()
+        fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vecty, [vecty, vecty, vecty]), f"llvm.fmuladd.v{vw}f32")
+        nrows_v, ncols_v = i64(0), i64(1)
+        optr = builder.gep(data(2), [i64(3)])
+        pptr = builder.gep(data(4), [i64(5)])
+        prow_v, pcol_v = i64(6), i64(7)
+        tptr = data(8)
+        ntaps_v = i64(9)
+        wptr = builder.gep(data(10), [i64(11)])
+        bvec = builder.load(builder.bitcast(builder.gep(data(12), [i64(13)]), vptr), align=4)
+        ngroups = builder.sdiv(ncols_v, _const_i64(npx))
+
+        def pixels(row_in, row_out, c0, count):
+            """``count`` pixels from column c0 of one row: a tap loop carrying ``count`` accumulators."""
+            ins = [builder.gep(row_in, [builder.mul(builder.add(c0, _const_i64(p)), pcol_v)])
+                   for p in range(count)]
+            bb_pre = builder.block
+            t, close = _counted_loop(builder, ntaps_v, "dwci.taps", at_least_once=True)
+            accs = [builder.phi(vecty) for _ in range(count)]
+            for a in accs:
+                a.add_incoming(bvec, bb_pre)
+            wv = builder.load(builder.bitcast(builder.gep(wptr, [builder.mul(t, _const_i64(vw))]), vptr),
+                              align=4)
+            toff = builder.load(builder.gep(tptr, [t]), align=8)
+            new = [builder.call(fmuladd, [wv, builder.load(builder.bitcast(builder.gep(ins[p], [toff]), vptr),
+                                                           align=4), accs[p]])
+                   for p in range(count)]
+            bb_body = builder.block
+            for a, v in zip(accs, new):
+                a.add_incoming(v, bb_body)
+            close()
+            # after the loop: the final values (ntaps >= 1 is the caller's contract)
+            for p in range(count):
+                dst = builder.gep(row_out, [builder.mul(builder.add(c0, _const_i64(p)), _const_i64(vw))])
+                builder.store(new[p], builder.bitcast(dst, vptr), align=4)
+
+        r, close_rows = _counted_loop(builder, nrows_v, "dwci.rows")
+        row_in = builder.gep(pptr, [builder.mul(r, prow_v)])
+        row_out = builder.gep(optr, [builder.mul(builder.mul(r, ncols_v), _const_i64(vw))])
+        g, close_groups = _counted_loop(builder, ngroups, "dwci.groups")
+        pixels(row_in, row_out, builder.mul(g, _const_i64(npx)), npx)
+        close_groups()
+        start = builder.mul(ngroups, _const_i64(npx))
+        rem = builder.sub(ncols_v, start)
+        c, close_rem = _counted_loop(builder, rem, "dwci.rem")
+        pixels(row_in, row_out, builder.add(start, c), 1)
+        close_rem()
+        close_rows()
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose_vectors(builder, rows, vw):
+    """Transpose vw vectors of vw floats (vw a power of two) by log2(vw) rounds of perfect shuffles."""
+    half = vw // 2
+    lo = ir.Constant(ir.VectorType(_I32, vw), [i // 2 + (vw if i % 2 else 0) for i in range(vw)])
+    hi = ir.Constant(ir.VectorType(_I32, vw), [half + i // 2 + (vw if i % 2 else 0) for i in range(vw)])
+    for _ in range(vw.bit_length() - 1):
+        nxt = [None] * vw
+        for i in range(half):
+            a, b = rows[i], rows[i + half]
+            nxt[2 * i] = builder.shuffle_vector(a, b, lo)
+            nxt[2 * i + 1] = builder.shuffle_vector(a, b, hi)
+        rows = nxt
+    return rows
+
+
+def _transpose_codegen(scatter):
+    def codegen(context, builder, signature, args):
+        at = signature.args
+
+        def i64(k):
+            return context.cast(builder, args[k], at[k], types.int64)
+
+        vw = VW
+        vptr = ir.VectorType(_F32, vw).as_pointer()
+        dst = context.make_array(at[1])(context, builder, value=args[1]).data
+        s0 = builder.gep(context.make_array(at[4])(context, builder, value=args[4]).data, [i64(5)])
+        sstride_v = i64(6)
+        if scatter:
+            dofs = context.make_array(at[2])(context, builder, value=args[2]).data
+        else:
+            d0 = builder.gep(dst, [i64(2)])
+            dstride_v = i64(3)
+        nchunks = builder.sdiv(i64(0), _const_i64(vw))
+        i, close = _counted_loop(builder, nchunks, "transpose")
+        j0 = builder.mul(i, _const_i64(vw))
+        rows = [builder.load(builder.bitcast(builder.gep(s0, [builder.add(builder.mul(_const_i64(r), sstride_v),
+                                                                                     j0)]), vptr), align=4)
+                for r in range(vw)]
+        for q, v in enumerate(_transpose_vectors(builder, rows, vw)):
+            j = builder.add(j0, _const_i64(q))
+            if scatter:
+                p = builder.gep(dst, [builder.load(builder.gep(dofs, [builder.add(i64(3), j)]), align=8)])
+            else:
+                p = builder.gep(d0, [builder.mul(j, dstride_v)])
+            builder.store(v, builder.bitcast(p, vptr), align=4)
+        close()
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def transpose_tiles(typingctx, ncols, dst, doff, dstride, src, soff, sstride):
+    """``transpose_tiles(ncols, dst, doff, dstride, src, soff, sstride)``: for every whole chunk of VW
+    columns j0 of [0, ncols): dst[doff + (j0 + q)*dstride + r] = src[soff + r*sstride + j0 + q] for
+    q, r < VW (a VW x VW transpose in registers per chunk). The last ncols % VW columns are not touched:
+    the caller finishes them."""
+    for arr in (dst, src):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    for i in (ncols, doff, dstride, soff, sstride):
+        if not isinstance(i, types.Integer):
+            return None
+    return types.void(ncols, dst, doff, dstride, src, soff, sstride), _transpose_codegen(False)
+
+
+@intrinsic
+def transpose_scatter(typingctx, ncols, dst, dofs, dofs_off, src, soff, sstride):
+    """``transpose_scatter(ncols, dst, dofs, dofs_off, src, soff, sstride)``: :data:`transpose_tiles`
+    with each transposed vector stored at an offset from a table: for every whole chunk j0 of VW columns
+    of [0, ncols), dst[dofs[dofs_off + j0 + q] + r] = src[soff + r*sstride + j0 + q], q, r < VW."""
+    for arr in (dst, src):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    if not isinstance(dofs, types.Array) or dofs.dtype != types.int64:
+        return None
+    for i in (ncols, dofs_off, soff, sstride):
+        if not isinstance(i, types.Integer):
+            return None
+    return types.void(ncols, dst, dofs, dofs_off, src, soff, sstride), _transpose_codegen(True)
