@@ -21,7 +21,9 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(
 
 from .errors import EdgeDLError, InputError, ModelFormatError, ShapeError, UnsupportedOpError  # noqa: E402
 from .model import Model, TensorInfo  # noqa: E402
-from .threads import set_num_threads  # noqa: E402
+from .threads import prefer_spinning_pool, set_num_threads  # noqa: E402
+
+prefer_spinning_pool()
 
 __version__ = "0.1.0"
 
