@@ -62,10 +62,36 @@ class _ConvBase(Op):
 
 @register
 class Conv(_ConvBase):
+    """ONNX Conv. A fused residual connection (``attrs["_residual"]``, set by the fuse pass) adds a fourth
+    input R: ``y = act(conv(x, w) + b + R)``, R broadcast to the convolution's shape."""
+
     op_type = "Conv"
     kernels = {"cpu": ("float32",)}
+    num_inputs = (2, 4)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.residual = bool(self.attr("_residual", False))
+        if len([i for i in node.inputs if i]) > 3 and not self.residual or self.residual and len(node.inputs) < 4:
+            raise self.error("takes 2 to 3 inputs (a fourth only as a fused residual)")
 
     def infer(self, ins, consts):
+        out = self._infer_conv(ins)
+        if self.residual:
+            r = ins[3]
+            if r.dtype != out.dtype:
+                raise self.error(f"fused residual dtype {r.dtype} differs from the convolution's {out.dtype}")
+            try:
+                shape = np.broadcast_shapes(out.shape, r.shape)
+            except ValueError:
+                raise self.error(f"fused residual of shape {r.shape} does not broadcast with the convolution "
+                                 f"output {out.shape}") from None
+            if shape != tuple(out.shape):
+                raise self.error(f"fused residual of shape {r.shape} would broadcast the convolution output "
+                                 f"{out.shape} to {shape}")
+        return [out]
+
+    def _infer_conv(self, ins):
         x, w = ins[0], ins[1]
         b = ins[2] if len(ins) > 2 else None
         nsp, kernel, strides, dilations = self._geometry(x, w)
@@ -88,7 +114,7 @@ class Conv(_ConvBase):
                                  f"{i}) is larger than the padded input ({padded})")
             out.append((padded - span) // strides[i] + 1)
         self.geometry = (kernel, strides, dilations, pads)
-        return [TensorType((n, m, *out), x.dtype)]
+        return TensorType((n, m, *out), x.dtype)
 
     def _pads(self, spatial, kernel, strides, dilations, nsp):
         if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -107,15 +133,19 @@ class Conv(_ConvBase):
             raise self.error(f"negative pads {pads} are not allowed")
         return pads
 
-    def ref(self, x, w, b=None):
+    def ref(self, x, w, b=None, r=None):
         kernel, strides, dilations, pads = self.geometry
-        y = conv_ref(x, w, b, strides, pads, dilations, self.group)
-        return [activation_ref(y.astype(x.dtype), *self.act)]
+        y = conv_ref(x, w, b, strides, pads, dilations, self.group).astype(x.dtype)
+        if r is not None:
+            y = y + r
+        return [activation_ref(y, *self.act)]
 
     def build(self, ins, outs, consts):
         x = ins[0]
         if x.dtype != np.float32 or len(x.shape) not in (3, 4):
             return ref_kernel(self)
+        if self.residual and (tuple(ins[3].shape) != tuple(outs[0].shape) or consts[3] is not None):
+            return _build_conv_then_add(self, ins, outs, consts)
         return _build_conv_kernel(self, ins, outs, consts)
 
 
@@ -260,9 +290,63 @@ def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
     code, alpha, beta = op.act
 
     def make(w, b):
-        return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group, code, alpha, beta)
+        return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group, code, alpha, beta,
+                      accumulate=op.residual)
 
-    return _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+    kern = _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+    if not op.residual:
+        return kern
+    # fused residual: the output starts as a copy of R (unless the planner gave the output R's own memory)
+    # and the GEMM accumulates onto it; the activation runs after the sum, in the epilogue
+    inner_fn, inner_bind = kern.fn, kern.bind
+
+    def run(inputs, outputs, scratch):
+        if not np.shares_memory(inputs[3], outputs[0]):
+            np.copyto(outputs[0], inputs[3])
+        inner_fn(inputs, outputs, scratch)
+
+    bind = None
+    if inner_bind is not None:
+        def bind(inputs, outputs, scratch, threads):
+            conv_call = inner_bind(inputs, outputs, scratch, threads)
+            if np.shares_memory(inputs[3], outputs[0]):
+                return conv_call
+            out, res = outputs[0], inputs[3]
+
+            def call():
+                np.copyto(out, res)
+                conv_call()
+
+            return call
+
+    return Kernel(run, scratch_bytes=kern.scratch_bytes, bind=bind)
+
+
+def _build_conv_then_add(op: Conv, ins, outs, consts) -> Kernel:
+    """A fused residual the GEMM epilogue cannot take (broadcast or constant R): the convolution without
+    activation into the workspace, then the add and the activation (rare; correct, not fast)."""
+    from ..kernels.cpu.act import act_inplace
+    from ..kernels.cpu.conv import Conv2d
+
+    kernel, strides, dilations, pads = _as_2d(*op.geometry)
+    x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
+    w_shape = (*ins[1].shape[:2], *kernel)
+    code, alpha, beta = op.act
+    nbytes = int(np.prod(outs[0].shape)) * 4
+
+    def make(w, b):
+        return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group)
+
+    conv = _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+
+    def run(inputs, outputs, scratch):
+        raw = scratch[:nbytes]
+        tmp = raw.view(np.float32).reshape(outputs[0].shape)
+        conv.fn(inputs, [tmp], scratch[nbytes:])
+        np.add(tmp, inputs[3], out=outputs[0])
+        act_inplace(outputs[0].reshape(-1), 0, outputs[0].size, code, alpha, beta)
+
+    return Kernel(run, scratch_bytes=nbytes + conv.scratch_bytes)
 
 
 def _build_conv_transpose_kernel(op: ConvTranspose, ins, outs, consts) -> Kernel:

@@ -3,7 +3,7 @@ at plan time (see ``edgedl.runtime.plan``)."""
 from __future__ import annotations
 
 from ..ir import Graph
-from .fuse import fold_batchnorm, fuse_activations
+from .fuse import fold_batchnorm, fuse_activations, fuse_residual_add
 from .simplify import remove_identities
 
 
@@ -11,8 +11,9 @@ def optimize(graph: Graph) -> Graph:
     """Run the default load-time pipeline in place and return the graph."""
     remove_identities(graph)
     fold_batchnorm(graph)
+    fuse_residual_add(graph)
     fuse_activations(graph)
     return graph
 
 
-__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_activations"]
+__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_residual_add", "fuse_activations"]

@@ -1,7 +1,8 @@
 """Fold BatchNormalization into the preceding Conv/Gemm, and fuse activations into their epilogue.
 
 A fused activation is recorded on the producing node as ``attrs["_activation"] = (kind, alpha, beta)``;
-ops that accept it list ``"_activation"`` support through ``FUSABLE_PRODUCERS``.
+ops that accept it list ``"_activation"`` support through ``FUSABLE_PRODUCERS``. A residual ``Add`` after
+a Conv becomes the Conv's fourth input with ``attrs["_residual"] = True`` (:func:`fuse_residual_add`).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def fold_batchnorm(graph: Graph) -> int:
         eps = float(bn.attrs.get("epsilon", 1e-5))
         s = scale / np.sqrt(var + eps)
         t = shift - mean * s
-        if prod.op_type == "Conv" and "_activation" not in prod.attrs:
+        if prod.op_type == "Conv" and "_activation" not in prod.attrs and "_residual" not in prod.attrs:
             w = _const(graph, prod.inputs[1]) if len(prod.inputs) > 1 else None
             if w is None or w.dtype != np.float32 or w.ndim < 3 or w.shape[0] != s.shape[0]:
                 continue
@@ -138,6 +139,47 @@ def fuse_activations(graph: Graph) -> int:
         prod.attrs["_activation"] = (act.op_type, params[0], params[1])
         prod.outputs = [act.outputs[0]]
         graph.nodes.remove(act)
+        fused += 1
+    return fused
+
+
+def fuse_residual_add(graph: Graph) -> int:
+    """Fuse ``Add(Conv(...), R)`` into the Conv as a residual input (``attrs["_residual"]``): the GEMM
+    accumulates onto R, saving the Add's pass over memory and its step. Run before
+    :func:`fuse_activations`, so a Relu after the Add becomes the Conv's epilogue. Depthwise convolutions
+    are left alone (their direct kernel has no accumulating form). Returns how many were fused."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    fused = 0
+    for add in list(graph.nodes):
+        if add.op_type != "Add" or add.domain or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            continue
+        # prefer the Conv computed last, so the other input is ready when it runs
+        order = {id(n): k for k, n in enumerate(graph.nodes)}
+        candidates = []
+        for k in (0, 1):
+            conv = producers.get(add.inputs[k])
+            if (conv is None or conv.op_type != "Conv" or conv.domain or "_activation" in conv.attrs
+                    or "_residual" in conv.attrs or _sole_consumer(graph, add.inputs[k], outputs) is not add):
+                continue
+            w = _const(graph, conv.inputs[1])
+            if w is None or w.dtype != np.float32 or w.ndim not in (3, 4):
+                continue
+            if int(conv.attrs.get("group", 1)) > 1 and w.shape[1] == 1:
+                continue  # depthwise
+            candidates.append((order[id(conv)], k, conv))
+        if not candidates:
+            continue
+        _, k, conv = max(candidates, key=lambda c: c[0])
+        residual = add.inputs[1 - k]
+        bias = conv.inputs[2] if len(conv.inputs) > 2 else ""
+        conv.inputs = [conv.inputs[0], conv.inputs[1], bias, residual]
+        conv.attrs["_residual"] = True
+        conv.outputs = [add.outputs[0]]
+        # the Conv moves to the Add's place: R may be computed after the Conv's old position
+        graph.nodes.remove(conv)
+        graph.nodes[graph.nodes.index(add)] = conv
+        producers[add.outputs[0]] = conv
         fused += 1
     return fused
 

@@ -312,7 +312,9 @@ class Conv2d:
     * ``weight``: (C_out, C_in/group, kH, kW); ``bias``: (C_out,) or None;
     * ``in_shape``: (N, C_in, H, W); ``pads``: (top, left, bottom, right) (ONNX order is
       (top, left, bottom, right) too: x1_begin, x2_begin, x1_end, x2_end);
-    * ``act``, ``alpha``, ``beta``: fused activation (an ``ACT_*`` code or an ONNX op name).
+    * ``act``, ``alpha``, ``beta``: fused activation (an ``ACT_*`` code or an ONNX op name);
+    * ``accumulate``: add the convolution to what ``out`` holds (a fused residual connection:
+      ``out = act(out + conv(x) + bias)``); always computed by the GEMM strategy.
 
     Attributes: ``out_shape``, ``scratch_bytes`` (0: panels are packed in small per-thread buffers),
     ``strategy`` ("gemm" or "depthwise"), for depthwise ``depthwise_kernel`` ("rows": one plane at a
@@ -321,7 +323,7 @@ class Conv2d:
     """
 
     def __init__(self, weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                 group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+                 group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0, accumulate: bool = False):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"weight must be (C_out, C_in/group, kH, kW), got shape {weight.shape}")
@@ -350,7 +352,8 @@ class Conv2d:
         if self.bias is not None and self.bias.size != cout:
             raise ValueError(f"bias has {self.bias.size} elements, expected {cout}")
         self.scratch_bytes = 0
-        if group == c and cg == 1:
+        self.accumulate = bool(accumulate)
+        if group == c and cg == 1 and not accumulate:
             self.strategy = "depthwise"
             self.w = np.ascontiguousarray(weight).reshape(-1)
             self._hp = (oh - 1) * sh + (kh - 1) * dh + 1
@@ -389,7 +392,7 @@ class Conv2d:
                               a_gstride=asz, b_nstride=c * h * w, b_gstride=cg * h * w,
                               c_nstride=cout * npix, c_gstride=m * npix, bias=self.bias,
                               bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
-                              act=self.act, alpha=self.alpha, beta=self.beta)
+                              accumulate=self.accumulate, act=self.act, alpha=self.alpha, beta=self.beta)
         self.scratch_bytes = self._gemm.scratch_bytes()
 
     def bind(self, x: np.ndarray, out: np.ndarray, scratch, threads: int):
