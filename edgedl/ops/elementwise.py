@@ -123,7 +123,10 @@ class _Binary(Op):
         def run(inputs, outputs, scratch):
             k(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]))
 
-        return Kernel(run)
+        def bind(inputs, outputs, scratch, threads):
+            return k.bind(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]), threads)
+
+        return Kernel(run, bind=bind)
 
 
 @register

@@ -125,7 +125,12 @@ def _build_gemm_kernel(op: Gemm, ins, outs, consts) -> Kernel:
                 a, rest = a_t, scratch[a_bytes:]
             packed(a, outputs[0], rest)
 
-        return Kernel(run, scratch_bytes=scratch_bytes)
+        bind = None
+        if not op.trans_a:
+            def bind(inputs, outputs, scratch, threads):
+                return packed.bind(inputs[0], outputs[0], scratch, threads)
+
+        return Kernel(run, scratch_bytes=scratch_bytes, bind=bind)
 
     # General case: B computed at run time, or a C that varies along the rows.
     def run_general(inputs, outputs, scratch):

@@ -7,6 +7,8 @@ assignment run at memcpy speed, so Numba would not gain anything), with every in
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..ir import TensorType
@@ -63,7 +65,10 @@ class Transpose(Op):
         def run(inputs, outputs, scratch):
             fn(bits_view(inputs[0]), bits_view(outputs[0]))
 
-        return Kernel(run, impl="numpy" if kind == "copy" else "numba")
+        def bind(inputs, outputs, scratch, threads):
+            return functools.partial(fn, bits_view(inputs[0]), bits_view(outputs[0]))
+
+        return Kernel(run, impl="numpy" if kind == "copy" else "numba", bind=bind)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -257,7 +257,10 @@ class MaxPool(_WindowPool):
 
         def run(inputs, outputs, scratch):
             run_max(inputs[0], outputs[0], scratch)
-        return Kernel(run, scratch_bytes=nbytes)
+
+        def bind(inputs, outputs, scratch, threads):
+            return run_max.bind(inputs[0], outputs[0], scratch, threads)
+        return Kernel(run, scratch_bytes=nbytes, bind=bind)
 
     def _ref_present(self) -> Kernel:
         """The numpy path, writing only the outputs the node has."""
@@ -305,7 +308,10 @@ class AveragePool(_WindowPool):
 
         def run(inputs, outputs, scratch):
             run_avg(inputs[0], outputs[0], scratch)
-        return Kernel(run, scratch_bytes=nbytes)
+
+        def bind(inputs, outputs, scratch, threads):
+            return run_avg.bind(inputs[0], outputs[0], scratch, threads)
+        return Kernel(run, scratch_bytes=nbytes, bind=bind)
 
 
 class _GlobalPool(Op):
@@ -344,7 +350,10 @@ class _GlobalPool(Op):
 
         def run(inputs, outputs, scratch):
             run_g(inputs[0], outputs[0], scratch)
-        return Kernel(run, scratch_bytes=nbytes)
+
+        def bind(inputs, outputs, scratch, threads):
+            return run_g.bind(inputs[0], outputs[0], scratch, threads)
+        return Kernel(run, scratch_bytes=nbytes, bind=bind)
 
 
 @register

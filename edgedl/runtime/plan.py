@@ -19,6 +19,10 @@ from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
 
 
+#: graph inputs up to this size are copied into a plan-owned buffer per run (see build_plan)
+STAGE_MAX_BYTES = 1 << 20
+
+
 @dataclass
 class Step:
     node: Node
@@ -42,7 +46,9 @@ class Plan:
     steps: list[Step]
     slot_of: dict[str, int]
     template: list
-    input_slots: list[tuple[str, int]]
+    #: (input name, slot, staged): a staged input is copied into a buffer the plan owns (its consumers are
+    #: pre-bound to that buffer); others are used in place
+    input_slots: list[tuple[str, int, bool]]
     fresh_outputs: list[tuple[int, tuple[int, ...], np.dtype]]
     outputs: list[tuple[str, int, bool]]  # (name, slot, copy before returning)
     arena: np.ndarray
@@ -74,8 +80,11 @@ class Plan:
             if threads != self.bound_threads:
                 self._bind(threads)
             slots = list(self.template)
-            for name, idx in self.input_slots:
-                slots[idx] = feeds[name]
+            for name, idx, staged in self.input_slots:
+                if staged:
+                    np.copyto(slots[idx], feeds[name])
+                else:
+                    slots[idx] = feeds[name]
             for idx, shape, dtype in self.fresh_outputs:
                 slots[idx] = np.empty(shape, dtype)
             for step in self.steps:
@@ -255,9 +264,20 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     for name in output_names:
         outputs.append((name, slot_of[name], name not in produced_fresh))
 
+    # Small inputs are staged: copied into a buffer of the plan on every run (a memcpy), so the steps
+    # that read them are pre-bound like the rest instead of paying the per-call Python path.
+    input_slots = []
+    for name in input_types:
+        if name in slot_of:
+            t = types[name]
+            staged = t.nbytes <= STAGE_MAX_BYTES
+            if staged:
+                template[slot_of[name]] = np.empty(t.shape, t.dtype)
+            input_slots.append((name, slot_of[name], staged))
+
     return Plan(
         input_types=dict(input_types), types=types, steps=steps, slot_of=slot_of, template=template,
-        input_slots=[(n, slot_of[n]) for n in input_types if n in slot_of], fresh_outputs=fresh,
+        input_slots=input_slots, fresh_outputs=fresh,
         outputs=outputs, arena=arena, arena_bytes=arena_bytes, arena_lower_bound=lower_bound(buffers),
         folded=folded,
     )

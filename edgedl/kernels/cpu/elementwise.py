@@ -35,6 +35,8 @@ instead of a Python exception check in the loop (which would also stop vectoriza
 """
 from __future__ import annotations
 
+import functools
+
 import llvmlite.ir as ir
 import numba
 import numpy as np
@@ -373,11 +375,11 @@ def binary_range(op, a, b, out, dims, sa, sb, start, stop):
 
 
 # --- Python-side drivers (build-time planning, run-time dispatch) --------------------------------------
-def num_chunks(work: int) -> int:
+def num_chunks(work: int, threads: int | None = None) -> int:
     """How many parallel chunks ``work`` element operations are worth (1: run the serial kernel)."""
     if work < PARALLEL_MIN_WORK:
         return 1
-    return max(1, min(num_threads(), work // (PARALLEL_MIN_WORK // 4)))
+    return max(1, min(num_threads() if threads is None else threads, work // (PARALLEL_MIN_WORK // 4)))
 
 
 def broadcast_plan(out_shape, *in_shapes):
@@ -454,11 +456,23 @@ class BinaryKernel:
             self._one(a[ao:], b[bo:], out[oo:oo + self.block])
 
     def _one(self, a, b, out):
-        n = num_chunks(out.size)
+        fn, *args = self._call_args(a, b, out, None)
+        fn(*args)
+
+    def _call_args(self, a, b, out, threads):
+        n = num_chunks(out.size, threads)
         if n == 1:
-            self.serial(a, b, out, self.dims, self.sa, self.sb, 0, out.size)
-        else:
-            self.parallel(a, b, out, self.dims, self.sa, self.sb, n)
+            return (self.serial, a, b, out, self.dims, self.sa, self.sb, 0, out.size)
+        return (self.parallel, a, b, out, self.dims, self.sa, self.sb, n)
+
+    def bind(self, a, b, out, threads: int):
+        """A no-argument callable computing ``self(a, b, out)`` on these very arrays, or None when the
+        shapes need the Python loop over leading dims."""
+        if self.size == 0:
+            return lambda: None
+        if self.lead:
+            return None
+        return functools.partial(*self._call_args(a, b, out, threads))
 
 
 def unary(op: int, x, out, alpha: float = 0.0, beta: float = 0.0) -> None:

@@ -733,13 +733,18 @@ def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None 
     ``out``: (B, N), any strides (pass ``out.T`` for the transposed layout)."""
     if x.shape[0] > 3:
         raise ValueError("gemv handles at most 3 vectors")
+    fn, *args = _gemv_args(w, x, out, bias, act, alpha, beta, threads)
+    fn(*args)
+
+
+def _gemv_args(w, x, out, bias, act, alpha, beta, threads) -> tuple:
+    """(kernel, *arguments) of :func:`gemv`."""
     b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if threads is None:
         threads = num_threads()
     if threads > 1 and w.size * x.shape[0] >= PARALLEL_MIN_WORK:
-        _gemv_parallel(w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
-    else:
-        _gemv_serial(w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+        return (_gemv_parallel, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+    return (_gemv_serial, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
 
 
 @numba.njit(inline="always", **NJIT)
@@ -923,6 +928,15 @@ class PackedWeight:
         if m <= 3 or self.k == 0 or self.n == 0:
             return 0
         return _align64(4 * packed_a_size(m, self.k)) + self._call(m).scratch_bytes()
+
+    def bind(self, x: np.ndarray, out: np.ndarray, scratch: np.ndarray | None, threads: int):
+        """A no-argument callable computing ``self(x, out, scratch, threads)`` on these very arrays, or None
+        where only the per-call path applies (batches of more than 3 rows)."""
+        m, k = x.shape
+        if k != self.k or m == 0 or self.n == 0 or m > 3 or k == 0 or _unit_cols(x) is not x:
+            return None  # (a copied x would go stale)
+        return functools.partial(*_gemv_args(self.w_rows, x, out, self.bias, self.act, self.alpha, self.beta,
+                                              threads))
 
     def __call__(self, x: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None,
                  threads: int | None = None) -> np.ndarray:

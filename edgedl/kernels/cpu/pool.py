@@ -40,6 +40,8 @@ the input gives -inf (MaxPool) or NaN (AveragePool without count_include_pad). G
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 
@@ -464,11 +466,11 @@ def _max_idx_rows_par(x, y, ind, row_ptr, row_src, row_cm, col_k0, col_k1, geo, 
                       col_k0, col_k1, geo, col_major)
 
 
-def _nchunks(work: int, units: int) -> int:
+def _nchunks(work: int, units: int, threads: int | None = None) -> int:
     """How many parallel chunks to split ``units`` independent pieces into (0: run serially)."""
     if work < PARALLEL_MIN_WORK or units < 2:
         return 0
-    nt = num_threads()
+    nt = num_threads() if threads is None else threads
     return min(units, 4 * nt) if nt > 1 else 0
 
 
@@ -479,7 +481,8 @@ def max_chunks(units: int) -> int:
 
 def pool_runner(kind: str, tab: WindowTables):
     """``(run(x, y, scratch), scratch_bytes)`` for windowed pooling; kind "max" or "avg". ``scratch`` is a
-    uint8 workspace of at least scratch_bytes."""
+    uint8 workspace of at least scratch_bytes. ``run.bind(x, y, scratch, threads)`` returns the same call
+    with every argument prepared (for arrays that stay the same from run to run)."""
     planes, r_out, ow = tab.y3
     is_max = kind == "max"
     per_chunk = tab.buffer_len
@@ -488,14 +491,19 @@ def pool_runner(kind: str, tab: WindowTables):
     args = (tab.row_ptr, tab.row_src, tab.col_k0, tab.col_k1, tab.geo, tab.inv)
     x3s, y3s = tab.x3, tab.y3
 
-    def run(x, y, scratch):
+    def call_args(x, y, scratch, threads):
         x3, y3 = x.reshape(x3s), y.reshape(y3s)
-        nch = min(_nchunks(work, planes), maxch)
+        nch = min(_nchunks(work, planes, threads), maxch)
         bufs = scratch[:4 * per_chunk * max(nch, 1)].view(np.float32).reshape(max(nch, 1), per_chunk)
         if nch:
-            _pool_planes_par(x3, y3, *args, bufs, is_max, nch)
-        else:
-            _pool_planes(x3, y3, 0, planes, *args, bufs[0], is_max)
+            return (_pool_planes_par, x3, y3, *args, bufs, is_max, nch)
+        return (_pool_planes, x3, y3, 0, planes, *args, bufs[0], is_max)
+
+    def run(x, y, scratch):
+        fn, *a = call_args(x, y, scratch, None)
+        fn(*a)
+
+    run.bind = lambda x, y, scratch, threads: functools.partial(*call_args(x, y, scratch, threads))
     return run, 4 * per_chunk * maxch
 
 
@@ -579,23 +587,22 @@ def _gmp_planes_par(x, y, lanes, nchunks):
 
 def global_pool_runner(kind: str, planes: int, size: int):
     """``(run(x, y, scratch), scratch_bytes)`` for global pooling over (planes, size) views. kind: "max" or
-    "avg"."""
+    "avg". ``run.bind`` as in :func:`pool_runner`."""
     inv = np.float32(1.0 / size) if size else np.float32(np.nan)
     work = planes * size
     maxch = max_chunks(planes)
 
-    def run(x, y, scratch):
+    def call_args(x, y, scratch, threads):
         x2, y1 = x.reshape(planes, size), y.reshape(planes)
-        nch = min(_nchunks(work, planes), maxch)
+        nch = min(_nchunks(work, planes, threads), maxch)
         if kind == "avg":
-            if nch:
-                _gap_planes_par(x2, y1, inv, nch)
-            else:
-                _gap_planes(x2, y1, 0, planes, inv)
-        else:
-            lanes = scratch[:64 * max(nch, 1)].view(np.float32).reshape(max(nch, 1), 16)
-            if nch:
-                _gmp_planes_par(x2, y1, lanes, nch)
-            else:
-                _gmp_planes(x2, y1, 0, planes, lanes[0])
+            return (_gap_planes_par, x2, y1, inv, nch) if nch else (_gap_planes, x2, y1, 0, planes, inv)
+        lanes = scratch[:64 * max(nch, 1)].view(np.float32).reshape(max(nch, 1), 16)
+        return (_gmp_planes_par, x2, y1, lanes, nch) if nch else (_gmp_planes, x2, y1, 0, planes, lanes[0])
+
+    def run(x, y, scratch):
+        fn, *a = call_args(x, y, scratch, None)
+        fn(*a)
+
+    run.bind = lambda x, y, scratch, threads: functools.partial(*call_args(x, y, scratch, threads))
     return run, (64 * maxch if kind == "max" else 0)
