@@ -18,7 +18,6 @@ from ..kernels.cpu.config import num_threads
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
 
-
 #: graph inputs up to this size are copied into a plan-owned buffer per run (see build_plan)
 STAGE_MAX_BYTES = 1 << 20
 

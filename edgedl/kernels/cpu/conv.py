@@ -4,8 +4,8 @@
 
 * ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): for output rows
   narrower than 4 vectors and multiplier 1, the channel-interleaved kernel of :mod:`.depthwise_ci`;
-  otherwise a direct kernel, one output plane at a time (parallel over images x channels): the input plane is copied into a
-  zero-padded buffer, then each output row is computed in one pass over its columns with all taps
+  otherwise a direct kernel, one output plane at a time (parallel over images x channels): the input
+  plane is copied into a zero-padded buffer, then each output row is computed in one pass over its columns with all taps
   fused (LLVM-IR row kernels for 3x3 and 5x5 with column stride 1 or 2; vectorized Numba loops, one
   pass per tap, otherwise);
 * ``"gemm"``: per image and group, ``out[g] (C_out/g x OH*OW) = W_g (C_out/g x C_in/g*kH*kW) @
@@ -30,6 +30,7 @@ from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
     BIAS_NONE,
     BIAS_ROW,
@@ -41,7 +42,6 @@ from .gemm import (
     pack_a,
     packed_a_size,
 )
-from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .vec import VW, copy_floats, dw_row_3_1, dw_row_3_2, dw_row_5_1, dw_row_5_2
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",

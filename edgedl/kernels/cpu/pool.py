@@ -41,7 +41,6 @@ the input gives -inf (MaxPool) or NaN (AveragePool without count_include_pad). G
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 
