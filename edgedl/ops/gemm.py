@@ -62,10 +62,25 @@ class MatMul(Op):
 
     op_type = "MatMul"
     kernels = {"cpu": ("float32",)}
-    num_inputs = (2, 2)
+    num_inputs = (2, 3)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        # a fused bias (attrs["_bias"], set by the fuse pass): a third input added along the last axis
+        self.bias = bool(self.attr("_bias", False))
+        if (len([i for i in node.inputs if i]) == 3) != self.bias:
+            raise self.error("takes 2 inputs (a third only as a fused bias)")
 
     def infer(self, ins, consts):
-        a, b = ins
+        out = self._infer_matmul(ins[0], ins[1])
+        if self.bias:
+            c = ins[2]
+            n = out.shape[-1] if out.shape else 1
+            if c.dtype != out.dtype or int(np.prod(c.shape, dtype=np.int64)) != n or (c.shape and c.shape[-1] != n):
+                raise self.error(f"fused bias {c.dtype}{c.shape} must hold the {n} output columns as {out.dtype}")
+        return [out]
+
+    def _infer_matmul(self, a, b):
         if a.dtype != b.dtype:
             raise self.error(f"A and B must share a dtype, got {a.dtype} and {b.dtype}")
         if len(a.shape) == 0 or len(b.shape) == 0:
@@ -80,12 +95,16 @@ class MatMul(Op):
             out = out[:-2] + out[-1:]
         if len(b.shape) == 1:
             out = out[:-1]
-        return [TensorType(out, a.dtype)]
+        return TensorType(out, a.dtype)
 
-    def ref(self, a, b):
+    def ref(self, a, b, c=None):
         if a.dtype.kind == "f":
-            return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)]
-        return [np.matmul(a, b)]
+            y = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)
+        else:
+            y = np.matmul(a, b)
+        if c is not None:
+            y = (y + c.reshape(-1)).astype(y.dtype)
+        return [y]
 
     def build(self, ins, outs, consts):
         if ins[0].dtype != np.float32:
@@ -153,18 +172,25 @@ def _build_matmul_kernel(op: MatMul, ins, outs, consts) -> Kernel:
 
     a_shape, b_shape = ins[0].shape, ins[1].shape
     out_shape = outs[0].shape
-    if consts[1] is not None and len(b_shape) == 2 and len(a_shape) >= 1:
+    bias = consts[2] if op.bias else None
+    if consts[1] is not None and len(b_shape) == 2 and len(a_shape) >= 1 and (bias is not None or not op.bias):
         # A constant (K, N) weight: pack it once; every row of A (over all batch dims) is one GEMM row.
         k, n = b_shape
         rows = int(np.prod(a_shape[:-1], dtype=np.int64)) if len(a_shape) > 1 else 1
-        packed = PackedWeight(consts[1], None, trans_b=False)
+        packed = PackedWeight(consts[1], None if bias is None else bias.reshape(-1), trans_b=False)
 
         def run(inputs, outputs, scratch):
             packed(inputs[0].reshape(rows, k), outputs[0].reshape(rows, n), scratch)
 
-        return Kernel(run, scratch_bytes=packed.scratch_bytes(rows))
+        def bind(inputs, outputs, scratch, threads):
+            return packed.bind(inputs[0].reshape(rows, k), outputs[0].reshape(rows, n), scratch, threads)
+
+        return Kernel(run, scratch_bytes=packed.scratch_bytes(rows), bind=bind)
 
     def run_general(inputs, outputs, scratch):
-        matmul(inputs[0], inputs[1], outputs[0].reshape(out_shape))
+        out = outputs[0].reshape(out_shape)
+        matmul(inputs[0], inputs[1], out)
+        if op.bias:
+            out += inputs[2].reshape(-1)
 
     return Kernel(run_general)

@@ -3,7 +3,7 @@ at plan time (see ``edgedl.runtime.plan``)."""
 from __future__ import annotations
 
 from ..ir import Graph
-from .fuse import fold_batchnorm, fuse_activations, fuse_residual_add
+from .fuse import fold_batchnorm, fuse_activations, fuse_matmul_bias, fuse_residual_add
 from .simplify import remove_identities
 
 
@@ -12,8 +12,10 @@ def optimize(graph: Graph) -> Graph:
     remove_identities(graph)
     fold_batchnorm(graph)
     fuse_residual_add(graph)
+    fuse_matmul_bias(graph)
     fuse_activations(graph)
     return graph
 
 
-__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_residual_add", "fuse_activations"]
+__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_residual_add", "fuse_matmul_bias",
+           "fuse_activations"]

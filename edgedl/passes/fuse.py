@@ -184,6 +184,35 @@ def fuse_residual_add(graph: Graph) -> int:
     return fused
 
 
+def fuse_matmul_bias(graph: Graph) -> int:
+    """``Add(MatMul(A, W), c)`` with constant W (K, N) and a constant c of N values along the last axis
+    becomes one MatMul with ``attrs["_bias"]`` and c as its third input: the bias enters the GEMM's
+    accumulators (an exported Linear layer). Returns how many were fused."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    fused = 0
+    for add in list(graph.nodes):
+        if add.op_type != "Add" or add.domain or len(add.inputs) != 2:
+            continue
+        for k in (0, 1):
+            mm = producers.get(add.inputs[k])
+            c = _const(graph, add.inputs[1 - k])
+            if (mm is None or mm.op_type != "MatMul" or mm.domain or mm.attrs.get("_bias") or c is None
+                    or _sole_consumer(graph, add.inputs[k], outputs) is not add):
+                continue
+            w = _const(graph, mm.inputs[1])
+            if (w is None or w.ndim != 2 or w.dtype != np.float32 or c.dtype != np.float32 or c.ndim > 2
+                    or c.size != w.shape[1] or c.shape[-1] != w.shape[1]):
+                continue
+            mm.inputs = [mm.inputs[0], mm.inputs[1], add.inputs[1 - k]]
+            mm.attrs["_bias"] = True
+            mm.outputs = [add.outputs[0]]
+            graph.nodes.remove(add)
+            fused += 1
+            break
+    return fused
+
+
 def _drop_unused_initializers(graph: Graph) -> None:
     used = {i for n in graph.nodes for i in n.inputs} | {s.name for s in graph.outputs}
     for name in list(graph.initializers):

@@ -159,3 +159,21 @@ def test_residual_conv1d_matches_onnxruntime():
     (step,) = model.plan({"x": x.shape}).steps
     (ref,) = step.op.ref(x, inits["w"], inits["b"], x)
     np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("a_shape,c_shape,fused", [((5, 8), (6,), True), ((2, 3, 8), (1, 6), True),
+                                                   ((1, 8), (6,), True), ((4, 8), (4, 6), False)])
+def test_matmul_bias_fused(a_shape, c_shape, fused):
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(6)
+    inits = {"w": rng.standard_normal((8, 6)).astype(np.float32), "c": rng.standard_normal(c_shape).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["c", "m"], ["y"])]
+    proto = _model(nodes, inits, a_shape)
+    model = edgedl.load(proto)
+    assert [n.op_type for n in model.graph.nodes] == (["MatMul"] if fused else ["MatMul", "Add"])
+    x = rng.standard_normal(a_shape).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-5)
+    if fused:
+        (step,) = model.plan({"x": x.shape}).steps
+        np.testing.assert_allclose(step.op.ref(x, inits["w"], inits["c"])[0], want, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,11 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 #: (or element operations) to do; below it the thread fork/join costs more than it saves
 PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_PARALLEL_MIN_WORK", 1 << 18))
 
+#: the same threshold for a GEMM (convolutions included): splitting one costs more than a plain loop (a
+#: shared im2col pack as a second parallel region, uneven tile splits, B panels read across cores);
+#: measured on 2 cores, GEMMs below ~1M multiply-adds ran slower on two threads than on one
+GEMM_PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_GEMM_PARALLEL_MIN_WORK", 1 << 20))
+
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
 #: the same, for kernels with a prange loop

@@ -16,7 +16,7 @@ Driver (:class:`GemmCall`)
 --------------------------
 C = act(A @ B + bias) (or C += A @ B with ``accumulate``) for a batch of independent GEMMs that share
 M, N, K (convolution: images x groups), split into tasks (GEMM x column block x row split); each task
-owns its C tiles, tasks run under ``prange`` when the work is at least ``PARALLEL_MIN_WORK``. Inside a
+owns its C tiles, tasks run under ``prange`` when the work is at least ``GEMM_PARALLEL_MIN_WORK``. Inside a
 task: K blocks of ``KC`` > row blocks of ``MC`` rows (A block in L2) > B panels (packed once per K block,
 kept for the next row blocks) > the tiles of the panel in one IR loop. Every C element is computed by
 the same sequence of operations whatever the thread count, so results are bitwise identical for 1 or N
@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange
 
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from .config import GEMM_PARALLEL_MIN_WORK, NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
 from .vec import (
     MR,
     NR,
@@ -457,7 +457,7 @@ class GemmCall:
       the activation comes last.
 
     The task split depends on the thread count at call time (num_threads(), or ``threads``);
-    the parallel path runs when M*N*K*batch reaches PARALLEL_MIN_WORK. Results do not depend on it."""
+    the parallel path runs when M*N*K*batch reaches GEMM_PARALLEL_MIN_WORK. Results do not depend on it."""
 
     def __init__(self, ap: np.ndarray, m: int, n: int, k: int, ldc: int, *, bp: np.ndarray = _EMPTY,
                  geo: np.ndarray | None = None, ktab: np.ndarray | None = None, nbatch: int = 1,
@@ -481,7 +481,7 @@ class GemmCall:
         plan = self._plans.get(threads)
         if plan is None:
             total = self.nbatch * self.ngroups
-            parallel = threads > 1 and self.work >= PARALLEL_MIN_WORK
+            parallel = threads > 1 and self.work >= GEMM_PARALLEL_MIN_WORK
             rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1)
             ntasks = total * rs * cb
             keep = mst > MC // MR
