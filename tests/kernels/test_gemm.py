@@ -251,3 +251,26 @@ def test_one_vs_two_threads_identical():
         np.testing.assert_array_equal(res[0], res[1])
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 7, 16), (5, 33, 40), (8, 300, 70), (16, 96, 1024), (48, 20, 33), (13, 600, 17)])
+def test_direct_b_matches_packed(m, k, n, monkeypatch):
+    """GEMMs with few rows read a row-major B in place instead of packing it: the same floats either way
+    (bias per row and per column, accumulate, K blocks, a partial last panel)."""
+    rng = np.random.default_rng(m * 1000 + n)
+    a, b = rnd(rng, m, k), rnd(rng, k, n)
+    cases = [dict(bias=rnd(rng, n), act=A.ACT_RELU), dict(bias=rnd(rng, m), bias_mode=G.BIAS_ROW),
+             dict(act=A.ACT_HARD_SWISH)]
+    for kw in cases:
+        outs = []
+        for limit in (G.DIRECT_B_MAX_M, 0):
+            monkeypatch.setattr(G, "DIRECT_B_MAX_M", limit)
+            out = np.full((m, n), 0.5, np.float32)
+            G.gemm(a, b, out, accumulate=True, **kw)
+            outs.append(out)
+        np.testing.assert_array_equal(outs[0], outs[1])
+        bias = kw.get("bias")
+        ref = 0.5 + a.astype(np.float64) @ b.astype(np.float64)
+        if bias is not None:
+            ref = ref + (bias[:, None] if kw.get("bias_mode") == G.BIAS_ROW else bias[None, :])
+        check(outs[0], A.act_ref(ref, kw.get("act", A.ACT_NONE), 0.0, 0.0))

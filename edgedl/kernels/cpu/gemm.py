@@ -46,6 +46,7 @@ from .vec import (
     copy_nr,
     copy_nr_s2,
     microkernel_panel,
+    microkernel_panel_ldb,
     microkernel_panel_narrow,
 )
 
@@ -63,6 +64,9 @@ MC = 24 * MR
 #: columns of C per task column block (when the task has several row blocks, all its packed B panels
 #: of one K block are kept: NC/NR panels of KC x NR floats)
 NC = 24 * NR
+
+#: GEMMs with at most this many rows read a plain row-major B in place (no packing)
+DIRECT_B_MAX_M = 48
 
 #: bias modes
 BIAS_NONE = 0
@@ -278,11 +282,12 @@ def _tile_act(c, off, ldc, rows, cols, act, alpha, beta):
 @numba.njit(**NJIT)
 def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride, ldc,
               bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act, alpha,
-              beta, buf, ybase, xbase):
+              beta, direct, buf, ybase, xbase):
     """Task = (GEMM of the batch, column block of nbt tiles, row split of mst tiles).
 
     Loops: K blocks > row blocks of MC rows (A block in L2) > column panels (B panel in L1, packed once
-    per K block and kept for the next row blocks) > row tiles."""
+    per K block and kept for the next row blocks) > row tiles. ``direct``: B is a row-major matrix
+    (geometry row stride ldb, column stride 1) read in place for whole panels, without packing."""
     per = rs * cb
     gemm_i = task // per
     t = task - gemm_i * per
@@ -308,6 +313,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     nrb = (i1 - i0 + mbt - 1) // mbt
     keep = nrb > 1  # several row blocks: keep every packed panel of the column block for the next ones
     nkb = max(1, (k + KC - 1) // KC)
+    ldb = geo[G_SC]
     for kb in range(nkb):
         k0 = kb * KC
         kc = min(KC, k - k0)
@@ -327,6 +333,18 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
             ie = min(i1, ia + mbt)
             for jt in range(j0, j1):
                 col0 = jt * NR
+                if direct and n - col0 >= NR:
+                    microkernel_panel_ldb(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bsrc,
+                                          b_off + ktab[k0, 0] + col0, c, c_base + ia * MR * ldc + col0,
+                                          MR * ldc, ldc, flags, bias,
+                                          bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                          MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
+                                          min(MR, m - (ie - 1) * MR), NR, ldb)
+                    if post:
+                        for it in range(ia, ie):
+                            _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), NR, act,
+                                      alpha, beta)
+                    continue
                 if prepacked:
                     bpanel = bp
                     boff = jt * k * NR + k0 * NR
@@ -358,7 +376,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
 @numba.njit(**NJIT)
 def _gemm_serial(ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                  c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
-                 accumulate, act, alpha, beta):
+                 accumulate, act, alpha, beta, direct):
     # wbuf: (>= bufsize,) float32 panel buffer; ibuf: (>= 2*NR,) int64 index buffers (the caller's workspace)
     buf = wbuf[:bufsize]
     ybase = ibuf[:NR]
@@ -366,13 +384,13 @@ def _gemm_serial(ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride
     for task in range(ntasks):
         _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride,
                   ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act,
-                  alpha, beta, buf, ybase, xbase)
+                  alpha, beta, direct, buf, ybase, xbase)
 
 
 @numba.njit(**NJIT_PARALLEL)
 def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo,
                    ktab, c, c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb,
-                   mst, nbt, accumulate, act, alpha, beta):
+                   mst, nbt, accumulate, act, alpha, beta, direct):
     # wbuf: (nslots*bufsize,) float32, ibuf: (nslots*2*NR,) int64: each slot owns its slice
     for s in prange(nslots):
         buf = wbuf[s * bufsize:(s + 1) * bufsize]
@@ -383,7 +401,7 @@ def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc,
         for task in range(lo, hi):
             _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
                       c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
-                      accumulate, act, alpha, beta, buf, ybase, xbase)
+                      accumulate, act, alpha, beta, direct, buf, ybase, xbase)
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -473,7 +491,13 @@ class GemmCall:
         self._mid = (b_nstride, b_gstride, geo if geo is not None else matrix_geometry(1, 1, 1),
                      np.ascontiguousarray(ktab if ktab is not None else matrix_ktab(1, 1), dtype=np.int64))
         self._tail = (c_nstride, c_gstride, ldc, bias_arr, bias_mode, bias_gstride, m, n, k, ngroups)
-        self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta))
+        geo_v = self._mid[2]
+        # NOTE: a GEMM with few rows of A reuses each B panel only a few times, so packing it (a load and a
+        # store per element) costs about as much as the multiply: read a row-major B in place instead
+        plain = (bp.size == 0 and geo_v[G_KH] == 1 and geo_v[G_KW] == 1 and geo_v[G_SX] == 1
+                 and geo_v[G_H] == 1 and geo_v[G_PT] == 0 and geo_v[G_PL] == 0)
+        direct = plain and m <= DIRECT_B_MAX_M
+        self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta), direct)
         self.work = m * n * max(k, 1) * nbatch * ngroups
         self._plans: dict[int, tuple] = {}
 
@@ -490,7 +514,7 @@ class GemmCall:
             # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
             # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.
             shared = (nslots > 1 and rs > 1 and total == 1 and self._head[2].size == 0
-                      and self.k <= SHARED_PACK_MAX_K)
+                      and self.k <= SHARED_PACK_MAX_K and not self._flags[4])
             shared_floats = -(-self.n // NR) * self.k * NR if shared else 0
             plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)
             self._plans[threads] = plan

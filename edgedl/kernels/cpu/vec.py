@@ -115,7 +115,14 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     vecty = ir.VectorType(_F32, vw)
     vptr = vecty.as_pointer()
     maskty = ir.VectorType(ir.IntType(1), vw)
-    bs = nv * vw if bstride is None else bstride  # floats per k step in the packed B panel
+    bs = nv * vw if bstride is None else bstride  # floats per k step in the B panel (an int, or an i64 value)
+
+    def b_off(k):
+        """offset of k steps down the B panel"""
+        if isinstance(bs, int):
+            return _const_i64(k * bs)
+        return builder.mul(_const_i64(k), bs)
+
     fn = builder.function
     module = builder.module
     fmuladd = cgutils.get_or_insert_function(
@@ -242,7 +249,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         """One k step on accumulators ``accs`` reading A at ap[k*mr + r], B at bp[k*nr + v*vw]."""
         bvecs = []
         for v in range(nv):
-            p = builder.gep(bp, [_const_i64(k * bs + v * vw)], inbounds=True)
+            p = builder.gep(bp, [builder.add(b_off(k), _const_i64(v * vw))], inbounds=True)
             bvecs.append(builder.load(builder.bitcast(p, vptr), align=4))
         out = list(accs)
         for r in range(mr):
@@ -262,7 +269,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     for u in range(unroll):
         accs = k_step(accs, a_phi, b_phi, u)
     a_next = builder.gep(a_phi, [_const_i64(unroll * mr)], inbounds=True)
-    b_next = builder.gep(b_phi, [_const_i64(unroll * bs)], inbounds=True)
+    b_next = builder.gep(b_phi, [b_off(unroll)], inbounds=True)
     i_next = builder.add(i_phi, _const_i64(1))
     bb_loop4_end = builder.block
     builder.cbranch(builder.icmp_signed("<", i_next, n4), bb_loop4, bb_mid)
@@ -300,7 +307,7 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     acc1 = [builder.phi(vecty) for _ in range(nacc)]
     accs1 = k_step(acc1, a1, b1, 0)
     a1n = builder.gep(a1, [_const_i64(mr)], inbounds=True)
-    b1n = builder.gep(b1, [_const_i64(bs)], inbounds=True)
+    b1n = builder.gep(b1, [b_off(1)], inbounds=True)
     j_next = builder.add(j_phi, _const_i64(1))
     bb_loop1_end = builder.block
     builder.cbranch(builder.icmp_signed("<", j_next, rem), bb_loop1, bb_done)
@@ -415,74 +422,91 @@ copy_nr_s2 = _make_copy(NV, VW, 2)
 
 
 def _make_panel_kernel(mr, nv, vw, unroll, bstride=None):
-    @intrinsic
-    def microkernel_panel(typingctx, ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc,
-                          flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last, ncols):
+    """``bstride``: floats per k step of the B panel; None: NR (packed), "ldb": a trailing runtime
+    argument (B read in place from a row-major matrix)."""
+
+    def typer(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias, bias_off,
+              bias_step, act, alpha, beta, mrows_last, ncols, *ldb):
         for arr in (ap, bp, c, bias):
             if not isinstance(arr, types.Array) or arr.dtype != types.float32:
                 return None
         for i in (ntiles, kc, a_off, a_step, b_off, c_off, c_step, ldc, flags, bias_off, bias_step, act,
-                  mrows_last, ncols):
+                  mrows_last, ncols, *ldb):
             if not isinstance(i, types.Integer):
                 return None
         for f in (alpha, beta):
             if not isinstance(f, (types.Float, types.Integer)):
                 return None
         sig = types.void(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias,
-                         bias_off, bias_step, act, alpha, beta, mrows_last, ncols)
-
-        def codegen(context, builder, signature, args):
-            at = signature.args
-
-            def i64(k):
-                return context.cast(builder, args[k], at[k], types.int64)
-
-            def data(k, off_k):
-                arr = context.make_array(at[k])(context, builder, value=args[k])
-                return builder.gep(arr.data, [i64(off_k)])
-
-            n = i64(0)
-            kcv = i64(1)
-            a0 = data(2, 3)
-            b_ptr = data(5, 6)
-            c0 = data(7, 8)
-            bias0 = data(12, 13)
-            a_step_v, c_step_v, bias_step_v = i64(4), i64(9), i64(14)
-            ldc_v, flags_v, act_v = i64(10), i64(11), i64(15)
-            alpha_v = context.cast(builder, args[16], at[16], types.float32)
-            beta_v = context.cast(builder, args[17], at[17], types.float32)
-            fn = builder.function
-            bb_pre = builder.block
-            bb_loop = fn.append_basic_block("panel.loop")
-            bb_exit = fn.append_basic_block("panel.exit")
-            builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
-            builder.position_at_end(bb_loop)
-            t = builder.phi(_I64)
-            ap_ = builder.phi(a0.type)
-            cp_ = builder.phi(c0.type)
-            bp_ = builder.phi(bias0.type)
-            last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
-            mrows = builder.select(last, i64(18), _const_i64(mr))
-            _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
-                              bp_, act_v, alpha_v, beta_v, mrows, i64(19), bstride)
-            t_next = builder.add(t, _const_i64(1))
-            a_next = builder.gep(ap_, [a_step_v])
-            c_next = builder.gep(cp_, [c_step_v])
-            b_next = builder.gep(bp_, [bias_step_v])
-            bb_end = builder.block
-            builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
-            t.add_incoming(_const_i64(0), bb_pre)
-            t.add_incoming(t_next, bb_end)
-            ap_.add_incoming(a0, bb_pre)
-            ap_.add_incoming(a_next, bb_end)
-            cp_.add_incoming(c0, bb_pre)
-            cp_.add_incoming(c_next, bb_end)
-            bp_.add_incoming(bias0, bb_pre)
-            bp_.add_incoming(b_next, bb_end)
-            builder.position_at_end(bb_exit)
-            return context.get_dummy_value()
-
+                         bias_off, bias_step, act, alpha, beta, mrows_last, ncols, *ldb)
         return sig, codegen
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+
+        def i64(k):
+            return context.cast(builder, args[k], at[k], types.int64)
+
+        def data(k, off_k):
+            arr = context.make_array(at[k])(context, builder, value=args[k])
+            return builder.gep(arr.data, [i64(off_k)])
+
+        n = i64(0)
+        kcv = i64(1)
+        a0 = data(2, 3)
+        b_ptr = data(5, 6)
+        c0 = data(7, 8)
+        bias0 = data(12, 13)
+        a_step_v, c_step_v, bias_step_v = i64(4), i64(9), i64(14)
+        ldc_v, flags_v, act_v = i64(10), i64(11), i64(15)
+        alpha_v = context.cast(builder, args[16], at[16], types.float32)
+        beta_v = context.cast(builder, args[17], at[17], types.float32)
+        bs = i64(20) if bstride == "ldb" else bstride
+        fn = builder.function
+        bb_pre = builder.block
+        bb_loop = fn.append_basic_block("panel.loop")
+        bb_exit = fn.append_basic_block("panel.exit")
+        builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
+        builder.position_at_end(bb_loop)
+        t = builder.phi(_I64)
+        ap_ = builder.phi(a0.type)
+        cp_ = builder.phi(c0.type)
+        bp_ = builder.phi(bias0.type)
+        last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
+        mrows = builder.select(last, i64(18), _const_i64(mr))
+        _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
+                          bp_, act_v, alpha_v, beta_v, mrows, i64(19), bs)
+        t_next = builder.add(t, _const_i64(1))
+        a_next = builder.gep(ap_, [a_step_v])
+        c_next = builder.gep(cp_, [c_step_v])
+        b_next = builder.gep(bp_, [bias_step_v])
+        bb_end = builder.block
+        builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
+        t.add_incoming(_const_i64(0), bb_pre)
+        t.add_incoming(t_next, bb_end)
+        ap_.add_incoming(a0, bb_pre)
+        ap_.add_incoming(a_next, bb_end)
+        cp_.add_incoming(c0, bb_pre)
+        cp_.add_incoming(c_next, bb_end)
+        bp_.add_incoming(bias0, bb_pre)
+        bp_.add_incoming(b_next, bb_end)
+        builder.position_at_end(bb_exit)
+        return context.get_dummy_value()
+
+    if bstride == "ldb":
+        @intrinsic
+        def microkernel_panel_ldb(typingctx, ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc,
+                                  flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last, ncols, ldb):
+            return typer(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias, bias_off,
+                         bias_step, act, alpha, beta, mrows_last, ncols, ldb)
+
+        return microkernel_panel_ldb
+
+    @intrinsic
+    def microkernel_panel(typingctx, ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc,
+                          flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last, ncols):
+        return typer(ntiles, kc, ap, a_off, a_step, bp, b_off, c, c_off, c_step, ldc, flags, bias, bias_off,
+                     bias_step, act, alpha, beta, mrows_last, ncols)
 
     return microkernel_panel
 
@@ -496,6 +520,9 @@ microkernel_panel = _make_panel_kernel(MR, NV, VW, UNROLL)
 #: the same on the first VW columns only (B panels still NR wide): for a last panel of at most VW
 #: columns it does half the work of :data:`microkernel_panel`
 microkernel_panel_narrow = _make_panel_kernel(MR, 1, VW, UNROLL, bstride=NR)
+#: :data:`microkernel_panel` reading B in place: one more argument ``ldb``, the floats between two k rows
+#: of B (a full NR-column panel of a row-major matrix: no packing)
+microkernel_panel_ldb = _make_panel_kernel(MR, NV, VW, UNROLL, bstride="ldb")
 
 
 # ---------------------------------------------------------------------------------------------------
