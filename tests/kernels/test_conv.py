@@ -213,7 +213,7 @@ def test_depthwise_kernels_agree(case, monkeypatch):
     for code in (A.ACT_NONE, A.ACT_HARD_SWISH, A.ACT_SIGMOID):
         outs = {}
         for interleaved in (False, True):
-            monkeypatch.setattr(conv_mod, "prefer_interleaved", lambda oh, ow, v=interleaved: v)
+            monkeypatch.setattr(conv_mod, "prefer_interleaved", lambda oh, ow, sw, v=interleaved: v)
             conv, out = run_conv(x, w, b, s, p, d, c, code)
             assert conv.depthwise_kernel == ("interleaved" if interleaved else "rows")
             outs[interleaved] = out

@@ -3,7 +3,7 @@
 :class:`Conv2d` picks a strategy at construction:
 
 * ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): for output rows
-  narrower than 4 vectors and multiplier 1, the channel-interleaved kernel of :mod:`.depthwise_ci`;
+  narrower than 4 vectors or strided, multiplier 1, the channel-interleaved kernel of :mod:`.depthwise_ci`;
   otherwise a direct kernel, one output plane at a time (parallel over images x channels): the input
   plane is copied into a zero-padded buffer, then each output row is computed in one pass over its columns with all taps
   fused (LLVM-IR row kernels for 3x3 and 5x5 with column stride 1 or 2; vectorized Numba loops, one
@@ -366,7 +366,7 @@ class Conv2d:
             self.scratch_bytes = 4 * slots * sum(self._dw_sizes)
             self._ci = None
             self.depthwise_kernel = "rows"
-            if cout == c and prefer_interleaved(oh, ow):
+            if cout == c and prefer_interleaved(oh, ow, sw):
                 self.depthwise_kernel = "interleaved"
                 self._ci = DepthwiseInterleaved(weight, self.bias, self.in_shape, self.out_shape, kh, kw, sh, sw,
                                                 dh, dw, pt, pl, self._hp, self._wp, self.act, self.alpha,

@@ -43,6 +43,7 @@ from .vec import (
     UK_BIAS,
     UK_BIAS_COL,
     VW,
+    copy_floats,
     copy_nr,
     copy_nr_s2,
     microkernel_panel,
@@ -225,29 +226,51 @@ def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
                     xt = x + t * sw
                     buf[dst + t] = src[p + t * step] if (xt >= 0 and xt < w) else zero
         return
-    # general: columns across output rows, or a partial panel
-    for t in range(ncols):
-        ybase[t] = oh * sh - geo[G_PT]
-        xbase[t] = ow * sw - geo[G_PL]
-        ow += 1
-        if ow == ow_n:
-            ow = 0
-            oh += 1
+    # general: columns across output rows, or a partial panel. Split the panel into segments, each a run
+    # of consecutive output columns of one output row (ybase/xbase hold each segment's top-left tap),
+    # and copy each segment per k as a run of the source row when its taps are inside the image.
+    nseg = 0
+    t = 0
+    while t < ncols:
+        ybase[nseg] = oh * sh - geo[G_PT]
+        xbase[nseg] = ow * sw - geo[G_PL]
+        t += min(ncols - t, ow_n - ow)
+        nseg += 1
+        ow = 0
+        oh += 1
+    col_step = sw * sx
+    first_len = min(ncols, ow_n - (col0 - (col0 // ow_n) * ow_n))
     for kk in range(kc):
         k = k0 + kk
         dst = kk * NR
         kb = soff + ktab[k, 0]
         dy = ktab[k, 1]
         dx = ktab[k, 2]
-        for t in range(ncols):
-            y = ybase[t] + dy
-            x = xbase[t] + dx
-            if y >= 0 and y < h and x >= 0 and x < w:
-                buf[dst + t] = src[kb + ybase[t] * sy + xbase[t] * sx]
+        t = 0
+        seg_len = first_len
+        for sg in range(nseg):
+            y = ybase[sg] + dy
+            x = xbase[sg] + dx
+            d = buf[dst + t:dst + t + seg_len]
+            if y < 0 or y >= h:
+                for q in range(seg_len):
+                    d[q] = zero
             else:
-                buf[dst + t] = zero
-        for t in range(ncols, NR):
-            buf[dst + t] = zero
+                p = kb + ybase[sg] * sy + xbase[sg] * sx
+                if x >= 0 and x + (seg_len - 1) * sw < w:
+                    if col_step == 1:
+                        copy_floats(buf, dst + t, src, p, seg_len)
+                    else:
+                        for q in range(seg_len):
+                            d[q] = src[p + q * col_step]
+                else:
+                    for q in range(seg_len):
+                        xq = x + q * sw
+                        d[q] = src[p + q * col_step] if (xq >= 0 and xq < w) else zero
+            t += seg_len
+            seg_len = min(ncols - t, ow_n)
+        for q in range(ncols, NR):
+            buf[dst + q] = zero
 
 
 def matrix_ktab(k: int, row_stride: int) -> np.ndarray:
@@ -496,7 +519,7 @@ class GemmCall:
         # store per element) costs about as much as the multiply: read a row-major B in place instead
         plain = (bp.size == 0 and geo_v[G_KH] == 1 and geo_v[G_KW] == 1 and geo_v[G_SX] == 1
                  and geo_v[G_H] == 1 and geo_v[G_PT] == 0 and geo_v[G_PL] == 0)
-        direct = plain and m <= DIRECT_B_MAX_M
+        direct = bool(plain and m <= DIRECT_B_MAX_M)
         self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta), direct)
         self.work = m * n * max(k, 1) * nbatch * ngroups
         self._plans: dict[int, tuple] = {}
