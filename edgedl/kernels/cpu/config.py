@@ -16,10 +16,10 @@ FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
 #: (or element operations) to do; below it the thread fork/join costs more than it saves
 PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_PARALLEL_MIN_WORK", 1 << 18))
 
-#: the same threshold for a GEMM (convolutions included): splitting one costs more than a plain loop (a
-#: shared im2col pack as a second parallel region, uneven tile splits, B panels read across cores);
-#: measured on 2 cores, GEMMs below ~1M multiply-adds ran slower on two threads than on one
-GEMM_PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_GEMM_PARALLEL_MIN_WORK", 1 << 20))
+#: the same threshold for a GEMM (convolutions included), tunable on its own: a GEMM split costs more than
+#: a plain loop (a ~3 us launch of a many-argument parallel kernel, B panels read across cores). With
+#: even splits (see gemm._plan_tasks) 2 threads beat one from ~0.4M multiply-adds on (measured, 2 cores)
+GEMM_PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_GEMM_PARALLEL_MIN_WORK", 1 << 18))
 
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)

@@ -430,8 +430,8 @@ def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc,
 _EMPTY = np.zeros(0, dtype=np.float32)
 
 
-def _plan_tasks(m: int, n: int, nbatch: int, threads: int):
-    """(rs, cb, mst, nbt): row splits and column blocks per GEMM and their sizes in tiles."""
+def _split_heuristic(m: int, n: int, nbatch: int, threads: int):
+    """(rs, cb, mst, nbt): enough tasks for every thread, preferring column blocks."""
     mt = -(-m // MR)
     nt = -(-n // NR)
     cb = -(-nt // max(1, NC // NR))
@@ -458,6 +458,54 @@ def _plan_tasks(m: int, n: int, nbatch: int, threads: int):
     mst = -(-mt // rs)
     rs = -(-mt // mst)
     return rs, cb, mst, nbt
+
+
+def _busiest(m: int, n: int, nbatch: int, threads: int, split) -> int:
+    """Rows x columns computed by the busiest thread under ``split`` (tasks dealt out as the driver does)."""
+    rs, cb, mst, nbt = split
+    per = rs * cb
+    tasks = nbatch * per
+    most = 0
+    for slot in range(threads):
+        work = 0
+        for task in range(slot * tasks // threads, (slot + 1) * tasks // threads):
+            cbi, rsi = divmod(task % per, rs)
+            rows = min(m, (rsi + 1) * mst * MR) - rsi * mst * MR
+            cols = min(n, (cbi + 1) * nbt * NR) - cbi * nbt * NR
+            work += max(rows, 0) * max(cols, 0)
+        most = max(most, work)
+    return most
+
+
+def _plan_tasks(m: int, n: int, nbatch: int, threads: int):
+    """(rs, cb, mst, nbt): row splits and column blocks per GEMM and their sizes in tiles.
+
+    The heuristic split, unless it leaves few tasks unevenly spread (a ragged last block, a task count
+    that is not a multiple of the threads): then the pure column or pure row split is taken when its
+    busiest thread has less work (measured: a 32 x 64 GEMM in 3 row tasks on 2 threads ran slower than
+    on one)."""
+    split = _split_heuristic(m, n, nbatch, threads)
+    if threads <= 1 or nbatch * split[0] * split[1] > 8 * threads:
+        return split
+    mt = -(-m // MR)
+    nt = -(-n // NR)
+    candidates = [split]
+    for cb_want in (threads, 2 * threads):
+        if cb_want <= nt:
+            nbt = -(-nt // cb_want)
+            candidates.append((1, -(-nt // nbt), mt, nbt))
+    for rs_want in (threads, 2 * threads):
+        if rs_want <= mt:
+            mst = -(-mt // rs_want)
+            nbt = -(-nt // -(-nt // max(1, NC // NR)))
+            candidates.append((-(-mt // mst), -(-nt // nbt), mst, nbt))
+    # a task with several row blocks keeps all its packed B panels: bound them as NC does
+    candidates = [c for c in candidates if c[3] <= max(1, NC // NR) or c[2] <= MC // MR] or [split]
+    # NOTE: with a row split every thread packs the whole B: ~1 cycle per 8 floats against 1 per 16
+    # multiply-adds, so it costs about 2 * threads / M of the work
+    dup = 1.0 + 2.0 * threads / max(m, 1)
+    return min(candidates, key=lambda c: (_busiest(m, n, nbatch, threads, c) * (dup if c[0] > 1 else 1.0),
+                                          c[0] * c[1]))
 
 
 def pad_bias(bias: np.ndarray | None, bias_mode: int, m: int, n: int, ngroups: int = 1,
@@ -537,7 +585,8 @@ class GemmCall:
             # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
             # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.
             shared = (nslots > 1 and rs > 1 and total == 1 and self._head[2].size == 0
-                      and self.k <= SHARED_PACK_MAX_K and not self._flags[4])
+                      and self.k <= SHARED_PACK_MAX_K and not self._flags[4]
+                      and (nslots - 1) * self.k * self.n >= SHARED_PACK_MIN_FLOATS)
             shared_floats = -(-self.n // NR) * self.k * NR if shared else 0
             plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)
             self._plans[threads] = plan
@@ -622,6 +671,9 @@ def _nothing() -> None:
 
 #: largest K for which a row-split parallel GEMM packs B once into the workspace (bounds its size)
 SHARED_PACK_MAX_K = 1 << 14
+#: ... and only when the packing it saves (every other thread's copy of B) outweighs a second parallel
+#: region and the Python-side call (measured ~6 us on 2 cores: a 32 x 64 B packed twice costs less)
+SHARED_PACK_MIN_FLOATS = 1 << 17
 
 
 @numba.njit(**NJIT_PARALLEL)
