@@ -566,7 +566,9 @@ class GemmCall:
         # NOTE: a GEMM with few rows of A reuses each B panel only a few times, so packing it (a load and a
         # store per element) costs about as much as the multiply: read a row-major B in place instead
         plain = (bp.size == 0 and geo_v[G_KH] == 1 and geo_v[G_KW] == 1 and geo_v[G_SX] == 1
-                 and geo_v[G_H] == 1 and geo_v[G_PT] == 0 and geo_v[G_PL] == 0)
+                 and geo_v[G_H] == 1 and geo_v[G_PT] == 0 and geo_v[G_PL] == 0 and geo_v[G_SH] == 1
+                 and geo_v[G_SW] == 1 and geo_v[G_OW] == geo_v[G_W] and ktab is not None
+                 and (k <= 1 or int(self._mid[3][1, 0] - self._mid[3][0, 0]) == int(geo_v[G_SC])))
         direct = bool(plain and m <= DIRECT_B_MAX_M)
         self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta), direct)
         self.work = m * n * max(k, 1) * nbatch * ngroups
