@@ -165,6 +165,9 @@ def pack_b(b, bp):
                 bp[o + j] = np.float32(0.0)
 
 
+_ZEROS_NR = np.zeros(NR, dtype=np.float32)
+
+
 @numba.njit(inline="always", **NJIT)
 def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
     """Pack B[k0:k0+kc, col0:col0+ncols] (geometry ``geo``, row table ``ktab``) into buf[kc][NR],
@@ -178,6 +181,7 @@ def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
     sw = geo[G_SW]
     ow_n = geo[G_OW]
     zero = np.float32(0.0)
+    zeros = _ZEROS_NR
     oh = col0 // ow_n
     ow = col0 - oh * ow_n
     if ow + ncols <= ow_n and ncols == NR:
@@ -222,9 +226,16 @@ def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
                         buf[dst + t] = src[p + t * step]
             else:
                 p = pbase + ktab[k, 0]
-                for t in range(NR):
-                    xt = x + t * sw
-                    buf[dst + t] = src[p + t * step] if (xt >= 0 and xt < w) else zero
+                if step == 1:
+                    # a row running off the image (left or right padding): zeros around one run
+                    lo = min(NR, max(0, -x))
+                    hi = max(lo, min(NR, w - x))
+                    copy_floats(buf, dst, zeros, 0, NR)
+                    copy_floats(buf, dst + lo, src, p + lo, hi - lo)
+                else:
+                    for t in range(NR):
+                        xt = x + t * sw
+                        buf[dst + t] = src[p + t * step] if (xt >= 0 and xt < w) else zero
         return
     # general: columns across output rows, or a partial panel. Split the panel into segments, each a run
     # of consecutive output columns of one output row (ybase/xbase hold each segment's top-left tap),
@@ -239,38 +250,47 @@ def _pack_b_panel(src, soff, geo, ktab, k0, kc, col0, ncols, buf, ybase, xbase):
         ow = 0
         oh += 1
     col_step = sw * sx
-    first_len = min(ncols, ow_n - (col0 - (col0 // ow_n) * ow_n))
-    for kk in range(kc):
-        k = k0 + kk
-        dst = kk * NR
-        kb = soff + ktab[k, 0]
-        dy = ktab[k, 1]
-        dx = ktab[k, 2]
-        t = 0
-        seg_len = first_len
-        for sg in range(nseg):
-            y = ybase[sg] + dy
-            x = xbase[sg] + dx
-            d = buf[dst + t:dst + t + seg_len]
-            if y < 0 or y >= h:
-                for q in range(seg_len):
-                    d[q] = zero
-            else:
-                p = kb + ybase[sg] * sy + xbase[sg] * sx
-                if x >= 0 and x + (seg_len - 1) * sw < w:
-                    if col_step == 1:
-                        copy_floats(buf, dst + t, src, p, seg_len)
-                    else:
-                        for q in range(seg_len):
-                            d[q] = src[p + q * col_step]
+    span_y = (geo[G_KH] - 1) * geo[G_DH]
+    span_x = (geo[G_KW] - 1) * geo[G_DW]
+    t = 0
+    seg_len = min(ncols, ow_n - (col0 - (col0 // ow_n) * ow_n))
+    for sg in range(nseg):
+        yb = ybase[sg]
+        xb = xbase[sg]
+        pbase = soff + yb * sy + xb * sx
+        if (col_step == 1 and yb >= 0 and yb + span_y < h and xb >= 0
+                and xb + span_x + (seg_len - 1) * sw < w):
+            # every tap of the segment is inside the image: one run per k
+            for kk in range(kc):
+                copy_floats(buf, kk * NR + t, src, pbase + ktab[k0 + kk, 0], seg_len)
+        else:
+            for kk in range(kc):
+                k = k0 + kk
+                o = kk * NR + t
+                y = yb + ktab[k, 1]
+                x = xb + ktab[k, 2]
+                if y < 0 or y >= h:
+                    for q in range(seg_len):
+                        buf[o + q] = zero
+                    continue
+                p = pbase + ktab[k, 0]
+                if col_step == 1:
+                    # one run of the source row, zeros where it runs off the image
+                    lo = min(seg_len, max(0, -x))
+                    hi = max(lo, min(seg_len, w - x))
+                    if lo > 0 or hi < seg_len:
+                        copy_floats(buf, o, zeros, 0, seg_len)
+                    copy_floats(buf, o + lo, src, p + lo, hi - lo)
                 else:
                     for q in range(seg_len):
                         xq = x + q * sw
-                        d[q] = src[p + q * col_step] if (xq >= 0 and xq < w) else zero
-            t += seg_len
-            seg_len = min(ncols - t, ow_n)
-        for q in range(ncols, NR):
-            buf[dst + q] = zero
+                        buf[o + q] = src[p + q * col_step] if (xq >= 0 and xq < w) else zero
+        t += seg_len
+        seg_len = min(ncols - t, ow_n)
+    if ncols < NR:
+        for kk in range(kc):
+            for q in range(ncols, NR):
+                buf[kk * NR + q] = zero
 
 
 def matrix_ktab(k: int, row_stride: int) -> np.ndarray:
