@@ -119,6 +119,24 @@ class _WindowPool(Op):
         self.geom = (in_sp, out, pads)
         return in_sp, out, pads
 
+    def _pool2x2(self, kind: str, x: TensorType) -> Kernel | None:
+        """The dedicated kernel for 2x2 windows, stride 2, no padding or dilation (None otherwise)."""
+        in_sp, out, pads = self.geom
+        if (len(in_sp) != 2 or list(self.kernel_shape) != [2, 2] or list(self.strides) != [2, 2]
+                or list(self.dilations) != [1, 1] or any(pads) or out != [in_sp[0] // 2, in_sp[1] // 2]):
+            return None
+        from ..kernels.cpu.pool2x2 import pool2x2_runner
+
+        run_2x2 = pool2x2_runner(kind, int(x.shape[0]) * int(x.shape[1]), in_sp[0], in_sp[1])
+
+        def run(inputs, outputs, scratch):
+            run_2x2(inputs[0], outputs[0], scratch)
+
+        def bind(inputs, outputs, scratch, threads):
+            return run_2x2.bind(inputs[0], outputs[0], scratch, threads)
+
+        return Kernel(run, bind=bind)
+
     def _tables(self, x: TensorType, count_include_pad=False):
         from ..kernels.cpu.pool import window_tables
 
@@ -253,6 +271,9 @@ class MaxPool(_WindowPool):
             def run(inputs, outputs, scratch):
                 run_idx(inputs[0], outputs[0], outputs[1])
             return Kernel(run)
+        fast = self._pool2x2("max", x)
+        if fast is not None:
+            return fast
         run_max, nbytes = pool_runner("max", tab)
 
         def run(inputs, outputs, scratch):
@@ -304,6 +325,9 @@ class AveragePool(_WindowPool):
             return ref_kernel(self)
         from ..kernels.cpu.pool import pool_runner
 
+        fast = self._pool2x2("avg", x)
+        if fast is not None:
+            return fast
         run_avg, nbytes = pool_runner("avg", self._tables(x, bool(self.count_include_pad)))
 
         def run(inputs, outputs, scratch):

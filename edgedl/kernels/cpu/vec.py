@@ -885,3 +885,69 @@ def transpose_scatter(typingctx, ncols, dst, dofs, dofs_off, src, soff, sstride)
         if not isinstance(i, types.Integer):
             return None
     return types.void(ncols, dst, dofs, dofs_off, src, soff, sstride), _transpose_codegen(True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2x2 stride-2 pooling rows
+# ---------------------------------------------------------------------------------------------------
+def _make_pool2x2(is_max: bool):
+    @intrinsic
+    def pool2x2_row(typingctx, n, out, ooff, src, aoff, boff):
+        for arr in (out, src):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        for i in (n, ooff, aoff, boff):
+            if not isinstance(i, types.Integer):
+                return None
+        sig = types.void(n, out, ooff, src, aoff, boff)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+
+            def i64(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            vw = VW
+            vecty = ir.VectorType(_F32, vw)
+            wide = ir.VectorType(_F32, 2 * vw)
+            optr = builder.gep(context.make_array(at[1])(context, builder, value=args[1]).data, [i64(2)])
+            sptr = context.make_array(at[3])(context, builder, value=args[3]).data
+            aptr = builder.gep(sptr, [i64(4)])
+            bptr = builder.gep(sptr, [i64(5)])
+            even = ir.Constant(ir.VectorType(_I32, vw), [2 * i for i in range(vw)])
+            odd = ir.Constant(ir.VectorType(_I32, vw), [2 * i + 1 for i in range(vw)])
+            nchunks = builder.sdiv(i64(0), _const_i64(vw))
+            i, close = _counted_loop(builder, nchunks, "pool2x2")
+            j = builder.mul(i, _const_i64(2 * vw))
+            a = builder.load(builder.bitcast(builder.gep(aptr, [j]), wide.as_pointer()), align=4)
+            b = builder.load(builder.bitcast(builder.gep(bptr, [j]), wide.as_pointer()), align=4)
+            undef = ir.Constant(wide, ir.Undefined)
+            if is_max:
+                # as the generic kernel: m = -inf, then m = v > m ? v : m over the rows, then the columns
+                # (NaN inputs are skipped; a window of NaNs gives -inf)
+                ninf = ir.Constant(wide, [float("-inf")] * (2 * vw))
+                m = _select_gt(builder, a, ninf, a, ninf)
+                m = _select_gt(builder, b, m, b, m)
+                e = builder.shuffle_vector(m, undef, even)
+                o = builder.shuffle_vector(m, undef, odd)
+                r = _select_gt(builder, o, e, o, e)
+            else:
+                s = builder.fadd(a, b)
+                r = builder.fmul(builder.fadd(builder.shuffle_vector(s, undef, even),
+                                              builder.shuffle_vector(s, undef, odd)), _vec_const(vecty, 0.25))
+            builder.store(r, builder.bitcast(builder.gep(optr, [builder.mul(i, _const_i64(vw))]),
+                                             vecty.as_pointer()), align=4)
+            close()
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pool2x2_row
+
+
+#: ``pool2x2_max_row(n, out, ooff, src, aoff, boff)``: for every whole chunk of VW outputs i < n,
+#: out[ooff + i] = max of src[aoff + 2i], src[aoff + 2i + 1], src[boff + 2i], src[boff + 2i + 1] (NaN
+#: skipped, as the generic pooling kernel does); the last n % VW outputs are left to the caller.
+pool2x2_max_row = _make_pool2x2(True)
+#: the same with the mean of the four
+pool2x2_avg_row = _make_pool2x2(False)
