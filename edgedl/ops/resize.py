@@ -12,6 +12,8 @@ same tables in float64 and casts back as onnx's reference does (rounded and satu
 """
 from __future__ import annotations
 
+import functools
+
 import math
 
 import numpy as np
@@ -330,7 +332,13 @@ class _ResizeBase(Op):
                 if has_masks:
                     fill_extrapolated(outputs[0])
 
-            return Kernel(run)
+            def bind(inputs, outputs, scratch, threads):
+                if has_masks:
+                    return None
+                return functools.partial(resize_nearest_2d, inputs[0].reshape(-1), outputs[0].reshape(-1), hidx,
+                                         widx, nc, h, w, oh, ow)
+
+            return Kernel(run, bind=bind)
         t = [np.ascontiguousarray(v, np.int64) for v in (hi[:, 0], hi[:, 1])]
         t += [np.ascontiguousarray(v, np.float32) for v in (hw[:, 0], hw[:, 1])]
         t += [np.ascontiguousarray(v, np.uint64) for v in (wi[:, 0], wi[:, 1])]
@@ -341,7 +349,13 @@ class _ResizeBase(Op):
             if has_masks:
                 fill_extrapolated(outputs[0])
 
-        return Kernel(run2)
+        def bind2(inputs, outputs, scratch, threads):
+            if has_masks:
+                return None
+            return functools.partial(resize_linear_2d, inputs[0].reshape(-1), outputs[0].reshape(-1), *t, nc, h, w,
+                                     oh, ow)
+
+        return Kernel(run2, bind=bind2)
 
 
 def _copy_kernel(size: int) -> Kernel:

@@ -49,6 +49,7 @@ from .vec import (
     microkernel_panel,
     microkernel_panel_ldb,
     microkernel_panel_narrow,
+    microkernel_panel_rows,
 )
 
 __all__ = [
@@ -66,8 +67,11 @@ MC = 24 * MR
 #: of one K block are kept: NC/NR panels of KC x NR floats)
 NC = 24 * NR
 
-#: GEMMs with at most this many rows read a plain row-major B in place (no packing)
+#: GEMMs with at most this many rows read B in place instead of packing it: a plain row-major B whole, a
+#: stride-1 convolution's image in its interior panels
 DIRECT_B_MAX_M = 48
+#: in-place B modes of the driver
+DIRECT_NONE, DIRECT_MATRIX, DIRECT_CONV = 0, 1, 2
 
 #: bias modes
 BIAS_NONE = 0
@@ -329,8 +333,10 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     """Task = (GEMM of the batch, column block of nbt tiles, row split of mst tiles).
 
     Loops: K blocks > row blocks of MC rows (A block in L2) > column panels (B panel in L1, packed once
-    per K block and kept for the next row blocks) > row tiles. ``direct``: B is a row-major matrix
-    (geometry row stride ldb, column stride 1) read in place for whole panels, without packing."""
+    per K block and kept for the next row blocks) > row tiles. ``direct``: DIRECT_MATRIX: B is a
+    row-major matrix (geometry row stride ldb, column stride 1) read in place for whole panels;
+    DIRECT_CONV: B is a stride-1 convolution's image, its interior panels read in place through the row
+    table; other panels are packed."""
     per = rs * cb
     gemm_i = task // per
     t = task - gemm_i * per
@@ -357,6 +363,15 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     keep = nrb > 1  # several row blocks: keep every packed panel of the column block for the next ones
     nkb = max(1, (k + KC - 1) // KC)
     ldb = geo[G_SC]
+    ow_n = geo[G_OW]
+    sh_c = geo[G_SH]
+    sy_c = geo[G_SY]
+    pt_c = geo[G_PT]
+    pl_c = geo[G_PL]
+    h_c = geo[G_H]
+    w_c = geo[G_W]
+    span_y = (geo[G_KH] - 1) * geo[G_DH]
+    span_x = (geo[G_KW] - 1) * geo[G_DW]
     for kb in range(nkb):
         k0 = kb * KC
         kc = min(KC, k - k0)
@@ -376,7 +391,26 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
             ie = min(i1, ia + mbt)
             for jt in range(j0, j1):
                 col0 = jt * NR
-                if direct and n - col0 >= NR:
+                if direct == DIRECT_CONV and n - col0 >= NR:
+                    # an interior panel of a stride-1 convolution: B rows read from the image in place
+                    poh = col0 // ow_n
+                    pow_ = col0 - poh * ow_n
+                    y0 = poh * sh_c - pt_c
+                    x0 = pow_ - pl_c
+                    if (pow_ + NR <= ow_n and y0 >= 0 and y0 + span_y < h_c and x0 >= 0
+                            and x0 + span_x + NR - 1 < w_c):
+                        microkernel_panel_rows(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, ktab,
+                                               k0 * 3, bsrc, b_off + y0 * sy_c + x0, c,
+                                               c_base + ia * MR * ldc + col0, MR * ldc, ldc, flags, bias,
+                                               bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                               MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
+                                               min(MR, m - (ie - 1) * MR))
+                        if post:
+                            for it in range(ia, ie):
+                                _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), NR, act,
+                                          alpha, beta)
+                        continue
+                if direct == DIRECT_MATRIX and n - col0 >= NR:
                     microkernel_panel_ldb(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bsrc,
                                           b_off + ktab[k0, 0] + col0, c, c_base + ia * MR * ldc + col0,
                                           MR * ldc, ldc, flags, bias,
@@ -589,7 +623,11 @@ class GemmCall:
                  and geo_v[G_H] == 1 and geo_v[G_PT] == 0 and geo_v[G_PL] == 0 and geo_v[G_SH] == 1
                  and geo_v[G_SW] == 1 and geo_v[G_OW] == geo_v[G_W] and ktab is not None
                  and (k <= 1 or int(self._mid[3][1, 0] - self._mid[3][0, 0]) == int(geo_v[G_SC])))
-        direct = bool(plain and m <= DIRECT_B_MAX_M)
+        # ... and an image read through its row table, for the interior panels of a stride-1 convolution
+        conv_rows = bp.size == 0 and ktab is not None and geo_v[G_SW] == 1 and geo_v[G_SX] == 1
+        direct = DIRECT_NONE
+        if m <= DIRECT_B_MAX_M:
+            direct = DIRECT_MATRIX if plain else (DIRECT_CONV if conv_rows else DIRECT_NONE)
         self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta), direct)
         self.work = m * n * max(k, 1) * nbatch * ngroups
         self._plans: dict[int, tuple] = {}
@@ -607,7 +645,7 @@ class GemmCall:
             # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
             # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.
             shared = (nslots > 1 and rs > 1 and total == 1 and self._head[2].size == 0
-                      and self.k <= SHARED_PACK_MAX_K and not self._flags[4]
+                      and self.k <= SHARED_PACK_MAX_K and self._flags[4] != DIRECT_MATRIX
                       and (nslots - 1) * self.k * self.n >= SHARED_PACK_MIN_FLOATS)
             shared_floats = -(-self.n // NR) * self.k * NR if shared else 0
             plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)

@@ -109,9 +109,12 @@ _IR_ACTS = (ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID
 
 
 def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_ptr, ldc, flags,
-                      bias_ptr, act, alpha, beta, mrows, ncols, bstride=None):
+                      bias_ptr, act, alpha, beta, mrows, ncols, bstride=None, b_base=None):
     """Emit one tile update at the builder's position; ``mrows`` (<= mr) rows and ``ncols`` (<= nv*vw)
-    columns of C are read/written (edge tiles use masked vector loads/stores)."""
+    columns of C are read/written (edge tiles use masked vector loads/stores).
+
+    ``b_base`` (a float pointer) switches B to a row table: ``b_ptr`` then walks an int64 table with
+    ``bstride`` elements per k step, and row k of B starts at ``b_base + table[k]``."""
     vecty = ir.VectorType(_F32, vw)
     vptr = vecty.as_pointer()
     maskty = ir.VectorType(ir.IntType(1), vw)
@@ -248,8 +251,13 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     def k_step(accs, ap, bp, k):
         """One k step on accumulators ``accs`` reading A at ap[k*mr + r], B at bp[k*nr + v*vw]."""
         bvecs = []
+        if b_base is not None:
+            row = builder.gep(b_base, [builder.load(builder.gep(bp, [b_off(k)], inbounds=True), align=8)])
         for v in range(nv):
-            p = builder.gep(bp, [builder.add(b_off(k), _const_i64(v * vw))], inbounds=True)
+            if b_base is not None:
+                p = builder.gep(row, [_const_i64(v * vw)])
+            else:
+                p = builder.gep(bp, [builder.add(b_off(k), _const_i64(v * vw))], inbounds=True)
             bvecs.append(builder.load(builder.bitcast(p, vptr), align=4))
         out = list(accs)
         for r in range(mr):
@@ -523,6 +531,83 @@ microkernel_panel_narrow = _make_panel_kernel(MR, 1, VW, UNROLL, bstride=NR)
 #: :data:`microkernel_panel` reading B in place: one more argument ``ldb``, the floats between two k rows
 #: of B (a full NR-column panel of a row-major matrix: no packing)
 microkernel_panel_ldb = _make_panel_kernel(MR, NV, VW, UNROLL, bstride="ldb")
+
+
+@intrinsic
+def microkernel_panel_rows(typingctx, ntiles, kc, ap, a_off, a_step, ktab, t_off, src, s_off, c, c_off, c_step, ldc,
+                           flags, bias, bias_off, bias_step, act, alpha, beta, mrows_last):
+    """:data:`microkernel_panel` on a full NR-column panel read in place through a row table: row k of B
+    is ``src[s_off + ktab_flat[t_off + 3*k] :][:NR]`` (``ktab`` an (K, 3) int64 table as gemm.conv_ktab
+    builds it, first column the row offsets): the interior panels of a stride-1 convolution read the
+    image directly, without im2col packing."""
+    for arr in (ap, src, c, bias):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    if not isinstance(ktab, types.Array) or ktab.dtype != types.int64:
+        return None
+    for i in (ntiles, kc, a_off, a_step, t_off, s_off, c_off, c_step, ldc, flags, bias_off, bias_step, act,
+              mrows_last):
+        if not isinstance(i, types.Integer):
+            return None
+    for f in (alpha, beta):
+        if not isinstance(f, (types.Float, types.Integer)):
+            return None
+    sig = types.void(ntiles, kc, ap, a_off, a_step, ktab, t_off, src, s_off, c, c_off, c_step, ldc, flags, bias,
+                     bias_off, bias_step, act, alpha, beta, mrows_last)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+
+        def i64(k):
+            return context.cast(builder, args[k], at[k], types.int64)
+
+        def data(k, off_k):
+            arr = context.make_array(at[k])(context, builder, value=args[k])
+            return builder.gep(arr.data, [i64(off_k)])
+
+        n = i64(0)
+        kcv = i64(1)
+        a0 = data(2, 3)
+        t_ptr = data(5, 6)
+        s_base = data(7, 8)
+        c0 = data(9, 10)
+        bias0 = data(14, 15)
+        a_step_v, c_step_v, bias_step_v = i64(4), i64(11), i64(16)
+        ldc_v, flags_v, act_v = i64(12), i64(13), i64(17)
+        alpha_v = context.cast(builder, args[18], at[18], types.float32)
+        beta_v = context.cast(builder, args[19], at[19], types.float32)
+        fn = builder.function
+        bb_pre = builder.block
+        bb_loop = fn.append_basic_block("prow.loop")
+        bb_exit = fn.append_basic_block("prow.exit")
+        builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
+        builder.position_at_end(bb_loop)
+        t = builder.phi(_I64)
+        ap_ = builder.phi(a0.type)
+        cp_ = builder.phi(c0.type)
+        bp_ = builder.phi(bias0.type)
+        last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
+        mrows = builder.select(last, i64(20), _const_i64(MR))
+        _emit_microkernel(context, builder, MR, NV, VW, UNROLL, kcv, ap_, t_ptr, cp_, ldc_v, flags_v, bp_, act_v,
+                          alpha_v, beta_v, mrows, _const_i64(NR), 3, s_base)
+        t_next = builder.add(t, _const_i64(1))
+        a_next = builder.gep(ap_, [a_step_v])
+        c_next = builder.gep(cp_, [c_step_v])
+        b_next = builder.gep(bp_, [bias_step_v])
+        bb_end = builder.block
+        builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
+        t.add_incoming(_const_i64(0), bb_pre)
+        t.add_incoming(t_next, bb_end)
+        ap_.add_incoming(a0, bb_pre)
+        ap_.add_incoming(a_next, bb_end)
+        cp_.add_incoming(c0, bb_pre)
+        cp_.add_incoming(c_next, bb_end)
+        bp_.add_incoming(bias0, bb_pre)
+        bp_.add_incoming(b_next, bb_end)
+        builder.position_at_end(bb_exit)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # ---------------------------------------------------------------------------------------------------
