@@ -13,7 +13,6 @@ same tables in float64 and casts back as onnx's reference does (rounded and satu
 from __future__ import annotations
 
 import functools
-
 import math
 
 import numpy as np
