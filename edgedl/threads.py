@@ -43,7 +43,9 @@ def set_num_threads(n: int | None) -> None:
 
 def configure_threads(n: int | None) -> None:
     """Apply a per-model thread count (or the default) before a run."""
+    from .kernels.cpu.config import num_threads  # the cheap getter (no per-call pool launch check)
+
     want = n or _default or numba.config.NUMBA_NUM_THREADS
     want = min(want, numba.config.NUMBA_NUM_THREADS)
-    if numba.get_num_threads() != want:
+    if num_threads() != want:
         numba.set_num_threads(want)
