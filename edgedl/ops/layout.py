@@ -60,7 +60,7 @@ class Transpose(Op):
             def run_np(inputs, outputs, scratch):
                 np.copyto(outputs[0], np.transpose(inputs[0], perm))
             return Kernel(run_np, impl="numpy")
-        fn, kind = make_transpose(x.shape, perm)
+        fn, kind = make_transpose(x.shape, perm, np.dtype(x.dtype).itemsize)
 
         def run(inputs, outputs, scratch):
             fn(bits_view(inputs[0]), bits_view(outputs[0]))

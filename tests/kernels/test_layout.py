@@ -357,3 +357,19 @@ def test_alias_view_in_model():
     np.testing.assert_array_equal(out["y"], x.reshape(6, 4).T)
     np.testing.assert_array_equal(out["f"], x.reshape(2, 12))
     assert m.plan({"x": (2, 3, 4)}).kernel_impls().get("view") == 1
+
+
+@pytest.mark.parametrize("shape,perm", [((1, 64, 64, 3), (0, 3, 1, 2)), ((2, 5, 7, 4), (0, 3, 1, 2)),
+                                        ((1, 3, 16, 16), (0, 2, 3, 1)), ((3, 2, 9, 5), (0, 2, 3, 1)),
+                                        ((1, 10, 10, 2), (0, 3, 1, 2)), ((17, 3), (1, 0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint32])
+def test_few_channel_transpose_moves_bits(shape, perm, dtype):
+    """NHWC <-> NCHW of 2 to 4 channels (32-bit items) runs on vector shuffles, bit for bit (NaN payloads too),
+    whole vector chunks and scalar tails."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(dtype)
+    fn, kind = make_transpose(x.shape, perm, 4)
+    assert kind == "channels"
+    out = np.empty(np.transpose(x, perm).shape, dtype)
+    fn(bits_view(x), bits_view(out))
+    np.testing.assert_array_equal(out.view(np.uint32), np.ascontiguousarray(np.transpose(x, perm)).view(np.uint32))

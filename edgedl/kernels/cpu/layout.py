@@ -10,7 +10,8 @@ axes that stay adjacent and in order in the permutation are merged. What is left
   output axis ``q``; for every position of the remaining ("batch") axes the (q, m) plane is a 2-D
   transpose, done in 32 x 32 tiles so both the strided reads and the contiguous writes stay in L1
   (NCHW -> NHWC collapses to ``(N, C, HW) -> (N, HW, C)``, NHWC -> NCHW to ``(N, HW, C) -> (N, C, HW)``):
-  :func:`transpose_tiles`.
+  :func:`transpose_tiles`; with 2 to 4 channels of 32-bit items (an RGB image), vector shuffles instead
+  (:func:`make_transpose` kind "channels").
 
 Kernels move raw bits: any dtype runs through an unsigned-integer view of the same item size
 (:func:`bits_view`), so one compiled kernel per item size (1, 2, 4, 8 bytes) serves every dtype.
@@ -22,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from .vec import JOIN_CHANNELS, SPLIT_CHANNELS, VW
 
 #: side of the square tiles of the tiled transpose
 TILE = 32
@@ -175,11 +177,59 @@ def transpose_tiles(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_ist
         _tiles_range(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_istride, jb_width, 0, nwork)
 
 
-def make_transpose(shape, perm):
+_S2, _S3, _S4 = SPLIT_CHANNELS[2], SPLIT_CHANNELS[3], SPLIT_CHANNELS[4]
+_J2, _J3, _J4 = JOIN_CHANNELS[2], JOIN_CHANNELS[3], JOIN_CHANNELS[4]
+
+
+@njit(**NJIT)
+def _channels(x, out, nb, npix, nch, split):
+    # x, out: flat 32-bit (nb, npix, nch) <-> (nb, nch, npix); split: pixels-major -> planes
+    plane = npix
+    whole = npix // VW * VW
+    for b in range(nb):
+        base = b * npix * nch
+        if split:
+            if nch == 2:
+                _S2(npix, out, base, x, base, plane)
+            elif nch == 3:
+                _S3(npix, out, base, x, base, plane)
+            else:
+                _S4(npix, out, base, x, base, plane)
+            for p in range(whole, npix):
+                for c in range(nch):
+                    out[base + c * plane + p] = x[base + p * nch + c]
+        else:
+            if nch == 2:
+                _J2(npix, out, base, x, base, plane)
+            elif nch == 3:
+                _J3(npix, out, base, x, base, plane)
+            else:
+                _J4(npix, out, base, x, base, plane)
+            for p in range(whole, npix):
+                for c in range(nch):
+                    out[base + p * nch + c] = x[base + c * plane + p]
+
+
+def _few_channels(cshape, cperm, itemsize: int):
+    """(nb, npix, nch, split) when the transpose moves 2 to 4 interleaved 32-bit channels to planes (NHWC ->
+    NCHW of an image) or back; else None."""
+    if itemsize != 4 or cperm not in ((1, 0), (0, 2, 1)):
+        return None
+    nb = cshape[0] if len(cshape) == 3 else 1
+    a, b = cshape[-2], cshape[-1]
+    if b in (2, 3, 4) and a >= VW:
+        return nb, a, b, True
+    if a in (2, 3, 4) and b >= VW:
+        return nb, b, a, False
+    return None
+
+
+def make_transpose(shape, perm, itemsize: int = 0):
     """Prepare a transpose of a C-contiguous array of ``shape`` by ``perm``.
 
     Returns ``(fn, kind)``: ``fn(x, out)`` takes flat bit views (see :func:`bits_view`) of the input and the
-    preallocated output; ``kind`` is "copy", "rows" or "tiles".
+    preallocated output; ``kind`` is "copy", "rows", "tiles" or, with ``itemsize`` 4, "channels" (2 to 4
+    interleaved channels to planes or back, vector shuffles: :data:`~edgedl.kernels.cpu.vec.SPLIT_CHANNELS`).
     """
     cshape, cperm = collapse_transpose(tuple(shape), tuple(perm))
     n = len(cshape)
@@ -187,6 +237,13 @@ def make_transpose(shape, perm):
         def copy(x, out):
             np.copyto(out, x)
         return copy, "copy"
+    few = _few_channels(cshape, cperm, itemsize)
+    if few is not None:
+        nb, npix, nch, split = few
+
+        def channels(x, out):
+            _channels(x, out, nb, npix, nch, split)
+        return channels, "channels"
     istr = _strides(cshape)
     oshape = [cshape[a] for a in cperm]
     ostr = _strides(oshape)

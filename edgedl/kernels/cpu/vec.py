@@ -1036,3 +1036,80 @@ def _make_pool2x2(is_max: bool):
 pool2x2_max_row = _make_pool2x2(True)
 #: the same with the mean of the four
 pool2x2_avg_row = _make_pool2x2(False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (de)interleaving a few channels: the NHWC <-> NCHW transposes of images with 2 to 4 channels
+# ---------------------------------------------------------------------------------------------------
+def _make_channel_shuffle(nch: int, split: bool):
+    @intrinsic
+    def shuffle_channels(typingctx, npix, dst, doff, src, soff, plane):
+        for arr in (dst, src):
+            if not isinstance(arr, types.Array) or arr.dtype.bitwidth != 32 or arr.dtype != dst.dtype:
+                return None
+        for i in (npix, doff, soff, plane):
+            if not isinstance(i, types.Integer):
+                return None
+        sig = types.void(npix, dst, doff, src, soff, plane)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+
+            def i64(k):
+                return context.cast(builder, args[k], at[k], types.int64)
+
+            vw = VW
+            elt = ir.IntType(32)
+            vec = ir.VectorType(elt, vw)
+            big = ir.VectorType(elt, vw * nch)
+            dptr = builder.bitcast(builder.gep(context.make_array(at[1])(context, builder, value=args[1]).data,
+                                               [i64(2)]), elt.as_pointer())
+            sptr = builder.bitcast(builder.gep(context.make_array(at[3])(context, builder, value=args[3]).data,
+                                               [i64(4)]), elt.as_pointer())
+            plane_v = i64(5)
+            nchunks = builder.sdiv(i64(0), _const_i64(vw))
+            i, close = _counted_loop(builder, nchunks, "chshuf")
+            p0 = builder.mul(i, _const_i64(vw))
+            if split:
+                # src pixels p0.. of interleaved channels -> nch planes
+                v = builder.load(builder.bitcast(builder.gep(sptr, [builder.mul(p0, _const_i64(nch))]),
+                                                 big.as_pointer()), align=4)
+                for c in range(nch):
+                    mask = ir.Constant(ir.VectorType(_I32, vw), [q * nch + c for q in range(vw)])
+                    part = builder.shuffle_vector(v, ir.Constant(big, ir.Undefined), mask)
+                    p = builder.gep(dptr, [builder.add(builder.mul(_const_i64(c), plane_v), p0)])
+                    builder.store(part, builder.bitcast(p, vec.as_pointer()), align=4)
+            else:
+                # nch planes -> interleaved pixels: concatenate the plane vectors, then interleave
+                parts = [builder.load(builder.bitcast(builder.gep(sptr, [builder.add(
+                    builder.mul(_const_i64(c), plane_v), p0)]), vec.as_pointer()), align=4) for c in range(nch)]
+                cat = parts[0]
+                for c in range(1, nch):
+                    width = vw * c
+                    widen = ir.Constant(ir.VectorType(_I32, width + vw), list(range(width + vw)))
+                    if width != vw:  # pad the shorter operand to the accumulated width first
+                        pad = ir.Constant(ir.VectorType(_I32, width), list(range(vw)) + [vw] * (width - vw))
+                        nxt = builder.shuffle_vector(parts[c], ir.Constant(vec, ir.Undefined), pad)
+                        widen = ir.Constant(ir.VectorType(_I32, width + vw), list(range(width)) +
+                                            [width + t for t in range(vw)])
+                        cat = builder.shuffle_vector(cat, nxt, widen)
+                    else:
+                        cat = builder.shuffle_vector(cat, parts[c], widen)
+                mask = ir.Constant(ir.VectorType(_I32, vw * nch), [(k % nch) * vw + k // nch for k in range(vw * nch)])
+                v = builder.shuffle_vector(cat, ir.Constant(big, ir.Undefined), mask)
+                builder.store(v, builder.bitcast(builder.gep(dptr, [builder.mul(p0, _const_i64(nch))]),
+                                                 big.as_pointer()), align=4)
+            close()
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return shuffle_channels
+
+
+#: ``split_channels_C(npix, dst, doff, src, soff, plane)``: for whole chunks of VW pixels p < npix,
+#: dst[doff + c*plane + p] = src[soff + p*C + c] (c < C); ``join_channels_C`` the inverse,
+#: dst[doff + p*C + c] = src[soff + c*plane + p]. 32-bit elements (any dtype, bits moved as they are);
+#: the last npix % VW pixels are left to the caller.
+SPLIT_CHANNELS = {c: _make_channel_shuffle(c, True) for c in (2, 3, 4)}
+JOIN_CHANNELS = {c: _make_channel_shuffle(c, False) for c in (2, 3, 4)}
