@@ -429,6 +429,33 @@ copy_nr = _make_copy(NV, VW, 1)
 copy_nr_s2 = _make_copy(NV, VW, 2)
 
 
+def _emit_tile_loop(builder, n, a0, a_step, c0, c_step, bias0, bias_step, mrows_last, mr, emit_tile):
+    """``for t in range(n)``: ``emit_tile(a_ptr, c_ptr, bias_ptr, mrows)`` on tile t of a panel (A, C and
+    bias pointers advanced by their steps; the last tile has ``mrows_last`` rows, the others ``mr``)."""
+    fn = builder.function
+    bb_pre = builder.block
+    bb_loop = fn.append_basic_block("panel.loop")
+    bb_exit = fn.append_basic_block("panel.exit")
+    builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
+    builder.position_at_end(bb_loop)
+    t = builder.phi(_I64)
+    ap_ = builder.phi(a0.type)
+    cp_ = builder.phi(c0.type)
+    bp_ = builder.phi(bias0.type)
+    last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
+    emit_tile(ap_, cp_, bp_, builder.select(last, mrows_last, _const_i64(mr)))
+    t_next = builder.add(t, _const_i64(1))
+    a_next = builder.gep(ap_, [a_step])
+    c_next = builder.gep(cp_, [c_step])
+    b_next = builder.gep(bp_, [bias_step])
+    bb_end = builder.block
+    builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
+    for phi, first, nxt in ((t, _const_i64(0), t_next), (ap_, a0, a_next), (cp_, c0, c_next), (bp_, bias0, b_next)):
+        phi.add_incoming(first, bb_pre)
+        phi.add_incoming(nxt, bb_end)
+    builder.position_at_end(bb_exit)
+
+
 def _make_panel_kernel(mr, nv, vw, unroll, bstride=None):
     """``bstride``: floats per k step of the B panel; None: NR (packed), "ldb": a trailing runtime
     argument (B read in place from a row-major matrix)."""
@@ -470,35 +497,12 @@ def _make_panel_kernel(mr, nv, vw, unroll, bstride=None):
         alpha_v = context.cast(builder, args[16], at[16], types.float32)
         beta_v = context.cast(builder, args[17], at[17], types.float32)
         bs = i64(20) if bstride == "ldb" else bstride
-        fn = builder.function
-        bb_pre = builder.block
-        bb_loop = fn.append_basic_block("panel.loop")
-        bb_exit = fn.append_basic_block("panel.exit")
-        builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
-        builder.position_at_end(bb_loop)
-        t = builder.phi(_I64)
-        ap_ = builder.phi(a0.type)
-        cp_ = builder.phi(c0.type)
-        bp_ = builder.phi(bias0.type)
-        last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
-        mrows = builder.select(last, i64(18), _const_i64(mr))
-        _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
-                          bp_, act_v, alpha_v, beta_v, mrows, i64(19), bs)
-        t_next = builder.add(t, _const_i64(1))
-        a_next = builder.gep(ap_, [a_step_v])
-        c_next = builder.gep(cp_, [c_step_v])
-        b_next = builder.gep(bp_, [bias_step_v])
-        bb_end = builder.block
-        builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
-        t.add_incoming(_const_i64(0), bb_pre)
-        t.add_incoming(t_next, bb_end)
-        ap_.add_incoming(a0, bb_pre)
-        ap_.add_incoming(a_next, bb_end)
-        cp_.add_incoming(c0, bb_pre)
-        cp_.add_incoming(c_next, bb_end)
-        bp_.add_incoming(bias0, bb_pre)
-        bp_.add_incoming(b_next, bb_end)
-        builder.position_at_end(bb_exit)
+
+        def tile(ap_, cp_, bp_, mrows):
+            _emit_microkernel(context, builder, mr, nv, vw, unroll, kcv, ap_, b_ptr, cp_, ldc_v, flags_v,
+                              bp_, act_v, alpha_v, beta_v, mrows, i64(19), bs)
+
+        _emit_tile_loop(builder, n, a0, a_step_v, c0, c_step_v, bias0, bias_step_v, i64(18), mr, tile)
         return context.get_dummy_value()
 
     if bstride == "ldb":
@@ -576,35 +580,12 @@ def microkernel_panel_rows(typingctx, ntiles, kc, ap, a_off, a_step, ktab, t_off
         ldc_v, flags_v, act_v = i64(12), i64(13), i64(17)
         alpha_v = context.cast(builder, args[18], at[18], types.float32)
         beta_v = context.cast(builder, args[19], at[19], types.float32)
-        fn = builder.function
-        bb_pre = builder.block
-        bb_loop = fn.append_basic_block("prow.loop")
-        bb_exit = fn.append_basic_block("prow.exit")
-        builder.cbranch(builder.icmp_signed(">", n, _const_i64(0)), bb_loop, bb_exit)
-        builder.position_at_end(bb_loop)
-        t = builder.phi(_I64)
-        ap_ = builder.phi(a0.type)
-        cp_ = builder.phi(c0.type)
-        bp_ = builder.phi(bias0.type)
-        last = builder.icmp_signed("==", t, builder.sub(n, _const_i64(1)))
-        mrows = builder.select(last, i64(20), _const_i64(MR))
-        _emit_microkernel(context, builder, MR, NV, VW, UNROLL, kcv, ap_, t_ptr, cp_, ldc_v, flags_v, bp_, act_v,
-                          alpha_v, beta_v, mrows, _const_i64(NR), 3, s_base)
-        t_next = builder.add(t, _const_i64(1))
-        a_next = builder.gep(ap_, [a_step_v])
-        c_next = builder.gep(cp_, [c_step_v])
-        b_next = builder.gep(bp_, [bias_step_v])
-        bb_end = builder.block
-        builder.cbranch(builder.icmp_signed("<", t_next, n), bb_loop, bb_exit)
-        t.add_incoming(_const_i64(0), bb_pre)
-        t.add_incoming(t_next, bb_end)
-        ap_.add_incoming(a0, bb_pre)
-        ap_.add_incoming(a_next, bb_end)
-        cp_.add_incoming(c0, bb_pre)
-        cp_.add_incoming(c_next, bb_end)
-        bp_.add_incoming(bias0, bb_pre)
-        bp_.add_incoming(b_next, bb_end)
-        builder.position_at_end(bb_exit)
+
+        def tile(ap_, cp_, bp_, mrows):
+            _emit_microkernel(context, builder, MR, NV, VW, UNROLL, kcv, ap_, t_ptr, cp_, ldc_v, flags_v, bp_,
+                              act_v, alpha_v, beta_v, mrows, _const_i64(NR), 3, s_base)
+
+        _emit_tile_loop(builder, n, a0, a_step_v, c0, c_step_v, bias0, bias_step_v, i64(20), MR, tile)
         return context.get_dummy_value()
 
     return sig, codegen
