@@ -20,6 +20,8 @@ from .arena import Buffer, lower_bound, plan_arena
 
 #: graph inputs up to this size are copied into a plan-owned buffer per run (see build_plan)
 STAGE_MAX_BYTES = 1 << 20
+#: graph outputs up to this size are computed into a plan-owned buffer and copied out (see build_plan)
+OWNED_OUTPUT_MAX_BYTES = 1 << 16
 
 
 @dataclass
@@ -258,6 +260,10 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     for step in steps:
         for o in step.node.outputs:
             if o in graph_out and step.view_shape is None and o not in produced_fresh:
+                if types[o].nbytes <= OWNED_OUTPUT_MAX_BYTES and template[slot_of[o]] is None:
+                    # a small output lives in a buffer of the plan (its producer binds) and is copied out
+                    template[slot_of[o]] = np.empty(types[o].shape, types[o].dtype)
+                    continue
                 produced_fresh.add(o)
                 fresh.append((slot_of[o], types[o].shape, types[o].dtype))
     for name in output_names:
