@@ -8,6 +8,8 @@ Both map onto an (outer, n, inner) view of the contiguous input (:mod:`edgedl.ke
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..ir import TensorType
@@ -72,7 +74,12 @@ class _SoftmaxBase(Op):
         def run(inputs, outputs, scratch):
             k(inputs[0].reshape(-1), outputs[0].reshape(-1), scratch)
 
-        return Kernel(run, scratch_bytes=k.scratch_bytes)
+        def bind(inputs, outputs, scratch, threads):
+            if k.size == 0:
+                return None
+            return functools.partial(*k.call_args(inputs[0].reshape(-1), outputs[0].reshape(-1), scratch, threads))
+
+        return Kernel(run, scratch_bytes=k.scratch_bytes, bind=bind)
 
 
 @register

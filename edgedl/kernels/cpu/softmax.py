@@ -133,24 +133,26 @@ class SoftmaxKernel:
             self.items = outer * ((inner + BLOCK - 1) // BLOCK)
             self.scratch_bytes = self.max_chunks * 2 * BLOCK * 4
 
-    def chunks(self) -> int:
+    def chunks(self, threads: int | None = None) -> int:
         work = 4 * self.size  # exp dominates: several flops per element
         if work < PARALLEL_MIN_WORK or self.items < 2:
             return 1
-        return max(1, min(num_threads(), self.max_chunks, self.items))
+        return max(1, min(num_threads() if threads is None else threads, self.max_chunks, self.items))
+
+    def call_args(self, x, out, scratch, threads: int | None = None) -> tuple:
+        """(kernel, *arguments) of one call (size > 0)."""
+        c = self.chunks(threads)
+        if self.inner == 1:
+            if c == 1:
+                return (softmax_rows, x, out, self.n, 0, self.outer, self.log)
+            return (softmax_rows_parallel, x, out, self.n, self.outer, c, self.log)
+        ws = scratch[:self.scratch_bytes].view(np.float32)
+        if c == 1:
+            return (softmax_strided, x, out, self.n, self.inner, 0, self.items, ws[:2 * BLOCK], self.log)
+        return (softmax_strided_parallel, x, out, self.n, self.inner, self.items, c, ws, self.log)
 
     def __call__(self, x, out, scratch):
         if self.size == 0:
             return
-        c = self.chunks()
-        if self.inner == 1:
-            if c == 1:
-                softmax_rows(x, out, self.n, 0, self.outer, self.log)
-            else:
-                softmax_rows_parallel(x, out, self.n, self.outer, c, self.log)
-            return
-        ws = scratch[:self.scratch_bytes].view(np.float32)
-        if c == 1:
-            softmax_strided(x, out, self.n, self.inner, 0, self.items, ws[:2 * BLOCK], self.log)
-        else:
-            softmax_strided_parallel(x, out, self.n, self.inner, self.items, c, ws, self.log)
+        fn, *args = self.call_args(x, out, scratch)
+        fn(*args)
