@@ -429,6 +429,21 @@ copy_nr = _make_copy(NV, VW, 1)
 copy_nr_s2 = _make_copy(NV, VW, 2)
 
 
+def _arg_readers(context, builder, signature, args):
+    """(i64, data) for an intrinsic's codegen: ``i64(k)`` is argument k cast to int64, ``data(k, off_k)``
+    the data pointer of array argument k advanced by the int64 value of argument ``off_k`` (if given)."""
+    at = signature.args
+
+    def i64(k):
+        return context.cast(builder, args[k], at[k], types.int64)
+
+    def data(k, off_k=None):
+        ptr = context.make_array(at[k])(context, builder, value=args[k]).data
+        return ptr if off_k is None else builder.gep(ptr, [i64(off_k)])
+
+    return i64, data
+
+
 def _emit_tile_loop(builder, n, a0, a_step, c0, c_step, bias0, bias_step, mrows_last, mr, emit_tile):
     """``for t in range(n)``: ``emit_tile(a_ptr, c_ptr, bias_ptr, mrows)`` on tile t of a panel (A, C and
     bias pointers advanced by their steps; the last tile has ``mrows_last`` rows, the others ``mr``)."""
@@ -478,14 +493,7 @@ def _make_panel_kernel(mr, nv, vw, unroll, bstride=None):
 
     def codegen(context, builder, signature, args):
         at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
-
-        def data(k, off_k):
-            arr = context.make_array(at[k])(context, builder, value=args[k])
-            return builder.gep(arr.data, [i64(off_k)])
-
+        i64, data = _arg_readers(context, builder, signature, args)
         n = i64(0)
         kcv = i64(1)
         a0 = data(2, 3)
@@ -561,14 +569,7 @@ def microkernel_panel_rows(typingctx, ntiles, kc, ap, a_off, a_step, ktab, t_off
 
     def codegen(context, builder, signature, args):
         at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
-
-        def data(k, off_k):
-            arr = context.make_array(at[k])(context, builder, value=args[k])
-            return builder.gep(arr.data, [i64(off_k)])
-
+        i64, data = _arg_readers(context, builder, signature, args)
         n = i64(0)
         kcv = i64(1)
         a0 = data(2, 3)
