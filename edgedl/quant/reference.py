@@ -76,3 +76,59 @@ def fully_connected(x, x_zp, w, bias, m0, shift, y_zp, act_min=-128, act_max=127
         acc = acc + np.asarray(bias, np.int64)
     scaled = (mbqm_single if single_rounding else mbqm)(acc, m0, shift)
     return np.clip(scaled + y_zp, act_min, act_max)
+
+
+def conv2d(x, x_zp, w, bias, m0, shift, y_zp, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+           act_min=-128, act_max=127, single_rounding=False):
+    """TFLite's reference int8 convolution (ConvPerChannel; DepthwiseConvPerChannel when group == C_in),
+    in NCHW: x (N, C, H, W) int8 with zero point x_zp; w (M, C/group, kH, kW) int8 symmetric; bias (M,)
+    int32 or None; (m0, shift) per output channel. Padding taps add nothing (TFLite skips them: the same as
+    padding with the zero point). Returns int8 values as int64 (N, M, OH, OW)."""
+    x = np.asarray(x, np.int64) - x_zp
+    w = np.asarray(w, np.int64)
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    pt, pl, pb, pr = pads
+    xp = np.zeros((n, c, h + pt + pb, wd + pl + pr), np.int64)
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    mg = m // group
+    acc = np.zeros((n, m, oh, ow), np.int64)
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                acc[:, g * mg:(g + 1) * mg] += np.einsum("nchw,mc->nmhw", patch, w[g * mg:(g + 1) * mg, :, i, j])
+    if bias is not None:
+        acc += np.asarray(bias, np.int64).reshape(1, m, 1, 1)
+    m0 = np.broadcast_to(np.asarray(m0, np.int64), (m,)).reshape(1, m, 1, 1)
+    shift = np.broadcast_to(np.asarray(shift, np.int64), (m,)).reshape(1, m, 1, 1)
+    scaled = (mbqm_single if single_rounding else mbqm)(acc, m0, shift)
+    return np.clip(scaled + y_zp, act_min, act_max)
+
+
+def add_params(s1: float, s2: float, s_out: float, left_shift: int = 20):
+    """TFLite's int8 Add preparation: both inputs are brought to a common scale 2*max(s1, s2) with
+    ``left_shift`` bits of headroom. Returns (m1, shift1, m2, shift2, m_out, shift_out)."""
+    from .fixed_point import quantize_multiplier
+
+    twice_max = 2.0 * max(s1, s2)
+    p1 = quantize_multiplier(s1 / twice_max)
+    p2 = quantize_multiplier(s2 / twice_max)
+    po = quantize_multiplier(twice_max / ((1 << left_shift) * s_out))
+    return (*p1, *p2, *po)
+
+
+def add(x1, zp1, x2, zp2, params, y_zp, left_shift=20, act_min=-128, act_max=127):
+    """TFLite's reference int8 Add (elementwise, numpy broadcasting): each input, offset by its zero point
+    and shifted left by ``left_shift``, is rescaled to the common scale; the sum is rescaled to the output
+    (every multiplier below one: MultiplyByQuantizedMultiplierSmallerThanOneExp, double rounding)."""
+    m1, sh1, m2, sh2, mo, sho = params
+    a = (np.asarray(x1, np.int64) - zp1) * (np.int64(1) << left_shift)
+    b = (np.asarray(x2, np.int64) - zp2) * (np.int64(1) << left_shift)
+    total = mbqm(a, m1, sh1) + mbqm(b, m2, sh2)
+    return np.clip(mbqm(total, mo, sho) + y_zp, act_min, act_max)

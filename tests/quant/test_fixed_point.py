@@ -119,3 +119,35 @@ def test_quantize_roundings():
     assert ref.quantize_tflite([0.5, -0.5, 1.5, -1.5, 1000.0], 1.0, 0).tolist() == [1, -1, 2, -2, 127]
     assert ref.quantize_onnx([0.5, -0.5, 1.5, -1.5, -1000.0], 1.0, 0).tolist() == [0, 0, 2, -2, -128]
     assert ref.quantize_onnx([0.5, 2.5], 1.0, 128, 0, 255).tolist() == [128, 130]
+
+
+@pytest.mark.parametrize("shape,m,k,s,p,d,g", [((1, 4, 9, 8), 6, 3, 1, 1, 1, 1), ((2, 6, 7, 7), 6, 3, 2, 1, 1, 6),
+                                              ((1, 4, 10, 9), 8, 3, 1, 2, 2, 2)])
+def test_conv_reference_matches_float_closely(shape, m, k, s, p, d, g):
+    """The integer reference convolution (padding taps contribute nothing) agrees with the float
+    computation it quantizes to within one step (the requantization rounds once or twice)."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, shape)
+    w = rng.integers(-127, 128, (m, shape[1] // g, k, k))
+    bias = rng.integers(-3000, 3000, m)
+    s_in, s_out, s_w = 0.03, 0.2, rng.uniform(0.002, 0.02, m)
+    m0, shift = fp.quantize_multipliers(s_in * s_w / s_out)
+    y = ref.conv2d(x, 5, w, bias, m0, shift, -3, (s, s), (p,) * 4, (d, d), g)
+    xf = np.pad(x - 5, ((0, 0), (0, 0), (p, p), (p, p))).astype(np.float64)
+    from edgedl.kernels.cpu.conv import conv2d_ref
+
+    real = conv2d_ref(xf.astype(np.float32), w.astype(np.float32), bias.astype(np.float32), (s, s), (0, 0, 0, 0),
+                      (d, d), g).astype(np.float64)
+    real = real * (s_in * s_w / s_out).reshape(1, m, 1, 1) - 3
+    assert y.shape == real.shape
+    assert np.all(np.abs(y - np.clip(np.round(real), -128, 127)) <= 1)
+
+
+def test_add_reference_matches_float_closely():
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(-128, 128, (3, 50)), rng.integers(-128, 128, (1, 50))
+    s1, s2, so = 0.05, 0.11, 0.13
+    params = ref.add_params(s1, s2, so)
+    y = ref.add(a, 4, b, -9, params, 2)
+    real = (a - 4) * s1 / so + (b + 9) * s2 / so + 2
+    assert np.all(np.abs(y - np.clip(np.round(real), -128, 127)) <= 1)
