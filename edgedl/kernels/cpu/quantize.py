@@ -1,0 +1,91 @@
+"""float32 <-> int8/uint8 quantization kernels (ONNX QuantizeLinear / DequantizeLinear semantics).
+
+Both run over an (outer, channels, inner) view of the tensor: one scale and zero point per channel (per
+axis), or a single one (per tensor: channels = 1). Quantize: q = saturate(round_half_even(x / scale) + zp),
+the division in float32 as onnxruntime and the ONNX reference do. Dequantize: y = (q - zp) * scale.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .config import NJIT
+
+__all__ = ["QuantizeKernel", "DequantizeKernel"]
+
+#: NOTE: no fast-math here: 'arcp' would turn x / scale into x * (1 / scale), which moves values across
+#: rounding ties; the quotient must be the IEEE float32 division that onnxruntime and the reference do
+_EXACT = dict(NJIT, fastmath=False)
+
+
+@numba.njit(**_EXACT)
+def _quantize(x, scale, zp, out, outer, ch, inner, lo, hi):
+    # x: (outer*ch*inner,) float32; scale: (ch,) float32; zp: (ch,) int32; out: same size, int8 or uint8
+    flo = np.float32(lo)
+    fhi = np.float32(hi)
+    for o in range(outer):
+        for c in range(ch):
+            s = scale[c]
+            z = np.float32(zp[c])
+            base = (o * ch + c) * inner
+            xs = x[base:base + inner]
+            os_ = out[base:base + inner]
+            for i in range(inner):
+                v = np.rint(xs[i] / s) + z  # ties to even; exact below 2^24
+                v = flo if v < flo else v
+                v = fhi if v > fhi else v
+                os_[i] = v
+
+
+@numba.njit(**_EXACT)
+def _dequantize(q, scale, zp, out, outer, ch, inner):
+    # q: (outer*ch*inner,) int8 or uint8; scale: (ch,) float32; zp: (ch,) int32; out: float32
+    for o in range(outer):
+        for c in range(ch):
+            s = scale[c]
+            z = np.float32(zp[c])
+            base = (o * ch + c) * inner
+            qs = q[base:base + inner]
+            os_ = out[base:base + inner]
+            for i in range(inner):
+                os_[i] = (np.float32(qs[i]) - z) * s
+
+
+def _layout(shape, axis):
+    size = int(np.prod(shape, dtype=np.int64))
+    if axis is None:
+        return 1, 1, size
+    return (int(np.prod(shape[:axis], dtype=np.int64)), int(shape[axis]),
+            int(np.prod(shape[axis + 1:], dtype=np.int64)))
+
+
+def _params(scale, zp, ch):
+    s = np.ascontiguousarray(np.asarray(scale, np.float32).reshape(-1))
+    z = np.zeros(ch, np.int32) if zp is None else np.asarray(zp).astype(np.int32).reshape(-1)
+    return np.broadcast_to(s, (ch,)) if s.size == 1 else s, np.broadcast_to(z, (ch,)) if z.size == 1 else z
+
+
+class QuantizeKernel:
+    """Prepared QuantizeLinear for an input shape: ``axis`` None (per tensor) or the channel axis."""
+
+    def __init__(self, shape, axis, qtype):
+        self.outer, self.ch, self.inner = _layout(shape, axis)
+        info = np.iinfo(qtype)
+        self.lo, self.hi = int(info.min), int(info.max)
+
+    def __call__(self, x, scale, zp, out):
+        s, z = _params(scale, zp, self.ch)
+        _quantize(x.reshape(-1), np.ascontiguousarray(s), np.ascontiguousarray(z), out.reshape(-1), self.outer,
+                  self.ch, self.inner, self.lo, self.hi)
+
+
+class DequantizeKernel:
+    """Prepared DequantizeLinear (int8/uint8 -> float32) for an input shape and channel axis (or None)."""
+
+    def __init__(self, shape, axis):
+        self.outer, self.ch, self.inner = _layout(shape, axis)
+
+    def __call__(self, q, scale, zp, out):
+        s, z = _params(scale, zp, self.ch)
+        _dequantize(q.reshape(-1), np.ascontiguousarray(s), np.ascontiguousarray(z), out.reshape(-1), self.outer,
+                    self.ch, self.inner)
