@@ -52,3 +52,24 @@ def test_qgemm_extreme_values_do_not_overflow():
     q(x, out)
     want = ref.fully_connected(x.T, 127, w, None, m0.astype(np.int64), shift.astype(np.int64), 0).T
     np.testing.assert_array_equal(out.astype(np.int64), want)
+
+
+@pytest.mark.parametrize("shape,m,k,s,p,d,g", [
+    ((1, 3, 12, 11), 8, 3, 1, (1, 1, 1, 1), 1, 1),      # first layer, same padding
+    ((2, 8, 9, 9), 16, 3, 2, (1, 0, 2, 1), 1, 1),       # strided, asymmetric pads, batch 2
+    ((1, 6, 10, 8), 6, 3, 1, (2, 2, 2, 2), 2, 6),       # depthwise, dilated
+    ((1, 8, 7, 7), 12, 1, 1, (0, 0, 0, 0), 1, 2),       # grouped 1x1
+])
+def test_qconv_bit_exact(shape, m, k, s, p, d, g):
+    from edgedl.kernels.cpu.conv_i8 import QConv2d
+
+    rng = np.random.default_rng(sum(shape) + m)
+    x = rng.integers(-128, 128, shape).astype(np.int8)
+    w = rng.integers(-127, 128, (m, shape[1] // g, k, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, m).astype(np.int32)
+    m0, shift = fp.quantize_multipliers(rng.uniform(0.0005, 0.01, m))
+    conv = QConv2d(w, bias, m0, shift, shape, 7, -2, (s, s), p, (d, d), g)
+    out = np.empty(conv.out_shape, np.int8)
+    conv(x, out)
+    want = ref.conv2d(x, 7, w, bias, m0.astype(np.int64), shift.astype(np.int64), -2, (s, s), p, (d, d), g)
+    np.testing.assert_array_equal(out.astype(np.int64), want)
