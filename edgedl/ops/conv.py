@@ -281,36 +281,38 @@ def _constant_params(op: Op, consts) -> tuple[np.ndarray | None, np.ndarray | No
     return w, b, w is not None and (b is not None or not has_bias)
 
 
-def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
+def _conv2d_kernel(op: Conv, ins, outs, consts, *, fused_act: bool, accumulate: bool) -> Kernel:
+    """The Conv2d kernel of the node (1-D as 2-D), with or without its fused activation / accumulation."""
     from ..kernels.cpu.conv import Conv2d
 
     kernel, strides, dilations, pads = _as_2d(*op.geometry)
     x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
     w_shape = (*ins[1].shape[:2], *kernel)
-    code, alpha, beta = op.act
+    code, alpha, beta = op.act if fused_act else (0, 0.0, 0.0)
 
     def make(w, b):
         return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group, code, alpha, beta,
-                      accumulate=op.residual)
+                      accumulate=accumulate)
 
-    kern = _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+    return _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+
+
+def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
+    kern = _conv2d_kernel(op, ins, outs, consts, fused_act=True, accumulate=op.residual)
     if not op.residual:
         return kern
-    # fused residual: the output starts as a copy of R (unless the planner gave the output R's own memory)
-    # and the GEMM accumulates onto it; the activation runs after the sum, in the epilogue
+    # fused residual: the output starts as a copy of R and the GEMM accumulates onto it; the activation runs
+    # after the sum, in the epilogue (R and the output never share memory: both are live at this step)
     inner_fn, inner_bind = kern.fn, kern.bind
 
     def run(inputs, outputs, scratch):
-        if not np.shares_memory(inputs[3], outputs[0]):
-            np.copyto(outputs[0], inputs[3])
+        np.copyto(outputs[0], inputs[3])
         inner_fn(inputs, outputs, scratch)
 
     bind = None
     if inner_bind is not None:
         def bind(inputs, outputs, scratch, threads):
             conv_call = inner_bind(inputs, outputs, scratch, threads)
-            if np.shares_memory(inputs[3], outputs[0]):
-                return conv_call
             out, res = outputs[0], inputs[3]
 
             def call():
@@ -326,18 +328,10 @@ def _build_conv_then_add(op: Conv, ins, outs, consts) -> Kernel:
     """A fused residual the GEMM epilogue cannot take (broadcast or constant R): the convolution without
     activation into the workspace, then the add and the activation (rare; correct, not fast)."""
     from ..kernels.cpu.act import act_inplace
-    from ..kernels.cpu.conv import Conv2d
 
-    kernel, strides, dilations, pads = _as_2d(*op.geometry)
-    x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
-    w_shape = (*ins[1].shape[:2], *kernel)
     code, alpha, beta = op.act
     nbytes = int(np.prod(outs[0].shape)) * 4
-
-    def make(w, b):
-        return Conv2d(w.reshape(w_shape), b, x_shape, strides, pads, dilations, op.group)
-
-    conv = _conv_kernel(op, make, consts, w_shape, x_shape, out_shape)
+    conv = _conv2d_kernel(op, ins, outs, consts, fused_act=False, accumulate=False)
 
     def run(inputs, outputs, scratch):
         raw = scratch[:nbytes]

@@ -326,6 +326,13 @@ def _tile_act(c, off, ldc, rows, cols, act, alpha, beta):
         act_inplace(c, off + r * ldc, off + r * ldc + cols, act, alpha, beta)
 
 
+@numba.njit(inline="always", **NJIT)
+def _tiles_act(c, c_base, ldc, col0, ia, ie, m, ncols, act, alpha, beta):
+    # the activation of row tiles ia..ie-1 of a column panel, after its last K block (non-simple activations)
+    for it in range(ia, ie):
+        _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), ncols, act, alpha, beta)
+
+
 @numba.njit(**NJIT)
 def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride, ldc,
               bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act, alpha,
@@ -406,9 +413,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                                MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
                                                min(MR, m - (ie - 1) * MR))
                         if post:
-                            for it in range(ia, ie):
-                                _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), NR, act,
-                                          alpha, beta)
+                            _tiles_act(c, c_base, ldc, col0, ia, ie, m, NR, act, alpha, beta)
                         continue
                 if direct == DIRECT_MATRIX and n - col0 >= NR:
                     microkernel_panel_ldb(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bsrc,
@@ -418,9 +423,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                           MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
                                           min(MR, m - (ie - 1) * MR), NR, ldb)
                     if post:
-                        for it in range(ia, ie):
-                            _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), NR, act,
-                                      alpha, beta)
+                        _tiles_act(c, c_base, ldc, col0, ia, ie, m, NR, act, alpha, beta)
                     continue
                 if prepacked:
                     bpanel = bp
@@ -445,9 +448,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                              MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast,
                                              ncols)
                 if post:
-                    for it in range(ia, ie):
-                        _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), ncols, act,
-                                  alpha, beta)
+                    _tiles_act(c, c_base, ldc, col0, ia, ie, m, ncols, act, alpha, beta)
 
 
 @numba.njit(**NJIT)

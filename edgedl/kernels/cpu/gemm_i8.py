@@ -12,6 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ...quant.fixed_point import multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_single
 from .config import NJIT
 from .vec_i8 import MR_I8, NR_I8, microkernel_i8
 
@@ -78,42 +79,20 @@ def _gemm_i8(ap, bp, acc, mt, nt, kp, ldc):
 
 @numba.njit(**NJIT)
 def _requantize(acc, ldc, bias, m0, shift, y_zp, lo, hi, out, single):
-    # acc: flat int32 (>= M rows of ldc); out: (M, N) int8; per-row bias / m0 / shift. The inner loop is
-    # MultiplyByQuantizedMultiplier written without branches (selects), so it vectorizes; m0 >= 0 always
-    # (quantize_multiplier), so the one saturating case of the high multiply (both INT32_MIN) cannot occur.
+    # acc: flat int32 (>= M rows of ldc); out: (M, N) int8; per-row bias / m0 / shift
     m, n = out.shape
     for i in range(m):
         b = np.int64(bias[i])
-        mm = np.int64(m0[i])
-        sh = np.int64(shift[i])
+        mm = m0[i]
+        sh = shift[i]
         a_row = acc[i * ldc:i * ldc + n]
         o_row = out[i]
-        if single:
-            t = 31 - sh
-            rnd = np.int64(1) << (t - 1)
-            for j in range(n):
-                v = ((np.int64(a_row[j]) + b) * mm + rnd) >> t
-                v += y_zp
-                v = lo if v < lo else v
-                v = hi if v > hi else v
-                o_row[j] = v
-            continue
-        left = sh if sh > 0 else 0
-        right = -sh if sh < 0 else 0
-        mask = (np.int64(1) << right) - 1
-        half = mask >> 1
         for j in range(n):
-            x = np.int64(a_row[j]) + b
-            x = x << left
-            # two's complement wrap to int32 (the C int32 product; in range for real accumulators)
-            x = ((x + np.int64(2**31)) & np.int64(0xFFFFFFFF)) - np.int64(2**31)
-            ab = x * mm
-            num = ab + (np.int64(1 << 30) if ab >= 0 else np.int64(1 - (1 << 30)))
-            hi31 = num >> 31
-            q = hi31 + (1 if (num < 0 and (num & np.int64(0x7FFFFFFF)) != 0) else 0)  # C division
-            rem = q & mask
-            thr = half + (1 if q < 0 else 0)
-            v = (q >> right) + (1 if rem > thr else 0) + y_zp
+            a = np.int64(a_row[j]) + b
+            if single:
+                v = multiply_by_quantized_multiplier_single(a, mm, sh) + y_zp
+            else:
+                v = multiply_by_quantized_multiplier(a, mm, sh) + y_zp
             v = lo if v < lo else v
             v = hi if v > hi else v
             o_row[j] = v

@@ -60,6 +60,21 @@ def _const_i64(v):
     return ir.Constant(_I64, v)
 
 
+def _arg_readers(context, builder, signature, args):
+    """(i64, data) for an intrinsic's codegen: ``i64(k)`` is argument k cast to int64, ``data(k, off_k)``
+    the data pointer of array argument k advanced by the int64 value of argument ``off_k`` (if given)."""
+    at = signature.args
+
+    def i64(k):
+        return context.cast(builder, args[k], at[k], types.int64)
+
+    def data(k, off_k=None):
+        ptr = context.make_array(at[k])(context, builder, value=args[k]).data
+        return ptr if off_k is None else builder.gep(ptr, [i64(off_k)])
+
+    return i64, data
+
+
 def _splat(builder, vecty, scalar):
     undef = ir.Constant(vecty, ir.Undefined)
     v = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
@@ -398,16 +413,11 @@ def _make_copy(nv, vw, stride):
         sig = types.void(dst, doff, src, soff)
 
         def codegen(context, builder, signature, args):
-            at = signature.args
+            _, data = _arg_readers(context, builder, signature, args)
             vecty = ir.VectorType(_F32, vw)
             wide = ir.VectorType(_F32, vw * stride)
-
-            def ptr(k, off_k):
-                arr = context.make_array(at[k])(context, builder, value=args[k])
-                return builder.gep(arr.data, [context.cast(builder, args[off_k], at[off_k], types.int64)])
-
-            d = ptr(0, 1)
-            s = ptr(2, 3)
+            d = data(0, 1)
+            s = data(2, 3)
             for v in range(nv):
                 sp = builder.gep(s, [_const_i64(v * vw * stride)])
                 val = builder.load(builder.bitcast(sp, wide.as_pointer()), align=4)
@@ -427,21 +437,6 @@ def _make_copy(nv, vw, stride):
 copy_nr = _make_copy(NV, VW, 1)
 #: ``copy_nr_s2(dst, doff, src, soff)``: dst[doff+t] = src[soff+2t], t < NR; reads src[soff:soff+2*NR]
 copy_nr_s2 = _make_copy(NV, VW, 2)
-
-
-def _arg_readers(context, builder, signature, args):
-    """(i64, data) for an intrinsic's codegen: ``i64(k)`` is argument k cast to int64, ``data(k, off_k)``
-    the data pointer of array argument k advanced by the int64 value of argument ``off_k`` (if given)."""
-    at = signature.args
-
-    def i64(k):
-        return context.cast(builder, args[k], at[k], types.int64)
-
-    def data(k, off_k=None):
-        ptr = context.make_array(at[k])(context, builder, value=args[k]).data
-        return ptr if off_k is None else builder.gep(ptr, [i64(off_k)])
-
-    return i64, data
 
 
 def _emit_tile_loop(builder, n, a0, a_step, c0, c_step, bias0, bias_step, mrows_last, mr, emit_tile):
@@ -656,11 +651,7 @@ def _make_dw_row(kk, stride, vw=VW):
         def codegen(context, builder, signature, args):
             at = signature.args
 
-            def i64(k):
-                return context.cast(builder, args[k], at[k], types.int64)
-
-            def data(k):
-                return context.make_array(at[k])(context, builder, value=args[k]).data
+            i64, data = _arg_readers(context, builder, signature, args)
 
             vecty = ir.VectorType(_F32, vw)
             wide = ir.VectorType(_F32, vw * stride)
@@ -728,15 +719,12 @@ def copy_floats(typingctx, dst, doff, src, soff, n):
     sig = types.void(dst, doff, src, soff, n)
 
     def codegen(context, builder, signature, args):
-        at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
+        i64, data = _arg_readers(context, builder, signature, args)
 
         vecty = ir.VectorType(_F32, VW)
         mload, mstore = _masked_fns(builder.module, VW)
-        d = builder.gep(context.make_array(at[0])(context, builder, value=args[0]).data, [i64(1)])
-        s = builder.gep(context.make_array(at[2])(context, builder, value=args[2]).data, [i64(3)])
+        d = data(0, 1)
+        s = data(2, 3)
         zero = _vec_const(vecty, 0.0)
 
         def body(bld, i, mask):
@@ -807,13 +795,7 @@ def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, 
     sig = types.void(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)
 
     def codegen(context, builder, signature, args):
-        at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
-
-        def data(k):
-            return context.make_array(at[k])(context, builder, value=args[k]).data
+        i64, data = _arg_readers(context, builder, signature, args)
 
         vw = VW
         npx = DWCI_PIXELS
@@ -889,18 +871,15 @@ def _transpose_vectors(builder, rows, vw):
 
 def _transpose_codegen(scatter):
     def codegen(context, builder, signature, args):
-        at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
+        i64, data = _arg_readers(context, builder, signature, args)
 
         vw = VW
         vptr = ir.VectorType(_F32, vw).as_pointer()
-        dst = context.make_array(at[1])(context, builder, value=args[1]).data
-        s0 = builder.gep(context.make_array(at[4])(context, builder, value=args[4]).data, [i64(5)])
+        dst = data(1)
+        s0 = data(4, 5)
         sstride_v = i64(6)
         if scatter:
-            dofs = context.make_array(at[2])(context, builder, value=args[2]).data
+            dofs = data(2)
         else:
             d0 = builder.gep(dst, [i64(2)])
             dstride_v = i64(3)
@@ -969,16 +948,13 @@ def _make_pool2x2(is_max: bool):
         sig = types.void(n, out, ooff, src, aoff, boff)
 
         def codegen(context, builder, signature, args):
-            at = signature.args
-
-            def i64(k):
-                return context.cast(builder, args[k], at[k], types.int64)
+            i64, data = _arg_readers(context, builder, signature, args)
 
             vw = VW
             vecty = ir.VectorType(_F32, vw)
             wide = ir.VectorType(_F32, 2 * vw)
-            optr = builder.gep(context.make_array(at[1])(context, builder, value=args[1]).data, [i64(2)])
-            sptr = context.make_array(at[3])(context, builder, value=args[3]).data
+            optr = data(1, 2)
+            sptr = data(3)
             aptr = builder.gep(sptr, [i64(4)])
             bptr = builder.gep(sptr, [i64(5)])
             even = ir.Constant(ir.VectorType(_I32, vw), [2 * i for i in range(vw)])
@@ -1035,19 +1011,14 @@ def _make_channel_shuffle(nch: int, split: bool):
         sig = types.void(npix, dst, doff, src, soff, plane)
 
         def codegen(context, builder, signature, args):
-            at = signature.args
-
-            def i64(k):
-                return context.cast(builder, args[k], at[k], types.int64)
+            i64, data = _arg_readers(context, builder, signature, args)
 
             vw = VW
             elt = ir.IntType(32)
             vec = ir.VectorType(elt, vw)
             big = ir.VectorType(elt, vw * nch)
-            dptr = builder.bitcast(builder.gep(context.make_array(at[1])(context, builder, value=args[1]).data,
-                                               [i64(2)]), elt.as_pointer())
-            sptr = builder.bitcast(builder.gep(context.make_array(at[3])(context, builder, value=args[3]).data,
-                                               [i64(4)]), elt.as_pointer())
+            dptr = builder.bitcast(data(1, 2), elt.as_pointer())
+            sptr = builder.bitcast(data(3, 4), elt.as_pointer())
             plane_v = i64(5)
             nchunks = builder.sdiv(i64(0), _const_i64(vw))
             i, close = _counted_loop(builder, nchunks, "chshuf")

@@ -21,6 +21,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .vec import _arg_readers
+
 #: rows of the tile, int32 lanes per vector, vectors per tile row
 MR_I8, VW_I8, NV_I8 = 4, 8, 2
 #: columns of the tile
@@ -52,13 +54,7 @@ def microkernel_i8(typingctx, kp, ap, a_off, bp, b_off, c, c_off, ldc, accumulat
 
     def codegen(context, builder, signature, args):
         at = signature.args
-
-        def i64(k):
-            return context.cast(builder, args[k], at[k], types.int64)
-
-        def data(k, off_k):
-            ptr = context.make_array(at[k])(context, builder, value=args[k]).data
-            return builder.gep(ptr, [i64(off_k)])
+        i64, data = _arg_readers(context, builder, signature, args)
 
         vw, nv, mr, nr = VW_I8, NV_I8, MR_I8, NR_I8
         a0, b0, c0 = data(1, 2), data(3, 4), data(5, 6)
