@@ -248,7 +248,10 @@ def import_onnx(src) -> Graph:
         else:
             kept.append(node)
 
-    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph")
+    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph",
+                  metadata={p.key: p.value for p in proto.metadata_props},
+                  domains={imp.domain: int(imp.version) for imp in proto.opset_import
+                           if imp.domain not in ("", "ai.onnx")})
     graph.validate_and_sort()
 
     missing = [n for n in graph.nodes if lookup(n.op_type, n.domain) is None]

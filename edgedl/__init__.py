@@ -55,8 +55,10 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     """
     from .converters.onnx_import import import_onnx
     from .passes import optimize as run_passes
+    from .quant.quantize_model import copy_graph
 
     graph = import_onnx(src)
+    source = copy_graph(graph)
     if optimize:
         run_passes(graph)
     if target is not None:
@@ -65,10 +67,19 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         target = resolve_target(target)
         if num_threads is None:
             num_threads = target.num_threads
-    return Model(graph, target=target, num_threads=num_threads)
+    return Model(graph, target=target, num_threads=num_threads, source=source)
+
+
+def quantize(model, calibration=None, **options) -> Model:
+    """Post-training int8 quantization; see :func:`edgedl.quant.quantize_model.quantize` for the options
+    (method="minmax" | "percentile" | "entropy" | "mse", per_channel, dynamic, exclude, ...)."""
+    from .quant.quantize_model import quantize as _quantize
+
+    return _quantize(model, calibration, **options)
 
 
 __all__ = [
+    "quantize",
     "load", "Model", "TensorInfo", "set_num_threads", "EdgeDLError", "ModelFormatError",
     "UnsupportedOpError", "ShapeError", "InputError", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``edgedl`` command: info, run, ops."""
+"""The ``edgedl`` command: info, run, quantize, ops."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,15 @@ def cmd_info(args) -> int:
           + ", ".join(f"{k} {v}" for k, v in sorted(plan.kernel_impls().items())))
     print(f"arena: {plan.arena_bytes:,} bytes ({_fmt_bytes(plan.arena_bytes)}); lower bound (most bytes live "
           f"at one step): {plan.arena_lower_bound:,} bytes")
+    from edgedl.quant.inspect import format_summary, precision_summary
+
+    summary = precision_summary(model)
+    if summary.quantized:
+        requant = model.graph.metadata.get("edgedl.requant", "float")
+        print(f"quantized model (requantization: {requant}; 'float' = onnxruntime semantics, 'double'/'single' = "
+              "TFLite fixed point)")
+        for line in format_summary(summary):
+            print(line)
     return 0
 
 
@@ -99,6 +108,72 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _calibration_feeds(path: str, model, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds from an .npz/.npy (a leading sample axis, split into batches) or a folder of
+    .npy/.npz files (one feed each)."""
+    from edgedl.errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz"))
+        if not files:
+            raise InputError(f"calibration folder '{path}' has no .npy/.npz files")
+        return [_load_inputs(str(f), model) for f in files]
+    data = _load_inputs(path, model)
+    sizes = {k: v.shape[0] if v.ndim else 0 for k, v in data.items()}
+    n = min(sizes.values()) if sizes else 0
+    if n == 0 or len(set(sizes.values())) != 1:
+        raise InputError(f"calibration arrays need one common leading sample axis, got shapes "
+                         f"{ {k: v.shape for k, v in data.items()} }")
+    return [{k: v[i:i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size)]
+
+
+def _agreement(fp32, int8, feeds) -> str:
+    """Accuracy proxy: top-1 agreement of the first output (when it is a score vector) and its SQNR."""
+    agree = total = 0
+    signal = noise = 0.0
+    name = fp32.outputs[0].name
+    for feed in feeds:
+        a = fp32.run(feed)[name].astype(np.float64)
+        b = int8.run(feed)[name].astype(np.float64)
+        signal += float(np.sum(a * a))
+        noise += float(np.sum((a - b) ** 2))
+        if a.ndim >= 2 and a.shape[-1] > 1:
+            agree += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+            total += int(np.prod(a.shape[:-1]))
+    sqnr = 10 * np.log10(signal / noise) if noise > 0 else float("inf")
+    msg = f"output '{name}': SQNR {sqnr:.1f} dB vs fp32"
+    if total:
+        msg = f"top-1 agreement with fp32 {100.0 * agree / total:.2f}% ({agree}/{total}); " + msg
+    return msg
+
+
+def cmd_quantize(args) -> int:
+    import edgedl
+
+    model = edgedl.load(args.model, num_threads=args.threads)
+    if args.dynamic:
+        feeds = _calibration_feeds(args.calibration, model, args.batch_size) if args.calibration else []
+        qmodel = edgedl.quantize(model, dynamic=True, per_channel=not args.per_tensor)
+    else:
+        if not args.calibration:
+            from edgedl.errors import InputError
+
+            raise InputError("--calibration is required for static quantization (or use --dynamic)")
+        feeds = _calibration_feeds(args.calibration, model, args.batch_size)
+        qmodel = edgedl.quantize(model, feeds, method=args.method, per_channel=not args.per_tensor,
+                                 rounding=args.rounding)
+    qmodel.save(args.output)
+    report = qmodel.quantization
+    print(f"quantized {len(report.quantized_nodes)} nodes ({report.method}, "
+          f"{'per-tensor' if args.per_tensor else 'per-channel'} weights); "
+          f"{len(report.float_nodes)} nodes stay float")
+    print(f"wrote {args.output}")
+    if feeds:
+        print("accuracy proxy on the calibration set: " + _agreement(model, qmodel, feeds))
+    return 0
+
+
 def cmd_ops(args) -> int:
     from edgedl.registry import registered_ops
 
@@ -138,6 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="threads for parallel kernels")
     s.add_argument("--repeat", type=int, default=1, help="run this many times and report the median time")
     s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("quantize", help="post-training int8 quantization to a QDQ ONNX file")
+    s.add_argument("model")
+    s.add_argument("--calibration", "-c", help=".npz/.npy with a leading sample axis, or a folder of .npy/.npz feeds")
+    s.add_argument("--output", "-o", required=True, help="the quantized model (.onnx, QDQ form)")
+    s.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    s.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
+    s.add_argument("--rounding", default="double", choices=["double", "single"],
+                   help="TFLite requantization rounding")
+    s.add_argument("--dynamic", action="store_true", help="dynamic quantization of MatMul/Gemm (no calibration)")
+    s.add_argument("--batch-size", type=int, default=1, help="samples per calibration feed (from one .npz)")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(fn=cmd_quantize)
     s = sub.add_parser("ops", help="print the operator coverage matrix from the registry")
     s.set_defaults(fn=cmd_ops)
     return p

@@ -79,6 +79,10 @@ class Graph:
     initializers: dict[str, np.ndarray]
     opset: int = 13
     name: str = "graph"
+    #: the model's metadata_props (e.g. "edgedl.requant" on models edgedl quantized)
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: opset versions of domains other than the default one (e.g. {"com.microsoft": 1})
+    domains: dict[str, int] = field(default_factory=dict)
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}

@@ -31,10 +31,14 @@ class Model:
     ``run``; every new binding gets its own plan (shapes, folded constants, kernels and arena), cached.
     """
 
-    def __init__(self, graph: Graph, target=None, num_threads: int | None = None):
+    def __init__(self, graph: Graph, target=None, num_threads: int | None = None, source: Graph | None = None):
         self.graph = graph
         self.target = target
         self.num_threads = num_threads
+        #: the graph before load-time passes (standard ONNX): what save() writes and quantize() starts from
+        self.source = source
+        #: set by edgedl.quantize: a QuantizationReport (ranges and parameters per tensor)
+        self.quantization = None
         self._op_classes: dict[str, type[Op]] = {}
         for node in graph.nodes:
             cls = lookup(node.op_type, node.domain)
@@ -197,6 +201,17 @@ class Model:
         result = self.run({s.name: a for s, a in zip(self.graph.inputs, arrays)})
         outs = tuple(result[s.name] for s in self.graph.outputs)
         return outs[0] if len(outs) == 1 else outs
+
+    # --- saving -------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model as standard ONNX (a quantized model in QDQ form) that other runtimes load.
+
+        The file is written atomically (a temporary file renamed into place). What is saved is the graph
+        before edgedl's load-time rewrites (fusions, QDQ lowering), which stay internal."""
+        from .converters.onnx_export import save_graph
+
+        graph = self.source if self.source is not None else self.graph
+        save_graph(graph, path, metadata=dict(graph.metadata) or None)
 
     # --- inspection ---------------------------------------------------------------------------------
     def op_counts(self) -> dict[str, int]:

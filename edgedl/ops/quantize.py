@@ -38,7 +38,7 @@ class _LinearQ(Op):
         """Scale (and zero point) must be a scalar, a 1-D vector along axis, or blocked along axis."""
         shape = tuple(x.shape)
         s = tuple(scale.shape)
-        if zp is not None and tuple(zp.shape) != s:
+        if zp is not None and tuple(zp.shape) != s and not (zp.size == 1 and scale.size == 1):
             raise self.error(f"zero point shape {zp.shape} differs from scale shape {s}")
         if len(s) == 0 or (len(s) == 1 and s[0] == 1 and self.block_size == 0):
             return

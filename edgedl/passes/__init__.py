@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ..ir import Graph
 from .fuse import fold_batchnorm, fuse_activations, fuse_matmul_bias, fuse_residual_add
+from .qdq import lower_qdq
 from .simplify import remove_identities
 
 
 def optimize(graph: Graph) -> Graph:
     """Run the default load-time pipeline in place and return the graph."""
     remove_identities(graph)
+    lower_qdq(graph)
     fold_batchnorm(graph)
     fuse_residual_add(graph)
     fuse_matmul_bias(graph)
@@ -17,5 +19,5 @@ def optimize(graph: Graph) -> Graph:
     return graph
 
 
-__all__ = ["optimize", "remove_identities", "fold_batchnorm", "fuse_residual_add", "fuse_matmul_bias",
+__all__ = ["optimize", "remove_identities", "lower_qdq", "fold_batchnorm", "fuse_residual_add", "fuse_matmul_bias",
            "fuse_activations"]

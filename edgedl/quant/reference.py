@@ -78,14 +78,13 @@ def fully_connected(x, x_zp, w, bias, m0, shift, y_zp, act_min=-128, act_max=127
     return np.clip(scaled + y_zp, act_min, act_max)
 
 
-def conv2d(x, x_zp, w, bias, m0, shift, y_zp, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
-           act_min=-128, act_max=127, single_rounding=False):
-    """TFLite's reference int8 convolution (ConvPerChannel; DepthwiseConvPerChannel when group == C_in),
-    in NCHW: x (N, C, H, W) int8 with zero point x_zp; w (M, C/group, kH, kW) int8 symmetric; bias (M,)
-    int32 or None; (m0, shift) per output channel. Padding taps add nothing (TFLite skips them: the same as
-    padding with the zero point). Returns int8 values as int64 (N, M, OH, OW)."""
+def conv2d_accumulate(x, x_zp, w, w_zp, bias, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
+    """The int64 accumulators of an 8-bit convolution in NCHW: bias[m] + sum (x - x_zp) * (w - w_zp[m]) over
+    valid taps (padding taps add nothing: the same as padding with the zero point). x (N, C, H, W); w
+    (M, C/group, kH, kW); w_zp scalar or per output channel; pads (top, left, bottom, right)."""
     x = np.asarray(x, np.int64) - x_zp
-    w = np.asarray(w, np.int64)
+    m = np.asarray(w).shape[0]
+    w = np.asarray(w, np.int64) - np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (m,)).reshape(m, 1, 1, 1)
     n, c, h, wd = x.shape
     m, cg, kh, kw = w.shape
     sh, sw = strides
@@ -105,6 +104,17 @@ def conv2d(x, x_zp, w, bias, m0, shift, y_zp, strides=(1, 1), pads=(0, 0, 0, 0),
                 acc[:, g * mg:(g + 1) * mg] += np.einsum("nchw,mc->nmhw", patch, w[g * mg:(g + 1) * mg, :, i, j])
     if bias is not None:
         acc += np.asarray(bias, np.int64).reshape(1, m, 1, 1)
+    return acc
+
+
+def conv2d(x, x_zp, w, bias, m0, shift, y_zp, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+           act_min=-128, act_max=127, single_rounding=False):
+    """TFLite's reference int8 convolution (ConvPerChannel; DepthwiseConvPerChannel when group == C_in),
+    in NCHW: x (N, C, H, W) int8 with zero point x_zp; w (M, C/group, kH, kW) int8 symmetric; bias (M,)
+    int32 or None; (m0, shift) per output channel. Padding taps add nothing (TFLite skips them: the same as
+    padding with the zero point). Returns int8 values as int64 (N, M, OH, OW)."""
+    acc = conv2d_accumulate(x, x_zp, w, 0, bias, strides, pads, dilations, group)
+    m = acc.shape[1]
     m0 = np.broadcast_to(np.asarray(m0, np.int64), (m,)).reshape(1, m, 1, 1)
     shift = np.broadcast_to(np.asarray(shift, np.int64), (m,)).reshape(1, m, 1, 1)
     scaled = (mbqm_single if single_rounding else mbqm)(acc, m0, shift)

@@ -25,6 +25,10 @@ GEMM_PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_GEMM_PARALLEL_MIN_WORK", 1 <
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
 #: the same, for kernels with a prange loop
 NJIT_PARALLEL = dict(NJIT, parallel=True)
+#: integer and quantization kernels whose float steps must round exactly as written (no contraction into
+#: FMA, no reciprocal approximation): float requantization must give the same bits as its numpy reference
+NJIT_EXACT = dict(cache=True, nogil=True)
+NJIT_EXACT_PARALLEL = dict(NJIT_EXACT, parallel=True)
 
 MACHINE = platform.machine().lower()
 IS_ARM = MACHINE.startswith(("arm", "aarch64"))

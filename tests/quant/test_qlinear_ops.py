@@ -1,0 +1,166 @@
+"""QOperator ops (QLinearConv, QLinearMatMul, com.microsoft QGemm, ConvInteger, MatMulInteger,
+DynamicQuantizeLinear) through edgedl.load against onnxruntime on the same model, and each kernel against
+the op's numpy reference (bit-exact)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgedl
+
+ort = pytest.importorskip("onnxruntime")
+
+_T = {np.int8: TensorProto.INT8, np.uint8: TensorProto.UINT8, np.float32: TensorProto.FLOAT,
+      np.int32: TensorProto.INT32}
+
+
+def _model(nodes, inputs, outputs, inits, ms=False):
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if ms else [])
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    g = helper.make_graph(nodes, "q", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=opsets)
+
+
+def _run_both(model, feeds):
+    data = model.SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    want = sess.run(None, feeds)
+    m = edgedl.load(data)
+    got = m.run(feeds)
+    return [got[o.name] for o in model.graph.output], want, m
+
+
+def _kernel_vs_ref(model, feeds):
+    """The compiled kernels against the ops' numpy references: run the plan, then each op's ref."""
+    m = edgedl.load(model.SerializeToString())
+    out = m.run(feeds)
+    plan = m.plan({k: v.shape for k, v in feeds.items()})
+    assert any(s.kernel.impl == "numba" for s in plan.steps)
+    step = plan.steps[-1]
+    arrays = {**{k: v for k, v in feeds.items()}, **{i.name: numpy_helper.to_array(i) for i in model.graph.initializer}}
+    ref = step.op.ref(*[arrays.get(i) if i else None for i in step.node.inputs])[0]
+    np.testing.assert_array_equal(out[model.graph.output[0].name], ref)
+
+
+def _lsb_diff(a, b):
+    return int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) if a.size else 0
+
+
+@pytest.mark.parametrize("xt", [np.uint8, np.int8])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("geo", [
+    dict(c=8, m=16, k=3, s=1, p=1, g=1, hw=(10, 12)),
+    dict(c=8, m=8, k=3, s=2, p=1, g=8, hw=(11, 9)),       # depthwise, strided
+    dict(c=16, m=24, k=1, s=1, p=0, g=1, hw=(7, 7)),      # pointwise
+    dict(c=6, m=9, k=3, s=1, p=0, g=3, hw=(8, 8)),        # grouped
+    dict(c=4, m=6, k=5, s=1, p=2, g=1, hw=(20,)),         # 1-D
+])
+def test_qlinearconv_matches_onnxruntime(xt, per_channel, geo):
+    rng = np.random.default_rng(7)
+    c, m, k, g, hw = geo["c"], geo["m"], geo["k"], geo["g"], geo["hw"]
+    nd = len(hw)
+    x = rng.integers(np.iinfo(xt).min, np.iinfo(xt).max + 1, (1, c, *hw)).astype(xt)
+    w = rng.integers(-127, 128, (m, c // g, *(k,) * nd)).astype(np.int8)
+    w_scale = (rng.uniform(0.002, 0.01, m) if per_channel else np.array(0.005)).astype(np.float32)
+    w_zp = np.zeros(w_scale.shape, np.int8)
+    x_zp = np.array(131 if xt == np.uint8 else 3, xt)
+    y_zp = np.array(120 if xt == np.uint8 else -5, xt)
+    bias = rng.integers(-3000, 3000, m).astype(np.int32)
+    inits = dict(xs=np.array(0.03, np.float32), xz=x_zp, w=w, ws=w_scale, wz=w_zp, ys=np.array(0.2, np.float32),
+                 yz=y_zp, b=bias)
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], group=g,
+                            strides=[geo["s"]] * nd, pads=[geo["p"]] * 2 * nd)
+    model = _model([node], [helper.make_tensor_value_info("x", _T[xt], x.shape)],
+                   [helper.make_tensor_value_info("y", _T[xt], None)], inits)
+    (got,), (want,), _ = _run_both(model, {"x": x})
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert _lsb_diff(got, want) <= 1
+    assert np.mean(got != want) < 0.01
+    _kernel_vs_ref(model, {"x": x})
+
+
+@pytest.mark.parametrize("xt", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape_a", [(5, 24), (2, 3, 24), (24,)])
+def test_qlinearmatmul_matches_onnxruntime(xt, shape_a):
+    rng = np.random.default_rng(1)
+    a = rng.integers(np.iinfo(xt).min, np.iinfo(xt).max + 1, shape_a).astype(xt)
+    b = rng.integers(-127, 128, (24, 10)).astype(np.int8)
+    inits = dict(as_=np.array(0.05, np.float32), az=np.array(7, xt), b=b, bs=np.array(0.01, np.float32),
+                 bz=np.array(0, np.int8), ys=np.array(0.3, np.float32), yz=np.array(100 if xt == np.uint8 else 2, xt))
+    node = helper.make_node("QLinearMatMul", ["a", "as_", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
+    model = _model([node], [helper.make_tensor_value_info("a", _T[xt], a.shape)],
+                   [helper.make_tensor_value_info("y", _T[xt], None)], inits)
+    (got,), (want,), _ = _run_both(model, {"a": a})
+    assert got.shape == want.shape
+    assert _lsb_diff(got, want) <= 1
+    _kernel_vs_ref(model, {"a": a})
+
+
+def test_matmulinteger_and_convinteger_match_onnxruntime():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (6, 33)).astype(np.uint8)
+    b = rng.integers(0, 256, (33, 7)).astype(np.uint8)
+    model = _model([helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])],
+                   [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
+                   [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                   dict(b=b, az=np.array(12, np.uint8), bz=np.array(140, np.uint8)))
+    (got,), (want,), _ = _run_both(model, {"a": a})
+    np.testing.assert_array_equal(got, want)
+    _kernel_vs_ref(model, {"a": a})
+
+    x = rng.integers(0, 256, (1, 3, 9, 9)).astype(np.uint8)
+    w = rng.integers(0, 256, (4, 3, 3, 3)).astype(np.uint8)
+    model = _model([helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], pads=[1, 1, 1, 1])],
+                   [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+                   [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                   dict(w=w, xz=np.array(100, np.uint8), wz=np.array(128, np.uint8)))
+    (got,), (want,), _ = _run_both(model, {"x": x})
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dynamicquantizelinear_matches_onnxruntime():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 50)) * 3 + 1).astype(np.float32)
+    model = _model([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                   [helper.make_tensor_value_info(n, t, None) for n, t in
+                    (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))], {})
+    got, want, _ = _run_both(model, {"x": x})
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    assert _lsb_diff(got[0], want[0]) <= 1
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_microsoft_qgemm_matches_onnxruntime(trans_b):
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (5, 40)).astype(np.int8)
+    b = rng.integers(-127, 128, (12, 40) if trans_b else (40, 12)).astype(np.int8)
+    c = rng.integers(-2000, 2000, 12).astype(np.int32)
+    inits = dict(as_=np.array(0.04, np.float32), az=np.array(-3, np.int8), b=b, bs=np.array(0.02, np.float32),
+                 bz=np.array(0, np.int8), c=c, ys=np.array(0.5, np.float32), yz=np.array(4, np.int8))
+    node = helper.make_node("QGemm", ["a", "as_", "az", "b", "bs", "bz", "c", "ys", "yz"], ["y"],
+                            domain="com.microsoft", transB=trans_b, alpha=1.0)
+    model = _model([node], [helper.make_tensor_value_info("a", TensorProto.INT8, a.shape)],
+                   [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits, ms=True)
+    (got,), (want,), _ = _run_both(model, {"a": a})
+    assert _lsb_diff(got, want) <= 1
+    _kernel_vs_ref(model, {"a": a})
+
+
+def test_bad_quantization_parameters_are_clear_errors():
+    w = np.ones((2, 2, 1, 1), np.int8)
+    inits = dict(xs=np.array(-1.0, np.float32), xz=np.array(0, np.uint8), w=w, ws=np.array(0.1, np.float32),
+                 wz=np.array(0, np.int8), ys=np.array(0.1, np.float32), yz=np.array(0, np.uint8))
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    model = _model([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, (1, 2, 3, 3))],
+                   [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    with pytest.raises(edgedl.EdgeDLError, match="x_scale must be positive"):
+        edgedl.load(model.SerializeToString())
+    inits["xs"] = np.array(0.1, np.float32)
+    inits["xz"] = np.array(0, np.int8)  # zero point type differs from x
+    model = _model([node], [helper.make_tensor_value_info("x", TensorProto.UINT8, (1, 2, 3, 3))],
+                   [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    with pytest.raises(edgedl.EdgeDLError, match="x_zero_point"):
+        edgedl.load(model.SerializeToString())
