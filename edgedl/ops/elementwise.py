@@ -322,3 +322,43 @@ class Reciprocal(Unary):
 
     def compute(self, x):
         return np.reciprocal(x)
+
+
+class _NumpyRounding(Unary):
+    """Rounding ops (used by expanded quantization functions): numpy's vectorized ufuncs, no Numba kernel."""
+
+    kernels = {"cpu": ()}
+
+    def build(self, ins, outs, consts):
+        fn = self.compute
+
+        def run(inputs, outputs, scratch):
+            fn(inputs[0], out=outputs[0])
+
+        return Kernel(run, impl="numpy")
+
+
+@register
+class Round(_NumpyRounding):
+    """Round half to even (ONNX Round)."""
+
+    op_type = "Round"
+
+    def compute(self, x, out=None):
+        return np.rint(x, out=out)
+
+
+@register
+class Floor(_NumpyRounding):
+    op_type = "Floor"
+
+    def compute(self, x, out=None):
+        return np.floor(x, out=out)
+
+
+@register
+class Ceil(_NumpyRounding):
+    op_type = "Ceil"
+
+    def compute(self, x, out=None):
+        return np.ceil(x, out=out)

@@ -224,7 +224,7 @@ def avgpool_ref(x, kernel, strides, dilations, pads, out, count_include_pad):
 @register
 class MaxPool(_WindowPool):
     op_type = "MaxPool"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32", "int8", "uint8")}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -254,6 +254,9 @@ class MaxPool(_WindowPool):
 
     def build(self, ins, outs, consts):
         x = ins[0]
+        if np.dtype(x.dtype) in (np.dtype(np.int8), np.dtype(np.uint8)) and len(x.shape) == 4 \
+                and not self.want_indices:
+            return self._build_8bit(x)
         if x.dtype != np.float32:
             return self._ref_present()
         from ..kernels.cpu.pool import maxpool_indices_runner, pool_runner
@@ -282,6 +285,22 @@ class MaxPool(_WindowPool):
         def bind(inputs, outputs, scratch, threads):
             return run_max.bind(inputs[0], outputs[0], scratch, threads)
         return Kernel(run, scratch_bytes=nbytes, bind=bind)
+
+    def _build_8bit(self, x: TensorType) -> Kernel:
+        """int8/uint8 MaxPool (quantized models: the max of quantized values is the quantized max)."""
+        from ..kernels.cpu.qpool import QMaxPool2d
+
+        _, out, pads = self.geom
+        k = QMaxPool2d(x.shape, self.kernel_shape, pads, self.strides, self.dilations, out)
+
+        def run(inputs, outputs, scratch):
+            k(inputs[0], outputs[0])
+
+        def bind(inputs, outputs, scratch, threads):
+            x_arr, y_arr = inputs[0], outputs[0]
+            return lambda: k(x_arr, y_arr)
+
+        return Kernel(run, bind=bind)
 
     def _ref_present(self) -> Kernel:
         """The numpy path, writing only the outputs the node has."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, contiguous
 from ..registry import lookup
 
 #: ops that move 8-bit values without arithmetic: run on int8 when input and output share parameters
@@ -171,7 +171,7 @@ class _Lowering:
         while name in self.g.initializers or name in self.producers:
             k += 1
             name = f"{base}_{k}"
-        self.g.initializers[name] = np.ascontiguousarray(value)
+        self.g.initializers[name] = contiguous(value)  # (np.ascontiguousarray makes 0-d arrays 1-d)
         return name
 
     def zp_input(self, p: _QParams) -> str:

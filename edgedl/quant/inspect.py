@@ -54,10 +54,10 @@ def format_summary(s: PrecisionSummary, limit: int = 12) -> list[str]:
     if s.float_islands:
         shown = ", ".join(f"{op} '{name}'" for op, name in s.float_islands[:limit])
         more = f" (+{len(s.float_islands) - limit} more)" if len(s.float_islands) > limit else ""
-        lines.append(f"  float between Dequantize/Quantize ({len(s.float_islands)} steps, no int8 kernel or "
-                     f"pattern): {shown}{more}")
+        lines.append(f"  float after a DequantizeLinear ({len(s.float_islands)} steps: no int8 kernel or pattern, "
+                     f"or past the last quantized tensor): {shown}{more}")
     else:
-        lines.append("  float between Dequantize/Quantize: none")
+        lines.append("  float after a DequantizeLinear: none")
     return lines
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EdgeDLError, InputError
-from ..ir import Graph, Node
+from ..ir import Graph, Node, contiguous
 from ..passes.qdq import LAYOUT_OPS, LUT_OPS, is_quantized
 from .calibrate import METHODS, as_feeds, choose_range, int8_params, observe
 
@@ -80,7 +80,7 @@ class _Builder:
 
     def const(self, base: str, value) -> str:
         name = self.fresh(base)
-        self.g.initializers[name] = np.ascontiguousarray(value)
+        self.g.initializers[name] = contiguous(value)  # (np.ascontiguousarray makes 0-d arrays 1-d)
         return name
 
 

@@ -29,6 +29,9 @@ OPS = [
     "castlike", "pow", "erf",
     # quantization at the edges of int8 graphs (int8 work)
     "quantizelinear", "dequantizelinear",
+    # int8 ops (QOperator form)
+    "qlinearconv", "qlinearmatmul", "convinteger", "matmulinteger", "dynamicquantizelinear", "round", "floor",
+    "ceil",
 ]
 
 # Each exclusion: a regex on the test name, and why it cannot pass.

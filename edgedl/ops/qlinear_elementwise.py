@@ -1,0 +1,441 @@
+"""8-bit element-wise, pooling and lookup ops: com.microsoft QLinearAdd, QLinearMul, QLinearConcat,
+QLinearGlobalAveragePool, QLinearAveragePool, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax, and
+edgedl's own ``QLinearLookup`` (any element-wise float op through a 256-entry table, made by the QDQ
+lowering pass). Kernels: :mod:`edgedl.kernels.cpu.qelementwise`, :mod:`.qpool`, :mod:`.lut`; references:
+:mod:`edgedl.quant.reference_ops`.
+
+Requantization modes as in :mod:`edgedl.ops.qlinear` (``_requant``; "float" = onnxruntime's formulas,
+"double"/"single" = TFLite's), and a fused Relu/Clip as the ``_clamp`` output range.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, TensorType
+from ..quant import reference_ops as R
+from ..quant.requant import MODE_FLOAT, MODE_SINGLE
+from ..registry import Kernel, Op, lookup, register
+from .common import broadcast_shapes, normalize_axis
+from .pool import _WindowPool
+from .qlinear import _check_8bit, check_scale, output_bounds, requant_mode, scalar_param
+
+MS = "com.microsoft"
+
+
+def _params(op: Op, consts, ins, first: int, data_dtype, what: str):
+    """(scale float32, zero point int) of inputs first, first + 1 (a missing zero point is 0)."""
+    scale = scalar_param(op, consts, ins, first, f"{what}_scale")
+    zp = scalar_param(op, consts, ins, first + 1, f"{what}_zero_point", data_dtype)
+    check_scale(op, scale, f"{what}_scale")
+    return np.float32(scale), int(zp)
+
+
+def _zp_type(op: Op, ins, index: int, default) -> np.dtype:
+    t = ins[index] if index < len(ins) else None
+    dt = np.dtype(t.dtype) if t is not None else np.dtype(default)
+    if dt not in (np.dtype(np.int8), np.dtype(np.uint8)):
+        raise op.unsupported(f"zero point of input {index} must be int8 or uint8, got {dt.name}")
+    return dt
+
+
+def _bound_kernel(fn) -> Kernel:
+    """A Kernel whose call is ``fn(inputs, outputs)``, bindable to fixed arrays."""
+
+    def run(inputs, outputs, scratch):
+        fn(inputs, outputs)
+
+    def bind(inputs, outputs, scratch, threads):
+        return lambda: fn(inputs, outputs)
+
+    return Kernel(run, bind=bind)
+
+
+class _QBinaryOp(Op):
+    domain = MS
+    kernels = {"cpu": ("int8", "uint8")}
+    num_inputs = (7, 8)
+    kind = ""
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.mode = requant_mode(self)
+
+    def infer(self, ins, consts):
+        a, b = ins[0], ins[3]
+        _check_8bit(self, a, "input A")
+        _check_8bit(self, b, "input B")
+        out_dtype = _zp_type(self, ins, 7, a.dtype)
+        return [TensorType(broadcast_shapes(self, a.shape, b.shape), out_dtype)]
+
+    def _all(self, consts, ins, out_dtype):
+        a = _params(self, consts, ins, 1, ins[0].dtype, "A")
+        b = _params(self, consts, ins, 4, ins[3].dtype, "B")
+        y = _params(self, consts, ins, 6, out_dtype, "C")
+        lo, hi = output_bounds(self, float(y[0]), y[1], np.dtype(out_dtype), self.mode)
+        return a, b, y, lo, hi
+
+    def ref(self, a, a_s, a_z, b, b_s, b_z, y_s, y_z=None):
+        arrays = [a, a_s, a_z, b, b_s, b_z, y_s, y_z]
+        out_dtype = y_z.dtype if y_z is not None else a.dtype
+        ins = [TensorType(v.shape, v.dtype) if v is not None else None for v in arrays]
+        (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(arrays, ins, out_dtype)
+        if self.mode == MODE_FLOAT:
+            fn = R.qadd_onnx if self.kind == "add" else R.qmul_onnx
+            y = fn(a, asc, azp, b, bsc, bzp, ysc, yzp, lo, hi)
+        else:
+            fn = R.qadd_tflite if self.kind == "add" else R.qmul_tflite
+            y = fn(a, asc, azp, b, bsc, bzp, ysc, yzp, lo, hi, single=self.mode == MODE_SINGLE)
+        return [np.asarray(y).astype(out_dtype)]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.qelementwise import QBinary
+
+        (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(consts, ins, outs[0].dtype)
+        k = QBinary(self.kind, ins[0].shape, ins[3].shape, outs[0].shape, asc, azp, bsc, bzp, ysc, yzp, lo, hi,
+                    self.mode)
+        return _bound_kernel(lambda i, o: k(i[0], i[3], o[0]))
+
+
+@register
+class QLinearAdd(_QBinaryOp):
+    """C = A + B on 8-bit tensors (numpy broadcasting): (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp)."""
+
+    op_type = "QLinearAdd"
+    kind = "add"
+
+
+@register
+class QLinearMul(_QBinaryOp):
+    """C = A * B on 8-bit tensors (numpy broadcasting)."""
+
+    op_type = "QLinearMul"
+    kind = "mul"
+
+
+class _QUnary(Op):
+    """(X, X_scale, X_zp, Y_scale, Y_zp, ...) -> Y of X's shape."""
+
+    domain = MS
+    kernels = {"cpu": ("int8", "uint8")}
+    num_inputs = (4, 5)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.mode = requant_mode(self)
+
+    def infer(self, ins, consts):
+        _check_8bit(self, ins[0], "input X")
+        return [TensorType(tuple(ins[0].shape), _zp_type(self, ins, 4, ins[0].dtype))]
+
+    def qparams(self, consts, ins, out_dtype):
+        x = _params(self, consts, ins, 1, ins[0].dtype, "X")
+        y = _params(self, consts, ins, 3, out_dtype, "Y")
+        lo, hi = output_bounds(self, float(y[0]), y[1], np.dtype(out_dtype), self.mode)
+        return x, y, lo, hi
+
+    def _arrays(self, arrays):
+        """(consts list, TensorTypes, output dtype) for ref() calls."""
+        y_z = arrays[4] if len(arrays) > 4 else None
+        ins = [TensorType(v.shape, v.dtype) if v is not None else None for v in arrays]
+        return list(arrays), ins, (y_z.dtype if y_z is not None else arrays[0].dtype)
+
+
+class _TableOp(_QUnary):
+    """An element-wise function through a 256-entry table built at prepare time."""
+
+    def table(self, consts, ins, out_dtype) -> np.ndarray:
+        raise NotImplementedError
+
+    def ref(self, x, *rest):
+        arrays, ins, out_dtype = self._arrays([x, *rest])
+        table = self.table(arrays, ins, out_dtype)
+        return [table[x.view(np.uint8)]]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.lut import apply_table
+
+        table = self.table(consts, ins, outs[0].dtype)
+        return _bound_kernel(lambda i, o: apply_table(i[0], table, o[0]))
+
+
+def _clamped(table: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.clip(table.astype(np.int64), lo, hi).astype(table.dtype)
+
+
+@register
+class QLinearSigmoid(_TableOp):
+    op_type = "QLinearSigmoid"
+
+    def table(self, consts, ins, out_dtype):
+        from ..kernels.cpu.lut import activation_table
+
+        (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, out_dtype)
+        t = activation_table("Sigmoid", None, None, xs, xz, ys, yz, ins[0].dtype, out_dtype, "even", "float32")
+        return _clamped(t, lo, hi)
+
+
+@register
+class QLinearLeakyRelu(_TableOp):
+    op_type = "QLinearLeakyRelu"
+
+    def table(self, consts, ins, out_dtype):
+        from ..kernels.cpu.lut import activation_table
+
+        (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, out_dtype)
+        alpha = float(self.attr("alpha", 0.01))
+        t = activation_table("LeakyRelu", alpha, None, xs, xz, ys, yz, ins[0].dtype, out_dtype, "even", "float32")
+        return _clamped(t, lo, hi)
+
+
+@register
+class QLinearLookup(_TableOp):
+    """edgedl's 8-bit element-wise op: ``y = Q(f(DQ(x)))`` for the float op named by the ``function``
+    attribute (its other attributes and constant inputs 5... are the float op's), through a 256-entry
+    table computed with the float op's own numpy reference. Made by the QDQ lowering pass for Sigmoid,
+    Tanh, HardSwish, HardSigmoid, Elu, Gelu, ... Rounding: half to even in float mode (ONNX
+    QuantizeLinear), half away from zero in the fixed modes (TFLite)."""
+
+    op_type = "QLinearLookup"
+    domain = "edgedl"
+    num_inputs = (5, 8)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        fn = self.attr("function")
+        if isinstance(fn, bytes):
+            fn = fn.decode()
+        cls = lookup(fn, "") if fn else None
+        if cls is None:
+            raise self.unsupported(f"function {fn!r} is not an element-wise op edgedl has")
+        attrs = {k: v for k, v in node.attrs.items() if k != "function" and not k.startswith("_")}
+        self.float_node = Node(fn, f"{node.name}/{fn}", ["x", *node.inputs[5:]], ["y"], attrs)
+        self.float_op = cls(self.float_node, opset)
+
+    def table(self, consts, ins, out_dtype):
+        from ..kernels.cpu.lut import build_table
+
+        (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, out_dtype)
+        extra = list(consts[5:])
+        if any(v is None for v in extra):
+            raise self.error("the float function's extra inputs must be constants")
+        x_t = TensorType((256,), np.dtype(np.float32))
+        self.float_op.infer([x_t] + [TensorType(v.shape, v.dtype) for v in extra], [None] + extra)
+
+        def fn(v):
+            return self.float_op.ref(np.asarray(v, np.float32), *extra)[0].astype(v.dtype)
+
+        if self.mode == MODE_FLOAT:
+            t = build_table(fn, xs, xz, ys, yz, ins[0].dtype, out_dtype, "even", "float32")
+        else:
+            t = build_table(fn, xs, xz, ys, yz, ins[0].dtype, out_dtype, "away", "float64")
+        return _clamped(t, lo, hi)
+
+
+@register
+class QLinearSoftmax(_QUnary):
+    """com.microsoft QLinearSoftmax: dequantize, softmax in float32 along ``axis``, quantize (round half to
+    even). (onnxruntime builds a table of exponentials; results can differ by 1 LSB near ties.)"""
+
+    op_type = "QLinearSoftmax"
+    kernels = {"cpu": ()}
+
+    def infer(self, ins, consts):
+        out = super().infer(ins, consts)
+        self.axis = normalize_axis(self, int(self.attr("axis", -1)), len(ins[0].shape))
+        return out
+
+    def ref(self, x, *rest):
+        arrays, ins, out_dtype = self._arrays([x, *rest])
+        (xs, xz), (ys, yz), lo, hi = self.qparams(arrays, ins, out_dtype)
+        f = (x.astype(np.float32) - np.float32(xz)) * xs
+        if int(self.attr("opset", 13)) < 13:  # softmax over the flattened trailing axes
+            shape = f.shape
+            f2 = f.reshape(int(np.prod(shape[:self.axis], dtype=np.int64)), -1)
+            e = np.exp(f2 - f2.max(axis=1, keepdims=True))
+            p = (e / e.sum(axis=1, keepdims=True)).reshape(shape)
+        else:
+            e = np.exp(f - f.max(axis=self.axis, keepdims=True))
+            p = e / e.sum(axis=self.axis, keepdims=True)
+        q = np.rint(p.astype(np.float32) / ys) + yz
+        return [np.clip(q, lo, hi).astype(out_dtype)]
+
+    def build(self, ins, outs, consts):
+        self.qparams(consts, ins, outs[0].dtype)  # validate at prepare time
+        def run(inputs, outputs, scratch):
+            outputs[0][...] = self.ref(*inputs)[0]
+
+        return Kernel(run, impl="numpy")
+
+
+@register
+class QLinearConcat(Op):
+    """(Y_scale, Y_zp, X1, X1_scale, X1_zp, X2, ...) with ``axis``: every input requantized to the output's
+    parameters (a table per input; a plain copy where the parameters are equal), then concatenated."""
+
+    op_type = "QLinearConcat"
+    domain = MS
+    kernels = {"cpu": ("int8", "uint8")}
+    num_inputs = (5, 2 + 3 * 1024)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.mode = requant_mode(self)
+        if (len(node.inputs) - 2) % 3:
+            raise self.error(f"takes Y_scale, Y_zero_point and triples (X, X_scale, X_zero_point), got "
+                             f"{len(node.inputs)} inputs")
+
+    def infer(self, ins, consts):
+        xs = ins[2::3]
+        for k, t in enumerate(xs):
+            _check_8bit(self, t, f"input {k}")
+        rank = len(xs[0].shape)
+        self.axis = normalize_axis(self, int(self.attr("axis", 0)), rank)
+        for t in xs[1:]:
+            if len(t.shape) != rank or any(a != b for i, (a, b) in enumerate(zip(t.shape, xs[0].shape))
+                                           if i != self.axis):
+                raise self.error(f"inputs {[t.shape for t in xs]} differ outside axis {self.axis}")
+        shape = list(xs[0].shape)
+        shape[self.axis] = sum(t.shape[self.axis] for t in xs)
+        return [TensorType(tuple(shape), _zp_type(self, ins, 1, xs[0].dtype))]
+
+    def tables(self, consts, ins, out_dtype):
+        from ..kernels.cpu.lut import requant_table
+
+        ys, yz = _params(self, consts, ins, 0, out_dtype, "Y")
+        tables = []
+        for k in range(2, len(ins), 3):
+            xs, xz = _params(self, consts, ins, k + 1, ins[k].dtype, f"X{(k - 2) // 3}")
+            same = xs == ys and xz == yz and np.dtype(ins[k].dtype) == np.dtype(out_dtype)
+            tables.append(None if same else requant_table(xs, xz, ys, yz, ins[k].dtype, out_dtype, self.mode))
+        return tables
+
+    def _concat(self, tables, inputs, out):
+        outer = int(np.prod(out.shape[:self.axis], dtype=np.int64))
+        o = out.reshape(outer, -1)
+        off = 0
+        for table, x in zip(tables, inputs[2::3]):
+            xv = x.reshape(outer, -1)
+            width = xv.shape[1]
+            o[:, off:off + width] = xv if table is None else table[xv.view(np.uint8)]
+            off += width
+        return out
+
+    def ref(self, *arrays):
+        ins = [TensorType(v.shape, v.dtype) if v is not None else None for v in arrays]
+        out_dtype = arrays[1].dtype if arrays[1] is not None else arrays[2].dtype
+        shape = list(arrays[2].shape)
+        shape[self.axis] = sum(a.shape[self.axis] for a in arrays[2::3])
+        return [self._concat(self.tables(list(arrays), ins, out_dtype), arrays, np.empty(shape, out_dtype))]
+
+    def build(self, ins, outs, consts):
+        tables = self.tables(consts, ins, outs[0].dtype)
+
+        def run(inputs, outputs, scratch):
+            self._concat(tables, inputs, outputs[0])
+
+        return Kernel(run, impl="numpy")
+
+
+@register
+class QLinearGlobalAveragePool(_QUnary):
+    """com.microsoft QLinearGlobalAveragePool (channels_last 0: NC...; 1: N...C)."""
+
+    op_type = "QLinearGlobalAveragePool"
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        _check_8bit(self, x, "input X")
+        if len(x.shape) < 3:
+            raise self.error(f"input must be (N, C, spatial...), got {x.shape}")
+        self.channels_last = int(self.attr("channels_last", 0))
+        if self.channels_last:
+            shape = (x.shape[0],) + (1,) * (len(x.shape) - 2) + (x.shape[-1],)
+        else:
+            shape = tuple(x.shape[:2]) + (1,) * (len(x.shape) - 2)
+        return [TensorType(shape, _zp_type(self, ins, 4, x.dtype))]
+
+    def ref(self, x, *rest):
+        arrays, ins, out_dtype = self._arrays([x, *rest])
+        (xs, xz), (ys, yz), lo, hi = self.qparams(arrays, ins, out_dtype)
+        nchw = np.moveaxis(x, -1, 1) if self.channels_last else x
+        n, c = nchw.shape[:2]
+        flat = nchw.reshape(n, c, -1)
+        fn = R.qglobal_avgpool_onnx if self.mode == MODE_FLOAT else R.qglobal_avgpool_tflite
+        kw = {} if self.mode == MODE_FLOAT else {"single": self.mode == MODE_SINGLE}
+        y = np.asarray(fn(flat.reshape(n, c, flat.shape[2], 1), xs, xz, ys, yz, lo, hi, **kw)).reshape(n, c)
+        out_shape = self.infer([TensorType(x.shape, x.dtype)] + ins[1:], [None] * len(ins))[0].shape
+        y = y.reshape((n,) + (1,) * (x.ndim - 2) + (c,)) if self.channels_last else y.reshape(out_shape)
+        return [y.astype(out_dtype)]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.qpool import QGlobalAvgPool
+
+        (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, outs[0].dtype)
+        if self.channels_last:
+            def run(inputs, outputs, scratch):
+                outputs[0][...] = self.ref(*inputs)[0]
+
+            return Kernel(run, impl="numpy")
+        x = ins[0]
+        n, c = x.shape[:2]
+        hw = int(np.prod(x.shape[2:], dtype=np.int64))
+        k = QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, lo, hi, self.mode)
+        return _bound_kernel(lambda i, o: k(i[0], o[0]))
+
+
+@register
+class QLinearAveragePool(_WindowPool):
+    """com.microsoft QLinearAveragePool (2-D, NCHW): (X, x_scale, x_zp, y_scale, y_zp) with AveragePool's
+    attributes."""
+
+    op_type = "QLinearAveragePool"
+    domain = MS
+    kernels = {"cpu": ("int8", "uint8")}
+    num_inputs = (4, 5)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.mode = requant_mode(self)
+        self.count_include_pad = int(self.attr("count_include_pad", 0))
+        if int(self.attr("channels_last", 0)):
+            raise self.unsupported("channels_last=1 is not supported")
+
+    qparams = _QUnary.qparams
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        _check_8bit(self, x, "input X")
+        if len(x.shape) != 4:
+            raise self.unsupported(f"only 2-D pooling (NCHW input) is supported, got shape {x.shape}")
+        _, out, _ = self.geometry(x)
+        return [TensorType(tuple(x.shape[:2]) + tuple(out), _zp_type(self, ins, 4, x.dtype))]
+
+    def ref(self, x, *rest):
+        arrays = [x, *rest]
+        y_z = arrays[4] if len(arrays) > 4 else None
+        out_dtype = y_z.dtype if y_z is not None else x.dtype
+        ins = [TensorType(v.shape, v.dtype) if v is not None else None for v in arrays]
+        (xs, xz), (ys, yz), lo, hi = self.qparams(arrays, ins, out_dtype)
+        _, out, pads = self.geom
+        if self.mode == MODE_FLOAT:
+            y = R.qavgpool2d_onnx(x, self.kernel_shape, pads, self.strides, out, self.count_include_pad, xs, xz, ys,
+                                  yz, lo, hi)
+        else:
+            y = R.qavgpool2d_tflite(x, self.kernel_shape, pads, self.strides, out, self.count_include_pad, xs, xz,
+                                    ys, yz, lo, hi, single=self.mode == MODE_SINGLE)
+        return [np.asarray(y).astype(out_dtype)]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.qpool import QAvgPool2d
+
+        if list(self.dilations) != [1, 1]:
+            raise self.unsupported("dilated average pooling is not supported")
+        (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, outs[0].dtype)
+        _, out, pads = self.geom
+        k = QAvgPool2d(ins[0].shape, self.kernel_shape, pads, self.strides, out, self.count_include_pad, xs, xz, ys,
+                       yz, lo, hi, self.mode)
+        return _bound_kernel(lambda i, o: k(i[0], o[0]))
+
+
+__all__ = ["QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",
+           "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearLookup"]
