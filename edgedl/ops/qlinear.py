@@ -15,7 +15,7 @@ from ..ir import TensorType
 from ..quant.requant import MODE_FLOAT, MODES, Requant, requantize_reference
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import broadcast_shapes, const_input
-from .conv import Conv, _as_2d, _as_4d, _ConvBase
+from .conv import Conv, ConvTranspose, _as_2d, _as_4d, _ConvBase
 
 _8BIT = (np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -201,6 +201,83 @@ def _conv_kernel(conv, x_shape, out_shape) -> Kernel:
         return lambda: conv(x, out)
 
     return Kernel(run, scratch_bytes=scratch_bytes, bind=bind)
+
+
+@register
+class QLinearConvTranspose(_ConvBase):
+    """edgedl's 8-bit ConvTranspose (made by the QDQ lowering pass; there is no standard QOperator op): inputs
+    as QLinearConv's, (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B int32]), the weight (C, M/group,
+    kH, kW) quantized per tensor or per output channel (axis 1), ConvTranspose's attributes."""
+
+    op_type = "QLinearConvTranspose"
+    domain = "edgedl"
+    kernels = {"cpu": ("int8", "uint8")}
+    num_inputs = (8, 9)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.mode = requant_mode(self)
+
+    _float_infer = ConvTranspose.infer
+
+    def infer(self, ins, consts):
+        x, w, y_zp = ins[0], ins[3], ins[7]
+        _check_8bit(self, x, "input x")
+        _check_8bit(self, w, "weight w")
+        _check_8bit(self, y_zp, "y_zero_point")
+        _check_zp_dtype(self, ins, 2, x, "x_zero_point")
+        _check_zp_dtype(self, ins, 5, w, "w_zero_point")
+        b = ins[8] if len(ins) > 8 else None
+        if b is not None and np.dtype(b.dtype) != np.int32:
+            raise self.error(f"bias must be int32, got {np.dtype(b.dtype).name}")
+        f32 = np.dtype(np.float32)
+        out = self._float_infer([TensorType(x.shape, f32), TensorType(w.shape, f32),
+                                 None if b is None else TensorType(b.shape, f32)], [None] * 3)[0]
+        return [TensorType(out.shape, np.dtype(y_zp.dtype))]
+
+    def _params(self, consts, ins, out_dtype):
+        m = ins[3].shape[1] * self.group
+        x_scale = scalar_param(self, consts, ins, 1, "x_scale")
+        x_zp = scalar_param(self, consts, ins, 2, "x_zero_point", ins[0].dtype)
+        w_scale = channel_param(self, consts, 4, "w_scale", m)
+        w_zp = channel_param(self, consts, 5, "w_zero_point", m)
+        y_scale = scalar_param(self, consts, ins, 6, "y_scale")
+        y_zp = scalar_param(self, consts, ins, 7, "y_zero_point", out_dtype)
+        for v, what in ((x_scale, "x_scale"), (w_scale, "w_scale"), (y_scale, "y_scale")):
+            check_scale(self, v, what)
+        lo, hi = output_bounds(self, float(y_scale), int(y_zp), np.dtype(out_dtype), self.mode)
+        return int(x_zp), w_zp.astype(np.int64), Requant.for_scales(x_scale, w_scale, y_scale, m, int(y_zp), lo, hi,
+                                                                     self.mode)
+
+    def ref(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+        arrays = [x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b]
+        ins = [TensorType(a.shape, a.dtype) if a is not None else None for a in arrays]
+        xz, wz, req = self._params(arrays, ins, np.asarray(y_zp).dtype)
+        kernel, strides, dilations, pads, out_pad, out = self.geometry
+        cg, cog = x.shape[1] // self.group, w.shape[1]
+        zp_of_group = wz.reshape(self.group, cog)                          # per output channel, by group
+        w64 = w.astype(np.int64) - np.concatenate(
+            [np.broadcast_to(zp_of_group[g].reshape(1, cog, *(1,) * len(kernel)), (cg, cog, *kernel))
+             for g in range(self.group)])
+        from .conv import conv_transpose_ref
+
+        acc = np.rint(conv_transpose_ref((x.astype(np.int64) - xz).astype(np.float64), w64.astype(np.float64),
+                                         None, strides, pads, dilations, self.group, out)).astype(np.int64)
+        if b is not None:
+            acc = acc + b.astype(np.int64).reshape((1, -1) + (1,) * len(kernel))
+        return [requantize_reference(acc, req, channel_axis=1).astype(np.asarray(y_zp).dtype)]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.conv_transpose_i8 import QConvTranspose2d
+
+        kernel, strides, dilations, pads, out_pad, out = self.geometry
+        has_b = len(self.node.inputs) > 8 and bool(self.node.inputs[8])
+        if len(kernel) != 2 or consts[3] is None or (has_b and consts[8] is None):
+            return ref_kernel(self)
+        x_zp, w_zp, req = self._params(consts, ins, outs[0].dtype)
+        conv = QConvTranspose2d(consts[3], consts[8] if has_b else None, req, ins[0].shape, x_zp, strides,
+                                (pads[0], pads[1], pads[2], pads[3]), dilations, out, self.group, w_zp)
+        return _conv_kernel(conv, ins[0].shape, outs[0].shape)
 
 
 @register

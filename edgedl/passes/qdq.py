@@ -4,14 +4,14 @@ on the 8-bit tensors (the QOperator form), the way onnxruntime's QDQ transformer
 Patterns (every scale and zero point a constant; activations per tensor, weights per tensor or per
 output channel):
 
-* Conv / MatMul / Gemm with DequantizeLinear'd constant weights (and a bias that is DQ(int32) or float)
-  -> QLinearConv / QLinearMatMul / com.microsoft QGemm; a Relu or Clip between the op and its
+* Conv / ConvTranspose / MatMul / Gemm with DequantizeLinear'd constant weights (and a bias that is
+  DQ(int32) or float) -> QLinearConv / edgedl.QLinearConvTranspose / QLinearMatMul / com.microsoft QGemm; a Relu or Clip between the op and its
   QuantizeLinear becomes a clamp of the output range (``_clamp``: exact, quantization is monotonic).
 * Add, Mul -> com.microsoft QLinearAdd / QLinearMul (a fused Relu as above); Concat -> QLinearConcat;
   GlobalAveragePool / AveragePool -> QLinearGlobalAveragePool / QLinearAveragePool.
 * Element-wise activations (Sigmoid, Tanh, HardSwish, HardSigmoid, LeakyRelu, Elu, Relu, Clip, ...)
   -> ``edgedl.QLinearLookup``: a 256-entry table built from the float op at prepare time.
-* Layout ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Pad, MaxPool, nearest Resize, ...)
+* Layout ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, MaxPool, nearest Resize, ...)
   whose input and output quantization parameters are equal run directly on the 8-bit tensor.
 
 Whatever matches no pattern keeps its DequantizeLinear / QuantizeLinear nodes: it runs in float between
@@ -29,7 +29,7 @@ from ..ir import Graph, Node, contiguous
 from ..registry import lookup
 
 #: ops that move 8-bit values without arithmetic: run on int8 when input and output share parameters
-LAYOUT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "MaxPool", "Resize",
+LAYOUT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Pad", "MaxPool", "Resize",
               "Identity", "SpaceToDepth", "DepthToSpace", "Tile", "Expand", "GlobalMaxPool", "Gather"}
 #: element-wise float functions computed through a lookup table
 LUT_OPS = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Relu", "Clip", "Softplus",
@@ -207,7 +207,12 @@ class _Lowering:
         if x.zp.dtype not in (np.int8, np.uint8) or w.zp.dtype not in (np.int8, np.uint8):
             return False
         wdata = self.const(w.data)
-        out_axis = {"Conv": 0, "MatMul": 1, "Gemm": 0 if node.attrs.get("transB", 0) else 1}[node.op_type]
+        out_axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1,
+                    "Gemm": 0 if node.attrs.get("transB", 0) else 1}[node.op_type]
+        group = int(node.attrs.get("group", 1))
+        if node.op_type == "ConvTranspose" and (group > 1 and not w.per_tensor or
+                                                lookup("QLinearConvTranspose", "edgedl") is None):
+            return False  # per-channel scales of a grouped ConvTranspose cover one group only
         if node.op_type == "Gemm" and (node.attrs.get("transA", 0) or wdata.ndim != 2):
             return False
         if node.op_type == "MatMul" and wdata.ndim != 2:
@@ -217,9 +222,9 @@ class _Lowering:
         clamp, act, q = self.clamp_then_q(node.outputs[0])
         if q is None:
             return False
-        channels = wdata.shape[out_axis]
+        channels = wdata.shape[out_axis] * (group if node.op_type == "ConvTranspose" else 1)
         bias_name = ""
-        has_bias = node.op_type in ("Conv", "Gemm") and len(node.inputs) > 2 and node.inputs[2]
+        has_bias = node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2]
         alpha = float(node.attrs.get("alpha", 1.0)) if node.op_type == "Gemm" else 1.0
         beta = float(node.attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
         if has_bias:
@@ -237,6 +242,9 @@ class _Lowering:
         if node.op_type == "Conv":
             new = Node("QLinearConv", node.name, ins + ([bias_name] if bias_name else []), [q.node.outputs[0]],
                        self.attrs(keep, clamp))
+        elif node.op_type == "ConvTranspose":
+            new = Node("QLinearConvTranspose", node.name, ins + ([bias_name] if bias_name else []),
+                       [q.node.outputs[0]], self.attrs(keep, clamp), domain="edgedl")
         elif node.op_type == "MatMul":
             new = Node("QLinearMatMul", node.name, ins, [q.node.outputs[0]], self.attrs(None, clamp))
         else:
@@ -317,6 +325,14 @@ class _Lowering:
             return False
         if any(self.producers.get(i) is not None and self.const(i) is None for i in node.inputs[1:] if i):
             return False  # a shape/index input computed at run time: keep it simple, stay in float
+        if node.op_type == "Split":  # every output quantized with the input's parameters
+            qs = [self.sole_q(o) for o in node.outputs]
+            if not all(o for o in node.outputs) or any(q is None or not x.same_as(q) for q in qs):
+                return False
+            new = Node("Split", node.name, [x.data] + list(node.inputs[1:]), [q.node.outputs[0] for q in qs],
+                       dict(node.attrs))
+            self.replace([node] + [q.node for q in qs], new)
+            return True
         if len(node.outputs) > 1 and any(node.outputs[1:]):
             return False
         if node.op_type == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", b"nearest"):
@@ -340,7 +356,7 @@ class _Lowering:
         if node.domain or id(node) in self.removed:
             return False
         op = node.op_type
-        if op in ("Conv", "MatMul", "Gemm"):
+        if op in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
             return self.lower_linear(node)
         if op in ("Add", "Mul") and len(node.inputs) == 2:
             return self.lower_binary(node)

@@ -26,8 +26,9 @@ from ..passes.qdq import LAYOUT_OPS, LUT_OPS, is_quantized
 from .calibrate import METHODS, as_feeds, choose_range, int8_params, observe
 
 #: layout ops edgedl runs on int8 (a subset of what the lowering pass accepts: those with int8 paths)
-_INT8_LAYOUT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Pad", "Slice", "Resize"}
-_FUSABLE = {"Conv", "Gemm", "MatMul", "Add"}
+_INT8_LAYOUT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Pad", "Slice", "Resize",
+                "Split"}
+_FUSABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
             continue
         op, ins = n.op_type, n.inputs
         ok = False
-        if op == "Conv":
+        if op in ("Conv", "ConvTranspose"):
             ok = f32(ins[0]) and _is_const_f32(g, ins[1], (3, 4)) and (len(ins) < 3 or not ins[2]
                                                                         or _is_const_f32(g, ins[2], (1,)))
         elif op == "Gemm":
@@ -130,8 +131,8 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
         elif op in LUT_OPS:
             ok = f32(ins[0]) and all(not i or i in g.initializers for i in ins[1:])
         elif op in _INT8_LAYOUT and op in LAYOUT_OPS:
-            ok = f32(ins[0]) and all(not i or i not in dyn for i in ins[1:]) and (len(n.outputs) == 1 or
-                                                                                    not any(n.outputs[1:]))
+            ok = f32(ins[0]) and all(not i or i not in dyn for i in ins[1:]) and (
+                len(n.outputs) == 1 or not any(n.outputs[1:]) or (op == "Split" and all(n.outputs)))
             if op == "Resize" and n.attrs.get("mode", "nearest") not in ("nearest", b"nearest"):
                 ok = False
         if ok:
@@ -159,8 +160,9 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
     for n in qnodes:
         if n.op_type in _INT8_LAYOUT and n.op_type not in LUT_OPS:
             want(n.inputs[0])
-            shared[n.outputs[0]] = n.inputs[0]
-            want(n.outputs[0])
+            for o in (n.outputs if n.op_type == "Split" else n.outputs[:1]):
+                shared[o] = n.inputs[0]
+                want(o)
             continue
         if id(n) not in fused:
             for i in (n.inputs if n.op_type in ("Add", "Mul", "Concat") else n.inputs[:1]):
@@ -216,16 +218,18 @@ def _insert_qdq(g: Graph, qnodes, tensors, params, per_channel: bool) -> None:
     # weights, biases and constant operands
     for n in qnodes:
         op = n.op_type
-        if op in ("Conv", "Gemm", "MatMul"):
+        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             w = g.initializers[n.inputs[1]]
             axis = 0 if op == "Conv" or (op == "Gemm" and n.attrs.get("transB", 0)) else 1
-            wq, ws = _symmetric(w, axis if per_channel else None)
+            group = int(n.attrs.get("group", 1)) if op == "ConvTranspose" else 1
+            channel_wise = per_channel and group == 1  # a grouped ConvTranspose's axis 1 is one group's outputs
+            wq, ws = _symmetric(w, axis if channel_wise else None)
             n.inputs[1] = _dequantized(b, n.inputs[1], wq, ws, np.zeros(ws.shape, np.int8),
-                                       axis if per_channel else None, new_nodes, index[id(n)] - 1)
-            if op in ("Conv", "Gemm") and len(n.inputs) > 2 and n.inputs[2]:
+                                       axis if channel_wise else None, new_nodes, index[id(n)] - 1)
+            if op in ("Conv", "ConvTranspose", "Gemm") and len(n.inputs) > 2 and n.inputs[2]:
                 x_scale = params[x_of[id(n)]][0]
                 bias = g.initializers[n.inputs[2]].astype(np.float64).reshape(-1)
-                channels = w.shape[axis]
+                channels = w.shape[axis] * group
                 # the bias in the accumulator's scale alpha * s_x * s_w[c]; a Gemm's beta is folded into it
                 bias = np.broadcast_to(bias, (channels,)) * (float(n.attrs.get("beta", 1.0)) if op == "Gemm" else 1.0)
                 alpha = float(n.attrs.get("alpha", 1.0)) if op == "Gemm" else 1.0

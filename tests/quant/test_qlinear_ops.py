@@ -164,3 +164,47 @@ def test_bad_quantization_parameters_are_clear_errors():
                    [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
     with pytest.raises(edgedl.EdgeDLError, match="x_zero_point"):
         edgedl.load(model.SerializeToString())
+
+
+@pytest.mark.parametrize("mode", ["double", "float"])
+@pytest.mark.parametrize("c,m,k,s,p,g,op,xt", [
+    (4, 6, 3, 2, 1, 1, 0, np.int8), (4, 4, 3, 2, 0, 2, 1, np.uint8), (8, 3, 4, 2, 1, 1, 0, np.int8),
+    (3, 5, 3, 1, 1, 1, 0, np.uint8), (2, 2, 2, 3, 0, 1, 2, np.int8),
+])
+def test_qlinear_conv_transpose_kernel_matches_its_reference(mode, c, m, k, s, p, g, op, xt):
+    rng = np.random.default_rng(c * 7 + k)
+    info = np.iinfo(xt)
+    x = rng.integers(info.min, info.max + 1, (2, c, 5, 6)).astype(xt)
+    w = rng.integers(-127, 128, (c, m // g, k, k)).astype(np.int8)
+    ws = (rng.uniform(0.002, 0.01, m) if g == 1 else np.array(0.004)).astype(np.float32)
+    inits = dict(xs=np.array(0.03, np.float32), xz=np.array(7, xt), w=w, ws=ws, wz=np.zeros(ws.shape, np.int8),
+                 ys=np.array(0.08, np.float32), yz=np.array(-3 if xt == np.int8 else 120, xt),
+                 b=rng.integers(-3000, 3000, m).astype(np.int32))
+    node = helper.make_node("QLinearConvTranspose", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                            domain="edgedl", strides=[s, s], pads=[p] * 4, group=g, output_padding=[op, op],
+                            _requant=mode)
+    model = _model([node], [helper.make_tensor_value_info("x", _T[xt], x.shape)],
+                   [helper.make_tensor_value_info("y", _T[xt], None)], inits)
+    model.opset_import.append(helper.make_opsetid("edgedl", 1))
+    _kernel_vs_ref(model, {"x": x})
+
+
+def test_quantized_conv_transpose_agrees_with_onnxruntime(tmp_path):
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((4, 6, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b")])
+    fp32 = edgedl.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    q = edgedl.quantize(fp32, [rng.standard_normal((1, 4, 5, 6)).astype(np.float32) for _ in range(8)],
+                        progress=False)
+    assert "QLinearConvTranspose" in q.op_counts()
+    path = tmp_path / "ct.onnx"
+    q.save(path)
+    x = rng.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    step = q.quantization.params["y"][0]
+    assert np.max(np.abs(q(x) - want)) <= 2 * step + 1e-6
