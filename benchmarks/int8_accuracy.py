@@ -36,7 +36,8 @@ def main() -> None:
         ort = None
     print(f"digits CNN, {len(y)} test images, calibration on {args.calibration} training images; "
           f"fp32 top-1 {100 * np.mean(fp32 == y):.2f}%\n")
-    print("| method | weights | int8 top-1 | change vs fp32 | agreement with fp32 | edgedl vs onnxruntime (same QDQ file) |")
+    print("| method | weights | int8 top-1 | change vs fp32 | agreement with fp32 | "
+          "edgedl vs onnxruntime (same QDQ file) |")
     print("|---|---|---|---|---|---|")
     for method in ("minmax", "percentile", "entropy", "mse"):
         for per_channel in (True, False):

@@ -11,8 +11,8 @@ output channel):
   GlobalAveragePool / AveragePool -> QLinearGlobalAveragePool / QLinearAveragePool.
 * Element-wise activations (Sigmoid, Tanh, HardSwish, HardSigmoid, LeakyRelu, Elu, Relu, Clip, ...)
   -> ``edgedl.QLinearLookup``: a 256-entry table built from the float op at prepare time.
-* Layout ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, MaxPool, nearest Resize, ...)
-  whose input and output quantization parameters are equal run directly on the 8-bit tensor.
+* Layout ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, MaxPool, nearest
+  Resize, ...) whose input and output quantization parameters are equal run directly on the 8-bit tensor.
 
 Whatever matches no pattern keeps its DequantizeLinear / QuantizeLinear nodes: it runs in float between
 them, explicitly (``edgedl info`` lists those islands). The requantization mode of the new ops is the
