@@ -5,8 +5,9 @@ Patterns (every scale and zero point a constant; activations per tensor, weights
 output channel):
 
 * Conv / ConvTranspose / MatMul / Gemm with DequantizeLinear'd constant weights (and a bias that is
-  DQ(int32) or float) -> QLinearConv / edgedl.QLinearConvTranspose / QLinearMatMul / com.microsoft QGemm; a Relu or Clip between the op and its
-  QuantizeLinear becomes a clamp of the output range (``_clamp``: exact, quantization is monotonic).
+  DQ(int32) or float) -> QLinearConv / edgedl.QLinearConvTranspose / QLinearMatMul / com.microsoft QGemm;
+  a Relu or Clip between the op and its QuantizeLinear becomes a clamp of the output range (``_clamp``:
+  exact, quantization is monotonic).
 * Add, Mul -> com.microsoft QLinearAdd / QLinearMul (a fused Relu as above); Concat -> QLinearConcat;
   GlobalAveragePool / AveragePool -> QLinearGlobalAveragePool / QLinearAveragePool.
 * Element-wise activations (Sigmoid, Tanh, HardSwish, HardSigmoid, LeakyRelu, Elu, Relu, Clip, ...)
