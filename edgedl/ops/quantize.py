@@ -108,12 +108,7 @@ class QuantizeLinear(_LinearQ):
                 or qtype not in (np.dtype(np.int8), np.dtype(np.uint8))):
             return ref_kernel(self)
         k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype)
-
-        def run(inputs, outputs, scratch):
-            zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
-            k(inputs[0], inputs[1], zero, outputs[0])
-
-        return Kernel(run)
+        return _bindable(k)
 
     def _channel_axis(self, x: TensorType, scale: TensorType) -> int | None:
         s = tuple(scale.shape)
@@ -156,12 +151,22 @@ class DequantizeLinear(_LinearQ):
         s = tuple(scale.shape)
         axis = None if len(s) == 0 or (len(s) == 1 and s[0] == 1) else self._axis(len(x.shape))
         k = DequantizeKernel(tuple(x.shape), axis)
+        return _bindable(k)
 
-        def run(inputs, outputs, scratch):
-            zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
-            k(inputs[0], inputs[1], zero, outputs[0])
 
-        return Kernel(run)
+def _bindable(k) -> Kernel:
+    """A Kernel over ``k(x, scale, zero_point or None, out)``, bound once to fixed arrays."""
+
+    def run(inputs, outputs, scratch):
+        zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+        k(inputs[0], inputs[1], zero, outputs[0])
+
+    def bind(inputs, outputs, scratch, threads):
+        x, scale, out = inputs[0], inputs[1], outputs[0]
+        zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+        return lambda: k(x, scale, zero, out)
+
+    return Kernel(run, bind=bind)
 
 
 __all__ = ["QuantizeLinear", "DequantizeLinear"]

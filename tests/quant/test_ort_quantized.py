@@ -38,14 +38,15 @@ class _Reader(quantization.CalibrationDataReader):
         return next(self.items, None)
 
 
-def _quantize_with_ort(tmp_path, model, fmt, act, per_channel):
+def _quantize_with_ort(tmp_path, model, fmt, act, per_channel, quantize_bias=True):
     src, pre, dst = (str(tmp_path / f) for f in ("m.onnx", "pre.onnx", "q.onnx"))
     onnx.save(model, src)
     quantization.shape_inference.quant_pre_process(src, pre, skip_symbolic_shape=True)
     inp = model.graph.input[0]
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
     quantization.quantize_static(pre, dst, _Reader(inp.name, shape), quant_format=fmt, activation_type=act,
-                                 weight_type=quantization.QuantType.QInt8, per_channel=per_channel)
+                                 weight_type=quantization.QuantType.QInt8, per_channel=per_channel,
+                                 extra_options={"QuantizeBias": quantize_bias})
     return dst, inp.name, shape
 
 
@@ -61,16 +62,17 @@ def _output_scale(model: onnx.ModelProto) -> float:
 
 
 @pytest.mark.parametrize("name", list(_models()))
-@pytest.mark.parametrize("fmt,act,per_channel", [
-    ("QDQ", "QInt8", True),
-    ("QDQ", "QUInt8", False),
-    ("QOperator", "QInt8", True),
-    ("QOperator", "QUInt8", True),
+@pytest.mark.parametrize("fmt,act,per_channel,bias", [
+    ("QDQ", "QInt8", True, True),
+    ("QDQ", "QUInt8", False, True),
+    ("QDQ", "QInt8", True, False),      # float biases (QuantizeBias=False): quantized at load
+    ("QOperator", "QInt8", True, True),
+    ("QOperator", "QUInt8", True, True),
 ])
-def test_onnxruntime_quantized_models_agree_within_2_lsb(tmp_path, name, fmt, act, per_channel):
+def test_onnxruntime_quantized_models_agree_within_2_lsb(tmp_path, name, fmt, act, per_channel, bias):
     model = _models()[name]()
     path, iname, shape = _quantize_with_ort(tmp_path, model, getattr(quantization.QuantFormat, fmt),
-                                            getattr(quantization.QuantType, act), per_channel)
+                                            getattr(quantization.QuantType, act), per_channel, bias)
     qmodel = onnx.load(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3

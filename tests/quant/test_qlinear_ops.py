@@ -208,3 +208,25 @@ def test_quantized_conv_transpose_agrees_with_onnxruntime(tmp_path):
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     step = q.quantization.params["y"][0]
     assert np.max(np.abs(q(x) - want)) <= 2 * step + 1e-6
+
+
+@pytest.mark.parametrize("xt", [np.int8, np.uint8])
+def test_microsoft_concat_sigmoid_leakyrelu_match_onnxruntime(xt):
+    rng = np.random.default_rng(6)
+    info = np.iinfo(xt)
+    a = rng.integers(info.min, info.max + 1, (1, 3, 4, 5)).astype(xt)
+    b = rng.integers(info.min, info.max + 1, (1, 2, 4, 5)).astype(xt)
+    z = (lambda v: np.array(v, xt))
+    inits = dict(ys=np.array(0.07, np.float32), yz=z(10), as_=np.array(0.05, np.float32), az=z(3),
+                 bs=np.array(0.11, np.float32), bz=z(-4 if xt == np.int8 else 200))
+    nodes = [helper.make_node("QLinearConcat", ["ys", "yz", "a", "as_", "az", "b", "bs", "bz"], ["c"], axis=1,
+                              domain="com.microsoft"),
+             helper.make_node("QLinearSigmoid", ["c", "ys", "yz", "bs", "bz"], ["s"], domain="com.microsoft"),
+             helper.make_node("QLinearLeakyRelu", ["s", "bs", "bz", "as_", "az"], ["y"], alpha=0.2,
+                              domain="com.microsoft")]
+    model = _model(nodes, [helper.make_tensor_value_info("a", _T[xt], a.shape),
+                           helper.make_tensor_value_info("b", _T[xt], b.shape)],
+                   [helper.make_tensor_value_info("y", _T[xt], None)], inits, ms=True)
+    got, want, m = _run_both(model, {"a": a, "b": b})
+    np.testing.assert_array_equal(got[0], want[0])
+    assert all(s.kernel.impl != "numpy" or s.node.op_type == "QLinearConcat" for s in m.plan().steps)

@@ -52,39 +52,40 @@ G_H, G_W, G_OH, G_OW, G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PT, G_PL, G_PB, G_PR
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _maxpool_plane(p, x, out, g, flip):
-    # plane p of x: (P * H * W,) uint8 -> out: (P * OH * OW,) uint8; keys byte ^ flip order the values
+def _maxpool_plane(p, x, out, g, lowest):
+    # plane p of x: (P * H * W,) int8 or uint8 (typed: max compares the values) -> out: (P * OH * OW,);
+    # the valid tap range of each window is computed once, so the tap loops carry no bounds checks
     h_, w_, oh_, ow_ = g[G_H], g[G_W], g[G_OH], g[G_OW]
+    kh, kw, sh, sw, dh, dw = g[G_KH], g[G_KW], g[G_SH], g[G_SW], g[G_DH], g[G_DW]
     xb = p * h_ * w_
     ob = p * oh_ * ow_
     for oh in range(oh_):
-        hs = oh * g[G_SH] - g[G_PT]
+        hs = oh * sh - g[G_PT]
+        i0 = max(0, (-hs + dh - 1) // dh)
+        i1 = min(kh, (h_ - hs + dh - 1) // dh)
         for ow in range(ow_):
-            ws = ow * g[G_SW] - g[G_PL]
-            m = np.int64(0)  # the key of the type's minimum: an empty window gives it
-            for i in range(g[G_KH]):
-                hh = hs + i * g[G_DH]
-                if hh < 0 or hh >= h_:
-                    continue
-                row = xb + hh * w_
-                for j in range(g[G_KW]):
-                    ww = ws + j * g[G_DW]
-                    if ww >= 0 and ww < w_:
-                        k = np.int64(x[row + ww]) ^ flip
-                        m = k if k > m else m
-            out[ob + oh * ow_ + ow] = m ^ flip
+            ws = ow * sw - g[G_PL]
+            j0 = max(0, (-ws + dw - 1) // dw)
+            j1 = min(kw, (w_ - ws + dw - 1) // dw)
+            m = lowest  # an empty window gives the type's minimum
+            for i in range(i0, i1):
+                row = xb + (hs + i * dh) * w_ + ws
+                for j in range(j0, j1):
+                    v = x[row + j * dw]
+                    m = v if v > m else m
+            out[ob + oh * ow_ + ow] = m
 
 
 @numba.njit(**NJIT_EXACT)
-def _maxpool(x, out, g, planes, flip):
+def _maxpool(x, out, g, planes, lowest):
     for p in range(planes):
-        _maxpool_plane(p, x, out, g, flip)
+        _maxpool_plane(p, x, out, g, lowest)
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _maxpool_parallel(x, out, g, planes, flip):
+def _maxpool_parallel(x, out, g, planes, lowest):
     for p in prange(planes):
-        _maxpool_plane(p, x, out, g, flip)
+        _maxpool_plane(p, x, out, g, lowest)
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
@@ -237,9 +238,10 @@ class QMaxPool2d(_Window):
     def __call__(self, x, out, parallel=None):
         if x.dtype != out.dtype:
             raise ValueError(f"MaxPool keeps the type: input {x.dtype}, output {out.dtype}")
-        xv, ov = _check_io(x, out, self.x_shape, self.out_shape)
-        flip = 0x80 if x.dtype == np.int8 else 0
-        (_maxpool_parallel if self.parallel(parallel) else _maxpool)(xv, ov, self.g, self.planes, flip)
+        _check_io(x, out, self.x_shape, self.out_shape)
+        xv, ov = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
+        lowest = x.dtype.type(np.iinfo(x.dtype).min)
+        (_maxpool_parallel if self.parallel(parallel) else _maxpool)(xv, ov, self.g, self.planes, lowest)
         return out
 
 
