@@ -182,7 +182,7 @@ def cmd_ops(args) -> int:
     rows = []
     for (domain, op_type), cls in registered_ops().items():
         cpu = set(cls.kernels.get("cpu", ()))
-        cells = ["numba" if d in cpu else "numpy" for d in dtype_cols]
+        cells = ["numba" if d in cpu or (d == "int8" and "uint8" in cpu) else "numpy" for d in dtype_cols]
         cells.append("numba" if len(cpu - set(dtype_cols)) > 1 else "numpy")
         cuda = ",".join(cls.kernels.get("cuda", ())) or "-"
         backward = "yes" if getattr(cls, "backward", None) else "-"
@@ -195,8 +195,8 @@ def cmd_ops(args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\n{len(rows)} ops. numba: a compiled Numba kernel; numpy: the numpy path (reference math, or "
-          "numpy copies for data movement). int8 kernels, CUDA kernels and backward passes arrive with the "
-          "quantization, CUDA and training work.")
+          "numpy copies for data movement). The int8 column covers 8-bit tensors (int8 and uint8: QLinear* "
+          "ops, int8 pooling); CUDA kernels and backward passes arrive with the CUDA and training work.")
     return 0
 
 
