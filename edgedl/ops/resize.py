@@ -258,9 +258,14 @@ class _ResizeBase(Op):
         out_shape, passes = self._geometry(in_shape, consts)
         if not passes or outs[0].size == 0:
             return _copy_kernel(outs[0].size)  # identity resize (or nothing to write)
-        if x.dtype != np.float32:
-            return super().build(ins, outs, consts)  # the numpy reference
         rank = len(in_shape)
+        if x.dtype != np.float32:
+            gather_2d = (rank == 4 and sorted(p[0] for p in passes) in ([2], [3], [2, 3])
+                         and all(p[1].shape[1] == 1 and p[3] is None for p in passes))
+            if not (gather_2d and np.dtype(x.dtype) in (np.dtype(np.int8), np.dtype(np.uint8))):
+                return super().build(ins, outs, consts)  # the numpy reference
+            # 8-bit nearest 2-D resize (int8 models): the float kernel's gather, typed for bytes
+            return self._build_2d(in_shape, out_shape, passes, 1, None, False)
         ev = np.float32(self.extrapolation_value)
         # tf_crop_and_resize: output slabs whose source coordinate lies outside the input on some axis
         masks = [((int(np.prod(out_shape[:a], dtype=np.int64)), out_shape[a],

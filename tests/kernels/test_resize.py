@@ -207,3 +207,23 @@ def test_errors():
     y = model.run({"x": x4, "s": np.array([1, 1, 2, 2], np.float32)})["y"]
     np.testing.assert_array_equal(y, x4.repeat(2, axis=2).repeat(2, axis=3))
     assert model.run({"x": x4, "s": np.array([1, 1, 1, 0.5], np.float32)})["y"].shape == (1, 1, 4, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 2.5], [1, 1, 0.5, 1]])
+def test_nearest_resize_of_8bit_tensors_runs_the_gather_kernel(dtype, scales):
+    """int8 models resize their 8-bit activations (nearest mode) with the float kernel's gather."""
+    from onnx import TensorProto
+
+    tp = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
+    g = helper.make_graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest",
+                                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+                          "g", [helper.make_tensor_value_info("x", tp, [2, 3, 6, 7])],
+                          [helper.make_tensor_value_info("y", tp, None)],
+                          [numpy_helper.from_array(np.array(scales, np.float32), "s")])
+    m = edgedl.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(0).integers(info.min, info.max + 1, (2, 3, 6, 7)).astype(dtype)
+    step = m.plan().steps[0]
+    assert step.kernel.impl == "numba"
+    np.testing.assert_array_equal(m(x), step.op.ref(x, None, np.array(scales, np.float32))[0])
