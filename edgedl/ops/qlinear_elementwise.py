@@ -93,7 +93,14 @@ class _QBinaryOp(Op):
         (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(consts, ins, outs[0].dtype)
         k = QBinary(self.kind, ins[0].shape, ins[3].shape, outs[0].shape, asc, azp, bsc, bzp, ysc, yzp, lo, hi,
                     self.mode)
-        return _bound_kernel(lambda i, o: k(i[0], i[3], o[0]))
+
+        def run(inputs, outputs, scratch):
+            k(inputs[0], inputs[3], outputs[0])
+
+        def bind(inputs, outputs, scratch, threads):
+            return k.bind(inputs[0], inputs[3], outputs[0])
+
+        return Kernel(run, bind=bind)
 
 
 @register
@@ -152,10 +159,17 @@ class _TableOp(_QUnary):
         return [table[x.view(np.uint8)]]
 
     def build(self, ins, outs, consts):
-        from ..kernels.cpu.lut import apply_table
+        from ..kernels.cpu.lut import apply_table, bind_table
 
         table = self.table(consts, ins, outs[0].dtype)
-        return _bound_kernel(lambda i, o: apply_table(i[0], table, o[0]))
+
+        def run(inputs, outputs, scratch):
+            apply_table(inputs[0], table, outputs[0])
+
+        def bind(inputs, outputs, scratch, threads):
+            return bind_table(inputs[0], table, outputs[0])
+
+        return Kernel(run, bind=bind)
 
 
 def _clamped(table: np.ndarray, lo: int, hi: int) -> np.ndarray:

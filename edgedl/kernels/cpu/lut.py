@@ -30,7 +30,7 @@ from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK
 
 __all__ = ["byte_values", "check_qparams", "build_table", "requant_table", "activation_fn", "activation_table",
-           "apply_table", "ACTIVATIONS"]
+           "apply_table", "bind_table", "ACTIVATIONS"]
 
 _8BIT = (np.dtype(np.int8), np.dtype(np.uint8))
 #: elements per parallel chunk of :func:`apply_table`
@@ -186,6 +186,19 @@ def _lut_parallel(x, table, out):
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
             out[i] = table[x[i]]
+
+
+def bind_table(x: np.ndarray, table: np.ndarray, out: np.ndarray):
+    """A no-argument callable doing ``apply_table(x, table, out)`` on these very arrays (prepared once)."""
+    _dtype8(x.dtype, "input")
+    _dtype8(out.dtype, "output")
+    if table.shape != (256,) or table.dtype != out.dtype or x.size != out.size:
+        raise ValueError(f"table {table.dtype}{table.shape} does not map {x.dtype}{x.shape} to {out.dtype}{out.shape}")
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return lambda: apply_table(x, table, out)
+    args = (x.reshape(-1).view(np.uint8), np.ascontiguousarray(table).view(np.uint8), out.reshape(-1).view(np.uint8))
+    kernel = _lut_parallel if x.size >= PARALLEL_MIN_WORK else _lut
+    return lambda: kernel(*args)
 
 
 def apply_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, parallel: bool | None = None) -> np.ndarray:
