@@ -9,6 +9,22 @@ from .common import broadcast_shapes
 from .fused import activation_ref, fused_activation
 
 
+def matmul_shape(op: Op, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy.matmul's output shape (1-D operands promoted, batch dimensions broadcast); ShapeError else."""
+    if len(a) == 0 or len(b) == 0:
+        raise op.error("MatMul operands must have rank >= 1")
+    sa = (1,) + tuple(a) if len(a) == 1 else tuple(a)
+    sb = tuple(b) + (1,) if len(b) == 1 else tuple(b)
+    if sa[-1] != sb[-2]:
+        raise op.error(f"inner dimensions differ: A is {tuple(a)}, B is {tuple(b)}")
+    out = broadcast_shapes(op, sa[:-2], sb[:-2]) + (sa[-2], sb[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
 @register
 class Gemm(Op):
     """Y = alpha * A' @ B' + beta * C, with A' = A.T if transA, B' = B.T if transB, C broadcast to Y."""
@@ -83,19 +99,7 @@ class MatMul(Op):
     def _infer_matmul(self, a, b):
         if a.dtype != b.dtype:
             raise self.error(f"A and B must share a dtype, got {a.dtype} and {b.dtype}")
-        if len(a.shape) == 0 or len(b.shape) == 0:
-            raise self.error("MatMul operands must have rank >= 1")
-        sa = (1,) + a.shape if len(a.shape) == 1 else a.shape
-        sb = b.shape + (1,) if len(b.shape) == 1 else b.shape
-        if sa[-1] != sb[-2]:
-            raise self.error(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
-        batch = broadcast_shapes(self, sa[:-2], sb[:-2])
-        out = batch + (sa[-2], sb[-1])
-        if len(a.shape) == 1:
-            out = out[:-2] + out[-1:]
-        if len(b.shape) == 1:
-            out = out[:-1]
-        return TensorType(out, a.dtype)
+        return TensorType(matmul_shape(self, a.shape, b.shape), a.dtype)
 
     def ref(self, a, b, c=None):
         if a.dtype.kind == "f":

@@ -16,6 +16,7 @@ from ..quant.requant import MODE_FLOAT, MODES, Requant, requantize_reference
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import broadcast_shapes, const_input
 from .conv import Conv, ConvTranspose, _as_2d, _as_4d, _ConvBase
+from .gemm import matmul_shape
 
 _8BIT = (np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -332,21 +333,6 @@ class ConvInteger(_ConvBase):
         return _conv_kernel(conv, x_shape, out_shape)
 
 
-def _matmul_shape(op: Op, a: TensorType, b: TensorType) -> tuple[int, ...]:
-    if len(a.shape) < 1 or len(b.shape) < 1:
-        raise op.error("operands must have rank >= 1")
-    sa = (1,) + a.shape if len(a.shape) == 1 else a.shape
-    sb = b.shape + (1,) if len(b.shape) == 1 else b.shape
-    if sa[-1] != sb[-2]:
-        raise op.error(f"inner dimensions differ: A is {a.shape}, B is {b.shape}")
-    out = broadcast_shapes(op, sa[:-2], sb[:-2]) + (sa[-2], sb[-1])
-    if len(a.shape) == 1:
-        out = out[:-2] + out[-1:]
-    if len(b.shape) == 1:
-        out = out[:-1]
-    return out
-
-
 def _int_matmul(a, a_zp, b, b_zp) -> np.ndarray:
     """int64 numpy matmul of (a - a_zp) and (b - b_zp); a_zp per row (…, M) or scalar, b_zp per column."""
     a64 = np.asarray(a, np.int64)
@@ -396,7 +382,7 @@ class QLinearMatMul(Op):
             _check_8bit(self, t, what)
         _check_zp_dtype(self, ins, 2, a, "a_zero_point")
         _check_zp_dtype(self, ins, 5, b, "b_zero_point")
-        return [TensorType(_matmul_shape(self, a, b), np.dtype(y_zp.dtype))]
+        return [TensorType(matmul_shape(self, a.shape, b.shape), np.dtype(y_zp.dtype))]
 
     def _params(self, consts, ins, out_dtype):
         n = ins[3].shape[-1] if len(ins[3].shape) > 1 else 1
@@ -443,7 +429,7 @@ class MatMulInteger(Op):
         _check_8bit(self, b, "input B")
         _check_zp_dtype(self, ins, 2, a, "a_zero_point")
         _check_zp_dtype(self, ins, 3, b, "b_zero_point")
-        return [TensorType(_matmul_shape(self, a, b), np.dtype(np.int32))]
+        return [TensorType(matmul_shape(self, a.shape, b.shape), np.dtype(np.int32))]
 
     def ref(self, a, b, a_zp=None, b_zp=None):
         az = np.zeros((), np.int64) if a_zp is None else a_zp
