@@ -74,6 +74,23 @@ def output_bounds(op: Op, y_scale: float, y_zp: int, dtype: np.dtype, mode: int)
     return lo, hi
 
 
+def linear_params(op: Op, consts, ins, channels: int, out_dtype, names=("x", "w")):
+    """The QLinear input layout (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp): (x zero point, per-channel
+    w zero points, Requant of ``channels`` channels for ``op.mode`` and its ``_clamp``), all validated."""
+    a, b = names
+    x_scale = scalar_param(op, consts, ins, 1, f"{a}_scale")
+    x_zp = scalar_param(op, consts, ins, 2, f"{a}_zero_point", ins[0].dtype)
+    w_scale = channel_param(op, consts, 4, f"{b}_scale", channels)
+    w_zp = channel_param(op, consts, 5, f"{b}_zero_point", channels)
+    y_scale = scalar_param(op, consts, ins, 6, "y_scale")
+    y_zp = scalar_param(op, consts, ins, 7, "y_zero_point", out_dtype)
+    for v, what in ((x_scale, f"{a}_scale"), (w_scale, f"{b}_scale"), (y_scale, "y_scale")):
+        check_scale(op, v, what)
+    lo, hi = output_bounds(op, float(y_scale), int(y_zp), np.dtype(out_dtype), op.mode)
+    req = Requant.for_scales(x_scale, w_scale, y_scale, channels, int(y_zp), lo, hi, op.mode)
+    return int(x_zp), w_zp.astype(np.int64), req
+
+
 def _check_8bit(op: Op, t: TensorType, what: str) -> None:
     if np.dtype(t.dtype) not in _8BIT:
         raise op.unsupported(f"{what} must be int8 or uint8, got {np.dtype(t.dtype).name}")
@@ -117,18 +134,7 @@ class QLinearConv(_ConvBase):
         return [TensorType(out.shape, np.dtype(y_zp.dtype))]
 
     def _params(self, consts, ins, outs):
-        m = ins[3].shape[0]
-        x_scale = scalar_param(self, consts, ins, 1, "x_scale")
-        x_zp = scalar_param(self, consts, ins, 2, "x_zero_point", ins[0].dtype)
-        w_scale = channel_param(self, consts, 4, "w_scale", m)
-        w_zp = channel_param(self, consts, 5, "w_zero_point", m)
-        y_scale = scalar_param(self, consts, ins, 6, "y_scale")
-        y_zp = scalar_param(self, consts, ins, 7, "y_zero_point", outs[0].dtype)
-        for s, what in ((x_scale, "x_scale"), (w_scale, "w_scale"), (y_scale, "y_scale")):
-            check_scale(self, s, what)
-        lo, hi = output_bounds(self, float(y_scale), int(y_zp), outs[0].dtype, self.mode)
-        req = Requant.for_scales(x_scale, w_scale, y_scale, m, int(y_zp), lo, hi, self.mode)
-        return int(x_zp), w_zp.astype(np.int64), req
+        return linear_params(self, consts, ins, ins[3].shape[0], outs[0].dtype)
 
     def _geometry4(self):
         kernel, strides, dilations, pads = _as_2d(*self.geometry)
@@ -237,18 +243,7 @@ class QLinearConvTranspose(_ConvBase):
         return [TensorType(out.shape, np.dtype(y_zp.dtype))]
 
     def _params(self, consts, ins, out_dtype):
-        m = ins[3].shape[1] * self.group
-        x_scale = scalar_param(self, consts, ins, 1, "x_scale")
-        x_zp = scalar_param(self, consts, ins, 2, "x_zero_point", ins[0].dtype)
-        w_scale = channel_param(self, consts, 4, "w_scale", m)
-        w_zp = channel_param(self, consts, 5, "w_zero_point", m)
-        y_scale = scalar_param(self, consts, ins, 6, "y_scale")
-        y_zp = scalar_param(self, consts, ins, 7, "y_zero_point", out_dtype)
-        for v, what in ((x_scale, "x_scale"), (w_scale, "w_scale"), (y_scale, "y_scale")):
-            check_scale(self, v, what)
-        lo, hi = output_bounds(self, float(y_scale), int(y_zp), np.dtype(out_dtype), self.mode)
-        return int(x_zp), w_zp.astype(np.int64), Requant.for_scales(x_scale, w_scale, y_scale, m, int(y_zp), lo, hi,
-                                                                     self.mode)
+        return linear_params(self, consts, ins, ins[3].shape[1] * self.group, out_dtype)
 
     def ref(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         arrays = [x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b]
@@ -386,17 +381,7 @@ class QLinearMatMul(Op):
 
     def _params(self, consts, ins, out_dtype):
         n = ins[3].shape[-1] if len(ins[3].shape) > 1 else 1
-        a_scale = scalar_param(self, consts, ins, 1, "a_scale")
-        a_zp = scalar_param(self, consts, ins, 2, "a_zero_point", ins[0].dtype)
-        b_scale = channel_param(self, consts, 4, "b_scale", n)
-        b_zp = channel_param(self, consts, 5, "b_zero_point", n)
-        y_scale = scalar_param(self, consts, ins, 6, "y_scale")
-        y_zp = scalar_param(self, consts, ins, 7, "y_zero_point", out_dtype)
-        for s, what in ((a_scale, "a_scale"), (b_scale, "b_scale"), (y_scale, "y_scale")):
-            check_scale(self, s, what)
-        lo, hi = output_bounds(self, float(y_scale), int(y_zp), np.dtype(out_dtype), self.mode)
-        return int(a_zp), b_zp.astype(np.int64), Requant.for_scales(a_scale, b_scale, y_scale, n, int(y_zp), lo, hi,
-                                                                    self.mode)
+        return linear_params(self, consts, ins, n, out_dtype, ("a", "b"))
 
     def ref(self, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
         arrays = [a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp]
@@ -577,4 +562,5 @@ class DynamicQuantizeLinear(Op):
 
 
 __all__ = ["QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemmMicrosoft", "DynamicQuantizeLinear",
-           "make_qconv", "requant_mode", "scalar_param", "channel_param", "check_scale", "output_bounds"]
+           "make_qconv", "requant_mode", "scalar_param", "channel_param", "check_scale", "output_bounds",
+           "linear_params"]
