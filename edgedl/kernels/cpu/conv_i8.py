@@ -2,9 +2,11 @@
 requantize((W_g - w_zp) (M/g x C/g*kH*kW) @ (im2col(x)_g - x_zp) + bias).
 
 im2col is never materialized: the GEMM packs each panel of output pixels straight from the image
-(:func:`edgedl.kernels.cpu.gemm_i8._pack_image`; padding taps contribute 0, as TFLite skips them and as
-padding with the zero point does). 1x1 stride-1 unpadded convolutions read the image as a (C, H*W)
-matrix. Bit-exact with :func:`edgedl.quant.reference.conv2d` (tested).
+(:mod:`edgedl.kernels.cpu.gemm_i8`): padding taps contribute 0, as TFLite skips them and as padding with the
+zero point does. Stride-1 convolutions whose output rows are as wide as the input ("same" padding) read
+consecutive input pixels for consecutive output pixels: one vector load per im2col row of a panel; other
+geometries gather row segments. 1x1 stride-1 unpadded convolutions read the image as a (C, H*W) matrix.
+Bit-exact with :func:`edgedl.quant.reference.conv2d` (tested, every GEMM kernel).
 """
 from __future__ import annotations
 
@@ -47,16 +49,37 @@ class QConv2d:
                             None if req is None else req.channel(g * mg, (g + 1) * mg), x_zp,
                             w_zp[g * mg:(g + 1) * mg]) for g in range(group)]
 
-    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _calls(self, x: np.ndarray, out: np.ndarray, threads: int | None) -> list:
         if x.shape != self.in_shape or out.shape != self.out_shape or x.dtype not in (np.int8, np.uint8):
             raise ValueError(f"expected 8-bit {self.in_shape} -> {self.out_shape}, got {x.dtype}{x.shape} -> "
                              f"{out.dtype}{out.shape}")
         n, c, h, w = self.in_shape
         _, m, oh, ow = self.out_shape
+        calls = []
         for b in range(n):
             if self.matrix:
-                self.gemms[0](x[b].reshape(c, h * w), out[b].reshape(m, oh * ow))
+                calls.append(self.gemms[0].bind(x[b].reshape(c, h * w), out[b].reshape(m, oh * ow), threads))
                 continue
             for g in range(self.group):
-                self.gemms[g].image(x[b], self.geos[g], out[b, g * self.mg:(g + 1) * self.mg].reshape(self.mg, oh * ow))
+                calls.append(self.gemms[g].bind(x[b], out[b, g * self.mg:(g + 1) * self.mg].reshape(self.mg, oh * ow),
+                                                threads, "image", self.geos[g]))
+        return calls
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, threads: int | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        for call in self._calls(x, out, threads):
+            call()
         return out
+
+    def bind(self, x: np.ndarray, out: np.ndarray, scratch=None, threads: int | None = None):
+        """A no-argument callable computing ``self(x, out)`` with every argument prepared now (x and out
+        must stay the same contiguous arrays; ``scratch`` is unused: the GEMM allocates its panels)."""
+        calls = self._calls(x, out, threads)
+        if len(calls) == 1:
+            return calls[0]
+
+        def run():
+            for call in calls:
+                call()
+
+        return run

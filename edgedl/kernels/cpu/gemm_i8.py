@@ -1,37 +1,126 @@
 """int8 GEMM with requantization in the epilogue: ``out[m, j] = requantize(sum_k (W[m,k] - w_zp[m]) *
 (X[k,j] - x_zp) + bias[m])`` (one output channel per weight row ``m``).
 
-* Weights ``W`` (M x K, int8 or uint8, zero point per row) are packed once (:class:`QGemm`) as int16
-  k-pairs ``W - w_zp`` (in [-255, 255]) in row panels of ``MR_I8``.
-* Activations are packed per column panel of ``NR_I8`` output columns, with their zero point subtracted,
-  straight from the source: a (K, N) matrix (``SRC_COLS``), a (R, K) matrix whose rows are the output
-  columns (``SRC_ROWS``: MatMul, the output is written transposed), or a (C, H, W) image read through the
-  convolution's geometry (``SRC_IMAGE``: implicit im2col, padding taps contribute 0).
-* int32 accumulation on the LLVM-IR tile of :mod:`.vec_i8` (products of two values in [-255, 255] summed
-  in pairs: no overflow for K < 2^15), then :func:`edgedl.quant.requant.requantize` per value (TFLite
-  double or single rounding, or onnxruntime's float mode), or the raw int32 sum (``MODE_RAW``:
-  ConvInteger / MatMulInteger).
+Two families of kernels (:data:`~.vec_i8dot.KERNEL_I8` picks the best the CPU has; ``QGemm(...,
+kernel=...)`` another available one):
 
-Column panels are independent: the parallel variant gives each thread a run of panels, with its own
-packing buffer and accumulator tile, when the work reaches ``GEMM_PARALLEL_MIN_WORK``.
+* **byte dot products** (:mod:`.vec_i8dot`: ``vpdpbusd`` with AVX-512/AVX VNNI, ``sdot`` on AArch64 with
+  the dot product extension). Both operands are packed as raw bytes in k-quads; the zero points stay out of
+  the k loop through correction terms. With ``a``/``b`` the packed bytes, ``a - az = W - w_zp`` and
+  ``b - bz = X - x_zp``::
+
+      acc[m, n] = sum_k a*b - bz * rowsum(a)[m] - az[m] * colsum(b)[n] + K * az[m] * bz
+
+  The per-row terms are folded with the bias into one int32 per row at construction (per activation
+  type), the column sums are made while packing a panel, only when some ``az`` is not 0. The operand
+  types of the instruction decide the bytes: ``vpdpbusd`` multiplies unsigned B by signed A, so int8
+  activations are packed XOR 0x80 (``x + 128``, ``bz = x_zp + 128``); ``sdot`` is signed x signed, so
+  uint8 activations are packed XOR 0x80 (``x - 128``); uint8 weights are always packed XOR 0x80
+  (``az = w_zp - 128``). Padding taps of a convolution are packed as ``bz`` (they contribute 0), the
+  padding of K to whole quads as 0 in both operands. Every sum is an exact int32 in wrapping arithmetic
+  (no saturating instruction is used), so the result is the same for every kernel.
+* **int16 pairs** (:mod:`.vec_i8`, the portable fallback: Cortex-A72, x86 without VNNI): weights and
+  activations minus their zero points, widened to int16 k-pairs.
+
+The operands: weights ``W`` (M x K) are packed once; activations per column panel of NR output columns,
+straight from the source: a (K, N) matrix (``SRC_COLS``; a 1x1 convolution's (C, H*W) image: each quad
+is four contiguous rows, interleaved in registers), a (R, K) matrix whose rows are the output columns
+(``SRC_ROWS``: MatMul, the output is written transposed), or a (C, H, W) image read through the
+convolution's geometry (``SRC_IMAGE``: implicit im2col; one vector load per im2col row of a panel for
+stride-1 "same" convolutions, per output-row segment for column strides 1 and 2, bytes otherwise).
+
+The epilogue runs on the tile in registers: the requantization of :func:`edgedl.quant.requant.requantize`
+in every mode, vectorized and bit-exact (:func:`~.vec_i8dot.emit_requant`), 8-bit stores (a lane mask on a
+ragged last panel), or the int32 sum plus bias (``MODE_RAW``: ConvInteger / MatMulInteger). It needs
+``acc + bias`` to be an exact int32, checked per row at construction from the weights and the bias
+(always true but for huge biases), and multipliers in the usual ranges; otherwise, and for the transposed
+``SRC_ROWS`` output, the tile goes through an int32 buffer and the scalar :func:`requantize` (int64
+``acc + bias``), as before.
+
+Parallel split: tasks of (runs of column panels) x (runs of row tiles), chosen to balance the threads
+(:func:`_plan`), when the work reaches ``GEMM_PARALLEL_MIN_WORK`` (scaled per kernel). Each task packs
+its own panels, the packed panel staying in L1/L2 while its tiles run. NOTE: packing all of B once per
+call into a buffer shared by the threads, then running the tiles, was measured slower on every benchmarked
+layer (2 threads, MobileNetV2/ResNet shapes: 5-50%; a second fork/join and a B that leaves the caches).
+
+``bind`` prepares a call once (the executor's bound kernels): a call then costs ~1.3 us of dispatch instead
+of ~6 us of argument preparation.
 """
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
 from numba import prange
 
-from ...quant.requant import Requant, requantize
+from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant, requantize
 from .config import GEMM_PARALLEL_MIN_WORK, NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .vec_i8 import MR_I8, NR_I8, microkernel_i8
+from .vec_i8dot import (
+    B_SIGNED,
+    DOT_KERNELS,
+    K_PAIRS,
+    K_SDOT,
+    K_VNNI256,
+    K_VNNI512,
+    KERNEL_I8,
+    KERNEL_NAMES,
+    RP_ADD,
+    RP_ADD_RAW,
+    RP_AZ,
+    RP_FSCALE,
+    RP_LEFT,
+    RP_M0,
+    RP_RIGHT,
+    RP_ROWS,
+    RP_T,
+    ST_BUFFER,
+    ST_INT32,
+    ST_REQUANT,
+    TILES,
+    copy_quads,
+    dot_tile_sdot,
+    dot_tile_vnni256,
+    dot_tile_vnni512,
+    pack_image_contig_8s,
+    pack_image_contig_16,
+    pack_image_contig_32,
+    pack_image_segs_8s,
+    pack_image_segs_16,
+    pack_image_segs_32,
+    pack_quads_8s,
+    pack_quads_16,
+    pack_quads_32,
+    requant_tile_pairs,
+)
 
-__all__ = ["QGemm", "pack_weights_i8", "SRC_COLS", "SRC_ROWS", "SRC_IMAGE", "MODE_RAW", "conv_geometry"]
+__all__ = ["QGemm", "pack_weights_i8", "SRC_COLS", "SRC_ROWS", "SRC_IMAGE", "MODE_RAW", "conv_geometry",
+           "KERNEL_I8", "DOT_KERNELS", "KERNEL_NAMES", "available_kernels"]
 
 SRC_COLS, SRC_ROWS, SRC_IMAGE = 0, 1, 2
 #: no requantization: the int32 accumulator (plus bias) is the output
 MODE_RAW = 3
 
+#: tile rows / columns per kernel id (K_PAIRS, K_VNNI512, K_VNNI256, K_SDOT)
+_MR = (MR_I8,) + tuple(TILES[k][0] for k in (K_VNNI512, K_VNNI256, K_SDOT))
+_NR = (NR_I8,) + tuple(TILES[k][1] * TILES[k][2] for k in (K_VNNI512, K_VNNI256, K_SDOT))
 
+
+#: a GEMM splits over threads from GEMM_PARALLEL_MIN_WORK times this many multiply-adds: the byte kernels do
+#: a multiply-add in ~1/8 of the time of the fp32 GEMM the threshold was tuned on, so a split pays later
+#: (measured on 2 Zen 4 cores: 2 threads beat 1 from ~2^21 multiply-adds, ~2^20 for the int16 pairs)
+_MIN_WORK_SCALE = (4, 8, 8, 8)
+
+
+def available_kernels() -> tuple[int, ...]:
+    """The kernels this CPU runs: the dot-product ones (best first), then the int16 pairs."""
+    return DOT_KERNELS + (K_PAIRS,)
+
+
+# ---------------------------------------------------------------------------------------------------
+# int16 pairs (portable)
+# ---------------------------------------------------------------------------------------------------
 @numba.njit(**NJIT_EXACT)
 def pack_weights_i8(w, w_zp, ap):
     """Pack W (M, K) minus its per-row zero point into row panels of MR_I8 rows of int16 k-pairs (zero padded)."""
@@ -51,8 +140,15 @@ def pack_weights_i8(w, w_zp, ap):
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _pack_cols(x, zp, col0, bp):
-    # x: (K, N) 8-bit; bp: (KP * 2 * NR_I8,) int16 <- columns col0..col0+NR_I8 of x - zp (zero padded)
+def _x16(u, xs):
+    # an activation byte as int16: int8 when xs, else uint8
+    return np.int16(np.int8(u)) if xs else np.int16(u)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pack_cols(x, xs, zp, col0, bp):
+    # x: (K, N) bytes (int8 values if xs); bp: (KP * 2 * NR_I8,) int16 <- columns col0..col0+NR_I8 of x - zp
+    # (zero padded)
     k, n = x.shape
     kp = (k + 1) // 2
     z = np.int16(zp)
@@ -63,8 +159,8 @@ def _pack_cols(x, zp, col0, bp):
             r0 = x[2 * q, col0:col0 + NR_I8]
             r1 = x[2 * q + 1, col0:col0 + NR_I8]
             for c in range(NR_I8):
-                dst[2 * c] = np.int16(r0[c]) - z
-                dst[2 * c + 1] = np.int16(r1[c]) - z
+                dst[2 * c] = _x16(r0[c], xs) - z
+                dst[2 * c + 1] = _x16(r1[c], xs) - z
             continue
         for c in range(NR_I8):
             col = col0 + c
@@ -72,13 +168,13 @@ def _pack_cols(x, zp, col0, bp):
                 kk = 2 * q + t
                 v = np.int16(0)
                 if col < n and kk < k:
-                    v = np.int16(x[kk, col]) - z
+                    v = _x16(x[kk, col], xs) - z
                 dst[2 * c + t] = v
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _pack_rows(a, zp, row0, bp):
-    # a: (R, K) 8-bit; bp <- rows row0..row0+NR_I8 of a - zp as columns (zero padded)
+def _pack_rows(a, xs, zp, row0, bp):
+    # a: (R, K) bytes; bp <- rows row0..row0+NR_I8 of a - zp as columns (zero padded)
     r_total, k = a.shape
     kp = (k + 1) // 2
     z = np.int16(zp)
@@ -91,44 +187,45 @@ def _pack_rows(a, zp, row0, bp):
             continue
         row = a[r]
         for q in range(k // 2):
-            bp[q * 2 * NR_I8 + 2 * c] = np.int16(row[2 * q]) - z
-            bp[q * 2 * NR_I8 + 2 * c + 1] = np.int16(row[2 * q + 1]) - z
+            bp[q * 2 * NR_I8 + 2 * c] = _x16(row[2 * q], xs) - z
+            bp[q * 2 * NR_I8 + 2 * c + 1] = _x16(row[2 * q + 1], xs) - z
         if k % 2:
-            bp[(kp - 1) * 2 * NR_I8 + 2 * c] = np.int16(row[k - 1]) - z
+            bp[(kp - 1) * 2 * NR_I8 + 2 * c] = _x16(row[k - 1], xs) - z
             bp[(kp - 1) * 2 * NR_I8 + 2 * c + 1] = 0
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _pack_image(x, zp, col0, geo, bp):
-    # x: (C, H, W) 8-bit image; output pixels col0..col0+NR_I8 (row-major over OH x OW) of the implicit
+def _segments(col0, nr, ow, npix, seg):
+    # the panel's columns as output row segments: seg[0..3, s] = (output row, first output column, first panel
+    # column, length); returns (count, columns filled)
+    nseg = 0
+    c = 0
+    while c < nr and col0 + c < npix:
+        p = col0 + c
+        oy = p // ow
+        ox = p - oy * ow
+        length = min(ow - ox, nr - c, npix - p)
+        seg[0, nseg] = oy
+        seg[1, nseg] = ox
+        seg[2, nseg] = c
+        seg[3, nseg] = length
+        nseg += 1
+        c += length
+    return nseg, c
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pack_image(x, xs, zp, col0, geo, bp, seg):
+    # x: (C, H, W) bytes; output pixels col0..col0+NR_I8 (row-major over OH x OW) of the implicit
     # im2col matrix (K = cg*kh*kw rows over channels c0..c0+cg) minus zp; padding taps and columns past
     # the end are 0. geo = (h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0, cg)
     h, w, kh, kw = geo[0], geo[1], geo[2], geo[3]
     sh, sw, dh, dw = geo[4], geo[5], geo[6], geo[7]
     pt, pl, oh, ow, c0, cg = geo[8], geo[9], geo[10], geo[11], geo[12], geo[13]
-    npix = oh * ow
     k = cg * kh * kw
     kp = (k + 1) // 2
     z = np.int16(zp)
-    # the panel's columns as row segments: (output row, first output column, first panel column, length)
-    seg_oy = np.empty(NR_I8, np.int64)
-    seg_ox = np.empty(NR_I8, np.int64)
-    seg_c = np.empty(NR_I8, np.int64)
-    seg_n = np.empty(NR_I8, np.int64)
-    nseg = 0
-    c = 0
-    while c < NR_I8 and col0 + c < npix:
-        p = col0 + c
-        oy = p // ow
-        ox = p - oy * ow
-        length = min(ow - ox, NR_I8 - c, npix - p)
-        seg_oy[nseg] = oy
-        seg_ox[nseg] = ox
-        seg_c[nseg] = c
-        seg_n[nseg] = length
-        nseg += 1
-        c += length
-    filled = c
+    nseg, filled = _segments(col0, NR_I8, ow, oh * ow, seg)
     for kk in range(2 * kp):
         t = kk & 1
         base = (kk >> 1) * 2 * NR_I8 + t
@@ -142,84 +239,334 @@ def _pack_image(x, zp, col0, geo, bp):
         j = rem - i * kw
         plane = x[c0 + ci]
         for s in range(nseg):
-            y = seg_oy[s] * sh - pt + i * dh
-            cs = seg_c[s]
-            ln = seg_n[s]
+            y = seg[0, s] * sh - pt + i * dh
+            cs = seg[2, s]
+            ln = seg[3, s]
             if y < 0 or y >= h:
                 for cc in range(ln):
                     bp[base + 2 * (cs + cc)] = 0
                 continue
             row = plane[y]
-            x0 = seg_ox[s] * sw - pl + j * dw
+            x0 = seg[1, s] * sw - pl + j * dw
             if x0 >= 0 and x0 + (ln - 1) * sw < w:
                 for cc in range(ln):
-                    bp[base + 2 * (cs + cc)] = np.int16(row[x0 + cc * sw]) - z
+                    bp[base + 2 * (cs + cc)] = _x16(row[x0 + cc * sw], xs) - z
             else:
                 for cc in range(ln):
                     xx = x0 + cc * sw
                     v = np.int16(0)
                     if 0 <= xx < w:
-                        v = np.int16(row[xx]) - z
+                        v = _x16(row[xx], xs) - z
                     bp[base + 2 * (cs + cc)] = v
         for cc in range(filled, NR_I8):
             bp[base + 2 * cc] = 0
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _panel(src, ap, x, x_zp, geo, j, mt, kp, m, bias, m0, shift, fscale, zp, lo, hi, mode, out, bp, acc):
-    # one column panel j: pack, MR_I8 x NR_I8 tiles down all M rows, requantize into out
-    col0 = j * NR_I8
-    if src == SRC_COLS:
-        _pack_cols(x[0], x_zp, col0, bp)
-        ncol = x.shape[2]
-    elif src == SRC_ROWS:
-        _pack_rows(x[0], x_zp, col0, bp)
-        ncol = x.shape[1]
-    else:
-        _pack_image(x, x_zp, col0, geo, bp)
-        ncol = geo[10] * geo[11]
-    for i in range(mt):
-        microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, 0, acc, i * MR_I8 * NR_I8, NR_I8, False)
-    nc = min(NR_I8, ncol - col0)
-    for r in range(m):
-        b = np.int64(bias[r])
-        mm = m0[r]
-        sh = shift[r]
-        fs = fscale[r]
-        a_row = acc[r * NR_I8:r * NR_I8 + nc]
+def _epilogue_scalar(src, tb, ldt, row0, mrows, col0, nc, bias, m0, shift, fscale, zp, lo, hi, mode, out):
+    # the int32 tile tb[r*ldt + c] (no bias) -> out, through the scalar requantize (int64 acc + bias)
+    for r in range(mrows):
+        row = row0 + r
+        b = np.int64(bias[row])
+        mm = m0[row]
+        sh = shift[row]
+        fs = fscale[row]
+        a_row = tb[r * ldt:r * ldt + nc]
         if src == SRC_ROWS:
             for c in range(nc):
                 a = np.int64(a_row[c]) + b
-                out[col0 + c, r] = a if mode == MODE_RAW else requantize(a, mm, sh, fs, zp, lo, hi, mode)
+                out[col0 + c, row] = a if mode == MODE_RAW else requantize(a, mm, sh, fs, zp, lo, hi, mode)
         else:
-            o_row = out[r, col0:col0 + nc]
+            o_row = out[row, col0:col0 + nc]
             for c in range(nc):
                 a = np.int64(a_row[c]) + b
                 o_row[c] = a if mode == MODE_RAW else requantize(a, mm, sh, fs, zp, lo, hi, mode)
 
 
-@numba.njit(**NJIT_EXACT)
-def _qgemm_serial(src, ap, x, x_zp, geo, panels, mt, kp, m, bias, m0, shift, fscale, zp, lo, hi, mode, out):
+@numba.njit(inline="always", **NJIT_EXACT)
+def _ncols(src, x, geo):
+    if src == SRC_COLS:
+        return x.shape[2]
+    if src == SRC_ROWS:
+        return x.shape[1]
+    return geo[10] * geo[11]
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
+                out):
     bp = np.empty(kp * 2 * NR_I8, np.int16)
-    acc = np.empty(mt * MR_I8 * NR_I8, np.int32)
-    for j in range(panels):
-        _panel(src, ap, x, x_zp, geo, j, mt, kp, m, bias, m0, shift, fscale, zp, lo, hi, mode, out, bp, acc)
+    acc = np.empty((i1 - i0) * MR_I8 * NR_I8, np.int32)
+    seg = np.empty((4, NR_I8), np.int64)
+    ncol = _ncols(src, x, geo)
+    ldo = out.shape[1]
+    for j in range(j0, j1):
+        col0 = j * NR_I8
+        if src == SRC_COLS:
+            _pack_cols(x[0], xs, x_zp, col0, bp)
+        elif src == SRC_ROWS:
+            _pack_rows(x[0], xs, x_zp, col0, bp)
+        else:
+            _pack_image(x, xs, x_zp, col0, geo, bp, seg)
+        nc = min(NR_I8, ncol - col0)
+        for i in range(i0, i1):
+            off = (i - i0) * MR_I8 * NR_I8
+            microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, 0, acc, off, NR_I8, False)
+            row0 = i * MR_I8
+            mrows = min(MR_I8, m - row0)
+            if store == ST_BUFFER:
+                _epilogue_scalar(src, acc[off:off + MR_I8 * NR_I8], NR_I8, row0, mrows, col0, nc, bias, m0, shift,
+                                 fscale, zp, lo, hi, mode, out)
+            else:
+                requant_tile_pairs(acc, off, rp, row0, store, out, row0 * ldo + col0, ldo, mrows, nc, acc, zp, lo,
+                                   hi, mode)
+
+
+@numba.njit(**NJIT_EXACT)
+def _pairs_serial(src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
+                  out):
+    _pairs_task(src, ap, x, xs, x_zp, geo, 0, panels, 0, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi,
+                mode, out)
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _qgemm_parallel(src, ap, x, x_zp, geo, panels, mt, kp, m, bias, m0, shift, fscale, zp, lo, hi, mode, out,
-                    ntasks):
-    for t in prange(ntasks):
-        j0 = t * panels // ntasks
-        j1 = (t + 1) * panels // ntasks
-        bp = np.empty(kp * 2 * NR_I8, np.int16)
-        acc = np.empty(mt * MR_I8 * NR_I8, np.int32)
-        for j in range(j0, j1):
-            _panel(src, ap, x, x_zp, geo, j, mt, kp, m, bias, m0, shift, fscale, zp, lo, hi, mode, out, bp, acc)
+def _pairs_parallel(src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
+                    out, tp, tm):
+    for t in prange(tp * tm):
+        pj = t // tm
+        ti = t - pj * tm
+        _pairs_task(src, ap, x, xs, x_zp, geo, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
+                    (ti + 1) * mt // tm, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode, out)
 
 
+# ---------------------------------------------------------------------------------------------------
+# byte dot products
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT_EXACT)
+def _quad(nr, dst, doff, src, soff, ld, flip, cs, want_cs):
+    # one k-quad of a panel (see vec_i8dot.pack_quads_*): nr picks the kernel's packing
+    if nr == 32:
+        pack_quads_32(dst, doff, src, soff, ld, flip, cs, want_cs)
+    elif nr == 16:
+        pack_quads_16(dst, doff, src, soff, ld, flip, cs, want_cs)
+    else:
+        pack_quads_8s(dst, doff, src, soff, ld, flip, cs, want_cs)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _image_segs(nr, bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs):
+    if nr == 32:
+        pack_image_segs_32(bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs)
+    elif nr == 16:
+        pack_image_segs_16(bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs)
+    else:
+        pack_image_segs_8s(bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _image_contig(nr, bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs):
+    if nr == 32:
+        pack_image_contig_32(bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs)
+    elif nr == 16:
+        pack_image_contig_16(bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs)
+    else:
+        pack_image_contig_8s(bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _tile(kind, kq, ap, a_off, bp, rp, row0, cs, colcorr, store, out, o_off, ldo, mrows, ncols, tb, zp, lo, hi, mode):
+    if kind == K_VNNI512:
+        dot_tile_vnni512(kq, ap, a_off, bp, 0, rp, row0, cs, colcorr, store, out, o_off, ldo, mrows, ncols, tb, zp, lo,
+                         hi, mode)
+    elif kind == K_VNNI256:
+        dot_tile_vnni256(kq, ap, a_off, bp, 0, rp, row0, cs, colcorr, store, out, o_off, ldo, mrows, ncols, tb, zp, lo,
+                         hi, mode)
+    else:
+        dot_tile_sdot(kq, ap, a_off, bp, 0, rp, row0, cs, colcorr, store, out, o_off, ldo, mrows, ncols, tb, zp, lo,
+                      hi, mode)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _byte(v, flip):
+    return np.uint8(np.uint8(v) ^ np.uint8(flip))
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _bval(u, signed):
+    # a packed byte as the kernel reads it
+    return np.int32(u) - 256 if signed and u >= 128 else np.int32(u)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pack_cols_dot(nr, x, col0, nc, kq, flip, bp, cs, colcorr, tmp):
+    # x: (K, N) 8-bit -> the k-quads of columns col0..col0+nc (zero padded)
+    k, n = x.shape
+    q0 = 0
+    if nc == nr:
+        q0 = k // 4
+        for q in range(q0):
+            _quad(nr, bp, q * 4 * nr, x, 4 * q * n + col0, n, flip, cs, colcorr)
+    for q in range(q0, kq):
+        for t in range(4):
+            kk = 4 * q + t
+            for c in range(nr):
+                tmp[t * nr + c] = _byte(x[kk, col0 + c], flip) if kk < k and c < nc else np.uint8(0)
+        _quad(nr, bp, q * 4 * nr, tmp, 0, nr, 0, cs, colcorr)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pack_rows_dot(nr, signed, a, col0, nc, kq, flip, bp, cs, colcorr):
+    # a: (R, K) 8-bit, rows col0..col0+nc are the panel's columns
+    k = a.shape[1]
+    kf = k // 4
+    for c in range(nr):
+        if c >= nc:
+            for q in range(kq):
+                for t in range(4):
+                    bp[q * 4 * nr + 4 * c + t] = 0
+            cs[c] = 0
+            continue
+        r = col0 + c
+        copy_quads(bp, 4 * c, 4 * nr, a, r * k, kf, flip)
+        if kf < kq:
+            for t in range(4):
+                kk = 4 * kf + t
+                bp[kf * 4 * nr + 4 * c + t] = _byte(a[r, kk], flip) if kk < k else np.uint8(0)
+        if colcorr:
+            s = np.int32(0)
+            for kk in range(k):
+                s += _bval(_byte(a[r, kk], flip), signed)
+            cs[c] = s
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pack_image_dot(nr, x, col0, geo, ktab, kq, flip, bz, bp, cs, colcorr, tmp, seg, oyx, segs):
+    # x: (C, H, W) 8-bit image -> the k-quads of output pixels col0..col0+nr of the implicit im2col matrix
+    # (ktab: image_ktab). Padding taps are bz, rows past K 0; lanes past the last pixel are junk.
+    h, w = geo[0], geo[1]
+    sh, sw = geo[4], geo[5]
+    oh, ow = geo[10], geo[11]
+    k = ktab.shape[1]
+    total = x.size
+    if sh == 1 and sw == 1 and ow == w:
+        # output pixels read consecutive input pixels: one vector load per im2col row (vec_i8dot)
+        for c in range(nr):
+            p = min(col0 + c, oh * ow - 1)
+            oyx[0, c] = p // ow
+            oyx[1, c] = p - (p // ow) * ow
+        _image_contig(nr, bp, x, total, col0, kq, k, ktab, oyx[0], oyx[1], h, w, bz, flip, cs, colcorr)
+        return
+    nseg, filled = _segments(col0, nr, ow, oh * ow, seg)
+    if sw == 1 or sw == 2:
+        # one vector load (sw = 2: of 2*nr bytes, even lanes kept) per output row segment and im2col row
+        for s in range(nseg):
+            c0 = seg[2, s]
+            segs[0, s] = seg[0, s] * sh
+            segs[1, s] = c0
+            segs[2, s] = c0 + seg[3, s]
+            segs[3, s] = (seg[1, s] - c0) * sw
+            for c in range(c0, c0 + seg[3, s]):
+                oyx[1, c] = (seg[1, s] + c - c0) * sw
+        _image_segs(nr, bp, x, total, kq, k, ktab, segs, nseg, oyx[1], h, w, sw, bz, flip, cs, colcorr)
+        return
+    # other strides: byte by byte
+    xf = x.reshape(total)
+    for q in range(kq):
+        for t in range(4):
+            kk = 4 * q + t
+            for c in range(nr):
+                tmp[t * nr + c] = 0
+            if kk >= k:
+                continue
+            plane = ktab[0, kk]
+            dy = ktab[4, kk]
+            dx = ktab[5, kk]
+            for s in range(nseg):
+                y = seg[0, s] * sh + dy
+                for c in range(seg[3, s]):
+                    xx = (seg[1, s] + c) * sw + dx
+                    v = np.uint8(bz)
+                    if 0 <= y < h and 0 <= xx < w:
+                        v = _byte(xf[plane + y * w + xx], flip)
+                    tmp[t * nr + seg[2, s] + c] = v
+        _quad(nr, bp, q * 4 * nr, tmp, 0, nr, 0, cs, colcorr)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _dot_pack(kind, src, x, geo, ktab, flip, bz, j, kq, colcorr, bp, cs, tmp, seg, oyx, segs):
+    # column panel j of B into bp (k-quads) and, with colcorr, its column sums into cs
+    nr = _NR[kind]
+    col0 = j * nr
+    nc = min(nr, _ncols(src, x, geo) - col0)
+    if colcorr:
+        cs[:nr] = 0
+    if src == SRC_COLS:
+        _pack_cols_dot(nr, x[0], col0, nc, kq, flip, bp, cs, colcorr, tmp)
+    elif src == SRC_ROWS:
+        _pack_rows_dot(nr, kind == K_SDOT, x[0], col0, nc, kq, flip, bp, cs, colcorr)
+    else:
+        _pack_image_dot(nr, x, col0, geo, ktab, kq, flip, bz, bp, cs, colcorr, tmp, seg, oyx, segs)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _dot_tiles(kind, src, ap, x, geo, j, i0, i1, kq, m, bp, cs, rp, colcorr, store, bias, m0, shift, fscale, zp, lo,
+               hi, mode, out, tb):
+    # row tiles i0..i1 of column panel j (packed in bp, cs)
+    mr = _MR[kind]
+    nr = _NR[kind]
+    col0 = j * nr
+    nc = min(nr, _ncols(src, x, geo) - col0)
+    ldo = out.shape[1]
+    for i in range(i0, i1):
+        row0 = i * mr
+        mrows = min(mr, m - row0)
+        _tile(kind, kq, ap, i * kq * 4 * mr, bp, rp, row0, cs, colcorr, store, out, row0 * ldo + col0, ldo, mrows,
+              nc, tb, zp, lo, hi, mode)
+        if store == ST_BUFFER:
+            _epilogue_scalar(src, tb, nr, row0, mrows, col0, nc, bias, m0, shift, fscale, zp, lo, hi, mode, out)
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _dot_task(kind, src, ap, x, geo, ktab, flip, bz, j0, j1, i0, i1, kq, m, rp, colcorr, store, bias, m0, shift,
+              fscale, zp, lo, hi, mode, out):
+    # panels j0..j1 x row tiles i0..i1, each panel packed once into this task's buffer
+    mr = _MR[kind]
+    nr = _NR[kind]
+    bp = np.empty(kq * 4 * nr, np.uint8)
+    cs = np.zeros(nr, np.int32)
+    tb = np.empty(mr * nr, np.int32)
+    tmp = np.empty(4 * nr, np.uint8)
+    seg = np.empty((4, nr), np.int64)
+    oyx = np.empty((2, nr), np.int32)
+    segs = np.empty((4, nr), np.int64)
+    for j in range(j0, j1):
+        _dot_pack(kind, src, x, geo, ktab, flip, bz, j, kq, colcorr, bp, cs, tmp, seg, oyx, segs)
+        _dot_tiles(kind, src, ap, x, geo, j, i0, i1, kq, m, bp, cs, rp, colcorr, store, bias, m0, shift, fscale, zp,
+                   lo, hi, mode, out, tb)
+
+
+@numba.njit(**NJIT_EXACT)
+def _dot_serial(kind, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift, fscale,
+                zp, lo, hi, mode, out):
+    _dot_task(kind, src, ap, x, geo, ktab, flip, bz, 0, panels, 0, mt, kq, m, rp, colcorr, store, bias, m0, shift,
+              fscale, zp, lo, hi, mode, out)
+
+
+@numba.njit(**NJIT_EXACT_PARALLEL)
+def _dot_parallel(kind, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift,
+                  fscale, zp, lo, hi, mode, out, tp, tm):
+    for t in prange(tp * tm):
+        pj = t // tm
+        ti = t - pj * tm
+        _dot_task(kind, src, ap, x, geo, ktab, flip, bz, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
+                  (ti + 1) * mt // tm, kq, m, rp, colcorr, store, bias, m0, shift, fscale, zp, lo, hi, mode, out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# host side
+# ---------------------------------------------------------------------------------------------------
 def conv_geometry(h, w, kh, kw, strides, dilations, pads, c0, cg) -> np.ndarray:
-    """The ``geo`` array of :func:`_pack_image` for a convolution over channels c0..c0+cg; pads are
+    """The ``geo`` array of the image packing for a convolution over channels c0..c0+cg; pads are
     (top, left, bottom, right)."""
     sh, sw = strides
     dh, dw = dilations
@@ -229,33 +576,67 @@ def conv_geometry(h, w, kh, kw, strides, dilations, pads, c0, cg) -> np.ndarray:
     return np.array([h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0, cg], np.int64)
 
 
+def image_ktab(geo: np.ndarray) -> np.ndarray:
+    """(6, K) int64 per im2col row kk = (ci, i, j): offset of input plane c0 + ci, i*dh, j*dw, and for
+    consecutive-pixel convolutions the flat offset plane + dy*w + dx, dy = i*dh - pt, dx = j*dw - pl."""
+    h, w, kh, kw, dh, dw, pt, pl, c0, cg = (int(geo[i]) for i in (0, 1, 2, 3, 6, 7, 8, 9, 12, 13))
+    ci, i, j = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
+    plane = (c0 + ci) * h * w
+    dy, dx = i * dh - pt, j * dw - pl
+    return np.stack([plane.ravel(), (i * dh).ravel(), (j * dw).ravel(), (plane + dy * w + dx).ravel(), dy.ravel(),
+                     dx.ravel()]).astype(np.int64)
+
+
 _NO_GEO = np.zeros(14, np.int64)
+_NO_KTAB = np.zeros((6, 1), np.int64)
+
+
+def _plan(panels: int, mt: int, threads: int) -> tuple[int, int]:
+    """(column-panel runs, row-tile runs) for ``threads`` tasks: the split whose busiest task does the
+    least (a task packs each of its panels once, about half a tile's work, then runs its tiles on it)."""
+    best = None
+    for tp in range(1, threads + 1):
+        tm = threads // tp
+        if tp > panels or tm > mt or tm < 1:
+            continue
+        cost = -(-panels // tp) * (-(-mt // tm) + 0.5)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, tp, tm)
+    return (1, 1) if best is None else best[1:]
+
+
+def _wrap32(v: np.ndarray) -> np.ndarray:
+    return (np.asarray(v, np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
 class QGemm:
     """A prepared 8-bit GEMM over constant weights (see the module docstring).
 
-    ``QGemm(w, bias, req, x_zp, w_zp=0)``: w (M, K) int8 or uint8; bias (M,) int32 or None; ``req`` a
-    :class:`~edgedl.quant.requant.Requant` with M channels, or None for raw int32 outputs; w_zp scalar or
-    per row. Calls (all shapes are checked here, the kernels trust them):
+    ``QGemm(w, bias, req, x_zp, w_zp=0, kernel=None)``: w (M, K) int8 or uint8; bias (M,) int32 or None;
+    ``req`` a :class:`~edgedl.quant.requant.Requant` with M channels, or None for raw int32 outputs; w_zp
+    scalar or per row; ``kernel`` one of :func:`available_kernels` (default :data:`KERNEL_I8`). Calls (all
+    shapes are checked here, the kernels trust them):
 
     * ``q(x, out)``: x (K, N) -> out (M, N);
     * ``q.rows(a, out)``: a (R, K) -> out (R, M) (out[r, m] for activation row r);
     * ``q.image(x, geo, out)``: x (C, H, W), ``geo`` from :func:`conv_geometry` -> out (M, OH*OW).
     """
 
-    def __init__(self, w, bias, req: Requant | None, x_zp: int, w_zp=0):
+    def __init__(self, w, bias, req: Requant | None, x_zp: int, w_zp=0, kernel: int | None = None):
         w = np.asarray(w)
         if w.dtype not in (np.int8, np.uint8) or w.ndim != 2:
             raise ValueError(f"weights must be a 2-D int8 or uint8 array, got {w.dtype}{w.shape}")
         self.m, self.k = w.shape
         if self.k >= 1 << 15:
             raise ValueError(f"K = {self.k} could overflow the int32 accumulators (at most 32767)")
-        self.kp = (self.k + 1) // 2
-        self.mt = -(-self.m // MR_I8)
-        w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (self.m,))
-        self.ap = np.zeros(self.mt * self.kp * 2 * MR_I8, np.int16)
-        pack_weights_i8(w, w_zp.copy(), self.ap)
+        kernel = KERNEL_I8 if kernel is None else int(kernel)
+        if kernel not in available_kernels():
+            raise ValueError(f"kernel {KERNEL_NAMES.get(kernel, kernel)!r} is not available on this CPU "
+                             f"(available: {[KERNEL_NAMES[k] for k in available_kernels()]})")
+        self.kernel = kernel
+        self.mr, self.nr = _MR[kernel], _NR[kernel]
+        self.mt = -(-self.m // self.mr)
+        w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (self.m,)).copy()
         self.bias = np.zeros(self.m, np.int32) if bias is None else np.asarray(bias, np.int32).reshape(-1).copy()
         if req is None:
             req = Requant(np.zeros(self.m, np.int64), np.zeros(self.m, np.int64), np.zeros(self.m, np.float32), 0,
@@ -264,22 +645,138 @@ class QGemm:
             raise ValueError(f"requantization has {req.m0.shape[0]} channels, the weights {self.m} rows")
         self.req = req
         self.x_zp = int(x_zp)
+        self._w, self._w_zp = w, w_zp
+        self._pairs_ap = None  # the int16-pair packing, made when that kernel runs
+        self.kp = (self.k + 1) // 2  # k-pairs (int16-pair kernel)
+        self.kq = (self.k + 3) // 4  # k-quads (byte dot-product kernels)
+        if kernel == K_PAIRS:
+            self.ap = self._pack_pairs()
+        else:
+            a = w.view(np.int8) if w.dtype == np.int8 else (w ^ np.uint8(0x80)).view(np.int8)
+            self.az = w_zp if w.dtype == np.int8 else w_zp - 128
+            self.rowsum = a.sum(axis=1, dtype=np.int64)
+            pad = np.zeros((self.mt * self.mr, self.kq * 4), np.int8)
+            pad[:self.m, :self.k] = a
+            self.ap = np.ascontiguousarray(pad.reshape(self.mt, self.mr, self.kq, 4).transpose(0, 2, 1, 3)).reshape(-1)
+            self.colcorr = bool(np.any(self.az != 0))
+        self.store = self._store_kind(w, w_zp)
+        self._rp = {}
+        self._ktabs = {}
+
+    # -- preparation -------------------------------------------------------------------------------
+    def _pack_pairs(self) -> np.ndarray:
+        if self._pairs_ap is None:
+            mt = -(-self.m // MR_I8)
+            ap = np.zeros(mt * ((self.k + 1) // 2) * 2 * MR_I8, np.int16)
+            pack_weights_i8(self._w, self._w_zp, ap)
+            self._pairs_ap = ap
+        return self._pairs_ap
+
+    def _store_kind(self, w, w_zp) -> int:
+        """ST_INT32 for raw outputs; ST_REQUANT when the vector epilogue is exact (acc + bias an int32 for
+        every input, multipliers in range), else ST_BUFFER (scalar epilogue)."""
+        r = self.req
+        if r.mode == MODE_RAW:
+            return ST_INT32
+        wmax = np.abs(w.astype(np.int64) - w_zp[:, None]).max(axis=1) if self.k else np.zeros(self.m, np.int64)
+        xmax = max(abs(-128 - self.x_zp), abs(255 - self.x_zp))  # |x - x_zp| for int8 or uint8 x
+        bound = self.k * wmax * xmax + np.abs(self.bias.astype(np.int64))
+        ok = bool(np.all(bound < 2**31)) and bool(np.all((r.m0 >= 0) & (r.m0 < 2**31)))
+        if r.mode == MODE_DOUBLE:
+            ok &= bool(np.all((r.shift >= -31) & (r.shift <= 31)))
+        elif r.mode == MODE_SINGLE:
+            ok &= bool(np.all((r.shift >= -31) & (r.shift <= 30)))
+        elif r.mode != MODE_FLOAT:
+            ok = False
+        ok &= -(2**31) <= r.lo - r.zp and r.hi - r.zp < 2**31
+        return ST_REQUANT if ok else ST_BUFFER
+
+    def _operand(self, xdtype) -> tuple[int, int]:
+        """(flip, bz): the XOR that turns activations of this type into the kernel's B bytes, and the
+        packed value of the zero point (see the module doc)."""
+        signed_b = B_SIGNED.get(self.kernel, False)
+        is_i8 = np.dtype(xdtype) == np.int8
+        flip = 0x80 if is_i8 != signed_b else 0
+        bz = self.x_zp + (128 if (is_i8 and not signed_b) else -128 if (signed_b and not is_i8) else 0)
+        return flip, bz
+
+    def _row_params(self, xdtype) -> np.ndarray:
+        key = np.dtype(xdtype).str
+        rp = self._rp.get(key)
+        if rp is not None:
+            return rp
+        r = self.req
+        mp = self.mt * self.mr
+        rp = np.zeros((RP_ROWS, mp), np.int32)
+        m = self.m
+        if self.kernel == K_PAIRS:
+            rowc = np.zeros(m, np.int64)
+        else:
+            _, bz = self._operand(xdtype)
+            rowc = self.k * self.az * bz - bz * self.rowsum
+            rp[RP_AZ, :m] = _wrap32(self.az)
+        rp[RP_ADD, :m] = _wrap32(rowc + self.bias)
+        rp[RP_ADD_RAW, :m] = _wrap32(rowc)
+        if self.store == ST_REQUANT:
+            shift = np.asarray(r.shift, np.int64)
+            rp[RP_M0, :m] = r.m0
+            rp[RP_LEFT, :m] = np.maximum(shift, 0)
+            rp[RP_RIGHT, :m] = np.maximum(-shift, 0)
+            rp[RP_T, :m] = 31 - shift
+            rp[RP_FSCALE, :m] = np.asarray(r.fscale, np.float32).view(np.int32)
+        self._rp[key] = rp
+        return rp
 
     def out_dtype_ok(self, out: np.ndarray) -> bool:
         return out.dtype == np.int32 if self.req.mode == MODE_RAW else out.dtype in (np.int8, np.uint8)
 
-    def _run(self, src, x3, geo, panels, out, threads=None):
+    # -- calls -------------------------------------------------------------------------------------
+    def _prepare(self, src, x3, geo, ncols, out, threads=None) -> tuple:
+        """(compiled function, arguments) of one call: x3 the source (3-D), out the checked output."""
         r = self.req
         threads = num_threads() if threads is None else threads
-        work = self.m * self.k * panels * NR_I8
-        ntasks = min(threads, panels)
-        if ntasks > 1 and work >= GEMM_PARALLEL_MIN_WORK:
-            _qgemm_parallel(src, self.ap, x3, self.x_zp, geo, panels, self.mt, self.kp, self.m, self.bias, r.m0,
-                            r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, out, ntasks)
-        else:
-            _qgemm_serial(src, self.ap, x3, self.x_zp, geo, panels, self.mt, self.kp, self.m, self.bias, r.m0,
-                          r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, out)
-        return out
+        kernel = self.kernel
+        flip, bz = self._operand(x3.dtype)
+        if kernel != K_PAIRS and src == SRC_IMAGE and not (-128 <= bz <= 127 if B_SIGNED[kernel] else 0 <= bz <= 255):
+            kernel = K_PAIRS  # a zero point outside the byte range: padding taps cannot be packed as bytes
+        mr, nr = _MR[kernel], _NR[kernel]
+        mt = -(-self.m // mr)
+        panels = -(-ncols // nr)
+        store = ST_BUFFER if src == SRC_ROWS else self.store  # the transposed output: scalar stores
+        work = self.m * self.k * panels * nr
+        tp, tm = (1, 1)
+        if threads > 1 and work >= GEMM_PARALLEL_MIN_WORK * _MIN_WORK_SCALE[kernel]:
+            tp, tm = _plan(panels, mt, threads)
+        # NOTE: the kernels see bytes (activations as uint8, 8-bit outputs as uint8: the same bits), which
+        # halves the compiled variants; the activation type is a flag (pairs) or the XOR ``flip`` (dot)
+        xb = x3.view(np.uint8)
+        outb = out if out.dtype == np.int32 else out.view(np.uint8)
+        if kernel == K_PAIRS:
+            ap = self._pack_pairs()
+            rp = self._row_params(x3.dtype) if kernel == self.kernel else self._pairs_rp()
+            args = (src, ap, xb, x3.dtype == np.int8, self.x_zp, geo, panels, mt, (self.k + 1) // 2, self.m, rp,
+                    store, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
+            return (_pairs_parallel, *args, tp, tm) if tp * tm > 1 else (_pairs_serial, *args)
+        args = (kernel, src, self.ap, xb, geo, self._ktab(geo) if src == SRC_IMAGE else _NO_KTAB, flip, bz & 0xFF,
+                panels, mt, self.kq, self.m, self._row_params(x3.dtype), self.colcorr, store, self.bias, r.m0, r.shift,
+                r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
+        return (_dot_parallel, *args, tp, tm) if tp * tm > 1 else (_dot_serial, *args)
+
+    def _ktab(self, geo) -> np.ndarray:
+        key = geo.tobytes()
+        kt = self._ktabs.get(key)
+        if kt is None:
+            kt = self._ktabs[key] = image_ktab(geo)
+        return kt
+
+    def _pairs_rp(self) -> np.ndarray:
+        # row parameters of the int16-pair fallback for a dot-kernel QGemm (image with an odd zero point)
+        saved = self.kernel, self.mr, self.mt, self._rp
+        self.kernel, self.mr, self.mt, self._rp = K_PAIRS, MR_I8, -(-self.m // MR_I8), {}
+        try:
+            return self._row_params(np.uint8)
+        finally:
+            self.kernel, self.mr, self.mt, self._rp = saved
 
     def _check(self, x, out, want_x, want_out):
         if x.dtype not in (np.int8, np.uint8) or tuple(x.shape) != want_x:
@@ -288,22 +785,52 @@ class QGemm:
             raise ValueError(f"output must be a contiguous {want_out} array of the output type, got "
                              f"{out.dtype}{out.shape}")
 
-    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _cols(self, x, out, threads):
         n = x.shape[1] if x.ndim == 2 else -1
         self._check(x, out, (self.k, n), (self.m, n))
         x = np.ascontiguousarray(x)
-        return self._run(SRC_COLS, x.reshape(1, *x.shape), _NO_GEO, -(-n // NR_I8), out)
+        return self._prepare(SRC_COLS, x.reshape(1, *x.shape), _NO_GEO, n, out, threads)
 
-    def rows(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _rows(self, a, out, threads):
         r = a.shape[0] if a.ndim == 2 else -1
         self._check(a, out, (r, self.k), (r, self.m))
         a = np.ascontiguousarray(a)
-        return self._run(SRC_ROWS, a.reshape(1, *a.shape), _NO_GEO, -(-r // NR_I8), out)
+        return self._prepare(SRC_ROWS, a.reshape(1, *a.shape), _NO_GEO, r, out, threads)
 
-    def image(self, x: np.ndarray, geo: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _image(self, x, geo, out, threads):
         h, w, kh, kw, c0, cg = (int(geo[i]) for i in (0, 1, 2, 3, 12, 13))
         npix = int(geo[10] * geo[11])
         if x.ndim != 3 or x.shape[1:] != (h, w) or c0 + cg > x.shape[0] or cg * kh * kw != self.k:
             raise ValueError(f"image {x.shape} does not fit geometry {geo.tolist()} and K = {self.k}")
         self._check(x, out, tuple(x.shape), (self.m, npix))
-        return self._run(SRC_IMAGE, np.ascontiguousarray(x), geo, -(-npix // NR_I8), out)
+        return self._prepare(SRC_IMAGE, np.ascontiguousarray(x), geo, npix, out, threads)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, threads: int | None = None) -> np.ndarray:
+        fn, *args = self._cols(x, out, threads)
+        fn(*args)
+        return out
+
+    def rows(self, a: np.ndarray, out: np.ndarray, threads: int | None = None) -> np.ndarray:
+        fn, *args = self._rows(a, out, threads)
+        fn(*args)
+        return out
+
+    def image(self, x: np.ndarray, geo: np.ndarray, out: np.ndarray, threads: int | None = None) -> np.ndarray:
+        fn, *args = self._image(x, geo, out, threads)
+        fn(*args)
+        return out
+
+    def bind(self, x: np.ndarray, out: np.ndarray, threads: int | None = None, src: str = "cols",
+             geo: np.ndarray | None = None):
+        """A no-argument callable doing ``self(x, out)`` (``src="rows"``: ``self.rows(x, out)``; ``"image"``:
+        ``self.image(x, geo, out)``) with every argument prepared now: x and out must stay the same arrays
+        (their contents may change) and be contiguous."""
+        if not x.flags.c_contiguous:
+            raise ValueError("bind needs a contiguous input (a copy would not see later contents)")
+        if src == "cols":
+            call = self._cols(x, out, threads)
+        elif src == "rows":
+            call = self._rows(x, out, threads)
+        else:
+            call = self._image(x, geo, out, threads)
+        return functools.partial(*call)

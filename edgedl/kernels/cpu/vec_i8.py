@@ -1,4 +1,6 @@
-"""LLVM-IR microkernel of the int8 GEMM (usable inside @njit code only).
+"""LLVM-IR microkernel of the int8 GEMM on int16 pairs (usable inside @njit code only): the portable
+kernel, for CPUs without byte dot products (Cortex-A72 of the Pi 4, x86 without VNNI; the others run
+:mod:`.vec_i8dot`), and for convolutions whose activation zero point no byte can hold.
 
 Operands are int8 values widened to int16 and stored in *pairs* along K, so one 32-bit load holds two k
 steps of an A row and the inner product of two k steps is one "multiply pairs and add" — the shape that
