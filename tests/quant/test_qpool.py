@@ -234,3 +234,19 @@ def test_onnxruntime_pools(dtype):
         QGlobalAvgPool(shape[0], shape[1], shape[2] * shape[3], xs, xz, ys, yz, info.min, info.max,
                        MODE_FLOAT)(x, out)
         np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+@pytest.mark.parametrize("shape,kernel,pads,out_hw", [
+    ((2, 3, 8, 10), (2, 2), (0, 0, 0, 0), (4, 5)),     # 2x2 stride 2: the written-out kernel
+    ((1, 2, 9, 11), (2, 2), (0, 0, 0, 0), (4, 5)),     # odd sizes: the last row / column is dropped
+    ((2, 3, 9, 12), (3, 3), (1, 1, 1, 1), (5, 6)),     # ResNet's 3x3 stride 2 pad 1
+    ((1, 2, 7, 7), (3, 3), (0, 0, 0, 0), (3, 3)),
+    ((1, 2, 8, 8), (3, 3), (1, 0, 2, 1), (5, 4)),      # asymmetric pads, ceil-mode sized output
+])
+def test_maxpool_dedicated_stride2_kernels_match_the_reference(dtype, shape, kernel, pads, out_hw):
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(sum(shape)).integers(info.min, info.max + 1, shape).astype(dtype)
+    out = np.empty(shape[:2] + out_hw, dtype)
+    QMaxPool2d(shape, kernel, pads, (2, 2), (1, 1), out_hw)(x, out)
+    np.testing.assert_array_equal(out, R.qmaxpool2d(x, kernel, pads, (2, 2), (1, 1), out_hw))
