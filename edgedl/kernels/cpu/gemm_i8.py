@@ -700,17 +700,19 @@ class QGemm:
         bz = self.x_zp + (128 if (is_i8 and not signed_b) else -128 if (signed_b and not is_i8) else 0)
         return flip, bz
 
-    def _row_params(self, xdtype) -> np.ndarray:
-        key = np.dtype(xdtype).str
+    def _row_params(self, xdtype, kernel: int | None = None) -> np.ndarray:
+        """The per-row parameter table ``rp`` (vec_i8dot.RP_*) of ``kernel`` (default: this GEMM's) for
+        activations of type ``xdtype`` (cached)."""
+        kernel = self.kernel if kernel is None else kernel
+        key = (np.dtype(xdtype).str, kernel)
         rp = self._rp.get(key)
         if rp is not None:
             return rp
         r = self.req
-        mp = self.mt * self.mr
-        rp = np.zeros((RP_ROWS, mp), np.int32)
         m = self.m
-        if self.kernel == K_PAIRS:
-            rowc = np.zeros(m, np.int64)
+        rp = np.zeros((RP_ROWS, -(-m // _MR[kernel]) * _MR[kernel]), np.int32)
+        if kernel == K_PAIRS:
+            rowc = np.zeros(m, np.int64)  # the zero points are subtracted while packing
         else:
             _, bz = self._operand(xdtype)
             rowc = self.k * self.az * bz - bz * self.rowsum
@@ -753,7 +755,7 @@ class QGemm:
         outb = out if out.dtype == np.int32 else out.view(np.uint8)
         if kernel == K_PAIRS:
             ap = self._pack_pairs()
-            rp = self._row_params(x3.dtype) if kernel == self.kernel else self._pairs_rp()
+            rp = self._row_params(x3.dtype, K_PAIRS)
             args = (src, ap, xb, x3.dtype == np.int8, self.x_zp, geo, panels, mt, (self.k + 1) // 2, self.m, rp,
                     store, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
             return (_pairs_parallel, *args, tp, tm) if tp * tm > 1 else (_pairs_serial, *args)
@@ -768,15 +770,6 @@ class QGemm:
         if kt is None:
             kt = self._ktabs[key] = image_ktab(geo)
         return kt
-
-    def _pairs_rp(self) -> np.ndarray:
-        # row parameters of the int16-pair fallback for a dot-kernel QGemm (image with an odd zero point)
-        saved = self.kernel, self.mr, self.mt, self._rp
-        self.kernel, self.mr, self.mt, self._rp = K_PAIRS, MR_I8, -(-self.m // MR_I8), {}
-        try:
-            return self._row_params(np.uint8)
-        finally:
-            self.kernel, self.mr, self.mt, self._rp = saved
 
     def _check(self, x, out, want_x, want_out):
         if x.dtype not in (np.int8, np.uint8) or tuple(x.shape) != want_x:
