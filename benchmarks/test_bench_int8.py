@@ -16,20 +16,13 @@ import time
 
 import numpy as np
 import pytest
+from test_bench_models import CASES  # the same models as the fp32 benchmark (pytest puts benchmarks/ on sys.path)
 
 import edgedl
-from edgedl import zoo
 
 ort = pytest.importorskip("onnxruntime")
 
 THREADS = int(os.environ.get("EDGEDL_BENCH_THREADS", "2"))
-CASES = {
-    "mobilenet_v2_like 224": lambda: (zoo.mobilenet_v2_like(), (1, 3, 224, 224)),
-    "mobilenet_v2_like 0.5x 128": lambda: (zoo.mobilenet_v2_like(resolution=128, width=0.5), (1, 3, 128, 128)),
-    "resnet_like 224": lambda: (zoo.resnet_like(), (1, 3, 224, 224)),
-    "kws_tc_resnet": lambda: (zoo.kws_tc_resnet(), (1, 40, 98)),
-    "nhwc_cnn 64": lambda: (zoo.nhwc_cnn(), (1, 64, 64, 3)),
-}
 _cache: dict = {}
 
 

@@ -102,6 +102,22 @@ def _check_zp_dtype(op: Op, ins, index: int, data: TensorType, what: str) -> Non
                        f"{np.dtype(data.dtype).name}")
 
 
+def conv_float_types(op: Op, ins) -> list[TensorType | None]:
+    """Check the 8-bit inputs of a QLinearConv-like op (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B])
+    and return float32 stand-ins of (x, w, B) for the float op's shape rule."""
+    x, w, y_zp = ins[0], ins[3], ins[7]
+    _check_8bit(op, x, "input x")
+    _check_8bit(op, w, "weight w")
+    _check_8bit(op, y_zp, "y_zero_point")
+    _check_zp_dtype(op, ins, 2, x, "x_zero_point")
+    _check_zp_dtype(op, ins, 5, w, "w_zero_point")
+    b = ins[8] if len(ins) > 8 else None
+    if b is not None and np.dtype(b.dtype) != np.int32:
+        raise op.error(f"bias must be int32, got {np.dtype(b.dtype).name}")
+    f32 = np.dtype(np.float32)
+    return [TensorType(x.shape, f32), TensorType(w.shape, f32), None if b is None else TensorType(b.shape, f32)]
+
+
 @register
 class QLinearConv(_ConvBase):
     """ONNX QLinearConv: (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B int32])."""
@@ -119,19 +135,8 @@ class QLinearConv(_ConvBase):
     _pads = Conv._pads
 
     def infer(self, ins, consts):
-        x, w, y_zp = ins[0], ins[3], ins[7]
-        _check_8bit(self, x, "input x")
-        _check_8bit(self, w, "weight w")
-        _check_8bit(self, y_zp, "y_zero_point")
-        _check_zp_dtype(self, ins, 2, x, "x_zero_point")
-        _check_zp_dtype(self, ins, 5, w, "w_zero_point")
-        b = ins[8] if len(ins) > 8 else None
-        if b is not None and np.dtype(b.dtype) != np.int32:
-            raise self.error(f"bias must be int32, got {np.dtype(b.dtype).name}")
-        as_float = [TensorType(x.shape, np.dtype(np.float32)), TensorType(w.shape, np.dtype(np.float32)),
-                    None if b is None else TensorType(b.shape, np.dtype(np.float32))]
-        out = self._infer_conv(as_float)
-        return [TensorType(out.shape, np.dtype(y_zp.dtype))]
+        out = self._infer_conv(conv_float_types(self, ins))
+        return [TensorType(out.shape, np.dtype(ins[7].dtype))]
 
     def _params(self, consts, ins, outs):
         return linear_params(self, consts, ins, ins[3].shape[0], outs[0].dtype)
@@ -228,19 +233,8 @@ class QLinearConvTranspose(_ConvBase):
     _float_infer = ConvTranspose.infer
 
     def infer(self, ins, consts):
-        x, w, y_zp = ins[0], ins[3], ins[7]
-        _check_8bit(self, x, "input x")
-        _check_8bit(self, w, "weight w")
-        _check_8bit(self, y_zp, "y_zero_point")
-        _check_zp_dtype(self, ins, 2, x, "x_zero_point")
-        _check_zp_dtype(self, ins, 5, w, "w_zero_point")
-        b = ins[8] if len(ins) > 8 else None
-        if b is not None and np.dtype(b.dtype) != np.int32:
-            raise self.error(f"bias must be int32, got {np.dtype(b.dtype).name}")
-        f32 = np.dtype(np.float32)
-        out = self._float_infer([TensorType(x.shape, f32), TensorType(w.shape, f32),
-                                 None if b is None else TensorType(b.shape, f32)], [None] * 3)[0]
-        return [TensorType(out.shape, np.dtype(y_zp.dtype))]
+        out = self._float_infer(conv_float_types(self, ins), [None] * 3)[0]
+        return [TensorType(out.shape, np.dtype(ins[7].dtype))]
 
     def _params(self, consts, ins, out_dtype):
         return linear_params(self, consts, ins, ins[3].shape[1] * self.group, out_dtype)
