@@ -224,6 +224,22 @@ def _masked_load(b, vt, ptr, mask, passthru):
     return b.call(fn, [ptr, _c32(1), mask, passthru])
 
 
+def _store_quads(b, rows, dptr, nr, signed, want_cs, cp):
+    """Interleave four k-rows (``rows``: <nr x i8> each) into nr k-quads stored at ``dptr`` (<4nr x i8>*);
+    where ``want_cs`` (i1) holds, add each lane's four values (sign- or zero-extended) to the int32 column
+    sums at ``cp`` (<nr x i32>*)."""
+    pair = ir.Constant(ir.VectorType(_I32, 2 * nr), list(range(2 * nr)))
+    lo = b.shuffle_vector(rows[0], rows[1], pair)
+    hi = b.shuffle_vector(rows[2], rows[3], pair)
+    mask = ir.Constant(ir.VectorType(_I32, 4 * nr), [t * nr + c for c in range(nr) for t in range(4)])
+    b.store(b.shuffle_vector(lo, hi, mask), dptr, align=1)
+    with b.if_then(want_cs):
+        v32 = ir.VectorType(_I32, nr)
+        ext = b.sext if signed else b.zext
+        tot = b.add(b.add(ext(rows[0], v32), ext(rows[1], v32)), b.add(ext(rows[2], v32), ext(rows[3], v32)))
+        b.store(b.add(b.load(cp, align=4), tot), cp, align=4)
+
+
 def _int_arg(*ts):
     return all(isinstance(t, (types.Integer, types.Boolean)) for t in ts)
 
@@ -576,18 +592,9 @@ def _make_pack_quads(nr, signed):
             v8 = ir.VectorType(_I8, nr)
             rows = [b.xor(b.load(b.bitcast(b.gep(s, [b.mul(ld, _c64(t))]), v8.as_pointer()), align=1), flip)
                     for t in range(4)]
-            pair = ir.Constant(ir.VectorType(_I32, 2 * nr), list(range(2 * nr)))
-            lo = b.shuffle_vector(rows[0], rows[1], pair)
-            hi = b.shuffle_vector(rows[2], rows[3], pair)
-            mask = ir.Constant(ir.VectorType(_I32, 4 * nr), [t * nr + c for c in range(nr) for t in range(4)])
-            il = b.shuffle_vector(lo, hi, mask)
-            b.store(il, b.bitcast(d, ir.VectorType(_I8, 4 * nr).as_pointer()), align=1)
-            with b.if_then(b.icmp_signed("!=", i64(7), _c64(0))):
-                v32 = ir.VectorType(_I32, nr)
-                cp = b.bitcast(data(6), v32.as_pointer())
-                ext = b.sext if signed else b.zext
-                tot = b.add(b.add(ext(rows[0], v32), ext(rows[1], v32)), b.add(ext(rows[2], v32), ext(rows[3], v32)))
-                b.store(b.add(b.load(cp, align=4), tot), cp, align=4)
+            _store_quads(b, rows, b.bitcast(d, ir.VectorType(_I8, 4 * nr).as_pointer()), nr, signed,
+                         b.icmp_signed("!=", i64(7), _c64(0)),
+                         b.bitcast(data(6), ir.VectorType(_I32, nr).as_pointer()))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -707,16 +714,8 @@ def _make_pack_image_contig(nr, signed):
 
             q, close = _counted_loop(b, kq, "img")
             rows = [row(b.add(b.mul(q, _c64(4)), _c64(t))) for t in range(4)]
-            pair = ir.Constant(ir.VectorType(_I32, 2 * nr), list(range(2 * nr)))
-            lo = b.shuffle_vector(rows[0], rows[1], pair)
-            hi = b.shuffle_vector(rows[2], rows[3], pair)
-            mask = ir.Constant(ir.VectorType(_I32, 4 * nr), [t * nr + c for c in range(nr) for t in range(4)])
             dptr = b.bitcast(b.gep(d0, [b.mul(q, _c64(4 * nr))]), ir.VectorType(_I8, 4 * nr).as_pointer())
-            b.store(b.shuffle_vector(lo, hi, mask), dptr, align=1)
-            with b.if_then(want_cs):
-                ext = b.sext if signed else b.zext
-                tot = b.add(b.add(ext(rows[0], v32), ext(rows[1], v32)), b.add(ext(rows[2], v32), ext(rows[3], v32)))
-                b.store(b.add(b.load(cp, align=4), tot), cp, align=4)
+            _store_quads(b, rows, dptr, nr, signed, want_cs, cp)
             close()
             return context.get_dummy_value()
 
@@ -880,16 +879,8 @@ def _make_pack_image_segs(nr, signed):
 
             q, close = _counted_loop(b, kq, "segq")
             rows = [im2col_row(b.add(b.mul(q, _c64(4)), _c64(t))) for t in range(4)]
-            pair = ir.Constant(ir.VectorType(_I32, 2 * nr), list(range(2 * nr)))
-            lo = b.shuffle_vector(rows[0], rows[1], pair)
-            hi = b.shuffle_vector(rows[2], rows[3], pair)
-            mask = ir.Constant(ir.VectorType(_I32, 4 * nr), [t * nr + c for c in range(nr) for t in range(4)])
             dptr = b.bitcast(b.gep(d0, [b.mul(q, _c64(4 * nr))]), ir.VectorType(_I8, 4 * nr).as_pointer())
-            b.store(b.shuffle_vector(lo, hi, mask), dptr, align=1)
-            with b.if_then(want_cs):
-                ext = b.sext if signed else b.zext
-                tot = b.add(b.add(ext(rows[0], v32), ext(rows[1], v32)), b.add(ext(rows[2], v32), ext(rows[3], v32)))
-                b.store(b.add(b.load(cp, align=4), tot), cp, align=4)
+            _store_quads(b, rows, dptr, nr, signed, want_cs, cp)
             close()
             return context.get_dummy_value()
 
