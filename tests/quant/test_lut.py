@@ -1,15 +1,18 @@
 """8-bit lookup tables (edgedl.kernels.cpu.lut): tables of activations and requantizations against the
 elementwise numpy references (edgedl.quant.reference_ops), bit for bit, including ties and saturation, and
-against onnxruntime's QLinearSigmoid / QLinearLeakyRelu / QLinearConcat."""
+against onnxruntime's QLinearSigmoid / QLinearLeakyRelu / QLinearConcat; the lookup kernel (vector table lookups
+where the host has them, edgedl.kernels.cpu.vec_lut, and the scalar loop) against numpy indexing."""
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from edgedl.kernels.cpu import lut
+from edgedl.kernels.cpu import lut, vec_lut
+from edgedl.kernels.cpu.config import PARALLEL_MIN_WORK
 from edgedl.quant import reference_ops as R
 from edgedl.quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE
 
@@ -117,6 +120,81 @@ def test_apply_table_parallel_and_layouts():
         np.testing.assert_array_equal(lut.apply_table(x, table, out, parallel=parallel), want)
     out = np.empty((300, 3), U8)  # non-contiguous input: copied
     np.testing.assert_array_equal(lut.apply_table(x[:, :, 0].T, table, out), want[:, :, 0].T)
+
+
+KERNELS = vec_lut.available_lut_kernels()  # the host's vector kernel (if any) and the scalar loop
+KERNEL_IDS = [vec_lut.LUT_NAMES[k] for k in KERNELS]
+SIZES = [0, 1, 15, 16, 17, 63, 64, 65, 1000, 100003]
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("in_dt,out_dt", [(I8, I8), (U8, U8), (I8, U8), (U8, I8)])
+def test_lookup_kernel_sizes(kernel, in_dt, out_dt):
+    """Every size around the vector widths (16, 64) and chunks, serial and parallel, unaligned views inside
+    guard bytes: bit-exact with numpy and nothing written outside ``out``."""
+    rng = np.random.default_rng(zlib.crc32(f"{kernel} {in_dt} {out_dt}".encode()))
+    for n in SIZES + [3 * lut._CHUNK + 65]:
+        table = rng.integers(0, 256, 256).astype(np.uint8).view(out_dt)
+        xbuf = rng.integers(0, 256, n + 3).astype(np.uint8).view(in_dt)
+        x = xbuf[3:]  # an unaligned address
+        want = table[x.view(np.uint8)]
+        for parallel in (False, True):
+            obuf = rng.integers(0, 256, n + 130).astype(np.uint8).view(out_dt)
+            guard = obuf.copy()
+            out = obuf[1:n + 1]
+            assert lut.apply_table(x, table, out, parallel=parallel, kernel=kernel) is out
+            np.testing.assert_array_equal(out, want, err_msg=f"n={n} parallel={parallel}")
+            np.testing.assert_array_equal(obuf[:1], guard[:1])
+            np.testing.assert_array_equal(obuf[n + 1:], guard[n + 1:])
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=KERNEL_IDS)
+def test_lookup_kernel_layouts_and_bind(kernel):
+    rng = np.random.default_rng(5 + kernel)
+    table = rng.integers(-128, 128, 256).astype(I8)
+    x = rng.integers(0, 256, (7, 130, 67)).astype(U8)  # 60970 elements
+    want = table[x]
+    out = np.empty((67, 130), I8)  # non-contiguous input: copied
+    np.testing.assert_array_equal(lut.apply_table(x[3].T, table, out, kernel=kernel), want[3].T)
+    for shape in [(0,), (1,), (65,), (7, 130, 67), (2, 3, PARALLEL_MIN_WORK // 6 + 17)]:  # serial and parallel
+        xs = rng.integers(0, 256, shape).astype(U8)
+        out = np.empty(shape, I8)
+        run = lut.bind_table(xs, table, out, kernel=kernel)
+        run()
+        np.testing.assert_array_equal(out, table[xs])
+        xs[...] = rng.integers(0, 256, shape)  # bound to the arrays: new input, same call
+        run()
+        np.testing.assert_array_equal(out, table[xs])
+    run = lut.bind_table(x[:, :, ::2], table, np.empty((7, 130, 34), I8), kernel=kernel)  # strided: a copy each call
+    run()
+
+
+def test_lookup_kernel_selection(monkeypatch):
+    """The host's best kernel by default; EDGEDL_LUT_KERNEL / the ``kernel`` argument pick another."""
+    assert KERNELS[-1] == vec_lut.LUT_SCALAR
+    assert vec_lut.LUT_KERNELS == vec_lut.lut_kernels_for(*vec_lut.target_cpu())
+    if "EDGEDL_LUT_KERNEL" not in os.environ:
+        assert vec_lut.LUT_KERNEL == KERNELS[0]
+    monkeypatch.delenv("EDGEDL_LUT_KERNEL", raising=False)
+    assert vec_lut._default_kernel() == KERNELS[0]
+    monkeypatch.setenv("EDGEDL_LUT_KERNEL", "scalar")
+    assert vec_lut._default_kernel() == vec_lut.LUT_SCALAR
+    missing = [k for k in (vec_lut.LUT_VBMI, vec_lut.LUT_NEON) if k not in KERNELS]
+    for k in missing:
+        monkeypatch.setenv("EDGEDL_LUT_KERNEL", vec_lut.LUT_NAMES[k])
+        with pytest.warns(UserWarning, match="not available"):
+            assert vec_lut._default_kernel() == KERNELS[0]
+        with pytest.raises(ValueError, match="not available"):
+            lut.apply_table(np.zeros(4, I8), np.zeros(256, I8), np.empty(4, I8), kernel=k)
+    # what a compilation target offers (explicit features decide on x86; AArch64 has NEON unless "-neon")
+    vbmi = "+avx512f,+avx512bw,+avx512vbmi"
+    assert vec_lut.lut_kernels_for("x86_64", "znver4", vbmi) == (vec_lut.LUT_VBMI,)
+    assert vec_lut.lut_kernels_for("x86_64", "znver4", vbmi.replace("+avx512vbmi", "-avx512vbmi")) == ()
+    assert vec_lut.lut_kernels_for("x86_64", "haswell", "+avx2,+fma") == ()
+    assert vec_lut.lut_kernels_for("aarch64", "cortex-a72", "") == (vec_lut.LUT_NEON,)
+    assert vec_lut.lut_kernels_for("aarch64", "cortex-a53", "+neon,+crc") == (vec_lut.LUT_NEON,)
+    assert vec_lut.lut_kernels_for("aarch64", "generic", "-neon") == ()
+    assert vec_lut.lut_kernels_for("armv7l", "cortex-a72", "+neon") == ()
 
 
 def test_lut_errors():

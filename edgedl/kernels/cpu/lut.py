@@ -17,7 +17,10 @@ input (an int8 value v sits at v & 0xFF, i.e. v + 256 for negatives) and stored 
   float ConcatenationWithScaling is uint8-only and not used.
 * :func:`activation_table`: tables of the ONNX activations (Sigmoid, Tanh, HardSigmoid, HardSwish, LeakyRelu,
   Elu, Relu, Clip, Softplus).
-* :func:`apply_table`: the Numba lookup kernel (parallel over chunks for large tensors).
+* :func:`apply_table`: the Numba lookup kernel (parallel over chunks for large tensors): whole vectors by
+  table lookups in registers where the CPU has them (AVX-512 VBMI ``vpermi2b``, AArch64 NEON ``tbl``/``tbx``:
+  :mod:`.vec_lut`), the rest (and every byte elsewhere) by a scalar loop; the ``kernel`` argument or
+  ``EDGEDL_LUT_KERNEL=scalar`` forces the scalar loop.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from numba import prange
 from ...quant.fixed_point import quantize_multiplier
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK
+from .vec_lut import LUT_KERNEL, LUT_NAMES, LUT_NEON, LUT_VBMI, available_lut_kernels, lut_neon, lut_vbmi
 
 __all__ = ["byte_values", "check_qparams", "build_table", "requant_table", "activation_fn", "activation_table",
            "apply_table", "bind_table", "ACTIVATIONS"]
@@ -173,37 +177,67 @@ def activation_table(name: str, alpha, beta, x_scale, x_zp, y_scale, y_zp, in_dt
 
 # --- the lookup kernel -------------------------------------------------------------------------------
 @numba.njit(**NJIT_EXACT)
-def _lut(x, table, out):
-    # x: (n,) uint8 input bytes; table: (256,) uint8 output bytes; out: (n,) uint8
-    for i in range(x.size):
-        out[i] = table[x[i]]
+def _lut_span(x, table, out, lo, hi, kernel):
+    # out[lo:hi] = table[x[lo:hi]]; x, out: (n,) uint8, table: (256,) uint8; kernel: vec_lut.LUT_*.
+    # The vector kernel does whole vectors (0 bytes where the target lacks it), the scalar loop the rest
+    i = lo
+    if kernel == LUT_VBMI:
+        i += lut_vbmi(x, lo, table, out, lo, hi - lo)
+    elif kernel == LUT_NEON:
+        i += lut_neon(x, lo, table, out, lo, hi - lo)
+    # NOTE: indexing slices from 0 (not x[k] for k in range(i, hi)) spares the negative-index checks that
+    # kept LLVM from unrolling the loop (0.57 -> 0.31 ns per byte measured)
+    xs = x[i:hi]
+    os_ = out[i:hi]
+    for k in range(xs.size):
+        os_[k] = table[xs[k]]
+
+
+@numba.njit(**NJIT_EXACT)
+def _lut(x, table, out, kernel):
+    # x: (n,) uint8 input bytes; table: (256,) uint8 output bytes; out: (n,) uint8; kernel: vec_lut.LUT_*
+    _lut_span(x, table, out, 0, x.size, kernel)
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _lut_parallel(x, table, out):
-    # as _lut, in chunks of _CHUNK elements across threads
+def _lut_parallel(x, table, out, kernel):
+    # as _lut, in chunks of _CHUNK elements (whole vectors: the scalar tail is the last chunk's) across threads
     n = x.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
-            out[i] = table[x[i]]
+        _lut_span(x, table, out, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), kernel)
 
 
-def bind_table(x: np.ndarray, table: np.ndarray, out: np.ndarray):
-    """A no-argument callable doing ``apply_table(x, table, out)`` on these very arrays (prepared once)."""
+def _check_kernel(kernel) -> int:
+    if kernel is None:
+        return LUT_KERNEL
+    if int(kernel) not in available_lut_kernels():
+        raise ValueError(f"lookup kernel {kernel!r} is not available here (have "
+                         f"{[LUT_NAMES[k] for k in available_lut_kernels()]})")
+    return int(kernel)
+
+
+def bind_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, kernel: int | None = None):
+    """A no-argument callable doing ``apply_table(x, table, out, kernel=kernel)`` on these very arrays
+    (prepared once)."""
     _dtype8(x.dtype, "input")
     _dtype8(out.dtype, "output")
     if table.shape != (256,) or table.dtype != out.dtype or x.size != out.size:
         raise ValueError(f"table {table.dtype}{table.shape} does not map {x.dtype}{x.shape} to {out.dtype}{out.shape}")
+    kernel = _check_kernel(kernel)
     if not (x.flags.c_contiguous and out.flags.c_contiguous):
-        return lambda: apply_table(x, table, out)
-    args = (x.reshape(-1).view(np.uint8), np.ascontiguousarray(table).view(np.uint8), out.reshape(-1).view(np.uint8))
-    kernel = _lut_parallel if x.size >= PARALLEL_MIN_WORK else _lut
-    return lambda: kernel(*args)
+        return lambda: apply_table(x, table, out, kernel=kernel)
+    args = (x.reshape(-1).view(np.uint8), np.ascontiguousarray(table).view(np.uint8), out.reshape(-1).view(np.uint8),
+            kernel)
+    fn = _lut_parallel if x.size >= PARALLEL_MIN_WORK else _lut
+    return lambda: fn(*args)
 
 
-def apply_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, parallel: bool | None = None) -> np.ndarray:
+def apply_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, parallel: bool | None = None,
+                kernel: int | None = None) -> np.ndarray:
     """``out[...] = table[x.view(uint8)]`` for 8-bit ``x`` and a C-contiguous ``out`` of table's dtype and
-    x's size. ``parallel`` None: the prange variant from config.PARALLEL_MIN_WORK elements on."""
+    x's size. ``parallel`` None: the prange variant from config.PARALLEL_MIN_WORK elements on. ``kernel``:
+    one of :func:`~.vec_lut.available_lut_kernels` (``vec_lut.LUT_SCALAR`` forces the scalar loop); None:
+    :data:`~.vec_lut.LUT_KERNEL` (the best the CPU has, or ``EDGEDL_LUT_KERNEL``)."""
     _dtype8(x.dtype, "input")
     _dtype8(out.dtype, "output")
     if table.shape != (256,) or table.dtype != out.dtype:
@@ -212,9 +246,10 @@ def apply_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, parallel: boo
         raise ValueError(f"input has {x.size} elements, output {out.size}")
     if not out.flags.c_contiguous:
         raise ValueError("the output must be C-contiguous")
+    kernel = _check_kernel(kernel)
     xv = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
     ov = out.reshape(-1).view(np.uint8)
     if parallel is None:
         parallel = x.size >= PARALLEL_MIN_WORK
-    (_lut_parallel if parallel else _lut)(xv, np.ascontiguousarray(table).view(np.uint8), ov)
+    (_lut_parallel if parallel else _lut)(xv, np.ascontiguousarray(table).view(np.uint8), ov, kernel)
     return out
