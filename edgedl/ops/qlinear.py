@@ -347,7 +347,9 @@ class _MatMulRows:
 
         def bind(inputs, outputs, scratch, threads):
             a, out = inputs[0].reshape(rows, k), outputs[0].reshape(rows, n)
-            return lambda: gemm.rows(a, out)
+            if a.flags.c_contiguous and out.flags.c_contiguous:
+                return gemm.bind(a, out, threads, "rows")
+            return lambda: gemm.rows(a, out, threads)
 
         return Kernel(run, bind=bind)
 

@@ -427,3 +427,61 @@ def test_bound_calls_see_new_inputs(shape, m, kk, s, p, g):
         a[...] = np.random.default_rng(seed).integers(0, 256, a.shape)
         run()
         np.testing.assert_array_equal(o, (a.astype(np.int64) - 9) @ wq.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("mode", [MODE_DOUBLE, MODE_SINGLE, MODE_FLOAT])
+@pytest.mark.parametrize("xt,wt", [(np.int8, np.int8), (np.uint8, np.int8), (np.uint8, np.uint8), (np.int8, np.uint8)])
+def test_matrix_vector_kernel(kernel, mode, xt, wt):
+    # a few activation rows (fully connected at batch 1, a (K, 1) column) run the matrix-vector kernel,
+    # not a tile: same bits for every mode, operand type, zero point and row count up to the switch point
+    rng = np.random.default_rng(hash(("gemv", kernel, mode, xt().dtype.str, wt().dtype.str)) % 2**32)
+    m, k = 37, 301
+    xi, wi = np.iinfo(xt), np.iinfo(wt)
+    w = rng.integers(wi.min, wi.max + 1, (m, k)).astype(wt)
+    w_zp = rng.integers(wi.min, wi.max + 1, m) if (wt == np.uint8 or mode == MODE_SINGLE) else 0
+    x_zp = int(rng.integers(xi.min, xi.max + 1))
+    bias = rng.integers(-50000, 50000, m).astype(np.int32)
+    req = _req(rng, m, k, mode, int(rng.integers(xi.min, xi.max + 1)), xi.min, xi.max)
+    q = QGemm(w, bias, req, x_zp, w_zp, kernel=kernel)
+    raw = QGemm(w, bias, None, x_zp, w_zp, kernel=kernel)
+    top = max(1, q.nr // 4)
+    assert q._gemv_ok(top) and not q._gemv_ok(top + 1)
+    for n in sorted({1, 2, top, top + 1}):
+        x = rng.integers(xi.min, xi.max + 1, (k, n)).astype(xt)
+        acc = _acc(w, w_zp, x, x_zp, bias)
+        want = requantize_reference(acc, req, channel_axis=0)
+        for layout in ("cols", "rows"):
+            np.testing.assert_array_equal(_run(q, x, layout, xt).astype(np.int64), want, err_msg=f"{layout} {n}")
+            np.testing.assert_array_equal(_run(raw, x, layout, np.int32), acc, err_msg=f"raw {layout} {n}")
+
+
+@pytest.mark.parametrize("xt,wt,xv,wv,x_zp,w_zp", [
+    (np.uint8, np.uint8, 255, 0, 0, 255),      # the most negative sum
+    (np.uint8, np.uint8, 255, 255, 0, 0),      # the largest product of the real values, 65025 per step
+    (np.int8, np.int8, -128, -128, 127, 0),
+])
+def test_matrix_vector_kernel_extreme_values(xt, wt, xv, wv, x_zp, w_zp):
+    m, k = 5, 32767
+    w = np.full((m, k), wv, wt)
+    x = np.full((k, 1), xv, xt)
+    want = _acc(w, w_zp, x, x_zp, None)
+    assert np.abs(want).max() < 2**31
+    raw = QGemm(w, None, None, x_zp, w_zp)
+    np.testing.assert_array_equal(_run(raw, x, "rows", np.int32), want)
+    np.testing.assert_array_equal(_run(raw, x, "cols", np.int32), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matrix_vector_parallel_split_gives_the_same_bits(threads):
+    rng = np.random.default_rng(threads)
+    m, k = 1000, 1280  # a MobileNet classifier: above the parallel threshold
+    w = rng.integers(-127, 128, (m, k)).astype(np.int8)
+    a = rng.integers(-128, 128, (1, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, m).astype(np.int32)
+    req = _req(rng, m, k, MODE_DOUBLE, 3)
+    q = QGemm(w, bias, req, -7)
+    out = np.empty((1, m), np.int8)
+    q.rows(a, out, threads=threads)
+    want = requantize_reference(_acc(w, 0, a.T, -7, bias), req, channel_axis=0).T
+    np.testing.assert_array_equal(out.astype(np.int64), want)

@@ -111,6 +111,8 @@ _NR = (NR_I8,) + tuple(TILES[k][1] * TILES[k][2] for k in (K_VNNI512, K_VNNI256,
 #: a multiply-add in ~1/8 of the time of the fp32 GEMM the threshold was tuned on, so a split pays later
 #: (measured on 2 Zen 4 cores: 2 threads beat 1 from ~2^21 multiply-adds, ~2^20 for the int16 pairs)
 _MIN_WORK_SCALE = (4, 8, 8, 8)
+#: the matrix-vector kernel splits over threads from GEMM_PARALLEL_MIN_WORK times this many multiply-adds
+GEMV_PARALLEL_SCALE = 2
 
 
 def available_kernels() -> tuple[int, ...]:
@@ -562,6 +564,39 @@ def _dot_parallel(kind, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, 
                   (ti + 1) * mt // tm, kq, m, rp, colcorr, store, bias, m0, shift, fscale, zp, lo, hi, mode, out)
 
 
+@numba.njit(inline="always", **NJIT_EXACT)
+def _gemv_range(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out, m_lo, m_hi):
+    # rows m_lo..m_hi of out (R, M) = requantize((W - az) (M, K) @ (X - bz) (R, K)^T + bias): w and x hold
+    # the real 8-bit values (int8 or uint8, unpacked); rowc[m] = K*az[m]*bz - bz*rowsum(W)[m] (int32, wrapping)
+    r_count, k_len = x.shape
+    for r in range(r_count):
+        xr = x[r]
+        sx = np.int32(0)
+        for k in range(k_len):
+            sx += np.int32(xr[k])
+        for m in range(m_lo, m_hi):
+            wr = w[m]
+            acc = np.int32(0)
+            for k in range(k_len):  # LLVM vectorizes this (widening multiply-add pairs)
+                acc += np.int32(wr[k]) * np.int32(xr[k])
+            acc += rowc[m] - az[m] * sx
+            a = np.int64(acc) + np.int64(bias[m])
+            out[r, m] = a if mode == MODE_RAW else requantize(a, m0[m], shift[m], fscale[m], zp, lo, hi, mode)
+
+
+@numba.njit(**NJIT_EXACT)
+def _gemv_serial(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out):
+    _gemv_range(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out, 0, w.shape[0])
+
+
+@numba.njit(**NJIT_EXACT_PARALLEL)
+def _gemv_parallel(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out, tasks):
+    m = w.shape[0]
+    for t in prange(tasks):
+        _gemv_range(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out, t * m // tasks,
+                    (t + 1) * m // tasks)
+
+
 # ---------------------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------------------
@@ -662,6 +697,7 @@ class QGemm:
         self.store = self._store_kind(w, w_zp)
         self._rp = {}
         self._ktabs = {}
+        self._gemv_params = None  # (w, rowc, az) of the matrix-vector kernel, made on its first call
 
     # -- preparation -------------------------------------------------------------------------------
     def _pack_pairs(self) -> np.ndarray:
@@ -778,16 +814,43 @@ class QGemm:
             raise ValueError(f"output must be a contiguous {want_out} array of the output type, got "
                              f"{out.dtype}{out.shape}")
 
+    def _gemv(self, a, out, threads=None) -> tuple:
+        """(compiled function, arguments) of the matrix-vector kernel: a (R, K) activation rows, out (R, M).
+        For a few rows (a fully connected layer at batch 1) a tile kernel would compute NR columns to keep R:
+        this one computes only the R real ones (LLVM vectorizes its k loop into widening multiply-adds)."""
+        if self._gemv_params is None:
+            w = np.ascontiguousarray(self._w)
+            az = self._w_zp
+            rowsum = w.sum(axis=1, dtype=np.int64)
+            self._gemv_params = (w, _wrap32(self.k * az * self.x_zp - self.x_zp * rowsum), _wrap32(az))
+        w, rowc, az = self._gemv_params
+        r = self.req
+        threads = num_threads() if threads is None else threads
+        outb = out if out.dtype == np.int32 else out.view(np.uint8)
+        args = (w, a, rowc, az, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
+        tasks = min(threads, self.m)
+        if tasks > 1 and self.m * self.k * a.shape[0] >= GEMM_PARALLEL_MIN_WORK * GEMV_PARALLEL_SCALE:
+            return (_gemv_parallel, *args, tasks)
+        return (_gemv_serial, *args)
+
+    def _gemv_ok(self, rows: int) -> bool:
+        """Whether ``rows`` activation rows run the matrix-vector kernel rather than a tile kernel."""
+        return rows <= max(1, self.nr // 4)
+
     def _cols(self, x, out, threads):
         n = x.shape[1] if x.ndim == 2 else -1
         self._check(x, out, (self.k, n), (self.m, n))
         x = np.ascontiguousarray(x)
+        if n == 1:  # a (K, 1) column is a (1, K) row
+            return self._gemv(x.reshape(1, self.k), out.reshape(1, self.m), threads)
         return self._prepare(SRC_COLS, x.reshape(1, *x.shape), _NO_GEO, n, out, threads)
 
     def _rows(self, a, out, threads):
         r = a.shape[0] if a.ndim == 2 else -1
         self._check(a, out, (r, self.k), (r, self.m))
         a = np.ascontiguousarray(a)
+        if self._gemv_ok(r):
+            return self._gemv(a, out, threads)
         return self._prepare(SRC_ROWS, a.reshape(1, *a.shape), _NO_GEO, r, out, threads)
 
     def _image(self, x, geo, out, threads):
