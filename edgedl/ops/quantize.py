@@ -108,7 +108,7 @@ class QuantizeLinear(_LinearQ):
                 or qtype not in (np.dtype(np.int8), np.dtype(np.uint8))):
             return ref_kernel(self)
         k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype)
-        return _bindable(k)
+        return _bindable(k, ins, consts)
 
     def _channel_axis(self, x: TensorType, scale: TensorType) -> int | None:
         s = tuple(scale.shape)
@@ -151,11 +151,15 @@ class DequantizeLinear(_LinearQ):
         s = tuple(scale.shape)
         axis = None if len(s) == 0 or (len(s) == 1 and s[0] == 1) else self._axis(len(x.shape))
         k = DequantizeKernel(tuple(x.shape), axis)
-        return _bindable(k)
+        return _bindable(k, ins, consts)
 
 
-def _bindable(k) -> Kernel:
-    """A Kernel over ``k(x, scale, zero_point or None, out)``, bound once to fixed arrays."""
+def _bindable(k, ins, consts) -> Kernel:
+    """A Kernel over ``k(x, scale, zero_point or None, out)``, bound once to fixed arrays. A constant scale
+    and zero point are converted once here rather than on every call."""
+    has_zero = len(ins) > 2 and ins[2] is not None
+    if consts[1] is not None and (not has_zero or consts[2] is not None):
+        k.prepare(consts[1], consts[2] if has_zero else None)
 
     def run(inputs, outputs, scratch):
         zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None

@@ -60,32 +60,46 @@ def _layout(shape, axis):
 
 
 def _params(scale, zp, ch):
-    s = np.ascontiguousarray(np.asarray(scale, np.float32).reshape(-1))
-    z = np.zeros(ch, np.int32) if zp is None else np.asarray(zp).astype(np.int32).reshape(-1)
-    return np.broadcast_to(s, (ch,)) if s.size == 1 else s, np.broadcast_to(z, (ch,)) if z.size == 1 else z
+    """(scale (ch,) float32, zero point (ch,) int32), both contiguous."""
+    s = np.asarray(scale, np.float32).reshape(-1)
+    z = np.zeros(1, np.int32) if zp is None else np.asarray(zp).astype(np.int32).reshape(-1)
+    s = np.full(ch, s[0], np.float32) if s.size == 1 else np.ascontiguousarray(s)
+    z = np.full(ch, z[0], np.int32) if z.size == 1 else np.ascontiguousarray(z)
+    return s, z
 
 
-class QuantizeKernel:
+class _Prepared:
+    """Shared by both kernels: the (outer, channels, inner) view, and the scale / zero point prepared once
+    when they are constants (``prepare``), else on each call."""
+
+    def __init__(self, shape, axis):
+        self.outer, self.ch, self.inner = _layout(shape, axis)
+        self.fixed = None
+
+    def prepare(self, scale, zp) -> None:
+        """Fix the scale and zero point (constant inputs): calls then skip their conversion."""
+        self.fixed = _params(scale, zp, self.ch)
+
+    def _args(self, scale, zp):
+        return self.fixed if self.fixed is not None else _params(scale, zp, self.ch)
+
+
+class QuantizeKernel(_Prepared):
     """Prepared QuantizeLinear for an input shape: ``axis`` None (per tensor) or the channel axis."""
 
     def __init__(self, shape, axis, qtype):
-        self.outer, self.ch, self.inner = _layout(shape, axis)
+        super().__init__(shape, axis)
         info = np.iinfo(qtype)
         self.lo, self.hi = int(info.min), int(info.max)
 
     def __call__(self, x, scale, zp, out):
-        s, z = _params(scale, zp, self.ch)
-        _quantize(x.reshape(-1), np.ascontiguousarray(s), np.ascontiguousarray(z), out.reshape(-1), self.outer,
-                  self.ch, self.inner, self.lo, self.hi)
+        s, z = self._args(scale, zp)
+        _quantize(x.reshape(-1), s, z, out.reshape(-1), self.outer, self.ch, self.inner, self.lo, self.hi)
 
 
-class DequantizeKernel:
+class DequantizeKernel(_Prepared):
     """Prepared DequantizeLinear (int8/uint8 -> float32) for an input shape and channel axis (or None)."""
 
-    def __init__(self, shape, axis):
-        self.outer, self.ch, self.inner = _layout(shape, axis)
-
     def __call__(self, q, scale, zp, out):
-        s, z = _params(scale, zp, self.ch)
-        _dequantize(q.reshape(-1), np.ascontiguousarray(s), np.ascontiguousarray(z), out.reshape(-1), self.outer,
-                    self.ch, self.inner)
+        s, z = self._args(scale, zp)
+        _dequantize(q.reshape(-1), s, z, out.reshape(-1), self.outer, self.ch, self.inner)
