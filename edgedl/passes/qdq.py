@@ -324,8 +324,8 @@ class _Lowering:
         x = self.dq(node.inputs[0])
         if x is None or not x.per_tensor or x.zp.dtype == np.int32:
             return False
-        if any(self.producers.get(i) is not None and self.const(i) is None for i in node.inputs[1:] if i):
-            return False  # a shape/index input computed at run time: keep it simple, stay in float
+        # NOTE: a shape/index input computed at run time (Shape -> Gather -> Concat -> Reshape) is fine: the
+        # op reads it the same for 8-bit data; only Pad's fill value must be a constant (checked below)
         if node.op_type == "Split":  # every output quantized with the input's parameters
             qs = [self.sole_q(o) for o in node.outputs]
             if not all(o for o in node.outputs) or any(q is None or not x.same_as(q) for q in qs):

@@ -98,6 +98,10 @@ def _is_const_f32(g: Graph, name: str, ndim: tuple[int, ...] | None = None) -> b
     return v is not None and v.dtype == np.float32 and (ndim is None or v.ndim in ndim)
 
 
+def _is_int(types: dict, name: str) -> bool:
+    return name in types and np.dtype(types[name].dtype).kind in "iu"
+
+
 def _plan(g: Graph, types: dict, exclude: set[str]):
     """(quantized nodes, fused activation nodes, tensors to quantize in topological order, layout sharing
     map output -> input)."""
@@ -131,7 +135,9 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
         elif op in LUT_OPS:
             ok = f32(ins[0]) and all(not i or i in g.initializers for i in ins[1:])
         elif op in _INT8_LAYOUT and op in LAYOUT_OPS:
-            ok = f32(ins[0]) and all(not i or i not in dyn for i in ins[1:]) and (
+            # NOTE: integer operands (a Reshape's shape, Slice starts) may be computed (Shape -> Gather ->
+            # Concat): they do not touch the data; a float operand (Pad's value, Resize's scales) must be constant
+            ok = f32(ins[0]) and all(not i or i not in dyn or _is_int(types, i) for i in ins[1:]) and (
                 len(n.outputs) == 1 or not any(n.outputs[1:]) or (op == "Split" and all(n.outputs)))
             if op == "Resize" and n.attrs.get("mode", "nearest") not in ("nearest", b"nearest"):
                 ok = False

@@ -52,6 +52,26 @@ def test_quantized_model_runs_int8_kernels_and_reports_ranges(digits):
     assert q.graph.metadata["edgedl.requant"] == "double"
 
 
+def test_reshape_with_a_computed_shape_runs_on_int8():
+    # Shape -> Gather -> Concat -> Reshape (a flatten written the PyTorch way) before the classifier: the
+    # Reshape shares its input's parameters and runs on int8, no float island between the layers
+    from edgedl import zoo
+    from edgedl.quant.inspect import precision_summary
+
+    model = edgedl.load(zoo.nhwc_cnn())
+    rng = np.random.default_rng(0)
+    cal = [rng.standard_normal((1, 64, 64, 3)).astype(np.float32) for _ in range(4)]
+    q = edgedl.quantize(model, cal, progress=False)
+    s = precision_summary(q)
+    assert s.int8.get("Reshape") == 1 and s.int8.get("QLinearMatMul") == 1
+    assert [op for op, _ in s.float_islands] == ["Softmax"]  # after the last DequantizeLinear, as intended
+    assert s.edges == {"QuantizeLinear": 1, "DequantizeLinear": 1}
+    x = cal[0]
+    want = model.run({"image": x})["probabilities"]
+    got = q.run({"image": x})["probabilities"]
+    assert np.argmax(got) == np.argmax(want) and np.abs(got - want).max() < 0.05
+
+
 def test_save_writes_qdq_that_onnxruntime_runs_close_to_edgedl(digits, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import onnx
