@@ -297,8 +297,7 @@ class MaxPool(_WindowPool):
             k(inputs[0], outputs[0])
 
         def bind(inputs, outputs, scratch, threads):
-            x_arr, y_arr = inputs[0], outputs[0]
-            return lambda: k(x_arr, y_arr)
+            return k.bind(inputs[0], outputs[0], threads=threads)
 
         return Kernel(run, bind=bind)
 

@@ -38,14 +38,15 @@ def _zp_type(op: Op, ins, index: int, default) -> np.dtype:
     return dt
 
 
-def _bound_kernel(fn) -> Kernel:
-    """A Kernel whose call is ``fn(inputs, outputs)``, bindable to fixed arrays."""
+def _pool_kernel(k) -> Kernel:
+    """The Kernel of a prepared 8-bit pool ``k`` (:mod:`edgedl.kernels.cpu.qpool`): bound, one Numba call per
+    run with every argument (workspace included) prepared once."""
 
     def run(inputs, outputs, scratch):
-        fn(inputs, outputs)
+        k(inputs[0], outputs[0])
 
     def bind(inputs, outputs, scratch, threads):
-        return lambda: fn(inputs, outputs)
+        return k.bind(inputs[0], outputs[0], threads=threads)
 
     return Kernel(run, bind=bind)
 
@@ -394,7 +395,7 @@ class QLinearGlobalAveragePool(_QUnary):
         n, c = x.shape[:2]
         hw = int(np.prod(x.shape[2:], dtype=np.int64))
         k = QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, lo, hi, self.mode)
-        return _bound_kernel(lambda i, o: k(i[0], o[0]))
+        return _pool_kernel(k)
 
 
 @register
@@ -448,7 +449,7 @@ class QLinearAveragePool(_WindowPool):
         _, out, pads = self.geom
         k = QAvgPool2d(ins[0].shape, self.kernel_shape, pads, self.strides, out, self.count_include_pad, xs, xz, ys,
                        yz, lo, hi, self.mode)
-        return _bound_kernel(lambda i, o: k(i[0], o[0]))
+        return _pool_kernel(k)
 
 
 __all__ = ["QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",

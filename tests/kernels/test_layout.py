@@ -361,15 +361,47 @@ def test_alias_view_in_model():
 
 @pytest.mark.parametrize("shape,perm", [((1, 64, 64, 3), (0, 3, 1, 2)), ((2, 5, 7, 4), (0, 3, 1, 2)),
                                         ((1, 3, 16, 16), (0, 2, 3, 1)), ((3, 2, 9, 5), (0, 2, 3, 1)),
-                                        ((1, 10, 10, 2), (0, 3, 1, 2)), ((17, 3), (1, 0))])
-@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint32])
+                                        ((1, 10, 10, 2), (0, 3, 1, 2)), ((17, 3), (1, 0)),
+                                        ((2, 4, 13, 11), (0, 2, 3, 1)), ((1, 2, 33, 7), (0, 2, 3, 1)),
+                                        ((3, 67), (1, 0)), ((2, 31, 9, 3), (0, 3, 1, 2))])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint32, np.int8, np.uint8, np.float16, np.uint16,
+                                   np.bool_])
 def test_few_channel_transpose_moves_bits(shape, perm, dtype):
-    """NHWC <-> NCHW of 2 to 4 channels (32-bit items) runs on vector shuffles, bit for bit (NaN payloads too),
-    whole vector chunks and scalar tails."""
+    """NHWC <-> NCHW of 2 to 4 channels runs on vector shuffles (32-bit items) or interleaved loops (8- and
+    16-bit items), bit for bit (NaN payloads too), whole vector chunks and tails, several images."""
     rng = np.random.default_rng(3)
-    x = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(dtype)
-    fn, kind = make_transpose(x.shape, perm, 4)
+    size = np.dtype(dtype).itemsize
+    u = {1: np.uint8, 2: np.uint16, 4: np.uint32}[size]
+    x = rng.integers(0, 2 ** (8 * size), size=shape, dtype=np.uint64).astype(u)
+    if dtype == np.bool_:
+        x &= 1
+    x = x.view(dtype)
+    fn, kind = make_transpose(x.shape, perm, size)
     assert kind == "channels"
     out = np.empty(np.transpose(x, perm).shape, dtype)
     fn(bits_view(x), bits_view(out))
-    np.testing.assert_array_equal(out.view(np.uint32), np.ascontiguousarray(np.transpose(x, perm)).view(np.uint32))
+    np.testing.assert_array_equal(out.view(u), np.ascontiguousarray(np.transpose(x, perm)).view(u))
+    (y,), (ref,), _ = run_op("Transpose", [x], {"perm": list(perm)})  # the op picks the same kernel
+    np.testing.assert_array_equal(y.view(u), ref.view(u))
+    np.testing.assert_array_equal(y.view(u), out.view(u))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float16, np.float32])
+def test_transpose_bound_kernel(dtype):
+    """The Transpose op's bound kernel (channels, tiles and rows strategies) reads its input's current contents
+    at every run."""
+    from edgedl.ir import Node, TensorType
+    from edgedl.registry import lookup
+
+    for shape, perm in (((1, 64, 64, 3), (0, 3, 1, 2)), ((1, 3, 20, 20), (0, 2, 3, 1)),
+                        ((1, 32, 16, 16), (0, 2, 3, 1)), ((2, 12, 8, 4), (0, 2, 1, 3))):
+        op = lookup("Transpose")(Node("Transpose", "n", ["x"], ["y"], {"perm": list(perm)}), 18)
+        t = op.infer([TensorType(shape, np.dtype(dtype))], [None])[0]
+        kernel = op.build([TensorType(shape, np.dtype(dtype))], [t], [None])
+        x = rand(shape, dtype)
+        out = np.empty(t.shape, t.dtype)
+        run = kernel.bind([x], [out], np.empty(kernel.scratch_bytes, np.uint8), 1)
+        for k in range(2):
+            x[...] = rand(shape, dtype)
+            run()
+            np.testing.assert_array_equal(out, np.transpose(x, perm), err_msg=f"{shape} {perm} run {k}")

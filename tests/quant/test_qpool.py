@@ -250,3 +250,218 @@ def test_maxpool_dedicated_stride2_kernels_match_the_reference(dtype, shape, ker
     out = np.empty(shape[:2] + out_hw, dtype)
     QMaxPool2d(shape, kernel, pads, (2, 2), (1, 1), out_hw)(x, out)
     np.testing.assert_array_equal(out, R.qmaxpool2d(x, kernel, pads, (2, 2), (1, 1), out_hw))
+
+
+# --- the polyphase AveragePool, the table GlobalAveragePool and binding ---------------------------------
+def _avg_want(mode, x, kernel, pads, strides, out_hw, incl, xs, xz, ys, yz, lo, hi, out_dt):
+    if mode == MODE_FLOAT:
+        return R.qavgpool2d_onnx(x, kernel, pads, strides, out_hw, incl, xs, xz, ys, yz, lo, hi)
+    return R.qavgpool2d_tflite(x, kernel, pads, strides, out_hw, incl, xs, xz, ys, yz, lo, hi, out_dt,
+                               single=mode == MODE_SINGLE)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dts", [(I8, I8), (U8, U8), (U8, I8)])
+@pytest.mark.parametrize("geom", [
+    # x shape, kernel, pads (t, l, b, r), strides, output size
+    ((1, 5, 16, 16), (3, 3), (1, 1, 1, 1), (2, 2), (8, 8)),     # stride 2, even W: the uint16 row loop
+    ((2, 3, 15, 13), (3, 3), (1, 1, 1, 1), (2, 2), (8, 7)),     # stride 2, odd W: the generic row loop
+    ((1, 4, 9, 12), (2, 3), (0, 2, 1, 0), (2, 2), (5, 6)),      # even pl / odd pr, asymmetric
+    ((1, 3, 7, 10), (3, 2), (2, 1, 2, 1), (1, 1), (9, 11)),     # stride 1: one phase, big pads
+    ((2, 2, 11, 14), (4, 5), (1, 2, 3, 2), (3, 3), (4, 5)),     # stride 3, windows past the padded input
+    ((1, 3, 10, 9), (5, 4), (2, 3, 2, 3), (2, 3), (6, 4)),      # kernel rows of neither 2 nor 3 taps
+    ((1, 2, 6, 8), (1, 1), (0, 0, 0, 0), (2, 2), (3, 4)),       # 1x1 windows
+    ((1, 2, 4, 4), (2, 2), (0, 0, 0, 0), (1, 1), (5, 5)),       # outputs whose window holds no input
+    ((1, 3, 14, 13), (12, 11), (1, 0, 1, 1), (2, 1), (2, 4)),   # 132 taps: int32 sums in the fixed modes
+])
+def test_avgpool_polyphase_paths(mode, dts, geom):
+    """Every row-loop variant of the phase-buffer fill (stride 1, stride 2 with even / odd W, other strides),
+    every tap-row pass (2, 3, other taps) and border counts (count_include_pad 0 and 1), bit for bit."""
+    in_dt, out_dt = dts
+    shape, kernel, pads, strides, out_hw = geom
+    rng = np.random.default_rng(sum(shape) + mode)
+    lo_o, hi_o = np.iinfo(out_dt).min, np.iinfo(out_dt).max
+    for k in range(5):
+        x = _rand(rng, shape, in_dt)
+        if k == 0:  # exact .5 averages at power-of-two scales
+            xs, ys, xz, yz = np.float32(0.25), np.float32(0.25), _zp(rng, in_dt), _zp(rng, out_dt)
+        elif k == 4:  # the output parameters are the input's (TFLite's case): no requantization table
+            xs, xz = np.float32(np.exp(rng.uniform(-5, 0))), _zp(rng, in_dt)
+            ys, yz = xs, xz if in_dt == out_dt else _zp(rng, out_dt)
+        else:
+            xs, ys = (np.float32(np.exp(rng.uniform(-5, 0))) for _ in range(2))
+            xz, yz = _zp(rng, in_dt), _zp(rng, out_dt)
+        lo, hi = (yz, hi_o) if k == 3 else (lo_o, hi_o)
+        for incl in (False, True):
+            pool = QAvgPool2d(shape, kernel, pads, strides, out_hw, incl, xs, xz, ys, yz, lo, hi, mode)
+            assert pool.global_pool is None
+            want = _avg_want(mode, x, kernel, pads, strides, out_hw, incl, xs, xz, ys, yz, lo, hi, out_dt)
+            out = np.empty(shape[:2] + out_hw, out_dt)
+            pool(x, out)
+            np.testing.assert_array_equal(out, want, err_msg=f"{geom} k={k} incl={incl}")
+            out2 = np.empty_like(out)
+            pool(x, out2, parallel=True)
+            np.testing.assert_array_equal(out2, want)
+
+
+@pytest.mark.parametrize("mode", [MODE_DOUBLE, MODE_SINGLE])
+def test_avgpool_huge_window_counts(mode):
+    """Windows of 2^16 taps and more: sums beyond int16 and a divisor past float32's exact range (float64)."""
+    rng = np.random.default_rng(8)
+    shape, kernel, pads, strides, out_hw = (1, 1, 257, 258), (256, 256), (0, 0, 0, 1), (1, 3), (2, 2)
+    for dtype, incl in ((U8, False), (I8, True)):
+        x = _rand(rng, shape, dtype)
+        x[..., :128, :] = np.iinfo(dtype).max
+        zp = int(np.iinfo(dtype).max)
+        pool = QAvgPool2d(shape, kernel, pads, strides, out_hw, incl, 0.5, zp, 0.5, zp, np.iinfo(dtype).min,
+                          np.iinfo(dtype).max, mode)
+        out = np.empty(shape[:2] + out_hw, dtype)
+        pool(x, out)
+        want = _avg_want(mode, x, kernel, pads, strides, out_hw, incl, np.float32(0.5), zp, np.float32(0.5), zp,
+                         np.iinfo(dtype).min, np.iinfo(dtype).max, dtype)
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_avgpool_chunks_of_planes(mode, monkeypatch):
+    """A workspace for fewer planes than the input has: chunks of planes one after the other (the last one
+    partial, over blocks left from the previous chunk), serial and over several workers."""
+    monkeypatch.setattr(QAvgPool2d, "WORKSPACE", 1500)
+    rng = np.random.default_rng(7)
+    shape, kernel, pads, strides, out_hw = (3, 5, 12, 10), (3, 3), (1, 1, 1, 1), (2, 2), (6, 5)
+    pool = QAvgPool2d(shape, kernel, pads, strides, out_hw, False, 0.05, 4, 0.07, -3, -128, 127, mode)
+    assert 1 < int(pool.a_g[13]) < 15 and 15 % int(pool.a_g[13])  # several chunks, the last one partial
+    x = _rand(rng, shape, I8)
+    want = _avg_want(mode, x, kernel, pads, strides, out_hw, False, np.float32(0.05), 4, np.float32(0.07), -3,
+                     -128, 127, I8)
+    for parallel in (False, True):
+        out = np.empty(shape[:2] + out_hw, I8)
+        pool(x, out, parallel=parallel)
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dts", [(I8, I8), (U8, U8), (U8, I8), (I8, U8)])
+def test_global_avgpool_table_and_large_planes(mode, dts):
+    """Planes of up to GAP_TABLE_MAX_HW values go through the table of every sum, larger ones requantize each
+    sum: both bit for bit, at the size limit and either side of it."""
+    from edgedl.kernels.cpu.qpool import GAP_TABLE_MAX_HW
+
+    in_dt, out_dt = dts
+    rng = np.random.default_rng(50 + mode)
+    info = np.iinfo(out_dt)
+    for hw in (1, 3, 13, 49, GAP_TABLE_MAX_HW, GAP_TABLE_MAX_HW + 1, 300, 3136):
+        n, c = 1, 5
+        for extreme in (False, True):
+            x = _rand(rng, (n, c, hw), in_dt)
+            if extreme:  # every value the type's minimum / maximum: sums at both ends of the table
+                x[:, :2] = np.iinfo(in_dt).min
+                x[:, 2:4] = np.iinfo(in_dt).max
+            xs, ys = (np.float32(np.exp(rng.uniform(-5, 0))) for _ in range(2))
+            xz, yz = _zp(rng, in_dt), _zp(rng, out_dt)
+            out = np.empty((n, c, 1), out_dt)
+            QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, info.min, info.max, mode)(x, out)
+            if mode == MODE_FLOAT:
+                want = R.qglobal_avgpool_onnx(x, xs, xz, ys, yz, info.min, info.max)
+            else:
+                want = R.qglobal_avgpool_tflite(x, xs, xz, ys, yz, info.min, info.max, single=mode == MODE_SINGLE)
+            np.testing.assert_array_equal(out.reshape(-1), want.reshape(-1), err_msg=f"hw={hw}")
+
+
+@pytest.mark.parametrize("dtype", [I8, U8])
+def test_global_avgpool_plane_sum_beyond_int32(dtype):
+    """A plane whose sum of 8-bit values passes 2^31 (over 2^23 values): summed in int32 blocks, added in int64."""
+    hw = (1 << 23) + 5
+    x = np.full((1, 1, hw), np.iinfo(dtype).max, dtype)
+    x[0, 0, :3] = np.iinfo(dtype).min
+    out = np.empty((1, 1, 1), dtype)
+    for mode in (MODE_DOUBLE, MODE_FLOAT):
+        QGlobalAvgPool(1, 1, hw, 0.5, 0, 0.5, 0, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max), mode)(x, out)
+        if mode == MODE_FLOAT:
+            want = R.qglobal_avgpool_onnx(x, 0.5, 0, 0.5, 0, np.iinfo(dtype).min, np.iinfo(dtype).max)
+        else:
+            want = R.qglobal_avgpool_tflite(x, 0.5, 0, 0.5, 0, np.iinfo(dtype).min, np.iinfo(dtype).max)
+        assert int(out.reshape(())) == int(np.asarray(want).reshape(())) == np.iinfo(dtype).max
+
+
+def _pool_cases(dtype):
+    rng = np.random.default_rng(60)
+    x = _rand(rng, (2, 6, 12, 12), dtype)
+    q = dict(x_scale=0.05, x_zp=3 if dtype == I8 else 131, y_scale=0.04, y_zp=-2 if dtype == I8 else 125)
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    qp = (q["x_scale"], q["x_zp"], q["y_scale"], q["y_zp"], lo, hi)
+    return x, [
+        (QMaxPool2d(x.shape, (2, 2), (0, 0, 0, 0), (2, 2), (1, 1), (6, 6)), (2, 6, 6, 6)),
+        (QMaxPool2d(x.shape, (3, 3), (1, 1, 1, 1), (2, 2), (1, 1), (6, 6)), (2, 6, 6, 6)),
+        (QMaxPool2d(x.shape, (3, 2), (1, 0, 1, 0), (1, 2), (2, 1), (12, 6)), (2, 6, 12, 6)),
+        (QAvgPool2d(x.shape, (3, 3), (1, 1, 1, 1), (2, 2), (6, 6), False, *qp, MODE_FLOAT), (2, 6, 6, 6)),
+        (QAvgPool2d(x.shape, (3, 3), (1, 1, 1, 1), (2, 2), (6, 6), True, *qp, MODE_DOUBLE), (2, 6, 6, 6)),
+        (QAvgPool2d(x.shape, (12, 12), (0, 0, 0, 0), (1, 1), (1, 1), False, *qp, MODE_FLOAT), (2, 6, 1, 1)),
+        (QGlobalAvgPool(2, 6, 144, *qp, MODE_SINGLE), (2, 6, 1, 1)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [I8, U8])
+def test_bound_pools_follow_their_arrays(dtype):
+    """``bind`` prepares the call once for fixed arrays: it reads the input's current contents at every run
+    (serial and parallel), and a non-contiguous input is copied at each run, not once at bind time."""
+    x, cases = _pool_cases(dtype)
+    for pool, oshape in cases:
+        for parallel, threads in ((None, 1), (True, 2), (False, None)):
+            xb = x.copy()
+            out = np.empty(oshape, dtype)
+            run = pool.bind(xb, out, parallel=parallel, threads=threads)
+            for k in range(3):
+                xb[...] = np.roll(x, k, axis=3)
+                run()
+                np.testing.assert_array_equal(out, pool(xb.copy(), np.empty(oshape, dtype)))
+        xt = np.ascontiguousarray(np.swapaxes(x, 2, 3))
+        view = np.swapaxes(xt, 2, 3)  # x's values, not C-contiguous
+        out = np.empty(oshape, dtype)
+        run = pool.bind(view, out)
+        xt[0, 0, 0, 0] ^= 0x55
+        run()
+        np.testing.assert_array_equal(out, pool(np.ascontiguousarray(view), np.empty(oshape, dtype)))
+    with pytest.raises(ValueError, match="shape"):
+        cases[0][0].bind(x[:, :, :4], np.empty((2, 6, 6, 6), dtype))
+
+
+@pytest.mark.parametrize("mode", ["float", "double", "single"])
+@pytest.mark.parametrize("dtype", [I8, U8])
+def test_qlinear_pool_ops_bind(mode, dtype):
+    """com.microsoft QLinearAveragePool / QLinearGlobalAveragePool and MaxPool on 8-bit types: the bound
+    kernel the planner runs gives the op's reference."""
+    from edgedl.ir import Node, TensorType
+    from edgedl.registry import lookup
+
+    rng = np.random.default_rng(70)
+    x = _rand(rng, (1, 7, 10, 9), dtype)
+    zp = np.array(5 if dtype == I8 else 130, dtype)
+    qin = [x, np.array(0.05, np.float32), zp, np.array(0.03, np.float32), zp]
+    cases = [
+        ("QLinearAveragePool", MS, qin, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                                             count_include_pad=1, ceil_mode=1, _requant=mode)),
+        ("QLinearAveragePool", MS, qin, dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0],
+                                             _requant=mode)),
+        ("QLinearGlobalAveragePool", MS, qin, dict(channels_last=0, _requant=mode)),
+        ("MaxPool", "", [x], dict(kernel_shape=[2, 2], strides=[2, 2])),
+        ("MaxPool", "", [x], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ]
+    for op_type, domain, inputs, attrs in cases:
+        node = Node(op_type, "n", [f"i{k}" for k in range(len(inputs))], ["y"], dict(attrs))
+        op = lookup(op_type, domain)(node, 17)
+        consts = [None] + list(inputs[1:])
+        ins = [TensorType(a.shape, a.dtype) for a in inputs]
+        t = op.infer(ins, consts)[0]
+        kernel = op.build(ins, [t], consts)
+        want = op.ref(*inputs)[0]
+        for threads in (1, 2):
+            out = np.empty(t.shape, t.dtype)
+            kernel.bind(list(inputs), [out], np.empty(kernel.scratch_bytes, np.uint8), threads)()
+            np.testing.assert_array_equal(out, want, err_msg=f"{op_type} {attrs}")
+        out = np.empty(t.shape, t.dtype)
+        kernel.fn(list(inputs), [out], np.empty(kernel.scratch_bytes, np.uint8))
+        np.testing.assert_array_equal(out, want)
+
+
+MS = "com.microsoft"

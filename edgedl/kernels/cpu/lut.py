@@ -34,7 +34,7 @@ from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK
 from .vec_lut import LUT_KERNEL, LUT_NAMES, LUT_NEON, LUT_VBMI, available_lut_kernels, lut_neon, lut_vbmi
 
 __all__ = ["byte_values", "check_qparams", "build_table", "requant_table", "activation_fn", "activation_table",
-           "apply_table", "bind_table", "ACTIVATIONS"]
+           "apply_table", "bind_table", "lut_span", "ACTIVATIONS"]
 
 _8BIT = (np.dtype(np.int8), np.dtype(np.uint8))
 #: elements per parallel chunk of :func:`apply_table`
@@ -177,7 +177,7 @@ def activation_table(name: str, alpha, beta, x_scale, x_zp, y_scale, y_zp, in_dt
 
 # --- the lookup kernel -------------------------------------------------------------------------------
 @numba.njit(**NJIT_EXACT)
-def _lut_span(x, table, out, lo, hi, kernel):
+def lut_span(x, table, out, lo, hi, kernel):
     # out[lo:hi] = table[x[lo:hi]]; x, out: (n,) uint8, table: (256,) uint8; kernel: vec_lut.LUT_*.
     # The vector kernel does whole vectors (0 bytes where the target lacks it), the scalar loop the rest
     i = lo
@@ -196,7 +196,7 @@ def _lut_span(x, table, out, lo, hi, kernel):
 @numba.njit(**NJIT_EXACT)
 def _lut(x, table, out, kernel):
     # x: (n,) uint8 input bytes; table: (256,) uint8 output bytes; out: (n,) uint8; kernel: vec_lut.LUT_*
-    _lut_span(x, table, out, 0, x.size, kernel)
+    lut_span(x, table, out, 0, x.size, kernel)
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
@@ -204,7 +204,7 @@ def _lut_parallel(x, table, out, kernel):
     # as _lut, in chunks of _CHUNK elements (whole vectors: the scalar tail is the last chunk's) across threads
     n = x.size
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _lut_span(x, table, out, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), kernel)
+        lut_span(x, table, out, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), kernel)
 
 
 def _check_kernel(kernel) -> int:
