@@ -139,6 +139,24 @@ def test_parallel_and_noncontiguous_inputs():
     np.testing.assert_array_equal(_run("add", MODE_DOUBLE, at, 0.05, 3, b, 0.02, -7, 0.06, 1, -128, 127, I8), want)
 
 
+@pytest.mark.parametrize("shape", [(1, 24, 56, 57), (3, 4097), (9000,)])
+def test_parallel_same_shape_add_splits_its_single_row(shape):
+    # same shapes collapse to one row: the parallel gather cuts it into chunks (a ragged last one here);
+    # unit strides take the contiguous loop
+    rng = np.random.default_rng(len(shape))
+    a = rng.integers(-128, 128, shape).astype(I8)
+    b = rng.integers(-128, 128, shape).astype(I8)
+    want = R.qadd_tflite(a, 0.05, 3, b, 0.02, -7, 0.06, 1, -128, 127)
+    op = QBinary("add", shape, shape, shape, 0.05, 3, 0.02, -7, 0.06, 1, -128, 127, MODE_DOUBLE)
+    for parallel in (True, False):
+        out = np.empty(shape, I8)
+        op(a, b, out, parallel)
+        np.testing.assert_array_equal(out, want)
+    out = np.empty(shape, I8)
+    op.bind(a, b, out)()
+    np.testing.assert_array_equal(out, want)
+
+
 def test_fixed_modes_are_close_to_real_arithmetic():
     """Sanity of the TFLite transcriptions themselves: within 1 of the exactly rounded real result."""
     rng = np.random.default_rng(9)

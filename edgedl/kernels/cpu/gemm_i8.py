@@ -111,6 +111,10 @@ _NR = (NR_I8,) + tuple(TILES[k][1] * TILES[k][2] for k in (K_VNNI512, K_VNNI256,
 #: a multiply-add in ~1/8 of the time of the fp32 GEMM the threshold was tuned on, so a split pays later
 #: (measured on 2 Zen 4 cores: 2 threads beat 1 from ~2^21 multiply-adds, ~2^20 for the int16 pairs)
 _MIN_WORK_SCALE = (4, 8, 8, 8)
+#: what one output costs beyond its K multiply-adds (packing its column, requantizing, storing), in
+#: multiply-adds: ~0.35 ns against ~0.008 ns per multiply-add (VNNI tile, Zen 4). A 1x1 convolution with
+#: K = 8 over 4096 pixels (MobileNetV2's first expansion) spends 85 us mostly there: worth two threads
+EPILOGUE_MACS = 48
 #: the matrix-vector kernel splits over threads from GEMM_PARALLEL_MIN_WORK times this many multiply-adds
 GEMV_PARALLEL_SCALE = 2
 
@@ -781,7 +785,7 @@ class QGemm:
         mt = -(-self.m // mr)
         panels = -(-ncols // nr)
         store = ST_BUFFER if src == SRC_ROWS else self.store  # the transposed output: scalar stores
-        work = self.m * self.k * panels * nr
+        work = self.m * (self.k + EPILOGUE_MACS) * panels * nr  # multiply-adds, plus the per-output costs
         tp, tm = (1, 1)
         if threads > 1 and work >= GEMM_PARALLEL_MIN_WORK * _MIN_WORK_SCALE[kernel]:
             tp, tm = _plan(panels, mt, threads)

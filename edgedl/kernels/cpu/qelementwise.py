@@ -55,6 +55,12 @@ __all__ = ["QBinary", "broadcast_geometry", "KINDS"]
 KINDS = {"add": 0, "mul": 1}
 _ADD, _MUL = 0, 1
 _LEFT_SHIFT = 20
+#: elements per parallel task of the gather
+_CHUNK = 1 << 12
+#: outputs from which the gather runs on several threads. NOTE: on the 2-vCPU Zen 4 machine of the benchmarks
+#: two threads never beat one on a gather (0.45 ns per element either way, 16k to 1M elements: the vCPUs
+#: seem to share a core's load ports), so the split waits for large tensors, as the other element-wise ops
+PARALLEL_MIN_ELEMENTS = PARALLEL_MIN_WORK
 # int64 parameter vector of _qbinary
 P_AZP, P_BZP, P_YZP, P_LO, P_HI, P_MA, P_SA, P_MB, P_SB, P_MO, P_SO = range(11)
 # float32 parameter vector: a_scale / y_scale, b_scale / y_scale, add's fixed part, mul's ratio
@@ -145,9 +151,10 @@ def _pair_table(av, bv, kind, mode, ip, fs, swap, out):
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _gather_row(r, a, b, table, out, g, a0, b0, o0):
-    # output row r of the collapsed 4-D loop (d0, d1, d2 flattened); g: int64 (12,) = dims (4), a strides (4),
-    # b strides (4), in elements of the uint8 arrays a, b; out: the flat output, rows of g[3] elements
+def _gather_row(r, lo, hi, a, b, table, out, g, a0, b0, o0):
+    # elements lo..hi of output row r of the collapsed 4-D loop (d0, d1, d2 flattened); g: int64 (12,) = dims
+    # (4), a strides (4), b strides (4), in elements of the uint8 arrays a, b; out: the flat output, rows of
+    # g[3] elements
     d1 = g[1]
     d2 = g[2]
     i0 = r // (d1 * d2)
@@ -158,7 +165,14 @@ def _gather_row(r, a, b, table, out, g, a0, b0, o0):
     sa = g[7]
     sb = g[11]
     o = o0 + r * g[3]
-    for i in range(g[3]):
+    if sa == 1 and sb == 1:  # same shapes (the residual Add): unit strides, ~3x faster than the general loop
+        ar = a[ia + lo:ia + hi]
+        br = b[ib + lo:ib + hi]
+        orow = out[o + lo:o + hi]
+        for i in range(hi - lo):
+            orow[i] = table[(np.int64(ar[i]) << 8) | np.int64(br[i])]
+        return
+    for i in range(lo, hi):
         out[o + i] = table[(np.int64(a[ia + i * sa]) << 8) | np.int64(b[ib + i * sb])]
 
 
@@ -166,13 +180,17 @@ def _gather_row(r, a, b, table, out, g, a0, b0, o0):
 def _gather(a, b, table, out, g, a0, b0, o0):
     # a, b: flat uint8 inputs; table: (65536,) uint8; out: flat uint8 output; see _gather_row
     for r in range(g[0] * g[1] * g[2]):
-        _gather_row(r, a, b, table, out, g, a0, b0, o0)
+        _gather_row(r, 0, g[3], a, b, table, out, g, a0, b0, o0)
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
 def _gather_parallel(a, b, table, out, g, a0, b0, o0):
-    for r in prange(g[0] * g[1] * g[2]):
-        _gather_row(r, a, b, table, out, g, a0, b0, o0)
+    # as _gather, each row cut into chunks of _CHUNK elements: a same-shape Add collapses to a single row
+    chunks = (g[3] + _CHUNK - 1) // _CHUNK
+    for t in prange(g[0] * g[1] * g[2] * chunks):
+        r = t // chunks
+        c = t - r * chunks
+        _gather_row(r, c * _CHUNK, min(g[3], (c + 1) * _CHUNK), a, b, table, out, g, a0, b0, o0)
 
 
 def broadcast_geometry(a_shape, b_shape, out_shape):
@@ -281,7 +299,7 @@ class QBinary:
         table = self.table(a.dtype, b.dtype, out.dtype).view(np.uint8)
         args = (a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), table, out.reshape(-1).view(np.uint8),
                 self.geometry, 0, 0, 0)
-        kernel = _gather_parallel if self.size >= PARALLEL_MIN_WORK else _gather
+        kernel = _gather_parallel if self.size >= PARALLEL_MIN_ELEMENTS else _gather
         return lambda: kernel(*args)
 
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray, parallel: bool | None = None) -> np.ndarray:
@@ -295,7 +313,7 @@ class QBinary:
         bv = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
         ov = out.reshape(-1).view(np.uint8)
         if parallel is None:
-            parallel = self.size >= PARALLEL_MIN_WORK
+            parallel = self.size >= PARALLEL_MIN_ELEMENTS
         kernel = _gather_parallel if parallel else _gather
         if not self.outer:
             kernel(av, bv, table, ov, self.geometry, 0, 0, 0)
