@@ -60,7 +60,7 @@ from numba.extending import overload
 from ...quant.fixed_point import quantize_multiplier
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK, num_threads
-from .lut import lut_span, byte_values, check_qparams, requant_table
+from .lut import byte_values, check_qparams, lut_span, requant_table
 from .vec_lut import LUT_KERNEL
 
 __all__ = ["QMaxPool2d", "QAvgPool2d", "QGlobalAvgPool"]
