@@ -14,6 +14,11 @@ stores on ``self`` belongs to one binding of shapes). It parses the node's attri
   broadcast strides) and returns a :class:`Kernel` that runs on preallocated outputs. The default runs
   ``ref`` and copies the result; ops with Numba kernels override it.
 
+* ``backward(grads, ins, outs, needs)`` (training, :mod:`edgedl.train`): the gradients of the loss with
+  respect to the inputs, from those with respect to the outputs. ``grad_inputs`` / ``grad_outputs`` name the
+  forward values it reads, so the training tape keeps only those alive; ``self.in_types`` /
+  ``self.out_types`` (set by the tape after ``infer``) give every shape.
+
 Class attributes describe coverage for ``edgedl ops``: ``kernels`` maps a device to the dtypes that have a
 compiled kernel there.
 """
@@ -94,6 +99,28 @@ class Op:
     def build(self, ins: list[TensorType | None], outs: list[TensorType],
               consts: list[np.ndarray | None]) -> Kernel:
         return ref_kernel(self)
+
+    # --- training -----------------------------------------------------------------------------------
+    #: indices of the inputs whose values ``backward`` reads (None: all of them)
+    grad_inputs: ClassVar[tuple[int, ...] | None] = None
+    #: indices of the outputs whose values ``backward`` reads
+    grad_outputs: ClassVar[tuple[int, ...]] = ()
+    #: shapes and dtypes of the inputs / outputs, set by the training tape after ``infer``
+    in_types: list[TensorType | None] = []
+    out_types: list[TensorType] = []
+
+    def has_backward(self) -> bool:
+        return type(self).backward is not Op.backward
+
+    def backward(self, grads: list[np.ndarray | None], ins: list[np.ndarray | None],
+                 outs: list[np.ndarray | None], needs: list[bool]) -> list[np.ndarray | None]:
+        """Gradients of the loss with respect to each input.
+
+        ``grads[j]``: the gradient with respect to output j (float32, the output's shape; None: zero).
+        ``ins`` / ``outs``: the forward values listed in ``grad_inputs`` / ``grad_outputs`` (others None).
+        ``needs[i]``: whether input i's gradient is wanted; unwanted entries may be None. Returns a list with
+        one entry per input: a float32 array of the input's shape, or None."""
+        raise self.unsupported("has no backward: training cannot go through it")
 
 
 def ref_kernel(op: Op) -> Kernel:

@@ -62,3 +62,14 @@ def same_dtype(op: Op, ins: list, what: str = "inputs") -> np.dtype:
 
 __all__ = ["normalize_axis", "broadcast_shapes", "const_input", "const_ints", "require_dtype", "same_dtype",
            "ShapeError"]
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The gradient of an operand of ``shape`` that numpy broadcast to ``grad.shape``: ``grad`` summed over
+    the broadcast axes (in float64), as float32 of ``shape``."""
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return np.asarray(grad, np.float32)
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(axis=axes, dtype=np.float64).reshape(shape).astype(np.float32)

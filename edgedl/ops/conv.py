@@ -140,6 +140,41 @@ class Conv(_ConvBase):
             y = y + r
         return [activation_ref(y, *self.act)]
 
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        """dx by the GEMM and col2im, dw by im2col and the GEMM (depthwise: direct kernels for both), db by
+        summing dy (:mod:`edgedl.kernels.cpu.conv_grad`). 1-D and 2-D convolutions."""
+        from ..kernels.cpu.conv_grad import bias_grad, conv2d_input_grad, conv2d_weight_grad, depthwise_weight_grad
+
+        if self.act[0] or self.residual:
+            raise self.unsupported("has a fused activation or residual: train the graph before fusion")
+        x, w = ins[0], ins[1]
+        x_t, w_t = self.in_types[0], self.in_types[1]
+        if len(x_t.shape) not in (3, 4) or np.dtype(x_t.dtype) != np.float32:
+            raise self.unsupported(f"backward supports float32 1-D and 2-D convolutions, got {x_t.dtype}{x_t.shape}")
+        kernel, strides, dilations, pads = _as_2d(*self.geometry)
+        x_shape, y_shape = _as_4d(tuple(x_t.shape)), _as_4d(tuple(self.out_types[0].shape))
+        w_shape = (*w_t.shape[:2], *kernel)
+        dy = np.ascontiguousarray(grads[0] if grads[0] is not None else np.zeros(y_shape, np.float32),
+                                  np.float32).reshape(y_shape)
+        out = [None] * len(self.in_types)
+        if needs[0]:
+            wc = np.ascontiguousarray(w, np.float32).reshape(w_shape)
+            dx = conv2d_input_grad(dy, wc, x_shape, strides, (pads[0], pads[1]), dilations, self.group)
+            out[0] = dx.reshape(x_t.shape)
+        if needs[1]:
+            xs = np.ascontiguousarray(x, np.float32).reshape(x_shape)
+            pads2 = (pads[0], pads[1])
+            if self.group == x_shape[1] and w_shape[1] == 1:
+                dw = depthwise_weight_grad(xs, dy, w_shape, strides, pads2, dilations)
+            else:
+                dw = conv2d_weight_grad(xs, dy, w_shape, strides, pads2, dilations, self.group)
+            out[1] = dw.reshape(w_t.shape)
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = bias_grad(dy)
+        return out
+
     def build(self, ins, outs, consts):
         x = ins[0]
         if x.dtype != np.float32 or len(x.shape) not in (3, 4):

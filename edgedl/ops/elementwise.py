@@ -15,7 +15,7 @@ import numpy as np
 from ..ir import TensorType
 from ..kernels.cpu import elementwise as K
 from ..registry import Kernel, Op, ref_kernel, register
-from .common import broadcast_shapes, require_dtype, same_dtype
+from .common import broadcast_shapes, require_dtype, same_dtype, unbroadcast
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -129,18 +129,38 @@ class _Binary(Op):
         return Kernel(run, bind=bind)
 
 
+class _LinearBinary(_Binary):
+    """Add and Sub: dA = unbroadcast(dY), dB = +-unbroadcast(dY); no forward values needed."""
+
+    grad_inputs = ()
+    sign_b = 1.0
+
+    def backward(self, grads, ins, outs, needs):
+        a_t, b_t = self.in_types[0], self.in_types[1]
+        _, b_s = self._shapes(a_t.shape, b_t.shape)
+        g = grads[0] if grads[0] is not None else np.zeros(self.out_types[0].shape, np.float32)
+        da = unbroadcast(g, a_t.shape) if needs[0] else None
+        db = None
+        if needs[1]:
+            db = unbroadcast(g, b_s).reshape(b_t.shape)
+            if self.sign_b < 0:
+                db = np.negative(db)
+        return [da, db]
+
+
 @register
-class Add(_Binary):
+class Add(_LinearBinary):
     op_type = "Add"
     code = K.B_ADD
     ufunc = np.add
 
 
 @register
-class Sub(_Binary):
+class Sub(_LinearBinary):
     op_type = "Sub"
     code = K.B_SUB
     ufunc = np.subtract
+    sign_b = -1.0
 
 
 @register
@@ -148,6 +168,16 @@ class Mul(_Binary):
     op_type = "Mul"
     code = K.B_MUL
     ufunc = np.multiply
+
+    def backward(self, grads, ins, outs, needs):
+        """dA = unbroadcast(dY * B), dB = unbroadcast(dY * A)."""
+        a_t, b_t = self.in_types[0], self.in_types[1]
+        _, b_s = self._shapes(a_t.shape, b_t.shape)
+        g = grads[0] if grads[0] is not None else np.zeros(self.out_types[0].shape, np.float32)
+        a, b = ins[0], ins[1].reshape(b_s)
+        da = unbroadcast(np.multiply(g, b, dtype=np.float32), a_t.shape) if needs[0] else None
+        db = unbroadcast(np.multiply(g, a, dtype=np.float32), b_s).reshape(b_t.shape) if needs[1] else None
+        return [da, db]
 
 
 @register

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..ir import TensorType
 from ..registry import Kernel, Op, ref_kernel, register
-from .common import broadcast_shapes
+from .common import broadcast_shapes, unbroadcast
 from .fused import activation_ref, fused_activation
 
 
@@ -66,6 +66,32 @@ class Gemm(Op):
             y = y + self.beta * c.astype(np.float64)
         return [activation_ref(y.astype(a.dtype), *self.act)]
 
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        """Y = alpha A'B' + beta C: dA' = alpha dY B'^T, dB' = alpha A'^T dY, dC = beta unbroadcast(dY)
+        (A' = A^T with transA, B' likewise), on the fp32 GEMM kernel."""
+        from ..kernels.cpu.gemm import gemm
+
+        if self.act[0]:
+            raise self.unsupported("has a fused activation: train the graph before fusion")
+        a = np.asarray(ins[0], np.float32)
+        b = np.asarray(ins[1], np.float32)
+        ap = a.T if self.trans_a else a
+        bp = b.T if self.trans_b else b
+        m, n = ap.shape[0], bp.shape[1]
+        g = np.ascontiguousarray(grads[0] if grads[0] is not None else np.zeros((m, n), np.float32), np.float32)
+        out = [None] * len(self.in_types)
+        if needs[0]:
+            d = gemm(g, bp.T)  # (M, K)
+            out[0] = np.ascontiguousarray((d.T if self.trans_a else d) * np.float32(self.alpha))
+        if needs[1]:
+            d = gemm(ap.T, g)  # (K, N)
+            out[1] = np.ascontiguousarray((d.T if self.trans_b else d) * np.float32(self.alpha))
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = unbroadcast(g, self.in_types[2].shape) * np.float32(self.beta)
+        return out
+
     def build(self, ins, outs, consts):
         if ins[0].dtype != np.float32:
             return ref_kernel(self)
@@ -100,6 +126,33 @@ class MatMul(Op):
         if a.dtype != b.dtype:
             raise self.error(f"A and B must share a dtype, got {a.dtype} and {b.dtype}")
         return TensorType(matmul_shape(self, a.shape, b.shape), a.dtype)
+
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        """dA = unbroadcast(dY @ B^T), dB = unbroadcast(A^T @ dY) (1-D operands promoted as in the forward),
+        d(fused bias) = dY summed over every axis but the last; on the fp32 GEMM kernel."""
+        from ..kernels.cpu.gemm import matmul
+
+        a_t, b_t = self.in_types[0], self.in_types[1]
+        a = np.asarray(ins[0], np.float32)
+        b = np.asarray(ins[1], np.float32)
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        out_shape = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1])
+        g = grads[0] if grads[0] is not None else np.zeros(self.out_types[0].shape, np.float32)
+        g2 = np.ascontiguousarray(g, np.float32).reshape(out_shape)
+        res = [None] * len(self.in_types)
+        if needs[0]:
+            da = matmul(g2, np.swapaxes(b2, -1, -2))
+            res[0] = unbroadcast(da, a2.shape).reshape(a_t.shape)
+        if needs[1]:
+            db = matmul(np.swapaxes(a2, -1, -2), g2)
+            res[1] = unbroadcast(db, b2.shape).reshape(b_t.shape)
+        if self.bias and needs[2]:
+            n = g2.shape[-1]
+            res[2] = g2.reshape(-1, n).sum(axis=0, dtype=np.float64).astype(np.float32).reshape(self.in_types[2].shape)
+        return res
 
     def ref(self, a, b, c=None):
         if a.dtype.kind == "f":

@@ -127,6 +127,48 @@ class BatchNormalization(Op):
             outs += [cur_mean.astype(mean.dtype), cur_var.astype(var.dtype)]
         return outs[:max(self.n_out, 1)]
 
+    # --- training -----------------------------------------------------------------------------------------
+    grad_inputs = (0, 1, 3, 4)
+
+    def backward(self, grads, ins, outs, needs):
+        """Inference mode (the running statistics, a per-channel affine map): dx = dy * scale / sqrt(var + eps),
+        dscale = sum(dy * xhat), dB = sum(dy), and the gradients of mean and var for completeness. Training
+        mode (batch statistics): the usual batch-norm backward through the mean and variance of the batch
+        (the running-statistics outputs take no gradient). Float64 accumulation."""
+        x, scale, mean, var = ins[0], ins[1], ins[3], ins[4]
+        g = grads[0] if grads[0] is not None else np.zeros(x.shape, np.float32)
+        x64, g64 = x.astype(np.float64), g.astype(np.float64)
+        axes = (0,) if self.per_activation else (0,) + tuple(range(2, x.ndim))
+        sc = self._bshape(x, scale.astype(np.float64))
+        if self.training:
+            mu = x64.mean(axis=axes, keepdims=True)
+            v = x64.var(axis=axes, keepdims=True)
+        else:
+            mu = self._bshape(x, mean.astype(np.float64))
+            v = self._bshape(x, var.astype(np.float64))
+        inv = 1.0 / np.sqrt(v + self.epsilon)
+        xhat = (x64 - mu) * inv
+        pshape = tuple(self.in_types[1].shape)
+        res = [None] * 5
+        if needs[1]:
+            res[1] = (g64 * xhat).sum(axis=axes).reshape(pshape).astype(np.float32)
+        if needs[2]:
+            res[2] = g64.sum(axis=axes).reshape(pshape).astype(np.float32)
+        if self.training:
+            if needs[0]:
+                count = x64.size // int(np.prod(pshape))
+                dxhat = g64 * sc
+                res[0] = (inv / count * (count * dxhat - dxhat.sum(axis=axes, keepdims=True)
+                                         - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))).astype(np.float32)
+            return res
+        if needs[0]:
+            res[0] = (g64 * sc * inv).astype(np.float32)
+        if needs[3]:
+            res[3] = (-(g64 * sc * inv).sum(axis=axes)).reshape(pshape).astype(np.float32)
+        if needs[4]:
+            res[4] = (-0.5 * (g64 * sc * (x64 - mu) * inv ** 3).sum(axis=axes)).reshape(pshape).astype(np.float32)
+        return res
+
     # --- kernels ------------------------------------------------------------------------------------------
     def build(self, ins, outs, consts):
         x = ins[0]
