@@ -4,21 +4,90 @@ All but PRelu are :class:`~edgedl.ops.elementwise.Unary` ops (one flat fp32 Numb
 and two parameters); PRelu is a broadcasting binary kernel (slope broadcast to x). Clip takes its bounds
 from attributes (opset < 11) or from optional scalar inputs (opset >= 11), constant or computed at run time.
 NaN propagates through every activation, as in onnxruntime.
+
+Backward (training): fp32 Numba kernels (:mod:`edgedl.kernels.cpu.act_grad`). Each op reads the cheapest
+forward value that determines its derivative: Relu, Sigmoid and Tanh the output; LeakyRelu, Elu, Clip,
+HardSigmoid, HardSwish and PRelu the input (a LeakyRelu with a negative alpha, or an Elu with alpha <= 0,
+cannot tell the sign of x from y). Derivatives at kinks follow PyTorch: Relu'(0) = 0, LeakyRelu'(0) =
+PRelu'(0) = slope, Elu'(0) = alpha, Clip passes the gradient where min <= x <= max (both inclusive; a
+bound given as an input, when its gradient is asked for, gets the sum of g where x lies beyond it),
+HardSigmoid passes alpha * g only where 0 < alpha * x + beta < 1 (exclusive), HardSwish'(x) = x / 3 + 1/2 on
+[-3, 3] (so -1/2 at -3 and 3/2 at 3), 0 below, 1 above.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
+from ..errors import EdgeDLError
 from ..ir import TensorType
+from ..kernels.cpu import act_grad as G
 from ..kernels.cpu import elementwise as K
+from ..kernels.cpu.elementwise import broadcast_plan
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import require_dtype, same_dtype
 from .elementwise import NUMERIC_DTYPES, SIGNED_DTYPES, Unary, _flat, const_operands, operand
 
 
+# --- backward helpers ------------------------------------------------------------------------------------
+def grad_operand(op: Op, a: np.ndarray | None, shape: tuple, what: str) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array of ``shape`` (a kernel operand), or an error naming ``what``."""
+    if a is None:
+        raise op.error(f"backward needs the forward {what}, which was not kept", cls=EdgeDLError)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.shape != shape:
+        raise op.error(f"backward: {what} has shape {a.shape}, expected {shape}")
+    return a
+
+
+def differentiable(t: TensorType | None) -> bool:
+    return t is not None and np.dtype(t.dtype).kind == "f"
+
+
+def act_backward(op: Op, code: int, g: np.ndarray | None, v: np.ndarray | None, what: str,
+                 alpha: float = 0.0, beta: float = 0.0) -> np.ndarray | None:
+    """dx = f'(v) * g of an elementwise activation (``code``: a :mod:`~edgedl.kernels.cpu.act_grad` op code;
+    ``v``: the saved forward ``what``, "input" or "output"); None for an integer input."""
+    t = op.in_types[0]
+    if not differentiable(t):
+        return None
+    shape = tuple(t.shape)
+    if g is None:
+        return np.zeros(shape, np.float32)
+    g = grad_operand(op, g, shape, "output gradient")
+    v = grad_operand(op, v, shape, what)
+    dx = np.empty(shape, np.float32)
+    G.act_grad(code, v.reshape(-1), g.reshape(-1), dx.reshape(-1), alpha, beta)
+    return dx
+
+
+class _FromInput:
+    """backward of an elementwise activation from its saved input (``grad_code``, params as the forward)."""
+
+    grad_inputs: ClassVar[tuple[int, ...]] = (0,)
+    grad_outputs: ClassVar[tuple[int, ...]] = ()
+    grad_code: ClassVar[int]
+
+    def backward(self, grads, ins, outs, needs):
+        return [act_backward(self, self.grad_code, grads[0], ins[0], "input", *self.params())]
+
+
+class _FromOutput:
+    """backward of an elementwise activation from its saved output (``grad_code``, no parameters)."""
+
+    grad_inputs: ClassVar[tuple[int, ...]] = ()
+    grad_outputs: ClassVar[tuple[int, ...]] = (0,)
+    grad_code: ClassVar[int]
+
+    def backward(self, grads, ins, outs, needs):
+        return [act_backward(self, self.grad_code, grads[0], outs[0], "output")]
+
+
 @register
-class Relu(Unary):
+class Relu(_FromOutput, Unary):
     op_type = "Relu"
+    grad_code = G.G_RELU
     code = K.U_RELU
     dtypes = SIGNED_DTYPES
 
@@ -27,8 +96,9 @@ class Relu(Unary):
 
 
 @register
-class LeakyRelu(Unary):
+class LeakyRelu(_FromInput, Unary):
     op_type = "LeakyRelu"
+    grad_code = G.G_LEAKY_RELU
     code = K.U_LEAKY_RELU
 
     def __init__(self, node, opset):
@@ -43,8 +113,9 @@ class LeakyRelu(Unary):
 
 
 @register
-class Elu(Unary):
+class Elu(_FromInput, Unary):
     op_type = "Elu"
+    grad_code = G.G_ELU
     code = K.U_ELU
 
     def __init__(self, node, opset):
@@ -59,8 +130,9 @@ class Elu(Unary):
 
 
 @register
-class Sigmoid(Unary):
+class Sigmoid(_FromOutput, Unary):
     op_type = "Sigmoid"
+    grad_code = G.G_SIGMOID
     code = K.U_SIGMOID
 
     def compute(self, x):
@@ -69,8 +141,9 @@ class Sigmoid(Unary):
 
 
 @register
-class Tanh(Unary):
+class Tanh(_FromOutput, Unary):
     op_type = "Tanh"
+    grad_code = G.G_TANH
     code = K.U_TANH
 
     def compute(self, x):
@@ -78,8 +151,9 @@ class Tanh(Unary):
 
 
 @register
-class HardSigmoid(Unary):
+class HardSigmoid(_FromInput, Unary):
     op_type = "HardSigmoid"
+    grad_code = G.G_HARD_SIGMOID
     code = K.U_HARD_SIGMOID
 
     def __init__(self, node, opset):
@@ -95,8 +169,9 @@ class HardSigmoid(Unary):
 
 
 @register
-class HardSwish(Unary):
+class HardSwish(_FromInput, Unary):
     op_type = "HardSwish"
+    grad_code = G.G_HARD_SWISH
     code = K.U_HARD_SWISH
 
     def compute(self, x):
@@ -142,6 +217,45 @@ class PRelu(Op):
             k(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]))
 
         return Kernel(run)
+
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        x_t, s_t = self.in_types[0], self.in_types[1]
+        if not differentiable(x_t):
+            return [None, None]
+        x_shape, s_shape = tuple(x_t.shape), tuple(s_t.shape)
+        g = grads[0]
+        if g is None:
+            return [np.zeros(x_shape, np.float32) if needs[0] else None,
+                    np.zeros(s_shape, np.float32) if needs[1] else None]
+        x = grad_operand(self, ins[0], x_shape, "input")
+        s = grad_operand(self, ins[1], s_shape, "slope")
+        g = grad_operand(self, g, x_shape, "output gradient")
+        s_eff = self._slope(x_shape, s)  # opset < 7: a 1-D per-channel slope, as the forward reads it
+        dims, (_, ss) = broadcast_plan(x_shape, x_shape, s_eff.shape)
+        if len(dims) > K.BCAST_RANK:  # an unusual interleaving of broadcast dims: read a broadcast copy
+            s_flat = np.ascontiguousarray(np.broadcast_to(s_eff, x_shape)).reshape(-1)
+            kd, ks = [x.size], [1]
+        else:
+            s_flat, kd, ks = s.reshape(-1), dims, ss
+        pad = K.BCAST_RANK - len(kd)
+        kdims = np.array([1] * pad + list(kd), np.int64)
+        kss = np.array([0] * pad + list(ks), np.int64)
+        dx = np.empty(x_shape, np.float32) if needs[0] else None
+        t = np.empty(x_shape, np.float32) if needs[1] else None
+        G.prelu_grad(x.reshape(-1), s_flat, g.reshape(-1), None if dx is None else dx.reshape(-1),
+                     None if t is None else t.reshape(-1), kdims, kss)
+        ds = None
+        if t is not None:
+            # NOTE: the slope's gradient is summed over its broadcast dims by numpy (float64 accumulator) from
+            # the per-element contributions t: the same bits for any thread count, unlike per-chunk partials.
+            axes = tuple(a for a, st in enumerate(ss) if st == 0 and dims[a] > 1)
+            ds = t.reshape(dims)
+            if axes:
+                ds = ds.sum(axis=axes, dtype=np.float64).astype(np.float32)
+            ds = np.ascontiguousarray(ds, dtype=np.float32).reshape(s_shape)
+        return [dx, ds]
 
 
 @register
@@ -216,6 +330,36 @@ class Clip(Op):
             K.unary(K.U_CLIP, _flat(inputs[0]), _flat(outputs[0]), lo_f, hi_f)
 
         return Kernel(run_dyn)
+
+    # every input: x and the bounds (scalars) decide where the gradient passes
+    grad_inputs = None
+
+    def backward(self, grads, ins, outs, needs):
+        t = self.in_types[0]
+        if not differentiable(t):
+            return [None] * len(ins)
+        lo, hi = self._bounds(np.float32, *(ins[k] if k < len(ins) else None for k in (1, 2)))
+        lo = -np.inf if lo is None else float(lo)
+        hi = np.inf if hi is None else float(hi)
+        dx = act_backward(self, G.G_CLIP, grads[0], ins[0], "input", lo, hi) if needs[0] else None
+        # The bounds (inputs 1, 2) get a gradient only when asked for (the tape asks when one is trainable):
+        # the sum of g where the output is that bound. Ties (x == bound) go to x, as above; where lo > hi the
+        # output is hi everywhere.
+        out = [dx] + [None] * (len(ins) - 1)
+        for k in (1, 2):
+            if k < len(needs) and needs[k] and ins[k] is not None:
+                g = grads[0]
+                total = 0.0
+                if g is not None:
+                    x = np.asarray(ins[0])
+                    g = np.asarray(g, np.float32)
+                    if lo > hi:
+                        mask = np.ones(x.shape, bool) if k == 2 else np.zeros(x.shape, bool)
+                    else:
+                        mask = x < np.float32(lo) if k == 1 else x > np.float32(hi)
+                    total = float(np.sum(g, where=mask, dtype=np.float64))
+                out[k] = np.full(tuple(self.in_types[k].shape), total, np.float32)
+        return out
 
 
 __all__ = ["Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "PRelu", "Clip"]

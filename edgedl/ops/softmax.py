@@ -5,6 +5,8 @@
 * opset >= 13: the softmax runs along the single dim ``axis`` (default -1).
 
 Both map onto an (outer, n, inner) view of the contiguous input (:mod:`edgedl.kernels.cpu.softmax`).
+The backward uses the same view and reads only the output y (:mod:`edgedl.kernels.cpu.act_grad`):
+``dx = y * (g - sum(g * y))`` for Softmax and ``dx = g - exp(y) * sum(g)`` for LogSoftmax, sums along n.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import functools
 import numpy as np
 
 from ..ir import TensorType
+from ..kernels.cpu import act_grad as G
 from ..kernels.cpu.softmax import SoftmaxKernel
 from ..registry import Kernel, Op, ref_kernel, register
+from .activation import grad_operand
 from .common import normalize_axis, require_dtype
 from .elementwise import FLOAT_DTYPES
 
@@ -80,6 +84,21 @@ class _SoftmaxBase(Op):
             return functools.partial(*k.call_args(inputs[0].reshape(-1), outputs[0].reshape(-1), scratch, threads))
 
         return Kernel(run, scratch_bytes=k.scratch_bytes, bind=bind)
+
+    grad_inputs = ()
+    grad_outputs = (0,)
+
+    def backward(self, grads, ins, outs, needs):
+        shape = tuple(self.in_types[0].shape)
+        g = grads[0]
+        if g is None:
+            return [np.zeros(shape, np.float32)]
+        outer, n, inner = self._layout(shape)
+        g = grad_operand(self, g, shape, "output gradient")
+        y = grad_operand(self, outs[0], shape, "output")
+        dx = np.empty(shape, np.float32)
+        G.softmax_grad(y.reshape(-1), g.reshape(-1), dx.reshape(-1), outer, n, inner, self.log)
+        return [dx]
 
 
 @register
