@@ -53,6 +53,18 @@ class Transpose(Op):
     def ref(self, x):
         return [np.transpose(x, self._perm(x.ndim))]
 
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: dy transposed by the inverse permutation (a C-contiguous copy)."""
+        shape = tuple(self.in_types[0].shape)
+        if not needs[0]:
+            return [None]
+        if grads[0] is None:
+            return [np.zeros(shape, np.float32)]
+        inv = np.argsort(self._perm(len(shape)))
+        return [np.ascontiguousarray(np.transpose(np.asarray(grads[0], np.float32), inv))]
+
     def build(self, ins, outs, consts):
         x = ins[0]
         perm = self._perm(len(x.shape))
@@ -111,6 +123,27 @@ class Concat(Op):
     def ref(self, *xs):
         xs = [x for x in xs if x is not None]
         return [np.concatenate(xs, axis=normalize_axis(self, self.axis_attr, xs[0].ndim))]
+
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dy split along the axis into one piece per present input (C-contiguous copies)."""
+        res: list[np.ndarray | None] = [None] * len(self.in_types)
+        present = [k for k, t in enumerate(self.in_types) if t is not None]
+        out_shape = tuple(self.out_types[0].shape)
+        axis = normalize_axis(self, self.axis_attr, len(out_shape))
+        g = grads[0]
+        if g is None:
+            for k in present:
+                if needs[k]:
+                    res[k] = np.zeros(self.in_types[k].shape, np.float32)
+            return res
+        g = np.asarray(g, np.float32).reshape(out_shape)
+        bounds = np.cumsum([self.in_types[k].shape[axis] for k in present])[:-1]
+        for k, part in zip(present, np.split(g, bounds, axis=axis)):
+            if needs[k]:
+                res[k] = np.ascontiguousarray(part)
+        return res
 
     def build(self, ins, outs, consts):
         present = [k for k, t in enumerate(ins) if t is not None]
@@ -203,6 +236,22 @@ class Split(Op):
         axis, sizes = self._geometry(x.shape, consts)
         bounds = np.cumsum(sizes)[:-1]
         return list(np.split(x, bounds, axis=axis))
+
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: the output gradients concatenated along the axis, zeros for a None (unused) one; the split
+        input is integer and gets none."""
+        res: list[np.ndarray | None] = [None] * len(self.in_types)
+        if not needs[0]:
+            return res
+        axis = normalize_axis(self, self.axis_attr, len(self.in_types[0].shape))
+        parts = []
+        for k, t in enumerate(self.out_types):
+            g = grads[k] if k < len(grads) else None
+            parts.append(np.zeros(t.shape, np.float32) if g is None else np.asarray(g, np.float32).reshape(t.shape))
+        res[0] = np.concatenate(parts, axis=axis)
+        return res
 
     def build(self, ins, outs, consts):
         shape = ins[0].shape
@@ -310,13 +359,29 @@ class Slice(Op):
         for k in range(1, len(ins)):
             if ins[k] is not None and len(ins[k].shape) != 1:
                 raise self.error(f"input {k} must be 1-D, got shape {ins[k].shape}")
-        _, shape = self._slices(ins[0].shape, consts)
+        sl, shape = self._slices(ins[0].shape, consts)
+        self.slices = sl  # for backward: starts / ends / axes / steps are only known here
         return [TensorType(shape, ins[0].dtype)]
 
     def ref(self, x, *rest):
         consts = [x, *rest]
         sl, _ = self._slices(x.shape, consts)
         return [x[sl]]
+
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: zeros with dy written back into the sliced positions (negative steps included; the slice
+        never repeats an element, so an assignment is the scatter). starts / ends / axes / steps: none."""
+        res: list[np.ndarray | None] = [None] * len(self.in_types)
+        if not needs[0]:
+            return res
+        dx = np.zeros(self.in_types[0].shape, np.float32)
+        g = grads[0]
+        if g is not None and dx.size and np.size(g):
+            dx[self.slices] = np.asarray(g, np.float32).reshape(self.out_types[0].shape)
+        res[0] = dx
+        return res
 
     def build(self, ins, outs, consts):
         sl, _ = self._slices(ins[0].shape, consts)
@@ -422,8 +487,8 @@ class Pad(Op):
                                  f"{np.dtype(x.dtype).name}")
         if len(ins) > 1 and ins[1] is not None and self.opset >= 11 and len(ins[1].shape) != 1:
             raise self.error(f"pads must be 1-D, got shape {ins[1].shape}")
-        *_, out = self._geometry(x.shape, consts)
-        return [TensorType(out, x.dtype)]
+        self.geom = self._geometry(x.shape, consts)  # for backward: pads / axes are only known here
+        return [TensorType(self.geom[-1], x.dtype)]
 
     def ref(self, x, pads=None, constant_value=None, axes=None):
         crop, _, pb, pe, _ = self._geometry(x.shape, [x, pads, constant_value, axes])
@@ -434,6 +499,47 @@ class Pad(Op):
         else:
             res = np.pad(xc, width, mode=self.mode)
         return [res.astype(x.dtype, copy=False)]
+
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: constant mode slices the interior out of dy; reflect / edge / wrap add every border element of
+        dy onto the input element it copies, axis after axis (padding is separable: output index t of axis a
+        reads input index src_a[t], ``np.pad(arange(size), pads, mode)``). Negatively padded (cropped) input
+        elements get zero. constant_value (input 2) gets the sum of dy over the padding (constant mode; zero
+        otherwise); pads and axes get none."""
+        crop, cropped, pb, pe, out_shape = self.geom
+        rank = len(out_shape)
+        res: list[np.ndarray | None] = [None] * len(self.in_types)
+        g = grads[0]
+        g = np.zeros(out_shape, np.float32) if g is None else np.asarray(g, np.float32).reshape(out_shape)
+        interior = tuple(slice(pb[a], pb[a] + cropped[a]) for a in range(rank))
+        if needs[0]:
+            if self.mode == "constant":
+                gc = g[interior]
+            else:
+                gc = g
+                for a in range(rank):
+                    c, lo = cropped[a], pb[a]
+                    if not (pb[a] or pe[a]):
+                        continue
+                    src = np.pad(np.arange(c, dtype=np.int64), (pb[a], pe[a]), mode=self.mode)
+                    border = np.r_[0:lo, lo + c:lo + c + pe[a]]
+                    before = (slice(None),) * a
+                    acc = np.array(gc[before + (slice(lo, lo + c),)], np.float32)  # the interior: a copy
+                    np.add.at(acc, before + (src[border],), gc[before + (border,)])
+                    gc = acc
+            dx = np.zeros(self.in_types[0].shape, np.float32)
+            dx[crop] = gc
+            res[0] = dx
+        if len(self.in_types) > 2 and self.in_types[2] is not None and needs[2]:
+            total = 0.0
+            if self.mode == "constant":
+                outside = np.ones(out_shape, bool)
+                outside[interior] = False
+                total = float(g[outside].sum(dtype=np.float64))
+            res[2] = np.full(self.in_types[2].shape, total, np.float32)
+        return res
 
     def build(self, ins, outs, consts):
         x = ins[0]

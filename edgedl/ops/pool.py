@@ -15,6 +15,11 @@ window elements inside the input (count_include_pad=0) or inside the padded inpu
 windows that hang past the padded input because of ceil_mode divide by the clipped count, as onnx's
 reference and onnxruntime do). Indices are flat over (N, C, spatial...), row-major over the spatial axes
 or column-major with storage_order=1; ties keep the first element in row-major window order.
+
+Backward (training, float32): MaxPool routes dy to each window's first maximum in row-major window order,
+recomputed from the saved input (the Indices output gets no gradient); AveragePool spreads dy / count over
+the window's elements inside the input; both run the Numba kernels of :mod:`edgedl.kernels.cpu.pool_grad`.
+GlobalAveragePool broadcasts dy / size.
 """
 from __future__ import annotations
 
@@ -143,6 +148,28 @@ class _WindowPool(Op):
         _, out, pads = self.geom
         return window_tables(x.shape, out, self.kernel_shape, self.strides, self.dilations, pads,
                              count_include_pad)
+
+    # --- training -----------------------------------------------------------------------------------
+    def _grad_runner(self, count_include_pad=False):
+        """The :class:`~edgedl.kernels.cpu.pool_grad.PoolBackward` of this geometry (built once per op)."""
+        runner = getattr(self, "_pool_bwd", None)
+        if runner is None:
+            from ..kernels.cpu.pool_grad import PoolBackward
+
+            x = self.in_types[0]
+            self.geometry(x)  # sets self.geom (infer did too: recomputing keeps backward self-contained)
+            runner = self._pool_bwd = PoolBackward(self._tables(x, count_include_pad))
+        return runner
+
+    def _grad_out(self, grads):
+        """The gradient of output 0 (zeros when None) and the input's TensorType; float32 inputs only."""
+        x = self.in_types[0]
+        if np.dtype(x.dtype) != np.float32:
+            raise self.unsupported(f"backward supports float32 inputs, got {np.dtype(x.dtype).name}")
+        dy = grads[0]
+        if dy is None:
+            dy = np.zeros(self.out_types[0].shape, np.float32)
+        return dy, x
 
 
 def _axis_coords(in_sp, out, k, s, d, pads):
@@ -286,6 +313,19 @@ class MaxPool(_WindowPool):
             return run_max.bind(inputs[0], outputs[0], scratch, threads)
         return Kernel(run, scratch_bytes=nbytes, bind=bind)
 
+    #: backward recomputes every window's argmax from the input; the Indices output is not needed
+    grad_inputs = (0,)
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: dy scattered onto each window's maximum, recomputed from x (any spatial rank, Numba,
+        :mod:`edgedl.kernels.cpu.pool_grad`). Ties go to the FIRST maximum in row-major window order (the
+        element the Indices output names); NaN never wins. Only output 0 (Y) carries a gradient: the Indices
+        output is integer, its gradient is ignored."""
+        if not needs[0]:
+            return [None]
+        dy, x = self._grad_out(grads)
+        return [self._grad_runner().max_grad(ins[0], dy).reshape(x.shape)]
+
     def _build_8bit(self, x: TensorType) -> Kernel:
         """int8/uint8 MaxPool (quantized models: the max of quantized values is the quantized max)."""
         from ..kernels.cpu.qpool import QMaxPool2d
@@ -355,6 +395,18 @@ class AveragePool(_WindowPool):
             return run_avg.bind(inputs[0], outputs[0], scratch, threads)
         return Kernel(run, scratch_bytes=nbytes, bind=bind)
 
+    #: the gradient is linear in dy: no forward value is needed
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx: dy divided by each window's element count (as the forward counts it: count_include_pad,
+        ceil_mode clipping), added to every window element inside the input (Numba,
+        :mod:`edgedl.kernels.cpu.pool_grad`)."""
+        if not needs[0]:
+            return [None]
+        dy, x = self._grad_out(grads)
+        return [self._grad_runner(bool(self.count_include_pad)).avg_grad(dy).reshape(x.shape)]
+
 
 class _GlobalPool(Op):
     num_inputs = (1, 1)
@@ -402,6 +454,21 @@ class _GlobalPool(Op):
 class GlobalAveragePool(_GlobalPool):
     op_type = "GlobalAveragePool"
     kind = "avg"
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """dx = dy / (spatial size), broadcast over each plane (any rank >= 3; a numpy broadcast copy)."""
+        x = self.in_types[0]
+        if not needs[0]:
+            return [None]
+        shape = tuple(x.shape)
+        if grads[0] is None:
+            return [np.zeros(shape, np.float32)]
+        size = int(np.prod(shape[2:], dtype=np.int64))
+        if size == 0:
+            return [np.zeros(shape, np.float32)]
+        dy = np.asarray(grads[0], np.float32).reshape(shape[:2] + (1,) * (len(shape) - 2))
+        return [np.ascontiguousarray(np.broadcast_to(dy * np.float32(1.0 / size), shape))]
 
 
 @register

@@ -44,6 +44,21 @@ class _AliasOp(Op):
     def build(self, ins, outs, consts):
         return copy_kernel()
 
+    #: the gradient only needs the input's shape (``in_types``)
+    grad_inputs = ()
+
+    def backward(self, grads, ins, outs, needs):
+        """The output gradient reshaped back to the input's shape; the other inputs (shape, axes, Dropout's
+        ratio and training_mode) get none."""
+        # NOTE: the result is a view of grads[0] when it is C-contiguous (these ops copy nothing forward
+        # either): the caller owns both and must not accumulate into one in place while reading the other.
+        res: list[np.ndarray | None] = [None] * len(self.in_types)
+        if needs[0]:
+            shape = tuple(self.in_types[0].shape)
+            g = grads[0]
+            res[0] = np.zeros(shape, np.float32) if g is None else np.asarray(g, np.float32).reshape(shape)
+        return res
+
 
 @register
 class Reshape(_AliasOp):
