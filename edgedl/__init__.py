@@ -78,8 +78,17 @@ def quantize(model, calibration=None, **options) -> Model:
     return _quantize(model, calibration, **options)
 
 
+def __getattr__(name: str):
+    """``edgedl.Trainer`` (and the training package) load on first use: inference never imports them."""
+    if name == "Trainer":
+        from .train import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'edgedl' has no attribute {name!r}")
+
+
 __all__ = [
-    "quantize",
+    "quantize", "Trainer",
     "load", "Model", "TensorInfo", "set_num_threads", "EdgeDLError", "ModelFormatError",
     "UnsupportedOpError", "ShapeError", "InputError", "__version__",
 ]

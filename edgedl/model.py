@@ -213,6 +213,27 @@ class Model:
         graph = self.source if self.source is not None else self.graph
         save_graph(graph, path, metadata=dict(graph.metadata) or None)
 
+    # --- weights ----------------------------------------------------------------------------------------
+    def set_weights(self, values: dict[str, np.ndarray]) -> None:
+        """Replace initializers (trained weights) by name: the source graph takes the new values, the
+        load-time passes run again on it, and every cached plan is dropped."""
+        from .passes import optimize as run_passes
+        from .quant.quantize_model import copy_graph
+
+        source = copy_graph(self.source if self.source is not None else self.graph)
+        for name, value in values.items():
+            old = source.initializers.get(name)
+            if old is None:
+                raise EdgeDLError(f"{name!r} is not an initializer of the model")
+            value = np.asarray(value)
+            if value.shape != old.shape or value.dtype != old.dtype:
+                raise EdgeDLError(f"{name!r} must stay {old.dtype}{old.shape}, got {value.dtype}{value.shape}")
+            source.initializers[name] = value.copy()
+        graph = run_passes(copy_graph(source))
+        fresh = Model(graph, target=self.target, num_threads=self.num_threads, source=source)
+        fresh.quantization = self.quantization
+        self.__dict__.update(fresh.__dict__)
+
     # --- inspection ---------------------------------------------------------------------------------
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

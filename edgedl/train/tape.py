@@ -1,0 +1,255 @@
+"""The training tape: forward over a float32 graph keeping what the backward needs, then reverse-mode
+gradients through each op's ``backward`` (see :mod:`edgedl.registry`).
+
+A :class:`Tape` is built for one binding of input shapes (a batch size) and a set of trainable
+initializers (the parameters). At build time it
+
+* runs every op's shape rule, folds nodes whose inputs are all constant, and prepares one kernel per node:
+  frozen initializers are constants, so their kernels pack them once, exactly as inference does;
+  parameters are run-time inputs (packed on every call);
+* marks the nodes a gradient flows through: those downstream of a parameter and upstream of the loss
+  output. Nothing upstream of the first parameter runs backward, and only the forward values those nodes
+  declare (``grad_inputs`` / ``grad_outputs``) are kept; everything else is freed after its last use.
+
+``forward`` returns the graph outputs and a :class:`Saved` record; ``backward`` takes the gradient of the
+loss with respect to one output and returns the gradient of every parameter. ``peak_bytes`` is the largest
+total of live arrays (activations, saved values, gradients) the last step held: what training costs in
+memory beyond the parameters and the optimizer state; ``saved_bytes`` the activations kept for the backward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EdgeDLError
+from ..ir import Graph, Node, TensorType
+from ..registry import Kernel, Op, lookup
+
+
+@dataclass
+class _Step:
+    node: Node
+    op: Op
+    kernel: Kernel | None
+    #: whether a gradient flows through this node (downstream of a parameter, upstream of the loss)
+    grad: bool = False
+    #: whether each input needs a gradient
+    needs: list[bool] = field(default_factory=list)
+    #: forward values kept for backward: input indices and output indices
+    keep_in: tuple[int, ...] = ()
+    keep_out: tuple[int, ...] = ()
+
+
+@dataclass
+class Saved:
+    """What one forward pass kept for the backward: values by tensor name."""
+
+    values: dict[str, np.ndarray]
+
+
+class _Memory:
+    """Live-bytes accounting of one step: each array counts as the buffer it views, once."""
+
+    def __init__(self):
+        self.live: dict[int, int] = {}
+        self.total = 0
+        self.peak = 0
+
+    @staticmethod
+    def _root(a: np.ndarray) -> np.ndarray:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a
+
+    def add(self, a: np.ndarray | None) -> None:
+        if a is None:
+            return
+        r = self._root(a)
+        if id(r) not in self.live:
+            self.live[id(r)] = r.nbytes
+            self.total += r.nbytes
+            self.peak = max(self.peak, self.total)
+
+    def drop(self, a: np.ndarray | None) -> None:
+        if a is None:
+            return
+        n = self.live.pop(id(self._root(a)), None)
+        if n is not None:
+            self.total -= n
+
+
+class Tape:
+    """Forward and backward of ``graph`` for fixed input shapes; ``params`` are the trainable initializers.
+
+    ``loss_output``: the graph output the loss reads (default: the first)."""
+
+    def __init__(self, graph: Graph, params: list[str], input_types: dict[str, TensorType],
+                 loss_output: str | None = None):
+        self.graph = graph
+        self.params = list(params)
+        missing = [p for p in self.params if p not in graph.initializers]
+        if missing:
+            raise EdgeDLError(f"trainable tensors {missing} are not initializers of the graph")
+        self.loss_output = loss_output or graph.outputs[0].name
+        if self.loss_output not in {s.name for s in graph.outputs}:
+            raise EdgeDLError(f"{self.loss_output!r} is not an output of the graph")
+        self.input_types = dict(input_types)
+        param_set = set(self.params)
+        types: dict[str, TensorType] = dict(self.input_types)
+        consts: dict[str, np.ndarray] = {}
+        for name, value in graph.initializers.items():
+            types[name] = TensorType(tuple(value.shape), value.dtype)
+            if name not in param_set:
+                consts[name] = value
+        self.steps: list[_Step] = []
+        for node in graph.nodes:
+            cls = lookup(node.op_type, node.domain)
+            if cls is None:
+                raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
+            op = cls(node, graph.opset)
+            ins_t = [types[i] if i else None for i in node.inputs]
+            cvals = [consts.get(i) if i else None for i in node.inputs]
+            try:
+                outs_t = op.infer(ins_t, cvals)
+            except EdgeDLError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a shape rule's failure names the node
+                raise EdgeDLError(f"{node.describe()}: {type(e).__name__}: {e}") from e
+            op.in_types, op.out_types = ins_t, outs_t
+            for o, t in zip(node.outputs, outs_t):
+                if o:
+                    types[o] = t
+            if all(c is not None for i, c in zip(node.inputs, cvals) if i) or op.shape_only:
+                vals = op.ref(*[cvals[k] if cvals[k] is not None else _dummy(ins_t[k]) if ins_t[k] else None
+                                for k in range(len(node.inputs))])
+                for o, v in zip(node.outputs, vals):
+                    if o:
+                        consts[o] = np.asarray(v)
+                continue
+            kernel = None if op.alias else op.build(ins_t, outs_t, cvals)
+            self.steps.append(_Step(node, op, kernel))
+        self.types = types
+        self.consts = consts
+        self._mark(param_set)
+
+    def _mark(self, param_set: set[str]) -> None:
+        """Which steps a gradient flows through, which inputs need one, and what each keeps."""
+        requires = set(param_set)
+        for s in self.steps:
+            s.needs = [bool(i) and i in requires and np.dtype(self.types[i].dtype).kind == "f"
+                       for i in s.node.inputs]
+            if any(s.needs):
+                requires.update(o for o in s.node.outputs if o)
+        useful = {self.loss_output}
+        for s in reversed(self.steps):
+            s.grad = any(s.needs) and any(o in useful for o in s.node.outputs if o)
+            if s.grad:
+                useful.update(i for i, need in zip(s.node.inputs, s.needs) if need)
+                if not s.op.has_backward():
+                    raise EdgeDLError(f"{s.node.describe()}: operator {s.node.op_type} has no backward yet: "
+                                      f"training cannot go through it (freeze what comes before it)")
+                gi = s.op.grad_inputs
+                s.keep_in = tuple(range(len(s.node.inputs))) if gi is None else tuple(gi)
+                s.keep_out = tuple(s.op.grad_outputs)
+        unreached = [p for p in param_set if p not in useful]
+        if unreached:
+            raise EdgeDLError(f"trainable tensors {sorted(unreached)} do not reach output {self.loss_output!r}")
+        self.saved_names = set()
+        for s in self.steps:
+            if s.grad:
+                self.saved_names.update(s.node.inputs[k] for k in s.keep_in if k < len(s.node.inputs)
+                                        and s.node.inputs[k])
+                self.saved_names.update(s.node.outputs[k] for k in s.keep_out if s.node.outputs[k])
+
+    # -- running ---------------------------------------------------------------------------------------
+    def forward(self, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray],
+                keep: bool = True) -> tuple[dict[str, np.ndarray], Saved]:
+        """Graph outputs and the values the backward needs (``keep=False``: inference only)."""
+        values: dict[str, np.ndarray] = dict(self.consts)
+        mem = _Memory()
+        for name, t in self.input_types.items():
+            x = feeds[name]
+            if tuple(x.shape) != tuple(t.shape) or x.dtype != t.dtype:
+                raise EdgeDLError(f"input {name!r} must be {np.dtype(t.dtype).name}{tuple(t.shape)}, got "
+                                  f"{x.dtype}{tuple(x.shape)}")
+            values[name] = x
+        values.update(params)
+        last_use = self._last_uses()
+        outputs = {s.name for s in self.graph.outputs}
+        for idx, s in enumerate(self.steps):
+            ins = [values[i] if i else None for i in s.node.inputs]
+            if s.op.alias:
+                outs = [np.asarray(ins[0]).reshape(s.op.out_types[0].shape)]
+            else:
+                outs = [np.empty(t.shape, t.dtype) for t in s.op.out_types]
+                scratch = np.empty(s.kernel.scratch_bytes, np.uint8)
+                s.kernel.fn(ins, outs, scratch)
+            for o, v in zip(s.node.outputs, outs):
+                if o:
+                    values[o] = v
+                    mem.add(v)
+            for i in set(s.node.inputs):
+                if i and last_use.get(i) == idx and i not in outputs and not (keep and i in self.saved_names) \
+                        and i not in self.consts and i not in params and i not in self.input_types:
+                    mem.drop(values.pop(i))
+        self.forward_peak = mem.peak
+        self._mem = mem
+        result = {s.name: values[s.name] for s in self.graph.outputs}
+        saved = {k: values[k] for k in self.saved_names if k in values} if keep else {}
+        # what the backward keeps alive (parameters and constants excluded: they live anyway)
+        self.saved_bytes = sum(v.nbytes for k, v in saved.items() if k not in params and k not in self.consts)
+        return result, Saved(saved)
+
+    def _last_uses(self) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for idx, s in enumerate(self.steps):
+            for i in s.node.inputs:
+                if i:
+                    last[i] = idx
+        return last
+
+    def backward(self, saved: Saved, grad_output: np.ndarray) -> dict[str, np.ndarray]:
+        """The gradient of every parameter, from the gradient of the loss with respect to ``loss_output``."""
+        t = self.types[self.loss_output]
+        if tuple(grad_output.shape) != tuple(t.shape):
+            raise EdgeDLError(f"the loss gradient has shape {grad_output.shape}, output {self.loss_output!r} "
+                              f"{tuple(t.shape)}")
+        mem = getattr(self, "_mem", _Memory())
+        grads: dict[str, np.ndarray] = {self.loss_output: np.ascontiguousarray(grad_output, np.float32)}
+        mem.add(grads[self.loss_output])
+        values = saved.values
+        for s in reversed(self.steps):
+            if not s.grad:
+                continue
+            gouts = [grads.pop(o, None) if o else None for o in s.node.outputs]
+            if all(g is None for g in gouts):
+                continue
+            ins = [values.get(s.node.inputs[k]) if (k in s.keep_in and s.node.inputs[k]) else None
+                   for k in range(len(s.node.inputs))]
+            outs = [values.get(s.node.outputs[k]) if k in s.keep_out else None for k in range(len(s.node.outputs))]
+            gins = s.op.backward(gouts, ins, outs, s.needs)
+            for g in gouts:
+                mem.drop(g)
+            for name, need, g in zip(s.node.inputs, s.needs, gins):
+                if not need:
+                    continue
+                if g is None:
+                    raise EdgeDLError(f"{s.node.describe()}: backward gave no gradient for input {name!r}")
+                want = tuple(self.types[name].shape)
+                if tuple(g.shape) != want:
+                    raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {g.shape}, expected {want}")
+                if name in grads:
+                    prev = grads[name]
+                    grads[name] = prev + g
+                    mem.drop(prev)
+                else:
+                    grads[name] = g
+                mem.add(grads[name])
+            # the saved values of this step are not needed by earlier steps unless they also keep them
+        self.peak_bytes = mem.peak
+        return {p: grads[p] for p in self.params}
+
+
+def _dummy(t: TensorType | None):
+    return None if t is None else np.broadcast_to(np.zeros((), t.dtype), t.shape)
