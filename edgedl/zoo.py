@@ -189,3 +189,34 @@ MODELS = {
     "kws_tc_resnet": kws_tc_resnet,
     "nhwc_cnn": nhwc_cnn,
 }
+
+
+def digits_cnn(channels=(16, 32), classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """An untrained CNN for 8x8 images (scikit-learn's digits), the training example:
+    (N, 1, 8, 8) -> Conv c1 3x3 -> Relu -> MaxPool 2 -> Conv c2 3x3 -> Relu -> MaxPool 2 -> Flatten -> Gemm.
+    Weights are He-normal (:func:`edgedl.train.init.he_normal`, seeded), biases 0; tensors are named
+    w1, b1, w2, b2, w3, b3."""
+    from .train.init import he_normal
+
+    c1, c2 = channels
+    rng = np.random.default_rng(seed)
+    shapes = {"w1": (c1, 1, 3, 3), "w2": (c2, c1, 3, 3), "w3": (classes, c2 * 4)}
+    fans = {"w1": 9, "w2": c1 * 9, "w3": c2 * 4}
+    inits = []
+    for i, w in enumerate(("w1", "w2", "w3"), 1):
+        inits.append(numpy_helper.from_array(he_normal(rng, shapes[w], fans[w], 1).astype(np.float32), w))
+        inits.append(numpy_helper.from_array(np.zeros(shapes[w][0], np.float32), f"b{i}"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p2"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
+    graph = helper.make_graph(nodes, "digits_cnn", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

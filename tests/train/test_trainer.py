@@ -6,42 +6,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import edgedl
-from edgedl import EdgeDLError
+from edgedl import EdgeDLError, zoo
 from edgedl.ir import TensorType
-from edgedl.train import SGD, Adam, EarlyStopping, Tape, cosine_lr, initialize, select_trainable
+from edgedl.train import SGD, Adam, EarlyStopping, Tape, cosine_lr, select_trainable
 
 
 def _cnn(seed: int = 0) -> onnx.ModelProto:
-    """(N, 1, 8, 8) -> Conv 16 3x3 -> Relu -> MaxPool 2 -> Conv 32 3x3 -> Relu -> MaxPool 2 -> Flatten -> Gemm 10,
-    weights drawn by edgedl.train.initialize (He normal)."""
-    def t(name, shape):
-        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
-
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Flatten", ["p2"], ["f"]),
-        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1),
-    ]
-    g = helper.make_graph(nodes, "digits_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-                          [t("w1", (16, 1, 3, 3)), t("b1", (16,)), t("w2", (32, 16, 3, 3)), t("b2", (32,)),
-                           t("w3", (10, 128)), t("b3", (10,))])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    from edgedl.converters.onnx_import import import_onnx
-
-    graph = import_onnx(model)
-    initialize(graph, seed=seed)
-    for init in model.graph.initializer:
-        init.CopyFrom(numpy_helper.from_array(graph.initializers[init.name], init.name))
-    return model
+    """The untrained digits CNN of the zoo (Conv 16 -> Relu -> MaxPool -> Conv 32 -> Relu -> MaxPool -> Flatten ->
+    Gemm 10, He-normal weights)."""
+    return zoo.digits_cnn(seed=seed)
 
 
 @pytest.fixture(scope="module")
