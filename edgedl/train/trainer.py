@@ -9,6 +9,7 @@ then runs and saves (``Model.save``) the trained network.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -258,41 +259,57 @@ class Trainer:
         return res
 
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation=None, callbacks=(), shuffle: bool = True,
-            progress: bool = False) -> History:
+            progress: bool = False, checkpoint=None, checkpoint_every: int = 0, resume: bool = False) -> History:
         """Train for ``epochs`` over (x, y) in batches (the last one smaller), then write the weights into the
         model (:meth:`commit`). ``validation``: (x, y) evaluated after every epoch. ``callbacks``: objects with
-        ``on_epoch_end(trainer, epoch, logs) -> stop`` (e.g. :class:`EarlyStopping`)."""
+        ``on_epoch_end(trainer, epoch, logs) -> stop`` (e.g. :class:`EarlyStopping`).
+
+        ``checkpoint``: a path written atomically at the end of every epoch and every ``checkpoint_every``
+        steps (weights, optimizer state, position, history). ``resume=True`` continues from that file when it
+        exists: the run ends with the same weights as one never interrupted (epoch ``e`` shuffles with a
+        generator seeded by (seed, e), so the batches are the same)."""
         x, y = self._check_data(x, y)
-        if epochs < 1 or batch_size < 1:
-            raise EdgeDLError("epochs and batch_size must be >= 1")
+        if epochs < 1 or batch_size < 1 or checkpoint_every < 0:
+            raise EdgeDLError("epochs and batch_size must be >= 1, checkpoint_every >= 0")
         if validation is not None:
             validation = self._check_data(*validation)
-        rng = np.random.default_rng(self.seed)
+        if (resume or checkpoint_every) and checkpoint is None:
+            raise EdgeDLError("resume and checkpoint_every need a checkpoint path")
+        is_ce = isinstance(self.loss, SoftmaxCrossEntropy)
         hist = History()
         n = len(x)
+        start_epoch, start_batch, total, correct = 0, 0, 0.0, 0
+        if resume and checkpoint is not None and os.path.exists(checkpoint):
+            start_epoch, start_batch, total, correct, hist = self._restore(checkpoint, n, batch_size)
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=epochs * n, unit="sample", dynamic_ncols=True)
+            bar = tqdm(total=epochs * n, initial=min(epochs * n, start_epoch * n + start_batch * batch_size),
+                       unit="sample", dynamic_ncols=True)
         try:
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 t0 = time.perf_counter()
-                order = rng.permutation(n) if shuffle else np.arange(n)
-                total, correct = 0.0, 0
-                for i in range(0, n, batch_size):
-                    idx = order[i:i + batch_size]
+                order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle else np.arange(n)
+                first = start_batch if epoch == start_epoch else 0
+                if first == 0:
+                    total, correct = 0.0, 0
+                nbatches = -(-n // batch_size)
+                for b in range(first, nbatches):
+                    idx = order[b * batch_size:(b + 1) * batch_size]
                     xb, yb = np.ascontiguousarray(x[idx]), y[idx]
                     loss, out = self.train_step(xb, yb)
                     total += loss * len(idx)
-                    if isinstance(self.loss, SoftmaxCrossEntropy):
+                    if is_ce:
                         correct += int(np.sum(np.argmax(out, axis=1) == yb))
                     if bar is not None:
                         bar.update(len(idx))
                         bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch + 1)
+                    if checkpoint_every and self.step_count % checkpoint_every == 0 and b + 1 < nbatches:
+                        self.save_checkpoint(checkpoint, epoch, b + 1, total, correct, hist, batch_size, n)
                 logs = {"loss": total / n}
                 hist.loss.append(logs["loss"])
-                if isinstance(self.loss, SoftmaxCrossEntropy):
+                if is_ce:
                     logs["accuracy"] = correct / n
                     hist.accuracy.append(logs["accuracy"])
                 if validation is not None:
@@ -302,6 +319,8 @@ class Trainer:
                     if "accuracy" in v:
                         hist.val_accuracy.append(v["accuracy"])
                 hist.seconds.append(time.perf_counter() - t0)
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint, epoch + 1, 0, 0.0, 0, hist, batch_size, n)
                 if any(cb.on_epoch_end(self, epoch, logs) for cb in callbacks):
                     break
         finally:
@@ -310,6 +329,37 @@ class Trainer:
         hist.peak_bytes = self.peak_bytes
         self.commit()
         return hist
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save_checkpoint(self, path, epoch: int = 0, batch: int = 0, total: float = 0.0, correct: int = 0,
+                        hist: History | None = None, batch_size: int = 0, samples: int = 0) -> None:
+        """Write the weights, optimizer state and position (continue at ``epoch``, ``batch``) atomically."""
+        from .checkpoint import write_checkpoint
+
+        h = hist or History()
+        meta = {"epoch": epoch, "batch": batch, "total": total, "correct": correct, "seed": self.seed,
+                "step_count": self.step_count, "batch_size": batch_size, "samples": samples,
+                "trainable": self.trainable, "history": {k: getattr(h, k) for k in
+                                                         ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")}}
+        write_checkpoint(path, self.params, self.optimizer.state_dict(), meta)
+
+    def _restore(self, path, samples: int, batch_size: int):
+        from .checkpoint import read_checkpoint
+
+        params, opt_state, meta = read_checkpoint(path)
+        if meta["trainable"] != self.trainable:
+            raise EdgeDLError(f"{path} trains {meta['trainable']}, this trainer {self.trainable}")
+        if meta["batch_size"] != batch_size or meta["samples"] != samples or meta["seed"] != self.seed:
+            raise EdgeDLError(f"{path} was written by a run with batch_size {meta['batch_size']}, "
+                              f"{meta['samples']} samples and seed {meta['seed']}: resume with the same ones")
+        for name, value in params.items():
+            if value.shape != self.params[name].shape:
+                raise EdgeDLError(f"{path}: {name!r} has shape {value.shape}, the model {self.params[name].shape}")
+            self.params[name][...] = value
+        self.optimizer.load_state_dict(opt_state)
+        self.step_count = int(meta["step_count"])
+        hist = History(**{k: list(v) for k, v in meta["history"].items()})
+        return int(meta["epoch"]), int(meta["batch"]), float(meta["total"]), int(meta["correct"]), hist
 
     def commit(self) -> None:
         """Write the current weights into the model (its plans are rebuilt on the next run)."""
