@@ -174,6 +174,55 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _training_data(path: str, model, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) from an .npz: x under the model's input name or "x", labels under "y" or "labels"."""
+    from edgedl.errors import InputError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - a missing or foreign file
+        raise InputError(f"{what} {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
+    name = model.inputs[0].name
+    xk = name if name in data.files else "x" if "x" in data.files else None
+    yk = "y" if "y" in data.files else "labels" if "labels" in data.files else None
+    if xk is None or yk is None:
+        raise InputError(f"{what} {path} must hold the inputs under {name!r} or 'x' and the labels under 'y' or "
+                         f"'labels' (found {data.files})")
+    return data[xk], data[yk]
+
+
+def cmd_finetune(args) -> int:
+    import time
+
+    import edgedl
+    from edgedl.train import make_optimizer
+
+    model = edgedl.load(args.model, num_threads=args.threads)
+    x, y = _training_data(args.data, model, "--data")
+    val = _training_data(args.val, model, "--val") if args.val else None
+    opt = make_optimizer(args.optimizer, lr=args.lr)
+    trainer = edgedl.Trainer(model, loss=args.loss, optimizer=opt, trainable=args.trainable, seed=args.seed,
+                             clip_norm=args.clip_norm)
+    ex, ey = val if val is not None else (x, y)
+    before = trainer.evaluate(ex, ey)
+    print(f"training {len(trainer.trainable)} tensors ({sum(trainer.params[k].size for k in trainer.trainable):,} "
+          f"values, policy {args.trainable!r}) on {len(x)} samples")
+    t0 = time.perf_counter()
+    trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation=val, progress=not args.quiet,
+                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    seconds = time.perf_counter() - t0
+    after = trainer.evaluate(ex, ey)
+    model.save(args.output)
+    on = "validation" if val is not None else "training"
+    for label, r in (("before", before), ("after", after)):
+        acc = f", accuracy {r['accuracy']:.2%}" if "accuracy" in r else ""
+        print(f"{label}: {on} loss {r['loss']:.4f}{acc}")
+    print(f"time {seconds:.1f} s ({args.epochs * len(x) / max(seconds, 1e-9):.0f} samples/s); training peak memory "
+          f"{_fmt_bytes(trainer.peak_bytes)} (saved activations {_fmt_bytes(trainer.saved_bytes)})")
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_ops(args) -> int:
     from edgedl.registry import registered_ops
 
@@ -225,6 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=1, help="samples per calibration feed (from one .npz)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(fn=cmd_quantize)
+    s = sub.add_parser("finetune", help="train a float model on the device (backprop) and save it as ONNX")
+    s.add_argument("model")
+    s.add_argument("--data", required=True, help=".npz with inputs ('x' or the input's name) and labels ('y')")
+    s.add_argument("--val", help="validation .npz, same keys")
+    s.add_argument("--output", "-o", required=True, help="the trained model (.onnx)")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--trainable", default="all", help='"all", "bias", "last:K" (default: all)')
+    s.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "bce"])
+    s.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", help="checkpoint file, written atomically every epoch")
+    s.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    s.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(fn=cmd_finetune)
     s = sub.add_parser("ops", help="print the operator coverage matrix from the registry")
     s.set_defaults(fn=cmd_ops)
     return p
