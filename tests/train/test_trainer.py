@@ -165,3 +165,21 @@ def test_select_trainable_lists_layer_parameters():
     g = import_onnx(_cnn())
     assert select_trainable(g, "all") == ["w1", "b1", "w2", "b2", "w3", "b3"]
     assert select_trainable(g, "last:2") == ["w2", "b2", "w3", "b3"]
+
+
+def test_fine_tuning_to_a_shifted_domain_improves_under_each_policy(digits):
+    # pre-train on the digits, then fine-tune on 300 inverted digits (benchmarks/finetune_shift.py)
+    x, y, xt, yt = digits
+    steps = 10 * -(-1000 // 32)
+    base = edgedl.load(_cnn())
+    edgedl.Trainer(base, optimizer=Adam(lr=1e-2, schedule=cosine_lr(steps))).fit(x[:1000], y[:1000], epochs=10)
+    xs, ys = np.ascontiguousarray(1 - x[1000:1300]), y[1000:1300]
+    xst = np.ascontiguousarray(1 - xt)
+    want = {"all": 0.7, "last:2": 0.7, "last:1": 0.25, "bias": 0.15}
+    for policy, lr in (("all", 3e-3), ("last:2", 3e-3), ("last:1", 3e-3), ("bias", 9e-2)):
+        model = edgedl.load(_cnn())
+        model.set_weights(dict(base.source.initializers))
+        before = float(np.mean(np.argmax(model.run({"x": xst})["logits"], 1) == yt))
+        edgedl.Trainer(model, trainable=policy, optimizer=Adam(lr=lr)).fit(xs, ys, epochs=10, batch_size=32)
+        after = float(np.mean(np.argmax(model.run({"x": xst})["logits"], 1) == yt))
+        assert before < 0.1 and after >= want[policy], (policy, before, after)
