@@ -191,6 +191,20 @@ def _training_data(path: str, model, what: str) -> tuple[np.ndarray, np.ndarray]
     return data[xk], data[yk]
 
 
+def parse_size(text: str) -> int:
+    """Bytes from "64MB", "512kB", "1.5GiB", "100000" (k/M/G are powers of 1000, Ki/Mi/Gi of 1024)."""
+    import re
+
+    from edgedl.errors import InputError
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)(i?)[bB]?\s*", text)
+    if not m:
+        raise InputError(f"cannot read {text!r} as a size (e.g. 64MB, 512kB, 1GiB, 100000)")
+    value, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    scale = {"": 1, "k": 1, "m": 2, "g": 3}[unit]
+    return int(value * (1024 if binary else 1000) ** scale) if unit else int(value)
+
+
 def cmd_finetune(args) -> int:
     import time
 
@@ -201,8 +215,13 @@ def cmd_finetune(args) -> int:
     x, y = _training_data(args.data, model, "--data")
     val = _training_data(args.val, model, "--val") if args.val else None
     opt = make_optimizer(args.optimizer, lr=args.lr)
+    budget = parse_size(args.budget) if args.budget else None
     trainer = edgedl.Trainer(model, loss=args.loss, optimizer=opt, trainable=args.trainable, seed=args.seed,
-                             clip_norm=args.clip_norm)
+                             clip_norm=args.clip_norm, budget_bytes=budget, budget_batch=args.batch_size)
+    if budget is not None:
+        fits = dict(trainer.budget_probes)
+        print(f"budget {_fmt_bytes(budget)}: training {len(trainer.trainable)} tensors of the last layers "
+              f"(estimated {_fmt_bytes(max(b for b in fits.values() if b <= budget))})")
     ex, ey = val if val is not None else (x, y)
     before = trainer.evaluate(ex, ey)
     print(f"training {len(trainer.trainable)} tensors ({sum(trainer.params[k].size for k in trainer.trainable):,} "
@@ -282,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--trainable", default="all", help='"all", "bias", "last:K" (default: all)')
+    s.add_argument("--budget", help="training-memory budget (e.g. 64MB): train the last layers that fit")
     s.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "bce"])

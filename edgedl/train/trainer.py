@@ -168,10 +168,15 @@ class Trainer:
         Clip the global gradient norm to this value.
     lr : float, optional
         The learning rate of an optimizer given by name.
+    budget_bytes : int, optional
+        A training-memory budget: of the layers the policy selects, train the most trailing ones whose
+        training step (activations kept, gradients, trained copies, optimizer state) fits, measured on a
+        probe step at ``budget_batch`` samples. ``budget_probes`` lists what was measured.
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", trainable="all", *, output: str | None = None,
-                 seed: int = 0, clip_norm: float | None = None, lr: float | None = None):
+                 seed: int = 0, clip_norm: float | None = None, lr: float | None = None,
+                 budget_bytes: int | None = None, budget_batch: int = 32):
         from ..passes import remove_identities
         from ..quant.quantize_model import copy_graph, source_graph
 
@@ -186,6 +191,10 @@ class Trainer:
         self.loss = make_loss(loss)
         self.optimizer = make_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
         self.trainable = select_trainable(graph, trainable)
+        #: the memory probes of a budgeted policy: (layers trained, estimated bytes), see fit_budget
+        self.budget_probes: list[tuple[int, int]] = []
+        if budget_bytes is not None:
+            self.trainable = self._fit_budget(trainable, int(budget_bytes), int(budget_batch))
         self.params = {n: np.array(graph.initializers[n], np.float32, copy=True) for n in self.trainable}
         self.seed = int(seed)
         self.clip_norm = clip_norm
@@ -195,6 +204,58 @@ class Trainer:
         self.peak_bytes = 0
         self.saved_bytes = 0
         self._tapes: dict[tuple, Tape] = {}
+
+    # -- memory budget -----------------------------------------------------------------------------------
+    def _optimizer_slots(self) -> int:
+        """Arrays of optimizer state per trained tensor (Adam: 2; SGD with momentum: 1; plain SGD: 0)."""
+        from .optim import SGD
+
+        if isinstance(self.optimizer, SGD):
+            return 1 if self.optimizer.momentum else 0
+        return 2
+
+    def estimate_bytes(self, names: list[str], batch: int) -> int:
+        """Training memory of one step on a batch of ``batch`` samples when ``names`` are trained: the tape's
+        peak (activations, saved values, gradients; measured on a zero batch) plus the trained copies of the
+        tensors and the optimizer state."""
+        shape = (batch, *(int(d) for d in self.input.shape[1:]))
+        if any(not isinstance(d, int) for d in self.input.shape[1:]):
+            raise EdgeDLError(f"a memory budget needs static sample dimensions, input is {self.input.shape}")
+        tape = Tape(self.graph, names, {self.input.name: TensorType(shape, np.dtype(self.input.dtype))}, self.output)
+        params = {n: np.array(self.graph.initializers[n], np.float32) for n in names}
+        outs, saved = tape.forward({self.input.name: np.zeros(shape, self.input.dtype)}, params)
+        tape.backward(saved, np.zeros(outs[self.output].shape, np.float32))
+        tensors = sum(p.nbytes for p in params.values())
+        return int(tape.peak_bytes + tensors * (1 + self._optimizer_slots()))
+
+    def _fit_budget(self, trainable, budget: int, batch: int) -> list[str]:
+        """The parameters of the most trailing layers (of the policy's choice) whose training fits ``budget``
+        bytes at ``batch`` samples per step (binary search on the number of layers, one probe step each)."""
+        chosen = set(self.trainable)
+        layers = [ps for _, ps in parameter_layers(self.graph) if any(p in chosen for p in ps)]
+        layers = [[p for p in ps if p in chosen] for ps in layers]
+        if not layers:
+            raise EdgeDLError("the policy selects no layer to train")
+
+        def names(k):
+            return [p for ps in layers[len(layers) - k:] for p in ps]
+
+        def cost(k):
+            b = self.estimate_bytes(names(k), batch)
+            self.budget_probes.append((k, b))
+            return b
+
+        if cost(1) > budget:
+            raise EdgeDLError(f"even the last layer alone needs {self.budget_probes[-1][1]:,} bytes of training "
+                              f"memory at batch {batch}, over the budget of {budget:,}: lower the batch size")
+        lo, hi = 1, len(layers)
+        while lo < hi:  # the largest k that fits (training memory grows with the layers trained)
+            mid = (lo + hi + 1) // 2
+            if cost(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return names(lo)
 
     # -- tapes -------------------------------------------------------------------------------------------
     def _tape(self, shape: tuple[int, ...]) -> Tape:

@@ -52,3 +52,16 @@ def test_finetune_reports_bad_data(files, capsys):
     code = main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "mismatch.npz"), "-o",
                  str(files / "o.onnx"), "--quiet"])
     assert code == 2 and "same number of samples" in capsys.readouterr().err
+
+
+def test_finetune_with_a_memory_budget(files, capsys):
+    code = main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "train.npz"), "--epochs", "1",
+                 "--budget", "400kB", "--quiet", "-o", str(files / "b.onnx")])
+    text = capsys.readouterr().out
+    assert code == 0 and "budget 390.6 KiB: training" in text, text
+    code = main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "train.npz"), "--budget", "10kB",
+                 "-o", str(files / "b.onnx")])
+    assert code == 2 and "over the budget" in capsys.readouterr().err
+    code = main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "train.npz"), "--budget", "lots",
+                 "-o", str(files / "b.onnx")])
+    assert code == 2 and "as a size" in capsys.readouterr().err

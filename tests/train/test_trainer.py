@@ -183,3 +183,27 @@ def test_fine_tuning_to_a_shifted_domain_improves_under_each_policy(digits):
         edgedl.Trainer(model, trainable=policy, optimizer=Adam(lr=lr)).fit(xs, ys, epochs=10, batch_size=32)
         after = float(np.mean(np.argmax(model.run({"x": xst})["logits"], 1) == yt))
         assert before < 0.1 and after >= want[policy], (policy, before, after)
+
+
+def test_a_memory_budget_trains_what_fits_and_a_smaller_budget_uses_less(digits):
+    x, y, _, _ = digits
+    full = edgedl.Trainer(edgedl.load(_cnn()))
+    everything = full.estimate_bytes(full.trainable, 32)
+    last = full.estimate_bytes(["w3", "b3"], 32)
+    assert last < everything
+    big = edgedl.Trainer(edgedl.load(_cnn()), budget_bytes=everything, budget_batch=32)
+    assert big.trainable == full.trainable
+    budget = (last + everything) // 2
+    small = edgedl.Trainer(edgedl.load(_cnn()), budget_bytes=budget, budget_batch=32)
+    assert small.trainable and set(small.trainable) < set(full.trainable)
+    assert small.trainable[-2:] == ["w3", "b3"]  # the trailing layers first
+    probes = dict(small.budget_probes)
+    chosen = len(small.trainable) // 2  # two tensors (weight, bias) per layer in this model
+    assert probes[chosen] <= budget and probes.get(chosen + 1, budget + 1) > budget
+    peaks = {}
+    for name, tr in (("big", big), ("small", small)):
+        tr.fit(x[:64], y[:64], epochs=1, batch_size=32)
+        peaks[name] = tr.peak_bytes
+    assert peaks["small"] < peaks["big"], peaks
+    with pytest.raises(EdgeDLError, match="over the budget"):
+        edgedl.Trainer(edgedl.load(_cnn()), budget_bytes=1000)
