@@ -6,9 +6,9 @@ For ``y = conv(x, w) + b`` with geometry (strides, pads (top, left, bottom, righ
   the whole batch, then :func:`col2im` adds each column entry back into its input pixel, parallel over
   (image, channel) planes (each plane is written by one thread); depthwise convolutions scatter straight
   from dy (:func:`_dx_depthwise`);
-* ``dw[g] = sum_n dy[n, g] (M/g x OH*OW) @ im2col(x[n], g)^T (OH*OW x C/g*kH*kW)``: :func:`im2col` then the
-  fp32 GEMM (:func:`.gemm.gemm`, accumulating over the batch); depthwise convolutions (one input channel per
-  group) take :func:`depthwise_weight_grad` instead, parallel over channels;
+* ``dw[g] = dy_g (M/g x N*OH*OW) @ im2col(x)_g^T (N*OH*OW x C/g*kH*kW)``: :func:`im2col` of the whole batch
+  then one fp32 GEMM (:func:`.gemm.gemm`) per group; depthwise convolutions (one input channel per group)
+  take :func:`depthwise_weight_grad` instead, parallel over channels;
 * ``db = sum over n, oy, ox of dy`` (float64 accumulation).
 
 Every output element is computed by one thread in a fixed order, so results are bitwise the same for any
@@ -26,70 +26,74 @@ __all__ = ["im2col", "col2im", "conv2d_input_grad", "conv2d_weight_grad", "depth
 
 
 @numba.njit(inline="always", **NJIT)
-def _im2col_row(r, x, col, c0, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
-    # row r = (ci, i, j) of the im2col matrix col (K, OH*OW) of image x (C, H, W), channels from c0
+def _im2col_row(r, x, col, c0, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
+    # row r = (ci, i, j) of the im2col matrix col (K, N*OH*OW) of images x (N, C, H, W), channels from c0,
+    # images side by side
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
     ci = r // (kh * kw)
     i = (r // kw) % kh
     j = r % kw
-    plane = x[c0 + ci]
-    dst = col[r]
-    for oy in range(oh):
-        y = oy * sh + i * dh - pt
-        base = oy * ow
-        if y < 0 or y >= h:
+    npix = oh * ow
+    for b in range(n):
+        plane = x[b, c0 + ci]
+        dst = col[r, b * npix:(b + 1) * npix]
+        for oy in range(oh):
+            y = oy * sh + i * dh - pt
+            base = oy * ow
+            if y < 0 or y >= h:
+                for ox in range(ow):
+                    dst[base + ox] = 0.0
+                continue
             for ox in range(ow):
-                dst[base + ox] = 0.0
-            continue
-        for ox in range(ow):
-            xx = ox * sw + j * dw - pl
-            dst[base + ox] = plane[y, xx] if 0 <= xx < w else np.float32(0.0)
+                xx = ox * sw + j * dw - pl
+                dst[base + ox] = plane[y, xx] if 0 <= xx < w else np.float32(0.0)
 
 
 @numba.njit(**NJIT)
 def _im2col_serial(x, col, c0, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
-    h, w = x.shape[1], x.shape[2]
     for r in range(col.shape[0]):
-        _im2col_row(r, x, col, c0, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        _im2col_row(r, x, col, c0, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
 
 
 @numba.njit(**NJIT_PARALLEL)
 def _im2col_parallel(x, col, c0, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow):
-    h, w = x.shape[1], x.shape[2]
     for r in prange(col.shape[0]):
-        _im2col_row(r, x, col, c0, h, w, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+        _im2col_row(r, x, col, c0, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
 
 
 def im2col(x: np.ndarray, c0: int, cg: int, kernel, strides, dilations, pads, out_hw, col: np.ndarray | None = None):
-    """(cg*kH*kW, OH*OW) float32 im2col matrix of channels c0..c0+cg of one image ``x`` (C, H, W)."""
+    """(cg*kH*kW, N*OH*OW) float32 im2col matrix of channels c0..c0+cg of the images ``x`` (N, C, H, W), the
+    images' columns side by side."""
     kh, kw = kernel
     oh, ow = out_hw
-    if x.ndim != 3 or x.dtype != np.float32 or not x.flags.c_contiguous or c0 < 0 or c0 + cg > x.shape[0]:
-        raise ValueError(f"im2col needs a contiguous float32 (C, H, W) image with channels {c0}..{c0 + cg}")
+    if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous or c0 < 0 or c0 + cg > x.shape[1]:
+        raise ValueError(f"im2col needs contiguous float32 (N, C, H, W) images with channels {c0}..{c0 + cg}")
+    want = (cg * kh * kw, x.shape[0] * oh * ow)
     if col is None:
-        col = np.empty((cg * kh * kw, oh * ow), np.float32)
-    if col.shape != (cg * kh * kw, oh * ow) or not col.flags.c_contiguous:
-        raise ValueError(f"col must be a contiguous ({cg * kh * kw}, {oh * ow}) array")
+        col = np.empty(want, np.float32)
+    if col.shape != want or not col.flags.c_contiguous:
+        raise ValueError(f"col must be a contiguous {want} array")
     fn = _im2col_parallel if col.size >= PARALLEL_MIN_WORK else _im2col_serial
     fn(x, col, c0, kh, kw, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], oh, ow)
     return col
 
 
 def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, w_shape, strides, pads, dilations, group: int) -> np.ndarray:
-    """dW (M, C/group, kH, kW) of a grouped 2-D convolution: x (N, C, H, W), dy (N, M, OH, OW)."""
+    """dW (M, C/group, kH, kW) of a grouped 2-D convolution: x (N, C, H, W), dy (N, M, OH, OW); per group one
+    GEMM over the whole batch: dy_g (M/g x N*OH*OW) @ im2col(x)_g^T."""
     from .gemm import gemm
 
     m, cg, kh, kw = w_shape
     n = x.shape[0]
     oh, ow = dy.shape[2:]
     mg = m // group
-    dw = np.zeros((m, cg * kh * kw), np.float32)
-    col = np.empty((cg * kh * kw, oh * ow), np.float32)
-    dy3 = dy.reshape(n, m, oh * ow)
-    for b in range(n):
-        for g in range(group):
-            im2col(x[b], g * cg, cg, (kh, kw), strides, dilations, pads, (oh, ow), col)
-            # (Mg, OH*OW) @ (OH*OW, K): the transposed im2col as a strided view
-            gemm(dy3[b, g * mg:(g + 1) * mg], col.T, dw[g * mg:(g + 1) * mg], accumulate=True)
+    npix = oh * ow
+    dw = np.empty((m, cg * kh * kw), np.float32)
+    dyt = np.ascontiguousarray(dy.reshape(n, m, npix).transpose(1, 0, 2)).reshape(m, n * npix)
+    col = np.empty((cg * kh * kw, n * npix), np.float32)
+    for g in range(group):
+        im2col(x, g * cg, cg, (kh, kw), strides, dilations, pads, (oh, ow), col)
+        gemm(dyt[g * mg:(g + 1) * mg], col.T, dw[g * mg:(g + 1) * mg])  # the transposed im2col as a strided view
     return dw.reshape(w_shape)
 
 
