@@ -132,6 +132,7 @@ class Tape:
         self.types = types
         self.consts = consts
         self._mark(param_set)
+        self._last_use = self._last_uses()
 
     def _mark(self, param_set: set[str]) -> None:
         """Which steps a gradient flows through, which inputs need one, and what each keeps."""
@@ -175,7 +176,7 @@ class Tape:
                                   f"{x.dtype}{tuple(x.shape)}")
             values[name] = x
         values.update(params)
-        last_use = self._last_uses()
+        last_use = self._last_use
         outputs = {s.name for s in self.graph.outputs}
         for idx, s in enumerate(self.steps):
             ins = [values[i] if i else None for i in s.node.inputs]
@@ -246,7 +247,6 @@ class Tape:
                 else:
                     grads[name] = g
                 mem.add(grads[name])
-            # the saved values of this step are not needed by earlier steps unless they also keep them
         self.peak_bytes = mem.peak
         return {p: grads[p] for p in self.params}
 

@@ -194,7 +194,7 @@ class Trainer:
         #: the memory probes of a budgeted policy: (layers trained, estimated bytes), see fit_budget
         self.budget_probes: list[tuple[int, int]] = []
         if budget_bytes is not None:
-            self.trainable = self._fit_budget(trainable, int(budget_bytes), int(budget_batch))
+            self.trainable = self._fit_budget(int(budget_bytes), int(budget_batch))
         self.params = {n: np.array(graph.initializers[n], np.float32, copy=True) for n in self.trainable}
         self.seed = int(seed)
         self.clip_norm = clip_norm
@@ -218,9 +218,9 @@ class Trainer:
         """Training memory of one step on a batch of ``batch`` samples when ``names`` are trained: the tape's
         peak (activations, saved values, gradients; measured on a zero batch) plus the trained copies of the
         tensors and the optimizer state."""
-        shape = (batch, *(int(d) for d in self.input.shape[1:]))
         if any(not isinstance(d, int) for d in self.input.shape[1:]):
             raise EdgeDLError(f"a memory budget needs static sample dimensions, input is {self.input.shape}")
+        shape = (batch, *self.input.shape[1:])
         tape = Tape(self.graph, names, {self.input.name: TensorType(shape, np.dtype(self.input.dtype))}, self.output)
         params = {n: np.array(self.graph.initializers[n], np.float32) for n in names}
         outs, saved = tape.forward({self.input.name: np.zeros(shape, self.input.dtype)}, params)
@@ -228,7 +228,7 @@ class Trainer:
         tensors = sum(p.nbytes for p in params.values())
         return int(tape.peak_bytes + tensors * (1 + self._optimizer_slots()))
 
-    def _fit_budget(self, trainable, budget: int, batch: int) -> list[str]:
+    def _fit_budget(self, budget: int, batch: int) -> list[str]:
         """The parameters of the most trailing layers (of the policy's choice) whose training fits ``budget``
         bytes at ``batch`` samples per step (binary search on the number of layers, one probe step each)."""
         chosen = set(self.trainable)
