@@ -266,6 +266,53 @@ class ConvTranspose(_ConvBase):
         y = conv_transpose_ref(x, w, b, strides, pads, dilations, self.group, out)
         return [activation_ref(y.astype(x.dtype), *self.act)]
 
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        """dx = the ordinary convolution of dy with w, dw = x against im2col(dy), one GEMM per group (one input
+        channel per group: direct kernels), db = dy summed (:mod:`edgedl.kernels.cpu.convt_grad`). 1-D and
+        2-D; every attribute of the forward (group, strides, dilations, pads / auto_pad, output_padding,
+        output_shape) reaches the backward through the geometry ``infer`` stored."""
+        from ..kernels.cpu.conv_grad import bias_grad
+        from ..kernels.cpu.convt_grad import conv_transpose2d_grads
+
+        if self.act[0]:
+            raise self.unsupported("has a fused activation: train the graph before fusion")
+        x_t, w_t = self.in_types[0], self.in_types[1]
+        if len(x_t.shape) not in (3, 4) or np.dtype(x_t.dtype) != np.float32:
+            raise self.unsupported(f"backward supports float32 1-D and 2-D transposed convolutions, got "
+                                   f"{x_t.dtype}{x_t.shape}")
+        kernel, strides, dilations, pads, _, _ = self.geometry
+        if any(p < 0 for p in pads):
+            # NOTE: an output_shape larger than the full output (onnxruntime rejects it); the forward
+            # reference does not produce it either, so there is no forward to differentiate
+            raise self.unsupported(f"backward of an output_shape beyond the full output (pads {pads})")
+        kernel, strides, dilations, pads = _as_2d(kernel, strides, dilations, pads)
+        y_t = self.out_types[0]
+        x_shape, y_shape = _as_4d(tuple(x_t.shape)), _as_4d(tuple(y_t.shape))
+        w_shape = (*w_t.shape[:2], *kernel)
+        dy = grads[0]
+        if dy is None:
+            dy = np.zeros(y_shape, np.float32)
+        elif tuple(np.shape(dy)) != tuple(y_t.shape):
+            raise self.error(f"output gradient of shape {np.shape(dy)}, expected {tuple(y_t.shape)}")
+        dy = np.ascontiguousarray(dy, np.float32).reshape(y_shape)
+        need_dx, need_dw = bool(needs[0]), bool(needs[1])
+        if need_dx and ins[1] is None or need_dw and ins[0] is None:
+            raise self.error("backward needs the forward input and weight (grad_inputs)")
+        w = np.ascontiguousarray(ins[1], np.float32).reshape(w_shape) if need_dx else None
+        x = np.ascontiguousarray(ins[0], np.float32).reshape(x_shape) if need_dw else None
+        dx, dw = conv_transpose2d_grads(dy, x, w, x_shape, w_shape, strides, (pads[0], pads[1]), dilations,
+                                        self.group, need_dx, need_dw)
+        out = [None] * len(self.in_types)
+        if need_dx:
+            out[0] = dx.reshape(x_t.shape)
+        if need_dw:
+            out[1] = dw.reshape(w_t.shape)
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = bias_grad(dy)
+        return out
+
     def build(self, ins, outs, consts):
         if ins[0].dtype != np.float32 or len(ins[0].shape) not in (3, 4):
             return ref_kernel(self)
@@ -279,18 +326,22 @@ def conv_transpose_ref(x, w, b, strides, pads, dilations, group, out_sp):
     cg = c // group
     mg = w.shape[1]
     kernel = w.shape[2:]
-    full = [max(strides[i] * (x.shape[2 + i] - 1) + (kernel[i] - 1) * dilations[i] + 1, pads[i] + out_sp[i])
+    # an output_shape beyond the full output gives negative pads: zeros before (lead) and after the scatter
+    lead = [max(0, -pads[i]) for i in range(nsp)]
+    full = [lead[i] + max(strides[i] * (x.shape[2 + i] - 1) + (kernel[i] - 1) * dilations[i] + 1, pads[i] + out_sp[i])
             for i in range(nsp)]
     y = np.zeros((n, mg * group, *full))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     for g in range(group):
         xs = x64[:, g * cg:(g + 1) * cg]
         for offs in itertools.product(*[range(k) for k in kernel]):
-            sl = tuple(slice(offs[i] * dilations[i], offs[i] * dilations[i] + strides[i] * (x.shape[2 + i] - 1) + 1,
-                             strides[i]) for i in range(nsp))
+            sl = tuple(slice(lead[i] + offs[i] * dilations[i],
+                             lead[i] + offs[i] * dilations[i] + strides[i] * (x.shape[2 + i] - 1) + 1, strides[i])
+                       for i in range(nsp))
             wk = w64[(slice(g * cg, (g + 1) * cg), slice(None)) + tuple(offs)]
             y[(slice(None), slice(g * mg, (g + 1) * mg)) + sl] += np.einsum("nc...,cm->nm...", xs, wk)
-    y = y[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + out_sp[i]) for i in range(nsp))]
+    y = y[(slice(None), slice(None)) + tuple(slice(lead[i] + pads[i], lead[i] + pads[i] + out_sp[i])
+                                             for i in range(nsp))]
     if b is not None:
         y = y + b.astype(np.float64).reshape((1, -1) + (1,) * nsp)
     return y
