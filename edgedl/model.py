@@ -217,7 +217,6 @@ class Model:
     def set_weights(self, values: dict[str, np.ndarray]) -> None:
         """Replace initializers (trained weights) by name: the source graph takes the new values, the
         load-time passes run again on it, and every cached plan is dropped."""
-        from .passes import optimize as run_passes
         from .quant.quantize_model import copy_graph
 
         source = copy_graph(self.source if self.source is not None else self.graph)
@@ -229,6 +228,15 @@ class Model:
             if value.shape != old.shape or value.dtype != old.dtype:
                 raise EdgeDLError(f"{name!r} must stay {old.dtype}{old.shape}, got {value.dtype}{value.shape}")
             source.initializers[name] = value.copy()
+        self.set_source(source)
+
+    def set_source(self, source: Graph) -> None:
+        """Replace the model's graph by ``source`` (standard ONNX form, e.g. a fine-tuned QDQ graph): the
+        load-time passes run on it again and every cached plan is dropped."""
+        from .passes import optimize as run_passes
+        from .quant.quantize_model import copy_graph
+
+        source.validate_and_sort()
         graph = run_passes(copy_graph(source))
         fresh = Model(graph, target=self.target, num_threads=self.num_threads, source=source)
         fresh.quantization = self.quantization

@@ -10,13 +10,15 @@ def rename_input(graph: Graph, old: str, new: str) -> None:
         node.inputs = [new if i == old else i for i in node.inputs]
 
 
-def remove_identities(graph: Graph) -> int:
+def remove_identities(graph: Graph, dropout: bool = True) -> int:
+    """Drop Identity nodes (and inference-mode Dropout with ``dropout``), renaming their consumers' inputs;
+    returns how many were removed."""
     outputs = {s.name for s in graph.outputs}
     removed = 0
     kept = []
     for node in graph.nodes:
         passthrough = node.op_type == "Identity" or (
-            node.op_type == "Dropout" and (len(node.outputs) < 2 or not node.outputs[1])
+            dropout and node.op_type == "Dropout" and (len(node.outputs) < 2 or not node.outputs[1])
             and (len(node.inputs) < 3 or not node.inputs[2] or _is_false(graph, node.inputs[2])))
         if (passthrough and node.domain == "" and node.inputs and node.inputs[0]
                 and node.outputs[0] not in outputs):

@@ -179,7 +179,7 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
     return qnodes, fused, tensors, shared
 
 
-def _symmetric(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+def symmetric_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """int8 symmetric weights in [-127, 127]: (q, scale) per channel along ``axis`` (or per tensor)."""
     w64 = w.astype(np.float64)
     if axis is None:
@@ -229,7 +229,7 @@ def _insert_qdq(g: Graph, qnodes, tensors, params, per_channel: bool) -> None:
             axis = 0 if op == "Conv" or (op == "Gemm" and n.attrs.get("transB", 0)) else 1
             group = int(n.attrs.get("group", 1)) if op == "ConvTranspose" else 1
             channel_wise = per_channel and group == 1  # a grouped ConvTranspose's axis 1 is one group's outputs
-            wq, ws = _symmetric(w, axis if channel_wise else None)
+            wq, ws = symmetric_int8(w, axis if channel_wise else None)
             n.inputs[1] = _dequantized(b, n.inputs[1], wq, ws, np.zeros(ws.shape, np.int8),
                                        axis if channel_wise else None, new_nodes, index[id(n)] - 1)
             if op in ("Conv", "ConvTranspose", "Gemm") and len(n.inputs) > 2 and n.inputs[2]:
@@ -297,7 +297,7 @@ def _insert_dynamic(g: Graph, exclude: set[str], per_channel: bool) -> list[str]
             w = w.T
         if n.op_type == "Gemm" and float(n.attrs.get("alpha", 1.0)) != 1.0:
             w = w * np.float32(n.attrs["alpha"])
-        wq, ws = _symmetric(np.ascontiguousarray(w), 1 if per_channel else None)
+        wq, ws = symmetric_int8(np.ascontiguousarray(w), 1 if per_channel else None)
         x = n.inputs[0]
         if x not in dql:
             names = (b.fresh(f"{x}_quantized"), b.fresh(f"{x}_scale"), b.fresh(f"{x}_zero_point"))

@@ -82,13 +82,16 @@ class _Memory:
 class Tape:
     """Forward and backward of ``graph`` for fixed input shapes; ``params`` are the trainable initializers.
 
-    ``loss_output``: the graph output the loss reads (default: the first)."""
+    ``loss_output``: the graph output the loss reads (default: the first). ``buffers``: initializers fed at
+    run time, like the parameters, but taking no gradient (running statistics of a training-mode
+    BatchNormalization)."""
 
     def __init__(self, graph: Graph, params: list[str], input_types: dict[str, TensorType],
-                 loss_output: str | None = None):
+                 loss_output: str | None = None, buffers: list[str] = ()):
         self.graph = graph
         self.params = list(params)
-        missing = [p for p in self.params if p not in graph.initializers]
+        self.buffers = list(buffers)
+        missing = [p for p in self.params + self.buffers if p not in graph.initializers]
         if missing:
             raise EdgeDLError(f"trainable tensors {missing} are not initializers of the graph")
         self.loss_output = loss_output or graph.outputs[0].name
@@ -96,11 +99,12 @@ class Tape:
             raise EdgeDLError(f"{self.loss_output!r} is not an output of the graph")
         self.input_types = dict(input_types)
         param_set = set(self.params)
+        runtime = param_set | set(self.buffers)
         types: dict[str, TensorType] = dict(self.input_types)
         consts: dict[str, np.ndarray] = {}
         for name, value in graph.initializers.items():
             types[name] = TensorType(tuple(value.shape), value.dtype)
-            if name not in param_set:
+            if name not in runtime:
                 consts[name] = value
         self.steps: list[_Step] = []
         for node in graph.nodes:
@@ -166,7 +170,8 @@ class Tape:
     # -- running ---------------------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray],
                 keep: bool = True) -> tuple[dict[str, np.ndarray], Saved]:
-        """Graph outputs and the values the backward needs (``keep=False``: inference only)."""
+        """Graph outputs and the values the backward needs (``keep=False``: inference only). ``params`` holds
+        the parameters and the buffers."""
         values: dict[str, np.ndarray] = dict(self.consts)
         mem = _Memory()
         for name, t in self.input_types.items():

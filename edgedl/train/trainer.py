@@ -1,11 +1,21 @@
 """``edgedl.Trainer``: fine-tune or train an ONNX model on the device by backprop.
 
-The trainer works on the model's unoptimized graph (the source ONNX graph, Identity/Dropout removed:
-Dropout runs as in inference) with a :class:`~edgedl.train.tape.Tape` per batch shape. Trainable tensors
-are chosen by a policy (:func:`select_trainable`); frozen ones stay constants, so their layers run as in
-inference. :meth:`Trainer.fit` shuffles with a seeded generator, so a seed gives identical weights run to
-run; :meth:`Trainer.commit` (called at the end of ``fit``) writes the weights back into the model, which
-then runs and saves (``Model.save``) the trained network.
+The trainer works on the model's unoptimized graph (the source ONNX graph, Identity removed). Trainable
+tensors are chosen by a policy (:func:`select_trainable`); frozen ones stay constants. The frozen prefix (what
+comes before the first trained layer) runs as an inference model, the rest on a
+:class:`~edgedl.train.tape.Tape` per batch shape (:class:`~edgedl.train.runner.TrainingRunner`).
+
+An int8 model in QDQ form (or a float model with ``quantized=True`` and calibration data) is fine-tuned with
+quantization-aware training (:mod:`edgedl.train.qat`): weights fake-quantized with per-channel scales that
+follow them, activations fake-quantized with their calibrated parameters, straight-through gradients; the
+frozen backbone runs on int8 kernels. ``float_head=True`` trains the selected layers in float behind the
+int8 backbone instead.
+
+BatchNormalization layers whose scale and bias train use batch statistics and update their running
+statistics (``batchnorm="auto"``); Dropout drops with its ratio while training (seeded). Evaluation uses the
+running statistics and no dropout. :meth:`Trainer.fit` shuffles with a seeded generator, so a seed gives
+identical weights run to run; :meth:`Trainer.commit` (called at the end of ``fit``) writes the weights back
+into the model, which then runs and saves (``Model.save``: float ONNX, or QDQ int8) the trained network.
 """
 from __future__ import annotations
 
@@ -16,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EdgeDLError
-from ..ir import Graph, TensorType
+from ..ir import Graph
 from .losses import SoftmaxCrossEntropy, make_loss
 from .optim import clip_grad_norm, make_optimizer
-from .tape import Tape
+from .runner import TrainingRunner
 
 __all__ = ["Trainer", "History", "EarlyStopping", "select_trainable", "parameter_layers"]
 
@@ -30,35 +40,41 @@ _PARAM_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMu
 _BIAS_INPUTS = {"Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "BatchNormalization": (2,)}
 
 
-def parameter_layers(graph: Graph) -> list[tuple[str, list[str]]]:
-    """(node name, its parameter initializers) of every layer with parameters, in graph order. A MatMul's
-    bias is the constant operand of the Add that follows it."""
-    consumers = graph.consumers()
+def _param_tensor(graph: Graph, producers: dict, name: str) -> str | None:
+    """The float32 initializer behind a layer input: itself, or the weight a FakeQuantizeWeight reads."""
+    if name in graph.initializers:
+        return name if graph.initializers[name].dtype == np.float32 else None
+    p = producers.get(name)
+    if p is not None and p.domain == "edgedl" and p.op_type == "FakeQuantizeWeight":
+        return _param_tensor(graph, producers, p.inputs[0])
+    return None
+
+
+def _layer_tensors(graph: Graph, which: dict[str, tuple[int, ...]]) -> list[tuple[str, list[str]]]:
+    consumers, producers = graph.consumers(), graph.producers()
     layers = []
     for n in graph.nodes:
-        names = [n.inputs[i] for i in _PARAM_INPUTS.get(n.op_type, ()) if i < len(n.inputs)
-                 and n.inputs[i] in graph.initializers and graph.initializers[n.inputs[i]].dtype == np.float32]
+        names = [_param_tensor(graph, producers, n.inputs[i]) for i in which.get(n.op_type, ())
+                 if i < len(n.inputs) and n.inputs[i]]
         if n.op_type == "MatMul" and n.outputs[0] in consumers:
             users = consumers[n.outputs[0]]
             if len(users) == 1 and users[0].op_type == "Add":
-                names += [i for i in users[0].inputs if i in graph.initializers
-                          and graph.initializers[i].dtype == np.float32]
+                names += [_param_tensor(graph, producers, i) for i in users[0].inputs if i != n.outputs[0]]
+        names = [t for t in names if t]
         if names:
             layers.append((n.name, names))
     return layers
 
 
+def parameter_layers(graph: Graph) -> list[tuple[str, list[str]]]:
+    """(node name, its parameter initializers) of every layer with parameters, in graph order. A MatMul's
+    bias is the constant operand of the Add that follows it; a fake-quantized weight (quantization-aware
+    training) is the float initializer behind its FakeQuantizeWeight."""
+    return _layer_tensors(graph, _PARAM_INPUTS)
+
+
 def _biases(graph: Graph) -> list[str]:
-    out = []
-    consumers = graph.consumers()
-    for n in graph.nodes:
-        out += [n.inputs[i] for i in _BIAS_INPUTS.get(n.op_type, ()) if i < len(n.inputs)
-                and n.inputs[i] in graph.initializers]
-        if n.op_type == "MatMul" and n.outputs[0] in consumers:
-            users = consumers[n.outputs[0]]
-            if len(users) == 1 and users[0].op_type == "Add":
-                out += [i for i in users[0].inputs if i in graph.initializers]
-    return out
+    return [p for _, ps in _layer_tensors(graph, {**_BIAS_INPUTS, "MatMul": ()}) for p in ps]
 
 
 def select_trainable(graph: Graph, trainable) -> list[str]:
@@ -153,7 +169,7 @@ class Trainer:
     Parameters
     ----------
     model : edgedl.Model
-        A float32 model with one input.
+        A float32 model, or an int8 model in QDQ form (fine-tuned with quantization-aware training).
     loss : str or Loss
         "cross_entropy" (default; int labels), "mse", "bce", or a :mod:`edgedl.train.losses` instance.
     optimizer : str or Optimizer
@@ -163,47 +179,110 @@ class Trainer:
     output : str, optional
         The graph output the loss reads (default: the first).
     seed : int
-        Seeds the shuffling: the same seed gives the same weights.
+        Seeds the shuffling and dropout: the same seed gives the same weights.
     clip_norm : float, optional
         Clip the global gradient norm to this value.
     lr : float, optional
         The learning rate of an optimizer given by name.
     budget_bytes : int, optional
         A training-memory budget: of the layers the policy selects, train the most trailing ones whose
-        training step (activations kept, gradients, trained copies, optimizer state) fits, measured on a
-        probe step at ``budget_batch`` samples. ``budget_probes`` lists what was measured.
+        training step (frozen prefix's arena, activations kept, gradients, trained copies, optimizer state)
+        fits, measured on a probe step at ``budget_batch`` samples; if the last layers fit with room to spare
+        but the next one does not, the input channels of that next layer that fit train too (its saved
+        input shrinks with them). ``budget_probes`` lists what was measured.
+    quantized : bool, optional
+        Fine-tune with quantization-aware training. Implied by an int8 (QDQ) model; a float model needs
+        ``calibration`` (it is quantized first with :func:`edgedl.quantize`).
+    calibration : iterable of batches, optional
+        Calibration inputs for ``quantized=True`` on a float model.
+    float_head : bool
+        With a quantized model: train the selected layers in float behind the frozen int8 backbone (they
+        export in float) instead of quantization-aware.
+    batchnorm : "auto" or "frozen"
+        "auto": BatchNormalization layers whose scale / bias train use batch statistics and update their
+        running statistics; "frozen": every BatchNormalization uses its running statistics.
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", trainable="all", *, output: str | None = None,
                  seed: int = 0, clip_norm: float | None = None, lr: float | None = None,
-                 budget_bytes: int | None = None, budget_batch: int = 32):
+                 budget_bytes: int | None = None, budget_batch: int = 32, quantized: bool | None = None,
+                 calibration=None, float_head: bool = False, batchnorm: str = "auto"):
         from ..passes import remove_identities
         from ..quant.quantize_model import copy_graph, source_graph
+        from .qat import is_qdq, to_qat
 
+        if batchnorm not in ("auto", "frozen"):
+            raise EdgeDLError(f"batchnorm must be 'auto' or 'frozen', got {batchnorm!r}")
         self.model = model
         graph = copy_graph(source_graph(model))
-        remove_identities(graph)
-        if len(graph.inputs) != 1:
-            raise EdgeDLError(f"the trainer takes models with one input, this one has {len(graph.inputs)}")
+        remove_identities(graph, dropout=False)  # Dropout drops while training
+        self.qat = None
+        if is_qdq(graph):
+            if quantized is False:
+                raise EdgeDLError("the model is int8 (QDQ): it trains with quantization-aware training or a float "
+                                  "head (float_head=True), not quantized=False")
+            self.qat = to_qat(graph)
+        elif quantized:
+            if calibration is None:
+                raise EdgeDLError("quantized=True on a float model needs calibration= (input batches to calibrate "
+                                  "the int8 ranges), or quantize it first with edgedl.quantize")
+            from ..quant.quantize_model import quantize
+
+            self.qat = to_qat(copy_graph(source_graph(quantize(model, calibration, progress=False))))
+        elif float_head:
+            raise EdgeDLError("float_head=True needs a quantized model (an int8 backbone)")
+        if self.qat is not None:
+            graph = self.qat.graph
         self.graph = graph
-        self.input = graph.inputs[0]
+        self.inputs = list(graph.inputs)
+        self.input = self.inputs[0]
         self.output = output or graph.outputs[0].name
+        if self.output not in {s.name for s in graph.outputs}:
+            raise EdgeDLError(f"{self.output!r} is not an output of the model")
         self.loss = make_loss(loss)
         self.optimizer = make_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
+        self.batchnorm = batchnorm
+        self.float_head = bool(float_head)
+        self.seed = int(seed)
         self.trainable = select_trainable(graph, trainable)
-        #: the memory probes of a budgeted policy: (layers trained, estimated bytes), see fit_budget
+        #: the memory probes of a budgeted policy: (layers trained, estimated bytes)
         self.budget_probes: list[tuple[int, int]] = []
+        #: a layer of which only some input channels train (budget): (layer, channels trained, channels)
+        self.partial_layer: tuple[str, int, int] | None = None
+        self._budgeted = budget_bytes is not None
         if budget_bytes is not None:
             self.trainable = self._fit_budget(int(budget_bytes), int(budget_batch))
-        self.params = {n: np.array(graph.initializers[n], np.float32, copy=True) for n in self.trainable}
-        self.seed = int(seed)
+        self.runner = self._runner(self.trainable)
+        initial = self.runner.initial_values()
+        self.params = {n: initial[n] for n in self.trainable}
+        self.buffers = {n: initial[n] for n in self.runner.buffers}
         self.clip_norm = clip_norm
         self.step_count = 0
-        #: the largest training memory of a step (activations, saved values, gradients) and, of it, the
-        #: activations kept for the backward, in bytes
+        #: the largest training memory of a step (frozen prefix's arena, activations, saved values, gradients)
+        #: and, of it, the activations kept for the backward, in bytes
         self.peak_bytes = 0
         self.saved_bytes = 0
-        self._tapes: dict[tuple, Tape] = {}
+
+    # -- graphs ------------------------------------------------------------------------------------------
+    def _runner(self, names: list[str]) -> TrainingRunner:
+        """The training and evaluation graphs for ``names`` trained, and their runner."""
+        from ..quant.quantize_model import copy_graph
+
+        graph = self.graph
+        if self.float_head:
+            graph = self.qat.float_after(names).graph
+        train_graph = copy_graph(graph)
+        buffers = _batchnorm_training(train_graph, set(names)) if self.batchnorm == "auto" else []
+        dropout = _dropout_training(train_graph)
+        eval_graph = copy_graph(graph)
+        _drop_dropout(eval_graph)
+        if not buffers and not dropout:
+            train_graph = eval_graph
+        # NOTE: under a memory budget a float model's frozen part runs on the tape, which frees activations as
+        # it goes; an inference plan would hold them in its arena for the whole run
+        return TrainingRunner(train_graph, eval_graph, names, buffers + dropout, self.output,
+                              quantized=self.qat is not None, num_threads=getattr(self.model, "num_threads", None),
+                              frozen_prefix=not self._budgeted or self.qat is not None)
 
     # -- memory budget -----------------------------------------------------------------------------------
     def _optimizer_slots(self) -> int:
@@ -215,33 +294,39 @@ class Trainer:
         return 2
 
     def estimate_bytes(self, names: list[str], batch: int) -> int:
-        """Training memory of one step on a batch of ``batch`` samples when ``names`` are trained: the tape's
-        peak (activations, saved values, gradients; measured on a zero batch) plus the trained copies of the
-        tensors and the optimizer state."""
-        if any(not isinstance(d, int) for d in self.input.shape[1:]):
-            raise EdgeDLError(f"a memory budget needs static sample dimensions, input is {self.input.shape}")
-        shape = (batch, *self.input.shape[1:])
-        tape = Tape(self.graph, names, {self.input.name: TensorType(shape, np.dtype(self.input.dtype))}, self.output)
-        params = {n: np.array(self.graph.initializers[n], np.float32) for n in names}
-        outs, saved = tape.forward({self.input.name: np.zeros(shape, self.input.dtype)}, params)
+        """Training memory of one step on a batch of ``batch`` samples when ``names`` are trained, as this
+        trainer runs it: the frozen prefix's arena and outputs (a budgeted trainer runs the prefix on the tape
+        instead), the tape's peak (activations, saved values, gradients; measured on a zero batch), the trained
+        copies of the tensors and the optimizer state. The input batch itself is not counted."""
+        for s in self.inputs:
+            if s.shape is None or any(not isinstance(d, int) for d in s.shape[1:]):
+                raise EdgeDLError(f"a memory budget needs static sample dimensions, input {s.name!r} is {s.shape}")
+        runner = self._runner(names)
+        feeds = {s.name: np.zeros((batch, *s.shape[1:]), s.dtype) for s in self.inputs}
+        values = runner.initial_values()
+        outs, saved, tape = runner.forward(feeds, values, train=True, keep=True)
         tape.backward(saved, np.zeros(outs[self.output].shape, np.float32))
-        tensors = sum(p.nbytes for p in params.values())
-        return int(tape.peak_bytes + tensors * (1 + self._optimizer_slots()))
+        tensors = sum(values[n].nbytes for n in names)
+        # the batch itself is the caller's: only computed frontier tensors count
+        front = sum(v.nbytes for k, v in runner.frontier(feeds, True).items() if k not in feeds)
+        return int(runner.prefix_bytes({k: v.shape for k, v in feeds.items()}) + front + tape.peak_bytes
+                   + tensors * (1 + self._optimizer_slots()))
 
     def _fit_budget(self, budget: int, batch: int) -> list[str]:
         """The parameters of the most trailing layers (of the policy's choice) whose training fits ``budget``
-        bytes at ``batch`` samples per step (binary search on the number of layers, one probe step each)."""
+        bytes at ``batch`` samples per step (binary search on the number of layers, one probe step each),
+        then as many input channels of the next layer as still fit."""
         chosen = set(self.trainable)
-        layers = [ps for _, ps in parameter_layers(self.graph) if any(p in chosen for p in ps)]
-        layers = [[p for p in ps if p in chosen] for ps in layers]
+        layers = [(name, [p for p in ps if p in chosen]) for name, ps in parameter_layers(self.graph)
+                  if any(p in chosen for p in ps)]
         if not layers:
             raise EdgeDLError("the policy selects no layer to train")
 
         def names(k):
-            return [p for ps in layers[len(layers) - k:] for p in ps]
+            return [p for _, ps in layers[len(layers) - k:] for p in ps]
 
-        def cost(k):
-            b = self.estimate_bytes(names(k), batch)
+        def cost(k, extra=()):
+            b = self.estimate_bytes(list(extra) + names(k), batch)
             self.budget_probes.append((k, b))
             return b
 
@@ -255,64 +340,146 @@ class Trainer:
                 lo = mid
             else:
                 hi = mid - 1
+        if lo < len(layers):
+            partial = self._partial_channels(layers[len(layers) - lo - 1][0], names(lo), budget, batch)
+            if partial:
+                return partial + names(lo)
         return names(lo)
 
-    # -- tapes -------------------------------------------------------------------------------------------
-    def _tape(self, shape: tuple[int, ...]) -> Tape:
-        tape = self._tapes.get(shape)
-        if tape is None:
-            dtype = np.dtype(self.input.dtype)
-            tape = Tape(self.graph, self.trainable, {self.input.name: TensorType(shape, dtype)}, self.output)
-            self._tapes[shape] = tape
-        return tape
+    def _partial_channels(self, layer: str, trained: list[str], budget: int, batch: int) -> list[str]:
+        """Train the first input channels of ``layer`` that fit the budget beside ``trained`` (the weight is
+        split in two along its input channels: the trained part's saved input is the slice it reads)."""
+        from .partial import split_input_channels
 
-    def _check_data(self, x, y) -> tuple[np.ndarray, np.ndarray]:
-        x = np.asarray(x)
+        node = next(n for n in self.graph.nodes if n.name == layer)
+        channels = split_input_channels(self.graph, node, None)
+        if channels is None or channels < 2:
+            return []
+
+        def attempt(c):
+            from ..quant.quantize_model import copy_graph
+
+            g = copy_graph(self.graph)
+            w_train = split_input_channels(g, next(n for n in g.nodes if n.name == layer), c)
+            saved, self.graph = self.graph, g
+            bias = [i for i in node.inputs[2:3] if node.op_type != "MatMul" and i in self.trainable]
+            try:
+                b = self.estimate_bytes([w_train] + bias + trained, batch)
+            finally:
+                self.graph = saved
+            self.budget_probes.append((-c, b))
+            return g, w_train, b
+
+        lo, hi, best = 0, channels - 1, None
+        while lo < hi:  # the most channels (fewer than all) that fit
+            mid = (lo + hi + 1) // 2
+            g, w_train, b = attempt(mid)
+            if b <= budget:
+                lo, best = mid, (g, w_train)
+            else:
+                hi = mid - 1
+        if best is None:
+            return []
+        self.graph, w_train = best
+        self.partial_layer = (layer, lo, channels)
+        bias = [i for i in node.inputs[2:3] if node.op_type != "MatMul" and i in self.trainable]
+        return [w_train] + bias
+
+    # -- data --------------------------------------------------------------------------------------------
+    def _feeds(self, x) -> dict[str, np.ndarray]:
+        """Inputs as {name: array}: an array for a one-input model, a dict, or a list in input order."""
+        names = [s.name for s in self.inputs]
+        if isinstance(x, dict):
+            unknown = sorted(set(x) - set(names))
+            missing = [n for n in names if n not in x]
+            if unknown or missing:
+                raise EdgeDLError(f"inputs must be given for exactly {names}; unknown {unknown}, missing {missing}")
+            arrays = [x[n] for n in names]
+        elif isinstance(x, (list, tuple)) and len(names) > 1:
+            arrays = list(x)
+            if len(arrays) != len(names):
+                raise EdgeDLError(f"the model has {len(names)} inputs, got {len(arrays)} arrays")
+        else:
+            if len(names) != 1:
+                raise EdgeDLError(f"the model has {len(names)} inputs {names}: give a dict name -> array or a list "
+                                  f"in that order")
+            arrays = [x]
+        feeds = {}
+        for spec, a in zip(self.inputs, arrays):
+            a = np.asarray(a)
+            want = np.dtype(spec.dtype)
+            if a.dtype != want:
+                raise EdgeDLError(f"input {spec.name!r} must be {want.name}, got {a.dtype}")
+            shape = spec.shape
+            if a.ndim < 1 or (shape is not None and (len(shape) != a.ndim or any(
+                    isinstance(d, int) and d != s for d, s in zip(shape[1:], a.shape[1:])))):
+                raise EdgeDLError(f"input {spec.name!r} expects samples of shape "
+                                  f"{tuple(shape[1:]) if shape else '?'}, got {tuple(a.shape[1:])}")
+            feeds[spec.name] = np.ascontiguousarray(a)
+        counts = {len(a) for a in feeds.values()}
+        if len(counts) > 1:
+            raise EdgeDLError(f"every input must have the same number of samples, got {sorted(counts)}")
+        return feeds
+
+    def _check_data(self, x, y) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        feeds = self._feeds(x)
         y = np.asarray(y)
-        want = np.dtype(self.input.dtype)
-        if x.dtype != want:
-            raise EdgeDLError(f"inputs must be {want.name}, got {x.dtype}")
-        if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
-            raise EdgeDLError(f"inputs and labels must have the same number of samples, got {x.shape} and {y.shape}")
-        spec = self.input.shape
-        if len(spec) != x.ndim or any(isinstance(d, int) and d != s for d, s in zip(spec[1:], x.shape[1:])):
-            raise EdgeDLError(f"input {self.input.name!r} expects samples of shape {tuple(spec[1:])}, got "
-                              f"{tuple(x.shape[1:])}")
-        return np.ascontiguousarray(x), y
+        n = len(next(iter(feeds.values())))
+        if y.ndim < 1 or len(y) != n:
+            raise EdgeDLError(f"inputs and labels must have the same number of samples, got {n} and {y.shape}")
+        return feeds, y
+
+    def _values(self) -> dict[str, np.ndarray]:
+        values = dict(self.params)
+        values.update(self.buffers)
+        return values
 
     # -- steps -------------------------------------------------------------------------------------------
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def train_step(self, x, y: np.ndarray) -> tuple[float, np.ndarray]:
         """One optimizer step on a batch; returns (loss, model output)."""
-        tape = self._tape(tuple(x.shape))
-        outs, saved = tape.forward({self.input.name: x}, self.params)
+        feeds = x if isinstance(x, dict) and all(isinstance(v, np.ndarray) for v in x.values()) else None
+        if feeds is None or set(feeds) != {s.name for s in self.inputs}:
+            feeds, y = self._check_data(x, y)
+        values = self._values()
+        for name in self.runner.buffers:
+            if name.startswith(_DROPOUT_SEED):
+                values[name] = np.array(_dropout_seed(self.seed, self.step_count, name), np.int64)
+        outs, saved, tape = self.runner.forward(feeds, values, train=True, keep=True)
         out = outs[self.output]
         loss, grad = self.loss(out, y)
         if not np.isfinite(loss):
             raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
                               f"learning rate, clip gradients, or check the data)")
         grads = tape.backward(saved, grad)
-        self.peak_bytes = max(self.peak_bytes, tape.peak_bytes)
+        prefix = self.runner.prefix_bytes({k: v.shape for k, v in feeds.items()})
+        self.peak_bytes = max(self.peak_bytes, prefix + tape.peak_bytes)
         self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
         if self.clip_norm:
             clip_grad_norm(grads, self.clip_norm)
         self.optimizer.step(self.params, grads)
+        for name in self.runner.buffers:
+            if f"{name}{_UPDATED}" in outs:  # a running statistic of a training-mode BatchNormalization
+                self.buffers[name][...] = outs[f"{name}{_UPDATED}"]
         self.step_count += 1
         return loss, out
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """The model output (the loss's output) for every sample, with the current weights."""
-        x = np.ascontiguousarray(np.asarray(x))
+        """The model output (the loss's output) for every sample, with the current weights (running
+        statistics, no dropout)."""
+        feeds = self._feeds(x)
+        n = len(next(iter(feeds.values())))
+        values = self._values()
         outs = []
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            o, _ = self._tape(tuple(xb.shape)).forward({self.input.name: xb}, self.params, keep=False)
+        for i in range(0, n, batch_size):
+            fb = {k: v[i:i + batch_size] for k, v in feeds.items()}
+            o, _, _ = self.runner.forward(fb, values, train=False, keep=False)
             outs.append(o[self.output])
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
     def evaluate(self, x, y, batch_size: int = 256) -> dict[str, float]:
         """{"loss", and for cross-entropy "accuracy"} over the whole set."""
-        x, y = self._check_data(x, y)
-        out = self.predict(x, batch_size)
+        feeds, y = self._check_data(x, y)
+        out = self.predict(feeds, batch_size)
         loss, _ = self.loss(out, y)
         res = {"loss": loss}
         if isinstance(self.loss, SoftmaxCrossEntropy):
@@ -322,14 +489,15 @@ class Trainer:
     def fit(self, x, y, epochs: int = 1, batch_size: int = 32, validation=None, callbacks=(), shuffle: bool = True,
             progress: bool = False, checkpoint=None, checkpoint_every: int = 0, resume: bool = False) -> History:
         """Train for ``epochs`` over (x, y) in batches (the last one smaller), then write the weights into the
-        model (:meth:`commit`). ``validation``: (x, y) evaluated after every epoch. ``callbacks``: objects with
+        model (:meth:`commit`). ``x``: an array (one-input model), a dict input name -> array, or a list in
+        input order. ``validation``: (x, y) evaluated after every epoch. ``callbacks``: objects with
         ``on_epoch_end(trainer, epoch, logs) -> stop`` (e.g. :class:`EarlyStopping`).
 
         ``checkpoint``: a path written atomically at the end of every epoch and every ``checkpoint_every``
-        steps (weights, optimizer state, position, history). ``resume=True`` continues from that file when it
-        exists: the run ends with the same weights as one never interrupted (epoch ``e`` shuffles with a
-        generator seeded by (seed, e), so the batches are the same)."""
-        x, y = self._check_data(x, y)
+        steps (weights, running statistics, optimizer state, position, history). ``resume=True`` continues
+        from that file when it exists: the run ends with the same weights as one never interrupted (epoch
+        ``e`` shuffles with a generator seeded by (seed, e), so the batches are the same)."""
+        feeds, y = self._check_data(x, y)
         if epochs < 1 or batch_size < 1 or checkpoint_every < 0:
             raise EdgeDLError("epochs and batch_size must be >= 1, checkpoint_every >= 0")
         if validation is not None:
@@ -338,7 +506,7 @@ class Trainer:
             raise EdgeDLError("resume and checkpoint_every need a checkpoint path")
         is_ce = isinstance(self.loss, SoftmaxCrossEntropy)
         hist = History()
-        n = len(x)
+        n = len(y)
         start_epoch, start_batch, total, correct = 0, 0, 0.0, 0
         if resume and checkpoint is not None and os.path.exists(checkpoint):
             start_epoch, start_batch, total, correct, hist = self._restore(checkpoint, n, batch_size)
@@ -358,8 +526,8 @@ class Trainer:
                 nbatches = -(-n // batch_size)
                 for b in range(first, nbatches):
                     idx = order[b * batch_size:(b + 1) * batch_size]
-                    xb, yb = np.ascontiguousarray(x[idx]), y[idx]
-                    loss, out = self.train_step(xb, yb)
+                    fb, yb = {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}, y[idx]
+                    loss, out = self.train_step(fb, yb)
                     total += loss * len(idx)
                     if is_ce:
                         correct += int(np.sum(np.argmax(out, axis=1) == yb))
@@ -392,6 +560,12 @@ class Trainer:
         return hist
 
     # -- checkpoints ---------------------------------------------------------------------------------------
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """What a checkpoint stores besides the optimizer: the trained tensors and the running statistics."""
+        arrays = dict(self.params)
+        arrays.update({k: v for k, v in self.buffers.items() if not k.startswith(_DROPOUT_SEED)})
+        return arrays
+
     def save_checkpoint(self, path, epoch: int = 0, batch: int = 0, total: float = 0.0, correct: int = 0,
                         hist: History | None = None, batch_size: int = 0, samples: int = 0) -> None:
         """Write the weights, optimizer state and position (continue at ``epoch``, ``batch``) atomically."""
@@ -402,26 +576,122 @@ class Trainer:
                 "step_count": self.step_count, "batch_size": batch_size, "samples": samples,
                 "trainable": self.trainable, "history": {k: getattr(h, k) for k in
                                                          ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")}}
-        write_checkpoint(path, self.params, self.optimizer.state_dict(), meta)
+        write_checkpoint(path, self._state_arrays(), self.optimizer.state_dict(), meta)
 
     def _restore(self, path, samples: int, batch_size: int):
         from .checkpoint import read_checkpoint
 
-        params, opt_state, meta = read_checkpoint(path)
+        arrays, opt_state, meta = read_checkpoint(path)
         if meta["trainable"] != self.trainable:
             raise EdgeDLError(f"{path} trains {meta['trainable']}, this trainer {self.trainable}")
         if meta["batch_size"] != batch_size or meta["samples"] != samples or meta["seed"] != self.seed:
             raise EdgeDLError(f"{path} was written by a run with batch_size {meta['batch_size']}, "
                               f"{meta['samples']} samples and seed {meta['seed']}: resume with the same ones")
-        for name, value in params.items():
-            if value.shape != self.params[name].shape:
-                raise EdgeDLError(f"{path}: {name!r} has shape {value.shape}, the model {self.params[name].shape}")
-            self.params[name][...] = value
+        mine = self._state_arrays()
+        if set(arrays) != set(mine):
+            raise EdgeDLError(f"{path} holds {sorted(arrays)}, this trainer {sorted(mine)}")
+        for name, value in arrays.items():
+            if value.shape != mine[name].shape:
+                raise EdgeDLError(f"{path}: {name!r} has shape {value.shape}, the model {mine[name].shape}")
+            mine[name][...] = value
         self.optimizer.load_state_dict(opt_state)
         self.step_count = int(meta["step_count"])
         hist = History(**{k: list(v) for k, v in meta["history"].items()})
         return int(meta["epoch"]), int(meta["batch"]), float(meta["total"]), int(meta["correct"]), hist
 
+    def exported_graph(self) -> Graph:
+        """The trained model's graph in standard ONNX form: float, or QDQ int8 for a quantized model (a float
+        head stays float); a budget's split layer is joined again."""
+        from .partial import join_split_weights
+
+        values = {**self.params, **{k: v for k, v in self.buffers.items() if not k.startswith(_DROPOUT_SEED)}}
+        if self.qat is not None:
+            qat = self.qat.float_after(self.trainable) if self.float_head else self.qat
+            graph = qat.export(values)
+        else:
+            from ..quant.quantize_model import copy_graph
+
+            graph = copy_graph(self.graph)
+            graph.initializers.update({k: np.array(v) for k, v in values.items()})
+        return join_split_weights(graph)
+
     def commit(self) -> None:
         """Write the current weights into the model (its plans are rebuilt on the next run)."""
-        self.model.set_weights(self.params)
+        if self.qat is None and self.partial_layer is None:
+            values = {**self.params, **{k: v for k, v in self.buffers.items() if not k.startswith(_DROPOUT_SEED)}}
+            self.model.set_weights(values)
+        else:
+            self.model.set_source(self.exported_graph())
+
+
+# -- training-mode rewrites ------------------------------------------------------------------------------------
+_DROPOUT_SEED = "edgedl_dropout_seed"
+#: the suffix of a training-mode BatchNormalization's updated running statistic
+_UPDATED = "_edgedl_updated"
+
+
+def _dropout_seed(seed: int, step: int, name: str) -> int:
+    """The seed of one Dropout at one step: a function of (trainer seed, step, node), so a resumed run
+    drops the same units."""
+    k = int(name[len(_DROPOUT_SEED) + 1:] or 0)
+    return int(np.random.default_rng([seed, step, k]).integers(0, 2**62))
+
+
+def _dropout_ratio(graph: Graph, n) -> float:
+    if len(n.inputs) > 1 and n.inputs[1]:
+        v = graph.initializers.get(n.inputs[1])
+        if v is None:
+            raise EdgeDLError(f"{n.describe()}: the dropout ratio must be a constant to train")
+        return float(v.reshape(-1)[0])
+    return float(n.attrs.get("ratio", 0.5))
+
+
+def _dropout_training(graph: Graph) -> list[str]:
+    """Dropout nodes -> edgedl TrainingDropout(x, seed) with a per-step seed tensor each; returns the seeds."""
+    from ..ir import Node
+
+    seeds = []
+    nodes = []
+    for k, n in enumerate(graph.nodes):
+        if n.op_type == "Dropout" and not n.domain:
+            ratio = _dropout_ratio(graph, n)
+            seed = f"{_DROPOUT_SEED}_{k}"
+            graph.initializers[seed] = np.zeros((), np.int64)
+            seeds.append(seed)
+            nodes.append(Node("TrainingDropout", n.name, [n.inputs[0], seed], [n.outputs[0], f"{n.outputs[0]}_mask"],
+                              {"ratio": ratio}, domain="edgedl"))
+        else:
+            nodes.append(n)
+    graph.nodes = nodes
+    return seeds
+
+
+def _drop_dropout(graph: Graph) -> None:
+    """Evaluation: Dropout is the identity."""
+    from ..passes import remove_identities
+
+    remove_identities(graph)
+
+
+def _batchnorm_training(graph: Graph, trained: set[str]) -> list[str]:
+    """BatchNormalization nodes whose scale or bias train -> training mode (batch statistics), with their
+    running mean and variance as run-time buffers and the updated values as extra outputs."""
+    from ..ir import TensorSpec
+
+    buffers = []
+    for n in graph.nodes:
+        if n.op_type != "BatchNormalization" or n.domain or not (set(n.inputs[1:3]) & trained):
+            continue
+        if graph.opset < 7:
+            raise EdgeDLError(f"{n.describe()}: training BatchNormalization needs opset >= 7")
+        mean, var = n.inputs[3], n.inputs[4]
+        if mean not in graph.initializers or var not in graph.initializers:
+            raise EdgeDLError(f"{n.describe()}: the running statistics must be initializers to train")
+        outs = [n.outputs[0], f"{mean}{_UPDATED}", f"{var}{_UPDATED}"]
+        n.outputs = outs
+        if graph.opset >= 14:
+            n.attrs["training_mode"] = 1
+        graph.outputs.extend(TensorSpec(o, None, None) for o in outs[1:])
+        buffers += [mean, var]
+    return buffers
+
