@@ -174,21 +174,34 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def _training_data(path: str, model, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) from an .npz: x under the model's input name or "x", labels under "y" or "labels"."""
+def _training_data(path: str, model, what: str):
+    """(x, y) from an .npz: each input under its name (or "x" for a one-input model), the labels under "y" or
+    "labels". x is an array for a one-input model, else a dict input name -> array."""
     from edgedl.errors import InputError
 
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a missing or foreign file
         raise InputError(f"{what} {path}: cannot read it as .npz ({type(e).__name__}: {e})") from None
-    name = model.inputs[0].name
-    xk = name if name in data.files else "x" if "x" in data.files else None
+    names = [i.name for i in model.inputs]
     yk = "y" if "y" in data.files else "labels" if "labels" in data.files else None
-    if xk is None or yk is None:
-        raise InputError(f"{what} {path} must hold the inputs under {name!r} or 'x' and the labels under 'y' or "
-                         f"'labels' (found {data.files})")
-    return data[xk], data[yk]
+    if len(names) == 1:
+        xk = names[0] if names[0] in data.files else "x" if "x" in data.files else None
+        if xk is None or yk is None:
+            raise InputError(f"{what} {path} must hold the inputs under {names[0]!r} or 'x' and the labels under "
+                             f"'y' or 'labels' (found {data.files})")
+        return data[xk], data[yk]
+    missing = [n for n in names if n not in data.files]
+    if missing or yk is None:
+        raise InputError(f"{what} {path} must hold every input under its name ({names}) and the labels under 'y' "
+                         f"or 'labels' (found {data.files})")
+    return {n: data[n] for n in names}, data[yk]
+
+
+def _is_quantized(model) -> bool:
+    from edgedl.train.qat import is_qdq
+
+    return is_qdq(model.source if model.source is not None else model.graph)
 
 
 def parse_size(text: str) -> int:
@@ -216,16 +229,28 @@ def cmd_finetune(args) -> int:
     val = _training_data(args.val, model, "--val") if args.val else None
     opt = make_optimizer(args.optimizer, lr=args.lr)
     budget = parse_size(args.budget) if args.budget else None
+    calibration = None
+    if args.quantized and not _is_quantized(model):
+        n = min(len(y), 512)  # calibrate the int8 ranges on (up to) 512 training samples
+        feeds = x if isinstance(x, dict) else {model.inputs[0].name: x}
+        calibration = [{k: v[i:i + 64] for k, v in feeds.items()} for i in range(0, n, 64)]
     trainer = edgedl.Trainer(model, loss=args.loss, optimizer=opt, trainable=args.trainable, seed=args.seed,
-                             clip_norm=args.clip_norm, budget_bytes=budget, budget_batch=args.batch_size)
+                             clip_norm=args.clip_norm, budget_bytes=budget, budget_batch=args.batch_size,
+                             quantized=True if args.quantized else None, calibration=calibration,
+                             float_head=args.float_head, batchnorm=args.batchnorm)
+    if trainer.qat is not None:
+        how = "float head behind a frozen int8 backbone" if args.float_head else "quantization-aware (fake int8)"
+        print(f"int8 model: training {how}; the output is QDQ int8 ONNX")
     if budget is not None:
-        fits = dict(trainer.budget_probes)
-        print(f"budget {_fmt_bytes(budget)}: training {len(trainer.trainable)} tensors of the last layers "
-              f"(estimated {_fmt_bytes(max(b for b in fits.values() if b <= budget))})")
+        fits = [b for _, b in trainer.budget_probes if b <= budget]
+        part = trainer.partial_layer
+        extra = f" and {part[1]} of the {part[2]} input channels of {part[0]}" if part else ""
+        print(f"budget {_fmt_bytes(budget)}: training {len(trainer.trainable)} tensors of the last layers{extra} "
+              f"(estimated {_fmt_bytes(max(fits))})")
     ex, ey = val if val is not None else (x, y)
     before = trainer.evaluate(ex, ey)
     print(f"training {len(trainer.trainable)} tensors ({sum(trainer.params[k].size for k in trainer.trainable):,} "
-          f"values, policy {args.trainable!r}) on {len(x)} samples")
+          f"values, policy {args.trainable!r}) on {len(y)} samples")
     t0 = time.perf_counter()
     trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation=val, progress=not args.quiet,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, resume=args.resume)
@@ -236,14 +261,14 @@ def cmd_finetune(args) -> int:
     for label, r in (("before", before), ("after", after)):
         acc = f", accuracy {r['accuracy']:.2%}" if "accuracy" in r else ""
         print(f"{label}: {on} loss {r['loss']:.4f}{acc}")
-    print(f"time {seconds:.1f} s ({args.epochs * len(x) / max(seconds, 1e-9):.0f} samples/s); training peak memory "
+    print(f"time {seconds:.1f} s ({args.epochs * len(y) / max(seconds, 1e-9):.0f} samples/s); training peak memory "
           f"{_fmt_bytes(trainer.peak_bytes)} (saved activations {_fmt_bytes(trainer.saved_bytes)})")
     print(f"wrote {args.output}")
     return 0
 
 
 def cmd_ops(args) -> int:
-    from edgedl.registry import registered_ops
+    from edgedl.registry import Op, registered_ops
 
     dtype_cols = ("float32", "int8")
     header = ("op", *(f"cpu {d}" for d in dtype_cols), "cpu other", "cuda", "backward", "notes")
@@ -253,7 +278,7 @@ def cmd_ops(args) -> int:
         cells = ["numba" if d in cpu or (d == "int8" and "uint8" in cpu) else "numpy" for d in dtype_cols]
         cells.append("numba" if len(cpu - set(dtype_cols)) > 1 else "numpy")
         cuda = ",".join(cls.kernels.get("cuda", ())) or "-"
-        backward = "yes" if getattr(cls, "backward", None) else "-"
+        backward = "yes" if cls.backward is not Op.backward else "-"
         note = "zero-copy view" if cls.alias else ("folded at plan time" if cls.shape_only else "")
         rows.append((f"{domain + '.' if domain else ''}{op_type}", *cells, cuda, backward, note))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -264,7 +289,8 @@ def cmd_ops(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\n{len(rows)} ops. numba: a compiled Numba kernel; numpy: the numpy path (reference math, or "
           "numpy copies for data movement). The int8 column covers 8-bit tensors (int8 and uint8: QLinear* "
-          "ops, int8 pooling); CUDA kernels and backward passes arrive with the CUDA and training work.")
+          "ops, int8 pooling); backward: the op has a gradient for training (edgedl finetune). CUDA kernels "
+          "arrive with the CUDA work.")
     return 0
 
 
@@ -293,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=1, help="samples per calibration feed (from one .npz)")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(fn=cmd_quantize)
-    s = sub.add_parser("finetune", help="train a float model on the device (backprop) and save it as ONNX")
+    s = sub.add_parser("finetune", help="fine-tune a model on the device (backprop) and save it as ONNX (float, "
+                       "or QDQ int8 with --quantized / an int8 model)")
     s.add_argument("model")
     s.add_argument("--data", required=True, help=".npz with inputs ('x' or the input's name) and labels ('y')")
     s.add_argument("--val", help="validation .npz, same keys")
@@ -301,7 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=5)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--trainable", default="all", help='"all", "bias", "last:K" (default: all)')
-    s.add_argument("--budget", help="training-memory budget (e.g. 64MB): train the last layers that fit")
+    s.add_argument("--budget", help="training-memory budget (e.g. 64MB): train the last layers (and input "
+                   "channels of the next one) that fit")
+    s.add_argument("--quantized", action="store_true",
+                   help="quantization-aware fine-tuning: a float model is calibrated on the training data and "
+                        "quantized first (an int8 QDQ model always trains this way); writes QDQ int8 ONNX")
+    s.add_argument("--float-head", action="store_true",
+                   help="with an int8 model: train the selected layers in float behind the frozen int8 backbone")
+    s.add_argument("--batchnorm", default="auto", choices=["auto", "frozen"],
+                   help="auto: trained BatchNormalization layers use batch statistics (default); frozen: running ones")
     s.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "bce"])

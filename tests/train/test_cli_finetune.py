@@ -65,3 +65,38 @@ def test_finetune_with_a_memory_budget(files, capsys):
     code = main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "train.npz"), "--budget", "lots",
                  "-o", str(files / "b.onnx")])
     assert code == 2 and "as a size" in capsys.readouterr().err
+
+
+def _accuracy(text, when):
+    return float(text.split(f"{when}: validation loss")[1].split("accuracy ")[1].split("%")[0])
+
+
+def test_finetune_quantized_writes_int8_qdq_that_onnxruntime_runs(files, capsys):
+    trained = files / "float.onnx"
+    assert main(["finetune", str(files / "cnn.onnx"), "--data", str(files / "train.npz"), "--epochs", "4", "--lr",
+                 "0.01", "--quiet", "-o", str(trained)]) == 0
+    capsys.readouterr()
+    out = files / "qat.onnx"
+    code = main(["finetune", str(trained), "--data", str(files / "train.npz"), "--val", str(files / "val.npz"),
+                 "--epochs", "2", "--lr", "0.001", "--quantized", "--quiet", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "quantization-aware" in text, text
+    assert _accuracy(text, "after") > 85, text
+    saved = onnx.load(out)
+    ops = [n.op_type for n in saved.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "FakeQuantize" not in ops
+    weights = {t.name: t for t in saved.graph.initializer}
+    assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in weights.values())
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    val = np.load(files / "val.npz")
+    acc = np.mean(np.argmax(sess.run(None, {"x": val["x"]})[0], 1) == val["labels"]) * 100
+    assert acc == pytest.approx(_accuracy(text, "after"), abs=1.0)  # onnxruntime's int8 rounding may differ
+    # an int8 model: a float head behind the int8 backbone
+    head = files / "head.onnx"
+    code = main(["finetune", str(out), "--data", str(files / "train.npz"), "--val", str(files / "val.npz"),
+                 "--epochs", "1", "--trainable", "last:1", "--float-head", "--quiet", "-o", str(head)])
+    text = capsys.readouterr().out
+    assert code == 0 and "float head" in text, text
+    ops = [n.op_type for n in onnx.load(head).graph.node]
+    assert ops[-1] == "Gemm" and "QuantizeLinear" in ops
