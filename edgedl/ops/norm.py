@@ -14,9 +14,10 @@ Inference: ``Y = (X - mean) / sqrt(var + epsilon) * scale + B``, run as a per-ch
 at build time when the parameters are constants (computed per run otherwise). With ``spatial=0`` the
 parameters may have the shape (C, D1, ..., Dn) and apply per activation (numpy path).
 
-Training (numpy reference path): the batch statistics over every axis but the channel one (axis 0 only with
-``spatial=0``), population variance; Y is normalized with them; ``running = input * momentum + current * (1 -
-momentum)``; saved_mean / saved_var (opset < 14) are the batch mean and variance.
+Training (float32 Numba kernels, :mod:`edgedl.kernels.cpu.bn_train`; the numpy reference for other dtypes,
+``spatial=0`` and opset < 14's saved statistics): the batch statistics over every axis but the channel one
+(axis 0 only with ``spatial=0``), population variance; Y is normalized with them; ``running = input * momentum
++ current * (1 - momentum)``; saved_mean / saved_var (opset < 14) are the batch mean and variance.
 """
 from __future__ import annotations
 
@@ -137,6 +138,15 @@ class BatchNormalization(Op):
         (the running-statistics outputs take no gradient). Float64 accumulation."""
         x, scale, mean, var = ins[0], ins[1], ins[3], ins[4]
         g = grads[0] if grads[0] is not None else np.zeros(x.shape, np.float32)
+        if self._fast_backward(x, scale, mean, var) and not (needs[3] or needs[4]):
+            from ..kernels.cpu.bn_train import bn_frozen_backward, bn_train_backward
+
+            xc, gc = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(g, np.float32)
+            if self.training:
+                dx, dscale, dbias = bn_train_backward(xc, gc, scale, self.epsilon, bool(needs[0]))
+            else:
+                dx, dscale, dbias = bn_frozen_backward(xc, gc, scale, mean, var, self.epsilon, bool(needs[0]))
+            return [dx, dscale if needs[1] else None, dbias if needs[2] else None, None, None]
         x64, g64 = x.astype(np.float64), g.astype(np.float64)
         axes = (0,) if self.per_activation else (0,) + tuple(range(2, x.ndim))
         sc = self._bshape(x, scale.astype(np.float64))
@@ -169,9 +179,18 @@ class BatchNormalization(Op):
             res[4] = (-0.5 * (g64 * sc * (x64 - mu) * inv ** 3).sum(axis=axes)).reshape(pshape).astype(np.float32)
         return res
 
+    def _fast_backward(self, x, scale, mean, var) -> bool:
+        """Whether the float32 Numba backward applies (else the float64 numpy one)."""
+        return (not self.per_activation and x is not None and x.dtype == np.float32 and x.ndim >= 2
+                and all(p is not None and p.dtype == np.float32 and p.shape == (x.shape[1],)
+                        for p in (scale, mean, var)))
+
     # --- kernels ------------------------------------------------------------------------------------------
     def build(self, ins, outs, consts):
         x = ins[0]
+        if self.training and self.n_out <= 3 and all(self.node.outputs[:self.n_out]) and not self.per_activation \
+                and all(np.dtype(t.dtype) == np.float32 for t in ins[:5]):
+            return self._train_kernel(int(x.shape[1]))
         if self.n_out > 1:
             return self._ref_present()
         if self.training or x.dtype != np.float32 or self.per_activation:
@@ -197,6 +216,20 @@ class BatchNormalization(Op):
             bn_runtime_affine(inputs[1], inputs[2], inputs[3], inputs[4], eps, a, b)
             channel_affine(inputs[0], outputs[0], a, b, n, c, s)
         return Kernel(run_dyn, scratch_bytes=8 * c)
+
+    def _train_kernel(self, c: int) -> Kernel:
+        """Batch statistics (float32 Numba, float64 sums): Y and, when asked, the updated running statistics."""
+        from ..kernels.cpu.bn_train import bn_train_forward
+
+        eps, momentum, n_out = self.epsilon, self.momentum, self.n_out
+
+        def run(inputs, outputs, scratch):
+            spare = scratch[:8 * c].view(np.float32)
+            new_mean = outputs[1] if n_out > 1 else spare[:c]
+            new_var = outputs[2] if n_out > 2 else spare[c:]
+            bn_train_forward(np.ascontiguousarray(inputs[0]), *inputs[1:5], eps, momentum, outputs[0], new_mean,
+                             new_var)
+        return Kernel(run, scratch_bytes=8 * c)
 
     def _ref_present(self) -> Kernel:
         """The numpy path, writing only the outputs the node has (an omitted middle output is skipped)."""

@@ -95,14 +95,23 @@ def _batch_stats(x, axes):
     return x64.mean(axis=axes), ((x64 - x64.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes)
 
 
-def test_batchnorm_training_mode_opset14():
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (4, 9, 40, 41)])
+def test_batchnorm_training_mode_opset14(shape, monkeypatch):
+    from edgedl.kernels.cpu import bn_train
+
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, 4, 5, 2)).astype(np.float32) * 2 + 1
-    params = bn_params(rng, 4)
+    x = rng.standard_normal(shape).astype(np.float32) * 2 + 1
+    c = shape[1]
+    params = bn_params(rng, c)
     op = make_op("BatchNormalization", dict(training_mode=1, momentum=0.8, epsilon=1e-4), NAMES,
                  ["y", "rm", "rv"], 15)
     (y, rm, rv), kern = run(op, [x] + params, [None] * 5)
-    assert kern.impl == "numpy"
+    assert kern.impl == "numba"
+    # serial and parallel (one channel per thread) give the same bits
+    monkeypatch.setattr(bn_train, "PARALLEL_MIN_WORK", 0 if x.size < 1000 else 1 << 40)
+    (y2, rm2, rv2), _ = run(op, [x] + params, [None] * 5)
+    for a, b in ((y, y2), (rm, rm2), (rv, rv2)):
+        np.testing.assert_array_equal(a, b)
     cm, cv = _batch_stats(x, (0, 2, 3))
     np.testing.assert_allclose(y, bn_inference(x, params[0], params[1], cm, cv, 1e-4), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rm, params[2] * 0.8 + cm * 0.2, rtol=1e-5, atol=1e-6)
