@@ -84,6 +84,10 @@ def __getattr__(name: str):
         from .train import Trainer
 
         return Trainer
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(".train", __name__)
     raise AttributeError(f"module 'edgedl' has no attribute {name!r}")
 
 

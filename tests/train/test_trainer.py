@@ -197,3 +197,13 @@ def test_a_memory_budget_trains_what_fits_and_a_smaller_budget_uses_less(digits)
     assert peaks["small"] < peaks["big"], peaks
     with pytest.raises(EdgeDLError, match="over the budget"):
         edgedl.Trainer(edgedl.load(_cnn()), budget_bytes=1000)
+
+
+def test_the_training_package_loads_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgedl; assert 'edgedl.train' not in sys.modules; "
+            "print(edgedl.train.Adam.__name__, edgedl.Trainer.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Adam", "Trainer"]
