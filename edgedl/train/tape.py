@@ -49,10 +49,11 @@ class Saved:
 
 
 class _Memory:
-    """Live-bytes accounting of one step: each array counts as the buffer it views, once."""
+    """Live-bytes accounting of one step: each array counts as the buffer it views, once, for as long as some
+    array added on it has not been dropped."""
 
     def __init__(self):
-        self.live: dict[int, int] = {}
+        self.live: dict[int, list[int]] = {}  # id of the root buffer -> [bytes, arrays on it]
         self.total = 0
         self.peak = 0
 
@@ -66,17 +67,25 @@ class _Memory:
         if a is None:
             return
         r = self._root(a)
-        if id(r) not in self.live:
-            self.live[id(r)] = r.nbytes
+        entry = self.live.get(id(r))
+        if entry is None:
+            self.live[id(r)] = [r.nbytes, 1]
             self.total += r.nbytes
             self.peak = max(self.peak, self.total)
+        else:
+            entry[1] += 1
 
     def drop(self, a: np.ndarray | None) -> None:
         if a is None:
             return
-        n = self.live.pop(id(self._root(a)), None)
-        if n is not None:
-            self.total -= n
+        key = id(self._root(a))
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[key]
+            self.total -= entry[0]
 
 
 class Tape:
@@ -161,11 +170,18 @@ class Tape:
         if unreached:
             raise EdgeDLError(f"trainable tensors {sorted(unreached)} do not reach output {self.loss_output!r}")
         self.saved_names = set()
-        for s in self.steps:
+        #: step index -> the saved values no earlier step's backward reads (freed once that step's backward ran)
+        self._free_after: dict[int, list[str]] = {}
+        first_reader: dict[str, int] = {}
+        for idx, s in enumerate(self.steps):
             if s.grad:
-                self.saved_names.update(s.node.inputs[k] for k in s.keep_in if k < len(s.node.inputs)
-                                        and s.node.inputs[k])
-                self.saved_names.update(s.node.outputs[k] for k in s.keep_out if s.node.outputs[k])
+                names = [s.node.inputs[k] for k in s.keep_in if k < len(s.node.inputs) and s.node.inputs[k]]
+                names += [s.node.outputs[k] for k in s.keep_out if s.node.outputs[k]]
+                self.saved_names.update(names)
+                for n in names:
+                    first_reader.setdefault(n, idx)
+        for n, idx in first_reader.items():
+            self._free_after.setdefault(idx, []).append(n)
 
     # -- running ---------------------------------------------------------------------------------------
     def forward(self, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray],
@@ -216,7 +232,8 @@ class Tape:
         return last
 
     def backward(self, saved: Saved, grad_output: np.ndarray) -> dict[str, np.ndarray]:
-        """The gradient of every parameter, from the gradient of the loss with respect to ``loss_output``."""
+        """The gradient of every parameter, from the gradient of the loss with respect to ``loss_output``.
+        Consumes ``saved``: each value is released once no remaining backward step reads it."""
         t = self.types[self.loss_output]
         if tuple(grad_output.shape) != tuple(t.shape):
             raise EdgeDLError(f"the loss gradient has shape {grad_output.shape}, output {self.loss_output!r} "
@@ -225,35 +242,44 @@ class Tape:
         grads: dict[str, np.ndarray] = {self.loss_output: np.ascontiguousarray(grad_output, np.float32)}
         mem.add(grads[self.loss_output])
         values = saved.values
-        for s in reversed(self.steps):
-            if not s.grad:
-                continue
-            gouts = [grads.pop(o, None) if o else None for o in s.node.outputs]
-            if all(g is None for g in gouts):
-                continue
-            ins = [values.get(s.node.inputs[k]) if (k in s.keep_in and s.node.inputs[k]) else None
-                   for k in range(len(s.node.inputs))]
-            outs = [values.get(s.node.outputs[k]) if k in s.keep_out else None for k in range(len(s.node.outputs))]
-            gins = s.op.backward(gouts, ins, outs, s.needs)
-            for g in gouts:
-                mem.drop(g)
-            for name, need, g in zip(s.node.inputs, s.needs, gins):
-                if not need:
-                    continue
-                if g is None:
-                    raise EdgeDLError(f"{s.node.describe()}: backward gave no gradient for input {name!r}")
-                want = tuple(self.types[name].shape)
-                if tuple(g.shape) != want:
-                    raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {g.shape}, expected {want}")
-                if name in grads:
-                    prev = grads[name]
-                    grads[name] = prev + g
-                    mem.drop(prev)
-                else:
-                    grads[name] = g
-                mem.add(grads[name])
+        produced = {o for s in self.steps for o in s.node.outputs if o}
+        for idx in range(len(self.steps) - 1, -1, -1):
+            s = self.steps[idx]
+            if s.grad:
+                self._backward_step(s, grads, values, mem)
+            for name in self._free_after.get(idx, ()):  # no earlier step's backward reads these
+                v = values.pop(name, None)
+                if name in produced:
+                    mem.drop(v)
         self.peak_bytes = mem.peak
         return {p: grads[p] for p in self.params}
+
+    def _backward_step(self, s: _Step, grads: dict, values: dict, mem: _Memory) -> None:
+        """One op's backward: its output gradients in, its inputs' gradients accumulated into ``grads``."""
+        gouts = [grads.pop(o, None) if o else None for o in s.node.outputs]
+        if all(g is None for g in gouts):
+            return
+        ins = [values.get(s.node.inputs[k]) if (k in s.keep_in and s.node.inputs[k]) else None
+               for k in range(len(s.node.inputs))]
+        outs = [values.get(s.node.outputs[k]) if k in s.keep_out else None for k in range(len(s.node.outputs))]
+        gins = s.op.backward(gouts, ins, outs, s.needs)
+        for g in gouts:
+            mem.drop(g)
+        for name, need, g in zip(s.node.inputs, s.needs, gins):
+            if not need:
+                continue
+            if g is None:
+                raise EdgeDLError(f"{s.node.describe()}: backward gave no gradient for input {name!r}")
+            want = tuple(self.types[name].shape)
+            if tuple(g.shape) != want:
+                raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {g.shape}, expected {want}")
+            if name in grads:
+                prev = grads[name]
+                grads[name] = prev + g
+                mem.drop(prev)
+            else:
+                grads[name] = g
+            mem.add(grads[name])
 
 
 def _dummy(t: TensorType | None):
