@@ -15,7 +15,47 @@ from ..ir import Graph, TensorType
 from .split import Split, split_frozen
 from .tape import Saved, Tape
 
-__all__ = ["TrainingRunner"]
+__all__ = ["TrainingRunner", "PREFIX_CHUNK"]
+
+#: samples per run of the frozen prefix: its inference arena holds this many samples' activations, not the
+#: batch's (a frozen prefix treats samples independently; checked by op type and by output shapes)
+PREFIX_CHUNK = 4
+
+#: ops that compute each sample from that sample alone (with the attribute checks in _per_sample)
+_PER_SAMPLE = {"Conv", "ConvTranspose", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid",
+               "HardSwish", "Elu", "Selu", "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
+               "Max", "Min", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
+               "LRN", "InstanceNormalization", "Concat", "Flatten", "Reshape", "Identity", "Dropout", "QuantizeLinear",
+               "DequantizeLinear", "MatMul", "Gemm", "Pad", "Resize", "Upsample", "Softmax", "LogSoftmax",
+               "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Shape", "Gather", "Cast", "Constant",
+               "ConstantOfShape", "Neg", "Abs", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round",
+               "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
+               "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu"}
+
+
+def _per_sample(graph: Graph) -> bool:
+    """Whether every node of ``graph`` computes each sample (axis 0) from that sample alone (conservative)."""
+    producers = graph.producers()
+    for n in graph.nodes:
+        a = n.attrs
+        if n.op_type not in _PER_SAMPLE:
+            return False
+        if n.op_type in ("Concat", "Softmax", "LogSoftmax", "Split", "Flatten") and int(a.get("axis", 1)) == 0:
+            return False
+        if n.op_type == "Gemm" and a.get("transA", 0):
+            return False
+        if n.op_type == "Transpose" and list(a.get("perm", [1]))[:1] != [0]:
+            return False
+        if n.op_type in ("Squeeze", "Unsqueeze") and 0 in list(a.get("axes", [])):
+            return False
+        if n.op_type == "BatchNormalization" and (a.get("training_mode", 0) or len(n.outputs) > 1):
+            return False
+        if n.op_type == "Gather" and int(a.get("axis", 0)) == 0 and n.inputs[0] not in graph.initializers \
+                and producers.get(n.inputs[0]) is not None and producers[n.inputs[0]].op_type != "Shape":
+            return False  # picking samples (a Gather on a shape vector is fine)
+        # axes / pads given as inputs (Slice, Pad, Squeeze, Unsqueeze): a use that mixes samples changes the
+        # outputs' sample axis, which _run_in_chunks checks
+    return True
 
 
 class TrainingRunner:
@@ -26,8 +66,11 @@ class TrainingRunner:
     an inference arena (what a tight memory budget wants)."""
 
     def __init__(self, train_graph: Graph, eval_graph: Graph, params: list[str], buffers: list[str], output: str,
-                 *, quantized: bool = False, num_threads: int | None = None, frozen_prefix: bool = True):
+                 *, quantized: bool = False, num_threads: int | None = None, frozen_prefix: bool = True,
+                 prefix_chunk: int | None = PREFIX_CHUNK):
         self.params, self.buffers, self.output = list(params), list(buffers), output
+        #: samples per run of the frozen prefix (its arena is sized for that many); None: the whole batch
+        self.prefix_chunk = prefix_chunk
         self.quantized, self.num_threads = quantized, num_threads
         self.train_graph = train_graph
         self.train_split = split_frozen(train_graph, self.params, self.buffers, frozen_prefix)
@@ -60,21 +103,49 @@ class TrainingRunner:
         return self._prefix[key]
 
     def frontier(self, feeds: dict[str, np.ndarray], train: bool) -> dict[str, np.ndarray]:
-        """The frontier tensors for a batch: graph inputs passed through, the rest computed by the prefix."""
+        """The frontier tensors for a batch: graph inputs passed through, the rest computed by the prefix (in
+        chunks of ``prefix_chunk`` samples when it treats samples independently)."""
         split = self.train_split if train else self.eval_split
         prefix = self._prefix_model(split)
         out = {t: feeds[t] for t in split.frontier if t in feeds}
-        if prefix is not None:
-            out.update(prefix.run({s.name: feeds[s.name] for s in prefix.graph.inputs}))
+        if prefix is None:
+            return out
+        ins = {s.name: feeds[s.name] for s in prefix.graph.inputs}
+        n = len(next(iter(ins.values()))) if ins else 0
+        chunk = self.prefix_chunk
+        if chunk and n > chunk and _per_sample(prefix.source) and all(v.ndim and len(v) == n for v in ins.values()):
+            parts = self._run_in_chunks(prefix, ins, n, chunk)
+            if parts is not None:
+                out.update(parts)
+                return out
+        out.update(prefix.run(ins))
         return out
 
-    def prefix_bytes(self, shapes: dict[str, tuple], train: bool = True) -> int:
-        """The arena of the prefix's inference plan for these input shapes (0 without a prefix)."""
+    @staticmethod
+    def _run_in_chunks(prefix, ins: dict[str, np.ndarray], n: int, chunk: int) -> dict[str, np.ndarray] | None:
+        """The prefix over ``chunk`` samples at a time (the last chunk zero-padded, so one plan serves all);
+        None when an output does not keep the sample axis first."""
+        result: dict[str, np.ndarray] = {}
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            part = {k: v[i:i + m] if m == chunk else
+                    np.concatenate([v[i:], np.zeros((chunk - m, *v.shape[1:]), v.dtype)]) for k, v in ins.items()}
+            outs = prefix.run(part)
+            if not result:
+                if any(o.ndim == 0 or len(o) != chunk for o in outs.values()):
+                    return None
+                result = {k: np.empty((n, *o.shape[1:]), o.dtype) for k, o in outs.items()}
+            for k, o in outs.items():
+                result[k][i:i + m] = o[:m]
+        return result
+
+    def prefix_bytes(self, train: bool = True) -> int:
+        """The arenas of the prefix's inference plans built so far (what its runs hold; 0 without a prefix)."""
         split = self.train_split if train else self.eval_split
         prefix = self._prefix_model(split)
         if prefix is None:
             return 0
-        return int(prefix.plan({s.name: shapes[s.name] for s in prefix.graph.inputs}).arena_bytes)
+        return int(sum(p.arena_bytes for p in prefix._plans.values()))
 
     # -- the tape -------------------------------------------------------------------------------------------
     def tape(self, front: dict[str, np.ndarray], train: bool) -> Tape:

@@ -29,7 +29,7 @@ from ..errors import EdgeDLError
 from ..ir import Graph
 from .losses import SoftmaxCrossEntropy, make_loss
 from .optim import clip_grad_norm, make_optimizer
-from .runner import TrainingRunner
+from .runner import PREFIX_CHUNK, TrainingRunner
 
 __all__ = ["Trainer", "History", "EarlyStopping", "select_trainable", "parameter_layers"]
 
@@ -201,12 +201,16 @@ class Trainer:
     batchnorm : "auto" or "frozen"
         "auto": BatchNormalization layers whose scale / bias train use batch statistics and update their
         running statistics; "frozen": every BatchNormalization uses its running statistics.
+    prefix_chunk : int or None
+        The frozen prefix runs as inference on this many samples at a time (its arena holds that many
+        samples' activations) when it treats samples independently; None: the whole batch at once.
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", trainable="all", *, output: str | None = None,
                  seed: int = 0, clip_norm: float | None = None, lr: float | None = None,
                  budget_bytes: int | None = None, budget_batch: int = 32, quantized: bool | None = None,
-                 calibration=None, float_head: bool = False, batchnorm: str = "auto"):
+                 calibration=None, float_head: bool = False, batchnorm: str = "auto",
+                 prefix_chunk: int | None = PREFIX_CHUNK):
         from ..passes import remove_identities
         from ..quant.quantize_model import copy_graph, source_graph
         from .qat import is_qdq, to_qat
@@ -242,6 +246,9 @@ class Trainer:
         self.loss = make_loss(loss)
         self.optimizer = make_optimizer(optimizer, **({} if lr is None else {"lr": lr}))
         self.batchnorm = batchnorm
+        if prefix_chunk is not None and int(prefix_chunk) < 1:
+            raise EdgeDLError(f"prefix_chunk must be >= 1 or None, got {prefix_chunk}")
+        self.prefix_chunk = None if prefix_chunk is None else int(prefix_chunk)
         self.float_head = bool(float_head)
         self.seed = int(seed)
         self.trainable = select_trainable(graph, trainable)
@@ -282,7 +289,8 @@ class Trainer:
         # it goes; an inference plan would hold them in its arena for the whole run
         return TrainingRunner(train_graph, eval_graph, names, buffers + dropout, self.output,
                               quantized=self.qat is not None, num_threads=getattr(self.model, "num_threads", None),
-                              frozen_prefix=not self._budgeted or self.qat is not None)
+                              frozen_prefix=not self._budgeted or self.qat is not None,
+                              prefix_chunk=self.prefix_chunk)
 
     # -- memory budget -----------------------------------------------------------------------------------
     def _optimizer_slots(self) -> int:
@@ -309,7 +317,7 @@ class Trainer:
         tensors = sum(values[n].nbytes for n in names)
         # the batch itself is the caller's: only computed frontier tensors count
         front = sum(v.nbytes for k, v in runner.frontier(feeds, True).items() if k not in feeds)
-        return int(runner.prefix_bytes({k: v.shape for k, v in feeds.items()}) + front + tape.peak_bytes
+        return int(runner.prefix_bytes() + front + tape.peak_bytes
                    + tensors * (1 + self._optimizer_slots()))
 
     def _fit_budget(self, budget: int, batch: int) -> list[str]:
@@ -451,7 +459,7 @@ class Trainer:
             raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
                               f"learning rate, clip gradients, or check the data)")
         grads = tape.backward(saved, grad)
-        prefix = self.runner.prefix_bytes({k: v.shape for k, v in feeds.items()})
+        prefix = self.runner.prefix_bytes()
         self.peak_bytes = max(self.peak_bytes, prefix + tape.peak_bytes)
         self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
         if self.clip_norm:

@@ -199,3 +199,36 @@ def test_a_budget_between_layers_trains_part_of_a_layers_input_channels():
     assert not np.allclose(w1[:, :c], w1_before[:, :c])
     np.testing.assert_array_equal(model.source.initializers["w0"], w0_before)
     np.testing.assert_allclose(model(x[:8]), tr.predict(x[:8]), rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_prefix_runs_in_chunks_of_samples_with_the_same_bits(digits):
+    x, y = digits[0][:30], digits[1][:30]
+    model = edgedl.load(zoo.digits_cnn(seed=1))
+    whole = edgedl.Trainer(model, trainable="last:1", prefix_chunk=None)
+    chunked = edgedl.Trainer(model, trainable="last:1", prefix_chunk=4)  # 30 = 7 x 4 + 2 (a padded last chunk)
+    a = whole.runner.frontier({"x": x}, True)
+    b = chunked.runner.frontier({"x": x}, True)
+    assert a and a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert 0 < chunked.runner.prefix_bytes() < whole.runner.prefix_bytes()
+    la, _ = whole.train_step(x, y)
+    lb, _ = chunked.train_step(x, y)
+    assert la == lb
+    with pytest.raises(EdgeDLError, match="prefix_chunk"):
+        edgedl.Trainer(model, prefix_chunk=0)
+
+
+def test_a_prefix_that_mixes_samples_runs_on_the_whole_batch():
+    from edgedl.train.runner import _per_sample
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=0), helper.make_node("Gemm", ["s", "w", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [_init("w", rng.normal(size=(4, 3))), _init("b", np.zeros(3))])
+    model = edgedl.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    tr = edgedl.Trainer(model, prefix_chunk=2)
+    assert not _per_sample(tr.runner.train_split.prefix)
+    x = rng.normal(size=(8, 4)).astype(np.float32)
+    np.testing.assert_allclose(tr.predict(x), model(x), rtol=1e-5, atol=1e-6)  # softmax over all 8 samples
