@@ -10,7 +10,9 @@ forward value that determines its derivative: Relu, Sigmoid and Tanh the output;
 HardSigmoid, HardSwish and PRelu the input (a LeakyRelu with a negative alpha, or an Elu with alpha <= 0,
 cannot tell the sign of x from y). Derivatives at kinks follow PyTorch: Relu'(0) = 0, LeakyRelu'(0) =
 PRelu'(0) = slope, Elu'(0) = alpha, Clip passes the gradient where min <= x <= max (both inclusive; a
-bound given as an input, when its gradient is asked for, gets the sum of g where x lies beyond it),
+bound given as an input, when its gradient is asked for, gets the sum of g where x lies beyond it; with
+constant bounds the tape keeps only the output and the gradient passes where min < y < max, PyTorch's
+ReLU6 / hardtanh rule), LeakyRelu with a positive slope and Elu with alpha >= 0 read their output too,
 HardSigmoid passes alpha * g only where 0 < alpha * x + beta < 1 (exclusive), HardSwish'(x) = x / 3 + 1/2 on
 [-3, 3] (so -1/2 at -3 and 3/2 at 3), 0 below, 1 above.
 """
@@ -63,13 +65,22 @@ def act_backward(op: Op, code: int, g: np.ndarray | None, v: np.ndarray | None, 
 
 
 class _FromInput:
-    """backward of an elementwise activation from its saved input (``grad_code``, params as the forward)."""
+    """backward of an elementwise activation from its saved input (``grad_code``, params as the forward), or
+    from its output (``out_code``) when the parameters let the output tell the derivative: then the tape
+    keeps only the output, which the next layer usually keeps anyway."""
 
     grad_inputs: ClassVar[tuple[int, ...]] = (0,)
     grad_outputs: ClassVar[tuple[int, ...]] = ()
     grad_code: ClassVar[int]
+    out_code: int | None = None
+
+    def _from_output(self, code: int) -> None:
+        self.out_code = code
+        self.grad_inputs, self.grad_outputs = (), (0,)
 
     def backward(self, grads, ins, outs, needs):
+        if self.out_code is not None:
+            return [act_backward(self, self.out_code, grads[0], outs[0], "output", *self.params())]
         return [act_backward(self, self.grad_code, grads[0], ins[0], "input", *self.params())]
 
 
@@ -104,6 +115,8 @@ class LeakyRelu(_FromInput, Unary):
     def __init__(self, node, opset):
         super().__init__(node, opset)
         self.alpha = float(self.attr("alpha", 0.01))
+        if self.alpha > 0:  # y > 0 exactly where x > 0
+            self._from_output(G.G_LEAKY_RELU)
 
     def params(self):
         return self.alpha, 0.0
@@ -121,6 +134,8 @@ class Elu(_FromInput, Unary):
     def __init__(self, node, opset):
         super().__init__(node, opset)
         self.alpha = float(self.attr("alpha", 1.0))
+        if self.alpha >= 0:  # y > 0 exactly where x > 0, and alpha * exp(x) = y + alpha below
+            self._from_output(G.G_ELU_OUT)
 
     def params(self):
         return self.alpha, 0.0
@@ -285,6 +300,7 @@ class Clip(Op):
                                      f"{np.dtype(ins[0].dtype).name}")
                 if t.size != 1 or len(t.shape) > 1:
                     raise self.error(f"{what} must be a scalar, got shape {tuple(t.shape)}")
+        self._grad_from_output(consts)
         return [TensorType(ins[0].shape, ins[0].dtype)]
 
     def _bounds(self, dtype, lo, hi):
@@ -331,8 +347,16 @@ class Clip(Op):
 
         return Kernel(run_dyn)
 
-    # every input: x and the bounds (scalars) decide where the gradient passes
+    # every input: x and the bounds (scalars) decide where the gradient passes; with constant bounds the
+    # output does (see infer), and the tape keeps only the output, which the next layer usually keeps anyway
     grad_inputs = None
+
+    def _grad_from_output(self, consts) -> None:
+        """Constant (or attribute) bounds: the backward reads the output, the gradient passing where
+        min < y < max (PyTorch's ReLU6 / hardtanh rule; an input exactly at a bound takes no gradient)."""
+        if self.opset < 11 or all(k >= len(consts) or not self.node.inputs[k] or consts[k] is not None
+                                  for k in (1, 2)):
+            self.grad_inputs, self.grad_outputs = (1, 2), (0,)
 
     def backward(self, grads, ins, outs, needs):
         t = self.in_types[0]
@@ -341,6 +365,9 @@ class Clip(Op):
         lo, hi = self._bounds(np.float32, *(ins[k] if k < len(ins) else None for k in (1, 2)))
         lo = -np.inf if lo is None else float(lo)
         hi = np.inf if hi is None else float(hi)
+        if ins[0] is None and outs and outs[0] is not None:  # constant bounds: from the output
+            return [act_backward(self, G.G_CLIP_OUT, grads[0], outs[0], "output", lo, hi) if needs[0] else None] \
+                + [None] * (len(ins) - 1)
         dx = act_backward(self, G.G_CLIP, grads[0], ins[0], "input", lo, hi) if needs[0] else None
         # The bounds (inputs 1, 2) get a gradient only when asked for (the tape asks when one is trainable):
         # the sum of g where the output is that bound. Ties (x == bound) go to x, as above; where lo > hi the

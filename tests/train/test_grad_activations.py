@@ -77,12 +77,26 @@ def test_unary_fd(op_type, attrs, kinks, scale, seed):
 
 
 def test_unary_saves_the_documented_value():
-    for op_type, want_in, want_out in [("Relu", (), (0,)), ("Sigmoid", (), (0,)), ("Tanh", (), (0,)),
-                                       ("LeakyRelu", (0,), ()), ("Elu", (0,), ()), ("HardSigmoid", (0,), ()),
-                                       ("HardSwish", (0,), ()), ("Softmax", (), (0,)), ("LogSoftmax", (), (0,))]:
-        op, _, _ = make_op(op_type, [np.zeros((2, 3), np.float32)])
-        assert (op.grad_inputs, op.grad_outputs) == (want_in, want_out), op_type
+    for op_type, attrs, want_in, want_out in [
+            ("Relu", {}, (), (0,)), ("Sigmoid", {}, (), (0,)), ("Tanh", {}, (), (0,)),
+            ("LeakyRelu", {}, (), (0,)), ("LeakyRelu", {"alpha": -0.5}, (0,), ()),  # a negative slope hides x's sign
+            ("Elu", {}, (), (0,)), ("Elu", {"alpha": -1.0}, (0,), ()), ("HardSigmoid", {}, (0,), ()),
+            ("HardSwish", {}, (0,), ()), ("Softmax", {}, (), (0,)), ("LogSoftmax", {}, (), (0,))]:
+        op, _, _ = make_op(op_type, [np.zeros((2, 3), np.float32)], attrs)
+        assert (op.grad_inputs, op.grad_outputs) == (want_in, want_out), (op_type, attrs)
         assert op.has_backward()
+    # Clip with constant bounds reads its output (the bounds are constants: free to keep)
+    op, _, _ = make_op("Clip", [np.zeros((2, 3), np.float32), np.float32(0), np.float32(6)], consts=(1, 2), opset=13)
+    assert (op.grad_inputs, op.grad_outputs) == ((1, 2), (0,))
+
+
+def test_clip_from_its_output_passes_strictly_inside_the_bounds():
+    x = np.array([-1.0, 0.0, 0.5, 6.0, 7.0], np.float32)
+    lo, hi = np.float32(0), np.float32(6)
+    op, _, _ = make_op("Clip", [x, lo, hi], opset=13)
+    y = op.ref(x, lo, hi)[0]
+    (dx, *_) = op.backward([np.full(5, 2.0, np.float32)], [None, lo, hi], [y], [True, False, False])
+    np.testing.assert_array_equal(dx, [0, 0, 2, 0, 0])  # PyTorch's ReLU6 (hardtanh) rule
 
 
 def test_none_gradient_and_integer_input():
@@ -338,3 +352,25 @@ def test_softmax_kernel_parallel(log, layout):
     else:
         want = y64 * (g64 - (g64 * y64).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(dx.reshape(outer, n, inner), want, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("bounds", [(-0.5, 0.8), (0.0, 6.0), (None, 0.3), (1.0, -1.0)],
+                         ids=["both", "relu6", "max", "crossed"])
+def test_clip_with_constant_bounds_fd_from_the_output(bounds):
+    rng = np.random.default_rng(6)
+    x = rand_x(rng, rand_shape(rng), [b for b in bounds if b is not None], 4.0)
+    ins = [x] + [None if b is None else np.float32(b) for b in bounds]
+    consts = tuple(k for k in (1, 2) if ins[k] is not None)
+    op, _, _ = make_op("Clip", ins, consts=consts, opset=13)
+    assert op.grad_outputs == (0,) and 0 not in op.grad_inputs
+    check_backward("Clip", ins, consts=consts, wrt=[0], opset=13)
+
+
+@pytest.mark.parametrize("op_type,attrs", [("LeakyRelu", {"alpha": 0.2}), ("Elu", {"alpha": 0.7}),
+                                           ("Elu", {"alpha": 0.0})])
+def test_activations_from_their_output_fd(op_type, attrs):
+    rng = np.random.default_rng(7)
+    x = rand_x(rng, rand_shape(rng), [0.0], 3.0)
+    op, _, _ = make_op(op_type, [x], attrs)
+    assert op.grad_inputs == () and op.grad_outputs == (0,)
+    check_backward(op_type, [x], attrs)

@@ -43,6 +43,8 @@ G_SIGMOID = 4       # v = y: g * y * (1 - y)
 G_TANH = 5          # v = y: g * (1 - y * y)
 G_HARD_SIGMOID = 6  # v = x, alpha, beta: alpha * g where 0 < alpha * x + beta < 1, else 0
 G_HARD_SWISH = 7    # v = x: 0 below -3, g * (x / 3 + 1/2) on [-3, 3], g above 3
+G_ELU_OUT = 8       # v = y, alpha >= 0: g where y > 0, else (y + alpha) * g (= alpha * exp(x) * g)
+G_CLIP_OUT = 9      # v = y, alpha = min, beta = max: g where min < y < max, else 0
 
 #: inner positions per work item of the strided softmax (axis not last)
 BLOCK = 256
@@ -65,6 +67,10 @@ def _dact(op, v, g, alpha, beta):
         return g * v * (one - v)
     elif op == G_TANH:
         return g * (one - v * v)
+    elif op == G_ELU_OUT:
+        return g if v > zero else (v + alpha) * g
+    elif op == G_CLIP_OUT:
+        return g if (v > alpha and v < beta) else zero
     elif op == G_HARD_SIGMOID:
         t = alpha * v + beta
         return alpha * g if (t > zero and t < one) else zero
