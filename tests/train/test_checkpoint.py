@@ -130,3 +130,41 @@ def test_bad_checkpoints_are_clear_errors(data, tmp_path):
         other.fit(x[:64], y[:64], epochs=2, batch_size=32, checkpoint=ckpt, resume=True)
     with pytest.raises(EdgeDLError, match="checkpoint path"):
         _trainer().fit(x[:64], y[:64], resume=True)
+
+
+def test_resume_with_batchnorm_statistics_and_dropout_is_exact(tmp_path):
+    """Running statistics are checkpointed with the weights, and dropout masks come from (seed, step): an
+    interrupted run resumes to the same weights and statistics as an uninterrupted one."""
+    from test_trainer_modes import _bn_dropout_two_inputs
+
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.normal(size=(96, 1, 8, 8)).astype(np.float32), "z": rng.normal(size=(96, 4)).astype(np.float32)}
+    y = rng.integers(0, 10, 96)
+
+    def trainer():
+        return edgedl.Trainer(edgedl.load(_bn_dropout_two_inputs(ratio=0.3)), optimizer=SGD(lr=0.05, momentum=0.9),
+                              seed=5)
+
+    whole = trainer()
+    whole.fit(feeds, y, epochs=3, batch_size=16)
+
+    class Stop(Exception):
+        pass
+
+    class Interrupt:
+        def on_epoch_end(self, tr, epoch, logs):
+            if epoch == 0:
+                raise Stop
+
+    ckpt = tmp_path / "bn.npz"
+    first = trainer()
+    with pytest.raises(Stop):
+        first.fit(feeds, y, epochs=3, batch_size=16, checkpoint=ckpt, checkpoint_every=4, callbacks=[Interrupt()])
+    assert {"m1", "v1"} <= set(read_checkpoint(ckpt)[0])
+    resumed = trainer()
+    resumed.fit(feeds, y, epochs=3, batch_size=16, checkpoint=ckpt, checkpoint_every=4, resume=True)
+    for k in whole.params:
+        np.testing.assert_array_equal(resumed.params[k], whole.params[k])
+    for k in ("m1", "v1"):
+        np.testing.assert_array_equal(resumed.buffers[k], whole.buffers[k])
+        assert not np.array_equal(whole.buffers[k], resumed.graph.initializers[k])  # they did move
