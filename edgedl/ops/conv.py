@@ -143,9 +143,10 @@ class Conv(_ConvBase):
     grad_inputs = (0, 1)
 
     def backward(self, grads, ins, outs, needs):
-        """dx by the GEMM and col2im, dw by im2col and the GEMM (depthwise: direct kernels for both), db by
-        summing dy (:mod:`edgedl.kernels.cpu.conv_grad`). 1-D and 2-D convolutions."""
-        from ..kernels.cpu.conv_grad import bias_grad, conv2d_input_grad, conv2d_weight_grad, depthwise_weight_grad
+        """dx and dw by :func:`edgedl.kernels.cpu.conv_grad.conv2d_grads` (depthwise: both in one pass; 1x1
+        stride 1: GEMMs on the NCHW planes; otherwise a dot-product kernel for dw and the GEMM + col2im per
+        chunk of images for dx), db by summing dy. 1-D and 2-D convolutions."""
+        from ..kernels.cpu.conv_grad import bias_grad, conv2d_grads
 
         if self.act[0] or self.residual:
             raise self.unsupported("has a fused activation or residual: train the graph before fusion")
@@ -159,18 +160,16 @@ class Conv(_ConvBase):
         dy = np.ascontiguousarray(grads[0] if grads[0] is not None else np.zeros(y_shape, np.float32),
                                   np.float32).reshape(y_shape)
         out = [None] * len(self.in_types)
-        if needs[0]:
-            wc = np.ascontiguousarray(w, np.float32).reshape(w_shape)
-            dx = conv2d_input_grad(dy, wc, x_shape, strides, (pads[0], pads[1]), dilations, self.group)
-            out[0] = dx.reshape(x_t.shape)
-        if needs[1]:
-            xs = np.ascontiguousarray(x, np.float32).reshape(x_shape)
-            pads2 = (pads[0], pads[1])
-            if self.group == x_shape[1] and w_shape[1] == 1:
-                dw = depthwise_weight_grad(xs, dy, w_shape, strides, pads2, dilations)
-            else:
-                dw = conv2d_weight_grad(xs, dy, w_shape, strides, pads2, dilations, self.group)
-            out[1] = dw.reshape(w_t.shape)
+        need_dx, need_dw = bool(needs[0]), bool(needs[1])
+        if need_dx or need_dw:
+            wc = np.ascontiguousarray(w, np.float32).reshape(w_shape) if need_dx else None
+            xs = np.ascontiguousarray(x, np.float32).reshape(x_shape) if need_dw else None
+            dx, dw = conv2d_grads(xs, dy, wc, x_shape, w_shape, strides, (pads[0], pads[1]), dilations, self.group,
+                                  need_dx, need_dw)
+            if need_dx:
+                out[0] = dx.reshape(x_t.shape)
+            if need_dw:
+                out[1] = dw.reshape(w_t.shape)
         if len(out) > 2 and self.in_types[2] is not None and needs[2]:
             out[2] = bias_grad(dy)
         return out

@@ -95,6 +95,30 @@ def test_maxpool_ties_go_to_the_first_max():
     np.testing.assert_array_equal(dx, _maxpool_scatter(x, dy, attrs))
 
 
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 8, 6), dict(kernel_shape=[2, 2], strides=[2, 2])),      # disjoint 2x2 windows tiling the plane
+    ((1, 2, 4, 40), dict(kernel_shape=[2, 2], strides=[2, 2])),     # ... rows too wide for that kernel
+    ((2, 2, 7, 9), dict(kernel_shape=[2, 2], strides=[2, 2])),      # odd sizes: the output-by-output kernel
+    ((1, 2, 6, 40), dict(kernel_shape=[3, 2], strides=[1, 2], pads=[1, 0, 1, 0])),  # wide rows, tap by tap
+])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_maxpool_kernels_ties_and_nan(shape, attrs, parallel, monkeypatch):
+    """Every MaxPool backward kernel routes ties to the first maximum and never to a NaN, like the
+    reference's indices; serial and parallel kernels agree bitwise."""
+    from edgedl.kernels.cpu import pool_grad
+
+    if parallel:
+        monkeypatch.setattr(pool_grad, "PARALLEL_MIN_WORK", 0)
+    x = np.random.default_rng(6).integers(0, 3, shape).astype(np.float32)
+    x.reshape(-1)[::7] = np.nan
+    op, _, outs_t = make_op("MaxPool", [x], attrs)
+    dy = normal(outs_t[0].shape, 7)
+    (dx,) = op.backward([dy], [x], [None, None], [True])
+    np.testing.assert_array_equal(dx, _maxpool_scatter(x, dy, attrs))
+    (one,) = _single_thread(lambda: op.backward([dy], [x], [None, None], [True]))
+    np.testing.assert_array_equal(dx, one)
+
+
 @pytest.mark.parametrize("cip", [0, 1])
 @pytest.mark.parametrize("shape,attrs", POOL_CASES)
 def test_averagepool(shape, attrs, cip):
