@@ -435,7 +435,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="timed steps (default: digits 200, mobilenet 10)")
     ap.add_argument("--warmup", type=int, help="warm-up steps (default: digits 20, mobilenet 3)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts, e.g. --threads 1 2")
-    ap.add_argument("--policies", nargs="+", default=["all", "last:1", "last:2"])
+    ap.add_argument("--policies", nargs="+", default=["all", "last:1", "last:2", "last:1+int8", "last:2+int8"],
+                    help="trainable policies; +int8: edgedl with a frozen int8 backbone and a float head")
     ap.add_argument("--resolution", type=int, default=96, help="mobilenet input size")
     ap.add_argument("--width", type=float, default=0.35, help="mobilenet width multiplier")
     ap.add_argument("--validate", action="store_true", help="check the memory method, then exit")
