@@ -59,6 +59,18 @@ class _ConvBase(Op):
         if b is not None and tuple(b.shape) != (channels,):
             raise self.error(f"bias must have shape ({channels},), got {b.shape}")
 
+    def _gradient_list(self, dx, dw, dy, needs) -> list:
+        """[dx, dw, db] shaped as the inputs (None where not computed or asked for); db sums dy."""
+        from ..kernels.cpu.conv_grad import bias_grad
+
+        out = [None] * len(self.in_types)
+        if dx is not None:
+            out[0] = dx.reshape(self.in_types[0].shape)
+        if dw is not None:
+            out[1] = dw.reshape(self.in_types[1].shape)
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = bias_grad(dy)
+        return out
 
 @register
 class Conv(_ConvBase):
@@ -146,7 +158,7 @@ class Conv(_ConvBase):
         """dx and dw by :func:`edgedl.kernels.cpu.conv_grad.conv2d_grads` (depthwise: both in one pass; 1x1
         stride 1: GEMMs on the NCHW planes; otherwise a dot-product kernel for dw and the GEMM + col2im per
         chunk of images for dx), db by summing dy. 1-D and 2-D convolutions."""
-        from ..kernels.cpu.conv_grad import bias_grad, conv2d_grads
+        from ..kernels.cpu.conv_grad import conv2d_grads
 
         if self.act[0] or self.residual:
             raise self.unsupported("has a fused activation or residual: train the graph before fusion")
@@ -159,20 +171,14 @@ class Conv(_ConvBase):
         w_shape = (*w_t.shape[:2], *kernel)
         dy = np.ascontiguousarray(grads[0] if grads[0] is not None else np.zeros(y_shape, np.float32),
                                   np.float32).reshape(y_shape)
-        out = [None] * len(self.in_types)
         need_dx, need_dw = bool(needs[0]), bool(needs[1])
+        dx = dw = None
         if need_dx or need_dw:
             wc = np.ascontiguousarray(w, np.float32).reshape(w_shape) if need_dx else None
             xs = np.ascontiguousarray(x, np.float32).reshape(x_shape) if need_dw else None
             dx, dw = conv2d_grads(xs, dy, wc, x_shape, w_shape, strides, (pads[0], pads[1]), dilations, self.group,
                                   need_dx, need_dw)
-            if need_dx:
-                out[0] = dx.reshape(x_t.shape)
-            if need_dw:
-                out[1] = dw.reshape(w_t.shape)
-        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
-            out[2] = bias_grad(dy)
-        return out
+        return self._gradient_list(dx if need_dx else None, dw if need_dw else None, dy, needs)
 
     def build(self, ins, outs, consts):
         x = ins[0]
@@ -272,7 +278,6 @@ class ConvTranspose(_ConvBase):
         channel per group: direct kernels), db = dy summed (:mod:`edgedl.kernels.cpu.convt_grad`). 1-D and
         2-D; every attribute of the forward (group, strides, dilations, pads / auto_pad, output_padding,
         output_shape) reaches the backward through the geometry ``infer`` stored."""
-        from ..kernels.cpu.conv_grad import bias_grad
         from ..kernels.cpu.convt_grad import conv_transpose2d_grads
 
         if self.act[0]:
@@ -303,14 +308,7 @@ class ConvTranspose(_ConvBase):
         x = np.ascontiguousarray(ins[0], np.float32).reshape(x_shape) if need_dw else None
         dx, dw = conv_transpose2d_grads(dy, x, w, x_shape, w_shape, strides, (pads[0], pads[1]), dilations,
                                         self.group, need_dx, need_dw)
-        out = [None] * len(self.in_types)
-        if need_dx:
-            out[0] = dx.reshape(x_t.shape)
-        if need_dw:
-            out[1] = dw.reshape(w_t.shape)
-        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
-            out[2] = bias_grad(dy)
-        return out
+        return self._gradient_list(dx if need_dx else None, dw if need_dw else None, dy, needs)
 
     def build(self, ins, outs, consts):
         if ins[0].dtype != np.float32 or len(ins[0].shape) not in (3, 4):
