@@ -468,9 +468,14 @@ def _conv_kernel(op: Op, make, consts, w_shape, x_shape, out_shape) -> Kernel:
         return Kernel(run, scratch_bytes=conv.scratch_bytes, bind=bind)
 
     probe = make(np.zeros(w_shape, np.float32), None)
+    prepared = []  # the convolution of the last call: new weights are repacked into it when it can
 
     def run_dynamic(inputs, outputs, scratch):
-        make(inputs[1], inputs[2] if len(inputs) > 2 else None)(
-            inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
+        w, b = inputs[1], inputs[2] if len(inputs) > 2 else None
+        conv = prepared[0] if prepared else None
+        if conv is None or not hasattr(conv, "repack") or not conv.repack(w, b):
+            conv = make(w, b)
+            prepared[:] = [conv]
+        conv(inputs[0].reshape(x_shape), outputs[0].reshape(out_shape), scratch)
 
     return Kernel(run_dynamic, scratch_bytes=probe.scratch_bytes)

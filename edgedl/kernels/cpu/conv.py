@@ -379,6 +379,7 @@ class Conv2d:
         k = cg * kh * kw
         npix = oh * ow
         asz = packed_a_size(m, k)
+        self._packing = (group, m, k, asz)
         self.ap = np.zeros(group * asz, dtype=np.float32)
         w2 = weight.reshape(group, m, k)
         for g in range(group):
@@ -394,6 +395,26 @@ class Conv2d:
                               bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
                               accumulate=self.accumulate, act=self.act, alpha=self.alpha, beta=self.beta)
         self.scratch_bytes = self._gemm.scratch_bytes()
+
+    def repack(self, weight, bias) -> bool:
+        """Load a new weight and bias of the same shapes (weights trained at run time), keeping everything
+        else prepared; False when this convolution cannot (interleaved depthwise, or the bias appears or
+        disappears): build a new one then."""
+        if (bias is None) != (self.bias is None) or getattr(self, "_ci", None) is not None:
+            return False
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        if self.strategy == "gemm":
+            group, m, k, asz = self._packing
+            w2 = weight.reshape(group, m, k)
+            for g in range(group):
+                pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
+        else:
+            self.w = weight.reshape(-1)  # (read at each call; may view the caller's array, as at __init__)
+        if bias is not None:
+            self.bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+            if self.strategy == "gemm":
+                self._gemm.set_bias(self.bias)
+        return True
 
     def bind(self, x: np.ndarray, out: np.ndarray, scratch, threads: int):
         """A no-argument callable computing ``self(x, out, scratch, threads)`` with every argument prepared

@@ -612,6 +612,7 @@ class GemmCall:
         if bp.size == 0 and (geo is None or ktab is None):
             raise ValueError("GemmCall: give a pre-packed B or a B geometry and row table")
         self.m, self.n, self.k, self.nbatch, self.ngroups = m, n, k, nbatch, ngroups
+        self._bias_spec = (bias_mode, bias_gstride)  # as given: set_bias pads a new bias the same way
         bias_arr, bias_mode, bias_gstride = pad_bias(bias, bias_mode, m, n, ngroups, bias_gstride)
         self._head = (ap, a_gstride, bp)
         self._mid = (b_nstride, b_gstride, geo if geo is not None else matrix_geometry(1, 1, 1),
@@ -652,6 +653,14 @@ class GemmCall:
             plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)
             self._plans[threads] = plan
         return plan
+
+    def set_bias(self, bias: np.ndarray) -> None:
+        """Load a new bias of the prepared size into this call (in place: bound callables see it too)."""
+        bias_arr, bias_mode, m, n, ngroups = self._tail[3], self._tail[4], self.m, self.n, self.ngroups
+        new, _, _ = pad_bias(bias, self._bias_spec[0], m, n, ngroups, self._bias_spec[1])
+        if bias_mode == BIAS_NONE or new.shape != bias_arr.shape:
+            raise ValueError("set_bias: this call was prepared without a bias of that size")
+        bias_arr[...] = new
 
     def with_a(self, ap: np.ndarray) -> GemmCall:
         """Point this prepared call at another packed A of the same size (e.g. one packed per call)."""
