@@ -199,9 +199,9 @@ def _training_data(path: str, model, what: str):
 
 
 def _is_quantized(model) -> bool:
-    from edgedl.train.qat import is_qdq
+    from edgedl.train.qat import has_quantized_ops
 
-    return is_qdq(model.source if model.source is not None else model.graph)
+    return has_quantized_ops(model.source if model.source is not None else model.graph)
 
 
 def parse_size(text: str) -> int:

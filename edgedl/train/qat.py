@@ -26,14 +26,14 @@ from ..passes.simplify import rename_input
 from ..quant.quantize_model import _Builder, copy_graph
 from ..registry import lookup
 
-__all__ = ["QatGraph", "to_qat", "is_qdq"]
+__all__ = ["QatGraph", "to_qat", "has_quantized_ops"]
 
 _LINEAR = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
               "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul"}
 
 
-def is_qdq(graph: Graph) -> bool:
+def has_quantized_ops(graph: Graph) -> bool:
     """Whether the graph holds quantization nodes (QDQ or operator form)."""
     return any(n.op_type in _QUANT_OPS for n in graph.nodes)
 

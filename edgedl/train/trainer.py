@@ -213,7 +213,7 @@ class Trainer:
                  prefix_chunk: int | None = PREFIX_CHUNK):
         from ..passes import remove_identities
         from ..quant.quantize_model import copy_graph, source_graph
-        from .qat import is_qdq, to_qat
+        from .qat import has_quantized_ops, to_qat
 
         if batchnorm not in ("auto", "frozen"):
             raise EdgeDLError(f"batchnorm must be 'auto' or 'frozen', got {batchnorm!r}")
@@ -221,7 +221,7 @@ class Trainer:
         graph = copy_graph(source_graph(model))
         remove_identities(graph, dropout=False)  # Dropout drops while training
         self.qat = None
-        if is_qdq(graph):
+        if has_quantized_ops(graph):
             if quantized is False:
                 raise EdgeDLError("the model is int8 (QDQ): it trains with quantization-aware training or a float "
                                   "head (float_head=True), not quantized=False")
@@ -271,11 +271,12 @@ class Trainer:
         self.saved_bytes = 0
 
     # -- graphs ------------------------------------------------------------------------------------------
-    def _runner(self, names: list[str]) -> TrainingRunner:
-        """The training and evaluation graphs for ``names`` trained, and their runner."""
+    def _runner(self, names: list[str], graph: Graph | None = None) -> TrainingRunner:
+        """The training and evaluation graphs for ``names`` trained (of ``graph``, default the trainer's), and
+        their runner."""
         from ..quant.quantize_model import copy_graph
 
-        graph = self.graph
+        graph = graph if graph is not None else self.graph
         if self.float_head:
             graph = self.qat.float_after(names).graph
         train_graph = copy_graph(graph)
@@ -306,10 +307,13 @@ class Trainer:
         trainer runs it: the frozen prefix's arena and outputs (a budgeted trainer runs the prefix on the tape
         instead), the tape's peak (activations, saved values, gradients; measured on a zero batch), the trained
         copies of the tensors and the optimizer state. The input batch itself is not counted."""
+        return self._estimate(names, batch, self.graph)
+
+    def _estimate(self, names: list[str], batch: int, graph: Graph) -> int:
         for s in self.inputs:
             if s.shape is None or any(not isinstance(d, int) for d in s.shape[1:]):
                 raise EdgeDLError(f"a memory budget needs static sample dimensions, input {s.name!r} is {s.shape}")
-        runner = self._runner(names)
+        runner = self._runner(names, graph)
         feeds = {s.name: np.zeros((batch, *s.shape[1:]), s.dtype) for s in self.inputs}
         values = runner.initial_values()
         outs, saved, tape = runner.forward(feeds, values, train=True, keep=True)
@@ -369,12 +373,8 @@ class Trainer:
 
             g = copy_graph(self.graph)
             w_train = split_input_channels(g, next(n for n in g.nodes if n.name == layer), c)
-            saved, self.graph = self.graph, g
             bias = [i for i in node.inputs[2:3] if node.op_type != "MatMul" and i in self.trainable]
-            try:
-                b = self.estimate_bytes([w_train] + bias + trained, batch)
-            finally:
-                self.graph = saved
+            b = self._estimate([w_train] + bias + trained, batch, g)
             self.budget_probes.append((-c, b))
             return g, w_train, b
 
@@ -445,9 +445,11 @@ class Trainer:
     # -- steps -------------------------------------------------------------------------------------------
     def train_step(self, x, y: np.ndarray) -> tuple[float, np.ndarray]:
         """One optimizer step on a batch; returns (loss, model output)."""
-        feeds = x if isinstance(x, dict) and all(isinstance(v, np.ndarray) for v in x.values()) else None
-        if feeds is None or set(feeds) != {s.name for s in self.inputs}:
-            feeds, y = self._check_data(x, y)
+        feeds, y = self._check_data(x, y)
+        return self._step(feeds, y)
+
+    def _step(self, feeds: dict[str, np.ndarray], y: np.ndarray) -> tuple[float, np.ndarray]:
+        """train_step on a batch already checked by _check_data."""
         values = self._values()
         for name in self.runner.buffers:
             if name.startswith(_DROPOUT_SEED):
@@ -535,7 +537,7 @@ class Trainer:
                 for b in range(first, nbatches):
                     idx = order[b * batch_size:(b + 1) * batch_size]
                     fb, yb = {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}, y[idx]
-                    loss, out = self.train_step(fb, yb)
+                    loss, out = self._step(fb, yb)
                     total += loss * len(idx)
                     if is_ce:
                         correct += int(np.sum(np.argmax(out, axis=1) == yb))
