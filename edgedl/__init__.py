@@ -36,13 +36,17 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     src : str, os.PathLike, bytes or onnx.ModelProto
         The model: a path to an ``.onnx`` file (external data is read from its folder only), the bytes of
         one, or a parsed ``onnx.ModelProto``.
-    target : str, optional
-        A target profile name (e.g. ``"rpi4"``); profiles arrive with the targets work. ``None`` runs with
-        the host's defaults.
+    target : str, Target or None
+        The board profile to run with: a name from :func:`edgedl.targets.profiles` (e.g. ``"rpi4"``),
+        ``"host"``, a profile ``.toml`` file or a :class:`edgedl.targets.Target`. None: the ``EDGEDL_TARGET``
+        variable if set, else the detected board (``edgedl targets --detect`` shows it). The target sets the
+        default thread count, the parallel thresholds, the int8 kernel and, if this process has compiled no
+        kernel yet, the CPU Numba compiles for; ``Model.target`` says what is in force.
     optimize : bool
         Run the load-time passes (Identity/Dropout removal, BatchNormalization folding, activation fusion).
     num_threads : int, optional
-        Threads for parallel kernels for this model (default: ``edgedl.set_num_threads`` or all cores).
+        Threads for parallel kernels for this model (default: ``edgedl.set_num_threads``, else the target's
+        thread count). Beside other busy work edgedl runs fewer (see :func:`edgedl.set_num_threads`).
 
     Returns
     -------
@@ -53,6 +57,16 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     EdgeDLError
         For a missing, empty, truncated or invalid file, unsupported operators, or shapes that do not fit.
     """
+    from .board import resolve
+
+    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool)
+                                    or num_threads < 1):
+        raise EdgeDLError(f"num_threads must be a positive integer, got {num_threads!r}")
+    # NOTE: before any module with Numba kernels is imported: Numba fixes its codegen when the first
+    # @njit dispatcher is created, so this is where the target's codegen can still apply to the process
+    target = resolve(target)
+    if num_threads is not None and num_threads > target.cores:
+        raise EdgeDLError(f"num_threads={num_threads} but target {target.name!r} has {target.cores} cores")
     from .converters.onnx_import import import_onnx
     from .passes import optimize as run_passes
     from .quant.quantize_model import copy_graph
@@ -61,12 +75,6 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     source = copy_graph(graph)
     if optimize:
         run_passes(graph)
-    if target is not None:
-        from .targets import resolve_target
-
-        target = resolve_target(target)
-        if num_threads is None:
-            num_threads = target.num_threads
     return Model(graph, target=target, num_threads=num_threads, source=source)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from .errors import ConstantRequired, EdgeDLError, InputError
 from .ir import Graph, TensorType, contiguous
+from .kernels.cpu.config import apply_target
 from .registry import Op, lookup
 from .runtime.plan import Plan, build_plan
 from .threads import configure_threads
@@ -33,6 +34,8 @@ class Model:
 
     def __init__(self, graph: Graph, target=None, num_threads: int | None = None, source: Graph | None = None):
         self.graph = graph
+        #: the :class:`edgedl.targets.Target` in force (its thread count, thresholds, int8 kernel), or None
+        #: for the runtime's defaults
         self.target = target
         self.num_threads = num_threads
         #: the graph before load-time passes (standard ONNX): what save() writes and quantize() starts from
@@ -118,6 +121,7 @@ class Model:
         if plan is None:
             # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
             ops = {n.name: self._op_classes[n.name](n, self.graph.opset) for n in self.graph.nodes}
+            apply_target(self.target)  # the target's thresholds and kernel choices, read while kernels prepare
             plan = build_plan(self.graph, ops, self._bind(shapes), values)
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.pop(next(iter(self._plans)))
@@ -190,8 +194,13 @@ class Model:
                 if not sources:
                     raise
                 self._value_inputs |= sources
-        configure_threads(self.num_threads)
+        apply_target(self.target)
+        configure_threads(self.num_threads, self._target_threads)
         return plan.run(feeds)
+
+    @property
+    def _target_threads(self) -> int | None:
+        return None if self.target is None else self.target.threads
 
     def __call__(self, *arrays: np.ndarray):
         """Run with positional inputs; returns one array or a tuple of arrays (in output order)."""

@@ -28,24 +28,58 @@ def prefer_spinning_pool() -> None:
 
 
 _default: int | None = None
+#: follow the load (see :mod:`edgedl.load_monitor`): run no more threads than the cores other work leaves free
+_follow_load = os.environ.get("EDGEDL_FOLLOW_LOAD", "1").strip().lower() not in ("0", "false", "no", "off")
+_monitor = None
 
 
-def set_num_threads(n: int | None) -> None:
-    """Set the default number of threads for parallel kernels (None: all cores Numba sees)."""
-    global _default
-    if n is not None and (not isinstance(n, int) or n < 1):
+def set_num_threads(n: int | None, follow_load: bool | None = None) -> None:
+    """Set the default number of threads for parallel kernels (None: all cores Numba sees).
+
+    ``follow_load`` (default on; ``EDGEDL_FOLLOW_LOAD=0`` turns it off for the process): treat the count as a
+    ceiling and run no more threads than the cores other processes leave free, measured every 0.1 s. A
+    fork-join kernel whose threads share cores with other busy work waits for the scheduler at every
+    region; fewer threads then finish sooner."""
+    global _default, _follow_load
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         from .errors import EdgeDLError
 
         raise EdgeDLError(f"thread count must be a positive integer, got {n!r}")
     _default = n
+    if follow_load is not None:
+        _follow_load = bool(follow_load)
     configure_threads(None)
 
 
-def configure_threads(n: int | None) -> None:
-    """Apply a per-model thread count (or the default) before a run."""
+def follows_load() -> bool:
+    """Whether thread counts follow the load (see :func:`set_num_threads`)."""
+    return _follow_load
+
+
+def load_monitor():
+    """The process's :class:`~edgedl.load_monitor.LoadMonitor` (created on first use)."""
+    global _monitor
+    if _monitor is None:
+        from .load_monitor import LoadMonitor
+
+        _monitor = LoadMonitor()
+    return _monitor
+
+
+def wanted_threads(n: int | None, target_threads: int | None = None) -> int:
+    """The thread ceiling for a run: a model's own count, else :func:`set_num_threads`'s default, else the
+    target's, else every core Numba has."""
+    return min(n or _default or target_threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
+
+
+def configure_threads(n: int | None, target_threads: int | None = None) -> int:
+    """Apply a per-model thread count (or the defaults, see :func:`wanted_threads`) before a run, lowered to
+    what the load leaves free when thread counts follow the load. Returns the count in force."""
     from .kernels.cpu.config import num_threads  # the cheap getter (no per-call pool launch check)
 
-    want = n or _default or numba.config.NUMBA_NUM_THREADS
-    want = min(want, numba.config.NUMBA_NUM_THREADS)
+    want = wanted_threads(n, target_threads)
+    if _follow_load and want > 1:
+        want = load_monitor().threads(want)
     if num_threads() != want:
         numba.set_num_threads(want)
+    return want

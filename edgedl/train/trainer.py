@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import EdgeDLError
 from ..ir import Graph
+from ..threads import configure_threads
 from .losses import SoftmaxCrossEntropy, make_loss
 from .optim import clip_grad_norm, make_optimizer
 from .runner import PREFIX_CHUNK, TrainingRunner
@@ -294,6 +295,11 @@ class Trainer:
                               prefix_chunk=self.prefix_chunk)
 
     # -- memory budget -----------------------------------------------------------------------------------
+    @property
+    def _target_threads(self) -> int | None:
+        target = getattr(self.model, "target", None)
+        return None if target is None else target.threads
+
     def _optimizer_slots(self) -> int:
         """Arrays of optimizer state per trained tensor (Adam: 2; SGD with momentum: 1; plain SGD: 0)."""
         from .optim import SGD
@@ -450,6 +456,7 @@ class Trainer:
 
     def _step(self, feeds: dict[str, np.ndarray], y: np.ndarray) -> tuple[float, np.ndarray]:
         """train_step on a batch already checked by _check_data."""
+        configure_threads(self.runner.num_threads, self._target_threads)  # the tape's kernels: what the load leaves
         values = self._values()
         for name in self.runner.buffers:
             if name.startswith(_DROPOUT_SEED):
@@ -478,6 +485,7 @@ class Trainer:
         statistics, no dropout)."""
         feeds = self._feeds(x)
         n = len(next(iter(feeds.values())))
+        configure_threads(self.runner.num_threads, self._target_threads)
         values = self._values()
         outs = []
         for i in range(0, n, batch_size):

@@ -21,7 +21,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .elementwise import exp_f32
 
 # NOTE: these kernels are compiled without fast-math (NJIT_EXACT): with ``reassoc`` LLVM may associate the
@@ -288,10 +289,10 @@ def softmax_grad_strided_parallel(y, g, dx, n, inner, items, nchunks, ws, log):
 # --- Python-side drivers -----------------------------------------------------------------------------------
 def _chunks(work: int, items: int, threads: int | None) -> int:
     """Parallel chunks worth ``work`` element operations split over ``items`` independent work items."""
-    if work < PARALLEL_MIN_WORK or items < 2:
+    if work < _config.PARALLEL_MIN_WORK or items < 2:
         return 1
     t = num_threads() if threads is None else threads
-    return max(1, min(t, items, work // (PARALLEL_MIN_WORK // 4)))
+    return max(1, min(t, items, work // (_config.PARALLEL_MIN_WORK // 4)))
 
 
 def act_grad(op: int, v: np.ndarray, g: np.ndarray, dx: np.ndarray, alpha: float = 0.0, beta: float = 0.0,

@@ -1,7 +1,7 @@
 """BatchNormalization for training, float32: the batch-statistics forward and both backwards.
 
 Tensors are viewed as (N, C, S) planes (S: the product of the spatial dims). Every kernel runs one channel per
-``prange`` iteration (serially below ``PARALLEL_MIN_WORK`` elements) and accumulates its sums in float64 in a
+``prange`` iteration (serially below ``config.PARALLEL_MIN_WORK`` elements) and accumulates its sums in float64 in a
 fixed order (n, then s), so results are the same bits for any thread count. Nothing larger than a per-channel
 vector is allocated.
 
@@ -22,7 +22,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 
 __all__ = ["bn_train_forward", "bn_train_backward", "bn_frozen_backward"]
 
@@ -156,7 +157,7 @@ def _frozen_parallel(x, dy, scale, mean_in, var_in, eps, dx, dscale, dbias, want
 
 
 def _parallel(x: np.ndarray) -> bool:
-    return x.size >= PARALLEL_MIN_WORK and x.shape[1] > 1 and num_threads() > 1
+    return x.size >= _config.PARALLEL_MIN_WORK and x.shape[1] > 1 and num_threads() > 1
 
 
 def _planes(a: np.ndarray) -> np.ndarray:

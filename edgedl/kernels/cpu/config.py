@@ -71,3 +71,35 @@ def num_threads() -> int:
             getter = numba.get_num_threads
         _get_num_threads = getter
     return int(_get_num_threads())
+
+
+#: the tuning values a target may set (see :func:`apply_tuning`), with the defaults above
+_DEFAULTS = {"PARALLEL_MIN_WORK": PARALLEL_MIN_WORK, "GEMM_PARALLEL_MIN_WORK": GEMM_PARALLEL_MIN_WORK}
+_applied = None
+#: the int8 GEMM kernel a target prefers ("sdot", "pairs", ...; None: the best the codegen has). An
+#: ``EDGEDL_I8_KERNEL`` set by the user wins; a kernel the codegen cannot run is never picked
+#: (see gemm_i8.preferred_kernel)
+INT8_KERNEL: str | None = None
+
+
+def apply_tuning(parallel_min_work: int | None = None, gemm_parallel_min_work: int | None = None,
+                 int8_kernel: str | None = None) -> None:
+    """Set the choices kernels read when they are prepared and bound (None: the defaults above, which the
+    ``EDGEDL_*`` variables set). A target's choices arrive here from :meth:`edgedl.Model.plan`; plans built
+    before keep the choices they were built with until they rebind."""
+    global PARALLEL_MIN_WORK, GEMM_PARALLEL_MIN_WORK, INT8_KERNEL, _applied
+    key = (parallel_min_work, gemm_parallel_min_work, int8_kernel)
+    if key == _applied:
+        return
+    PARALLEL_MIN_WORK = int(parallel_min_work or _DEFAULTS["PARALLEL_MIN_WORK"])
+    GEMM_PARALLEL_MIN_WORK = int(gemm_parallel_min_work or _DEFAULTS["GEMM_PARALLEL_MIN_WORK"])
+    INT8_KERNEL = int8_kernel
+    _applied = key
+
+
+def apply_target(target) -> None:
+    """:func:`apply_tuning` with a target's choices (None: the defaults)."""
+    if target is None:
+        apply_tuning()
+    else:
+        apply_tuning(target.parallel_min_work, target.gemm_parallel_min_work, target.int8_kernel)

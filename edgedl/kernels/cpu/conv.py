@@ -28,8 +28,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import config as _config
 from .act import ACT_NONE, act_code, act_inplace, act_ref
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
     BIAS_NONE,
@@ -433,7 +434,7 @@ class Conv2d:
         bias = self.bias if self.bias is not None else _EMPTY
         planes = self.out_shape[0] * self.out_shape[1]
         slots = min(threads, planes, work.size // (psize + wsize))
-        if slots > 1 and self.work >= PARALLEL_MIN_WORK:
+        if slots > 1 and self.work >= _config.PARALLEL_MIN_WORK:
             return (_dw_parallel, slots, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
         return (_dw_serial, work, psize, wsize, xf, self.w, bias, of, *self._dw_args)
 
@@ -526,7 +527,7 @@ class ConvTranspose2d:
         bias = self.bias if self.bias is not None else _EMPTY
         n, c, h, w = self.in_shape
         cout = self.out_shape[1]
-        par = threads > 1 and cout > 1 and self.work >= PARALLEL_MIN_WORK
+        par = threads > 1 and cout > 1 and self.work >= _config.PARALLEL_MIN_WORK
         for i in range(n):
             if c == 0:
                 col[:] = 0.0

@@ -31,7 +31,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .depthwise_grad import DepthwiseGradGeometry, copy_s2, depthwise_grads
 from .gemm import GemmCall, matrix_geometry, matrix_ktab, pack_a, packed_a_size
 from .vec import copy_floats
@@ -105,7 +106,7 @@ def im2col(x: np.ndarray, c0: int, cg: int, kernel, strides, dilations, pads, ou
         col = np.empty(want, np.float32)
     if col.shape != want or not col.flags.c_contiguous:
         raise ValueError(f"col must be a contiguous {want} array")
-    fn = _im2col_parallel if col.size >= PARALLEL_MIN_WORK else _im2col_serial
+    fn = _im2col_parallel if col.size >= _config.PARALLEL_MIN_WORK else _im2col_serial
     fn(x, col, c0, kh, kw, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], oh, ow)
     return col
 
@@ -406,7 +407,7 @@ def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray, w_shape, strides, pads, di
         if ow < NARROW_OW else _NO_TAPS
     threads = num_threads() if threads is None else threads
     work = m * kr * n * npix
-    threads = threads if work >= PARALLEL_MIN_WORK else 1
+    threads = threads if work >= _config.PARALLEL_MIN_WORK else 1
     tasks = _wgrad_tasks(group, mg, threads)
     fn = _wgrad_parallel if threads > 1 and len(tasks) > 1 else _wgrad_serial
     fn(tasks, x, x.reshape(-1), dy.reshape(-1), dw.reshape(-1), m, mg, cg, kh, kw, strides[0], strides[1],
@@ -539,7 +540,7 @@ def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, x_shape, strides, pads, dil
         call = _dx_gemm(group, cg * kh * kw, mg, npix, nbc, m, kcol, flat).with_a(ap)
         call.run(col, dyf[n0 * m * npix:(n0 + nbc) * m * npix], threads)
         img_stride, row_stride = (npix, nbc * npix) if flat else (kcol, npix)
-        fn = _col2im_chunk_parallel if nbc * kcol >= PARALLEL_MIN_WORK else _col2im_chunk_serial
+        fn = _col2im_chunk_parallel if nbc * kcol >= _config.PARALLEL_MIN_WORK else _col2im_chunk_serial
         fn(nbc, col, img_stride, row_stride, dx, n0, kh, kw, strides[0], strides[1], dilations[0], dilations[1],
            pads[0], pads[1], oh, ow)
     return dx
@@ -566,7 +567,7 @@ def conv2d_grads(x: np.ndarray | None, dy: np.ndarray, w: np.ndarray | None, x_s
                             tuple(int(v) for v in strides), tuple(int(v) for v in pads[:2]),
                             tuple(int(v) for v in dilations))
         threads = num_threads() if threads is None else threads
-        if dy.size * w_shape[2] * w_shape[3] < PARALLEL_MIN_WORK:
+        if dy.size * w_shape[2] * w_shape[3] < _config.PARALLEL_MIN_WORK:
             threads = 1
         return depthwise_grads(geom, x, dy, w, need_dx, need_dw, threads)
     dx = conv2d_input_grad(dy, w, x_shape, strides, pads, dilations, group, threads) if need_dx else None
@@ -624,7 +625,7 @@ def col2im(col: np.ndarray, dx: np.ndarray, c0: int, cg: int, kernel, strides, d
     if col.shape != (cg * kh * kw, n * oh * ow) or not (col.flags.c_contiguous and dx.flags.c_contiguous) \
             or c0 + cg > dx.shape[1]:
         raise ValueError(f"col {col.shape} does not fit dx {dx.shape} with channels {c0}..{c0 + cg}")
-    fn = _col2im_parallel if col.size >= PARALLEL_MIN_WORK else _col2im_serial
+    fn = _col2im_parallel if col.size >= _config.PARALLEL_MIN_WORK else _col2im_serial
     fn(col, dx, c0, cg, kh, kw, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], oh, ow)
 
 

@@ -22,7 +22,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL
 from .conv_grad import im2col
 
 __all__ = ["conv_transpose2d_grads"]
@@ -138,11 +139,11 @@ def conv_transpose2d_grads(dy: np.ndarray, x: np.ndarray | None, w: np.ndarray |
     if group > 1 and cg == 1:  # one input channel per group (depthwise-like): direct kernels
         if need_dx:
             dx = np.zeros(x_shape, np.float32)
-            fn = _dx_cw_parallel if dx.size * mg * kh * kw >= PARALLEL_MIN_WORK else _dx_cw_serial
+            fn = _dx_cw_parallel if dx.size * mg * kh * kw >= _config.PARALLEL_MIN_WORK else _dx_cw_serial
             fn(dy, w, dx, mg, kh, kw, sh, sw, dh, dwl, pt, pl)
         if need_dw:
             dw = np.empty(w_shape, np.float32)
-            fn = _dw_cw_parallel if x.size * m * kh * kw >= PARALLEL_MIN_WORK else _dw_cw_serial
+            fn = _dw_cw_parallel if x.size * m * kh * kw >= _config.PARALLEL_MIN_WORK else _dw_cw_serial
             fn(x, dy, dw, mg, kh, kw, sh, sw, dh, dwl, pt, pl)
         return dx, dw
     npix = h * wd

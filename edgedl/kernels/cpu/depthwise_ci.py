@@ -20,8 +20,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import config as _config
 from .act import ACT_NONE, act_inplace
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK
+from .config import NJIT, NJIT_PARALLEL
 from .vec import VW, dw_ci_rows, transpose_scatter, transpose_tiles
 
 __all__ = ["DepthwiseInterleaved", "prefer_interleaved"]
@@ -151,7 +152,7 @@ class DepthwiseInterleaved:
         self._geo = (nb, c, h, wd, sh, sw, wp, oh, ow, act, np.float32(alpha), np.float32(beta))
 
     def _slots(self, threads: int) -> int:
-        if threads > 1 and self.work >= PARALLEL_MIN_WORK:
+        if threads > 1 and self.work >= _config.PARALLEL_MIN_WORK:
             return min(threads, self.blocks)
         return 1
 

@@ -54,7 +54,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant
-from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .vec import _arg_readers, _counted_loop, _splat, _transpose_vectors
 
 __all__ = ["QDepthwise2d", "prefer_interleaved", "VQ", "GQ"]
@@ -831,7 +832,7 @@ class QDepthwise2d:
     ``__call__(x, out, scratch=None, threads=None)``: x (N, C, H, W) int8 or uint8, C-contiguous; out
     (N, M, OH, OW) int8 or uint8 (its range must hold ``[req.lo, req.hi]``); ``scratch``: a buffer of at least
     ``scratch_bytes`` bytes (allocated per call when None); ``threads``: parallel over images x channels
-    (blocks) when > 1 and the layer has PARALLEL_MIN_WORK multiply-adds. ``bind(x, out, scratch, threads)``:
+    (blocks) when > 1 and the layer has _config.PARALLEL_MIN_WORK multiply-adds. ``bind(x, out, scratch, threads)``:
     a no-argument callable doing the same with every argument prepared once (x, out, scratch stay the same
     arrays). Attributes: ``out_shape``, ``strategy``, ``operands``, ``scratch_bytes``."""
 
@@ -937,7 +938,7 @@ class QDepthwise2d:
         self.scratch_bytes = (self._pbytes + self._obytes) * max(1, min(threads_max, self.units)) + 64
 
     def _slots(self, threads: int) -> int:
-        if threads > 1 and self.work >= PARALLEL_MIN_WORK:
+        if threads > 1 and self.work >= _config.PARALLEL_MIN_WORK:
             return max(1, min(threads, self.units, numba.config.NUMBA_NUM_THREADS))
         return 1
 

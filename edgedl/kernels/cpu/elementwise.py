@@ -43,7 +43,8 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import FASTMATH, num_threads
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -377,9 +378,9 @@ def binary_range(op, a, b, out, dims, sa, sb, start, stop):
 # --- Python-side drivers (build-time planning, run-time dispatch) --------------------------------------
 def num_chunks(work: int, threads: int | None = None) -> int:
     """How many parallel chunks ``work`` element operations are worth (1: run the serial kernel)."""
-    if work < PARALLEL_MIN_WORK:
+    if work < _config.PARALLEL_MIN_WORK:
         return 1
-    return max(1, min(num_threads() if threads is None else threads, work // (PARALLEL_MIN_WORK // 4)))
+    return max(1, min(num_threads() if threads is None else threads, work // (_config.PARALLEL_MIN_WORK // 4)))
 
 
 def broadcast_plan(out_shape, *in_shapes):

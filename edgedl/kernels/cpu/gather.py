@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 
 
 @njit(**NJIT)
@@ -57,7 +58,7 @@ def gather(data, idx, out, outer, dim, inner) -> int:
     nwork = outer * idx.shape[0]
     if nwork == 0 or inner == 0:
         return -1
-    if out.shape[0] >= PARALLEL_MIN_WORK and nwork > 1:
+    if out.shape[0] >= _config.PARALLEL_MIN_WORK and nwork > 1:
         _gather_par(data, idx, out, dim, inner, nwork, min(nwork, 8 * num_threads()))
     else:
         _gather_range(data, idx, out, dim, inner, 0, nwork)

@@ -16,7 +16,7 @@ Driver (:class:`GemmCall`)
 --------------------------
 C = act(A @ B + bias) (or C += A @ B with ``accumulate``) for a batch of independent GEMMs that share
 M, N, K (convolution: images x groups), split into tasks (GEMM x column block x row split); each task
-owns its C tiles, tasks run under ``prange`` when the work is at least ``GEMM_PARALLEL_MIN_WORK``. Inside a
+owns its C tiles, tasks run under ``prange`` when the work is at least ``config.GEMM_PARALLEL_MIN_WORK``. Inside a
 task: K blocks of ``KC`` > row blocks of ``MC`` rows (A block in L2) > B panels (packed once per K block,
 kept for the next row blocks) > the tiles of the panel in one IR loop. Every C element is computed by
 the same sequence of operations whatever the thread count, so results are bitwise identical for 1 or N
@@ -34,8 +34,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import config as _config
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
-from .config import GEMM_PARALLEL_MIN_WORK, NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .vec import (
     MR,
     NR,
@@ -146,7 +147,7 @@ def pack_a_parallel(a, ap):
 def _pack_a_auto(a: np.ndarray, ap: np.ndarray, threads: int | None) -> None:
     if threads is None:
         threads = num_threads()
-    if threads > 1 and a.size >= PARALLEL_MIN_WORK // 2 and a.shape[0] > 2 * MR:
+    if threads > 1 and a.size >= _config.PARALLEL_MIN_WORK // 2 and a.shape[0] > 2 * MR:
         pack_a_parallel(a, ap)
     else:
         pack_a(a, ap)
@@ -601,7 +602,7 @@ class GemmCall:
       the activation comes last.
 
     The task split depends on the thread count at call time (num_threads(), or ``threads``);
-    the parallel path runs when M*N*K*batch reaches GEMM_PARALLEL_MIN_WORK. Results do not depend on it."""
+    the parallel path runs when M*N*K*batch reaches config.GEMM_PARALLEL_MIN_WORK. Results do not depend on it."""
 
     def __init__(self, ap: np.ndarray, m: int, n: int, k: int, ldc: int, *, bp: np.ndarray = _EMPTY,
                  geo: np.ndarray | None = None, ktab: np.ndarray | None = None, nbatch: int = 1,
@@ -638,7 +639,7 @@ class GemmCall:
         plan = self._plans.get(threads)
         if plan is None:
             total = self.nbatch * self.ngroups
-            parallel = threads > 1 and self.work >= GEMM_PARALLEL_MIN_WORK
+            parallel = threads > 1 and self.work >= _config.GEMM_PARALLEL_MIN_WORK
             rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1)
             ntasks = total * rs * cb
             keep = mst > MC // MR
@@ -911,7 +912,7 @@ def _gemv_args(w, x, out, bias, act, alpha, beta, threads) -> tuple:
     b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if threads is None:
         threads = num_threads()
-    if threads > 1 and w.size * x.shape[0] >= PARALLEL_MIN_WORK:
+    if threads > 1 and w.size * x.shape[0] >= _config.PARALLEL_MIN_WORK:
         return (_gemv_parallel, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
     return (_gemv_serial, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
 
@@ -966,7 +967,7 @@ def vecmat(a: np.ndarray, b: np.ndarray, out: np.ndarray, bias: np.ndarray | Non
         threads = num_threads()
     args = (np.ascontiguousarray(a, dtype=np.float32), b, out, bb, int(act), np.float32(alpha),
             np.float32(beta))
-    if threads > 1 and b.size * a.shape[0] >= PARALLEL_MIN_WORK and b.shape[1] > _VM_CHUNK:
+    if threads > 1 and b.size * a.shape[0] >= _config.PARALLEL_MIN_WORK and b.shape[1] > _VM_CHUNK:
         _vecmat_parallel(*args)
     else:
         _vecmat_serial(*args)

@@ -38,7 +38,7 @@ ragged last panel), or the int32 sum plus bias (``MODE_RAW``: ConvInteger / MatM
 ``acc + bias``), as before.
 
 Parallel split: tasks of (runs of column panels) x (runs of row tiles), chosen to balance the threads
-(:func:`_plan`), when the work reaches ``GEMM_PARALLEL_MIN_WORK`` (scaled per kernel). Each task packs
+(:func:`_plan`), when the work reaches ``config.GEMM_PARALLEL_MIN_WORK`` (scaled per kernel). Each task packs
 its own panels, the packed panel staying in L1/L2 while its tiles run. NOTE: packing all of B once per
 call into a buffer shared by the threads, then running the tiles, was measured slower on every benchmarked
 layer (2 threads, MobileNetV2/ResNet shapes: 5-50%; a second fork/join and a B that leaves the caches).
@@ -49,13 +49,15 @@ of ~6 us of argument preparation.
 from __future__ import annotations
 
 import functools
+import os
 
 import numba
 import numpy as np
 from numba import prange
 
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant, requantize
-from .config import GEMM_PARALLEL_MIN_WORK, NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .vec_i8 import MR_I8, NR_I8, microkernel_i8
 from .vec_i8dot import (
     B_SIGNED,
@@ -107,7 +109,7 @@ _MR = (MR_I8,) + tuple(TILES[k][0] for k in (K_VNNI512, K_VNNI256, K_SDOT))
 _NR = (NR_I8,) + tuple(TILES[k][1] * TILES[k][2] for k in (K_VNNI512, K_VNNI256, K_SDOT))
 
 
-#: a GEMM splits over threads from GEMM_PARALLEL_MIN_WORK times this many multiply-adds: the byte kernels do
+#: a GEMM splits over threads from config.GEMM_PARALLEL_MIN_WORK times this many multiply-adds: the byte kernels do
 #: a multiply-add in ~1/8 of the time of the fp32 GEMM the threshold was tuned on, so a split pays later
 #: (measured on 2 Zen 4 cores: 2 threads beat 1 from ~2^21 multiply-adds, ~2^20 for the int16 pairs)
 _MIN_WORK_SCALE = (4, 8, 8, 8)
@@ -115,13 +117,24 @@ _MIN_WORK_SCALE = (4, 8, 8, 8)
 #: multiply-adds: ~0.35 ns against ~0.008 ns per multiply-add (VNNI tile, Zen 4). A 1x1 convolution with
 #: K = 8 over 4096 pixels (MobileNetV2's first expansion) spends 85 us mostly there: worth two threads
 EPILOGUE_MACS = 48
-#: the matrix-vector kernel splits over threads from GEMM_PARALLEL_MIN_WORK times this many multiply-adds
+#: the matrix-vector kernel splits over threads from config.GEMM_PARALLEL_MIN_WORK times this many multiply-adds
 GEMV_PARALLEL_SCALE = 2
 
 
 def available_kernels() -> tuple[int, ...]:
     """The kernels this CPU runs: the dot-product ones (best first), then the int16 pairs."""
     return DOT_KERNELS + (K_PAIRS,)
+
+
+def preferred_kernel() -> int:
+    """The kernel a QGemm uses by default: ``EDGEDL_I8_KERNEL`` if the user set it, else the target's choice
+    (``config.INT8_KERNEL``) when the codegen can run it, else :data:`KERNEL_I8`."""
+    want = _config.INT8_KERNEL
+    if want is None or "EDGEDL_I8_KERNEL" in os.environ:
+        return KERNEL_I8
+    by_name = {v: k for k, v in KERNEL_NAMES.items()}
+    k = by_name.get(want)
+    return k if k is not None and k in available_kernels() else KERNEL_I8
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -668,7 +681,7 @@ class QGemm:
         self.m, self.k = w.shape
         if self.k >= 1 << 15:
             raise ValueError(f"K = {self.k} could overflow the int32 accumulators (at most 32767)")
-        kernel = KERNEL_I8 if kernel is None else int(kernel)
+        kernel = preferred_kernel() if kernel is None else int(kernel)
         if kernel not in available_kernels():
             raise ValueError(f"kernel {KERNEL_NAMES.get(kernel, kernel)!r} is not available on this CPU "
                              f"(available: {[KERNEL_NAMES[k] for k in available_kernels()]})")
@@ -787,7 +800,7 @@ class QGemm:
         store = ST_BUFFER if src == SRC_ROWS else self.store  # the transposed output: scalar stores
         work = self.m * (self.k + EPILOGUE_MACS) * panels * nr  # multiply-adds, plus the per-output costs
         tp, tm = (1, 1)
-        if threads > 1 and work >= GEMM_PARALLEL_MIN_WORK * _MIN_WORK_SCALE[kernel]:
+        if threads > 1 and work >= _config.GEMM_PARALLEL_MIN_WORK * _MIN_WORK_SCALE[kernel]:
             tp, tm = _plan(panels, mt, threads)
         # NOTE: the kernels see bytes (activations as uint8, 8-bit outputs as uint8: the same bits), which
         # halves the compiled variants; the activation type is a flag (pairs) or the XOR ``flip`` (dot)
@@ -833,7 +846,7 @@ class QGemm:
         outb = out if out.dtype == np.int32 else out.view(np.uint8)
         args = (w, a, rowc, az, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
         tasks = min(threads, self.m)
-        if tasks > 1 and self.m * self.k * a.shape[0] >= GEMM_PARALLEL_MIN_WORK * GEMV_PARALLEL_SCALE:
+        if tasks > 1 and self.m * self.k * a.shape[0] >= _config.GEMM_PARALLEL_MIN_WORK * GEMV_PARALLEL_SCALE:
             return (_gemv_parallel, *args, tasks)
         return (_gemv_serial, *args)
 

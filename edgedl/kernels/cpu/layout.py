@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .vec import JOIN_CHANNELS, SPLIT_CHANNELS, VW
 
 #: side of the square tiles of the tiled transpose
@@ -112,7 +113,7 @@ def transpose_rows(x, out, bshape, bstride, length):
     nrows = out.shape[0] // length if length else 0
     if nrows == 0:
         return
-    if out.shape[0] >= PARALLEL_MIN_WORK and nrows > 1:
+    if out.shape[0] >= _config.PARALLEL_MIN_WORK and nrows > 1:
         _rows_par(x, out, bshape, bstride, length, nrows, min(nrows, 8 * num_threads()))
     else:
         _rows_range(x, out, bshape, bstride, length, 0, nrows)
@@ -170,7 +171,7 @@ def transpose_tiles(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_ist
     if nwork == 0 or dm == 0:
         return
     jb_width = 8 if (m_istride * x.itemsize) % 4096 == 0 else TILE
-    if out.shape[0] >= PARALLEL_MIN_WORK and nwork > 1:
+    if out.shape[0] >= _config.PARALLEL_MIN_WORK and nwork > 1:
         _tiles_par(x, out, bshape, bistride, bostride, dq, dm, q_ostride, m_istride, jb_width, nwork,
                    min(nwork, 8 * num_threads()))
     else:

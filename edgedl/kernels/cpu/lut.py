@@ -30,7 +30,8 @@ from numba import prange
 
 from ...quant.fixed_point import quantize_multiplier
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
-from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL
 from .vec_lut import LUT_KERNEL, LUT_NAMES, LUT_NEON, LUT_VBMI, available_lut_kernels, lut_neon, lut_vbmi
 
 __all__ = ["byte_values", "check_qparams", "build_table", "requant_table", "activation_fn", "activation_table",
@@ -228,7 +229,7 @@ def bind_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, kernel: int | 
         return lambda: apply_table(x, table, out, kernel=kernel)
     args = (x.reshape(-1).view(np.uint8), np.ascontiguousarray(table).view(np.uint8), out.reshape(-1).view(np.uint8),
             kernel)
-    fn = _lut_parallel if x.size >= PARALLEL_MIN_WORK else _lut
+    fn = _lut_parallel if x.size >= _config.PARALLEL_MIN_WORK else _lut
     return lambda: fn(*args)
 
 
@@ -250,6 +251,6 @@ def apply_table(x: np.ndarray, table: np.ndarray, out: np.ndarray, parallel: boo
     xv = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
     ov = out.reshape(-1).view(np.uint8)
     if parallel is None:
-        parallel = x.size >= PARALLEL_MIN_WORK
+        parallel = x.size >= _config.PARALLEL_MIN_WORK
     (_lut_parallel if parallel else _lut)(xv, np.ascontiguousarray(table).view(np.uint8), ov, kernel)
     return out

@@ -18,11 +18,12 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 
 
 def _nchunks(work: int, units: int) -> int:
-    if work < PARALLEL_MIN_WORK or units < 2:
+    if work < _config.PARALLEL_MIN_WORK or units < 2:
         return 0
     nt = num_threads()
     return min(units, 4 * nt) if nt > 1 else 0

@@ -48,7 +48,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 
 _NINF = np.float32(-np.inf)
 _F0 = np.float32(0.0)
@@ -467,7 +468,7 @@ def _max_idx_rows_par(x, y, ind, row_ptr, row_src, row_cm, col_k0, col_k1, geo, 
 
 def _nchunks(work: int, units: int, threads: int | None = None) -> int:
     """How many parallel chunks to split ``units`` independent pieces into (0: run serially)."""
-    if work < PARALLEL_MIN_WORK or units < 2:
+    if work < _config.PARALLEL_MIN_WORK or units < 2:
         return 0
     nt = num_threads() if threads is None else threads
     return min(units, 4 * nt) if nt > 1 else 0

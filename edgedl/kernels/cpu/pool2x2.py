@@ -10,7 +10,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .vec import VW, pool2x2_avg_row, pool2x2_max_row
 
 __all__ = ["pool2x2_runner"]
@@ -68,7 +69,7 @@ def pool2x2_runner(kind: str, planes: int, h: int, w: int):
     def call_args(x, y, threads):
         xf, yf = x.reshape(-1), y.reshape(-1)
         nt = num_threads() if threads is None else threads
-        if nt > 1 and work >= PARALLEL_MIN_WORK and planes > 1:
+        if nt > 1 and work >= _config.PARALLEL_MIN_WORK and planes > 1:
             return (_pool_parallel, xf, yf, planes, h, w, oh, ow, is_max, min(planes, nt))
         return (_pool_serial, xf, yf, planes, h, w, oh, ow, is_max)
 

@@ -27,7 +27,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 from .pool import G_DW, G_KW, G_PL, G_SW, WindowTables
 
 _NINF = np.float32(-np.inf)
@@ -274,7 +275,7 @@ class PoolBackward:
 
     def _parallel(self, threads: int | None) -> bool:
         nt = num_threads() if threads is None else threads
-        return self.work >= PARALLEL_MIN_WORK and self.tab.x3[0] > 1 and nt > 1
+        return self.work >= _config.PARALLEL_MIN_WORK and self.tab.x3[0] > 1 and nt > 1
 
     def _dy(self, dy: np.ndarray) -> np.ndarray:
         dy = np.ascontiguousarray(dy, np.float32)

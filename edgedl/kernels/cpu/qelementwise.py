@@ -47,7 +47,8 @@ from ...quant.fixed_point import (
     quantize_multiplier,
 )
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE
-from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL
 from .lut import byte_values, check_qparams
 
 __all__ = ["QBinary", "broadcast_geometry", "KINDS"]
@@ -60,7 +61,7 @@ _CHUNK = 1 << 12
 #: outputs from which the gather runs on several threads. NOTE: on the 2-vCPU Zen 4 machine of the benchmarks
 #: two threads never beat one on a gather (0.45 ns per element either way, 16k to 1M elements: the vCPUs
 #: seem to share a core's load ports), so the split waits for large tensors, as the other element-wise ops
-PARALLEL_MIN_ELEMENTS = PARALLEL_MIN_WORK
+PARALLEL_MIN_ELEMENTS = _config.PARALLEL_MIN_WORK
 # int64 parameter vector of _qbinary
 P_AZP, P_BZP, P_YZP, P_LO, P_HI, P_MA, P_SA, P_MB, P_SB, P_MO, P_SO = range(11)
 # float32 parameter vector: a_scale / y_scale, b_scale / y_scale, add's fixed part, mul's ratio

@@ -59,7 +59,8 @@ from numba.extending import overload
 
 from ...quant.fixed_point import quantize_multiplier
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
-from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .lut import byte_values, check_qparams, lut_span, requant_table
 from .vec_lut import LUT_KERNEL
 
@@ -577,7 +578,7 @@ class _Prepared:
 
     def _parallel(self, work, parallel, threads):
         if parallel is None:
-            return work >= PARALLEL_MIN_WORK and _threads(threads) > 1
+            return work >= _config.PARALLEL_MIN_WORK and _threads(threads) > 1
         return bool(parallel)
 
     def __call__(self, x, out, parallel=None):

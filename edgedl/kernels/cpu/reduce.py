@@ -20,7 +20,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import FASTMATH, num_threads
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -212,7 +213,7 @@ class ReducePlan:
         self.scratch_bytes = self.copy_bytes + 8 * ws
 
     def _chunks(self) -> int:
-        if self.size < PARALLEL_MIN_WORK:
+        if self.size < _config.PARALLEL_MIN_WORK:
             return 1
         return max(1, min(num_threads(), self.max_chunks))
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numba
 from numba import njit, prange
 
-from .config import NJIT, NJIT_PARALLEL, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import NJIT, NJIT_PARALLEL, num_threads
 
 
 def _chunks(nwork: int) -> int:
@@ -53,7 +54,7 @@ def resize_nearest_2d(x, out, hidx, widx, nc, h, w, oh, ow):
     nwork = nc * oh
     if nwork == 0 or ow == 0:
         return
-    if out.shape[0] >= PARALLEL_MIN_WORK and nwork > 1:
+    if out.shape[0] >= _config.PARALLEL_MIN_WORK and nwork > 1:
         _nearest2d_par(x, out, hidx, widx, h, w, oh, ow, nwork, _chunks(nwork))
     else:
         _nearest2d_range(x, out, hidx, widx, h, w, oh, ow, 0, nwork)
@@ -96,7 +97,7 @@ def resize_linear_2d(x, out, h0, h1, hw0, hw1, w0, w1, ww0, ww1, nc, h, w, oh, o
     nwork = nc * oh
     if nwork == 0 or ow == 0:
         return
-    if out.shape[0] * 4 >= PARALLEL_MIN_WORK and nwork > 1:
+    if out.shape[0] * 4 >= _config.PARALLEL_MIN_WORK and nwork > 1:
         _linear2d_par(x, out, h0, h1, hw0, hw1, w0, w1, ww0, ww1, h, w, oh, ow, nwork, _chunks(nwork))
     else:
         _linear2d_range(x, out, h0, h1, hw0, hw1, w0, w1, ww0, ww1, h, w, oh, ow, 0, nwork)
@@ -159,7 +160,7 @@ def resize_axis(x, out, idx, wts, outer, din, dout, inner):
     ``idx`` is int64 for inner > 1 and uint64 for inner == 1 (then it only indexes row views)."""
     if outer == 0 or dout == 0 or inner == 0:
         return
-    par = out.shape[0] * idx.shape[1] >= PARALLEL_MIN_WORK
+    par = out.shape[0] * idx.shape[1] >= _config.PARALLEL_MIN_WORK
     if inner == 1:
         if par and outer > 1:
             _axis_last_par(x, out, idx, wts, din, dout, outer, _chunks(outer))

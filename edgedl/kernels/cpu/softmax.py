@@ -16,7 +16,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .config import FASTMATH, PARALLEL_MIN_WORK, num_threads
+from . import config as _config
+from .config import FASTMATH, num_threads
 from .elementwise import exp_f32
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
@@ -135,7 +136,7 @@ class SoftmaxKernel:
 
     def chunks(self, threads: int | None = None) -> int:
         work = 4 * self.size  # exp dominates: several flops per element
-        if work < PARALLEL_MIN_WORK or self.items < 2:
+        if work < _config.PARALLEL_MIN_WORK or self.items < 2:
             return 1
         return max(1, min(num_threads() if threads is None else threads, self.max_chunks, self.items))
 

@@ -83,7 +83,7 @@ _F32 = ir.FloatType()
 _ARM_DOTPROD_CPUS = ("cortex-a55", "cortex-a65", "cortex-a75", "cortex-a76", "cortex-a77", "cortex-a78",
                      "cortex-a710", "cortex-a715", "cortex-a720", "cortex-x1", "cortex-x2", "cortex-x3", "cortex-x4",
                      "cortex-a510", "cortex-a520", "neoverse-n1", "neoverse-n2", "neoverse-v1", "neoverse-v2",
-                     "apple-", "carmel", "ampere1", "a64fx", "oryon", "exynos-m4", "exynos-m5", "tsv110")
+                     "apple-", "ampere1", "a64fx", "oryon", "exynos-m4", "exynos-m5", "tsv110")
 
 
 def target_cpu() -> tuple[str, str, str]:

@@ -1,0 +1,94 @@
+"""``edgedl targets``: the shipped board profiles, and the board this machine is detected as."""
+from __future__ import annotations
+
+import json
+
+
+def _size(n) -> str:
+    if not n:
+        return "?"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.1f} {unit}" if v < 10 and v != int(v) else f"{v:.0f} {unit}"
+    return f"{n} B"
+
+
+def _cores(ids) -> str:
+    return ",".join(str(i) for i in ids) if ids else "-"
+
+
+def describe_target(target) -> list[str]:
+    """Lines describing a target's facts and the choices in force (for ``targets --detect`` and ``info``)."""
+    from .board import codegen_status
+    from .codegen import codegen_in_force, codegen_started
+    from .threads import follows_load, wanted_threads
+
+    t = target
+    key = {"neon", "asimd", "dotprod", "fp16", "i8mm", "sve", "avx2", "fma", "avx512f", "avx512bw", "avx512vnni",
+           "avxvnni", "avx512vbmi"}
+    feats = sorted(f for f in t.features if f in key)
+    lines = [f"target: {t.name}  ({t.description or 'this machine'}; profile: {t.source})"]
+    lines.append(f"  cpu: {t.cpu} ({t.arch}), {t.cores} cores, big {_cores(t.big_cores)}, little "
+                 f"{_cores(t.little_cores)}; features: {' '.join(feats) or '-'}")
+    lines.append(f"  caches: L1d {_size(t.l1d_bytes)}, L2 {_size(t.l2_bytes)}, L3 {_size(t.l3_bytes)}; memory "
+                 f"{_size(t.memory_bytes)}; gpu: {t.gpu or '-'}")
+    threads = wanted_threads(None, t.threads)
+    load_note = "fewer while other processes keep cores busy" if follows_load() else "fixed (EDGEDL_FOLLOW_LOAD=0)"
+    lines.append(f"  threads: {t.threads} by default ({threads} here, {load_note}); device: {t.device}"
+                 + (f" (preferred: {t.preferred_device}, once its backend exists)"
+                    if t.preferred_device != t.device else ""))
+    status = codegen_status.get(t.name)
+    want = f"{t.codegen_cpu or 'host'} {t.codegen_features or ''}".strip()
+    if codegen_started() or status:
+        cpu, _ = codegen_in_force()
+        lines.append(f"  codegen: profile wants {want}; in force: {cpu}" + (f" ({status})" if status else ""))
+    else:
+        lines.append(f"  codegen: {want}")
+    lines.append(f"  int8 kernel: {t.int8_kernel or 'best available'}; parallel thresholds: "
+                 f"{t.parallel_min_work or 'default'} / GEMM {t.gemm_parallel_min_work or 'default'}; "
+                 f"precision: {t.precision}; training budget: {_size(t.train_budget_bytes)} "
+                 f"({t.train_budget_fraction:.0%} of memory)")
+    if t.tuned:
+        lines.append(f"  tuned: {', '.join(f'{k}={v}' for k, v in sorted(t.tuned.items()))}")
+    return lines
+
+
+def cmd_targets(args) -> int:
+    from . import board
+    from .targets import load_profile, profiles
+
+    if args.detect:
+        target = board.resolve(args.target)
+        if args.json:
+            print(json.dumps(target.to_dict(), indent=2, default=str))
+        else:
+            for line in describe_target(target):
+                print(line)
+        return 0
+    names = profiles()
+    rows = []
+    for name in names:
+        t = load_profile(name)
+        rows.append((name, t.description, f"{t.cpu} x{t.cores}", ",".join(
+            sorted(f for f in t.features if f in ("dotprod", "fp16", "i8mm"))) or "-", t.gpu or "-",
+            str(t.threads), t.int8_kernel or "auto"))
+    if args.json:
+        print(json.dumps({name: load_profile(name).to_dict() for name in names}, indent=2, default=str))
+        return 0
+    head = ("name", "board", "cpu", "features", "gpu", "threads", "int8 kernel")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    here = board.detected_target()
+    print(f"\nthis machine: {here.name} ({here.cpu}, {here.cores} cores). 'host' (any other machine) is built "
+          "from detection; `edgedl targets --detect` shows the facts and choices in force.")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("targets", help="list the board profiles; --detect: the board this is, its facts and tuning")
+    s.add_argument("--detect", action="store_true", help="show the detected (or --target) board and its choices")
+    s.add_argument("--target", default=None, help="a profile name or .toml file instead of detection")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_targets)
