@@ -1,34 +1,27 @@
 """Import ONNX models (file path, bytes or ModelProto) into an edgedl :class:`~edgedl.ir.Graph`.
 
 Every structural problem becomes a :class:`~edgedl.errors.ModelFormatError` naming what and where.
-External tensor data is read only from inside the model's folder.
+External tensor data is read only from inside the model's folder. Reading a model does not import the
+``onnx`` package (see :mod:`edgedl.converters.onnx_proto`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
 from edgedl.ir import MAX_TENSOR_ELEMENTS, Graph, Node, TensorSpec, contiguous
 
-_ONNX_DTYPES = {
-    onnx.TensorProto.FLOAT: np.float32,
-    onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8,
-    onnx.TensorProto.INT16: np.int16,
-    onnx.TensorProto.UINT16: np.uint16,
-    onnx.TensorProto.INT32: np.int32,
-    onnx.TensorProto.UINT32: np.uint32,
-    onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.UINT64: np.uint64,
-    onnx.TensorProto.BOOL: np.bool_,
-}
+from . import onnx_proto as _pb
+
+if TYPE_CHECKING:
+    from onnx import AttributeProto, ModelProto, TensorProto, ValueInfoProto
+
+#: ONNX element type code -> numpy dtype, for the types edgedl runs
+_ONNX_DTYPES = _pb.DTYPES
 
 
 def onnx_dtype(elem_type: int, where: str) -> np.dtype:
@@ -36,7 +29,7 @@ def onnx_dtype(elem_type: int, where: str) -> np.dtype:
     if elem_type in _ONNX_DTYPES:
         return np.dtype(_ONNX_DTYPES[elem_type])
     try:
-        name = onnx.TensorProto.DataType.Name(elem_type)
+        name = _pb.data_type_name(elem_type)
     except ValueError:
         raise ModelFormatError(f"{where}: unknown element type {elem_type}") from None
     raise UnsupportedOpError(f"{where}: element type {name} is not supported")
@@ -49,14 +42,20 @@ def numpy_to_onnx_dtype(dtype: np.dtype) -> int:
     raise EdgeDLError(f"dtype {dtype} has no ONNX equivalent")
 
 
-def read_model_proto(src) -> tuple[onnx.ModelProto, Path | None]:
-    """Parse ``src`` (path, bytes or ModelProto) without external data. Returns the proto and its folder."""
-    if isinstance(src, onnx.ModelProto):
-        return src, None
+def read_model_proto(src) -> tuple[ModelProto, Path | None]:
+    """Parse ``src`` (path, bytes or ModelProto) without external data. Returns the proto and its folder.
+
+    An ``onnx.ModelProto`` is used as it is; a ModelProto message of another generated class is re-parsed."""
+    if not isinstance(src, (bytes, bytearray, memoryview, str, os.PathLike)):
+        proto = _pb.as_model_proto(src)
+        if proto is None:
+            raise EdgeDLError(f"cannot load a model from {type(src).__name__}: pass a path, bytes or "
+                              "onnx.ModelProto")
+        return proto, None
     if isinstance(src, (bytes, bytearray, memoryview)):
         data, base = bytes(src), None
         where = "model bytes"
-    elif isinstance(src, (str, os.PathLike)):
+    else:
         path = Path(src)
         where = f"'{path}'"
         if not path.exists():
@@ -68,11 +67,9 @@ def read_model_proto(src) -> tuple[onnx.ModelProto, Path | None]:
         except OSError as e:
             raise ModelFormatError(f"cannot read model file {where}: {e.strerror}") from None
         base = path.resolve().parent
-    else:
-        raise EdgeDLError(f"cannot load a model from {type(src).__name__}: pass a path, bytes or onnx.ModelProto")
     if not data:
         raise ModelFormatError(f"{where} is empty")
-    proto = onnx.ModelProto()
+    proto = _pb.schema().ModelProto()
     try:
         proto.ParseFromString(data)
     except Exception:  # protobuf raises DecodeError and, for some inputs, other errors
@@ -105,7 +102,7 @@ def _safe_external_path(base: Path | None, location: str, tensor: str) -> Path:
     return full
 
 
-def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.ndarray:
+def _tensor_to_array(t: TensorProto, base: Path | None, where: str) -> np.ndarray:
     name = t.name or where
     dims = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in dims):
@@ -114,7 +111,8 @@ def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.n
     if count > MAX_TENSOR_ELEMENTS:
         raise ModelFormatError(f"initializer '{name}' declares {count} elements {dims}: absurdly large")
     dtype = onnx_dtype(t.data_type, f"initializer '{name}'")
-    if t.data_location == onnx.TensorProto.EXTERNAL:
+    raw = None
+    if t.data_location == _pb.EXTERNAL:
         info = {e.key: e.value for e in t.external_data}
         path = _safe_external_path(base, info.get("location", ""), name)
         try:
@@ -135,14 +133,8 @@ def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.n
         with open(path, "rb") as f:
             f.seek(offset)
             raw = f.read(length)
-        t2 = onnx.TensorProto()
-        t2.CopyFrom(t)
-        del t2.external_data[:]
-        t2.data_location = onnx.TensorProto.DEFAULT
-        t2.raw_data = raw
-        t = t2
     try:
-        arr = numpy_helper.to_array(t)
+        arr = _pb.tensor_to_array(t, raw)
     except Exception as e:
         raise ModelFormatError(f"initializer '{name}' declares dims {dims} but its data does not match "
                                f"({e.__class__.__name__}: {e})") from None
@@ -152,7 +144,7 @@ def _tensor_to_array(t: onnx.TensorProto, base: Path | None, where: str) -> np.n
     return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
 
 
-def _value_spec(vi: onnx.ValueInfoProto, kind: str) -> TensorSpec:
+def _value_spec(vi: ValueInfoProto, kind: str) -> TensorSpec:
     where = f"{kind} '{vi.name}'"
     tt = vi.type
     if tt.WhichOneof("value") is None and kind == "graph output":
@@ -176,14 +168,14 @@ def _value_spec(vi: onnx.ValueInfoProto, kind: str) -> TensorSpec:
     return TensorSpec(vi.name, tuple(dims), dtype)
 
 
-def _attribute(a: onnx.AttributeProto, node_desc: str):
-    if a.type == onnx.AttributeProto.TENSOR:
+def _attribute(a: AttributeProto, node_desc: str):
+    if a.type == _pb.A_TENSOR:
         return _tensor_to_array(a.t, None, f"attribute {a.name} of {node_desc}")
-    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+    if a.type in (_pb.A_GRAPH, _pb.A_GRAPHS):
         raise UnsupportedOpError(f"{node_desc}: subgraph attributes (control flow) are not supported")
-    if a.type == onnx.AttributeProto.SPARSE_TENSOR:
+    if a.type == _pb.A_SPARSE_TENSOR:
         raise UnsupportedOpError(f"{node_desc}: sparse tensor attributes are not supported")
-    v = helper.get_attribute_value(a)
+    v = _pb.attribute_value(a)
     if isinstance(v, bytes):
         v = v.decode("utf-8", errors="replace")
     elif isinstance(v, list) and v and isinstance(v[0], bytes):

@@ -1,4 +1,4 @@
-"""``edgedl targets``: the shipped board profiles, and the board this machine is detected as."""
+"""``edgedl targets`` (the shipped board profiles, the board this machine is detected as) and ``edgedl warmup``."""
 from __future__ import annotations
 
 import json
@@ -92,3 +92,44 @@ def add_parsers(sub) -> None:
     s.add_argument("--target", default=None, help="a profile name or .toml file instead of detection")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_targets)
+    s = sub.add_parser("warmup", help="compile kernels ahead of time (given models, or every kernel family)")
+    s.add_argument("models", nargs="*", help="model files (default: a catalog that uses every kernel family)")
+    s.add_argument("--target", default=None, help="board profile (default: EDGEDL_TARGET, else detected)")
+    s.add_argument("--threads", type=int, default=None, help="thread count to prepare besides 1 (default: the "
+                   "target's)")
+    s.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
+    s.add_argument("--train", action="store_true", help="with models: also their training kernels")
+    s.add_argument("--no-train", action="store_true", help="without models: leave the training kernels out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_warmup)
+
+
+def cmd_warmup(args) -> int:
+    import os
+
+    from . import board
+    from .runtime.warmup import catalog_jobs, model_jobs, warmup_parallel
+    from .threads import wanted_threads
+
+    target = board.resolve(args.target) if args.target else None
+    cores = wanted_threads(None, target.threads if target else None) if args.threads is None else args.threads
+    threads = tuple(sorted({1, cores}))
+    for m in args.models:
+        if not os.path.isfile(m):
+            from .errors import InputError
+
+            raise InputError(f"model file '{m}' does not exist")
+    jobs = model_jobs(args.models, threads, args.train) if args.models else catalog_jobs(threads, not args.no_train)
+    what = f"{len(args.models)} model(s)" if args.models else "the kernel catalog (fp32, int8, training)"
+    procs = min(len(jobs), args.jobs or os.cpu_count() or 1)
+    print(f"warming {what} at {', '.join(map(str, threads))} thread(s) in {procs} processes; target: "
+          f"{target.name if target else 'detected'}")
+    import time
+
+    t0 = time.perf_counter()
+    totals = warmup_parallel(jobs, args.target, processes=args.jobs, progress=not args.quiet)
+    print(f"done in {time.perf_counter() - t0:.1f} s: {totals['cache_misses']} kernel signatures compiled, "
+          f"{totals['cache_hits']} already in the cache")
+    for line in totals["failed"]:
+        print(f"failed: {line}")
+    return 1 if totals["failed"] and len(totals["failed"]) == totals["jobs"] else 0

@@ -220,3 +220,84 @@ def digits_cnn(channels=(16, 32), classes: int = 10, seed: int = 0) -> onnx.Mode
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])
     graph = helper.make_graph(nodes, "digits_cnn", [x], [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def transformer_block(tokens: int = 16, dim: int = 32, heads: int = 2, classes: int = 10,
+                      seed: int = 0) -> onnx.ModelProto:
+    """One pre-norm attention block the way exporters write it (the kind of graph text recognizers such as
+    PP-OCR's SVTR neck carry): LayerNorm spelled out (ReduceMean, Sub, Pow, Sqrt, Div), MatMul projections,
+    Reshape/Transpose into heads, batched MatMul for scores, Softmax, a Swish MLP (Sigmoid, Mul), a Slice and
+    Concat of the class token, Cast of a shape, then mean pooling and a classifier."""
+    b = _Builder(seed)
+    hd = dim // heads
+
+    def matmul(x, cin, cout):
+        w = (b.rng.standard_normal((cin, cout)) * np.sqrt(1.0 / cin)).astype(np.float32)
+        return b.node("Add", [b.node("MatMul", [x, b.const(w)]), b.const(np.zeros(cout, np.float32), "b")])
+
+    def layer_norm(x):
+        mean = b.node("ReduceMean", [x], axes=[-1], keepdims=1)
+        d = b.node("Sub", [x, mean])
+        var = b.node("ReduceMean", [b.node("Pow", [d, b.const(np.array(2.0, np.float32), "two")])], axes=[-1],
+                     keepdims=1)
+        y = b.node("Div", [d, b.node("Sqrt", [b.node("Add", [var, b.const(np.array(1e-5, np.float32), "eps")])])])
+        return b.node("Add", [b.node("Mul", [y, b.const(np.ones(dim, np.float32), "g")]),
+                              b.const(np.zeros(dim, np.float32), "beta")])
+
+    x = "tokens"
+    h = layer_norm(x)
+    q, k, v = (matmul(h, dim, dim) for _ in range(3))
+    split = b.const(np.array([0, tokens, heads, hd], np.int64), "shape")
+
+    def to_heads(t, perm):
+        return b.node("Transpose", [b.node("Reshape", [t, split])], perm=perm)
+
+    scores = b.node("MatMul", [to_heads(q, [0, 2, 1, 3]), to_heads(k, [0, 2, 3, 1])])
+    scores = b.node("Div", [scores, b.const(np.array(np.sqrt(hd), np.float32), "scale")])
+    att = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), to_heads(v, [0, 2, 1, 3])])
+    att = b.node("Reshape", [b.node("Transpose", [att], perm=[0, 2, 1, 3]),
+                             b.const(np.array([0, tokens, dim], np.int64), "shape")])
+    x = b.node("Add", [x, matmul(att, dim, dim)])
+    h = matmul(layer_norm(x), dim, 2 * dim)
+    h = b.node("Mul", [h, b.node("Sigmoid", [h])])
+    x = b.node("Add", [x, matmul(h, 2 * dim, dim)])
+    first = b.node("Slice", [x, b.const(np.array([0], np.int64), "st"), b.const(np.array([1], np.int64), "en"),
+                             b.const(np.array([1], np.int64), "ax")])
+    rest = b.node("Slice", [x, b.const(np.array([1], np.int64), "st"),
+                            b.const(np.array([tokens], np.int64), "en"), b.const(np.array([1], np.int64), "ax")])
+    x = b.node("Concat", [rest, first], axis=1)
+    count = b.node("Cast", [b.node("Gather", [b.node("Shape", [x]), b.const(np.array(1, np.int64), "i")], axis=0)],
+                   to=TensorProto.FLOAT)
+    pooled = b.node("Div", [b.node("ReduceSum", [x, b.const(np.array([1], np.int64), "ax")], keepdims=0), count])
+    b.node("Gemm", [pooled, b.const((b.rng.standard_normal((classes, dim)) * 0.1).astype(np.float32)),
+                    b.const(np.zeros(classes, np.float32), "b")], transB=1)
+    b.nodes[-1].output[0] = "logits"
+    return b.model("transformer_block",
+                   [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", tokens, dim])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])])
+
+
+def seg_decoder(resolution: int = 32, channels: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """A small encoder-decoder for dense prediction (the shape of text detectors such as PP-OCR's DB head):
+    strided convolutions, MaxPool and AveragePool, nearest and bilinear Resize up, Concat skips, a
+    ConvTranspose with BatchNormalization, ReLU and a Sigmoid probability map."""
+    b = _Builder(seed)
+    c = channels
+    e1 = b.node("Relu", [b.conv("image", 3, c, 3)])
+    e2 = b.node("Relu", [b.conv(b.node("MaxPool", [e1], kernel_shape=[2, 2], strides=[2, 2]), c, 2 * c, 3)])
+    e3 = b.node("Relu", [b.conv(b.node("AveragePool", [e2], kernel_shape=[2, 2], strides=[2, 2]), 2 * c, 2 * c, 3)])
+    empty = b.const(np.zeros(0, np.float32), "roi")
+    up = b.node("Resize", [e3, empty, b.const(np.array([1, 1, 2, 2], np.float32), "sc")], mode="nearest")
+    d2 = b.node("Relu", [b.conv(b.node("Concat", [up, e2], axis=1), 4 * c, c, 3)])
+    up = b.node("Resize", [d2, empty, b.const(np.array([1, 1, 2, 2], np.float32), "sc")], mode="linear",
+                coordinate_transformation_mode="half_pixel")
+    d1 = b.node("Concat", [up, e1], axis=1)
+    w = (b.rng.standard_normal((2 * c, c, 2, 2)) * 0.2).astype(np.float32)
+    t = b.node("ConvTranspose", [d1, b.const(w)], strides=[2, 2], kernel_shape=[2, 2])
+    t = b.node("Relu", [b.bn(t, c)])
+    b.node("Sigmoid", [b.conv(t, c, 1, 1, bias=True, bn=False)])
+    b.nodes[-1].output[0] = "probability"
+    r = resolution
+    return b.model("seg_decoder",
+                   [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, r, r])],
+                   [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1, 2 * r, 2 * r])])

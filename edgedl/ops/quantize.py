@@ -8,7 +8,6 @@ types (int16, uint16, int32, float16 scales) and blocked scales run the numpy re
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
 from ..ir import TensorType
 from ..registry import Kernel, Op, ref_kernel, register
@@ -76,7 +75,9 @@ class QuantizeLinear(_LinearQ):
             return np.dtype(zp.dtype)
         out = self.attr("output_dtype", 0)
         if out:
-            return np.dtype(helper.tensor_dtype_to_np_dtype(int(out)))
+            from ..converters.onnx_proto import tensor_dtype_to_np_dtype  # not onnx.helper: no onnx import
+
+            return tensor_dtype_to_np_dtype(int(out))
         return np.dtype(np.uint8)
 
     def infer(self, ins, consts):

@@ -1,8 +1,10 @@
 """Kernel compilation on the device itself, and statistics about Numba's on-disk cache.
 
 Numba caches compiled kernels per CPU model (``cache=True``), so the first process on a board compiles and
-every later process loads machine code from the cache. ``warmup`` runs a model once on zeros so that this
-happens at install or deploy time rather than on the first real request.
+every later process loads machine code from the cache. :func:`warmup` runs a model once on zeros so that this
+happens at install or deploy time rather than on the first real request; :func:`warmup_parallel` (the
+``edgedl warmup`` command) runs such jobs for given models, or for a catalog of architectures that uses every
+kernel family in fp32, int8 and training, in one fresh process per core.
 """
 from __future__ import annotations
 
@@ -43,3 +45,139 @@ def warmup(model, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     plan = model.plan(shapes)
     feeds = {name: np.zeros(t.shape, t.dtype) for name, t in plan.input_types.items()}
     model.run(feeds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# edgedl warmup: compile ahead of time, in parallel processes
+# ---------------------------------------------------------------------------------------------------
+#: the architectures ``edgedl warmup`` without models prepares (edgedl.zoo builders and their arguments):
+#: together they use every kernel family a model can choose (1-D/2-D/depthwise/grouped/strided/1x1
+#: convolutions, GEMM and matrix-vector, pooling, residual adds, HardSwish/ReLU6/Sigmoid, layout ops,
+#: Softmax, spelled-out LayerNorm, batched MatMul attention, Resize, ConvTranspose), in fp32 and int8, and the
+#: training steps of the digits CNN and the MobileNet-like (their backward kernels)
+CATALOG = [
+    ("kws_tc_resnet", {}),
+    ("digits_cnn", {}),
+    ("mobilenet_v2_like", {"resolution": 96, "width": 0.35, "classes": 10}),
+    ("resnet_like", {"resolution": 64, "widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 1), "classes": 10}),
+    ("nhwc_cnn", {}),
+    ("transformer_block", {}),
+    ("seg_decoder", {}),
+]
+
+
+def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:
+    """Jobs that prepare the catalog: each architecture in fp32 and int8 at each thread count, and training."""
+    jobs = []
+    for name, kwargs in CATALOG:
+        for precision in ("fp32", "int8"):
+            for t in threads:
+                jobs.append({"zoo": name, "kwargs": kwargs, "precision": precision, "threads": t})
+    if train:
+        for name in ("digits_cnn", "mobilenet_v2_like"):
+            kwargs = dict(CATALOG)[name]
+            for t in threads:
+                jobs.append({"zoo": name, "kwargs": kwargs, "precision": "train", "threads": t})
+    return jobs
+
+
+def model_jobs(models: list[str], threads: tuple[int, ...], train: bool = False) -> list[dict]:
+    """Jobs that prepare given model files: each at each thread count (serial and parallel kernels differ)."""
+    jobs = [{"model": str(m), "precision": "fp32", "threads": t} for m in models for t in threads]
+    if train:
+        jobs += [{"model": str(m), "precision": "train", "threads": t} for m in models for t in threads]
+    return jobs
+
+
+def _zeros_feeds(model) -> dict[str, np.ndarray]:
+    plan = model.plan()
+    return {name: np.zeros(t.shape, t.dtype) for name, t in plan.input_types.items()}
+
+
+def run_job(job: dict, target=None) -> dict:
+    """Run one warmup job in this process; returns its kernel cache statistics and seconds."""
+    import time
+
+    import edgedl
+
+    t0 = time.perf_counter()
+    edgedl.set_num_threads(job["threads"], follow_load=False)
+    if "zoo" in job:
+        from edgedl import zoo
+
+        src = getattr(zoo, job["zoo"])(**job.get("kwargs", {})).SerializeToString()
+    else:
+        src = job["model"]
+    model = edgedl.load(src, target=target, num_threads=job["threads"])
+    feeds = _zeros_feeds(model)
+    if job["precision"] == "int8":
+        rng = np.random.default_rng(0)
+        calib = [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in feeds.items()} for _ in range(2)]
+        model = edgedl.quantize(model, calib, progress=False)
+        model.run(feeds)
+    elif job["precision"] == "train":
+        _train_step(model, feeds)
+    else:
+        model.run(feeds)
+    return {**kernel_cache_stats(), "seconds": time.perf_counter() - t0}
+
+
+def _train_step(model, feeds) -> None:
+    """Two optimizer steps of every layer on a small random batch (the training kernels of the model)."""
+    import edgedl
+
+    rng = np.random.default_rng(0)
+    out = model.run(feeds)
+    y0 = next(iter(out.values()))
+    batch = {k: rng.standard_normal((4,) + v.shape[1:]).astype(v.dtype) for k, v in feeds.items()}
+    if y0.ndim == 2 and y0.shape[1] > 1:
+        trainer = edgedl.Trainer(model, "cross_entropy", "adam", "all")
+        y = rng.integers(0, y0.shape[1], 4)
+    else:
+        trainer = edgedl.Trainer(model, "mse", "adam", "all")
+        y = rng.standard_normal((4,) + y0.shape[1:]).astype(np.float32)
+    x = batch if len(batch) > 1 else next(iter(batch.values()))
+    for _ in range(2):
+        trainer.train_step(x, y)
+
+
+def _worker_init() -> None:
+    import os
+
+    os.environ["EDGEDL_QUIET_COMPILE"] = "1"  # the parent shows progress
+    os.environ["EDGEDL_FOLLOW_LOAD"] = "0"  # each job runs at the thread count it names
+
+
+def _describe(job: dict) -> str:
+    what = job.get("zoo") or job.get("model")
+    return f"{what} {job['precision']} {job['threads']} thread(s)"
+
+
+def warmup_parallel(jobs: list[dict], target=None, processes: int | None = None, progress: bool = True) -> dict:
+    """Run warmup jobs in ``processes`` fresh processes (default: one per core), each compiling into the
+    on-disk cache what its job needs. Returns totals: kernels compiled, loaded from the cache, failures."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) or 1))
+    totals = {"jobs": len(jobs), "compiled_signatures": 0, "cache_misses": 0, "cache_hits": 0, "failed": []}
+    ctx = mp.get_context("spawn")  # fresh interpreters: each applies the target's codegen before compiling
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(run_job, job, target): job for job in jobs}
+        bar = tqdm(total=len(jobs), desc="edgedl warmup", unit="job", disable=not progress)
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                stats = fut.result()
+            except Exception as e:  # noqa: BLE001 - one model failing does not stop the others
+                totals["failed"].append(f"{_describe(job)}: {type(e).__name__}: {e}")
+            else:
+                totals["compiled_signatures"] += stats["compiled"]
+                totals["cache_misses"] += stats["cache_misses"]
+                totals["cache_hits"] += stats["cache_hits"]
+            bar.update(1)
+        bar.close()
+    return totals

@@ -234,7 +234,7 @@ def test_one_vs_two_threads_identical():
     try:
         for m, k, n in cases:
             a, b, bias = rnd(rng, m, k), rnd(rng, k, n), rnd(rng, n)
-            assert m * n * k >= G.GEMM_PARALLEL_MIN_WORK
+            assert m * n * k >= G._config.GEMM_PARALLEL_MIN_WORK
             res = []
             for th in (1, 2):
                 numba.set_num_threads(th)

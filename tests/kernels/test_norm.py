@@ -108,7 +108,7 @@ def test_batchnorm_training_mode_opset14(shape, monkeypatch):
     (y, rm, rv), kern = run(op, [x] + params, [None] * 5)
     assert kern.impl == "numba"
     # serial and parallel (one channel per thread) give the same bits
-    monkeypatch.setattr(bn_train, "PARALLEL_MIN_WORK", 0 if x.size < 1000 else 1 << 40)
+    monkeypatch.setattr(bn_train._config, "PARALLEL_MIN_WORK", 0 if x.size < 1000 else 1 << 40)
     (y2, rm2, rv2), _ = run(op, [x] + params, [None] * 5)
     for a, b in ((y, y2), (rm, rm2), (rv, rv2)):
         np.testing.assert_array_equal(a, b)

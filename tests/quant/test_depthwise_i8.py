@@ -212,7 +212,7 @@ def test_parallel_split_bind_and_scratch(strategy, monkeypatch):
                                           batch=2)
     op = QDepthwise2d(wgt, w_zp, bias, req, x.shape, x_zp, (1, 1), (1, 1, 1, 1), strategy=strategy)
     want = _expected(x, x_zp, wgt, w_zp, bias, req, (1, 1), (1, 1, 1, 1), (1, 1))
-    monkeypatch.setattr(dwi8, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(dwi8._config, "PARALLEL_MIN_WORK", 0)
     for threads in (1, 2, 3):
         np.testing.assert_array_equal(_run(op, x, np.int8, threads), want)
     # bind: prepared once, called again after the input changed in place

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gradcheck import check_backward
 
-from edgedl.kernels.cpu import conv_grad, depthwise_grad, gemm
+from edgedl.kernels.cpu import config, conv_grad, depthwise_grad
 
 
 def _r(rng, *shape):
@@ -21,9 +21,8 @@ def kernels(request, monkeypatch):
     """"parallel" forces the prange variants and the split GEMM at any size (so 1 vs N threads compares
     them); "serial" keeps the default thresholds (small shapes run serially)."""
     if request.param == "parallel":
-        monkeypatch.setattr(conv_grad, "PARALLEL_MIN_WORK", 0)
-        monkeypatch.setattr(gemm, "PARALLEL_MIN_WORK", 0)
-        monkeypatch.setattr(gemm, "GEMM_PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(config, "GEMM_PARALLEL_MIN_WORK", 0)
     return request.param
 
 

@@ -52,11 +52,10 @@ def kernels(request, monkeypatch):
     """Serial kernels at these small sizes; "parallel" forces the prange variants (and the split GEMM), so
     check_backward's 1 vs N threads comparison covers them."""
     if request.param == "parallel":
-        from edgedl.kernels.cpu import conv_grad, convt_grad, gemm
+        from edgedl.kernels.cpu import config
 
-        for mod in (conv_grad, convt_grad, gemm):
-            monkeypatch.setattr(mod, "PARALLEL_MIN_WORK", 0)
-        monkeypatch.setattr(gemm, "GEMM_PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(config, "GEMM_PARALLEL_MIN_WORK", 0)
     return request.param
 
 

@@ -93,9 +93,9 @@ def test_batchnorm_backward_kernels_serial_and_parallel_agree(training, monkeypa
             return bn_train.bn_train_backward(x, g, scale, 1e-3, True)
         return bn_train.bn_frozen_backward(x, g, scale, mean, var, 1e-3, True)
 
-    monkeypatch.setattr(bn_train, "PARALLEL_MIN_WORK", 1 << 40)
+    monkeypatch.setattr(bn_train._config, "PARALLEL_MIN_WORK", 1 << 40)
     serial = call()
-    monkeypatch.setattr(bn_train, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(bn_train._config, "PARALLEL_MIN_WORK", 0)
     parallel = call()
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)

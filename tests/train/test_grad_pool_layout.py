@@ -108,7 +108,7 @@ def test_maxpool_kernels_ties_and_nan(shape, attrs, parallel, monkeypatch):
     from edgedl.kernels.cpu import pool_grad
 
     if parallel:
-        monkeypatch.setattr(pool_grad, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(pool_grad._config, "PARALLEL_MIN_WORK", 0)
     x = np.random.default_rng(6).integers(0, 3, shape).astype(np.float32)
     x.reshape(-1)[::7] = np.nan
     op, _, outs_t = make_op("MaxPool", [x], attrs)

@@ -1,0 +1,201 @@
+"""The ONNX protobuf messages and the decoding edgedl needs, without importing the ``onnx`` package.
+
+``import onnx`` costs about a second on a small board (``onnx.helper`` pulls in ``ml_dtypes`` and more), yet
+reading a model needs only the message classes protoc generated from ``onnx-ml.proto``, which depend on
+``google.protobuf`` alone. :func:`schema` executes that generated module (``onnx/onnx_ml_pb2.py`` in the
+installed onnx) on its own, so the ``onnx`` package's ``__init__`` never runs. Protobuf keys message classes
+by their descriptor in the default pool: the classes built here are the very classes ``onnx.ModelProto``,
+``onnx.TensorProto``... name, whether ``onnx`` is imported before or after (an identical file registered
+twice is accepted).
+
+:func:`tensor_to_array` and :func:`attribute_value` stand in for ``onnx.numpy_helper.to_array`` and
+``onnx.helper.get_attribute_value`` for the element types edgedl runs (tests compare them on every type).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+from types import ModuleType
+
+import numpy as np
+
+#: ONNX TensorProto.DataType codes (fixed by the ONNX standard) -> numpy dtypes edgedl supports
+FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, STRING, BOOL, FLOAT16, DOUBLE, UINT32, UINT64 = range(1, 14)
+DTYPES: dict[int, np.dtype] = {
+    FLOAT: np.dtype(np.float32),
+    DOUBLE: np.dtype(np.float64),
+    FLOAT16: np.dtype(np.float16),
+    INT8: np.dtype(np.int8),
+    UINT8: np.dtype(np.uint8),
+    INT16: np.dtype(np.int16),
+    UINT16: np.dtype(np.uint16),
+    INT32: np.dtype(np.int32),
+    UINT32: np.dtype(np.uint32),
+    INT64: np.dtype(np.int64),
+    UINT64: np.dtype(np.uint64),
+    BOOL: np.dtype(np.bool_),
+}
+
+#: TensorProto.DataLocation
+DEFAULT, EXTERNAL = 0, 1
+
+#: AttributeProto.AttributeType codes
+(A_UNDEFINED, A_FLOAT, A_INT, A_STRING, A_TENSOR, A_GRAPH, A_FLOATS, A_INTS, A_STRINGS, A_TENSORS, A_GRAPHS,
+ A_SPARSE_TENSOR, A_SPARSE_TENSORS, A_TYPE_PROTO, A_TYPE_PROTOS) = range(15)
+
+#: the repeated field holding each element type's values when a tensor has no raw_data, and the numpy type
+#: those values are read as (as onnx.numpy_helper reads them)
+_TYPED_FIELD = {
+    FLOAT: ("float_data", np.float32),
+    DOUBLE: ("double_data", np.float64),
+    INT32: ("int32_data", np.int32),
+    INT64: ("int64_data", np.int64),
+    UINT32: ("uint64_data", np.uint32),
+    UINT64: ("uint64_data", np.uint64),
+    INT8: ("int32_data", np.int32),
+    UINT8: ("int32_data", np.int32),
+}
+#: element types stored as the low 16 bits (bit pattern) of each int32_data entry
+_INT32_AS_16BIT = {FLOAT16, INT16, UINT16}
+
+#: attribute types whose value is a message, and those whose value is a list of messages: the field names
+_MESSAGE_FIELD = {A_TENSOR: "t", A_SPARSE_TENSOR: "sparse_tensor", A_GRAPH: "g", A_TYPE_PROTO: "tp"}
+_REPEATED_MESSAGE_FIELD = {A_TENSORS: "tensors", A_SPARSE_TENSORS: "sparse_tensors", A_GRAPHS: "graphs",
+                           A_TYPE_PROTOS: "type_protos"}
+
+_lock = threading.Lock()
+_schema: ModuleType | None = None
+
+
+def _load_generated(name: str) -> ModuleType | None:
+    """Execute ``onnx/<name>.py`` (protoc output) as a private module; None when it is not there."""
+    spec = importlib.util.find_spec("onnx")  # a top-level package: finding it does not import it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, f"{name}.py")
+        if os.path.isfile(path):
+            file_spec = importlib.util.spec_from_file_location(f"edgedl.converters._{name}", path)
+            if file_spec is None or file_spec.loader is None:
+                return None
+            module = importlib.util.module_from_spec(file_spec)
+            file_spec.loader.exec_module(module)
+            return module
+    return None
+
+
+def schema() -> ModuleType:
+    """The module holding the ONNX message classes (``ModelProto``, ``TensorProto``, ...).
+
+    ``onnx.onnx_ml_pb2`` when onnx is imported already; otherwise onnx's generated file executed privately
+    (about 20 ms, no ``onnx/__init__``); ``import onnx`` as the last resort (an onnx laid out differently)."""
+    global _schema
+    if _schema is not None:
+        return _schema
+    with _lock:
+        if _schema is None:
+            module = sys.modules.get("onnx.onnx_ml_pb2")
+            if module is None:
+                try:
+                    module = _load_generated("onnx_ml_pb2")
+                except Exception:  # noqa: BLE001 - whatever went wrong, onnx's own import says it better
+                    module = None
+            if module is None or not hasattr(module, "ModelProto"):
+                import onnx
+
+                module = onnx.onnx_ml_pb2 if hasattr(onnx, "onnx_ml_pb2") else onnx
+            _schema = module
+    return _schema
+
+
+def as_model_proto(obj):
+    """``obj`` as a ModelProto of :func:`schema`'s class, or None when it is not an ONNX ModelProto message.
+
+    An ``onnx.ModelProto`` is that class already and comes back as is; a ModelProto message of another
+    generated class (same ``onnx.ModelProto`` descriptor name) is re-parsed from its serialized bytes."""
+    cls = schema().ModelProto
+    if isinstance(obj, cls):
+        return obj
+    descriptor = getattr(obj, "DESCRIPTOR", None)
+    if getattr(descriptor, "full_name", None) == "onnx.ModelProto" and hasattr(obj, "SerializeToString"):
+        return cls.FromString(obj.SerializeToString())
+    return None
+
+
+def data_type_name(code: int) -> str:
+    """The ONNX name of an element type code (``"BFLOAT16"``); ValueError for a code ONNX does not define."""
+    return schema().TensorProto.DataType.Name(code)
+
+
+def _decode_raw(raw: bytes, dtype: np.dtype) -> np.ndarray:
+    """Little-endian bytes as a 1-D array of ``dtype`` in native byte order (a read-only view on ``raw``)."""
+    arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    return arr if sys.byteorder == "little" else arr.astype(dtype)
+
+
+def tensor_to_array(t, raw: bytes | None = None) -> np.ndarray:
+    """The values of TensorProto ``t`` as an array of its dims, like ``onnx.numpy_helper.to_array``.
+
+    Data come from ``raw`` when given (external data the caller read), else ``t.raw_data`` when set, else the
+    typed field of the element type (float_data, int32_data, int64_data, double_data, uint64_data). Element
+    types outside :data:`DTYPES` raise TypeError; a tensor with a segment, and values that do not fill the
+    dims, raise ValueError (onnx's and numpy's messages). The result may be a read-only view on the bytes."""
+    if t.HasField("segment"):
+        raise ValueError("Currently not supporting loading segments.")
+    code = t.data_type
+    dtype = DTYPES.get(code)
+    if dtype is None:
+        raise TypeError(f"element type {code} is not supported")
+    dims = tuple(t.dims)
+    if raw is None and t.HasField("raw_data"):
+        raw = t.raw_data
+    if raw is not None:
+        return _decode_raw(raw, dtype).reshape(dims)
+    if code in _INT32_AS_16BIT:
+        bits = np.array(t.int32_data, dtype=np.int32).view(np.uint32).astype(np.uint16)
+        return bits.reshape(dims).view(dtype)
+    if code == BOOL:
+        return np.array(t.int32_data, dtype=np.int32).view(np.uint32).astype(np.uint8).view(dtype).reshape(dims)
+    field, storage = _TYPED_FIELD[code]
+    return np.asarray(getattr(t, field), dtype=storage).astype(dtype).reshape(dims)
+
+
+def attribute_value(a):
+    """The value of AttributeProto ``a``, like ``onnx.helper.get_attribute_value``: a float, int, bytes,
+    message, or a list of them; None for an undefined attribute. ValueError for a reference attribute
+    (``ref_attr_name``, only meaningful inside functions) or an unknown type."""
+    if a.ref_attr_name:
+        raise ValueError(f"Cannot get value of reference attribute: {a}")
+    kind = a.type
+    if kind == A_FLOAT:
+        return a.f
+    if kind == A_INT:
+        return a.i
+    if kind == A_STRING:
+        return a.s
+    if kind == A_FLOATS:
+        return list(a.floats)
+    if kind == A_INTS:
+        return list(a.ints)
+    if kind == A_STRINGS:
+        return list(a.strings)
+    if kind in _MESSAGE_FIELD:
+        return getattr(a, _MESSAGE_FIELD[kind])
+    if kind in _REPEATED_MESSAGE_FIELD:
+        return list(getattr(a, _REPEATED_MESSAGE_FIELD[kind]))
+    if kind == A_UNDEFINED:
+        return None
+    raise ValueError(f"Unsupported ONNX attribute: {a}")
+
+
+def tensor_dtype_to_np_dtype(code: int) -> np.dtype:
+    """numpy dtype of an ONNX element type code, like ``onnx.helper.tensor_dtype_to_np_dtype``: the types in
+    :data:`DTYPES` directly, any other code through onnx itself (ml_dtypes types, and onnx's errors)."""
+    dtype = DTYPES.get(code)
+    if dtype is not None:
+        return dtype
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(code))
