@@ -102,6 +102,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--no-train", action="store_true", help="without models: leave the training kernels out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_warmup)
+    s = sub.add_parser("tune", help="measure the execution choices for a model on this board; write a tuned "
+                       "profile that later loads use")
+    s.add_argument("model")
+    s.add_argument("--target", default=None, help="profile to start from (default: the detected board)")
+    s.add_argument("--out", default=None, help="tuned profile file (default: ~/.config/edgedl/tuned/BOARD.toml)")
+    s.add_argument("--seconds", type=float, default=0.4, help="timed seconds per candidate (default 0.4)")
+    s.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="shape of an input with symbolic dimensions (repeatable)")
+    s.set_defaults(fn=cmd_tune)
 
 
 def cmd_warmup(args) -> int:
@@ -133,3 +142,43 @@ def cmd_warmup(args) -> int:
     for line in totals["failed"]:
         print(f"failed: {line}")
     return 1 if totals["failed"] and len(totals["failed"]) == totals["jobs"] else 0
+
+
+def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
+    from .errors import InputError
+
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            sep = ""
+        if not sep or not name or any(d < 1 for d in shapes.get(name, ())):
+            raise InputError(f"--shape must look like NAME=1x3x224x224, got {item!r}")
+    return shapes or None
+
+
+def cmd_tune(args) -> int:
+    import os
+
+    from .errors import InputError
+    from .tune import format_result, tune
+
+    if not os.path.isfile(args.model):
+        raise InputError(f"model file '{args.model}' does not exist")
+    if not args.seconds > 0:
+        raise InputError(f"--seconds must be positive, got {args.seconds}")
+    shapes = _parse_shapes(args.shape)
+    if shapes is not None:
+        import edgedl
+
+        names = [t.name for t in edgedl.load(args.model).inputs]
+        missing = sorted(set(names) - set(shapes))
+        if missing or set(shapes) - set(names):
+            raise InputError(f"--shape must name every input {names} (missing {missing})")
+    result = tune(args.model, target=args.target, shapes=shapes, seconds=args.seconds, out=args.out)
+    print(f"target: {result.shipped.name} ({result.shipped.cpu}, {result.shipped.cores} cores)")
+    for line in format_result(result):
+        print(line)
+    return 0

@@ -5,3 +5,6 @@ import os
 # compare 1 with 1 whenever the machine is busy. The suite runs at the counts it asks for; the monitor and its
 # wiring have their own tests (tests/unit/test_load_monitor.py).
 os.environ.setdefault("EDGEDL_FOLLOW_LOAD", "0")
+# A tuned profile in this user's config folder (edgedl tune) would change thresholds under the tests; the tuned-file
+# tests turn it back on with their own folder.
+os.environ.setdefault("EDGEDL_TUNED", "0")
