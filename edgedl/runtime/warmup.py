@@ -8,20 +8,20 @@ kernel family in fp32, int8 and training, in one fresh process per core.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 
 def _dispatchers():
+    """Every live Numba dispatcher of edgedl's: module-level kernels and those made per op at run time
+    (closures such as the element-wise kernels), found among the garbage collector's objects (a diagnostic:
+    tens of milliseconds)."""
+    import gc
+
     from numba.core.registry import CPUDispatcher
 
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("edgedl.") or mod is None:
-            continue
-        for obj in vars(mod).values():
-            if isinstance(obj, CPUDispatcher):
-                yield obj
+    for obj in gc.get_objects():
+        if isinstance(obj, CPUDispatcher) and (getattr(obj.py_func, "__module__", "") or "").startswith("edgedl."):
+            yield obj
 
 
 def kernel_cache_stats() -> dict[str, int]:
