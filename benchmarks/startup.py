@@ -24,7 +24,9 @@ plan = m.plan()
 feeds = {n: np.zeros(t.shape, t.dtype) for n, t in plan.input_types.items()}
 m.run(feeds)
 t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_run": t3 - t2, **kernel_cache_stats()}))
+import resource
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak resident MB (Linux: KB)
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_run": t3 - t2, "rss_mb": rss, **kernel_cache_stats()}))
 """
 
 
@@ -48,8 +50,8 @@ def main():
             warm = measure(args.model, cache)
         for name, r in (("cold", cold), ("warm", warm)):
             print(f"{name}: process {r['process']:.2f} s (import {r['import']:.2f} s, load {r['load']:.2f} s, "
-                  f"first run {r['first_run']:.2f} s; kernels compiled {r['cache_misses']}, from cache "
-                  f"{r['cache_hits']})")
+                  f"first run {r['first_run']:.2f} s; peak RSS {r['rss_mb']:.0f} MB; kernels compiled "
+                  f"{r['cache_misses']}, from cache {r['cache_hits']})")
 
 
 if __name__ == "__main__":

@@ -321,17 +321,15 @@ def conv_ktab(c: int, h: int, w: int, kh: int, kw: int, dh: int, dw: int) -> np.
 # ---------------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------------
-@numba.njit(inline="always", **NJIT)
-def _tile_act(c, off, ldc, rows, cols, act, alpha, beta):
-    for r in range(rows):
-        act_inplace(c, off + r * ldc, off + r * ldc + cols, act, alpha, beta)
-
-
-@numba.njit(inline="always", **NJIT)
-def _tiles_act(c, c_base, ldc, col0, ia, ie, m, ncols, act, alpha, beta):
-    # the activation of row tiles ia..ie-1 of a column panel, after its last K block (non-simple activations)
-    for it in range(ia, ie):
-        _tile_act(c, c_base + it * MR * ldc + col0, ldc, min(MR, m - it * MR), ncols, act, alpha, beta)
+@numba.njit(**NJIT)
+def _act_rows(c, nbatch, ngroups, c_nstride, c_gstride, ldc, m, n, act, alpha, beta):
+    # c: flat float32; the m x n block of GEMM (b, g) starts at b*c_nstride + g*c_gstride, rows ldc apart:
+    # activation ``act`` applied in place, row by row (the ones the microkernel does not fuse: exp/tanh)
+    for bi in range(nbatch):
+        for g in range(ngroups):
+            base = bi * c_nstride + g * c_gstride
+            for r in range(m):
+                act_inplace(c, base + r * ldc, base + r * ldc + n, act, alpha, beta)
 
 
 @numba.njit(**NJIT)
@@ -364,7 +362,6 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     b_off = bi * b_nstride + g * b_gstride
     c_base = bi * c_nstride + g * c_gstride
     bias_base = g * bias_gstride
-    simple = _SIMPLE[act]
     prepacked = bp.size > 0
     mbt = MC // MR
     nrb = (i1 - i0 + mbt - 1) // mbt
@@ -392,8 +389,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
             elif bias_mode == BIAS_COL:
                 flags |= UK_BIAS_COL
         last = kb == nkb - 1
-        uact = act if (last and simple) else ACT_NONE
-        post = last and not simple and act != ACT_NONE
+        uact = act if last else ACT_NONE  # a simple activation (the driver applies the others afterwards)
         for ib in range(nrb):
             ia = i0 + ib * mbt
             ie = min(i1, ia + mbt)
@@ -413,8 +409,6 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                                bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
                                                MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
                                                min(MR, m - (ie - 1) * MR))
-                        if post:
-                            _tiles_act(c, c_base, ldc, col0, ia, ie, m, NR, act, alpha, beta)
                         continue
                 if direct == DIRECT_MATRIX and n - col0 >= NR:
                     microkernel_panel_ldb(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, bsrc,
@@ -423,8 +417,6 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                           bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
                                           MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
                                           min(MR, m - (ie - 1) * MR), NR, ldb)
-                    if post:
-                        _tiles_act(c, c_base, ldc, col0, ia, ie, m, NR, act, alpha, beta)
                     continue
                 if prepacked:
                     bpanel = bp
@@ -448,8 +440,6 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                              bias, bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
                                              MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta, mlast,
                                              ncols)
-                if post:
-                    _tiles_act(c, c_base, ldc, col0, ia, ie, m, ncols, act, alpha, beta)
 
 
 @numba.njit(**NJIT)
@@ -631,7 +621,13 @@ class GemmCall:
         direct = DIRECT_NONE
         if m <= DIRECT_B_MAX_M:
             direct = DIRECT_MATRIX if plain else (DIRECT_CONV if conv_rows else DIRECT_NONE)
-        self._flags = (bool(accumulate), int(act_code(act)), np.float32(alpha), np.float32(beta), direct)
+        code = int(act_code(act))
+        # NOTE: the microkernel applies the simple activations in its registers; the others (exp, tanh) run
+        # over the finished output (_act_rows), so the GEMM kernels never carry their code: it made every
+        # GEMM kernel ~3 s slower to compile for layers most models do not have
+        self._post = None if _SIMPLE[code] else (code, np.float32(alpha), np.float32(beta))
+        self._flags = (bool(accumulate), code if _SIMPLE[code] else ACT_NONE, np.float32(alpha), np.float32(beta),
+                       direct)
         self.work = m * n * max(k, 1) * nbatch * ngroups
         self._plans: dict[int, tuple] = {}
 
@@ -690,8 +686,14 @@ class GemmCall:
         fbytes, ibytes = self._work_sizes(threads)
         if work is None or work.nbytes < _align8(fbytes) + ibytes:
             work = np.empty(_align8(fbytes) + ibytes, dtype=np.uint8)
-        return functools.partial(self.run, c, bsrc, threads, work) if self._plan(threads)[4] else \
-            functools.partial(*self._call_args(c, bsrc, threads, work))
+        if self._plan(threads)[4] or self._post is not None:
+            return functools.partial(self.run, c, bsrc, threads, work)
+        return functools.partial(*self._call_args(c, bsrc, threads, work))
+
+    def _apply_post(self, c: np.ndarray) -> None:
+        if self._post is not None:
+            c_nstride, c_gstride, ldc = self._tail[0], self._tail[1], self._tail[2]
+            _act_rows(c, self.nbatch, self.ngroups, c_nstride, c_gstride, ldc, self.m, self.n, *self._post)
 
     def _call_args(self, c, bsrc, threads, work) -> tuple:
         """(kernel, *arguments) of one call without shared B packing."""
@@ -720,6 +722,7 @@ class GemmCall:
         if not shared_floats:
             fn, *args = self._call_args(c, bsrc, threads, work)
             fn(*args)
+            self._apply_post(c)
             return
         wbuf = work[:fbytes].view(np.float32)
         ibuf = work[_align8(fbytes):_align8(fbytes) + ibytes].view(np.int64)
@@ -732,6 +735,7 @@ class GemmCall:
         head = (self._head[0], self._head[1], bshared)
         _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c, *self._tail, *split,
                        *self._flags)
+        self._apply_post(c)
 
 
 _ONE = np.zeros(1, dtype=np.float32)

@@ -1,0 +1,71 @@
+"""Check, on the Pi's instruction set, that a board profile sets the codegen and that the kernels agree.
+
+Run under the emulated arm64 Debian (``../shared/tools/arm64``) with a profile selected by name only (the
+profile sets Numba's CPU and features; no NUMBA_CPU_NAME by hand):
+
+    ../shared/tools/arm64 'pip install -q -e . && EDGEDL_TARGET=rpi5 python benchmarks/arm64_profile_check.py'
+
+It runs the bundled keyword model and checks it against onnxruntime's output saved beside it (computed on
+x86), quantizes the digits CNN to int8 and runs it, then reads the assembly of every int8 GEMM kernel
+compiled and reports whether it uses ``sdot`` (the Pi 5 profile promises it; the Pi 3/4 profiles must not use it).
+Prints one JSON line; exits 1 when a check fails. The same prepared cache then serves every process that
+runs with that profile (Numba's cache index is keyed by the CPU name and features the profile sets).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def main() -> int:
+    import edgedl
+    from edgedl import board
+    from edgedl.runtime.warmup import kernel_cache_stats
+
+    kws = edgedl.load(os.path.join(ROOT, "examples", "kws_tc_resnet.onnx"))
+    target = kws.target
+    from numba.core import config
+
+    out = {"target": target.name, "codegen": board.codegen_status.get(target.name), "cpu_name": config.CPU_NAME,
+           "features": config.CPU_FEATURES}
+    spec = np.load(os.path.join(ROOT, "examples", "spectrogram.npy"))
+    ref = np.load(os.path.join(ROOT, "examples", "kws_tc_resnet_reference.npy"))
+    y = kws(spec)
+    out["kws_max_rel_err"] = float(np.max(np.abs(y - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+    digits = edgedl.load(os.path.join(ROOT, "examples", "digits_cnn.onnx"))
+    calib = np.load(os.path.join(ROOT, "examples", "digits_calibration.npz"))
+    x = calib[calib.files[0]][:64]
+    q = edgedl.quantize(digits, [x[i:i + 16] for i in range(0, 64, 16)], progress=False)
+    f32 = digits(x[:32])
+    i8 = q(x[:32])
+    out["int8_agreement"] = float(np.mean(f32.argmax(1) == i8.argmax(1)))
+    from edgedl.kernels.cpu import gemm_i8
+
+    out["int8_kernel"] = gemm_i8.KERNEL_NAMES[gemm_i8.preferred_kernel()]
+    sdot = []
+    for name in dir(gemm_i8):
+        d = getattr(gemm_i8, name)
+        for sig in getattr(d, "signatures", []) if hasattr(d, "inspect_asm") else []:
+            asm = d.inspect_asm(sig)
+            sdot.append((name, "sdot" in asm or "udot" in asm))
+    out["asm_with_sdot"] = sorted(n for n, has in sdot if has)
+    out["asm_without_sdot"] = sorted(n for n, has in sdot if not has)
+    out["kernels"] = kernel_cache_stats()
+    ok = out["kws_max_rel_err"] < 1e-4 and out["int8_agreement"] >= 0.9
+    if target.int8_kernel == "sdot":
+        ok = ok and bool(out["asm_with_sdot"])
+    elif target.int8_kernel == "pairs":
+        ok = ok and not out["asm_with_sdot"]
+    out["ok"] = bool(ok)
+    print(json.dumps(out))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
