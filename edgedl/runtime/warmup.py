@@ -20,7 +20,8 @@ def _dispatchers():
     from numba.core.registry import CPUDispatcher
 
     for obj in gc.get_objects():
-        if isinstance(obj, CPUDispatcher) and (getattr(obj.py_func, "__module__", "") or "").startswith("edgedl."):
+        # NOTE: type(), not isinstance(): some objects (numpy's NpzFile attribute bags) raise on __class__
+        if issubclass(type(obj), CPUDispatcher) and (obj.py_func.__module__ or "").startswith("edgedl."):
             yield obj
 
 
