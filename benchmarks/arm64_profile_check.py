@@ -66,6 +66,8 @@ def main() -> int:
     out["asm_without_sdot"] = sorted(n for n, has in sdot if not has)
     out["kernels"] = kernel_cache_stats()
     ok = out["kws_max_rel_err"] < 1e-4 and out["int8_agreement"] >= 0.9
+    if target.codegen_cpu:  # the profile's codegen must be the one in force
+        ok = ok and out["codegen"] in ("applied", "same") and config.CPU_NAME == target.codegen_cpu
     if sdot and target.int8_kernel == "sdot":
         ok = ok and bool(out["asm_with_sdot"])
     elif sdot and target.int8_kernel == "pairs":

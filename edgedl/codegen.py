@@ -73,8 +73,8 @@ def apply_codegen(target) -> str:
         return "host"
     if normalize_arch(getattr(target, "arch", None)) != host_arch():
         return "other-arch"
-    if "NUMBA_CPU_NAME" in os.environ or "NUMBA_CPU_FEATURES" in os.environ:
-        return "user"
+    if os.environ.get("NUMBA_CPU_NAME", "").strip() or os.environ.get("NUMBA_CPU_FEATURES", "").strip():
+        return "user"  # NOTE: an empty variable is unset (wrappers pass NUMBA_CPU_NAME="" through)
     want = (cpu if cpu is not None else config.CPU_NAME, feats if feats is not None else config.CPU_FEATURES)
     if (config.CPU_NAME, config.CPU_FEATURES) == want:
         return "same"

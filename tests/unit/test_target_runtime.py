@@ -102,9 +102,14 @@ def test_profile_codegen_applies_in_a_fresh_process(tmp_path):
             "m = edgedl.load('examples/digits_cnn.onnx')\n"
             "from numba.core import config\n"
             "print(m.target.name, config.CPU_NAME, config.CPU_FEATURES)\n")
-    out = _run(code, {"EDGEDL_TARGET": str(profile), "NUMBA_CACHE_DIR": str(tmp_path / "cache")})
+    # an empty NUMBA_CPU_NAME (as wrappers pass it through) is no choice of the user's
+    out = _run(code, {"EDGEDL_TARGET": str(profile), "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_CPU_NAME": ""})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["laptop", "x86-64-v2", "+sse4.2,+popcnt"]
+    user = _run(code, {"EDGEDL_TARGET": str(profile), "NUMBA_CACHE_DIR": str(tmp_path / "cache2"),
+                       "NUMBA_CPU_NAME": "x86-64"})
+    assert user.returncode == 0, user.stderr
+    assert user.stdout.split()[:2] == ["laptop", "x86-64"]  # the user's own choice wins
 
 
 def test_env_target_and_user_numba_cpu_name_wins(tmp_path):
