@@ -24,6 +24,13 @@ from .model import Model, TensorInfo  # noqa: E402
 from .threads import prefer_spinning_pool, set_num_threads  # noqa: E402
 
 prefer_spinning_pool()
+if _os.environ.get("EDGEDL_TARGET", "").strip():
+    # NOTE: a process run with a profile (EDGEDL_TARGET=rpi5, e.g. under an emulator, or the kernel tests)
+    # compiles for it even when it calls kernels without edgedl.load: the codegen is set before any kernel
+    # module is imported
+    from .board import resolve as _resolve_target
+
+    _resolve_target()
 
 __version__ = "0.1.0"
 
