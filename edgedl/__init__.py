@@ -65,10 +65,9 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         For a missing, empty, truncated or invalid file, unsupported operators, or shapes that do not fit.
     """
     from .board import resolve
+    from .threads import check_thread_count
 
-    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(num_threads, bool)
-                                    or num_threads < 1):
-        raise EdgeDLError(f"num_threads must be a positive integer, got {num_threads!r}")
+    check_thread_count(num_threads, "num_threads")
     # NOTE: before any module with Numba kernels is imported: Numba fixes its codegen when the first
     # @njit dispatcher is created, so this is where the target's codegen can still apply to the process
     target = resolve(target)

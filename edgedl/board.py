@@ -13,6 +13,7 @@ import os
 import warnings
 
 from .codegen import apply_codegen
+from .threads import env_flag
 
 _detected = None
 #: what the last apply_codegen said, per target name (for ``edgedl targets --detect`` and ``edgedl info``)
@@ -58,7 +59,7 @@ def apply_tuned(tuned_target, here, source: str):
 
 
 def _with_tuned_file(here):
-    if os.environ.get("EDGEDL_TUNED", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_flag("EDGEDL_TUNED", True):
         return here
     from .targets import load_profile_file
     from .tune import tuned_path

@@ -27,9 +27,26 @@ def prefer_spinning_pool() -> None:
     numba.config.THREADING_LAYER_PRIORITY = list(LAYER_PRIORITY)
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """An on/off environment variable: "0", "false", "no", "off" (any case) are off, any other value on,
+    unset or empty the default."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
+def check_thread_count(n, what: str = "thread count") -> None:
+    """EdgeDLError unless ``n`` is None or a positive integer."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        from .errors import EdgeDLError
+
+        raise EdgeDLError(f"{what} must be a positive integer, got {n!r}")
+
+
 _default: int | None = None
 #: follow the load (see :mod:`edgedl.load_monitor`): run no more threads than the cores other work leaves free
-_follow_load = os.environ.get("EDGEDL_FOLLOW_LOAD", "1").strip().lower() not in ("0", "false", "no", "off")
+_follow_load = env_flag("EDGEDL_FOLLOW_LOAD", True)
 _monitor = None
 
 
@@ -41,10 +58,7 @@ def set_num_threads(n: int | None, follow_load: bool | None = None) -> None:
     fork-join kernel whose threads share cores with other busy work waits for the scheduler at every
     region; fewer threads then finish sooner."""
     global _default, _follow_load
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        from .errors import EdgeDLError
-
-        raise EdgeDLError(f"thread count must be a positive integer, got {n!r}")
+    check_thread_count(n)
     _default = n
     if follow_load is not None:
         _follow_load = bool(follow_load)

@@ -8,7 +8,6 @@ terminal) keeps a count of compiled kernels on that line. Runs served from the c
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 
@@ -87,7 +86,9 @@ class _Notice:
 
 
 def _silenced() -> bool:
-    return os.environ.get("EDGEDL_QUIET_COMPILE", "").strip() not in ("", "0")
+    from ..threads import env_flag
+
+    return env_flag("EDGEDL_QUIET_COMPILE", False)
 
 
 def _isatty(stream) -> bool:
