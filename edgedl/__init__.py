@@ -77,8 +77,23 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     from .passes import optimize as run_passes
     from .quant.quantize_model import copy_graph
 
+    from .runtime.compile_ahead import maybe_compile_ahead
+
     graph = import_onnx(src)
     source = copy_graph(graph)
+    if optimize:
+        run_passes(graph)
+    # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
+    maybe_compile_ahead(source, target, num_threads, optimize)
+    return Model(graph, target=target, num_threads=num_threads, source=source)
+
+
+def _model_from_source(source, target, num_threads: int | None, optimize: bool = True) -> Model:
+    """What :func:`load` makes of an imported graph (``source`` is kept; the model gets a copy)."""
+    from .passes import optimize as run_passes
+    from .quant.quantize_model import copy_graph
+
+    graph = copy_graph(source)
     if optimize:
         run_passes(graph)
     return Model(graph, target=target, num_threads=num_threads, source=source)

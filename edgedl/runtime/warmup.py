@@ -26,8 +26,9 @@ def _dispatchers():
 
 
 def kernel_cache_stats() -> dict[str, int]:
-    """Across every Numba kernel loaded so far: signatures compiled in this process (``compiled``), loaded
-    from the on-disk cache (``cache_hits``), and compiled because the cache had nothing (``cache_misses``)."""
+    """Across every Numba kernel loaded so far (dispatchers and native functions): signatures compiled or
+    loaded in this process (``compiled``), loaded from the on-disk cache (``cache_hits``), and compiled because
+    the cache had nothing (``cache_misses``)."""
     seen = set()
     hits = misses = compiled = 0
     for d in _dispatchers():
@@ -37,6 +38,12 @@ def kernel_cache_stats() -> dict[str, int]:
         hits += sum(d.stats.cache_hits.values())
         misses += sum(d.stats.cache_misses.values())
         compiled += len(d.signatures)
+    from ..kernels.cpu.native import all_native
+
+    for fn in all_native():  # the native functions (compiled once, called through pointers)
+        hits += fn.cache_hits
+        misses += fn.cache_misses
+        compiled += fn.compiled
     return {"compiled": compiled, "cache_hits": hits, "cache_misses": misses}
 
 
@@ -67,9 +74,20 @@ CATALOG = [
 ]
 
 
+def native_jobs() -> list[dict]:
+    """One job per native function (the GEMM task and the others every GEMM driver calls through a pointer):
+    :func:`warmup_parallel` runs them first, so the model jobs after them load these instead of each
+    compiling its own copy at the same time."""
+    from ..kernels.cpu import gemm  # noqa: F401 - defines the native functions
+    from ..kernels.cpu.native import all_native
+
+    return [{"native": fn.key} for fn in all_native() if fn.key.startswith("edgedl.")]
+
+
 def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:
-    """Jobs that prepare the catalog: each architecture in fp32 and int8 at each thread count, and training."""
-    jobs = []
+    """Jobs that prepare the catalog: the native functions, then each architecture in fp32 and int8 at each
+    thread count, and training."""
+    jobs = native_jobs()
     for name, kwargs in CATALOG:
         for precision in ("fp32", "int8"):
             for t in threads:
@@ -83,8 +101,9 @@ def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:
 
 
 def model_jobs(models: list[str], threads: tuple[int, ...], train: bool = False) -> list[dict]:
-    """Jobs that prepare given model files: each at each thread count (serial and parallel kernels differ)."""
-    jobs = [{"model": str(m), "precision": "fp32", "threads": t} for m in models for t in threads]
+    """Jobs that prepare given model files: the native functions, then each model at each thread count (serial
+    and parallel kernels differ)."""
+    jobs = native_jobs() + [{"model": str(m), "precision": "fp32", "threads": t} for m in models for t in threads]
     if train:
         jobs += [{"model": str(m), "precision": "train", "threads": t} for m in models for t in threads]
     return jobs
@@ -102,6 +121,13 @@ def run_job(job: dict, target=None) -> dict:
     import edgedl
 
     t0 = time.perf_counter()
+    if "native" in job:
+        from ..board import resolve
+        from ..kernels.cpu.native import by_key
+
+        resolve(target)  # the target's codegen, before anything compiles
+        by_key(job["native"]).compile()
+        return {**kernel_cache_stats(), "seconds": time.perf_counter() - t0}
     edgedl.set_num_threads(job["threads"], follow_load=False)
     if "zoo" in job:
         from edgedl import zoo
@@ -147,9 +173,12 @@ def _worker_init() -> None:
 
     os.environ["EDGEDL_QUIET_COMPILE"] = "1"  # the parent shows progress
     os.environ["EDGEDL_FOLLOW_LOAD"] = "0"  # each job runs at the thread count it names
+    os.environ["EDGEDL_COMPILE_AHEAD"] = "0"  # the pool is already one process per core
 
 
 def _describe(job: dict) -> str:
+    if "native" in job:
+        return f"native function {job['native'].split(':')[1]}"
     what = job.get("zoo") or job.get("model")
     return f"{what} {job['precision']} {job['threads']} thread(s)"
 
@@ -166,19 +195,22 @@ def warmup_parallel(jobs: list[dict], target=None, processes: int | None = None,
     processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) or 1))
     totals = {"jobs": len(jobs), "compiled_signatures": 0, "cache_misses": 0, "cache_hits": 0, "failed": []}
     ctx = mp.get_context("spawn")  # fresh interpreters: each applies the target's codegen before compiling
+    # the native functions first (in parallel), then the models, which load them
+    stages = [[j for j in jobs if "native" in j], [j for j in jobs if "native" not in j]]
     with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_job, job, target): job for job in jobs}
         bar = tqdm(total=len(jobs), desc="edgedl warmup", unit="job", disable=not progress)
-        for fut in as_completed(futures):
-            job = futures[fut]
-            try:
-                stats = fut.result()
-            except Exception as e:  # noqa: BLE001 - one model failing does not stop the others
-                totals["failed"].append(f"{_describe(job)}: {type(e).__name__}: {e}")
-            else:
-                totals["compiled_signatures"] += stats["compiled"]
-                totals["cache_misses"] += stats["cache_misses"]
-                totals["cache_hits"] += stats["cache_hits"]
-            bar.update(1)
+        for stage in stages:
+            futures = {pool.submit(run_job, job, target): job for job in stage}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    stats = fut.result()
+                except Exception as e:  # noqa: BLE001 - one model failing does not stop the others
+                    totals["failed"].append(f"{_describe(job)}: {type(e).__name__}: {e}")
+                else:
+                    totals["compiled_signatures"] += stats["compiled"]
+                    totals["cache_misses"] += stats["cache_misses"]
+                    totals["cache_hits"] += stats["cache_hits"]
+                bar.update(1)
         bar.close()
     return totals

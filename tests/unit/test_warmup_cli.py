@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgedl.runtime.warmup import CATALOG, catalog_jobs, model_jobs
+from edgedl.runtime.warmup import CATALOG, catalog_jobs, model_jobs, native_jobs
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -47,12 +47,27 @@ def test_warmup_rejects_a_missing_model(capsys):
 
 
 def test_job_lists():
+    natives = native_jobs()
+    assert natives and all(set(j) == {"native"} for j in natives)
+    assert any(":_run_task:" in j["native"] for j in natives)
     jobs = catalog_jobs((1, 2))
-    assert len(jobs) == len(CATALOG) * 2 * 2 + 2 * 2
-    assert {j["precision"] for j in jobs} == {"fp32", "int8", "train"}
-    assert catalog_jobs((1,), train=False) and all(j["precision"] != "train" for j in catalog_jobs((1,), False))
-    assert model_jobs(["a.onnx"], (1, 4), train=True) == [
+    assert jobs[:len(natives)] == natives  # first: the models load them
+    models = jobs[len(natives):]
+    assert len(models) == len(CATALOG) * 2 * 2 + 2 * 2
+    assert {j["precision"] for j in models} == {"fp32", "int8", "train"}
+    assert catalog_jobs((1,), train=False) and all(j.get("precision") != "train" for j in catalog_jobs((1,), False))
+    assert model_jobs(["a.onnx"], (1, 4), train=True) == natives + [
         {"model": "a.onnx", "precision": p, "threads": t} for p in ("fp32", "train") for t in (1, 4)]
+
+
+def test_native_job_in_process():
+    """A native-function job compiles (here: loads from the warm test cache) that one function."""
+    from edgedl.kernels.cpu.native import by_key
+    from edgedl.runtime.warmup import run_job
+
+    key = native_jobs()[0]["native"]
+    stats = run_job({"native": key})
+    assert by_key(key).compiled == 1 and stats["compiled"] >= 1
 
 
 @pytest.mark.parametrize("precision", ["int8", "train"])

@@ -32,11 +32,12 @@ import functools
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
 
 from . import config as _config
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
 from .config import NJIT, NJIT_PARALLEL, num_threads
+from .native import caller, native
 from .vec import (
     MR,
     NR,
@@ -332,7 +333,21 @@ def _act_rows(c, nbatch, ngroups, c_nstride, c_gstride, ldc, m, n, act, alpha, b
                 act_inplace(c, base + r * ldc, base + r * ldc + n, act, alpha, beta)
 
 
-@numba.njit(**NJIT)
+def _ro(t):
+    """The read-only variant of an array type: a native function's inputs accept constant (read-only)
+    arrays, and writable ones too."""
+    return t.copy(readonly=True)
+
+
+_F1, _I1, _I2 = types.float32[::1], types.int64[::1], types.int64[:, ::1]
+_i, _f = types.int64, types.float32
+#: _run_task's signature: every array flat and contiguous except the (k, 3) int64 row table; A, B, the
+#: geometry, the row table and the bias read-only
+_TASK_SIG = types.void(_i, _ro(_F1), _i, _ro(_F1), _ro(_F1), _i, _i, _ro(_I1), _ro(_I2), _F1, _i, _i, _i, _ro(_F1),
+                       _i, _i, _i, _i, _i, _i, _i, _i, _i, _i, types.boolean, _i, _f, _f, _i, _F1, _I1, _I1)
+
+
+@native(_TASK_SIG, ahead=True, **NJIT)
 def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride, ldc,
               bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act, alpha,
               beta, direct, buf, ybase, xbase):
@@ -442,8 +457,11 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                                              ncols)
 
 
+_call_task = caller(_run_task)
+
+
 @numba.njit(**NJIT)
-def _gemm_serial(ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
+def _gemm_serial(task_fn, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                  c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
                  accumulate, act, alpha, beta, direct):
     # wbuf: (>= bufsize,) float32 panel buffer; ibuf: (>= 2*NR,) int64 index buffers (the caller's workspace)
@@ -451,13 +469,13 @@ def _gemm_serial(ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride
     ybase = ibuf[:NR]
     xbase = ibuf[NR:2 * NR]
     for task in range(ntasks):
-        _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride, c_gstride,
-                  ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt, accumulate, act,
-                  alpha, beta, direct, buf, ybase, xbase)
+        _call_task(task_fn, (task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
+                             c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
+                             accumulate, act, alpha, beta, direct, buf, ybase, xbase))
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo,
+def _gemm_parallel(task_fn, nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo,
                    ktab, c, c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb,
                    mst, nbt, accumulate, act, alpha, beta, direct):
     # wbuf: (nslots*bufsize,) float32, ibuf: (nslots*2*NR,) int64: each slot owns its slice
@@ -468,9 +486,9 @@ def _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc,
         lo = s * ntasks // nslots
         hi = (s + 1) * ntasks // nslots
         for task in range(lo, hi):
-            _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
-                      c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst, nbt,
-                      accumulate, act, alpha, beta, direct, buf, ybase, xbase)
+            _call_task(task_fn, (task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
+                                 c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst,
+                                 nbt, accumulate, act, alpha, beta, direct, buf, ybase, xbase))
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -705,7 +723,9 @@ class GemmCall:
             bsrc = _ONE
         args = ((bufsize, wbuf, ibuf) + self._head + (bsrc,) + self._mid + (c,) + self._tail + split
                 + self._flags)
-        return (_gemm_parallel, nslots, ntasks, *args) if nslots else (_gemm_serial, ntasks, *args)
+        task_fn = _run_task.address
+        return ((_gemm_parallel, task_fn, nslots, ntasks, *args) if nslots
+                else (_gemm_serial, task_fn, ntasks, *args))
 
     def run(self, c: np.ndarray, bsrc: np.ndarray = _EMPTY, threads: int | None = None,
             work: np.ndarray | None = None) -> None:
@@ -733,7 +753,7 @@ class GemmCall:
         _, _, geo, ktab = self._mid
         _pack_b_shared(nslots, bsrc, geo, ktab, self.k, self.n, bshared, ibuf)
         head = (self._head[0], self._head[1], bshared)
-        _gemm_parallel(nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c, *self._tail, *split,
+        _gemm_parallel(_run_task.address, nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c, *self._tail, *split,
                        *self._flags)
         self._apply_post(c)
 
@@ -798,7 +818,11 @@ def sgemm_packed(ap: np.ndarray, bp: np.ndarray, c: np.ndarray, m: int, n: int, 
 # ---------------------------------------------------------------------------------------------------
 # GEMV (few rows or few columns)
 # ---------------------------------------------------------------------------------------------------
-@numba.njit(inline="always", **NJIT)
+#: _gemv_block's signatures: x with contiguous rows (the usual case) or any row stride; out any strides
+_GEMV_SIGS = tuple(types.void(_ro(types.float32[:, ::1]), _ro(x), types.float32[:, :], _i, _i, _ro(_F1),
+                              types.boolean, _i, _f, _f) for x in (types.float32[:, ::1], types.float32[:, :]))
+
+
 def _gemv_block(w, x, out, n0, n1, bias, has_bias, act, alpha, beta):
     """out[q, n] = act(dot(w[n, :], x[q, :]) + bias[n]) for n in [n0, n1), q < x.shape[0] (<= 3).
     One vector: four rows of w at a time (four independent streams); two or three vectors share each
@@ -885,18 +909,25 @@ def _gemv_block(w, x, out, n0, n1, bias, has_bias, act, alpha, beta):
 _GEMV_ROWS = 64
 
 
+# NOTE: compiled once as native functions (see native.py) that both drivers call through a pointer
+_gemv_blocks = tuple(native(sig, **NJIT)(_gemv_block) for sig in _GEMV_SIGS)
+_call_gemv = caller(*_gemv_blocks)
+
+
 @numba.njit(**NJIT)
-def _gemv_serial(w, x, out, bias, act, alpha, beta):
-    _gemv_block(w, x, out, 0, w.shape[0], bias, bias.size > 0, act, alpha, beta)
+def _gemv_serial(block_fn, w, x, out, bias, act, alpha, beta):
+    # block_fn: the address of _gemv_blocks[0] for a C-contiguous x, else of _gemv_blocks[1]
+    _call_gemv(block_fn, (w, x, out, 0, w.shape[0], bias, bias.size > 0, act, alpha, beta))
 
 
 @numba.njit(**NJIT_PARALLEL)
-def _gemv_parallel(w, x, out, bias, act, alpha, beta):
+def _gemv_parallel(block_fn, w, x, out, bias, act, alpha, beta):
     nrow = w.shape[0]
     nblk = (nrow + _GEMV_ROWS - 1) // _GEMV_ROWS
     for blk in prange(nblk):
-        _gemv_block(w, x, out, blk * _GEMV_ROWS, min(nrow, (blk + 1) * _GEMV_ROWS), bias, bias.size > 0,
-                    act, alpha, beta)
+        n0 = blk * _GEMV_ROWS
+        n1 = min(nrow, (blk + 1) * _GEMV_ROWS)
+        _call_gemv(block_fn, (w, x, out, n0, n1, bias, bias.size > 0, act, alpha, beta))
 
 
 def gemv(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
@@ -916,9 +947,12 @@ def _gemv_args(w, x, out, bias, act, alpha, beta, threads) -> tuple:
     b = _EMPTY if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if threads is None:
         threads = num_threads()
+    if not w.flags.c_contiguous:
+        w = np.ascontiguousarray(w)
+    block_fn = _gemv_blocks[0 if x.flags.c_contiguous else 1].address
     if threads > 1 and w.size * x.shape[0] >= _config.PARALLEL_MIN_WORK:
-        return (_gemv_parallel, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
-    return (_gemv_serial, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+        return (_gemv_parallel, block_fn, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
+    return (_gemv_serial, block_fn, w, x, out, b, int(act), np.float32(alpha), np.float32(beta))
 
 
 @numba.njit(inline="always", **NJIT)

@@ -1,0 +1,200 @@
+"""A cold first start in two processes: the GEMM task in this one, everything else in a helper.
+
+On an empty kernel cache a model's first result waits for every kernel it uses to compile, one after the
+other (Numba compiles lazily, in call order, one function at a time per process). Most of that time is one
+function, the fp32 GEMM task (its vectorized microkernels, :mod:`edgedl.kernels.cpu.native`), that every
+convolution and matrix product calls; the rest are dozens of small kernels. :func:`maybe_compile_ahead`,
+called by ``edgedl.load`` while a model loads, splits the work across two cores:
+
+* a helper process (``python -m edgedl.runtime.compile_ahead``) loads the same model with the same target,
+  thread count and codegen and runs it once on zeros (symbolic dimensions bound to 1, as ``Model.plan()``) with every native function replaced by a stand-in
+  that does nothing (:func:`edgedl.kernels.cpu.native.use_stubs`): all the other kernels compile into the
+  on-disk cache, and the helper names each native function the model asks for on its stdout;
+* this process compiles those native functions meanwhile (into the same cache), then waits for the helper.
+
+The model then plans and runs here with every kernel loaded from the cache. Nothing the helper computes is
+used. When the helper cannot run (it fails, the board has one core or little free memory), this process
+compiles what is missing itself, as before. It runs only when a native function is missing from the cache
+and the model has layers that use it; ``EDGEDL_COMPILE_AHEAD=0`` turns it off.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+
+#: layers whose kernels call the fp32 GEMM task
+GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: a helper beside the main process needs about this much free memory (its peak resident size, measured
+#: ~230 MB for the bundled example, with margin)
+MIN_FREE_BYTES = 600 << 20
+#: a helper still running after this many seconds is stopped (this process then compiles what is missing)
+TIMEOUT_S = 900.0
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _free_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def skip_reason(graph) -> str | None:
+    """Why a model's cold start would not use a helper process (None: it would, if kernels are missing)."""
+    from ..threads import env_flag
+
+    if not env_flag("EDGEDL_COMPILE_AHEAD", True):
+        return "EDGEDL_COMPILE_AHEAD=0"
+    from ..kernels.cpu import native
+
+    if native._stub_report is not None:
+        return "this is a compile-ahead helper"
+    if not any(node.op_type in GEMM_OPS and node.domain in ("", "ai.onnx") for node in graph.nodes):
+        return "no layer uses the GEMM task"
+    if _usable_cores() < 2:
+        return "one core"
+    free = _free_bytes()
+    if free is not None and free < MIN_FREE_BYTES:
+        return f"{free >> 20} MB of free memory"
+    return None
+
+
+def missing_natives() -> list:
+    """The native functions marked ``ahead`` neither in this process nor in the on-disk cache (a probe loads
+    the others)."""
+    from ..kernels.cpu import gemm  # noqa: F401 - defines the fp32 GEMM task
+    from ..kernels.cpu.native import all_native
+
+    return [fn for fn in all_native() if fn.ahead and not fn.cached()]
+
+
+def maybe_compile_ahead(source_graph, target, num_threads: int | None, optimize: bool = True) -> dict | None:
+    """Compile a model's kernels into the cache in two processes when its cold start would benefit (see the
+    module docstring). Returns what happened (None when nothing was done)."""
+    if skip_reason(source_graph) is not None:
+        return None
+    missing = missing_natives()
+    if not missing:
+        return None
+    return compile_ahead(source_graph, target, num_threads, optimize, first=missing)
+
+
+def _child_env() -> dict:
+    """The helper's environment: this process's codegen (so its cache entries are the ones this process
+    loads), no target variable (it gets the resolved target), quiet, fixed threads."""
+    from numba.core import config
+
+    env = dict(os.environ)
+    env.pop("EDGEDL_TARGET", None)
+    for var, value in (("NUMBA_CPU_NAME", config.CPU_NAME), ("NUMBA_CPU_FEATURES", config.CPU_FEATURES)):
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value
+    env.update(EDGEDL_QUIET_COMPILE="1", EDGEDL_FOLLOW_LOAD="0", EDGEDL_COMPILE_AHEAD="0", EDGEDL_TUNED="0")
+    return env
+
+
+def compile_ahead(source_graph, target, num_threads: int | None, optimize: bool = True, first=()) -> dict:
+    """Run the helper on ``source_graph`` and compile the native functions it names; see the module
+    docstring. ``first``: native functions to compile right away (the helper asks for them only once its
+    model reaches them). Returns ``{"helper": "done" | "failed: ...", "natives": [...], "stats": {...}}``."""
+    from ..kernels.cpu.native import by_key
+    from ..threads import wanted_threads
+
+    threads = wanted_threads(num_threads, None if target is None else target.threads)
+    # the helper gets the target without its codegen: this process's codegen reaches it through the
+    # NUMBA_CPU_* variables (equal even when the target's could not apply here)
+    child_target = None if target is None else target.replace(codegen_cpu=None, codegen_features=None)
+    result = {"helper": "failed", "natives": [], "stats": {}}
+    spec = {"graph": source_graph, "optimize": optimize, "target": child_target, "num_threads": num_threads,
+            "threads": threads}
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "edgedl.runtime.compile_ahead"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=err, env=_child_env())
+        except OSError as e:  # no helper: this process compiles everything, as without one
+            result["helper"] = f"failed: {e}"
+            return result
+        timer = threading.Timer(TIMEOUT_S, proc.kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            try:
+                proc.stdin.write(pickle.dumps(spec))
+                proc.stdin.close()
+            except OSError:
+                pass  # the helper is gone already: its exit status says why
+            for fn in first:
+                fn.compile()
+                result["natives"].append(fn.key)
+            for raw in proc.stdout:
+                word, _, rest = raw.decode(errors="replace").strip().partition(" ")
+                if word == "need":
+                    try:
+                        fn = by_key(rest)
+                    except KeyError:
+                        continue
+                    if fn.key not in result["natives"]:
+                        fn.compile()  # here, while the helper compiles the rest
+                        result["natives"].append(rest)
+                elif word == "done":
+                    result["helper"] = "done"
+                    result["stats"] = json.loads(rest or "{}")
+            rc = proc.wait()
+            if rc != 0:
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+                result["helper"] = f"failed: exit {rc}" + (f": {tail[0]}" if tail else "")
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return result
+
+
+def _helper_main() -> int:
+    """The helper: load the model given on stdin, run it once with native functions stubbed out."""
+    spec = pickle.load(sys.stdin.buffer)
+    import numpy as np
+
+    import edgedl
+    from edgedl.kernels.cpu.native import use_stubs
+    from edgedl.runtime.warmup import kernel_cache_stats
+
+    asked: set[str] = set()
+
+    def report(fn) -> None:
+        if fn.key not in asked:
+            asked.add(fn.key)
+            print("need", fn.key, flush=True)
+
+    use_stubs(report)
+    edgedl.set_num_threads(spec["threads"], follow_load=False)
+    from edgedl.board import resolve
+
+    model = edgedl._model_from_source(spec["graph"], resolve(spec["target"]), spec["num_threads"], spec["optimize"])
+    plan = model.plan()
+    model.run({n: np.zeros(t.shape, t.dtype) for n, t in plan.input_types.items()})
+    print("done", json.dumps(kernel_cache_stats()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_helper_main())
