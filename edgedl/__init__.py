@@ -84,7 +84,7 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     if optimize:
         run_passes(graph)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
-    maybe_compile_ahead(source, target, num_threads, optimize)
+    maybe_compile_ahead(source, target, num_threads, optimize, graph)
     return Model(graph, target=target, num_threads=num_threads, source=source)
 
 

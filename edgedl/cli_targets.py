@@ -35,7 +35,11 @@ def describe_target(target) -> list[str]:
                  f"{_size(t.memory_bytes)}; gpu: {t.gpu or '-'}")
     threads = wanted_threads(None, t.threads)
     load_note = "fewer while other processes keep cores busy" if follows_load() else "fixed (EDGEDL_FOLLOW_LOAD=0)"
-    lines.append(f"  threads: {t.threads} by default ({threads} here, {load_note}); device: {t.device}"
+    from .affinity import core_ids
+
+    cores = core_ids(t)
+    on = "every core" if cores is None else f"{t.core_set} cores {_cores(tuple(sorted(cores)))}"
+    lines.append(f"  threads: {t.threads} by default ({threads} here, {load_note}) on {on}; device: {t.device}"
                  + (f" (preferred: {t.preferred_device}, once its backend exists)"
                     if t.preferred_device != t.device else ""))
     status = codegen_status.get(t.name)

@@ -10,6 +10,8 @@ from .ir import Graph, TensorType, contiguous
 from .kernels.cpu.config import apply_target
 from .registry import Op, lookup
 from .runtime.plan import Plan, build_plan
+from .affinity import core_ids, running_on
+from .affinity import pinned as affinity_pinned
 from .threads import configure_threads
 
 #: How many shape bindings keep their plan (and arena) alive at once.
@@ -195,8 +197,12 @@ class Model:
                     raise
                 self._value_inputs |= sources
         apply_target(self.target)
-        configure_threads(self.num_threads, self._target_threads)
-        return plan.run(feeds)
+        cores = core_ids(self.target)
+        configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
+        if cores is None and not affinity_pinned():
+            return plan.run(feeds)
+        with running_on(cores):
+            return plan.run(feeds)
 
     @property
     def _target_threads(self) -> int | None:

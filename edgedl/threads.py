@@ -86,12 +86,15 @@ def wanted_threads(n: int | None, target_threads: int | None = None) -> int:
     return min(n or _default or target_threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)
 
 
-def configure_threads(n: int | None, target_threads: int | None = None) -> int:
-    """Apply a per-model thread count (or the defaults, see :func:`wanted_threads`) before a run, lowered to
-    what the load leaves free when thread counts follow the load. Returns the count in force."""
+def configure_threads(n: int | None, target_threads: int | None = None, max_threads: int | None = None) -> int:
+    """Apply a per-model thread count (or the defaults, see :func:`wanted_threads`) before a run, at most
+    ``max_threads`` (the size of the target's core set), lowered to what the load leaves free when thread
+    counts follow the load. Returns the count in force."""
     from .kernels.cpu.config import num_threads  # the cheap getter (no per-call pool launch check)
 
     want = wanted_threads(n, target_threads)
+    if max_threads is not None:
+        want = max(1, min(want, max_threads))
     if _follow_load and want > 1:
         want = load_monitor().threads(want)
     if num_threads() != want:

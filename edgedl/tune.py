@@ -2,7 +2,8 @@
 tuned profile that later loads on this board use.
 
 What is tuned, one choice at a time (coordinate descent from the shipped profile's choices, each stage keeping
-the winner of the stages before): the thread count, the parallel threshold of element-wise / pooling / layout
+the winner of the stages before): on a big.LITTLE CPU the core set (all, big or little cores), the thread
+count, the parallel threshold of element-wise / pooling / layout
 kernels (``parallel_min_work``), the GEMM's (``gemm_parallel_min_work``), and for a quantized model the int8
 GEMM kernel among those the codegen can run. Each candidate runs the model (warm) for a fixed time with the
 thread count held (no load following) and scores its median latency.
@@ -131,14 +132,16 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
     import edgedl
 
     from . import board, threads
+    from .affinity import core_ids, pin_workers, pinned
     from .kernels.cpu import config
     from .targets.profile import load_profile_file
 
     shipped = board.resolve(target, tuned=False)
     bench = _Bench(src, shapes, seconds)
     int8_options = _int8_options(bench.model)
+    core_options = _core_set_options(shipped)
     thread_options = _thread_candidates(shipped.cores)
-    total = len(thread_options) + 2 * len(THRESHOLDS) + len(int8_options) + 1
+    total = len(core_options) + len(thread_options) + 2 * len(THRESHOLDS) + len(int8_options) + 1
     follow = threads.follows_load()
     threads.set_num_threads(None, follow_load=False)  # every candidate runs at the count it names
     bar = tqdm(total=total, desc="edgedl tune", unit="trial", disable=not progress)
@@ -161,7 +164,13 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
             st.picked = getattr(current, choice)
             stages.append(st)
 
-        stage("threads", thread_options, shipped.threads)
+        if core_options:
+            stage("core_set", core_options, shipped.core_set)
+        cores = core_ids(current)
+        if cores is not None:  # threads beyond the set's cores would share them
+            bar.update(len([t for t in thread_options if t > len(cores)]))
+            thread_options = [t for t in thread_options if t <= len(cores)]
+        stage("threads", thread_options, min(shipped.threads, len(cores) if cores else shipped.threads))
         if current.threads > 1:
             stage("parallel_min_work", THRESHOLDS, shipped.parallel_min_work)
             stage("gemm_parallel_min_work", THRESHOLDS, shipped.gemm_parallel_min_work)
@@ -181,6 +190,8 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
         bar.close()
         threads.set_num_threads(None, follow_load=follow)
         config.apply_target(None)
+        if pinned():
+            pin_workers(None)
     b, a = statistics.median(before), statistics.median(after)
     changed = any(getattr(current, st.choice) != getattr(shipped, st.choice) for st in stages)
     kept = not changed or not a < b * (1 - MIN_GAIN / 2)
@@ -194,6 +205,15 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
         load_profile_file(path)  # what was written reads back (validated)
         result.path = path
     return result
+
+
+def _core_set_options(target) -> list[str]:
+    """The core sets to try: on a CPU with big and little cores (both usable here), all, big and little."""
+    from .affinity import core_ids
+
+    if core_ids(target.replace(core_set="big")) is None or core_ids(target.replace(core_set="little")) is None:
+        return []
+    return ["all", "big", "little"]
 
 
 def _int8_options(model) -> list[str]:

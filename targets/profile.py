@@ -18,6 +18,7 @@ A profile has four tables (``[tuned]`` only in tuned files)::
 
     [choices]                           # what edgedl does on this board
     threads = 4                         # required, 1 <= threads <= cores
+    core_set = "all"                    # optional: all (default) | big | little: the cores kernels run on
     device = "cpu"                      # optional: "cpu" (default)
     preferred_device = "cuda"           # optional: "cpu" (default) or "cuda"
     codegen_cpu = "cortex-a72"          # optional LLVM CPU name for Numba
@@ -50,7 +51,7 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 
-from .target import DEVICES, INT8_KERNELS, PRECISIONS, PREFERRED_DEVICES, Target
+from .target import CORE_SETS, DEVICES, INT8_KERNELS, PRECISIONS, PREFERRED_DEVICES, Target
 
 #: the shipped profiles: ``profiles/NAME.toml``
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -131,7 +132,7 @@ FACT_FIELDS = {
     "memory_bytes": (_positive_int, True), "gpu": (_string, False),
 }
 CHOICE_FIELDS = {
-    "threads": (_positive_int, True), "device": (_one_of(DEVICES), False),
+    "threads": (_positive_int, True), "core_set": (_one_of(CORE_SETS), False), "device": (_one_of(DEVICES), False),
     "preferred_device": (_one_of(PREFERRED_DEVICES), False), "codegen_cpu": (_string, False),
     "codegen_features": (_llvm_features, False), "int8_kernel": (_one_of(INT8_KERNELS), False),
     "parallel_min_work": (_positive_int, False), "gemm_parallel_min_work": (_positive_int, False),

@@ -13,6 +13,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: devices a target may run on today, and the ones it may prefer for later backends
 DEVICES = ("cpu",)
 PREFERRED_DEVICES = ("cpu", "cuda")
+#: the core sets a target may run its kernels on: every core, the big ones, the little ones
+CORE_SETS = ("all", "big", "little")
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class Target:
     ``avx2``, ``avx512f``, ``avx512vnni``, ``avxvnni`` plus the raw cpuinfo flags), cache sizes, ``memory_bytes``
     and ``gpu`` (a CUDA arch such as ``"sm_87"``, else None).
 
-    Choices: ``threads`` (default thread count), ``device`` (the device in force, ``"cpu"`` today),
+    Choices: ``threads`` (default thread count), ``core_set`` (``"all"``, ``"big"`` or ``"little"``: the cores
+    edgedl's kernel threads run on, which matters on big.LITTLE CPUs), ``device`` (the device in force, ``"cpu"`` today),
     ``preferred_device`` (``"cuda"`` on Jetsons, for when a CUDA backend exists), ``codegen_cpu`` /
     ``codegen_features`` (what Numba should compile for; None = Numba's host default), ``int8_kernel``
     (``"sdot"``, ``"pairs"``... None = let the kernel module decide), ``parallel_min_work`` /
@@ -51,6 +54,7 @@ class Target:
     memory_bytes: int | None = None
     gpu: str | None = None
     threads: int = 1
+    core_set: str = "all"
     device: str = "cpu"
     preferred_device: str = "cpu"
     codegen_cpu: str | None = None
@@ -83,6 +87,8 @@ class Target:
             problems.append(f"threads must be a positive integer, got {self.threads!r}")
         if self.int8_kernel is not None and self.int8_kernel not in INT8_KERNELS:
             problems.append(f"int8_kernel must be one of {list(INT8_KERNELS)} or None, got {self.int8_kernel!r}")
+        if self.core_set not in CORE_SETS:
+            problems.append(f"core_set must be one of {list(CORE_SETS)}, got {self.core_set!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.device not in DEVICES:

@@ -1,34 +1,33 @@
-"""A cold first start in two processes: the GEMM task in this one, everything else in a helper.
+"""A cold first start in two processes: the GEMM tasks in this one, everything else in a helper.
 
 On an empty kernel cache a model's first result waits for every kernel it uses to compile, one after the
 other (Numba compiles lazily, in call order, one function at a time per process). Most of that time is one
-function, the fp32 GEMM task (its vectorized microkernels, :mod:`edgedl.kernels.cpu.native`), that every
-convolution and matrix product calls; the rest are dozens of small kernels. :func:`maybe_compile_ahead`,
-called by ``edgedl.load`` while a model loads, splits the work across two cores:
+function, the GEMM task (the fp32 one's vectorized microkernels, or the int8 kernel's packing, dot-product
+tiles and requantization; see :mod:`edgedl.kernels.cpu.native`), that every convolution and matrix product
+calls; the rest are dozens of small kernels. :func:`maybe_compile_ahead`, called by ``edgedl.load`` while
+a model loads, splits the work across two cores:
 
-* a helper process (``python -m edgedl.runtime.compile_ahead``) loads the same model with the same target,
-  thread count and codegen and runs it once on zeros (symbolic dimensions bound to 1, as ``Model.plan()``) with every native function replaced by a stand-in
-  that does nothing (:func:`edgedl.kernels.cpu.native.use_stubs`): all the other kernels compile into the
-  on-disk cache, and the helper names each native function the model asks for on its stdout;
-* this process compiles those native functions meanwhile (into the same cache), then waits for the helper.
+* this process compiles the GEMM tasks the model's layers call (into the on-disk cache);
+* meanwhile a helper process (``python -m edgedl.runtime.compile_ahead``) loads the same model with the same
+  target, thread count and codegen and runs it once on zeros (symbolic dimensions bound to 1, as
+  ``Model.plan()``) with those tasks replaced by stand-ins that do nothing
+  (:func:`edgedl.kernels.cpu.native.use_stubs`): every other kernel compiles into the cache there.
 
 The model then plans and runs here with every kernel loaded from the cache. Nothing the helper computes is
 used. When the helper cannot run (it fails, the board has one core or little free memory), this process
-compiles what is missing itself, as before. It runs only when a native function is missing from the cache
-and the model has layers that use it; ``EDGEDL_COMPILE_AHEAD=0`` turns it off.
+compiles what is missing itself, as before. It runs only when a GEMM task the model's layers call is missing
+from the cache; ``EDGEDL_COMPILE_AHEAD=0`` turns it off.
 """
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import subprocess
 import sys
-import tempfile
-import threading
 
 #: layers whose kernels call the fp32 GEMM task
 GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: layers whose kernels call an int8 GEMM task (after the load-time passes lower a QDQ model)
+INT8_GEMM_OPS = frozenset({"QLinearConv", "QLinearConvTranspose", "QLinearMatMul", "QGemm", "ConvInteger",
+                           "MatMulInteger"})
 #: a helper beside the main process needs about this much free memory (its peak resident size, measured
 #: ~230 MB for the bundled example, with margin)
 MIN_FREE_BYTES = 600 << 20
@@ -64,8 +63,8 @@ def skip_reason(graph) -> str | None:
 
     if native._stub_report is not None:
         return "this is a compile-ahead helper"
-    if not any(node.op_type in GEMM_OPS and node.domain in ("", "ai.onnx") for node in graph.nodes):
-        return "no layer uses the GEMM task"
+    if not _gemm_kinds(graph):
+        return "no layer uses a GEMM task"
     if _usable_cores() < 2:
         return "one core"
     free = _free_bytes()
@@ -74,21 +73,45 @@ def skip_reason(graph) -> str | None:
     return None
 
 
-def missing_natives() -> list:
-    """The native functions marked ``ahead`` neither in this process nor in the on-disk cache (a probe loads
-    the others)."""
-    from ..kernels.cpu import gemm  # noqa: F401 - defines the fp32 GEMM task
-    from ..kernels.cpu.native import all_native
+def _gemm_kinds(graph) -> set[str]:
+    """Which GEMM tasks the layers of ``graph`` call: ``"fp32"``, ``"int8"``."""
+    kinds = set()
+    for node in graph.nodes:
+        if node.op_type in GEMM_OPS and node.domain in ("", "ai.onnx"):
+            kinds.add("fp32")
+        elif node.op_type in INT8_GEMM_OPS:
+            kinds.add("int8")
+    return kinds
 
-    return [fn for fn in all_native() if fn.ahead and not fn.cached()]
+
+def missing_natives(graph, target=None) -> list:
+    """The GEMM tasks ``graph``'s layers call (the fp32 task; the int8 task of the kernel ``target`` prefers,
+    with 8-bit outputs) that are neither in this process nor in the on-disk cache (a probe loads the others)."""
+    kinds = _gemm_kinds(graph)
+    wanted = []
+    if "fp32" in kinds:
+        from ..kernels.cpu import gemm  # noqa: F401 - defines the fp32 GEMM task
+        from ..kernels.cpu.native import all_native
+
+        wanted += [fn for fn in all_native() if fn.ahead]
+    if "int8" in kinds:
+        from ..kernels.cpu import config, gemm_i8
+
+        config.apply_target(target)  # the target's int8 kernel choice
+        wanted.append(gemm_i8.task_natives(gemm_i8.preferred_kernel())[0])
+    return [fn for fn in wanted if not fn.cached()]
 
 
-def maybe_compile_ahead(source_graph, target, num_threads: int | None, optimize: bool = True) -> dict | None:
+def maybe_compile_ahead(source_graph, target, num_threads: int | None, optimize: bool = True,
+                        graph=None) -> dict | None:
     """Compile a model's kernels into the cache in two processes when its cold start would benefit (see the
-    module docstring). Returns what happened (None when nothing was done)."""
-    if skip_reason(source_graph) is not None:
+    module docstring). ``graph``: the model as it will run (after the load-time passes, which turn a
+    quantized model's Conv into QLinearConv); default ``source_graph``. Returns what happened (None when
+    nothing was done)."""
+    graph = source_graph if graph is None else graph
+    if skip_reason(graph) is not None:
         return None
-    missing = missing_natives()
+    missing = missing_natives(graph, target)
     if not missing:
         return None
     return compile_ahead(source_graph, target, num_threads, optimize, first=missing)
@@ -111,19 +134,24 @@ def _child_env() -> dict:
 
 
 def compile_ahead(source_graph, target, num_threads: int | None, optimize: bool = True, first=()) -> dict:
-    """Run the helper on ``source_graph`` and compile the native functions it names; see the module
-    docstring. ``first``: native functions to compile right away (the helper asks for them only once its
-    model reaches them). Returns ``{"helper": "done" | "failed: ...", "natives": [...], "stats": {...}}``."""
-    from ..kernels.cpu.native import by_key
+    """Run the helper on ``source_graph`` while this process compiles the native functions ``first``; see the
+    module docstring. Returns ``{"helper": "done" | "failed: ...", "natives": [compiled here], "stubbed":
+    [stood in for in the helper], "stats": {the helper's kernel counts}}``."""
+    import json
+    import pickle
+    import subprocess
+    import tempfile
+    import threading
+
     from ..threads import wanted_threads
 
     threads = wanted_threads(num_threads, None if target is None else target.threads)
     # the helper gets the target without its codegen: this process's codegen reaches it through the
     # NUMBA_CPU_* variables (equal even when the target's could not apply here)
     child_target = None if target is None else target.replace(codegen_cpu=None, codegen_features=None)
-    result = {"helper": "failed", "natives": [], "stats": {}}
+    result = {"helper": "failed", "natives": [], "stubbed": [], "stats": {}}
     spec = {"graph": source_graph, "optimize": optimize, "target": child_target, "num_threads": num_threads,
-            "threads": threads}
+            "threads": threads, "stub": [fn.key for fn in first]}
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen([sys.executable, "-m", "edgedl.runtime.compile_ahead"], stdin=subprocess.PIPE,
@@ -145,14 +173,8 @@ def compile_ahead(source_graph, target, num_threads: int | None, optimize: bool 
                 result["natives"].append(fn.key)
             for raw in proc.stdout:
                 word, _, rest = raw.decode(errors="replace").strip().partition(" ")
-                if word == "need":
-                    try:
-                        fn = by_key(rest)
-                    except KeyError:
-                        continue
-                    if fn.key not in result["natives"]:
-                        fn.compile()  # here, while the helper compiles the rest
-                        result["natives"].append(rest)
+                if word == "stubbed":
+                    result["stubbed"].append(rest)
                 elif word == "done":
                     result["helper"] = "done"
                     result["stats"] = json.loads(rest or "{}")
@@ -171,6 +193,9 @@ def compile_ahead(source_graph, target, num_threads: int | None, optimize: bool 
 
 def _helper_main() -> int:
     """The helper: load the model given on stdin, run it once with native functions stubbed out."""
+    import json
+    import pickle
+
     spec = pickle.load(sys.stdin.buffer)
     import numpy as np
 
@@ -183,9 +208,9 @@ def _helper_main() -> int:
     def report(fn) -> None:
         if fn.key not in asked:
             asked.add(fn.key)
-            print("need", fn.key, flush=True)
+            print("stubbed", fn.key, flush=True)
 
-    use_stubs(report)
+    use_stubs(report, spec["stub"])  # what the main process compiles meanwhile; the rest compiles here
     edgedl.set_num_threads(spec["threads"], follow_load=False)
     from edgedl.board import resolve
 

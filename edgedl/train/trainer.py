@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import EdgeDLError
 from ..ir import Graph
+from ..affinity import core_ids, running_on
 from ..threads import configure_threads
 from .losses import SoftmaxCrossEntropy, make_loss
 from .optim import clip_grad_norm, make_optimizer
@@ -300,6 +301,11 @@ class Trainer:
         target = getattr(self.model, "target", None)
         return None if target is None else target.threads
 
+    @property
+    def _cores(self):
+        """The CPUs of the target's core set (None: every core)."""
+        return core_ids(getattr(self.model, "target", None))
+
     def _optimizer_slots(self) -> int:
         """Arrays of optimizer state per trained tensor (Adam: 2; SGD with momentum: 1; plain SGD: 0)."""
         from .optim import SGD
@@ -452,11 +458,13 @@ class Trainer:
     def train_step(self, x, y: np.ndarray) -> tuple[float, np.ndarray]:
         """One optimizer step on a batch; returns (loss, model output)."""
         feeds, y = self._check_data(x, y)
-        return self._step(feeds, y)
+        with running_on(self._cores):
+            return self._step(feeds, y)
 
     def _step(self, feeds: dict[str, np.ndarray], y: np.ndarray) -> tuple[float, np.ndarray]:
         """train_step on a batch already checked by _check_data."""
-        configure_threads(self.runner.num_threads, self._target_threads)  # the tape's kernels: what the load leaves
+        configure_threads(self.runner.num_threads, self._target_threads,  # the tape's kernels: what the load leaves
+                          None if self._cores is None else len(self._cores))
         values = self._values()
         for name in self.runner.buffers:
             if name.startswith(_DROPOUT_SEED):
@@ -485,7 +493,8 @@ class Trainer:
         statistics, no dropout)."""
         feeds = self._feeds(x)
         n = len(next(iter(feeds.values())))
-        configure_threads(self.runner.num_threads, self._target_threads)
+        configure_threads(self.runner.num_threads, self._target_threads,
+                          None if self._cores is None else len(self._cores))
         values = self._values()
         outs = []
         for i in range(0, n, batch_size):
@@ -545,7 +554,8 @@ class Trainer:
                 for b in range(first, nbatches):
                     idx = order[b * batch_size:(b + 1) * batch_size]
                     fb, yb = {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}, y[idx]
-                    loss, out = self._step(fb, yb)
+                    with running_on(self._cores):
+                        loss, out = self._step(fb, yb)
                     total += loss * len(idx)
                     if is_ce:
                         correct += int(np.sum(np.argmax(out, axis=1) == yb))

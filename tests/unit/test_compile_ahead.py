@@ -66,7 +66,7 @@ def test_off_switch_and_models_without_a_gemm(monkeypatch):
     from edgedl.converters.onnx_import import import_onnx
 
     relu = import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
-    assert compile_ahead.skip_reason(relu) == "no layer uses the GEMM task"
+    assert compile_ahead.skip_reason(relu) == "no layer uses a GEMM task"
     conv = import_onnx(os.path.join(ROOT, "examples", "kws_tc_resnet.onnx"))
     monkeypatch.setattr(compile_ahead, "_usable_cores", lambda: 2)
     monkeypatch.setattr(compile_ahead, "_free_bytes", lambda: 4 << 30)
@@ -79,6 +79,24 @@ def test_off_switch_and_models_without_a_gemm(monkeypatch):
     monkeypatch.setattr(compile_ahead, "_usable_cores", lambda: 4)
     monkeypatch.setattr(compile_ahead, "_free_bytes", lambda: 300 << 20)
     assert compile_ahead.skip_reason(conv) == "300 MB of free memory"
+
+
+def test_gemm_kinds_follow_the_layers_as_they_run():
+    """A quantized model's Conv runs as QLinearConv (the int8 task), a float one on the fp32 task."""
+    import edgedl
+
+    path = os.path.join(ROOT, "examples", "kws_tc_resnet.onnx")
+    model = edgedl.load(path)
+    assert compile_ahead._gemm_kinds(model.graph) == {"fp32"}
+    x = np.load(os.path.join(ROOT, "examples", "spectrogram.npy"))
+    q = edgedl.quantize(model, [{model.inputs[0].name: x}], progress=False)
+    assert compile_ahead._gemm_kinds(q.graph) == {"int8"}
+    q(x)
+    from edgedl.kernels.cpu import gemm_i8
+
+    missing = compile_ahead.missing_natives(q.graph, model.target)
+    assert missing == []  # the quantized run above compiled or loaded it
+    assert gemm_i8.task_natives(gemm_i8.preferred_kernel())[0].compiled
 
 
 def test_a_failing_helper_leaves_the_work_to_this_process(monkeypatch):

@@ -53,11 +53,12 @@ import os
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
 
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant, requantize
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
+from .native import caller, native
 from .vec_i8 import MR_I8, NR_I8, microkernel_i8
 from .vec_i8dot import (
     B_SIGNED,
@@ -164,7 +165,7 @@ def _x16(u, xs):
     return np.int16(np.int8(u)) if xs else np.int16(u)
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_cols(x, xs, zp, col0, bp):
     # x: (K, N) bytes (int8 values if xs); bp: (KP * 2 * NR_I8,) int16 <- columns col0..col0+NR_I8 of x - zp
     # (zero padded)
@@ -191,7 +192,7 @@ def _pack_cols(x, xs, zp, col0, bp):
                 dst[2 * c + t] = v
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_rows(a, xs, zp, row0, bp):
     # a: (R, K) bytes; bp <- rows row0..row0+NR_I8 of a - zp as columns (zero padded)
     r_total, k = a.shape
@@ -213,7 +214,7 @@ def _pack_rows(a, xs, zp, row0, bp):
             bp[(kp - 1) * 2 * NR_I8 + 2 * c + 1] = 0
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _segments(col0, nr, ow, npix, seg):
     # the panel's columns as output row segments: seg[0..3, s] = (output row, first output column, first panel
     # column, length); returns (count, columns filled)
@@ -233,7 +234,7 @@ def _segments(col0, nr, ow, npix, seg):
     return nseg, c
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_image(x, xs, zp, col0, geo, bp, seg):
     # x: (C, H, W) bytes; output pixels col0..col0+NR_I8 (row-major over OH x OW) of the implicit
     # im2col matrix (K = cg*kh*kw rows over channels c0..c0+cg) minus zp; padding taps and columns past
@@ -341,21 +342,50 @@ def _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bia
                                    hi, mode)
 
 
-@numba.njit(**NJIT_EXACT)
-def _pairs_serial(src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
-                  out):
-    _pairs_task(src, ap, x, xs, x_zp, geo, 0, panels, 0, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi,
+def _ro(t):
+    """Read-only variant of an array type (native inputs accept constant arrays, and writable ones too)."""
+    return t.copy(readonly=True)
+
+
+_I64 = types.int64
+#: outputs of the int8 tasks: requantized bytes, or raw int32 accumulators (ConvInteger / MatMulInteger)
+_TASK_OUTS = (types.uint8[:, ::1], types.int32[:, ::1])
+#: _pairs_task's signatures (one per output type)
+_PAIRS_SIGS = tuple(types.void(_I64, _ro(types.int16[::1]), _ro(types.uint8[:, :, ::1]), types.boolean, _I64,
+                               _ro(types.int64[::1]), _I64, _I64, _I64, _I64, _I64, _I64, _ro(types.int32[:, ::1]), _I64,
+                               _ro(types.int32[::1]), _ro(types.int64[::1]), _ro(types.int64[::1]),
+                               _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out) for out in _TASK_OUTS)
+
+
+def _pairs_task_body(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo,
+                     hi, mode, out):
+    _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi,
                 mode, out)
 
 
+_pairs_task_body.__qualname__ = _pairs_task_body.__name__ = "pairs_task"
+# NOTE: native functions (see native.py): compiled once, called by both drivers through a pointer, so the
+# serial and parallel drivers no longer each compile the packing, microkernel and requantization code
+_PAIRS_NATIVES = tuple(native(sig, **NJIT_EXACT)(_pairs_task_body) for sig in _PAIRS_SIGS)
+_call_pairs = caller(*_PAIRS_NATIVES)
+
+
+@numba.njit(**NJIT_EXACT)
+def _pairs_serial(task_fn, src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo,
+                  hi, mode, out):
+    # task_fn: the address of the _PAIRS_NATIVES entry for out's type
+    _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, 0, panels, 0, mt, kp, m, rp, store, bias, m0, shift, fscale, zp,
+                          lo, hi, mode, out))
+
+
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _pairs_parallel(src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
-                    out, tp, tm):
+def _pairs_parallel(task_fn, src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp,
+                    lo, hi, mode, out, tp, tm):
     for t in prange(tp * tm):
         pj = t // tm
         ti = t - pj * tm
-        _pairs_task(src, ap, x, xs, x_zp, geo, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
-                    (ti + 1) * mt // tm, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode, out)
+        _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
+                              (ti + 1) * mt // tm, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode, out))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -372,7 +402,7 @@ def _quad(nr, dst, doff, src, soff, ld, flip, cs, want_cs):
         pack_quads_8s(dst, doff, src, soff, ld, flip, cs, want_cs)
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _image_segs(nr, bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs):
     if nr == 32:
         pack_image_segs_32(bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs)
@@ -382,7 +412,7 @@ def _image_segs(nr, bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, fl
         pack_image_segs_8s(bp, x, total, kq, k, ktab, segs, nseg, oxs, h, w, sw, bz, flip, cs, want_cs)
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _image_contig(nr, bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs):
     if nr == 32:
         pack_image_contig_32(bp, x, total, col0, kq, k, ktab, oy, ox, h, w, bz, flip, cs, want_cs)
@@ -416,7 +446,7 @@ def _bval(u, signed):
     return np.int32(u) - 256 if signed and u >= 128 else np.int32(u)
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_cols_dot(nr, x, col0, nc, kq, flip, bp, cs, colcorr, tmp):
     # x: (K, N) 8-bit -> the k-quads of columns col0..col0+nc (zero padded)
     k, n = x.shape
@@ -433,7 +463,7 @@ def _pack_cols_dot(nr, x, col0, nc, kq, flip, bp, cs, colcorr, tmp):
         _quad(nr, bp, q * 4 * nr, tmp, 0, nr, 0, cs, colcorr)
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_rows_dot(nr, signed, a, col0, nc, kq, flip, bp, cs, colcorr):
     # a: (R, K) 8-bit, rows col0..col0+nc are the panel's columns
     k = a.shape[1]
@@ -458,7 +488,7 @@ def _pack_rows_dot(nr, signed, a, col0, nc, kq, flip, bp, cs, colcorr):
             cs[c] = s
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
+@numba.njit(**NJIT_EXACT)
 def _pack_image_dot(nr, x, col0, geo, ktab, kq, flip, bz, bp, cs, colcorr, tmp, seg, oyx, segs):
     # x: (C, H, W) 8-bit image -> the k-quads of output pixels col0..col0+nr of the implicit im2col matrix
     # (ktab: image_ktab). Padding taps are bz, rows past K 0; lanes past the last pixel are junk.
@@ -564,21 +594,55 @@ def _dot_task(kind, src, ap, x, geo, ktab, flip, bz, j0, j1, i0, i1, kq, m, rp, 
                    lo, hi, mode, out, tb)
 
 
+#: _dot_task's signatures without ``kind`` (one per output type)
+_DOT_SIGS = tuple(types.void(_I64, _ro(types.int8[::1]), _ro(types.uint8[:, :, ::1]), _ro(types.int64[::1]),
+                             _ro(types.int64[:, ::1]), _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
+                             _ro(types.int32[:, ::1]), types.boolean, _I64, _ro(types.int32[::1]), _ro(types.int64[::1]),
+                             _ro(types.int64[::1]), _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out)
+                  for out in _TASK_OUTS)
+
+
+def _make_dot_natives(kind: int) -> tuple:
+    """The task of dot-product kernel ``kind`` as native functions (one per output type). ``kind`` is a
+    constant of each (a closure variable, part of Numba's cache key), so it holds that kernel's tile and
+    packing code only; with ``kind`` an argument every compiled task held every kernel the CPU might use."""
+
+    def dot_task(src, ap, x, geo, ktab, flip, bz, j0, j1, i0, i1, kq, m, rp, colcorr, store, bias, m0, shift, fscale,
+                 zp, lo, hi, mode, out):
+        _dot_task(kind, src, ap, x, geo, ktab, flip, bz, j0, j1, i0, i1, kq, m, rp, colcorr, store, bias, m0, shift,
+                  fscale, zp, lo, hi, mode, out)
+
+    dot_task.__qualname__ = dot_task.__name__ = f"dot_task_{KERNEL_NAMES[kind]}"
+    return tuple(native(sig, **NJIT_EXACT)(dot_task) for sig in _DOT_SIGS)
+
+
+#: kernel -> its task's native functions (uint8 output, int32 output)
+_DOT_NATIVES = {k: _make_dot_natives(k) for k in (K_VNNI512, K_VNNI256, K_SDOT)}
+_call_dot = caller(*_DOT_NATIVES[K_SDOT])  # the same signatures for every kernel: its address says which
+
+
 @numba.njit(**NJIT_EXACT)
-def _dot_serial(kind, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift, fscale,
-                zp, lo, hi, mode, out):
-    _dot_task(kind, src, ap, x, geo, ktab, flip, bz, 0, panels, 0, mt, kq, m, rp, colcorr, store, bias, m0, shift,
-              fscale, zp, lo, hi, mode, out)
+def _dot_serial(task_fn, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift,
+                fscale, zp, lo, hi, mode, out):
+    # task_fn: the address of the _DOT_NATIVES entry of the kernel, for out's type
+    _call_dot(task_fn, (src, ap, x, geo, ktab, flip, bz, 0, panels, 0, mt, kq, m, rp, colcorr, store, bias, m0, shift,
+                        fscale, zp, lo, hi, mode, out))
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _dot_parallel(kind, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift,
+def _dot_parallel(task_fn, src, ap, x, geo, ktab, flip, bz, panels, mt, kq, m, rp, colcorr, store, bias, m0, shift,
                   fscale, zp, lo, hi, mode, out, tp, tm):
     for t in prange(tp * tm):
         pj = t // tm
         ti = t - pj * tm
-        _dot_task(kind, src, ap, x, geo, ktab, flip, bz, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
-                  (ti + 1) * mt // tm, kq, m, rp, colcorr, store, bias, m0, shift, fscale, zp, lo, hi, mode, out)
+        _call_dot(task_fn, (src, ap, x, geo, ktab, flip, bz, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
+                            (ti + 1) * mt // tm, kq, m, rp, colcorr, store, bias, m0, shift, fscale, zp, lo, hi, mode,
+                            out))
+
+
+def task_natives(kernel: int) -> tuple:
+    """The native functions of an int8 GEMM kernel's task (uint8 output, int32 output)."""
+    return _PAIRS_NATIVES if kernel == K_PAIRS else _DOT_NATIVES[kernel]
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
@@ -806,13 +870,14 @@ class QGemm:
         # halves the compiled variants; the activation type is a flag (pairs) or the XOR ``flip`` (dot)
         xb = x3.view(np.uint8)
         outb = out if out.dtype == np.int32 else out.view(np.uint8)
+        task_fn = task_natives(kernel)[0 if outb.dtype == np.uint8 else 1].address
         if kernel == K_PAIRS:
             ap = self._pack_pairs()
             rp = self._row_params(x3.dtype, K_PAIRS)
-            args = (src, ap, xb, x3.dtype == np.int8, self.x_zp, geo, panels, mt, (self.k + 1) // 2, self.m, rp,
-                    store, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
+            args = (task_fn, src, ap, xb, x3.dtype == np.int8, self.x_zp, geo, panels, mt, (self.k + 1) // 2, self.m,
+                    rp, store, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
             return (_pairs_parallel, *args, tp, tm) if tp * tm > 1 else (_pairs_serial, *args)
-        args = (kernel, src, self.ap, xb, geo, self._ktab(geo) if src == SRC_IMAGE else _NO_KTAB, flip, bz & 0xFF,
+        args = (task_fn, src, self.ap, xb, geo, self._ktab(geo) if src == SRC_IMAGE else _NO_KTAB, flip, bz & 0xFF,
                 panels, mt, self.kq, self.m, self._row_params(x3.dtype), self.colcorr, store, self.bias, r.m0, r.shift,
                 r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
         return (_dot_parallel, *args, tp, tm) if tp * tm > 1 else (_dot_serial, *args)

@@ -96,7 +96,7 @@ class NativeFunction:
     def address(self) -> int:
         """Address of the C-callable function (compiles or loads it first). In a compile-ahead process
         (:func:`use_stubs`) a function not yet loaded is reported and a do-nothing stand-in's address given."""
-        if _stub_report is not None and self._cfunc is None:
+        if _stub_report is not None and self._cfunc is None and (_stub_keys is None or self.key in _stub_keys):
             _stub_report(self)
             return self._stub_address()
         return self.compile().address
@@ -170,14 +170,17 @@ class _compile_event:
 _ALL: list[NativeFunction] = []
 #: set by :func:`use_stubs` in a compile-ahead process
 _stub_report = None
+_stub_keys: frozenset | None = None
 
 
-def use_stubs(report) -> None:
-    """Compile-ahead mode for this process (see ``edgedl.runtime.compile_ahead``): a native function asked
-    for before it is loaded calls ``report(fn)`` and runs as a stand-in that does nothing, so everything
-    else a model needs compiles meanwhile (its results are meaningless). ``None`` turns it off."""
-    global _stub_report
+def use_stubs(report, keys=None) -> None:
+    """Compile-ahead mode for this process (see ``edgedl.runtime.compile_ahead``): a native function named
+    in ``keys`` (None: any) asked for before it is loaded calls ``report(fn)`` and runs as a stand-in that
+    does nothing, so everything else a model needs compiles meanwhile (its results are meaningless).
+    ``report=None`` turns it off."""
+    global _stub_report, _stub_keys
     _stub_report = report
+    _stub_keys = None if keys is None else frozenset(keys)
 
 
 def by_key(key: str) -> NativeFunction:

@@ -143,12 +143,13 @@ def _pair_table(av, bv, kind, mode, ip, fs, swap, out):
         fp[F_RA] = ra
         fp[F_RB] = rb
         fp[F_FIXED] = np.float32(ip[P_YZP]) - _fma32(ra, za, rb * zb)
-    for i in range(256):
-        for j in range(256):
-            if swap:
-                out[(i << 8) | j] = _qbinary(bv[j], av[i], kind, mode, ip, fp)
-            else:
-                out[(i << 8) | j] = _qbinary(av[i], bv[j], kind, mode, ip, fp)
+    # NOTE: one call site of the inlined _qbinary (every op and mode): a second one for the swapped operands
+    # doubled this table builder's compile time
+    for i in range(av.size):
+        for j in range(bv.size):
+            x = bv[j] if swap else av[i]
+            y = av[i] if swap else bv[j]
+            out[(i << 8) | j] = _qbinary(x, y, kind, mode, ip, fp)
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
