@@ -78,10 +78,10 @@ def native_jobs() -> list[dict]:
     """One job per native function (the GEMM task and the others every GEMM driver calls through a pointer):
     :func:`warmup_parallel` runs them first, so the model jobs after them load these instead of each
     compiling its own copy at the same time."""
-    from ..kernels.cpu import gemm  # noqa: F401 - defines the native functions
-    from ..kernels.cpu.native import all_native
+    from ..kernels.cpu import gemm, gemm_i8
 
-    return [{"native": fn.key} for fn in all_native() if fn.key.startswith("edgedl.")]
+    natives = [*gemm.usable_natives(), *gemm_i8.usable_natives()]
+    return [{"native": fn.key} for fn in natives]
 
 
 def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:

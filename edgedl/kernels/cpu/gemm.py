@@ -914,6 +914,11 @@ _gemv_blocks = tuple(native(sig, **NJIT)(_gemv_block) for sig in _GEMV_SIGS)
 _call_gemv = caller(*_gemv_blocks)
 
 
+def usable_natives() -> tuple:
+    """The fp32 native functions (the GEMM task, the GEMV blocks)."""
+    return (_run_task, *_gemv_blocks)
+
+
 @numba.njit(**NJIT)
 def _gemv_serial(block_fn, w, x, out, bias, act, alpha, beta):
     # block_fn: the address of _gemv_blocks[0] for a C-contiguous x, else of _gemv_blocks[1]

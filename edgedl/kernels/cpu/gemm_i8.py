@@ -645,6 +645,12 @@ def task_natives(kernel: int) -> tuple:
     return _PAIRS_NATIVES if kernel == K_PAIRS else _DOT_NATIVES[kernel]
 
 
+def usable_natives() -> tuple:
+    """The int8 task native functions the codegen in force can run (the pairs task, and the dot-product
+    kernels it has)."""
+    return _PAIRS_NATIVES + tuple(fn for k in available_kernels() if k != K_PAIRS for fn in _DOT_NATIVES[k])
+
+
 @numba.njit(inline="always", **NJIT_EXACT)
 def _gemv_range(w, x, rowc, az, bias, m0, shift, fscale, zp, lo, hi, mode, out, m_lo, m_hi):
     # rows m_lo..m_hi of out (R, M) = requantize((W - az) (M, K) @ (X - bz) (R, K)^T + bias): w and x hold
