@@ -53,9 +53,14 @@ def main() -> int:
     # NOTE: Numba gives no assembly for code loaded from its cache: only kernels compiled in this process
     # (the first run with an empty cache) are read
     sdot = []
+    # the GEMM tasks are native functions (edgedl/kernels/cpu/native.py); the drivers only call them
+    for fn in gemm_i8.usable_natives():
+        asm = fn.inspect_asm()
+        if asm is not None:
+            sdot.append((fn.__qualname__, "sdot" in asm or "udot" in asm))
     for name in dir(gemm_i8):
         d = getattr(gemm_i8, name)
-        if not hasattr(d, "inspect_asm"):
+        if not hasattr(d, "inspect_asm") or not hasattr(d, "signatures"):
             continue
         for sig in d.signatures:
             if d.stats.cache_hits.get(sig):

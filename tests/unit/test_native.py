@@ -134,3 +134,13 @@ def test_compiled_once_then_loaded_from_the_cache(tmp_path):
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert runs[0] == {"found": False, "hits": 0, "misses": 1}
     assert runs[1] == {"found": True, "hits": 1, "misses": 0}
+
+
+def test_assembly_of_a_function_compiled_here():
+    from edgedl.kernels.cpu.native import NativeFunction
+
+    fresh = NativeFunction(_axpy_row, axpy_row.signature, {})
+    assert fresh.inspect_asm() is None  # not compiled yet
+    fresh.address
+    asm = fresh.inspect_asm()
+    assert asm and ("ret" in asm)

@@ -129,6 +129,13 @@ class NativeFunction:
     def cache_misses(self) -> int:
         return self.compiled - self.cache_hits
 
+    def inspect_asm(self) -> str | None:
+        """The machine code's assembly, when this process compiled the function (None when it was loaded
+        from the cache, whose entries hold object code only, or not compiled at all)."""
+        if self._cfunc is None or self.cache_hits:
+            return None
+        return self._cfunc._library.get_asm_str()
+
     def __repr__(self) -> str:
         return f"<native {self.__module__}.{self.__qualname__} {self.signature}>"
 
