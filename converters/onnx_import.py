@@ -158,9 +158,10 @@ def _value_spec(vi: ValueInfoProto, kind: str) -> TensorSpec:
     for i, d in enumerate(tt.tensor_type.shape.dim):
         which = d.WhichOneof("value")
         if which == "dim_value":
-            if d.dim_value < 0 or d.dim_value > MAX_TENSOR_ELEMENTS:
+            if d.dim_value > MAX_TENSOR_ELEMENTS:
                 raise ModelFormatError(f"{where}: dimension {i} is {d.dim_value}, which is not a valid size")
-            dims.append(int(d.dim_value))
+            # NOTE: a negative size is an unknown dimension, as onnxruntime reads it (PaddlePaddle writes -1)
+            dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
         elif which == "dim_param":
             dims.append(str(d.dim_param))
         else:

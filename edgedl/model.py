@@ -86,7 +86,6 @@ class Model:
 
     # --- planning -----------------------------------------------------------------------------------
     def _bind(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorType]:
-        symbols: dict[str, int] = {}
         bound: dict[str, TensorType] = {}
         for spec in self.graph.inputs:
             shape = tuple(int(d) for d in shapes[spec.name])
@@ -98,10 +97,9 @@ class Model:
                     if isinstance(d, int) and d != v:
                         raise InputError(f"input '{spec.name}' must have shape {_fmt(spec.shape)}, got {shape} "
                                          f"(axis {axis} is {v}, expected {d})")
-                    if isinstance(d, str):
-                        if symbols.setdefault(d, v) != v:
-                            raise InputError(f"input '{spec.name}': dimension '{d}' is {v} here but "
-                                             f"{symbols[d]} in another input")
+                    # NOTE: a named dimension (dim_param) is a name, not a promise: exporters write "?" for
+                    # every unknown one (PaddlePaddle: height and width), and onnxruntime binds each from the
+                    # data; the nodes' shape rules still reject shapes they cannot take
             bound[spec.name] = TensorType(shape, np.dtype(spec.dtype))
         return bound
 
