@@ -74,29 +74,29 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     if num_threads is not None and num_threads > target.cores:
         raise EdgeDLError(f"num_threads={num_threads} but target {target.name!r} has {target.cores} cores")
     from .converters.onnx_import import import_onnx
-    from .passes import optimize as run_passes
-    from .quant.quantize_model import copy_graph
-
     from .runtime.compile_ahead import maybe_compile_ahead
 
-    graph = import_onnx(src)
-    source = copy_graph(graph)
-    if optimize:
-        run_passes(graph)
+    source = import_onnx(src)
+    graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
     return Model(graph, target=target, num_threads=num_threads, source=source)
 
 
-def _model_from_source(source, target, num_threads: int | None, optimize: bool = True) -> Model:
-    """What :func:`load` makes of an imported graph (``source`` is kept; the model gets a copy)."""
+def _run_graph(source, optimize: bool = True):
+    """The graph a model runs: a copy of the imported ``source`` after the load-time passes."""
     from .passes import optimize as run_passes
     from .quant.quantize_model import copy_graph
 
     graph = copy_graph(source)
     if optimize:
         run_passes(graph)
-    return Model(graph, target=target, num_threads=num_threads, source=source)
+    return graph
+
+
+def _model_from_source(source, target, num_threads: int | None, optimize: bool = True) -> Model:
+    """What :func:`load` makes of an imported graph (``source`` is kept; the model gets a copy)."""
+    return Model(_run_graph(source, optimize), target=target, num_threads=num_threads, source=source)
 
 
 def quantize(model, calibration=None, **options) -> Model:

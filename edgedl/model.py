@@ -5,13 +5,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .affinity import core_ids, running_on
+from .affinity import pinned as affinity_pinned
 from .errors import ConstantRequired, EdgeDLError, InputError
 from .ir import Graph, TensorType, contiguous
 from .kernels.cpu.config import apply_target
 from .registry import Op, lookup
 from .runtime.plan import Plan, build_plan
-from .affinity import core_ids, running_on
-from .affinity import pinned as affinity_pinned
 from .threads import configure_threads
 
 #: How many shape bindings keep their plan (and arena) alive at once.
@@ -197,7 +197,7 @@ class Model:
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
-        if cores is None and not affinity_pinned():
+        if cores is None and not affinity_pinned():  # the usual case, without a context manager per run
             return plan.run(feeds)
         with running_on(cores):
             return plan.run(feeds)

@@ -218,8 +218,9 @@ def _core_set_options(target) -> list[str]:
 
 def _int8_options(model) -> list[str]:
     """The int8 GEMM kernels to try: those the codegen runs, when the model has int8 GEMMs."""
-    if not any(n.op_type in ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger")
-               for n in model.graph.nodes):
+    from .runtime.compile_ahead import INT8_GEMM_OPS
+
+    if not any(n.op_type in INT8_GEMM_OPS for n in model.graph.nodes):
         return []
     from .kernels.cpu.gemm_i8 import KERNEL_NAMES, available_kernels
 

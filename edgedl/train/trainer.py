@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..affinity import core_ids, running_on
 from ..errors import EdgeDLError
 from ..ir import Graph
-from ..affinity import core_ids, running_on
 from ..threads import configure_threads
 from .losses import SoftmaxCrossEntropy, make_loss
 from .optim import clip_grad_norm, make_optimizer
@@ -458,13 +458,18 @@ class Trainer:
     def train_step(self, x, y: np.ndarray) -> tuple[float, np.ndarray]:
         """One optimizer step on a batch; returns (loss, model output)."""
         feeds, y = self._check_data(x, y)
-        with running_on(self._cores):
-            return self._step(feeds, y)
+        return self._step(feeds, y)
 
     def _step(self, feeds: dict[str, np.ndarray], y: np.ndarray) -> tuple[float, np.ndarray]:
-        """train_step on a batch already checked by _check_data."""
+        """train_step on a batch already checked by _check_data, on the target's core set."""
+        cores = self._cores
         configure_threads(self.runner.num_threads, self._target_threads,  # the tape's kernels: what the load leaves
-                          None if self._cores is None else len(self._cores))
+                          None if cores is None else len(cores))
+        with running_on(cores):
+            return self._step_here(feeds, y)
+
+    def _step_here(self, feeds: dict[str, np.ndarray], y: np.ndarray) -> tuple[float, np.ndarray]:
+        """The step itself (threads and cores already set)."""
         values = self._values()
         for name in self.runner.buffers:
             if name.startswith(_DROPOUT_SEED):
@@ -493,8 +498,8 @@ class Trainer:
         statistics, no dropout)."""
         feeds = self._feeds(x)
         n = len(next(iter(feeds.values())))
-        configure_threads(self.runner.num_threads, self._target_threads,
-                          None if self._cores is None else len(self._cores))
+        cores = self._cores
+        configure_threads(self.runner.num_threads, self._target_threads, None if cores is None else len(cores))
         values = self._values()
         outs = []
         for i in range(0, n, batch_size):
@@ -554,8 +559,7 @@ class Trainer:
                 for b in range(first, nbatches):
                     idx = order[b * batch_size:(b + 1) * batch_size]
                     fb, yb = {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}, y[idx]
-                    with running_on(self._cores):
-                        loss, out = self._step(fb, yb)
+                    loss, out = self._step(fb, yb)
                     total += loss * len(idx)
                     if is_ce:
                         correct += int(np.sum(np.argmax(out, axis=1) == yb))

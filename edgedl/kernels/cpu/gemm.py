@@ -38,6 +38,7 @@ from . import config as _config
 from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .native import caller, native
+from .native import readonly as _ro
 from .vec import (
     MR,
     NR,
@@ -331,12 +332,6 @@ def _act_rows(c, nbatch, ngroups, c_nstride, c_gstride, ldc, m, n, act, alpha, b
             base = bi * c_nstride + g * c_gstride
             for r in range(m):
                 act_inplace(c, base + r * ldc, base + r * ldc + n, act, alpha, beta)
-
-
-def _ro(t):
-    """The read-only variant of an array type: a native function's inputs accept constant (read-only)
-    arrays, and writable ones too."""
-    return t.copy(readonly=True)
 
 
 _F1, _I1, _I2 = types.float32[::1], types.int64[::1], types.int64[:, ::1]
@@ -753,8 +748,8 @@ class GemmCall:
         _, _, geo, ktab = self._mid
         _pack_b_shared(nslots, bsrc, geo, ktab, self.k, self.n, bshared, ibuf)
         head = (self._head[0], self._head[1], bshared)
-        _gemm_parallel(_run_task.address, nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c, *self._tail, *split,
-                       *self._flags)
+        _gemm_parallel(_run_task.address, nslots, ntasks, bufsize, wbuf, ibuf, *head, bsrc, *self._mid, c,
+                       *self._tail, *split, *self._flags)
         self._apply_post(c)
 
 

@@ -59,6 +59,7 @@ from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant, requ
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .native import caller, native
+from .native import readonly as _ro
 from .vec_i8 import MR_I8, NR_I8, microkernel_i8
 from .vec_i8dot import (
     B_SIGNED,
@@ -312,7 +313,6 @@ def _ncols(src, x, geo):
     return geo[10] * geo[11]
 
 
-@numba.njit(inline="always", **NJIT_EXACT)
 def _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
                 out):
     bp = np.empty(kp * 2 * NR_I8, np.int16)
@@ -342,11 +342,6 @@ def _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bia
                                    hi, mode)
 
 
-def _ro(t):
-    """Read-only variant of an array type (native inputs accept constant arrays, and writable ones too)."""
-    return t.copy(readonly=True)
-
-
 _I64 = types.int64
 #: outputs of the int8 tasks: requantized bytes, or raw int32 accumulators (ConvInteger / MatMulInteger)
 _TASK_OUTS = (types.uint8[:, ::1], types.int32[:, ::1])
@@ -357,16 +352,9 @@ _PAIRS_SIGS = tuple(types.void(_I64, _ro(types.int16[::1]), _ro(types.uint8[:, :
                                _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out) for out in _TASK_OUTS)
 
 
-def _pairs_task_body(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo,
-                     hi, mode, out):
-    _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi,
-                mode, out)
-
-
-_pairs_task_body.__qualname__ = _pairs_task_body.__name__ = "pairs_task"
 # NOTE: native functions (see native.py): compiled once, called by both drivers through a pointer, so the
 # serial and parallel drivers no longer each compile the packing, microkernel and requantization code
-_PAIRS_NATIVES = tuple(native(sig, **NJIT_EXACT)(_pairs_task_body) for sig in _PAIRS_SIGS)
+_PAIRS_NATIVES = tuple(native(sig, **NJIT_EXACT)(_pairs_task) for sig in _PAIRS_SIGS)
 _call_pairs = caller(*_PAIRS_NATIVES)
 
 

@@ -21,7 +21,13 @@ from numba.core import sigutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-__all__ = ["NativeFunction", "native", "caller", "all_native", "by_key", "use_stubs"]
+__all__ = ["NativeFunction", "native", "caller", "all_native", "by_key", "use_stubs", "readonly"]
+
+
+def readonly(t):
+    """The read-only variant of an array type, for a native function's inputs: they then accept constant
+    (read-only) arrays, and writable ones too."""
+    return t.copy(readonly=True)
 
 
 class NativeFunction:
