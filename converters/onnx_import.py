@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
-from edgedl.ir import MAX_TENSOR_ELEMENTS, Graph, Node, TensorSpec, contiguous
+from edgedl.ir import MAX_TENSOR_ELEMENTS, Graph, Node, TensorSpec, contiguous, subgraph_outer_names
 
 from . import onnx_proto as _pb
 
@@ -144,16 +144,32 @@ def _tensor_to_array(t: TensorProto, base: Path | None, where: str) -> np.ndarra
     return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
 
 
-def _value_spec(vi: ValueInfoProto, kind: str) -> TensorSpec:
+def _value_spec(vi: ValueInfoProto, kind: str, subgraph: bool = False) -> TensorSpec:
     where = f"{kind} '{vi.name}'"
     tt = vi.type
-    if tt.WhichOneof("value") is None and kind == "graph output":
+    which = tt.WhichOneof("value")
+    if which is None and (kind == "graph output" or subgraph):
         return TensorSpec(vi.name, None, None)  # no declared type: taken from the plan
-    if tt.WhichOneof("value") != "tensor_type":
-        raise UnsupportedOpError(f"{where} is not a tensor (sequences, maps and optionals are not supported)")
-    dtype = onnx_dtype(tt.tensor_type.elem_type, where) if tt.tensor_type.elem_type else np.dtype(np.float32)
+    value_kind = "tensor"
+    if which == "optional_type":
+        tt = tt.optional_type.elem_type
+        which = tt.WhichOneof("value")
+        value_kind = "optional"
+    if which == "sequence_type":
+        tt = tt.sequence_type.elem_type
+        which = tt.WhichOneof("value")
+        value_kind = "sequence" if value_kind == "tensor" else "optional_sequence"
+    if which is None and value_kind != "tensor":
+        return TensorSpec(vi.name, None, None, value_kind)
+    if which != "tensor_type":
+        raise UnsupportedOpError(f"{where} is not a tensor, a sequence of tensors or an optional (maps and sparse "
+                                 "tensors are not supported)")
+    if tt.tensor_type.elem_type:
+        dtype = onnx_dtype(tt.tensor_type.elem_type, where)
+    else:
+        dtype = None if (subgraph or value_kind != "tensor") else np.dtype(np.float32)
     if not tt.tensor_type.HasField("shape"):
-        return TensorSpec(vi.name, None, dtype)
+        return TensorSpec(vi.name, None, dtype, value_kind)
     dims: list = []
     for i, d in enumerate(tt.tensor_type.shape.dim):
         which = d.WhichOneof("value")
@@ -166,14 +182,18 @@ def _value_spec(vi: ValueInfoProto, kind: str) -> TensorSpec:
             dims.append(str(d.dim_param))
         else:
             dims.append(None)
-    return TensorSpec(vi.name, tuple(dims), dtype)
+    return TensorSpec(vi.name, tuple(dims), dtype, value_kind)
 
 
-def _attribute(a: AttributeProto, node_desc: str):
+def _attribute(a: AttributeProto, node_desc: str, ctx: _Context | None = None):
     if a.type == _pb.A_TENSOR:
-        return _tensor_to_array(a.t, None, f"attribute {a.name} of {node_desc}")
+        return _tensor_to_array(a.t, ctx.base if ctx else None, f"attribute {a.name} of {node_desc}")
     if a.type in (_pb.A_GRAPH, _pb.A_GRAPHS):
-        raise UnsupportedOpError(f"{node_desc}: subgraph attributes (control flow) are not supported")
+        if ctx is None:
+            raise UnsupportedOpError(f"{node_desc}: subgraph attributes are not supported here")
+        if a.type == _pb.A_GRAPH:
+            return _import_graph(a.g, ctx.deeper(f"{node_desc} attribute {a.name}"))
+        return [_import_graph(g, ctx.deeper(f"{node_desc} attribute {a.name}")) for g in a.graphs]
     if a.type == _pb.A_SPARSE_TENSOR:
         raise UnsupportedOpError(f"{node_desc}: sparse tensor attributes are not supported")
     v = _pb.attribute_value(a)
@@ -199,39 +219,55 @@ def _constant_value(node: Node) -> np.ndarray:
     raise UnsupportedOpError(f"{node.describe()}: only tensor, float(s) and int(s) constants are supported")
 
 
-def import_onnx(src) -> Graph:
-    """Convert an ONNX model into an edgedl Graph (no shape binding, no optimization)."""
-    proto, base = read_model_proto(src)
-    g = proto.graph
-    opset = 0
-    for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            opset = int(imp.version)
-    if opset == 0:
-        opset = 1 if not proto.opset_import else 13
+#: subgraphs nested deeper than this are refused (a bound on recursion for hostile files)
+MAX_SUBGRAPH_DEPTH = 32
 
+
+class _Context:
+    """What importing a (sub)graph needs from its model: the folder for external data, the opsets, the depth."""
+
+    def __init__(self, base: Path | None, opset: int, domains: dict[str, int], depth: int = 0):
+        self.base, self.opset, self.domains, self.depth = base, opset, domains, depth
+
+    def deeper(self, where: str) -> _Context:
+        if self.depth + 1 > MAX_SUBGRAPH_DEPTH:
+            raise ModelFormatError(f"{where}: subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} deep")
+        return _Context(self.base, self.opset, self.domains, self.depth + 1)
+
+
+def _import_graph(g, ctx: _Context) -> Graph:
+    """A GraphProto as a Graph. For a subgraph (depth > 0) every input is a formal input, and the names it reads
+    from enclosing graphs become ``Graph.outer`` (appended to its inputs)."""
+    subgraph = ctx.depth > 0
     initializers: dict[str, np.ndarray] = {}
     for t in g.initializer:
         if not t.name:
             raise ModelFormatError("an initializer has no name")
-        initializers[t.name] = _tensor_to_array(t, base, "initializer")
+        initializers[t.name] = _tensor_to_array(t, ctx.base, "initializer")
     if g.sparse_initializer:
         raise UnsupportedOpError("sparse initializers are not supported")
 
-    inputs = [_value_spec(vi, "graph input") for vi in g.input if vi.name not in initializers]
-    outputs = [_value_spec(vi, "graph output") for vi in g.output]
+    if subgraph:
+        inputs = [_value_spec(vi, "subgraph input", True) for vi in g.input]
+    else:
+        inputs = [_value_spec(vi, "graph input") for vi in g.input if vi.name not in initializers]
+    outputs = [_value_spec(vi, "graph output", subgraph) for vi in g.output]
 
     nodes: list[Node] = []
+    seen_names: set[str] = set()
     for i, n in enumerate(g.node):
         name = n.name or f"{n.op_type}_{i}"
+        if name in seen_names:  # plans key ops by node name: a repeated name gets the node's index
+            name = f"{name}_{i}"
+        seen_names.add(name)
         desc = f"{n.op_type} node '{name}'"
-        attrs = {a.name: _attribute(a, desc) for a in n.attribute}
+        attrs = {a.name: _attribute(a, desc, ctx) for a in n.attribute}
         node = Node(n.op_type, name, list(n.input), list(n.output), attrs, n.domain or "")
+        outer = subgraph_outer_names(attrs)
+        node.inputs += outer  # the outer tensors its subgraphs read are inputs of the node
         nodes.append(node)
 
     # Constant nodes become initializers: one mechanism for every constant.
-    from edgedl.registry import lookup
-
     kept: list[Node] = []
     for node in nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -241,13 +277,44 @@ def import_onnx(src) -> Graph:
         else:
             kept.append(node)
 
-    graph = Graph(kept, inputs, outputs, initializers, opset=opset, name=g.name or "graph",
-                  metadata={p.key: p.value for p in proto.metadata_props},
-                  domains={imp.domain: int(imp.version) for imp in proto.opset_import
-                           if imp.domain not in ("", "ai.onnx")})
+    outer: list[str] = []
+    if subgraph:
+        defined = {s.name for s in inputs} | set(initializers) | {o for n in kept for o in n.outputs if o}
+        wanted = [i for n in kept for i in n.inputs if i] + [s.name for s in outputs]
+        outer = [t for t in dict.fromkeys(wanted) if t not in defined]
+        inputs = inputs + [TensorSpec(t, None, None) for t in outer]
+    graph = Graph(kept, inputs, outputs, initializers, opset=ctx.opset, name=g.name or "graph",
+                  domains=dict(ctx.domains), outer=outer)
     graph.validate_and_sort()
+    return graph
 
+
+def _unsupported_nodes(graph: Graph, lookup) -> list[Node]:
     missing = [n for n in graph.nodes if lookup(n.op_type, n.domain) is None]
+    for n in graph.nodes:
+        for value in n.attrs.values():
+            for g in (value if isinstance(value, list) else [value]):
+                if isinstance(g, Graph):
+                    missing += _unsupported_nodes(g, lookup)
+    return missing
+
+
+def import_onnx(src) -> Graph:
+    """Convert an ONNX model into an edgedl Graph (no shape binding, no optimization)."""
+    proto, base = read_model_proto(src)
+    opset = 0
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            opset = int(imp.version)
+    if opset == 0:
+        opset = 1 if not proto.opset_import else 13
+    domains = {imp.domain: int(imp.version) for imp in proto.opset_import if imp.domain not in ("", "ai.onnx")}
+    graph = _import_graph(proto.graph, _Context(base, opset, domains))
+    graph.metadata = {p.key: p.value for p in proto.metadata_props}
+
+    from edgedl.registry import lookup
+
+    missing = _unsupported_nodes(graph, lookup)
     if missing:
         by_type: dict[str, list[str]] = {}
         for n in missing:

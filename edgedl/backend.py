@@ -38,7 +38,8 @@ class EdgeDLRep(BackendRep):
         else:
             if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
-            feeds = {s.name: np.asarray(a) for s, a in zip(specs, inputs)}
+            # sequences (lists) and empty optionals (None) are fed as they are
+            feeds = {s.name: a if a is None or isinstance(a, list) else np.asarray(a) for s, a in zip(specs, inputs)}
         result = self.model.run(feeds)
         names = [s.name for s in self.model.graph.outputs]
         return _namedtuple(names)(*[result[n] for n in names])

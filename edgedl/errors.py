@@ -31,3 +31,13 @@ class ConstantRequired(UnsupportedOpError):
     def __init__(self, message: str, tensor: str):
         super().__init__(message)
         self.tensor = tensor
+
+
+class DataDependentShape(EdgeDLError):
+    """An op's output shape depends on the values of its inputs (NonZero, Unique, Compress,
+    NonMaxSuppression, a Loop's outputs), which are not known when the plan is built.
+
+    Raised by an op's shape rule when the inputs it needs are not constants. The planner then runs that node
+    as a run-time step (its ``ref`` allocates the outputs) and plans the nodes after it once their input shapes
+    are known, one cached plan per binding; a model without such nodes keeps its fully static plan.
+    """

@@ -26,6 +26,9 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...] | None
     dtype: np.dtype | None
+    #: "tensor", or for ONNX's other value types "sequence" (of tensors of ``dtype``), "optional" (of a
+    #: tensor) or "optional_sequence"; shape is then the elements' shape, if declared
+    kind: str = "tensor"
 
     def __repr__(self) -> str:
         if self.dtype is None:
@@ -35,7 +38,7 @@ class TensorSpec:
 
     @property
     def is_static(self) -> bool:
-        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+        return self.kind == "tensor" and self.shape is not None and all(isinstance(d, int) for d in self.shape)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,36 @@ class TensorType:
     @property
     def nbytes(self) -> int:
         return self.size * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class SequenceType:
+    """A sequence of tensors inside a plan (ONNX ``seq(tensor)``): the type of each element, in order.
+
+    ``elem_dtype`` is the element type of an empty sequence (and of every element)."""
+
+    elems: tuple[TensorType, ...]
+    elem_dtype: np.dtype | None = None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        if self.elem_dtype is not None:
+            return np.dtype(self.elem_dtype)
+        return np.dtype(self.elems[0].dtype) if self.elems else None
+
+
+@dataclass(frozen=True)
+class OptionalType:
+    """An optional value inside a plan (ONNX ``optional(...)``): ``inner`` is the type of the value it holds,
+    or None for an empty optional (``elem`` then says what it would hold: a TensorType-like dtype or "seq")."""
+
+    inner: TensorType | SequenceType | None
+    elem_dtype: np.dtype | None = None
+    elem_is_sequence: bool = False
+
+
+#: anything a plan may hold in a slot
+ValueType = Union[TensorType, SequenceType, OptionalType]  # noqa: UP007
 
 
 @dataclass
@@ -83,6 +116,9 @@ class Graph:
     metadata: dict[str, str] = field(default_factory=dict)
     #: opset versions of domains other than the default one (e.g. {"com.microsoft": 1})
     domains: dict[str, int] = field(default_factory=dict)
+    #: a subgraph (the body of If/Loop/Scan): the names it reads from enclosing graphs. They are its last
+    #: inputs; the node that owns the subgraph lists the matching outer tensors as its last inputs
+    outer: list[str] = field(default_factory=list)
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}
@@ -122,6 +158,17 @@ class Graph:
             if spec.name not in defined:
                 raise ModelFormatError(f"graph output '{spec.name}' is not produced by any node")
         self.nodes = topological_order(self.nodes, set(defined) - set(self.producers()))
+
+
+def subgraph_outer_names(attrs: dict) -> list[str]:
+    """The outer tensors that the subgraphs among a node's attributes read, each once, in attribute order: the
+    order in which the node lists them as its last inputs."""
+    names: list[str] = []
+    for value in attrs.values():
+        for g in (value if isinstance(value, list) else [value]):
+            if isinstance(g, Graph):
+                names += g.outer
+    return list(dict.fromkeys(names))
 
 
 def topological_order(nodes: list[Node], available: set[str]) -> list[Node]:

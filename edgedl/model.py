@@ -10,12 +10,14 @@ from .affinity import pinned as affinity_pinned
 from .errors import ConstantRequired, EdgeDLError, InputError
 from .ir import Graph, TensorType, contiguous
 from .kernels.cpu.config import apply_target
-from .registry import Op, lookup
-from .runtime.plan import Plan, build_plan
+from .registry import lookup
+from .runtime.plan import Plan
+from .runtime.runner import GraphRunner, spec_type
 from .threads import configure_threads
 
-#: How many shape bindings keep their plan (and arena) alive at once.
-MAX_CACHED_PLANS = 8
+#: A node needing a value computed from graph inputs of at most this many elements each (a shape, a count)
+#: makes the plans specialize on those inputs' values; from larger inputs (data) it cuts the plan instead.
+SPECIALIZE_MAX_ELEMENTS = 64
 
 
 @dataclass(frozen=True)
@@ -44,24 +46,34 @@ class Model:
         self.source = source
         #: set by edgedl.quantize: a QuantizationReport (ranges and parameters per tensor)
         self.quantization = None
-        self._op_classes: dict[str, type[Op]] = {}
         for node in graph.nodes:
-            cls = lookup(node.op_type, node.domain)
-            if cls is None:  # importers check this already; keep the error clear for hand-built graphs
+            if lookup(node.op_type, node.domain) is None:  # importers check this; keep it clear for hand-built graphs
                 raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
-            self._op_classes[node.name] = cls
-            cls(node, graph.opset)  # attributes are validated at load time
-        self._plans: dict[tuple, Plan] = {}
-        #: graph inputs whose values the plans are specialized on (e.g. a Reshape shape fed as an input)
-        self._value_inputs: set[str] = set()
+        self._runner = GraphRunner(graph, specialize_limit=SPECIALIZE_MAX_ELEMENTS,
+                                   before_plan=lambda: apply_target(self.target))
+        for node in graph.nodes:
+            self._runner.op_classes[node.name](node, graph.opset)  # attributes are validated at load time
         if all(s.is_static for s in graph.inputs):
             try:
                 self.plan()  # static models are fully validated at load time
             except ConstantRequired as e:
-                sources = self._inputs_feeding(e.tensor)
+                sources = self._runner.inputs_feeding(e.tensor)
                 if not sources:
                     raise
                 self._value_inputs |= sources  # validated at the first run, once the values are known
+
+    @property
+    def _plans(self) -> dict:
+        return self._runner.plans
+
+    @property
+    def _value_inputs(self) -> set[str]:
+        """Graph inputs whose values the plans are specialized on (e.g. a Reshape shape fed as an input)."""
+        return self._runner.value_inputs
+
+    @_value_inputs.setter
+    def _value_inputs(self, names: set[str]) -> None:
+        self._runner.value_inputs = names
 
     # --- description --------------------------------------------------------------------------------
     @property
@@ -74,8 +86,9 @@ class Model:
         for s in self.graph.outputs:
             shape, dtype = s.shape, s.dtype
             if dtype is None and all(i.is_static for i in self.graph.inputs):
-                t = self.plan().types[s.name]
-                shape, dtype = t.shape, t.dtype
+                t = self.plan().types.get(s.name)  # absent when computed after a data-dependent node
+                if isinstance(t, TensorType):
+                    shape, dtype = t.shape, t.dtype
             infos.append(TensorInfo(s.name, shape, None if dtype is None else np.dtype(dtype)))
         return infos
 
@@ -85,9 +98,15 @@ class Model:
         return f"<edgedl.Model {self.graph.name!r} ({ins}) -> ({outs}), {len(self.graph.nodes)} nodes>"
 
     # --- planning -----------------------------------------------------------------------------------
-    def _bind(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorType]:
+    def _bind(self, shapes: dict[str, tuple[int, ...]], values: dict | None = None) -> dict[str, TensorType]:
         bound: dict[str, TensorType] = {}
         for spec in self.graph.inputs:
+            if spec.kind != "tensor":
+                if values is None or spec.name not in values:
+                    raise ConstantRequired(f"input '{spec.name}' is a {spec.kind.replace('_', ' of ')}: its plan "
+                                           "is built from the value fed to run()", spec.name)
+                bound[spec.name] = spec_type(spec, values[spec.name])
+                continue
             shape = tuple(int(d) for d in shapes[spec.name])
             if spec.shape is not None:
                 if len(shape) != len(spec.shape):
@@ -107,42 +126,16 @@ class Model:
              values: dict[str, np.ndarray] | None = None) -> Plan:
         """The plan for a binding of input shapes (symbolic and unknown dims default to 1).
 
-        ``values`` holds the feeds of inputs the plan must be specialized on (see ``run``)."""
+        ``values`` holds the feeds of inputs the plan must be specialized on (see ``run``); feeds of sequence
+        or optional inputs give their types."""
         if shapes is None:
             shapes = {s.name: tuple(d if isinstance(d, int) else 1 for d in (s.shape or ()))
                       for s in self.graph.inputs}
-        values = {n: values[n] for n in self._value_inputs} if values and self._value_inputs else {}
-        if self._value_inputs and len(values) != len(self._value_inputs):
-            raise ConstantRequired(f"this model needs the values of inputs {sorted(self._value_inputs)} to "
-                                   "build a plan: call run() with feeds", sorted(self._value_inputs)[0])
-        key = tuple((n, tuple(shapes[n])) for n in sorted(shapes))
-        key += tuple((n, values[n].dtype.str, values[n].tobytes()) for n in sorted(values))
-        plan = self._plans.get(key)
-        if plan is None:
-            # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
-            ops = {n.name: self._op_classes[n.name](n, self.graph.opset) for n in self.graph.nodes}
-            apply_target(self.target)  # the target's thresholds and kernel choices, read while kernels prepare
-            plan = build_plan(self.graph, ops, self._bind(shapes), values)
-            if len(self._plans) >= MAX_CACHED_PLANS:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
-        return plan
+        return self._runner.plan(self._bind(shapes, values), values)
 
     def _inputs_feeding(self, tensor: str) -> set[str]:
         """Graph inputs that ``tensor`` is computed from."""
-        producers = self.graph.producers()
-        graph_inputs = {s.name for s in self.graph.inputs}
-        found, stack, seen = set(), [tensor], set()
-        while stack:
-            t = stack.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            if t in graph_inputs:
-                found.add(t)
-            elif t in producers:
-                stack.extend(i for i in producers[t].inputs if i)
-        return found
+        return self._runner.inputs_feeding(tensor)
 
     @property
     def arena_bytes(self) -> int:
@@ -168,6 +161,9 @@ class Model:
         out = {}
         for spec in self.graph.inputs:
             arr = feeds[spec.name]
+            if spec.kind != "tensor":
+                out[spec.name] = _check_value(spec, arr)
+                continue
             if not isinstance(arr, np.ndarray):
                 if np.isscalar(arr) or isinstance(arr, (list, tuple)):
                     arr = np.asarray(arr)
@@ -182,18 +178,10 @@ class Model:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model. ``feeds`` maps every input name to an array; returns output name -> array."""
         feeds = self._check_feeds(feeds)
-        shapes = {n: a.shape for n, a in feeds.items()}
-        while True:
-            try:
-                plan = self.plan(shapes, feeds)
-                break
-            except ConstantRequired as e:
-                # A value the plan needs (a Reshape shape, Slice starts...) comes from graph inputs:
-                # specialize plans on those inputs' values, as on shapes. Gives up if nothing new is found.
-                sources = self._inputs_feeding(e.tensor) - self._value_inputs
-                if not sources:
-                    raise
-                self._value_inputs |= sources
+        shapes = {n: getattr(a, "shape", None) for n, a in feeds.items()}
+        # A value the plan needs (a Reshape shape, Slice starts...) that comes from small graph inputs makes the
+        # runner specialize its plans on those inputs' values, as on shapes (see edgedl.runtime.runner).
+        plan = self._runner.resolve(self._bind(shapes, feeds), feeds)
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
@@ -268,3 +256,24 @@ class Model:
 
 def _fmt(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _check_value(spec, value):
+    """A feed of a sequence or optional input: a list of arrays (or None for an empty optional)."""
+    kind = spec.kind
+    if kind.startswith("optional"):
+        if value is None:
+            return None
+        kind = kind[len("optional_"):] if kind != "optional" else "tensor"
+    if kind == "sequence":
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"input '{spec.name}' is a sequence: feed a list of arrays, got {type(value).__name__}")
+        items = [contiguous(np.asarray(v)) for v in value]
+        for v in items:
+            if spec.dtype is not None and v.dtype != spec.dtype:
+                raise InputError(f"input '{spec.name}' holds {np.dtype(spec.dtype).name} tensors, got {v.dtype.name}")
+        return items
+    arr = contiguous(np.asarray(value))
+    if spec.dtype is not None and arr.dtype != spec.dtype:
+        raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got {arr.dtype.name}")
+    return arr

@@ -67,6 +67,9 @@ class Op:
     shape_only: ClassVar[bool] = False
     #: minimum and maximum number of inputs
     num_inputs: ClassVar[tuple[int, int]] = (1, 1)
+    #: outputs are computed by ``ref`` at run time and allocated there (control flow, sequences, optionals):
+    #: their types are known when the plan is built, but they do not live in the arena
+    eager: ClassVar[bool] = False
 
     def __init__(self, node: Node, opset: int):
         self.node = node

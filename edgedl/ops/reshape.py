@@ -216,6 +216,8 @@ class Identity(_AliasOp):
     op_type = "Identity"
 
     def infer(self, ins, consts):
+        if not isinstance(ins[0], TensorType):  # a sequence or an optional passes through (an eager step)
+            return [ins[0]]
         return [TensorType(ins[0].shape, ins[0].dtype)]
 
     def ref(self, x):

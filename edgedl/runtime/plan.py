@@ -4,6 +4,17 @@ Building a plan: bind shapes (running every op's shape rule in topological order
 whose inputs are all constant, and every shape-only node such as Shape), drop nodes no output needs,
 prepare a kernel per remaining node, and lay every intermediate tensor and kernel workspace into one arena
 by liveness. Running a plan does no allocation beyond the outputs handed to the caller.
+
+Two kinds of nodes make a plan allocate at run time, and only models that have them pay for it:
+
+* *eager* nodes (``Op.eager``: control flow, sequence and optional ops) have output types known when the
+  plan is built, but their ``ref`` produces the outputs at run time (allocated; not in the arena);
+* a node whose output shapes depend on data (its shape rule raises :class:`DataDependentShape`, e.g.
+  NonZero), or that needs the value of a tensor computed inside the model when the model would rather not
+  specialize on its inputs' values (a large data input: see :mod:`edgedl.runtime.runner`), *cuts* the plan:
+  the nodes before it form this plan (its arena and bound kernels as usual), the node runs at run time, and
+  the nodes after it run through a :class:`Tail`, whose own runner builds one plan per binding of the
+  tensors crossing the cut (shapes, and values where a node needs them) and caches it.
 """
 from __future__ import annotations
 
@@ -12,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConstantRequired, EdgeDLError, ShapeError
-from ..ir import Graph, Node, TensorType, check_shape, contiguous
+from ..errors import ConstantRequired, DataDependentShape, EdgeDLError, ShapeError
+from ..ir import Graph, Node, OptionalType, SequenceType, TensorSpec, TensorType, check_shape, contiguous
 from ..kernels.cpu.config import num_threads
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
@@ -36,6 +47,8 @@ class Step:
     view_shape: tuple[int, ...] | None = None
     #: the kernel bound to this step's fixed arrays (see Kernel.bind), or None
     bound: object = None
+    #: the op's ref computes the outputs at run time (an eager op: see the module docstring)
+    eager: bool = False
 
 
 @dataclass
@@ -58,6 +71,8 @@ class Plan:
     folded: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     bound_threads: int = 0
+    #: the nodes after a data-dependent node (see the module docstring), or None
+    tail: Tail | None = None
 
     def _bind(self, threads: int) -> None:
         """Bind every step whose inputs, outputs and workspace are the same arrays on every run."""
@@ -95,18 +110,119 @@ class Plan:
                 if step.view_shape is not None:
                     slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
                     continue
+                if step.eager:
+                    self._run_eager(step, slots)
+                    continue
                 step.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
                                [slots[o] for o in step.outs], step.scratch)
-            return {name: (np.array(slots[idx], copy=True) if copy else slots[idx])
-                    for name, idx, copy in self.outputs}
+            results = {name: _copy_value(slots[idx]) if copy else slots[idx] for name, idx, copy in self.outputs}
+            if self.tail is not None:
+                tail_feeds = {n: feeds[n] for n in self.tail.feeds_from_inputs}
+                tail_feeds.update(results)
+                return self.tail.run(tail_feeds)
+            return results
+
+    def _run_eager(self, step: Step, slots: list) -> None:
+        values = step.op.ref(*[slots[i] if i >= 0 else None for i in step.ins])
+        present = [k for k, o in enumerate(step.node.outputs) if o]
+        for k, slot in zip(present, step.outs):
+            value = values[k]
+            want = self.types[step.node.outputs[k]]
+            if not _matches(value, want):
+                raise EdgeDLError(f"{step.node.describe()}: output '{step.node.outputs[k]}' came out as "
+                                  f"{_describe(value)}, but the plan was built for {_describe_type(want)}")
+            # an eager output must not alias the arena, which later steps overwrite
+            slots[slot] = _detach(value, self.arena)
 
     def kernel_impls(self) -> dict[str, int]:
-        """How many steps run each implementation ("numba", "numpy", "view")."""
+        """How many steps run each implementation ("numba", "numpy", "view", "eager")."""
         counts: dict[str, int] = {}
         for s in self.steps:
-            key = "view" if s.view_shape is not None else s.kernel.impl
+            key = "view" if s.view_shape is not None else "eager" if s.eager else s.kernel.impl
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+class Tail:
+    """The nodes after a cut: the cut node itself when it runs at run time (``eager``: its ref computes its
+    outputs, whose shapes only data decides), then a runner over the remaining nodes, which plans them once
+    per binding of the tensors that cross the cut and caches the plans."""
+
+    def __init__(self, node: Node, op: Op, eager: bool, graph: Graph, feeds_from_inputs: list[str],
+                 constants: dict):
+        from .runner import GraphRunner
+
+        #: values known when the plan was built that the cut node or the remainder reads
+        self.constants = constants
+        self.node = node
+        self.op = op
+        self.eager = eager
+        self.graph = graph
+        #: graph inputs of the enclosing plan that the tail reads directly
+        self.feeds_from_inputs = feeds_from_inputs
+        self.runner = GraphRunner(graph)
+
+    def run(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values.update(self.constants)
+        if self.eager:
+            try:
+                outs = self.op.ref(*[values[i] if i else None for i in self.node.inputs])
+            except EdgeDLError as e:
+                raise _context(self.node, e) from e
+            for k, name in enumerate(self.node.outputs):
+                if name:
+                    value = outs[k]
+                    if isinstance(value, np.ndarray):
+                        check_shape(value.shape, f"{self.node.describe()}: output {k} ('{name}')")
+                        value = contiguous(value)
+                    values[name] = value
+        feeds = {s.name: values[s.name] for s in self.graph.inputs}
+        return self.runner.run(feeds)
+
+
+def _copy_value(value):
+    if isinstance(value, np.ndarray):
+        return np.array(value, copy=True)
+    if isinstance(value, list):
+        return [np.array(v, copy=True) for v in value]
+    return value
+
+
+def _detach(value, arena: np.ndarray):
+    if isinstance(value, np.ndarray):
+        return np.array(value, copy=True) if np.may_share_memory(value, arena) else value
+    if isinstance(value, list):
+        return [_detach(v, arena) for v in value]
+    return value
+
+
+def _matches(value, want) -> bool:
+    if isinstance(want, TensorType):
+        return isinstance(value, np.ndarray) and value.shape == want.shape and value.dtype == want.dtype
+    if isinstance(want, SequenceType):
+        return (isinstance(value, list) and len(value) == len(want.elems)
+                and all(_matches(v, t) for v, t in zip(value, want.elems)))
+    if isinstance(want, OptionalType):
+        return value is None if want.inner is None else _matches(value, want.inner)
+    return False
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype.name}{list(value.shape)}"
+    if isinstance(value, list):
+        return "sequence(" + ", ".join(_describe(v) for v in value) + ")"
+    return "an empty optional" if value is None else type(value).__name__
+
+
+def _describe_type(t) -> str:
+    if isinstance(t, TensorType):
+        return f"{np.dtype(t.dtype).name}{list(t.shape)}"
+    if isinstance(t, SequenceType):
+        return "sequence(" + ", ".join(_describe_type(e) for e in t.elems) + ")"
+    if isinstance(t, OptionalType):
+        return "an empty optional" if t.inner is None else f"optional({_describe_type(t.inner)})"
+    return str(t)
 
 
 def _context(node: Node, exc: Exception) -> EdgeDLError:
@@ -126,11 +242,13 @@ def _dummy(t: TensorType) -> np.ndarray:
 
 
 def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorType],
-               input_values: dict[str, np.ndarray] | None = None) -> Plan:
+               input_values: dict[str, np.ndarray] | None = None, cut=None) -> Plan:
     """Build a plan for concrete input types. ``input_values`` are graph inputs whose values the plan is
-    specialized on (they become constants; see Model)."""
-    types: dict[str, TensorType] = {}
-    consts: dict[str, np.ndarray] = {}
+    specialized on (they become constants; see Model). ``cut(tensor)`` says whether a node that needs the
+    value of ``tensor`` (ConstantRequired) starts a run-time segment instead (see the module docstring); without
+    it ConstantRequired reaches the caller."""
+    types: dict[str, object] = {}
+    consts: dict[str, object] = {}
     for name, arr in graph.initializers.items():
         consts[name] = arr
         types[name] = TensorType(arr.shape, arr.dtype)
@@ -141,7 +259,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
 
     live: list[Node] = []
     folded = 0
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
         op = ops[node.name]
         ins = [types[i] if i else None for i in node.inputs]
         cin = [consts.get(i) if i else None for i in node.inputs]
@@ -149,28 +267,41 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
             outs = op.infer(ins, cin)
             for k, (name, t) in enumerate(zip(node.outputs, outs)):
                 if name:
-                    types[name] = TensorType(check_shape(t.shape, f"output {k} ('{name}')"), np.dtype(t.dtype))
+                    if isinstance(t, TensorType) or not isinstance(t, (SequenceType, OptionalType)):
+                        t = TensorType(check_shape(t.shape, f"output {k} ('{name}')"), np.dtype(t.dtype))
+                    types[name] = t
             if len(outs) < sum(1 for o in node.outputs if o):
                 raise ShapeError(f"has {len(node.outputs)} outputs, at most {len(outs)} are defined")
             present = [c for i, c in zip(node.inputs, cin) if i]
-            if op.shape_only or (present and all(c is not None for c in present)):
-                args = [(_dummy(t) if op.shape_only else c) if t is not None else None for t, c in zip(ins, cin)]
+            foldable = all(c is not None for c in present) and (present or not op.eager)
+            if op.shape_only or foldable:
+                args = [(_dummy(t) if op.shape_only and isinstance(t, TensorType) else c) if t is not None else None
+                        for t, c in zip(ins, cin)]
                 values = op.ref(*args)
                 for name, val in zip(node.outputs, values):
                     if name:
-                        val = contiguous(val)
-                        if val.shape != types[name].shape or val.dtype != types[name].dtype:
-                            raise EdgeDLError(f"internal: folded value of '{name}' is {val.dtype}{val.shape}, "
-                                              f"shape rule said {types[name]}")
+                        if isinstance(types[name], TensorType):
+                            val = contiguous(val)
+                        if not _matches(val, types[name]):
+                            raise EdgeDLError(f"internal: folded value of '{name}' is {_describe(val)}, shape rule "
+                                              f"said {_describe_type(types[name])}")
                         consts[name] = val
                 folded += 1
                 continue
+        except DataDependentShape:
+            return _cut(graph, ops, input_types, input_values, index, True, consts, cut)
+        except ConstantRequired as e:
+            if cut is not None and cut(e.tensor):
+                return _cut(graph, ops, input_types, input_values, index, False, consts, cut)
+            raise _context(node, e) from e
         except Exception as e:  # noqa: BLE001 - every failure gets the node's name attached
             raise _context(node, e) from e
         live.append(node)
 
     for spec in graph.outputs:
         t = types[spec.name]
+        if not isinstance(t, TensorType):
+            continue
         if spec.dtype is not None and spec.shape is not None and t.dtype != spec.dtype:
             raise ShapeError(f"graph output '{spec.name}' is declared {spec.dtype} but computes {t.dtype}")
         if spec.shape is not None and len(spec.shape) == len(t.shape):
@@ -208,9 +339,13 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
         ins_t = [types[i] if i else None for i in node.inputs]
         cin = [consts.get(i) if i else None for i in node.inputs]
         outs_t = [types[o] for o in node.outputs if o]
+        eager = op.eager or any(not isinstance(types[o], TensorType) for o in node.outputs if o)
         try:
             src = node.inputs[0] if node.inputs else ""
-            if op.alias and node.outputs[0] not in graph_out and src not in consts:
+            if eager:
+                kernel = Kernel(_no_kernel, impl="eager")
+                view = None
+            elif op.alias and node.outputs[0] not in graph_out and src not in consts:
                 kernel = Kernel(lambda i, o, s: None, impl="view")
                 view = types[node.outputs[0]].shape
                 if src not in graph_in and src not in graph_out:
@@ -222,7 +357,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
             raise _context(node, e) from e
         ins = tuple(slot(i) if i else -1 for i in node.inputs)
         outs = tuple(slot(o) for o in node.outputs if o)
-        steps.append(Step(node, op, kernel, ins, outs, None, view))
+        steps.append(Step(node, op, kernel, ins, outs, None, view, eager=eager))
 
     for name in output_names:
         slot(name)
@@ -237,6 +372,8 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
                 b = base_of.get(i, i)
                 if b in first:
                     last[b] = max(last[b], s_idx)
+        if step.eager:
+            continue  # eager outputs are allocated when they are computed
         for o in node.outputs:
             if o and o not in graph_out and o not in base_of and o not in consts:
                 first[o] = s_idx
@@ -259,6 +396,9 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     produced_fresh = set()
     for step in steps:
         for o in step.node.outputs:
+            if o in graph_out and step.eager:
+                produced_fresh.add(o)  # computed into a new value every run (see Plan._run_eager)
+                continue
             if o in graph_out and step.view_shape is None and o not in produced_fresh:
                 if types[o].nbytes <= OWNED_OUTPUT_MAX_BYTES and template[slot_of[o]] is None:
                     # a small output lives in a buffer of the plan (its producer binds) and is copied out
@@ -275,7 +415,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     for name in input_types:
         if name in slot_of:
             t = types[name]
-            staged = t.nbytes <= STAGE_MAX_BYTES
+            staged = isinstance(t, TensorType) and t.nbytes <= STAGE_MAX_BYTES
             if staged:
                 template[slot_of[name]] = np.empty(t.shape, t.dtype)
             input_slots.append((name, slot_of[name], staged))
@@ -286,3 +426,45 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
         outputs=outputs, arena=arena, arena_bytes=arena_bytes, arena_lower_bound=lower_bound(buffers),
         folded=folded,
     )
+
+
+def _no_kernel(inputs, outputs, scratch):
+    raise EdgeDLError("internal: an eager step has no kernel")
+
+
+def _cut(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorType], input_values: dict, index: int,
+         eager: bool, consts: dict, cut) -> Plan:
+    """The plan of the nodes before ``graph.nodes[index]``, with a Tail for that node and the rest."""
+    nodes = graph.nodes
+    node = nodes[index]
+    rest = nodes[index + 1:] if eager else nodes[index:]
+    made_later = {o for n in rest for o in n.outputs if o}
+    cut_outputs = [o for o in node.outputs if o] if eager else []
+    wanted: list[str] = []
+    for n in ([node] if eager else []) + rest:
+        wanted += [i for i in n.inputs if i]
+    wanted += [s.name for s in graph.outputs]
+    initializers: dict[str, object] = {}
+    boundary: list[str] = []
+    for name in dict.fromkeys(wanted):
+        if name in made_later or name in cut_outputs:
+            continue
+        if name in consts:
+            initializers[name] = consts[name]
+        else:
+            boundary.append(name)
+    from_inputs = [b for b in boundary if b in input_types]
+    prefix = Graph(nodes[:index], list(graph.inputs),
+                   [TensorSpec(b, None, None) for b in boundary if b not in input_types],
+                   dict(graph.initializers), graph.opset, graph.name, dict(graph.metadata), dict(graph.domains))
+    plan = build_plan(prefix, ops, {**input_types, **{n: TensorType(v.shape, v.dtype) for n, v in
+                                                        input_values.items()}}, input_values, cut)
+    # values that are not tensors (a folded sequence or optional) enter the remainder as inputs
+    others = {n: v for n, v in initializers.items() if not isinstance(v, np.ndarray)}
+    names_in = [b for b in boundary if b not in cut_outputs] + list(others) + cut_outputs
+    remainder = Graph(rest, [TensorSpec(n, None, None) for n in names_in], list(graph.outputs),
+                      {n: v for n, v in initializers.items() if isinstance(v, np.ndarray)}, graph.opset,
+                      graph.name, dict(graph.metadata), dict(graph.domains))
+    known = {i: consts[i] for i in node.inputs if i and i in consts} if eager else {}
+    plan.tail = Tail(node, ops[node.name], eager, remainder, from_inputs, {**known, **others})
+    return plan

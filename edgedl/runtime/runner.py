@@ -1,0 +1,147 @@
+"""Run a graph with plans cached per binding: what a Model, a subgraph (If/Loop/Scan bodies) and the part of a
+plan after a data-dependent node have in common.
+
+A :class:`GraphRunner` owns a graph and its op classes. ``plan(types, values)`` returns the cached
+:class:`~edgedl.runtime.plan.Plan` for a binding of input types (and, for inputs the plan must be specialized
+on, their values); ``run(feeds)`` finds or builds it and runs it. When a node needs the value of a tensor that
+is computed from graph inputs (a Reshape shape, Range limits), the runner either specializes its plans on those
+inputs' values (when they are small: ``specialize_limit`` elements at most, or always when it is None) or lets
+the planner cut the plan at that node (:mod:`edgedl.runtime.plan`), so a large data input never becomes a
+cache key.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ConstantRequired, InputError
+from ..ir import Graph, TensorType
+from ..registry import Op, lookup
+
+#: How many bindings keep their plan (and arena) alive at once, per runner.
+MAX_CACHED_PLANS = 8
+
+
+class GraphRunner:
+    """Plans of one graph, cached per binding of input types and specialized values."""
+
+    def __init__(self, graph: Graph, *, specialize_limit: int | None = None,
+                 before_plan: Callable[[], None] | None = None):
+        self.graph = graph
+        self.specialize_limit = specialize_limit
+        self.before_plan = before_plan
+        self.op_classes: dict[str, type[Op]] = {}
+        for node in graph.nodes:
+            cls = lookup(node.op_type, node.domain)
+            if cls is None:
+                from ..errors import UnsupportedOpError
+
+                raise UnsupportedOpError(f"{node.describe()}: operator {node.op_type} is not supported")
+            self.op_classes[node.name] = cls
+        self.plans: dict[tuple, object] = {}
+        #: graph inputs whose values the plans are specialized on
+        self.value_inputs: set[str] = set()
+        self._producers = graph.producers()
+        self._graph_inputs = {s.name for s in graph.inputs}
+
+    # --- planning -----------------------------------------------------------------------------------------
+    def plan(self, types: dict[str, TensorType], values: dict[str, np.ndarray] | None = None):
+        """The plan for input ``types``; ``values`` holds (at least) the feeds of the value inputs."""
+        from .plan import build_plan
+
+        values = {n: values[n] for n in self.value_inputs} if values and self.value_inputs else {}
+        if self.value_inputs and len(values) != len(self.value_inputs):
+            raise ConstantRequired(f"this model needs the values of inputs {sorted(self.value_inputs)} to "
+                                   "build a plan: call run() with feeds", sorted(self.value_inputs)[0])
+        key = tuple((n, types[n]) for n in sorted(types))
+        key += tuple((n, values[n].dtype.str, values[n].shape, values[n].tobytes()) for n in sorted(values))
+        plan = self.plans.get(key)
+        if plan is None:
+            # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
+            ops = {n.name: self.op_classes[n.name](n, self.graph.opset) for n in self.graph.nodes}
+            if self.before_plan is not None:
+                self.before_plan()
+            plan = build_plan(self.graph, ops, types, values, cut=lambda t: self._should_cut(t, types))
+            if len(self.plans) >= MAX_CACHED_PLANS:
+                self.plans.pop(next(iter(self.plans)))
+            self.plans[key] = plan
+        else:  # most recently used last: the oldest binding is dropped first
+            self.plans[key] = self.plans.pop(key)
+        return plan
+
+    def inputs_feeding(self, tensor: str) -> set[str]:
+        """Graph inputs that ``tensor`` is computed from."""
+        found, stack, seen = set(), [tensor], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in self._graph_inputs:
+                found.add(t)
+            elif t in self._producers:
+                stack.extend(i for i in self._producers[t].inputs if i)
+        return found
+
+    def _should_cut(self, tensor: str, types: dict[str, TensorType]) -> bool:
+        """Whether a node needing the value of ``tensor`` starts a run-time segment (True) or the plans get
+        specialized on the graph inputs it comes from (False: ConstantRequired reaches ``resolve``)."""
+        sources = self.inputs_feeding(tensor) - self.value_inputs
+        if not sources:
+            return True
+        if self.specialize_limit is None:
+            return False
+        return any(types[s].size > self.specialize_limit for s in sources if s in types)
+
+    def resolve(self, types: dict[str, TensorType], feeds: dict[str, np.ndarray]):
+        """The plan for these feeds, specializing on input values the planner asks for."""
+        while True:
+            try:
+                return self.plan(types, feeds)
+            except ConstantRequired as e:
+                sources = self.inputs_feeding(e.tensor) - self.value_inputs
+                if not sources:
+                    raise
+                self.value_inputs |= sources
+
+    # --- running ------------------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (every graph input; dtypes and shapes taken from the arrays)."""
+        types = {}
+        for spec in self.graph.inputs:
+            if spec.name not in feeds:
+                raise InputError(f"missing input '{spec.name}'")
+            types[spec.name] = spec_type(spec, feeds[spec.name])
+        return self.resolve(types, feeds).run(feeds)
+
+
+def value_type(value):
+    """The plan-time type of a run-time value (a tensor, a sequence of tensors, or an optional)."""
+    from ..ir import OptionalType, SequenceType
+
+    if isinstance(value, np.ndarray):
+        return TensorType(tuple(value.shape), value.dtype)
+    if isinstance(value, list):
+        return SequenceType(tuple(value_type(v) for v in value))
+    if value is None:
+        return OptionalType(None)
+    raise InputError(f"cannot run on a value of type {type(value).__name__}")
+
+
+def spec_type(spec, value):
+    """The plan-time type of ``value`` fed to the graph input ``spec`` (its kind decides how an empty list or a
+    None reads)."""
+    from ..ir import OptionalType, SequenceType
+
+    kind = getattr(spec, "kind", "tensor")
+    if kind.startswith("optional"):
+        inner_seq = kind == "optional_sequence"
+        if value is None:
+            return OptionalType(None, spec.dtype, inner_seq)
+        inner = SequenceType(tuple(value_type(v) for v in value), spec.dtype) if inner_seq else value_type(value)
+        return OptionalType(inner, spec.dtype, inner_seq)
+    if kind == "sequence":
+        return SequenceType(tuple(value_type(v) for v in value), spec.dtype)
+    return value_type(value)
+
