@@ -27,7 +27,7 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from edgedl.errors import EdgeDLError, ModelFormatError
-from edgedl.ir import Graph, Node, TensorSpec
+from edgedl.ir import Graph, Node, TensorSpec, subgraph_outer_names
 
 from .onnx_import import numpy_to_onnx_dtype
 
@@ -78,12 +78,7 @@ def export_graph(graph: Graph, *, opset_imports: Mapping[str, int] | None = None
     opsets = _opset_imports(graph, opset_imports)
     default_version = opsets[""]
 
-    nodes = [_node_proto(n, default_version) for n in graph.nodes]
-    initializers = [_tensor_proto(arr, name, f"initializer '{name}'") for name, arr in graph.initializers.items()]
-    inputs = [_value_info(spec, "graph input") for spec in graph.inputs]
-    outputs = [_value_info(spec, "graph output") for spec in graph.outputs]
-
-    g = helper.make_graph(nodes, graph.name or "graph", inputs, outputs, initializers)
+    g = _graph_proto(graph, default_version)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
                               producer_name=producer, doc_string=doc)
     if producer == "edgedl":
@@ -101,6 +96,16 @@ def export_graph(graph: Graph, *, opset_imports: Mapping[str, int] | None = None
         symbols = {d for spec in (*graph.inputs, *graph.outputs) for d in spec.shape or () if isinstance(d, str)}
         _infer_output_types(model, symbols)
     return model
+
+
+def _graph_proto(graph: Graph, default_version: int) -> onnx.GraphProto:
+    """The GraphProto of a graph or subgraph (a subgraph's outer tensors are read by name, not inputs)."""
+    nodes = [_node_proto(n, default_version) for n in graph.nodes]
+    initializers = [_tensor_proto(arr, name, f"initializer '{name}'") for name, arr in graph.initializers.items()]
+    formal = graph.inputs[:len(graph.inputs) - len(graph.outer)]
+    inputs = [_value_info(spec, "graph input") for spec in formal]
+    outputs = [_value_info(spec, "graph output") for spec in graph.outputs]
+    return helper.make_graph(nodes, graph.name or "graph", inputs, outputs, initializers)
 
 
 def save_graph(graph: Graph, path: str | os.PathLike, **kwargs) -> onnx.ModelProto:
@@ -177,7 +182,14 @@ def _value_info(spec: TensorSpec, kind: str) -> onnx.ValueInfoProto:
         return helper.make_empty_tensor_value_info(spec.name)
     elem = _elem_type(spec.dtype, f"{kind} '{spec.name}'")
     shape = None if spec.shape is None else [d if d is None or isinstance(d, str) else int(d) for d in spec.shape]
-    return helper.make_tensor_value_info(spec.name, elem, shape)
+    if spec.kind == "tensor":
+        return helper.make_tensor_value_info(spec.name, elem, shape)
+    tp = helper.make_tensor_type_proto(elem, shape)
+    if spec.kind in ("sequence", "optional_sequence"):
+        tp = helper.make_sequence_type_proto(tp)
+    if spec.kind.startswith("optional"):
+        tp = helper.make_optional_type_proto(tp)
+    return helper.make_value_info(spec.name, tp)
 
 
 def _elem_type(dtype, where: str) -> int:
@@ -198,9 +210,15 @@ def _tensor_proto(value, name: str, where: str) -> onnx.TensorProto:
 def _node_proto(node: Node, default_version: int) -> onnx.NodeProto:
     domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
     schema = _schema(node.op_type, default_version, domain)
-    proto = helper.make_node(node.op_type, list(node.inputs), list(node.outputs), name=node.name,
-                             domain=domain or None)
+    n_outer = len(subgraph_outer_names(node.attrs))  # the implicit inputs of a node with subgraphs
+    proto = helper.make_node(node.op_type, list(node.inputs[:len(node.inputs) - n_outer]), list(node.outputs),
+                             name=node.name, domain=domain or None)
     for key in sorted(node.attrs):
+        value = node.attrs[key]
+        if isinstance(value, Graph) or (isinstance(value, list) and value and isinstance(value[0], Graph)):
+            graphs = [_graph_proto(g, default_version) for g in (value if isinstance(value, list) else [value])]
+            proto.attribute.append(helper.make_attribute(key, graphs if isinstance(value, list) else graphs[0]))
+            continue
         declared = int(schema.attributes[key].type) if schema is not None and key in schema.attributes else None
         proto.attribute.append(_attribute(key, node.attrs[key], declared, node))
     return proto

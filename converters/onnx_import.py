@@ -247,10 +247,12 @@ def _import_graph(g, ctx: _Context) -> Graph:
     if g.sparse_initializer:
         raise UnsupportedOpError("sparse initializers are not supported")
 
+    overridable: list[str] = []
     if subgraph:
         inputs = [_value_spec(vi, "subgraph input", True) for vi in g.input]
     else:
         inputs = [_value_spec(vi, "graph input") for vi in g.input if vi.name not in initializers]
+        overridable = [vi.name for vi in g.input if vi.name in initializers]
     outputs = [_value_spec(vi, "graph output", subgraph) for vi in g.output]
 
     nodes: list[Node] = []
@@ -284,7 +286,7 @@ def _import_graph(g, ctx: _Context) -> Graph:
         outer = [t for t in dict.fromkeys(wanted) if t not in defined]
         inputs = inputs + [TensorSpec(t, None, None) for t in outer]
     graph = Graph(kept, inputs, outputs, initializers, opset=ctx.opset, name=g.name or "graph",
-                  domains=dict(ctx.domains), outer=outer)
+                  domains=dict(ctx.domains), outer=outer, overridable=overridable)
     graph.validate_and_sort()
     return graph
 

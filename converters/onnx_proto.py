@@ -36,6 +36,7 @@ DTYPES: dict[int, np.dtype] = {
     INT64: np.dtype(np.int64),
     UINT64: np.dtype(np.uint64),
     BOOL: np.dtype(np.bool_),
+    STRING: np.dtype(object),  # a string tensor is an object array of Python str (UTF-8 decoded)
 }
 
 #: TensorProto.DataLocation
@@ -149,6 +150,13 @@ def tensor_to_array(t, raw: bytes | None = None) -> np.ndarray:
     if dtype is None:
         raise TypeError(f"element type {code} is not supported")
     dims = tuple(t.dims)
+    if code == STRING:
+        if raw is not None or t.HasField("raw_data"):
+            raise ValueError("a string tensor cannot hold raw data")
+        values = [v.decode("utf-8", errors="replace") for v in t.string_data]
+        out = np.empty(len(values), object)
+        out[:] = values
+        return out.reshape(dims)
     if raw is None and t.HasField("raw_data"):
         raw = t.raw_data
     if raw is not None:

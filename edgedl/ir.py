@@ -119,6 +119,8 @@ class Graph:
     #: a subgraph (the body of If/Loop/Scan): the names it reads from enclosing graphs. They are its last
     #: inputs; the node that owns the subgraph lists the matching outer tensors as its last inputs
     outer: list[str] = field(default_factory=list)
+    #: initializers the file also lists as graph inputs: defaults a feed may override (as onnxruntime allows)
+    overridable: list[str] = field(default_factory=list)
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}

@@ -152,7 +152,7 @@ class Model:
         if not isinstance(feeds, dict):
             raise InputError(f"run() takes a dict of input name -> array, got {type(feeds).__name__}")
         names = {s.name for s in self.graph.inputs}
-        unknown = sorted(set(feeds) - names)
+        unknown = sorted(set(feeds) - names - self._overridable)
         if unknown:
             raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {sorted(names)}")
         missing = [s.name for s in self.graph.inputs if s.name not in feeds]
@@ -169,14 +169,41 @@ class Model:
                     arr = np.asarray(arr)
                 else:
                     raise InputError(f"input '{spec.name}' must be a numpy array, got {type(arr).__name__}")
+            if spec.dtype == object and arr.dtype.kind in "US":  # numpy strings -> the object arrays edgedl uses
+                arr = arr.astype(object)
             if arr.dtype != spec.dtype:
                 raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got "
                                  f"{arr.dtype.name}")
             out[spec.name] = contiguous(arr)
         return out
 
+    @property
+    def _overridable(self) -> set[str]:
+        source = self.source if self.source is not None else self.graph
+        return set(source.overridable)
+
+    def _with_inputs(self, names: frozenset) -> Model:
+        """This model with the overridable initializers ``names`` turned into graph inputs (built once)."""
+        variants = self.__dict__.setdefault("_variants", {})
+        if names not in variants:
+            from . import _model_from_source
+            from .ir import TensorSpec
+            from .quant.quantize_model import copy_graph
+
+            source = copy_graph(self.source if self.source is not None else self.graph)
+            for name in sorted(names):
+                value = source.initializers.pop(name)
+                source.inputs.append(TensorSpec(name, value.shape, value.dtype))
+            source.overridable = []
+            variants[names] = _model_from_source(source, self.target, self.num_threads)
+        return variants[names]
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model. ``feeds`` maps every input name to an array; returns output name -> array."""
+        """Run the model. ``feeds`` maps every input name to an array; returns output name -> array.
+
+        Initializers that the file also lists as graph inputs are defaults: a feed may override them."""
+        if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
+            return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds)
         feeds = self._check_feeds(feeds)
         shapes = {n: getattr(a, "shape", None) for n, a in feeds.items()}
         # A value the plan needs (a Reshape shape, Slice starts...) that comes from small graph inputs makes the

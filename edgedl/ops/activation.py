@@ -1,9 +1,30 @@
-"""Activations: Relu, LeakyRelu, PRelu, Elu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish.
+"""Activations: Relu, LeakyRelu, PRelu, Elu, Clip, Sigmoid, Tanh, HardSigmoid, HardSwish, and the smooth ones:
+Gelu (opset 20, approximate "none" / "tanh"), Swish (opset 24), Softplus, Softsign, Mish, Selu, Celu,
+ThresholdedRelu, Shrink, and onnxruntime's com.microsoft Gelu, FastGelu (optional bias), BiasGelu, QuickGelu.
 
-All but PRelu are :class:`~edgedl.ops.elementwise.Unary` ops (one flat fp32 Numba loop with an op code
-and two parameters); PRelu is a broadcasting binary kernel (slope broadcast to x). Clip takes its bounds
-from attributes (opset < 11) or from optional scalar inputs (opset >= 11), constant or computed at run time.
-NaN propagates through every activation, as in onnxruntime.
+All but PRelu, FastGelu with a bias and BiasGelu are :class:`~edgedl.ops.elementwise.Unary` ops (one flat fp32
+Numba loop with an op code and two parameters); PRelu is a broadcasting binary kernel (slope broadcast to x),
+and so are the bias Gelus (Gelu of x + bias in one pass). Clip takes its bounds from attributes (opset < 11)
+or from optional scalar inputs (opset >= 11), constant or computed at run time.
+NaN propagates through every activation, as in onnxruntime, except ThresholdedRelu and Shrink, where NaN gives
+0 (onnxruntime and the ONNX reference do the same). At -inf the product forms (Gelu, Swish, Mish) give NaN,
+as their formulas and onnxruntime do.
+
+Formulas (Phi: the standard normal CDF; the references compute in float64 and round once):
+
+==================  ====================================================================================
+Gelu                x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2))
+Gelu tanh, FastGelu x / 2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) = x * sigmoid(2 sqrt(2/pi) (...))
+BiasGelu            Gelu(a + b); FastGelu(x, bias) = Gelu tanh(x + bias)
+Swish, QuickGelu    x * sigmoid(alpha * x) (alpha 1; QuickGelu 1.702)
+Softplus            log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))
+Softsign            x / (1 + |x|)
+Mish                x * tanh(softplus(x))
+Selu                gamma * (x if x > 0 else alpha * (exp(x) - 1))
+Celu                x if x > 0 else alpha * (exp(x / alpha) - 1) (alpha != 0)
+ThresholdedRelu     x if x > alpha else 0
+Shrink              x + bias if x < -lambd; x - bias if x > lambd; else 0 (every numeric dtype)
+==================  ====================================================================================
 
 Backward (training): fp32 Numba kernels (:mod:`edgedl.kernels.cpu.act_grad`). Each op reads the cheapest
 forward value that determines its derivative: Relu, Sigmoid and Tanh the output; LeakyRelu, Elu, Clip,
@@ -15,9 +36,14 @@ constant bounds the tape keeps only the output and the gradient passes where min
 ReLU6 / hardtanh rule), LeakyRelu with a positive slope and Elu with alpha >= 0 read their output too,
 HardSigmoid passes alpha * g only where 0 < alpha * x + beta < 1 (exclusive), HardSwish'(x) = x / 3 + 1/2 on
 [-3, 3] (so -1/2 at -3 and 3/2 at 3), 0 below, 1 above.
+The smooth ones: Gelu (both forms, the contrib Gelus), Swish / QuickGelu, Mish and Softsign read the input;
+Softplus its output (sigmoid(x) = -expm1(-y)); Celu its output (exp(x / alpha) = y / alpha + 1); Selu its
+output when gamma > 0 and alpha >= 0 (Selu'(0) = gamma * alpha, as Elu), else the input. FastGelu / BiasGelu
+give the bias the input gradient summed over its broadcast axes. ThresholdedRelu and Shrink have no backward.
 """
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -28,7 +54,7 @@ from ..kernels.cpu import act_grad as G
 from ..kernels.cpu import elementwise as K
 from ..kernels.cpu.elementwise import broadcast_plan
 from ..registry import Kernel, Op, ref_kernel, register
-from .common import require_dtype, same_dtype
+from .common import require_dtype, same_dtype, unbroadcast
 from .elementwise import NUMERIC_DTYPES, SIGNED_DTYPES, Unary, _flat, const_operands, operand
 
 
@@ -389,4 +415,359 @@ class Clip(Op):
         return out
 
 
-__all__ = ["Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "PRelu", "Clip"]
+# --- smooth activations ------------------------------------------------------------------------------------
+def _wide(x: np.ndarray) -> np.ndarray:
+    """x in float64 (the references compute there and round once to the input's dtype)."""
+    return np.asarray(x, dtype=np.float64)
+
+
+def _sigmoid64(z: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+_SQRT1_2 = 0.7071067811865476
+
+
+def ndtr64(x: np.ndarray) -> np.ndarray:
+    """The standard normal CDF Phi(x) = erfc(-x / sqrt(2)) / 2 in float64 (math.erfc per element: the spec)."""
+    return 0.5 * _erfc(-_wide(x) * _SQRT1_2).astype(np.float64)
+
+
+def gelu_ref(x: np.ndarray, tanh_form: bool) -> np.ndarray:
+    """Gelu in float64: x * Phi(x), or the tanh form x / 2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) written
+    as x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) (the same function, no 1 + tanh cancellation)."""
+    x = _wide(x)
+    if tanh_form:
+        return x * _sigmoid64(K.GELU_K2 * (x + K.GELU_C * x ** 3))
+    return x * ndtr64(x)
+
+
+def _softplus64(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+class _GeluForm:
+    """Gelu's float32 kernel and backward by form (``tanh_form``); float16 / float64 run a float64 Numba
+    loop (math.erfc) instead of the per-element reference."""
+
+    tanh_form = False
+
+    def _set_form(self, tanh_form: bool) -> None:
+        self.tanh_form = tanh_form
+        self.code = K.U_GELU_TANH if tanh_form else K.U_GELU
+        self.grad_code = G.G_GELU_TANH if tanh_form else G.G_GELU
+
+    def compute(self, x):
+        return gelu_ref(x, self.tanh_form)
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) == np.float32:
+            return super().build(ins, outs, consts)
+        from ..kernels.cpu.special import gelu_f64
+
+        tanh_form = self.tanh_form
+
+        def run(inputs, outputs, scratch):
+            x = np.ascontiguousarray(inputs[0], dtype=np.float64).reshape(-1)
+            y = np.empty_like(x)
+            gelu_f64(x, y, tanh_form)
+            outputs[0][...] = y.reshape(outputs[0].shape)
+
+        return Kernel(run)
+
+
+@register
+class Gelu(_GeluForm, _FromInput, Unary):
+    """Gelu (opset 20): x * Phi(x) (approximate="none"), or its tanh approximation (approximate="tanh")."""
+
+    op_type = "Gelu"
+    code = K.U_GELU
+    grad_code = G.G_GELU
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        approximate = self.attr("approximate", "none")
+        if isinstance(approximate, bytes):
+            approximate = approximate.decode()
+        if approximate not in ("none", "tanh"):
+            raise self.error(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self._set_form(approximate == "tanh")
+
+
+@register
+class MsGelu(_GeluForm, _FromInput, Unary):
+    """com.microsoft Gelu: x * Phi(x) (the erf form)."""
+
+    op_type = "Gelu"
+    domain = "com.microsoft"
+    code = K.U_GELU
+    grad_code = G.G_GELU
+
+
+class _BiasGelu(Op):
+    """Gelu of x + bias (com.microsoft BiasGelu, FastGelu): the bias broadcasts to x (usually 1-D, the last
+    axis), the output has x's shape; float32 adds and activates in one pass (a broadcasting binary kernel)."""
+
+    kernels = {"cpu": ("float32",)}
+    tanh_form: ClassVar[bool]
+    bin_code: ClassVar[int]
+    grad_code: ClassVar[int]
+    grad_inputs = (0, 1)
+
+    def infer(self, ins, consts):
+        require_dtype(self, ins[0], ("float16", "float32", "float64"))
+        if len(ins) > 1 and ins[1] is not None:
+            same_dtype(self, ins)
+            x, b = tuple(ins[0].shape), tuple(ins[1].shape)
+            if len(b) > len(x) or any(db not in (1, dx) for db, dx in zip(b[::-1], x[::-1])):
+                raise self.error(f"bias of shape {b} does not broadcast to the input shape {x}")
+        return [TensorType(ins[0].shape, ins[0].dtype)]
+
+    def ref(self, x, bias=None):
+        z = _wide(x) if bias is None else _wide(x) + _wide(bias)
+        with np.errstate(all="ignore"):
+            return [gelu_ref(z, self.tanh_form).astype(x.dtype)]
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32:
+            from ..kernels.cpu.special import gelu_f64
+
+            tanh_form = self.tanh_form
+
+            def run64(inputs, outputs, scratch):  # float16 / float64: x + bias and Gelu in float64, one rounding
+                z = np.array(inputs[0], np.float64)  # a copy: Gelu runs in place on it
+                if len(inputs) > 1 and inputs[1] is not None:
+                    z += inputs[1]
+                z = z.reshape(-1)
+                gelu_f64(z, z, tanh_form)
+                outputs[0][...] = z.reshape(outputs[0].shape)
+
+            return Kernel(run64)
+        if len(ins) < 2 or ins[1] is None:
+            code = K.U_GELU_TANH if self.tanh_form else K.U_GELU
+
+            def run1(inputs, outputs, scratch):
+                K.unary(code, _flat(inputs[0]), _flat(outputs[0]))
+
+            def bind1(inputs, outputs, scratch, threads):
+                x = inputs[0] if inputs[0].flags.writeable else inputs[0].copy()  # one compiled signature
+                return K.unary_bind(code, _flat(x), _flat(outputs[0]), 0.0, 0.0, threads)
+
+            return Kernel(run1, bind=bind1)
+        k = K.BinaryKernel(self.bin_code, ins[0].shape, ins[1].shape, outs[0].shape)
+        fixed = const_operands(consts)
+
+        def run(inputs, outputs, scratch):
+            k(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]))
+
+        def bind(inputs, outputs, scratch, threads):
+            return k.bind(operand(inputs, fixed, 0), operand(inputs, fixed, 1), _flat(outputs[0]), threads)
+
+        return Kernel(run, bind=bind)
+
+    def backward(self, grads, ins, outs, needs):
+        """dz = Gelu'(x + bias) * g; dx = dz, dbias = dz summed over the broadcast axes."""
+        x_t = self.in_types[0]
+        has_bias = len(ins) > 1 and ins[1] is not None
+        if not differentiable(x_t):
+            return [None] * len(ins)
+        shape = tuple(x_t.shape)
+        x = grad_operand(self, ins[0], shape, "input")
+        z = x if not has_bias else np.add(x, np.asarray(ins[1], np.float32), dtype=np.float32)
+        dz = act_backward(self, self.grad_code, grads[0], np.ascontiguousarray(z), "input")
+        out = [dz if needs[0] else None]
+        if has_bias:
+            out.append(unbroadcast(dz, tuple(self.in_types[1].shape)) if needs[1] else None)
+        return out + [None] * (len(ins) - len(out))
+
+
+@register
+class FastGelu(_BiasGelu):
+    """com.microsoft FastGelu: the tanh form of Gelu of x (+ an optional bias)."""
+
+    op_type = "FastGelu"
+    domain = "com.microsoft"
+    num_inputs = (1, 2)
+    tanh_form = True
+    bin_code = K.B_BIAS_GELU_TANH
+    grad_code = G.G_GELU_TANH
+
+
+@register
+class BiasGelu(_BiasGelu):
+    """com.microsoft BiasGelu: Gelu (the erf form) of A + B."""
+
+    op_type = "BiasGelu"
+    domain = "com.microsoft"
+    num_inputs = (2, 2)
+    tanh_form = False
+    bin_code = K.B_BIAS_GELU
+    grad_code = G.G_GELU
+
+
+@register
+class Swish(_FromInput, Unary):
+    """Swish (opset 24): x * sigmoid(alpha * x), alpha 1 by default."""
+
+    op_type = "Swish"
+    grad_code = G.G_SWISH
+    code = K.U_SWISH
+    default_alpha: ClassVar[float] = 1.0
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.alpha = float(self.attr("alpha", self.default_alpha))
+
+    def params(self):
+        return self.alpha, 0.0
+
+    def compute(self, x):
+        x = _wide(x)
+        return x * _sigmoid64(self.alpha * x)
+
+
+@register
+class QuickGelu(Swish):
+    """com.microsoft QuickGelu: x * sigmoid(alpha * x), alpha 1.702 by default."""
+
+    op_type = "QuickGelu"
+    domain = "com.microsoft"
+    default_alpha = 1.702
+
+
+@register
+class Softplus(_FromOutput, Unary):
+    """log(1 + exp(x)), computed as max(x, 0) + log1p(exp(-|x|)). Backward from the output: sigmoid(x) =
+    -expm1(-y)."""
+
+    op_type = "Softplus"
+    grad_code = G.G_SOFTPLUS_OUT
+    code = K.U_SOFTPLUS
+
+    def compute(self, x):
+        return _softplus64(_wide(x))
+
+
+@register
+class Softsign(_FromInput, Unary):
+    """x / (1 + |x|) (NaN at +-inf, as the formula and onnxruntime give)."""
+
+    op_type = "Softsign"
+    grad_code = G.G_SOFTSIGN
+    code = K.U_SOFTSIGN
+
+    def compute(self, x):
+        x = _wide(x)
+        return x / (1 + np.abs(x))
+
+
+@register
+class Mish(_FromInput, Unary):
+    """x * tanh(softplus(x))."""
+
+    op_type = "Mish"
+    grad_code = G.G_MISH
+    code = K.U_MISH
+
+    def compute(self, x):
+        x = _wide(x)
+        return x * np.tanh(_softplus64(x))
+
+
+@register
+class Selu(_FromInput, Unary):
+    """gamma * (x if x > 0 else alpha * (exp(x) - 1)); alpha 1.6732632..., gamma 1.0507009... (ONNX's float
+    defaults). Backward from the output when gamma > 0 and alpha >= 0 (y > 0 exactly where x > 0)."""
+
+    op_type = "Selu"
+    grad_code = G.G_SELU
+    code = K.U_SELU
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.alpha = float(self.attr("alpha", 1.67326319217681884765625))
+        self.gamma = float(self.attr("gamma", 1.05070102214813232421875))
+        if self.gamma > 0 and self.alpha >= 0:
+            self._from_output(G.G_SELU_OUT)
+
+    def params(self):
+        return self.alpha, self.gamma
+
+    def compute(self, x):
+        x = _wide(x)
+        return self.gamma * np.where(x > 0, x, self.alpha * np.expm1(x))
+
+
+@register
+class Celu(_FromInput, Unary):
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) = x if x > 0 else alpha * expm1(x / alpha), alpha != 0
+    (1 by default). Backward from the output (y > 0 exactly where x > 0, and exp(x / alpha) = y / alpha + 1)."""
+
+    op_type = "Celu"
+    code = K.U_CELU
+    grad_code = G.G_CELU_OUT
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.alpha = float(self.attr("alpha", 1.0))
+        if self.alpha == 0 or not math.isfinite(self.alpha):
+            raise self.error(f"alpha must be a finite nonzero number, got {self.alpha}")
+        self._from_output(G.G_CELU_OUT)
+
+    def params(self):
+        return self.alpha, 0.0
+
+    def compute(self, x):
+        x = _wide(x)
+        a = float(np.float32(self.alpha)) if x.dtype != np.float64 else self.alpha
+        return np.where(x > 0, x, a * np.expm1(x / a))
+
+
+@register
+class ThresholdedRelu(Unary):
+    """x if x > alpha else 0 (alpha 1 by default); NaN gives 0, as in onnxruntime and the ONNX reference."""
+
+    op_type = "ThresholdedRelu"
+    code = K.U_THRESHOLDED_RELU
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def params(self):
+        return self.alpha, 0.0
+
+    def compute(self, x):
+        return np.where(x > x.dtype.type(self.alpha), x, x.dtype.type(0))
+
+
+@register
+class Shrink(Unary):
+    """x + bias where x < -lambd, x - bias where x > lambd, else 0 (lambd 0.5, bias 0 by default); every numeric
+    dtype (integers computed in float64 and cast back, as the ONNX reference does); NaN gives 0."""
+
+    op_type = "Shrink"
+    code = K.U_SHRINK
+    dtypes = NUMERIC_DTYPES
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.lambd = float(self.attr("lambd", 0.5))
+        self.bias = float(self.attr("bias", 0.0))
+
+    def params(self):
+        return self.lambd, self.bias
+
+    def compute(self, x):
+        if x.dtype.kind == "f":  # in x's dtype, with the parameters rounded to it (as the kernel compares)
+            lam, b, w = x.dtype.type(self.lambd), x.dtype.type(self.bias), x
+        else:
+            lam, b, w = self.lambd, self.bias, _wide(x)
+        return np.where(w < -lam, w + b, np.where(w > lam, w - b, w.dtype.type(0)))
+
+
+__all__ = ["Relu", "LeakyRelu", "Elu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "PRelu", "Clip", "Gelu",
+           "MsGelu", "FastGelu", "BiasGelu", "Swish", "QuickGelu", "Softplus", "Softsign", "Mish", "Selu", "Celu",
+           "ThresholdedRelu", "Shrink"]

@@ -1,9 +1,10 @@
-"""Elementwise ops: broadcasting arithmetic (Add, Sub, Mul, Div), variadic Sum/Max/Min, and unary math
-(Neg, Abs, Sqrt, Exp, Log, Reciprocal).
+"""Elementwise ops: broadcasting arithmetic (Add, Sub, Mul, Div, Mod), variadic Sum/Max/Min/Mean, and unary math
+(Neg, Abs, Sqrt, Exp, Log, Reciprocal; trigonometry and Sign are in :mod:`edgedl.ops.unary_math`).
 
 float32 runs Numba kernels (:mod:`edgedl.kernels.cpu.elementwise`): binary ops on a broadcast plan
 collapsed at build time, unary ops as one flat loop. Every other dtype (int8 ... uint64, float16,
-float64) runs the numpy reference, which follows the ONNX spec (integer Div truncates toward zero).
+float64) runs the numpy reference, which follows the ONNX spec (integer Div truncates toward zero). Mean is
+the Sum kernel followed by a division by the input count (float32); Mod runs numpy.mod / numpy.fmod.
 """
 from __future__ import annotations
 
@@ -262,6 +263,72 @@ class Min(_Variadic):
     ufunc = np.minimum
 
 
+@register
+class Mean(_Variadic):
+    """The sum of the inputs (broadcast together) divided by their number; float types only."""
+
+    op_type = "Mean"
+    code = K.B_ADD
+    ufunc = np.add
+
+    def infer(self, ins, consts):
+        outs = super().infer(ins, consts)
+        require_dtype(self, ins[0], FLOAT_DTYPES)
+        return outs
+
+    def ref(self, *xs):
+        (total,) = super().ref(*xs)
+        with np.errstate(all="ignore"):
+            return [(total / total.dtype.type(len(xs))).astype(xs[0].dtype)]
+
+    def build(self, ins, outs, consts):
+        total = super().build(ins, outs, consts)
+        if np.dtype(ins[0].dtype) != np.float32:
+            return total
+        div = K.BinaryKernel(K.B_DIV, outs[0].shape, (), outs[0].shape)
+        count = np.full(1, len(ins), np.float32)
+
+        def run(inputs, outputs, scratch):
+            total.fn(inputs, outputs, scratch)
+            out = _flat(outputs[0])
+            div(out, count, out)  # in place, as the sum
+
+        return Kernel(run)
+
+
+# --- Mod ----------------------------------------------------------------------------------------------------
+@register
+class Mod(_Binary):
+    """Remainder with broadcasting. fmod=0: the sign of the divisor (numpy.mod, Python's %); fmod=1: the sign of
+    the dividend (C fmod, numpy.fmod). Opsets 10, 13 and 28: 28 allows fmod=0 for floats and spells out numpy's
+    special cases (x = +-0 gives a zero with y's sign, +-inf or a zero divisor give NaN, a finite x over +-inf
+    gives x or y by sign); this op follows them at every opset. An integer divisor of 0 gives 0 (numpy; ONNX
+    leaves it undefined). numpy ufuncs for every dtype, writing into the output."""
+
+    kernels = {"cpu": ()}
+    op_type = "Mod"
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.fmod = int(self.attr("fmod", 0))
+        if self.fmod not in (0, 1):
+            raise self.error(f"fmod must be 0 or 1, got {self.fmod}")
+        self.ufunc = np.fmod if self.fmod else np.mod
+
+    def compute(self, a, b):
+        with np.errstate(all="ignore"):
+            return self.ufunc(a, b)
+
+    def build(self, ins, outs, consts):
+        fn = self.ufunc
+
+        def run(inputs, outputs, scratch):
+            with np.errstate(all="ignore"):
+                fn(inputs[0], inputs[1], out=outputs[0])
+
+        return Kernel(run, impl="numpy")
+
+
 # --- unary --------------------------------------------------------------------------------------------
 class Unary(Op):
     """One input, output of the same shape and dtype. Subclasses set ``code`` (the kernel's op code),
@@ -295,7 +362,11 @@ class Unary(Op):
         def run(inputs, outputs, scratch):
             K.unary(code, _flat(inputs[0]), _flat(outputs[0]), alpha, beta)
 
-        return Kernel(run)
+        def bind(inputs, outputs, scratch, threads):
+            x = inputs[0] if inputs[0].flags.writeable else inputs[0].copy()  # one compiled signature
+            return K.unary_bind(code, _flat(x), _flat(outputs[0]), alpha, beta, threads)
+
+        return Kernel(run, bind=bind)
 
 
 @register

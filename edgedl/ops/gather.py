@@ -1,8 +1,20 @@
-"""Gather, Cast, ConstantOfShape and Constant.
+"""Gather, GatherElements, GatherND, Cast, ConstantOfShape and Constant.
 
-Gather runs a Numba kernel for every dtype (raw bits through a same-size unsigned view) that checks the
-indices at run time when they are not constants: an index outside ``[-dim, dim)`` raises EdgeDLError, it is
-never read. Cast and ConstantOfShape are numpy one-liners writing straight into the preallocated output.
+* Gather: ``out[o, k..., i] = data[o, idx[k...], i]`` on the (outer, dim, inner) view around the axis.
+* GatherElements (opset 11, 13): ``out[p] = data[p with p[axis] replaced by idx[p]]``; indices have the
+  data's rank and, off the axis, dims no larger than the data's (as onnxruntime requires).
+* GatherND (opset 11; ``batch_dims`` from 12): with b = batch_dims and q = indices.shape[-1],
+  ``out[B..., K...] = data[B..., idx[B..., K..., :]]`` where the index tuple picks the slice
+  ``data.shape[b + q:]``; out.shape = indices.shape[:-1] + data.shape[b + q:].
+
+All three run Numba kernels for every dtype (raw bits through a same-size unsigned view) that check the
+indices at run time when they are not constants: an index outside ``[-dim, dim)`` (negative ones wrap once)
+raises EdgeDLError, it is never read. Cast and ConstantOfShape are numpy one-liners writing straight into the
+preallocated output.
+
+Backward (training): Gather and GatherElements scatter-add the output gradient into a zero gradient of the
+data (float32 Numba kernels, serial in index order: duplicates accumulate in one fixed order); indices take no
+gradient.
 """
 from __future__ import annotations
 
@@ -10,9 +22,17 @@ import numpy as np
 
 from ..errors import EdgeDLError
 from ..ir import TensorType
-from ..kernels.cpu.gather import gather
+from ..kernels.cpu.gather import (
+    check_indices,
+    check_nd_indices,
+    gather,
+    gather_add,
+    gather_elements,
+    gather_nd_copy,
+    nd_offsets,
+)
 from ..kernels.cpu.layout import bits_view
-from ..registry import Kernel, Op, register
+from ..registry import Kernel, Op, ref_kernel, register
 from .common import const_ints, normalize_axis
 from .layout import ALL_DTYPES
 
@@ -108,6 +128,255 @@ class Gather(Op):
                 raise self.error(f"index out of range for an axis of size {dim}", EdgeDLError)
 
         return Kernel(run)
+
+    # --- training -----------------------------------------------------------------------------------------
+    grad_inputs = (1,)
+
+    def backward(self, grads, ins, outs, needs):
+        """d data[o, j, i] = sum over k with idx[k] == j (wrapped) of d out[o, k, i]."""
+        if not needs[0]:
+            return [None, None]
+        shape = tuple(self.in_types[0].shape)
+        axis = self._axis(shape)
+        dim = shape[axis]
+        idx = np.ascontiguousarray(ins[1].reshape(-1))
+        self._check(ins[1], dim)
+        res = np.zeros(shape, np.float32)
+        if grads[0] is not None and res.size:
+            outer = int(np.prod(shape[:axis], dtype=np.int64))
+            inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+            g = np.ascontiguousarray(grads[0], np.float32).reshape(-1)
+            gather_add(g, idx, res.reshape(-1), outer, dim, inner)
+        return [res, None]
+
+
+def _index_error(op: Op, idx: np.ndarray, pos: int, dim: int) -> EdgeDLError:
+    where = tuple(int(p) for p in np.unravel_index(pos, idx.shape)) if idx.ndim else ()
+    return op.error(f"index {int(idx.reshape(-1)[pos])} at position {where} is out of range for an axis of size "
+                    f"{dim} (valid: [{-dim}, {dim - 1}])", EdgeDLError)
+
+
+def _check_flat(op: Op, idx: np.ndarray, dim: int) -> None:
+    """EdgeDLError naming the first index outside [-dim, dim)."""
+    flat = np.ascontiguousarray(idx).reshape(-1)
+    if flat.dtype.kind not in "iu":
+        raise op.error(f"indices must be integers, got {flat.dtype}")
+    if flat.size:
+        bad = check_indices(flat.astype(np.int64, copy=False), dim)
+        if bad >= 0:
+            raise _index_error(op, idx, bad, dim)
+
+
+def elements_layout(data_shape, idx_shape, axis) -> tuple[np.ndarray, int, int, int]:
+    """The (outer, ka, inner) split of an index tensor around ``axis`` for GatherElements / ScatterElements:
+    (base, ka, inner, stride) where base[o * inner + i] is the flat data offset of element (o, 0, i) and
+    stride the data's stride along the axis (in elements)."""
+    rank = len(data_shape)
+    strides = [1] * rank
+    for d in range(rank - 2, -1, -1):
+        strides[d] = strides[d + 1] * int(data_shape[d + 1])
+    base = np.zeros((), np.int64)
+    for d in range(rank):
+        if d != axis:
+            base = np.add.outer(base, np.arange(int(idx_shape[d]), dtype=np.int64) * strides[d])
+    inner = int(np.prod(idx_shape[axis + 1:], dtype=np.int64))
+    return np.ascontiguousarray(base.reshape(-1)), int(idx_shape[axis]), inner, strides[axis]
+
+
+def check_elements_shapes(op: Op, data, ind, axis_attr: int, what: str = "indices") -> int:
+    """Shared rule of GatherElements / ScatterElements: the axis, integer indices of the data's rank whose
+    dims off the axis do not exceed the data's. Returns the normalized axis."""
+    if len(data.shape) == 0:
+        raise op.error("data must have rank >= 1")
+    axis = normalize_axis(op, axis_attr, len(data.shape))
+    if np.dtype(ind.dtype).name not in ("int32", "int64"):
+        raise op.error(f"{what} must be int32 or int64, got {np.dtype(ind.dtype).name}")
+    if len(ind.shape) != len(data.shape):
+        raise op.error(f"{what} have rank {len(ind.shape)}, data rank {len(data.shape)}: they must be equal")
+    for d, (a, b) in enumerate(zip(ind.shape, data.shape)):
+        if d != axis and a > b:
+            raise op.error(f"{what} shape {tuple(ind.shape)} exceeds the data shape {tuple(data.shape)} in dim {d} "
+                           f"(only the axis {axis} may be larger)")
+    return axis
+
+
+def elements_index(idx: np.ndarray, axis: int, dim: int) -> tuple:
+    """numpy advanced index of GatherElements / ScatterElements: the wrapped indices on the axis, positions
+    elsewhere."""
+    grids = list(np.indices(idx.shape, sparse=True))
+    grids[axis] = np.where(idx < 0, idx.astype(np.int64) + dim, idx.astype(np.int64))
+    return tuple(grids)
+
+
+# --------------------------------------------------------------------------------------------------------
+@register
+class GatherElements(Op):
+    op_type = "GatherElements"
+    kernels = {"cpu": ALL_DTYPES}
+    num_inputs = (2, 2)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.axis_attr = int(self.attr("axis", 0))
+
+    def infer(self, ins, consts):
+        data, ind = ins
+        axis = check_elements_shapes(self, data, ind, self.axis_attr)
+        if consts[1] is not None:
+            _check_flat(self, consts[1], data.shape[axis])
+        return [TensorType(tuple(ind.shape), data.dtype)]
+
+    def ref(self, data, indices):
+        axis = normalize_axis(self, self.axis_attr, data.ndim)
+        _check_flat(self, indices, data.shape[axis])
+        if indices.size == 0:
+            return [np.empty(indices.shape, data.dtype)]
+        return [np.ascontiguousarray(data[elements_index(indices, axis, data.shape[axis])])]
+
+    def build(self, ins, outs, consts):
+        data, ind = ins
+        axis = normalize_axis(self, self.axis_attr, len(data.shape))
+        dim = int(data.shape[axis])
+        if np.dtype(data.dtype).itemsize not in (1, 2, 4, 8):
+            return ref_kernel(self)
+        base, ka, inner, stride = elements_layout(data.shape, ind.shape, axis)
+
+        def run(inputs, outputs, scratch):
+            idx = inputs[1].reshape(-1)
+            bad = gather_elements(bits_view(np.ascontiguousarray(inputs[0])), idx, base, bits_view(outputs[0]), ka,
+                                  inner, dim, stride)
+            if bad >= 0:
+                raise _index_error(self, inputs[1], bad, dim)
+
+        return Kernel(run)
+
+    grad_inputs = (1,)
+
+    def backward(self, grads, ins, outs, needs):
+        """d data = zeros, then d data[index of p] += d out[p] (a ScatterElements add)."""
+        if not needs[0]:
+            return [None, None]
+        from ..kernels.cpu.scatter import RED_ADD, scatter_elements
+
+        shape = tuple(self.in_types[0].shape)
+        axis = normalize_axis(self, self.axis_attr, len(shape))
+        idx = ins[1]
+        _check_flat(self, idx, shape[axis])
+        res = np.zeros(shape, np.float32)
+        if grads[0] is not None and idx.size:
+            base, ka, inner, stride = elements_layout(shape, idx.shape, axis)
+            g = np.ascontiguousarray(grads[0], np.float32).reshape(-1)
+            scatter_elements(res.reshape(-1), np.ascontiguousarray(idx).reshape(-1), g, base, ka, inner,
+                             shape[axis], stride, RED_ADD)
+        return [res, None]
+
+
+# --------------------------------------------------------------------------------------------------------
+@register
+class GatherND(Op):
+    op_type = "GatherND"
+    kernels = {"cpu": ALL_DTYPES}
+    num_inputs = (2, 2)
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.batch_dims = int(self.attr("batch_dims", 0))
+        if self.batch_dims and opset < 12:
+            raise self.error(f"attribute batch_dims needs opset 12, the model has opset {opset}")
+        if self.batch_dims < 0:
+            raise self.error(f"batch_dims must not be negative, got {self.batch_dims}")
+
+    def _layout(self, dshape, ishape):
+        b = self.batch_dims
+        r, q = len(dshape), len(ishape)
+        if r < 1 or q < 1:
+            raise self.error(f"data and indices must have rank >= 1, got ranks {r} and {q}")
+        if b >= min(r, q):
+            raise self.error(f"batch_dims {b} must be smaller than the ranks of data ({r}) and indices ({q})")
+        if tuple(dshape[:b]) != tuple(ishape[:b]):
+            raise self.error(f"the first {b} (batch) dims of data {tuple(dshape)} and indices {tuple(ishape)} differ")
+        last = int(ishape[-1])
+        if last > r - b:
+            raise self.error(f"indices.shape[-1] = {last} exceeds the data rank minus batch_dims ({r} - {b})")
+        return b, last
+
+    def infer(self, ins, consts):
+        data, ind = ins
+        if np.dtype(ind.dtype).name not in ("int32", "int64"):
+            raise self.error(f"indices must be int64 (or int32), got {np.dtype(ind.dtype).name}")
+        b, last = self._layout(data.shape, ind.shape)
+        if consts[1] is not None:
+            self._check(consts[1], data.shape)
+        return [TensorType(tuple(ind.shape[:-1]) + tuple(data.shape[b + last:]), data.dtype)]
+
+    def _check(self, idx, dshape):
+        b, last = self.batch_dims, idx.shape[-1]
+        if idx.size == 0:
+            return
+        dims = np.array(dshape[b:b + last], np.int64)
+        flat = np.ascontiguousarray(idx.reshape(-1, last))
+        if flat.size:
+            bad = check_nd_indices(flat, dims)
+            if bad >= 0:
+                t = bad % last
+                pos = tuple(int(p) for p in np.unravel_index(bad, idx.shape))
+                raise self.error(f"index {int(flat.reshape(-1)[bad])} at position {pos} is out of range for data "
+                                 f"dim {b + t} of size {int(dims[t])}", EdgeDLError)
+
+    def ref(self, data, indices):
+        b, last = self._layout(data.shape, indices.shape)
+        self._check(indices, data.shape)
+        out_shape = tuple(indices.shape[:-1]) + tuple(data.shape[b + last:])
+        nb = int(np.prod(data.shape[:b], dtype=np.int64))
+        d = data.reshape((nb,) + tuple(data.shape[b:]))
+        ind = indices.astype(np.int64).reshape(nb, int(np.prod(indices.shape[b:-1], dtype=np.int64)), last)
+        dims = np.array(data.shape[b:b + last], np.int64)
+        ind = np.where(ind < 0, ind + dims, ind)
+        batch = np.broadcast_to(np.arange(nb)[:, None], ind.shape[:2])
+        picked = d[(batch,) + tuple(ind[..., t] for t in range(last))]
+        return [np.ascontiguousarray(picked.reshape(out_shape))]
+
+    def build(self, ins, outs, consts):
+        data, ind = ins
+        if np.dtype(data.dtype).itemsize not in (1, 2, 4, 8):
+            return ref_kernel(self)
+        b, last = self._layout(data.shape, ind.shape)
+        nb = int(np.prod(data.shape[:b], dtype=np.int64))
+        rest = tuple(int(v) for v in data.shape[b:])
+        strides = [1] * len(rest)
+        for d in range(len(rest) - 2, -1, -1):
+            strides[d] = strides[d + 1] * rest[d + 1]
+        dims = np.array(rest[:last], np.int64)
+        tstrides = np.array(strides[:last], np.int64)
+        batch_stride = int(np.prod(rest, dtype=np.int64))
+        slice_size = int(np.prod(rest[last:], dtype=np.int64))
+        rows = int(np.prod(ind.shape[:-1], dtype=np.int64))
+        per_batch = rows // nb if nb else 0
+        const_off = None
+        if consts[1] is not None:
+            const_off = np.zeros(rows, np.int64)
+            if rows and last:
+                nd_offsets(np.ascontiguousarray(consts[1].reshape(rows, last)), dims, tstrides, const_off)
+
+        def run(inputs, outputs, scratch):
+            if rows == 0 or slice_size == 0:
+                return
+            if const_off is not None:
+                off = const_off
+            else:
+                off = scratch[:8 * rows].view(np.int64)
+                if last:
+                    idx = np.ascontiguousarray(inputs[1]).reshape(rows, last)
+                    bad = check_nd_indices(idx, dims)
+                    if bad >= 0:
+                        self._check(inputs[1], data.shape)  # raises with the position and value
+                    nd_offsets(idx, dims, tstrides, off)
+                else:
+                    off[:] = 0
+            gather_nd_copy(bits_view(np.ascontiguousarray(inputs[0])), off, bits_view(outputs[0]), per_batch,
+                           batch_stride, slice_size)
+
+        return Kernel(run, scratch_bytes=0 if const_off is not None else 8 * rows)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,4 +483,5 @@ class Constant(Op):
         return [self.value]
 
 
-__all__ = ["ONNX_TO_NUMPY", "Cast", "Constant", "ConstantOfShape", "Gather", "onnx_elem_dtype"]
+__all__ = ["ONNX_TO_NUMPY", "Cast", "Constant", "ConstantOfShape", "Gather", "GatherElements", "GatherND",
+           "check_elements_shapes", "elements_index", "elements_layout", "onnx_elem_dtype"]

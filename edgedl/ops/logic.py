@@ -1,4 +1,4 @@
-"""Comparisons, logical ops, Where, CastLike, Pow and Erf.
+"""Comparisons, logical ops, Where (with its backward), CastLike, Pow and Erf.
 
 These appear in exported models (masks, function-expanded activations) but rarely on the hot path, so
 they run as numpy (vectorized C) writing into the preallocated outputs; ``edgedl ops`` lists them as such.
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..ir import TensorType
 from ..registry import Kernel, Op, register
-from .common import broadcast_shapes
+from .common import broadcast_shapes, unbroadcast
 
 
 def _numpy_kernel(fn) -> Kernel:
@@ -93,6 +93,26 @@ class Where(Op):
 
     def build(self, ins, outs, consts):
         return _numpy_kernel(np.where)
+
+    grad_inputs = (0,)
+
+    def backward(self, grads, ins, outs, needs):
+        """dX = where(cond, g, 0), dY = where(cond, 0, g), each summed over the axes it was broadcast along;
+        the condition takes no gradient."""
+        cond = ins[0]
+        g = grads[0]
+        res = [None, None, None]
+        for i, pick in ((1, True), (2, False)):
+            if not needs[i]:
+                continue
+            shape = tuple(self.in_types[i].shape)
+            if g is None:
+                res[i] = np.zeros(shape, np.float32)
+                continue
+            zero = np.zeros((), g.dtype)
+            part = np.where(cond, g, zero) if pick else np.where(cond, zero, g)
+            res[i] = unbroadcast(np.broadcast_to(part, g.shape), shape)
+        return res
 
 
 @register

@@ -24,7 +24,7 @@ import os
 import sys
 
 #: layers whose kernels call the fp32 GEMM task
-GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "DeformConv", "DFT", "STFT"})
 #: layers whose kernels call an int8 GEMM task (after the load-time passes lower a QDQ model)
 INT8_GEMM_OPS = frozenset({"QLinearConv", "QLinearConvTranspose", "QLinearMatMul", "QGemm", "ConvInteger",
                            "MatMulInteger"})

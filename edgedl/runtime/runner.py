@@ -50,7 +50,7 @@ class GraphRunner:
         """The plan for input ``types``; ``values`` holds (at least) the feeds of the value inputs."""
         from .plan import build_plan
 
-        values = {n: values[n] for n in self.value_inputs} if values and self.value_inputs else {}
+        values = {n: values[n] for n in self.value_inputs if n in values} if values and self.value_inputs else {}
         if self.value_inputs and len(values) != len(self.value_inputs):
             raise ConstantRequired(f"this model needs the values of inputs {sorted(self.value_inputs)} to "
                                    "build a plan: call run() with feeds", sorted(self.value_inputs)[0])

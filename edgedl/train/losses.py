@@ -60,21 +60,14 @@ class SoftmaxCrossEntropy(Loss):
         return t.astype(np.int64)
 
     def __call__(self, output, target):
+        from ..ops.loss_ops import softmax_cross_entropy, softmax_cross_entropy_grad
+
         t = self.check(output, target)
-        n, c = output.shape
-        z = output.astype(np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        q = np.full((n, c), self.eps / c)
-        q[np.arange(n), t] += 1.0 - self.eps
-        per = -(q * logp).sum(axis=1)
-        w = np.ones(n) if self.weights is None else self.weights[t]
-        total = w.sum()
-        if total <= 0:
+        # one implementation of the formula: the SoftmaxCrossEntropyLoss operator's
+        terms, logp = softmax_cross_entropy(output, t, self.weights, None, "mean", self.eps)
+        if terms.w.sum() <= 0:
             raise EdgeDLError("the batch's class weights sum to 0")
-        loss = float((w * per).sum() / total)
-        grad = (np.exp(logp) - q) * (w / total)[:, None]
-        return loss, grad.astype(np.float32)
+        return float(terms.loss), softmax_cross_entropy_grad(terms, logp, 1.0).astype(np.float32)
 
 
 class MSE(Loss):

@@ -51,3 +51,28 @@ def test_a_huge_dim_value_is_still_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     with pytest.raises(edgedl.EdgeDLError, match="not a valid size"):
         edgedl.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_an_initializer_listed_as_an_input_is_an_overridable_default():
+    ort = pytest.importorskip("onnxruntime")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [3])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "b"], ["y"])], "g", [x, b],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones(3, np.float32), "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    m = edgedl.load(proto)
+    assert [i.name for i in m.inputs] == ["x"]
+    xv = np.arange(3, dtype=np.float32)
+    for feeds in ({"x": xv}, {"x": xv, "b": np.full(3, 5.0, np.float32)}, {"x": xv}):
+        np.testing.assert_array_equal(m.run(feeds)["y"], sess.run(None, feeds)[0])
+
+
+def test_a_stale_declared_output_shape_does_not_stop_the_model():
+    """Exporters leave stale shapes in value infos; onnxruntime merges them leniently (the data's shape wins)."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 7])])
+    m = edgedl.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    assert m(np.ones((2, 3), np.float32)).shape == (2, 3)

@@ -5,8 +5,9 @@ Every array is flat, C-contiguous float32; the Python drivers at the bottom pick
 the ops (:mod:`edgedl.ops.activation`, :mod:`edgedl.ops.softmax`) validate shapes before calling them.
 
 * Elementwise (:func:`act_grad`): ``dx[i] = f'(v[i]) * g[i]`` where ``v`` is the saved forward input or
-  output (op codes ``G_*``). As in :mod:`~edgedl.kernels.cpu.elementwise`, every op code gets its own
-  compiled pair of kernels, so each loop holds one derivative and vectorizes.
+  output (op codes ``G_*``; Gelu, Swish / QuickGelu, Softplus, Mish, Selu, Celu and Softsign included, with
+  the vectorizable float32 math of :mod:`~edgedl.kernels.cpu.elementwise`). As there, every op code gets its
+  own compiled pair of kernels, so each loop holds one derivative and vectorizes.
 * PRelu (:func:`prelu_grad`): ``dx`` with the slope broadcast through a collapsed rank-4 plan, and the
   per-element slope contributions ``t = x * g`` (0 where x > 0) that the op reduces over the broadcast dims.
 * Softmax (:func:`softmax_grad`) over an (outer, n, inner) view, as the forward: ``dx = y * (g - sum(g * y))``
@@ -23,7 +24,7 @@ from numba import prange
 
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
-from .elementwise import exp_f32
+from .elementwise import GELU_C, GELU_K2, INV_SQRT_2PI, _ndtr_poly, exp_f32, expm1_f32, half_sq_exp_f32, sigmoid_f32
 
 # NOTE: these kernels are compiled without fast-math (NJIT_EXACT): with ``reassoc`` LLVM may associate the
 # same expression differently in the serial and the prange kernel (seen here: a cached prange kernel
@@ -46,6 +47,15 @@ G_HARD_SIGMOID = 6  # v = x, alpha, beta: alpha * g where 0 < alpha * x + beta <
 G_HARD_SWISH = 7    # v = x: 0 below -3, g * (x / 3 + 1/2) on [-3, 3], g above 3
 G_ELU_OUT = 8       # v = y, alpha >= 0: g where y > 0, else (y + alpha) * g (= alpha * exp(x) * g)
 G_CLIP_OUT = 9      # v = y, alpha = min, beta = max: g where min < y < max, else 0
+G_GELU = 10         # v = x: g * (Phi(x) + x * phi(x)), Phi / phi the standard normal CDF / density
+G_GELU_TANH = 11    # v = x: g * (s + x * s * (1 - s) * 2k * (1 + 3c x^2)), s = sigmoid(2k * x * (1 + c x^2))
+G_SWISH = 12        # v = x, alpha: g * (s + alpha * x * s * (1 - s)), s = sigmoid(alpha * x)
+G_SOFTPLUS_OUT = 13  # v = y: g * sigmoid(x) = g * (1 - exp(-y)), as -expm1(-y) (exact for small y)
+G_MISH = 14         # v = x: g * (tanh(sp) + x * sech(sp)^2 * sigmoid(x)), sp = softplus(x)
+G_SELU = 15         # v = x, alpha, beta = gamma: g * gamma where x > 0, else g * gamma * alpha * exp(x)
+G_SELU_OUT = 16     # v = y, alpha >= 0, gamma > 0: g * gamma where y > 0, else g * (y + gamma * alpha)
+G_CELU_OUT = 17     # v = y, alpha != 0: g where y > 0, else g * (y / alpha + 1) (= g * exp(x / alpha))
+G_SOFTSIGN = 18     # v = x: g / (1 + |x|)^2
 
 #: inner positions per work item of the strided softmax (axis not last)
 BLOCK = 256
@@ -75,10 +85,46 @@ def _dact(op, v, g, alpha, beta):
     elif op == G_HARD_SIGMOID:
         t = alpha * v + beta
         return alpha * g if (t > zero and t < one) else zero
-    else:  # G_HARD_SWISH
+    elif op == G_HARD_SWISH:
         if v < np.float32(-3.0):
             return zero
         return g * (v * np.float32(1.0 / 3.0) + np.float32(0.5)) if v <= np.float32(3.0) else g
+    elif op == G_GELU:
+        t = np.abs(v)
+        tc = np.float32(14.0) if t > np.float32(14.0) else t
+        u = one / (one + np.float32(0.25) * tc)
+        e = half_sq_exp_f32(tc)  # exp(-x^2 / 2)
+        q = e * u * _ndtr_poly(u)  # Phi(-|x|)
+        cdf = q if v < zero else one - q
+        return g * (cdf + v * (e * np.float32(INV_SQRT_2PI)))
+    elif op == G_GELU_TANH:
+        x2 = v * v
+        z = np.float32(GELU_K2) * v * (one + np.float32(GELU_C) * x2)
+        s = sigmoid_f32(z)
+        d = s + v * (s * (one - s)) * (np.float32(GELU_K2) * (one + np.float32(3.0 * GELU_C) * x2))
+        # beyond |x| = 12 s * (1 - s) < 1e-37 and x^3 heads for overflow (inf * 0): the derivative is s there
+        return g * (d if np.abs(v) < np.float32(12.0) else s)
+    elif op == G_SWISH:
+        s = sigmoid_f32(alpha * v)
+        return g * (s + alpha * v * (s * (one - s)))
+    elif op == G_SOFTPLUS_OUT:
+        return g * -expm1_f32(-v)
+    elif op == G_MISH:
+        xc = np.float32(20.0) if v > np.float32(20.0) else v
+        e = exp_f32(xc)
+        n = e * (e + np.float32(2.0))
+        d = n + np.float32(2.0)
+        r = n / d + v * (np.float32(4.0) * (n + one) / (d * d)) * (e / (one + e))
+        return g * (one if v > np.float32(20.0) else r)
+    elif op == G_SELU:
+        return g * beta if v > zero else g * (beta * alpha * exp_f32(v))
+    elif op == G_SELU_OUT:
+        return g * beta if v > zero else g * (v + beta * alpha)
+    elif op == G_CELU_OUT:
+        return g if v > zero else g * (v / alpha + one)
+    else:  # G_SOFTSIGN
+        d = one + np.abs(v)
+        return g / (d * d)
 
 
 def _make_act(op):

@@ -28,7 +28,11 @@ take ~50 s to compile.) Loops run over slices from index 0: an index that Numba 
 non-negative gets a wraparound check that stops vectorization.
 
 exp, tanh and sigmoid use branch-free float32 versions (:func:`exp_f32`, ...) that vectorize, instead
-of scalar libm calls.
+of scalar libm calls; so do the activations built on them: Gelu (the erf form through the normal CDF
+:func:`ndtr_tail_f32`, the tanh form as x * sigmoid(2u)), Swish / QuickGelu, Softplus (:func:`softplus_f32`),
+Mish, Selu, Celu, Softsign, ThresholdedRelu, Shrink, and Sin / Cos (quadrant reduction and Taylor
+polynomials; libm above |x| = 8192). The binary codes B_BIAS_GELU / B_BIAS_GELU_TANH apply Gelu to a + b
+(a bias broadcast on the last axis) in one pass.
 
 Every kernel here is compiled with ``error_model="numpy"``: float division by zero gives inf/nan
 instead of a Python exception check in the loop (which would also stop vectorization).
@@ -57,6 +61,8 @@ B_DIV = 3
 B_MAX = 4
 B_MIN = 5
 B_PRELU = 6  # a = x, b = slope: x if x >= 0 else slope * x
+B_BIAS_GELU = 7       # gelu(a + b), the exact (erf) form: com.microsoft BiasGelu
+B_BIAS_GELU_TANH = 8  # gelu_tanh(a + b): com.microsoft FastGelu with a bias
 
 # --- unary op codes ----------------------------------------------------------------------------------
 U_COPY = 0
@@ -74,6 +80,18 @@ U_SIGMOID = 11
 U_TANH = 12
 U_HARD_SIGMOID = 13  # alpha, beta
 U_HARD_SWISH = 14
+U_GELU = 15              # x * Phi(x), Phi the standard normal CDF (the erf form)
+U_GELU_TANH = 16         # x * sigmoid(2 * sqrt(2 / pi) * (x + 0.044715 * x**3)) (= the tanh form)
+U_SWISH = 17             # alpha: x * sigmoid(alpha * x) (Swish, QuickGelu)
+U_SOFTPLUS = 18          # log(1 + exp(x))
+U_MISH = 19              # x * tanh(softplus(x))
+U_SELU = 20              # alpha, beta = gamma: gamma * (x if x > 0 else alpha * (exp(x) - 1))
+U_CELU = 21              # alpha: x if x > 0 else alpha * (exp(x / alpha) - 1)
+U_SOFTSIGN = 22          # x / (1 + |x|)
+U_THRESHOLDED_RELU = 23  # alpha: x if x > alpha else 0 (NaN -> 0, as onnxruntime)
+U_SHRINK = 24            # alpha = lambd, beta = bias: x + bias below -lambd, x - bias above lambd, else 0
+U_SIN = 25
+U_COS = 26
 
 #: the rank every broadcast plan is padded to
 BCAST_RANK = 4
@@ -168,6 +186,189 @@ def sigmoid_f32(x):
     return r if x >= np.float32(0.0) else e * r
 
 
+# Phi(-t) * exp(t * t / 2) / u with u = 1 / (1 + t / 4), t >= 0: a degree-9 polynomial in u in (0, 1] (weighted
+# least squares on Chebyshev nodes against mpmath's erfc, relative error 3e-8 in float64, 2e-7 evaluated in float32).
+# The substitution maps [0, inf) onto (0, 1] and the scaled tail Phi(-t) * exp(t * t / 2) ~ 1 / (t sqrt(2 pi))
+# onto a smooth bounded function, so one branch-free formula holds everywhere with *relative* accuracy in the
+# tail (no 1 + erf cancellation for negative x).
+_NDTR_C = (0.0997355654835701, 0.09973642975091934, 0.09346635639667511, 0.08160310983657837, 0.058975137770175934,
+           0.06369917094707489, -0.031717654317617416, 0.09559724479913712, -0.0808774083852768,
+           0.019782032817602158)
+#: 1 / sqrt(2 pi)
+INV_SQRT_2PI = 0.3989422804014327
+
+
+@numba.njit(**_NJIT)
+def _ndtr_poly(u):
+    p = np.float32(_NDTR_C[9])
+    p = p * u + np.float32(_NDTR_C[8])
+    p = p * u + np.float32(_NDTR_C[7])
+    p = p * u + np.float32(_NDTR_C[6])
+    p = p * u + np.float32(_NDTR_C[5])
+    p = p * u + np.float32(_NDTR_C[4])
+    p = p * u + np.float32(_NDTR_C[3])
+    p = p * u + np.float32(_NDTR_C[2])
+    p = p * u + np.float32(_NDTR_C[1])
+    return p * u + np.float32(_NDTR_C[0])
+
+
+@numba.njit(**_NJIT)
+def _exp_hl(hi, lo):
+    """exp(hi + lo) for hi <= 0 a multiple of 1/512 (hi - fx * ln2_hi is then exact) and |lo| < 1: exp_f32's
+    reduction with lo added after the exact step; 0 below -87."""
+    x = hi + lo
+    fx = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = (hi - fx * np.float32(0.693359375)) + (lo - fx * np.float32(-2.12194440e-4))
+    z = r * r
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * z + r + np.float32(1.0)
+    fx = np.float32(-126.0) if fx < np.float32(-126.0) else fx  # those lanes are selected away below
+    y = _ldexp(p, fx)
+    return np.float32(0.0) if x < np.float32(-87.0) else y
+
+
+@numba.njit(**_NJIT)
+def half_sq_exp_f32(t):
+    """exp(-t * t / 2) for float32 t in [0, 14] (or NaN), with t * t split exactly: t = th + r, th a multiple of
+    1/16 (th * th / 2 exact in float32), the rest r * (t + th) / 2 small (a plain t * t would lose |t * t| ulp)."""
+    th = np.floor(t * np.float32(16.0)) * np.float32(0.0625)
+    hi = th * th * np.float32(-0.5)
+    lo = (t - th) * (t + th) * np.float32(-0.5)
+    return _exp_hl(hi, lo)
+
+
+@numba.njit(**_NJIT)
+def ndtr_tail_f32(t):
+    """Phi(-t) for float32 t >= 0 (or NaN), Phi the standard normal CDF: relative error below 5e-7 down to
+    Phi(-t) ~ 1e-38 (t ~ 13), 0 beyond."""
+    tc = np.float32(14.0) if t > np.float32(14.0) else t  # NaN stays NaN
+    u = np.float32(1.0) / (np.float32(1.0) + np.float32(0.25) * tc)
+    return half_sq_exp_f32(tc) * u * _ndtr_poly(u)
+
+
+@numba.njit(**_NJIT)
+def gelu_f32(x):
+    """x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))), from Phi(-|x|) (:func:`ndtr_tail_f32`)."""
+    q = ndtr_tail_f32(np.abs(x))
+    cdf = q if x < np.float32(0.0) else np.float32(1.0) - q
+    return x * cdf
+
+
+#: 2 * sqrt(2 / pi) and 0.044715, the constants of the tanh form of Gelu
+GELU_K2 = 1.5957691216057308
+GELU_C = 0.044715
+
+
+@numba.njit(**_NJIT)
+def gelu_tanh_f32(x):
+    """x / 2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) as x * sigmoid(2 * sqrt(2/pi) * (...)), the same
+    function without the 1 + tanh cancellation for negative x."""
+    z = np.float32(GELU_K2) * x * (np.float32(1.0) + np.float32(GELU_C) * x * x)
+    return x * sigmoid_f32(z)
+
+
+@numba.njit(**_NJIT)
+def log1p_01_f32(e):
+    """log(1 + e) for float32 e in [0, 1] (or NaN): 2 * atanh(s) with s = e / (2 + e) in [0, 1/3], its odd series
+    to s**17 (truncation below 2e-10); relative accuracy for tiny e (no 1 + e rounding)."""
+    s = e / (np.float32(2.0) + e)
+    q = s * s
+    p = np.float32(2.0 / 17.0)
+    p = p * q + np.float32(2.0 / 15.0)
+    p = p * q + np.float32(2.0 / 13.0)
+    p = p * q + np.float32(2.0 / 11.0)
+    p = p * q + np.float32(2.0 / 9.0)
+    p = p * q + np.float32(2.0 / 7.0)
+    p = p * q + np.float32(2.0 / 5.0)
+    p = p * q + np.float32(2.0 / 3.0)
+    p = p * q + np.float32(2.0)
+    return s * p
+
+
+@numba.njit(**_NJIT)
+def softplus_f32(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow, relative accuracy for negative x."""
+    m = x if x > np.float32(0.0) else np.float32(0.0)
+    return m + log1p_01_f32(exp_f32(-np.abs(x)))
+
+
+@numba.njit(**_NJIT)
+def mish_f32(x):
+    """x * tanh(softplus(x)) = x * n / (n + 2) with n = e^x (e^x + 2); x itself above 20 (tanh(softplus) is 1
+    in float32 from x ~ 9 on)."""
+    xc = np.float32(20.0) if x > np.float32(20.0) else x
+    e = exp_f32(xc)
+    n = e * (e + np.float32(2.0))
+    y = x * (n / (n + np.float32(2.0)))  # fast-math may form x * n first: select x itself above 20
+    return x if x > np.float32(20.0) else y
+
+
+#: |x| up to which sin_f32 / cos_f32 reduce by the 3-part pi/2 below: |j| < 2**13, so j * P1 and j * P2 (11
+#: significant bits each) are exact even without FMA; larger |x| go to libm (see _unary_run)
+SINCOS_FAST_MAX = 8192.0
+# the quadrant reduction is compiled without reassociation (which could fold the three steps into one)
+_NJIT_RED = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nsz", "arcp"})
+
+
+@numba.njit(**_NJIT_RED)
+def _quadrant(x):
+    """(j, r): x = j * pi/2 + r, j = round(x * 2/pi), |r| <= pi/4 (pi/2 as P1 + P2 + P3: 11, 11, 24 bits)."""
+    j = np.floor(x * np.float32(0.6366197723675814) + np.float32(0.5))
+    r = x - j * np.float32(1.5703125)
+    r = r - j * np.float32(0.0004837512969970703)
+    r = r - j * np.float32(7.549790126404332e-08)
+    return j, r
+
+
+@numba.njit(**_NJIT)
+def _sin_poly(r):
+    """sin(r), |r| <= pi/4: Taylor to r**9 (truncation below 2e-9)."""
+    q = r * r
+    p = np.float32(1.0 / 362880.0)
+    p = p * q - np.float32(1.0 / 5040.0)
+    p = p * q + np.float32(1.0 / 120.0)
+    p = p * q - np.float32(1.0 / 6.0)
+    return r + r * q * p
+
+
+@numba.njit(**_NJIT)
+def _cos_poly(r):
+    """cos(r), |r| <= pi/4: Taylor to r**10 (truncation below 1e-10)."""
+    q = r * r
+    p = np.float32(-1.0 / 3628800.0)
+    p = p * q + np.float32(1.0 / 40320.0)
+    p = p * q - np.float32(1.0 / 720.0)
+    p = p * q + np.float32(1.0 / 24.0)
+    return np.float32(1.0) - np.float32(0.5) * q + q * q * p
+
+
+@numba.njit(**_NJIT)
+def sin_f32(x):
+    """sin(x) for float32 |x| <= SINCOS_FAST_MAX (about 1 ulp); NaN for NaN and +-inf."""
+    j, r = _quadrant(x)
+    s = _sin_poly(r)
+    c = _cos_poly(r)
+    k = np.int32(j) & 3
+    v = c if (k & 1) == 1 else s
+    return -v if (k & 2) == 2 else v
+
+
+@numba.njit(**_NJIT)
+def cos_f32(x):
+    """cos(x) for float32 |x| <= SINCOS_FAST_MAX (about 1 ulp); NaN for NaN and +-inf."""
+    j, r = _quadrant(x)
+    s = _sin_poly(r)
+    c = _cos_poly(r)
+    k = np.int32(j) & 3
+    v = s if (k & 1) == 1 else c
+    return -v if ((k + 1) & 2) == 2 else v
+
+
 @numba.njit(**_NJIT)
 def _bin(op, x, y):
     # NaN-propagating max/min (like numpy.maximum): a NaN in x or y gives NaN.
@@ -183,6 +384,10 @@ def _bin(op, x, y):
         return x if (x >= y or x != x) else y
     elif op == B_MIN:
         return x if (x <= y or x != x) else y
+    elif op == B_BIAS_GELU:
+        return gelu_f32(x + y)
+    elif op == B_BIAS_GELU_TANH:
+        return gelu_tanh_f32(x + y)
     else:  # B_PRELU
         return x if x >= np.float32(0.0) else y * x
 
@@ -222,11 +427,37 @@ def _un(op, v, alpha, beta):
         t = alpha * v + beta
         t = zero if t < zero else t
         return one if t > one else t
-    else:  # U_HARD_SWISH
+    elif op == U_HARD_SWISH:
         t = v * np.float32(1.0 / 6.0) + np.float32(0.5)
         t = zero if t < zero else t
         t = one if t > one else t
         return v * t
+    elif op == U_GELU:
+        return gelu_f32(v)
+    elif op == U_GELU_TANH:
+        return gelu_tanh_f32(v)
+    elif op == U_SWISH:
+        return v * sigmoid_f32(alpha * v)
+    elif op == U_SOFTPLUS:
+        return softplus_f32(v)
+    elif op == U_MISH:
+        return mish_f32(v)
+    elif op == U_SELU:
+        return beta * v if v > zero else beta * (alpha * expm1_f32(v))
+    elif op == U_CELU:
+        return v if v > zero else alpha * expm1_f32(v / alpha)
+    elif op == U_SOFTSIGN:
+        return v / (one + np.abs(v))
+    elif op == U_THRESHOLDED_RELU:
+        return v if v > alpha else zero
+    elif op == U_SHRINK:
+        if v < -alpha:
+            return v + beta
+        return v - beta if v > alpha else zero
+    elif op == U_SIN:
+        return sin_f32(v)
+    else:  # U_COS
+        return cos_f32(v)
 
 
 @numba.njit(inline="always", **_NJIT)
@@ -322,15 +553,37 @@ def _make_binary(op):
     return binary_range, binary_parallel
 
 
+@numba.njit(inline="always", **_NJIT)
+def _unary_run(op, xs, o, a, b):
+    """o[i] = f_op(xs[i]) over one contiguous run (o may be xs itself). Sin and Cos go by blocks of 1024: a block
+    with an |x| above SINCOS_FAST_MAX goes element by element, libm for those (their reduction needs more bits)."""
+    if op == U_SIN or op == U_COS:
+        n = xs.size
+        for b0 in range(0, n, 1024):
+            xb = xs[b0:min(n, b0 + 1024)]
+            ob = o[b0:min(n, b0 + 1024)]
+            big = False
+            for i in range(xb.size):
+                big |= np.abs(xb[i]) > np.float32(SINCOS_FAST_MAX)
+            if big:
+                for i in range(xb.size):
+                    v = xb[i]
+                    if np.abs(v) > np.float32(SINCOS_FAST_MAX):
+                        ob[i] = np.sin(v) if op == U_SIN else np.cos(v)
+                    else:
+                        ob[i] = _un(op, v, a, b)
+            else:
+                for i in range(xb.size):
+                    ob[i] = _un(op, xb[i], a, b)
+        return
+    for i in range(xs.size):
+        o[i] = _un(op, xs[i], a, b)
+
+
 def _make_unary(op):
     @numba.njit(**_NJIT)
     def unary_range(x, out, alpha, beta, start, stop):
-        xs = x[start:stop]
-        o = out[start:stop]
-        a = np.float32(alpha)
-        b = np.float32(beta)
-        for i in range(xs.size):
-            o[i] = _un(op, xs[i], a, b)
+        _unary_run(op, x[start:stop], out[start:stop], np.float32(alpha), np.float32(beta))
 
     @numba.njit(**_NJIT_PAR)
     def unary_parallel(x, out, alpha, beta, nchunks):
@@ -338,10 +591,8 @@ def _make_unary(op):
         b = np.float32(beta)
         total = out.size
         for c in prange(nchunks):
-            xs = x[total * c // nchunks:total * (c + 1) // nchunks]
-            o = out[total * c // nchunks:total * (c + 1) // nchunks]
-            for i in range(xs.size):
-                o[i] = _un(op, xs[i], a, b)
+            _unary_run(op, x[total * c // nchunks:total * (c + 1) // nchunks],
+                       out[total * c // nchunks:total * (c + 1) // nchunks], a, b)
 
     return unary_range, unary_parallel
 
@@ -474,6 +725,16 @@ class BinaryKernel:
         if self.lead:
             return None
         return functools.partial(*self._call_args(a, b, out, threads))
+
+
+def unary_bind(op: int, x, out, alpha: float, beta: float, threads: int):
+    """A no-argument callable computing ``unary(op, x, out, alpha, beta)`` on these very (flat) arrays, with the
+    serial or parallel kernel chosen once for ``threads``."""
+    serial, parallel = unary_kernels(op)
+    n = num_chunks(out.size, threads)
+    if n == 1:
+        return functools.partial(serial, x, out, float(alpha), float(beta), 0, out.size)
+    return functools.partial(parallel, x, out, float(alpha), float(beta), n)
 
 
 def unary(op: int, x, out, alpha: float = 0.0, beta: float = 0.0) -> None:
