@@ -220,7 +220,7 @@ def _constant_value(node: Node) -> np.ndarray:
 
 
 #: subgraphs nested deeper than this are refused (a bound on recursion for hostile files)
-MAX_SUBGRAPH_DEPTH = 32
+MAX_SUBGRAPH_DEPTH = 16
 
 
 class _Context:

@@ -38,6 +38,13 @@ DTYPES: dict[int, np.dtype] = {
     BOOL: np.dtype(np.bool_),
     STRING: np.dtype(object),  # a string tensor is an object array of Python str (UTF-8 decoded)
 }
+BFLOAT16 = 16
+try:  # bfloat16 is ml_dtypes' numpy type (ml_dtypes comes with onnx)
+    import ml_dtypes as _ml_dtypes
+
+    DTYPES[BFLOAT16] = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - onnx requires ml_dtypes
+    pass
 
 #: TensorProto.DataLocation
 DEFAULT, EXTERNAL = 0, 1
@@ -59,7 +66,7 @@ _TYPED_FIELD = {
     UINT8: ("int32_data", np.int32),
 }
 #: element types stored as the low 16 bits (bit pattern) of each int32_data entry
-_INT32_AS_16BIT = {FLOAT16, INT16, UINT16}
+_INT32_AS_16BIT = {FLOAT16, INT16, UINT16, 16}  # 16: bfloat16
 
 #: attribute types whose value is a message, and those whose value is a list of messages: the field names
 _MESSAGE_FIELD = {A_TENSOR: "t", A_SPARSE_TENSOR: "sparse_tensor", A_GRAPH: "g", A_TYPE_PROTO: "tp"}

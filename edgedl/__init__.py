@@ -91,6 +91,10 @@ def _run_graph(source, optimize: bool = True):
     graph = copy_graph(source)
     if optimize:
         run_passes(graph)
+    else:  # 16-bit floats compute in float32 either way: it is how they run, not an optimization
+        from .passes import compute_half_in_float32
+
+        compute_half_in_float32(graph)
     return graph
 
 

@@ -127,12 +127,15 @@ class Op:
 
 
 def ref_kernel(op: Op) -> Kernel:
-    """A kernel that runs the numpy reference and copies into the preallocated outputs."""
+    """A kernel that runs the numpy reference and copies into the preallocated outputs (one per output that
+    the node names: an omitted optional output in the middle has no buffer)."""
+    present = [bool(o) for o in op.node.outputs]
 
     def run(inputs, outputs, scratch):
-        results = op.ref(*inputs)
-        for out, res in zip(outputs, results):
-            out[...] = res
+        buffers = iter(outputs)
+        for res, named in zip(op.ref(*inputs), present):
+            if named:
+                next(buffers)[...] = res
 
     return Kernel(run, impl="numpy")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..converters.onnx_proto import DTYPES as _ONNX_DTYPES
 from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..kernels.cpu.gather import (
@@ -37,13 +38,11 @@ from .common import const_ints, normalize_axis
 from .layout import ALL_DTYPES
 
 #: ONNX TensorProto element types edgedl has numpy dtypes for
-ONNX_TO_NUMPY = {
-    1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
-    9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
-}
+#: ONNX element type code -> numpy dtype, for the numeric types (the importer's table, less strings)
+ONNX_TO_NUMPY = {code: dt for code, dt in _ONNX_DTYPES.items() if code != 8}
 #: element types that exist in ONNX but not in edgedl
 ONNX_UNSUPPORTED = {
-    8: "STRING", 14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ",
+    8: "STRING", 14: "COMPLEX64", 15: "COMPLEX128", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ",
     19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1", 24: "FLOAT8E8M0",
     25: "UINT2", 26: "INT2",
 }
@@ -54,7 +53,7 @@ def onnx_elem_dtype(op: Op, code, what: str) -> np.dtype:
     if isinstance(code, str):
         names = {np.dtype(v).name: k for k, v in ONNX_TO_NUMPY.items()}
         onnx_names = {"FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-                      "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13}
+                      "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13, "BFLOAT16": 16}
         key = code.upper()
         if key in onnx_names:
             code = onnx_names[key]

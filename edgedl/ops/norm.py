@@ -1,5 +1,8 @@
 """Normalization: BatchNormalization (standalone; the load-time pass folds the ones that follow a Conv or
-Gemm) and LRN. float32 runs Numba kernels (``edgedl.kernels.cpu.norm``), other dtypes the numpy reference.
+Gemm), LRN, InstanceNormalization, GroupNormalization, LpNormalization and MeanVarianceNormalization.
+float32 runs Numba kernels (``edgedl.kernels.cpu.norm``; Instance/GroupNormalization
+``edgedl.kernels.cpu.layer_norm``), other dtypes the numpy reference. (LayerNormalization, RMSNormalization and
+onnxruntime's fused layer norms are in :mod:`edgedl.ops.layer_norm`.)
 
 BatchNormalization follows every opset:
 
@@ -14,8 +17,14 @@ Inference: ``Y = (X - mean) / sqrt(var + epsilon) * scale + B``, run as a per-ch
 at build time when the parameters are constants (computed per run otherwise). With ``spatial=0`` the
 parameters may have the shape (C, D1, ..., Dn) and apply per activation (numpy path).
 
-Training (float32 Numba kernels, :mod:`edgedl.kernels.cpu.bn_train`; the numpy reference for other dtypes,
-``spatial=0`` and opset < 14's saved statistics): the batch statistics over every axis but the channel one
+InstanceNormalization / GroupNormalization: mean and population variance per sample and group of
+``C / G`` channels (G = C for InstanceNormalization), ``y = (x - mean) / sqrt(var + epsilon) * scale + B``
+with scale / B per channel (GroupNormalization opsets 18-20: per group). LpNormalization:
+``x / ||x||_p`` along ``axis`` (p 1 or 2, 0 where the norm is 0). MeanVarianceNormalization:
+``(x - mean) / (sqrt(var) + 1e-9)`` over ``axes``.
+
+BatchNormalization training (float32 Numba kernels, :mod:`edgedl.kernels.cpu.bn_train`; the numpy reference for
+other dtypes, ``spatial=0`` and opset < 14's saved statistics): the batch statistics over every axis but the channel one
 (axis 0 only with ``spatial=0``), population variance; Y is normalized with them; ``running = input * momentum
 + current * (1 - momentum)``; saved_mean / saved_var (opset < 14) are the batch mean and variance.
 """
@@ -25,6 +34,7 @@ import numpy as np
 
 from ..ir import TensorType
 from ..registry import Kernel, Op, ref_kernel, register
+from .common import normalize_axis
 
 _FLOATS = ("float16", "float32", "float64", "bfloat16")
 
@@ -294,3 +304,229 @@ class LRN(Op):
         def run(inputs, outputs, scratch):
             run_lrn(inputs[0], outputs[0])
         return Kernel(run)
+
+
+# --- InstanceNormalization / GroupNormalization ------------------------------------------------------------
+class _GroupNormBase(Op):
+    """Statistics per sample and group of channels over (C / G) * spatial values, then a per-channel (or,
+    GroupNormalization before opset 21, per-group) affine map. float32: the Numba kernels of
+    :mod:`edgedl.kernels.cpu.layer_norm` (one pass per group row, float64 sums); else numpy."""
+
+    kernels = {"cpu": ("float32",)}
+    num_inputs = (3, 3)
+    min_rank = 3
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.epsilon = float(self.attr("epsilon", 1e-5))
+        if not np.isfinite(self.epsilon) or self.epsilon < 0:
+            raise self.error(f"epsilon must be a finite non-negative number, got {self.epsilon}")
+
+    def groups(self, c: int) -> int:
+        raise NotImplementedError
+
+    #: whether scale / bias have one value per group (GroupNormalization-18) instead of per channel
+    per_group = False
+
+    def infer(self, ins, consts):
+        x, scale, bias = ins
+        shape = tuple(x.shape)
+        if len(shape) < self.min_rank:
+            raise self.error(f"input must be (N, C, ...) with rank >= {self.min_rank}, got shape {shape}")
+        for name, t in (("X", x), ("scale", scale), ("B", bias)):
+            if _dtname(t) not in _FLOATS:
+                raise self.unsupported(f"{name} has dtype {_dtname(t)}; supported: {', '.join(_FLOATS)}")
+        if len({np.dtype(t.dtype) for t in ins}) > 1:
+            raise self.error("X, scale and B must share one dtype, got " + ", ".join(_dtname(t) for t in ins))
+        c = shape[1]
+        g = self.groups(c)
+        want = (g,) if self.per_group else (c,)
+        what = f"{g} groups" if self.per_group else f"{c} channels"
+        for name, t in (("scale", scale), ("B", bias)):
+            if tuple(t.shape) != want:
+                raise self.error(f"{name} has shape {tuple(t.shape)}, expected {want} ({what})")
+        self.g = g
+        self.nn, self.c = int(shape[0]), int(c)
+        self.s = int(np.prod(shape[2:], dtype=np.int64))
+        return [TensorType(shape, x.dtype)]
+
+    def _channel_params(self, p: np.ndarray) -> np.ndarray:
+        """A parameter as one float64 value per channel."""
+        p = p.astype(np.float64)
+        return np.repeat(p, self.c // self.g) if self.per_group else p
+
+    def _normalize64(self, x):
+        """(xhat (N, C, S), inv (N, G, 1)) in float64."""
+        x3 = x.astype(np.float64).reshape(self.nn, self.g, -1)
+        with np.errstate(all="ignore"):
+            mean = x3.mean(axis=2, keepdims=True)
+            inv = 1.0 / np.sqrt(((x3 - mean) ** 2).mean(axis=2, keepdims=True) + self.epsilon)
+        return ((x3 - mean) * inv).reshape(self.nn, self.c, -1), inv
+
+    def ref(self, x, scale, bias):
+        xhat, _ = self._normalize64(x)
+        with np.errstate(all="ignore"):
+            y = xhat * self._channel_params(scale)[:, None] + self._channel_params(bias)[:, None]
+        return [y.reshape(x.shape).astype(x.dtype)]
+
+    def build(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32 or ins[0].size == 0:
+            return ref_kernel(self)
+        from ..kernels.cpu.layer_norm import GroupNormKernel
+
+        k = GroupNormKernel(self.nn, self.c, self.s, self.g, self.epsilon, self.per_group)
+
+        def run(inputs, outputs, scratch):
+            k(inputs[0], inputs[1], inputs[2], outputs[0])
+
+        def bind(inputs, outputs, scratch, threads):
+            return k.bind(inputs[0], inputs[1], inputs[2], outputs[0], threads)
+        return Kernel(run, bind=bind)
+
+    # --- training -----------------------------------------------------------------------------------------
+    grad_inputs = (0, 1)
+
+    def backward(self, grads, ins, outs, needs):
+        """dX through the per-group statistics: inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per
+        (sample, group) with dxhat = dY * scale[c]; dscale = sum(dY * xhat), dB = sum(dY) per channel (summed
+        per group for per-group parameters). float32: Numba (float64 sums, fixed order); else float64 numpy."""
+        x, scale = ins[0], ins[1]
+        shape = tuple(self.in_types[0].shape)
+        self.infer(self.in_types, [None] * 3)
+        dy = grads[0] if grads[0] is not None else np.zeros(shape, np.float32)
+        want_params = bool(needs[1] or needs[2])
+        res = [None, None, None]
+        if x.dtype == np.float32 and scale.dtype == np.float32 and x.size > 0:
+            from ..kernels.cpu.layer_norm import gn_backward
+
+            dx, dsc, dbi = gn_backward(np.ascontiguousarray(x).reshape(self.nn, self.c, self.s),
+                                       np.ascontiguousarray(dy, np.float32).reshape(self.nn, self.c, self.s),
+                                       np.ascontiguousarray(scale), self.g, self.epsilon, self.per_group,
+                                       bool(needs[0]), want_params)
+            if needs[0]:
+                res[0] = dx.reshape(shape)
+        else:
+            xhat, inv = self._normalize64(x)
+            g64 = dy.astype(np.float64).reshape(self.nn, self.c, -1)
+            dsc = (g64 * xhat).sum(axis=(0, 2))
+            dbi = g64.sum(axis=(0, 2))
+            if needs[0]:
+                dxhat = (g64 * self._channel_params(scale)[:, None]).reshape(self.nn, self.g, -1)
+                xh = xhat.reshape(self.nn, self.g, -1)
+                dx = inv * (dxhat - dxhat.mean(axis=2, keepdims=True)
+                            - xh * (dxhat * xh).mean(axis=2, keepdims=True))
+                res[0] = dx.reshape(shape).astype(np.float32)
+        if want_params:
+            if self.per_group:
+                dsc = dsc.reshape(self.g, -1).sum(axis=1)
+                dbi = dbi.reshape(self.g, -1).sum(axis=1)
+            if needs[1]:
+                res[1] = dsc.astype(np.float32)
+            if needs[2]:
+                res[2] = dbi.astype(np.float32)
+        return res
+
+
+@register
+class InstanceNormalization(_GroupNormBase):
+    """InstanceNormalization (opsets 1, 6, 22): y = scale[c] * (x - mean) / sqrt(var + epsilon) + B[c], the
+    statistics over the spatial dims of each (n, c) plane."""
+
+    op_type = "InstanceNormalization"
+
+    def groups(self, c):
+        return c
+
+
+@register
+class GroupNormalization(_GroupNormBase):
+    """GroupNormalization: ``num_groups`` groups of C / num_groups channels; scale and bias per group at
+    opsets 18-20, per channel from opset 21 (the spec's change); ``stash_type`` 1 (float32 statistics)."""
+
+    op_type = "GroupNormalization"
+    min_rank = 2
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        ng = self.attr("num_groups")
+        if ng is None:
+            raise self.error("the num_groups attribute is required")
+        self.num_groups = int(ng)
+        if self.num_groups < 1:
+            raise self.error(f"num_groups must be positive, got {self.num_groups}")
+        stash = int(self.attr("stash_type", 1))
+        if stash != 1:
+            raise self.unsupported(f"stash_type {stash} is not supported (only 1: float32 statistics)")
+        self.per_group = opset < 21
+
+    def groups(self, c):
+        if c % self.num_groups:
+            raise self.error(f"{c} channels cannot be split into {self.num_groups} groups")
+        return self.num_groups
+
+
+# --- LpNormalization / MeanVarianceNormalization ---------------------------------------------------------
+@register
+class LpNormalization(Op):
+    """LpNormalization (opsets 1, 22): x / ||x||_p along ``axis`` (default -1), p = 1 (sum of |x|) or 2;
+    a zero norm gives 0. numpy, float64 sums."""
+
+    op_type = "LpNormalization"
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.axis = int(self.attr("axis", -1))
+        self.p = int(self.attr("p", 2))
+        if self.p not in (1, 2):
+            raise self.error(f"p must be 1 or 2, got {self.p}")
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if _dtname(x) not in _FLOATS:
+            raise self.unsupported(f"input dtype {_dtname(x)} is not supported ({', '.join(_FLOATS)})")
+        if len(x.shape) == 0:
+            raise self.error("input must have rank >= 1")
+        self.ax = normalize_axis(self, self.axis, len(x.shape))
+        return [TensorType(tuple(x.shape), x.dtype)]
+
+    def ref(self, x):
+        x64 = x.astype(np.float64)
+        if self.p == 1:
+            norm = np.abs(x64).sum(axis=self.ax, keepdims=True)
+        else:
+            norm = np.sqrt((x64 * x64).sum(axis=self.ax, keepdims=True))
+        with np.errstate(all="ignore"):
+            y = np.where(norm == 0, 0.0, x64 / norm)
+        return [y.astype(x.dtype)]
+
+
+@register
+class MeanVarianceNormalization(Op):
+    """MeanVarianceNormalization (opsets 9, 13): (X - mean) / (sqrt(var) + 1e-9) over ``axes`` (default
+    [0, 2, 3]), population variance computed from the deviations (never negative). numpy, float64."""
+
+    op_type = "MeanVarianceNormalization"
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.axes = [int(a) for a in self.attr("axes", [0, 2, 3])]
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if _dtname(x) not in _FLOATS:
+            raise self.unsupported(f"input dtype {_dtname(x)} is not supported ({', '.join(_FLOATS)})")
+        rank = len(x.shape)
+        axes = [normalize_axis(self, a, rank, "axes entry") for a in self.axes]
+        if len(set(axes)) != len(axes):
+            raise self.error(f"axes {self.axes} repeat an axis")
+        self.norm_axes = tuple(sorted(axes))
+        return [TensorType(tuple(x.shape), x.dtype)]
+
+    def ref(self, x):
+        x64 = x.astype(np.float64)
+        with np.errstate(all="ignore"):
+            mean = x64.mean(axis=self.norm_axes, keepdims=True)
+            d = x64 - mean
+            std = np.sqrt((d * d).mean(axis=self.norm_axes, keepdims=True))
+            y = d / (std + 1e-9)
+        return [y.astype(x.dtype)]

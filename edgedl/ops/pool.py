@@ -1,4 +1,4 @@
-"""Pooling: MaxPool (with the optional Indices output), AveragePool, GlobalAveragePool, GlobalMaxPool.
+"""Pooling: MaxPool (with the optional Indices output), AveragePool, LpPool, GlobalAveragePool, GlobalMaxPool.
 
 Windowed pooling works for any spatial rank >= 1 (1D, 2D, 3D, ...); float32 runs Numba kernels
 (``edgedl.kernels.cpu.pool``), other dtypes (MaxPool int8/uint8, float16/float64) the numpy reference.
@@ -14,7 +14,8 @@ Semantics: MaxPool ignores padding and NaN inputs (onnx's reference); AveragePoo
 window elements inside the input (count_include_pad=0) or inside the padded input (count_include_pad=1;
 windows that hang past the padded input because of ceil_mode divide by the clipped count, as onnx's
 reference and onnxruntime do). Indices are flat over (N, C, spatial...), row-major over the spatial axes
-or column-major with storage_order=1; ties keep the first element in row-major window order.
+or column-major with storage_order=1; ties keep the first element in row-major window order. LpPool takes
+``(sum of |x| ** p) ** (1 / p)`` over the window's elements inside the input.
 
 Backward (training, float32): MaxPool routes dy to each window's first maximum in row-major window order,
 recomputed from the saved input (the Indices output gets no gradient); AveragePool spreads dy / count over
@@ -406,6 +407,64 @@ class AveragePool(_WindowPool):
             return [None]
         dy, x = self._grad_out(grads)
         return [self._grad_runner(bool(self.count_include_pad)).avg_grad(dy).reshape(x.shape)]
+
+
+def lppool_ref(x, kernel, strides, dilations, pads, out, p: float):
+    """LpPool in numpy (the spec): (sum of |x| ** p over each window's elements inside the input) ** (1 / p),
+    in float64."""
+    in_sp = list(x.shape[2:])
+    acc = np.zeros(x.shape[:2] + tuple(out), np.float64)
+    for _, v, _ in _gather_taps(np.abs(x.astype(np.float64)) ** p, in_sp, out, kernel, strides, dilations, pads,
+                                0.0):
+        acc += v
+    return (acc ** (1.0 / p)).astype(x.dtype)
+
+
+@register
+class LpPool(_WindowPool):
+    """LpPool: ``(sum of |x| ** p over the window) ** (1 / p)``; padding counts as zeros. ``p`` is a float
+    attribute (default 2.0) at opset 1 and an int (default 2) from opset 2; ``dilations`` and ``ceil_mode``
+    exist from opset 18. float32: the windowed-sum kernel (:func:`edgedl.kernels.cpu.pool.lp_pool_runner`)."""
+
+    op_type = "LpPool"
+    kernels = {"cpu": ("float32",)}
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        if opset < 18:
+            late = [a for a in ("dilations", "ceil_mode") if a in node.attrs]
+            if late:
+                raise self.error(f"attribute(s) {', '.join(late)} of LpPool need opset 18 (the model has {opset})")
+        p = self.attr("p", 2)
+        if opset >= 2 and isinstance(p, float) and not float(p).is_integer():
+            raise self.error(f"p must be an integer from opset 2, got {p}")
+        self.p = float(p)
+        if not (np.isfinite(self.p) and self.p > 0):
+            raise self.error(f"p must be positive, got {p}")
+
+    def infer(self, ins, consts):
+        x = ins[0]
+        if np.dtype(x.dtype).name not in self.float_dtypes:
+            raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported (float16, float32, "
+                                   "float64)")
+        _, out, _ = self.geometry(x)
+        return [TensorType(tuple(x.shape[:2]) + tuple(out), x.dtype)]
+
+    def ref(self, x):
+        _, out, pads = self.geom
+        return [lppool_ref(x, self.kernel_shape, self.strides, self.dilations, pads, out, self.p)]
+
+    def build(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32 or x.size == 0:
+            return ref_kernel(self)
+        from ..kernels.cpu.pool import lp_pool_runner
+
+        run_lp, nbytes = lp_pool_runner(self._tables(x), self.p)
+
+        def run(inputs, outputs, scratch):
+            run_lp(inputs[0], outputs[0], scratch)
+        return Kernel(run, scratch_bytes=nbytes)
 
 
 class _GlobalPool(Op):

@@ -1,13 +1,19 @@
-"""ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceSumSquare.
+"""ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceSumSquare, ReduceL1, ReduceL2, ReduceLogSum,
+ReduceLogSumExp, ReduceProd.
 
 Axes come from the ``axes`` attribute before the opset where they became an input (ReduceSum: 13, the
 others: 18) and from the optional ``axes`` input (a constant) from then on. No axes, or an empty axes
 tensor, reduces every axis unless ``noop_with_empty_axes`` = 1, which makes the op an identity.
-Reducing an empty set gives 0 (sum, sum of squares), NaN (mean), the lowest value of the dtype (max:
--inf) or the highest (min: inf).
+Reducing an empty set gives the identity: 0 (sum, sum of squares, L1, L2), 1 (product), -inf (log-sum,
+log-sum-exp), NaN (mean), the lowest value of the dtype (max: -inf) or the highest (min: inf).
+
+ReduceL1 = sum(|x|), ReduceL2 = sqrt(sum(x**2)), ReduceLogSum = log(sum(x)), ReduceLogSumExp =
+log(sum(exp(x))) (computed as m + log(sum(exp(x - m))) with m the largest finite element), ReduceProd =
+prod(x). Integer inputs compute in their own dtype (L2 and the logs through float64, truncated back);
+ReduceLogSum and ReduceLogSumExp take floats only from opset 28.
 
 float32 runs the Numba kernels of :mod:`edgedl.kernels.cpu.reduce` (float64 accumulation for sums);
-other dtypes (and empty inputs) run the numpy reference.
+other dtypes (and empty inputs) run the numpy reference. The float references accumulate in float64.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from ..ir import TensorType
 from ..kernels.cpu import reduce as K
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import const_ints, normalize_axis, require_dtype
-from .elementwise import NUMERIC_DTYPES
+from .elementwise import FLOAT_DTYPES, NUMERIC_DTYPES
 
 
 class _Reduce(Op):
@@ -173,4 +179,74 @@ class ReduceSumSquare(_Reduce):
         return np.sum(x * x, axis=axes, dtype=x.dtype)
 
 
-__all__ = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare"]
+@register
+class ReduceL1(_Reduce):
+    op_type = "ReduceL1"
+    kind = K.R_L1
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            return np.sum(np.abs(x.astype(np.float64)), axis=axes)
+        return np.sum(np.abs(x), axis=axes, dtype=x.dtype)
+
+
+@register
+class ReduceL2(_Reduce):
+    op_type = "ReduceL2"
+    kind = K.R_L2
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            x64 = x.astype(np.float64)
+            return np.sqrt(np.sum(x64 * x64, axis=axes))
+        return np.sqrt(np.sum(x * x, axis=axes, dtype=x.dtype))
+
+
+class _FloatReduceSince28(_Reduce):
+    """Reductions through log / exp: integer inputs are allowed before opset 28 only."""
+
+    def infer(self, ins, consts):
+        if self.opset >= 28:
+            require_dtype(self, ins[0], FLOAT_DTYPES)
+        return super().infer(ins, consts)
+
+
+@register
+class ReduceLogSum(_FloatReduceSince28):
+    op_type = "ReduceLogSum"
+    kind = K.R_LOGSUM
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            return np.log(np.sum(x.astype(np.float64), axis=axes))
+        return np.log(np.sum(x, axis=axes, dtype=x.dtype).astype(np.float64))
+
+
+@register
+class ReduceLogSumExp(_FloatReduceSince28):
+    op_type = "ReduceLogSumExp"
+    kind = K.R_LSE
+
+    def reduce(self, x, axes):
+        x64 = x.astype(np.float64)
+        if x.size == 0:
+            return np.full(np.sum(x64, axis=axes).shape, -np.inf)
+        finite = np.where(np.isfinite(x64), x64, -np.inf)
+        m = np.max(finite, axis=axes, keepdims=True)
+        m = np.where(np.isneginf(m), 0.0, m)
+        return np.squeeze(m, axis=axes) + np.log(np.sum(np.exp(x64 - m), axis=axes))
+
+
+@register
+class ReduceProd(_Reduce):
+    op_type = "ReduceProd"
+    kind = K.R_PROD
+
+    def reduce(self, x, axes):
+        if x.dtype.kind == "f":
+            return np.prod(x.astype(np.float64), axis=axes)
+        return np.prod(x, axis=axes, dtype=x.dtype)
+
+
+__all__ = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+           "ReduceLogSum", "ReduceLogSumExp", "ReduceProd"]

@@ -226,7 +226,11 @@ class Identity(_AliasOp):
 
 @register
 class Dropout(_AliasOp):
-    """Inference-mode Dropout: the output is the input; the optional mask is all True."""
+    """Dropout. Inference mode (the default): the output is the input and the optional mask is all True.
+
+    With ``training_mode`` true (opset 12+; ``is_test=0`` before opset 7) each element is kept with probability
+    ``1 - ratio`` and scaled by ``1 / (1 - ratio)``; the ``seed`` attribute makes the masks repeatable (one
+    random stream per op, advanced by every run). ``ratio = 0`` keeps everything."""
 
     op_type = "Dropout"
     num_inputs = (1, 3)
@@ -234,33 +238,55 @@ class Dropout(_AliasOp):
     def __init__(self, node, opset):
         super().__init__(node, opset)
         self.want_mask = len(node.outputs) > 1 and bool(node.outputs[1])
-        if opset < 7 and not int(self.attr("is_test", 0)):
-            raise self.unsupported("training mode (is_test=0) is not supported; edgedl runs inference only")
-        # The planner's view covers output 0 only: with a mask to write, run a kernel.
-        self.alias = not self.want_mask and not (len(node.inputs) > 2 and node.inputs[2])
+        self.always_training = opset < 7 and not int(self.attr("is_test", 0))
+        # The planner's view covers output 0 only: with a mask to write, or a training flag, run a kernel.
+        self.alias = (not self.want_mask and not (len(node.inputs) > 2 and node.inputs[2])
+                      and not self.always_training)
         self.mask_dtype = np.dtype(np.bool_) if opset >= 10 else None
+        seed = self.attr("seed")
+        self._rng = np.random.default_rng(None if seed is None else int(seed))
 
     def infer(self, ins, consts):
         x = ins[0]
         if len(ins) > 1 and ins[1] is not None and ins[1].size != 1:
             raise self.error(f"ratio must be a scalar, got shape {ins[1].shape}")
-        if len(ins) > 2 and ins[2] is not None:
-            if ins[2].size != 1:
-                raise self.error(f"training_mode must be a scalar, got shape {ins[2].shape}")
-            t = consts[2]
-            if t is not None and bool(np.asarray(t).reshape(-1)[0]):
-                raise self.unsupported("training_mode=true is not supported; edgedl runs inference only")
+        if len(ins) > 2 and ins[2] is not None and ins[2].size != 1:
+            raise self.error(f"training_mode must be a scalar, got shape {ins[2].shape}")
         outs = [TensorType(x.shape, x.dtype)]
         if self.want_mask:
             outs.append(TensorType(x.shape, self.mask_dtype or x.dtype))
         return outs
 
-    def _check_training(self, training_mode):
-        if training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0]):
-            raise self.unsupported("training_mode=true is not supported; edgedl runs inference only")
+    def _ratio(self, ratio) -> float:
+        r = float(self.attr("ratio", 0.5)) if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+        if not 0.0 <= r < 1.0:
+            raise self.error(f"ratio must be in [0, 1), got {r}")
+        return r
+
+    def _training(self, training_mode) -> bool:
+        if training_mode is not None:
+            return bool(np.asarray(training_mode).reshape(-1)[0])
+        return self.always_training
+
+    def _dropout(self, x, ratio, y, mask) -> None:
+        r = self._ratio(ratio)
+        if r == 0.0:
+            np.copyto(y, x)
+            if mask is not None:
+                mask.fill(1)
+            return
+        keep = self._rng.random(x.shape) >= r
+        np.multiply(x, keep, out=y, casting="unsafe")
+        y *= y.dtype.type(1.0 / (1.0 - r))
+        if mask is not None:
+            mask[...] = keep
 
     def ref(self, x, ratio=None, training_mode=None):
-        self._check_training(training_mode)
+        if self._training(training_mode):
+            y = np.empty_like(x)
+            mask = np.empty(x.shape, self.mask_dtype or x.dtype) if self.want_mask else None
+            self._dropout(x, ratio, y, mask)
+            return [y] + ([mask] if self.want_mask else [])
         outs = [x]
         if self.want_mask:
             outs.append(np.ones(x.shape, self.mask_dtype or x.dtype))
@@ -271,8 +297,11 @@ class Dropout(_AliasOp):
 
         # NOTE: a memcpy plus a fill: numpy does both at memory speed.
         def run(inputs, outputs, scratch):
-            if len(inputs) > 2 and inputs[2] is not None:
-                self._check_training(inputs[2])
+            training = self._training(inputs[2] if len(inputs) > 2 else None)
+            if training:
+                self._dropout(inputs[0], inputs[1] if len(inputs) > 1 else None, outputs[0],
+                              outputs[1] if want_mask else None)
+                return
             np.copyto(outputs[0].reshape(-1), inputs[0].reshape(-1))
             if want_mask:
                 outputs[1].fill(1)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ..ir import Graph
 from .fuse import fold_batchnorm, fuse_activations, fuse_matmul_bias, fuse_residual_add
+from .half_precision import compute_half_in_float32
 from .qdq import lower_qdq
 from .simplify import remove_identities
 
 
 def optimize(graph: Graph) -> Graph:
     """Run the default load-time pipeline in place and return the graph."""
+    compute_half_in_float32(graph)
     remove_identities(graph)
     lower_qdq(graph)
     fold_batchnorm(graph)
@@ -19,5 +21,5 @@ def optimize(graph: Graph) -> Graph:
     return graph
 
 
-__all__ = ["optimize", "remove_identities", "lower_qdq", "fold_batchnorm", "fuse_residual_add", "fuse_matmul_bias",
-           "fuse_activations"]
+__all__ = ["optimize", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
+           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations"]

@@ -24,10 +24,13 @@ import os
 import sys
 
 #: layers whose kernels call the fp32 GEMM task
-GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "DeformConv", "DFT", "STFT"})
+GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "DeformConv", "DFT", "STFT", "Einsum", "LSTM",
+                      "GRU", "RNN"})
+#: onnxruntime's contrib layers that run on the fp32 GEMM
+CONTRIB_GEMM_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "TransposeMatMul"})
 #: layers whose kernels call an int8 GEMM task (after the load-time passes lower a QDQ model)
 INT8_GEMM_OPS = frozenset({"QLinearConv", "QLinearConvTranspose", "QLinearMatMul", "QGemm", "ConvInteger",
-                           "MatMulInteger"})
+                           "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
 #: a helper beside the main process needs about this much free memory (its peak resident size, measured
 #: ~230 MB for the bundled example, with margin)
 MIN_FREE_BYTES = 600 << 20
@@ -78,6 +81,8 @@ def _gemm_kinds(graph) -> set[str]:
     kinds = set()
     for node in graph.nodes:
         if node.op_type in GEMM_OPS and node.domain in ("", "ai.onnx"):
+            kinds.add("fp32")
+        elif node.op_type in CONTRIB_GEMM_OPS and node.domain == "com.microsoft":
             kinds.add("fp32")
         elif node.op_type in INT8_GEMM_OPS:
             kinds.add("int8")

@@ -333,10 +333,22 @@ def test_reshape_family():
     outs, _, _ = run_op("Dropout", [x, np.array(0.5, np.float32)], n_out=2)
     np.testing.assert_array_equal(outs[0], x)
     assert outs[1].dtype == np.bool_ and outs[1].all()
-    with pytest.raises(UnsupportedOpError, match="training"):
-        run_op("Dropout", [x, None, np.array(True)], const=(2,))
-    with pytest.raises(UnsupportedOpError, match="training"):
-        run_op("Dropout", [x, None, np.array(True)])  # run-time training_mode: checked by the kernel
+    # training mode: ratio 0 keeps everything; otherwise kept elements are scaled by 1 / (1 - ratio), the
+    # mask says which, and a seed makes the masks repeatable
+    outs, _, _ = run_op("Dropout", [x, np.array(0.0, np.float32), np.array(True)], n_out=2)
+    np.testing.assert_array_equal(outs[0], x)
+    assert outs[1].all()
+    big = np.ones((200, 50), np.float32)
+    runs = []
+    for _ in range(2):
+        outs, _, _ = run_op("Dropout", [big, np.array(0.25, np.float32), np.array(True)], {"seed": 3}, n_out=2)
+        y, mask = outs
+        np.testing.assert_array_equal(y, np.where(mask, np.float32(1 / 0.75), 0))
+        assert 0.2 < 1 - mask.mean() < 0.3
+        runs.append(mask)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    with pytest.raises(ShapeError, match="ratio"):
+        run_op("Dropout", [x, np.array(1.0, np.float32), np.array(True)])
 
 
 def test_alias_view_in_model():

@@ -19,7 +19,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 MODELS = sorted(glob.glob(os.path.join(ROOT, "tests", "**", "*.onnx"), recursive=True)
                 + glob.glob(os.path.join(ROOT, "examples", "*.onnx")))
 
-CODES = sorted(pb.DTYPES)
+# the numeric types with numpy's own dtypes (strings and bfloat16 have their own tests below)
+CODES = sorted(c for c in pb.DTYPES if c not in (pb.STRING, pb.BFLOAT16))
 SHAPES = [(2, 3), (), (0,), (3, 0, 2), (7,)]
 
 
@@ -144,12 +145,35 @@ def test_segment_is_refused_like_numpy_helper():
 
 
 def test_unsupported_element_type():
-    t = TensorProto(name="t", data_type=TensorProto.STRING, dims=[1])
-    t.string_data.append(b"x")
+    t = TensorProto(name="t", data_type=TensorProto.COMPLEX64, dims=[1])
+    t.float_data.extend([1.0, 2.0])
     with pytest.raises(TypeError):
         pb.tensor_to_array(t)
-    with pytest.raises(edgedl.UnsupportedOpError, match="element type STRING is not supported"):
+    with pytest.raises(edgedl.UnsupportedOpError, match="element type COMPLEX64 is not supported"):
         _tensor_to_array(t, None, "initializer")
+
+
+def test_string_tensors_are_object_arrays_of_str():
+    want = np.array([["a", "é€"], ["", "xyz"]], dtype=object)
+    t = numpy_helper.from_array(want, "s")
+    got = pb.tensor_to_array(t)
+    assert got.dtype == object and got.shape == (2, 2) and got.tolist() == want.tolist()
+    t.raw_data = b"xx"
+    with pytest.raises(ValueError, match="raw data"):
+        pb.tensor_to_array(t)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_bfloat16_tensors_match_numpy_helper(raw):
+    import ml_dtypes
+
+    want = np.array([1.5, -2.0, np.inf, 3.140625, 0.0], ml_dtypes.bfloat16).reshape(5, 1)
+    # raw: the bits as bytes; else make_tensor rounds the float values into int32_data itself
+    t = helper.make_tensor("b", TensorProto.BFLOAT16, [5, 1], want.view(np.uint16).tobytes() if raw else
+                           want.astype(np.float32).ravel().tolist(), raw=raw)
+    got = pb.tensor_to_array(t)
+    _same(got, numpy_helper.to_array(t))
+    _same(got, want)
 
 
 def _attributes() -> list[AttributeProto]:

@@ -1,4 +1,4 @@
-"""Pooling kernels (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool), float32.
+"""Pooling kernels (MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LpPool), float32.
 
 Windowed pooling of any spatial rank runs on a "rows x columns" view of every (n, c) plane: the last
 spatial axis is the column axis, all the others are flattened into rows::
@@ -37,6 +37,9 @@ identity row (W) | padded row (L) | its even/odd split (L).
 MaxPool ignores NaN inputs (``v > m`` comparisons), as onnx's reference does; a window with no element inside
 the input gives -inf (MaxPool) or NaN (AveragePool without count_include_pad). GlobalMaxPool propagates NaN
 (numpy's max, onnxruntime).
+
+LpPool (:func:`lp_pool_runner`) is the windowed sum of ``|x| ** p`` (the average kernel with reciprocal
+counts of 1; padding contributes nothing), raised to ``1 / p``.
 """
 from __future__ import annotations
 
@@ -606,3 +609,51 @@ def global_pool_runner(kind: str, planes: int, size: int):
 
     run.bind = lambda x, y, scratch, threads: functools.partial(*call_args(x, y, scratch, threads))
     return run, (64 * maxch if kind == "max" else 0)
+
+
+# --- LpPool --------------------------------------------------------------------------------------------
+@numba.njit(**NJIT)
+def _lp_pow(x, t, p, code):
+    # x, t: (size,) float32: t = |x| ** p (code 1: p = 1, 2: p = 2, 0: any p > 0)
+    if code == 1:
+        for i in range(x.shape[0]):
+            t[i] = abs(x[i])
+    elif code == 2:
+        for i in range(x.shape[0]):
+            v = x[i]
+            t[i] = v * v
+    else:
+        for i in range(x.shape[0]):
+            t[i] = np.float32(math.pow(abs(np.float64(x[i])), p))
+
+
+@numba.njit(**NJIT)
+def _lp_root(y, invp, code):
+    # y: (size,) float32 sums of |x| ** p, in place: y = y ** (1 / p)
+    if code == 2:
+        for i in range(y.shape[0]):
+            y[i] = np.float32(math.sqrt(y[i]))
+    elif code == 0:
+        for i in range(y.shape[0]):
+            y[i] = np.float32(math.pow(np.float64(y[i]), invp))
+
+
+def lp_pool_runner(tab: WindowTables, p: float):
+    """``(run(x, y, scratch), scratch_bytes)`` for LpPool: ``(sum of |x| ** p over the window's elements inside
+    the input) ** (1 / p)``. |x| ** p goes to the workspace, the windowed-sum kernel of AveragePool (with
+    every reciprocal count 1) pools it into y, then y is raised to 1 / p in place."""
+    import dataclasses
+
+    code = 1 if p == 1.0 else 2 if p == 2.0 else 0
+    run_sum, nbytes = pool_runner("avg", dataclasses.replace(tab, inv=np.ones_like(tab.inv)))
+    n_x = int(np.prod(tab.x3, dtype=np.int64))
+    off = (4 * n_x + 63) // 64 * 64
+    invp = 1.0 / p
+
+    def run(x, y, scratch):
+        t = scratch[:4 * n_x].view(np.float32)
+        _lp_pow(x.reshape(-1), t, p, code)
+        run_sum(t, y, scratch[off:])
+        if code != 1:
+            _lp_root(y.reshape(-1), invp, code)
+    return run, off + nbytes

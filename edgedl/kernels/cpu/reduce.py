@@ -1,4 +1,5 @@
-"""fp32 reductions (sum, mean, max, min, sum of squares) over any set of axes of a contiguous tensor.
+"""fp32 reductions (sum, mean, max, min, sum of squares, L1 and L2 norms, log-sum, log-sum-exp, product)
+over any set of axes of a contiguous tensor.
 
 :class:`ReducePlan` (built once per shape) drops size-1 dims and merges neighbouring dims that are both
 reduced or both kept. Most reductions then fit an (outer, n, inner) view, reducing the middle dim:
@@ -12,7 +13,16 @@ reduced or both kept. Most reductions then fit an (outer, n, inner) view, reduci
 Other patterns (reduced dims interleaved with kept ones, e.g. axes (0, 2) of a 3-D tensor) first copy
 the input transposed, kept dims first, into the workspace (numpy, no allocation), then reduce rows.
 
-Sums accumulate in float64, so long reductions keep float32 accuracy; max and min work in float32.
+Sums (and products) accumulate in float64, so long reductions keep float32 accuracy; max and min work in
+float32. Each kind keeps a float64 *partial* per output (or per piece of a row), combined with
+:func:`_combine` and turned into the output by :func:`_finish`:
+
+* sum, mean, sum of squares, L1 (sum of |x|): the sum, times ``scale`` (1, or 1/n for the mean);
+* L2: the sum of squares, then its square root; log-sum: the sum, then its log; product: the product;
+* log-sum-exp: the partial is itself a log-sum-exp, ``m + log(sum(exp(x - m)))`` with m the largest
+  finite element (0 when there is none, so that all -inf gives -inf and any +inf gives +inf); partials
+  combine with ``logaddexp``. The strided case finds m per position first (a pass over the block), then
+  sums ``exp`` in float64.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ from numba import prange
 
 from . import config as _config
 from .config import FASTMATH, num_threads
+from .elementwise import exp_f32
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -30,6 +41,11 @@ R_SUM = 0    # sum * scale (scale = 1 for ReduceSum, 1/n for ReduceMean)
 R_MAX = 1
 R_MIN = 2
 R_SUMSQ = 3  # sum of squares * scale
+R_L1 = 4     # sum of |x|
+R_L2 = 5     # sqrt(sum of squares)
+R_LOGSUM = 6  # log(sum)
+R_LSE = 7    # log(sum(exp))
+R_PROD = 8   # product
 
 #: inner positions per work item in the strided kernel
 BLOCK = 256
@@ -39,7 +55,8 @@ _NO_WS = np.zeros(0, np.float64)
 
 @numba.njit(**_NJIT)
 def _row(x, start, stop, kind):
-    """Sum or sum of squares (float64), max or min of x[start:stop]; -inf / inf for an empty max / min."""
+    """The float64 partial of x[start:stop] (see the module docstring): sum, sum of squares, sum of |x|,
+    product, log-sum-exp, max or min (-inf / inf for an empty max / min)."""
     xs = x[start:stop]  # a slice: loops from 0 vectorize (no negative-index wraparound check)
     if kind == R_MAX:
         m = np.float32(-np.inf)
@@ -53,11 +70,31 @@ def _row(x, start, stop, kind):
             v = xs[k]
             m = v if v < m else m
         return np.float64(m)
+    if kind == R_PROD:
+        p = np.float64(1.0)
+        for k in range(xs.size):
+            p *= np.float64(xs[k])
+        return p
+    if kind == R_LSE:
+        m = np.float32(-np.inf)
+        big = np.float32(np.inf)
+        for k in range(xs.size):
+            v = xs[k]
+            m = v if (v > m and v < big) else m
+        if m == np.float32(-np.inf):
+            m = np.float32(0.0)
+        s = np.float64(0.0)
+        for k in range(xs.size):
+            s += np.float64(exp_f32(xs[k] - m))
+        return np.float64(m) + np.log(s)
     s = np.float64(0.0)
-    if kind == R_SUMSQ:
+    if kind == R_SUMSQ or kind == R_L2:
         for k in range(xs.size):
             v = np.float64(xs[k])
             s += v * v
+    elif kind == R_L1:
+        for k in range(xs.size):
+            s += np.float64(abs(xs[k]))
     else:
         for k in range(xs.size):
             s += np.float64(xs[k])
@@ -65,11 +102,40 @@ def _row(x, start, stop, kind):
 
 
 @numba.njit(**_NJIT)
+def _combine(acc, v, kind):
+    """Two partials of the same output combined."""
+    if kind == R_MAX:
+        return v if v > acc else acc
+    if kind == R_MIN:
+        return v if v < acc else acc
+    if kind == R_PROD:
+        return acc * v
+    if kind == R_LSE:
+        hi = acc if acc > v else v
+        lo = v if acc > v else acc
+        if lo == -np.inf or hi == np.inf:
+            return hi
+        return hi + np.log1p(np.exp(lo - hi))
+    return acc + v
+
+
+@numba.njit(**_NJIT)
+def _finish(v, kind, scale):
+    """The float32 output from a float64 partial."""
+    if kind == R_L2:
+        return np.float32(np.sqrt(v))
+    if kind == R_LOGSUM:
+        return np.float32(np.log(v))
+    if kind == R_SUM or kind == R_SUMSQ or kind == R_L1:
+        return np.float32(v * scale)
+    return np.float32(v)
+
+
+@numba.njit(**_NJIT)
 def reduce_rows(x, out, n, r0, r1, kind, scale):
     """x viewed as (rows, n), contiguous: out[r] = reduce(x[r, :]) for r in [r0, r1)."""
     for r in range(r0, r1):
-        v = _row(x, r * n, r * n + n, kind)
-        out[r] = np.float32(v) if kind == R_MAX or kind == R_MIN else np.float32(v * scale)
+        out[r] = _finish(_row(x, r * n, r * n + n, kind), kind, scale)
 
 
 @numba.njit(**_NJIT_PAR)
@@ -89,14 +155,8 @@ def reduce_rows_split(x, out, n, rows, pieces, partial, kind, scale):
     for r in range(rows):
         acc = partial[r * pieces]
         for p in range(1, pieces):
-            v = partial[r * pieces + p]
-            if kind == R_MAX:
-                acc = v if v > acc else acc
-            elif kind == R_MIN:
-                acc = v if v < acc else acc
-            else:
-                acc += v
-        out[r] = np.float32(acc) if kind == R_MAX or kind == R_MIN else np.float32(acc * scale)
+            acc = _combine(acc, partial[r * pieces + p], kind)
+        out[r] = _finish(acc, kind, scale)
 
 
 @numba.njit(**_NJIT)
@@ -126,23 +186,55 @@ def reduce_strided(x, out, n, inner, t0, t1, ws, kind, scale):
                 for jj in range(w):
                     v = xr[jj]
                     ob[jj] = v if v < ob[jj] else ob[jj]
+        elif kind == R_LSE:
+            # ob holds the largest finite value per position (0 where there is none), acc the exp sums
+            acc = ws[:w]
+            big = np.float32(np.inf)
+            for jj in range(w):
+                ob[jj] = np.float32(-np.inf)
+                acc[jj] = 0.0
+            for k in range(n):
+                xr = x[base + k * inner:base + k * inner + w]
+                for jj in range(w):
+                    v = xr[jj]
+                    ob[jj] = v if (v > ob[jj] and v < big) else ob[jj]
+            for jj in range(w):
+                if ob[jj] == np.float32(-np.inf):
+                    ob[jj] = np.float32(0.0)
+            for k in range(n):
+                xr = x[base + k * inner:base + k * inner + w]
+                for jj in range(w):
+                    acc[jj] += np.float64(exp_f32(xr[jj] - ob[jj]))
+            for jj in range(w):
+                ob[jj] = np.float32(np.float64(ob[jj]) + np.log(acc[jj]))
         else:
             acc = ws[:w]
+            init = 1.0 if kind == R_PROD else 0.0
             for jj in range(w):
-                acc[jj] = 0.0
-            if kind == R_SUMSQ:
+                acc[jj] = init
+            if kind == R_SUMSQ or kind == R_L2:
                 for k in range(n):
                     xr = x[base + k * inner:base + k * inner + w]
                     for jj in range(w):
                         v = np.float64(xr[jj])
                         acc[jj] += v * v
+            elif kind == R_L1:
+                for k in range(n):
+                    xr = x[base + k * inner:base + k * inner + w]
+                    for jj in range(w):
+                        acc[jj] += np.float64(abs(xr[jj]))
+            elif kind == R_PROD:
+                for k in range(n):
+                    xr = x[base + k * inner:base + k * inner + w]
+                    for jj in range(w):
+                        acc[jj] *= np.float64(xr[jj])
             else:
                 for k in range(n):
                     xr = x[base + k * inner:base + k * inner + w]
                     for jj in range(w):
                         acc[jj] += xr[jj]
             for jj in range(w):
-                ob[jj] = np.float32(acc[jj] * scale)
+                ob[jj] = _finish(acc[jj], kind, scale)
 
 
 @numba.njit(**_NJIT_PAR)
