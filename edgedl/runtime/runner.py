@@ -55,7 +55,7 @@ class GraphRunner:
             raise ConstantRequired(f"this model needs the values of inputs {sorted(self.value_inputs)} to "
                                    "build a plan: call run() with feeds", sorted(self.value_inputs)[0])
         key = tuple((n, types[n]) for n in sorted(types))
-        key += tuple((n, values[n].dtype.str, values[n].shape, values[n].tobytes()) for n in sorted(values))
+        key += tuple((n, _value_key(values[n])) for n in sorted(values))
         plan = self.plans.get(key)
         if plan is None:
             # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
@@ -145,3 +145,12 @@ def spec_type(spec, value):
         return SequenceType(tuple(value_type(v) for v in value), spec.dtype)
     return value_type(value)
 
+
+
+def _value_key(value):
+    """A hashable key for a value a plan is specialized on (a tensor, a sequence or an optional)."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.str, value.shape, value.tobytes()
+    if isinstance(value, list):
+        return tuple(_value_key(v) for v in value)
+    return None
