@@ -284,6 +284,8 @@ class Model:
         graph = run_passes(copy_graph(source))
         fresh = Model(graph, target=self.target, num_threads=self.num_threads, source=source)
         fresh.quantization = self.quantization
+        self.__dict__.pop("_last", None)  # the last run's plan and the input variants belong to the old graph
+        self.__dict__.pop("_variants", None)
         self.__dict__.update(fresh.__dict__)
 
     # --- inspection ---------------------------------------------------------------------------------

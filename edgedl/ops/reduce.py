@@ -92,6 +92,25 @@ class _Reduce(Op):
             y = self.reduce(x, axes)
         return [np.asarray(y).reshape(self._out_shape(x.shape, axes)).astype(x.dtype)]
 
+    def _backward_linear(self, grads, ins, scale_by_count: bool):
+        """Sum and mean: the output gradient broadcast back over the reduced axes (divided by their size for
+        a mean)."""
+        g = grads[0]
+        x_t = self.in_types[0]
+        rest = [None] * (len(ins) - 1)
+        if g is None:
+            return [None] + rest
+        axes = self._axes(len(x_t.shape), ins[1] if len(ins) > 1 else None)
+        g = np.asarray(g, np.float32)
+        if axes is None:
+            return [g.reshape(x_t.shape).copy()] + rest
+        kept = tuple(1 if k in axes else d for k, d in enumerate(x_t.shape))
+        gx = np.broadcast_to(g.reshape(kept), x_t.shape)
+        if scale_by_count:
+            count = int(np.prod([x_t.shape[a] for a in axes], dtype=np.int64))
+            gx = gx * np.float32(1.0 / max(count, 1))
+        return [np.ascontiguousarray(gx, np.float32)] + rest
+
     def build(self, ins, outs, consts):
         x = ins[0]
         axes = self._axes(len(x.shape), self._given(consts))
@@ -115,6 +134,10 @@ class ReduceSum(_Reduce):
     op_type = "ReduceSum"
     axes_input_since = 13
     kind = K.R_SUM
+    grad_inputs = (1,)
+
+    def backward(self, grads, ins, outs, needs):
+        return self._backward_linear(grads, ins, False)
 
     def reduce(self, x, axes):
         if x.dtype.kind == "f":
@@ -126,6 +149,10 @@ class ReduceSum(_Reduce):
 class ReduceMean(_Reduce):
     op_type = "ReduceMean"
     kind = K.R_SUM
+    grad_inputs = (1,)
+
+    def backward(self, grads, ins, outs, needs):
+        return self._backward_linear(grads, ins, True)
 
     def reduce(self, x, axes):
         if x.dtype.kind == "f":

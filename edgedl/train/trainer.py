@@ -39,7 +39,7 @@ __all__ = ["Trainer", "History", "EarlyStopping", "select_trainable", "parameter
 _PARAM_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
                  "BatchNormalization": (1, 2), "PRelu": (1,), "LayerNormalization": (1, 2),
                  "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2), "RMSNormalization": (1,),
-                 "LSTM": (1, 2, 3, 7), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "Gather": (0,)}
+                 "LSTM": (1, 2, 3, 7), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "Gather": (0,), "Einsum": (0, 1)}
 #: inputs that are biases (what "bias" trains)
 _BIAS_INPUTS = {"Conv": (2,), "ConvTranspose": (2,), "Gemm": (2,), "BatchNormalization": (2,),
                 "LayerNormalization": (2,), "InstanceNormalization": (2,), "GroupNormalization": (2,),
