@@ -171,6 +171,8 @@ class Model:
                     raise InputError(f"input '{spec.name}' must be a numpy array, got {type(arr).__name__}")
             if spec.dtype == object and arr.dtype.kind in "US":  # numpy strings -> the object arrays edgedl uses
                 arr = arr.astype(object)
+            if spec.dtype == object and arr.dtype == object and not all(isinstance(v, str) for v in arr.flat):
+                raise InputError(f"input '{spec.name}' is a string tensor: every element must be a str")
             if arr.dtype != spec.dtype:
                 raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got "
                                  f"{arr.dtype.name}")
