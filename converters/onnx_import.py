@@ -20,8 +20,8 @@ from . import onnx_proto as _pb
 if TYPE_CHECKING:
     from onnx import AttributeProto, ModelProto, TensorProto, ValueInfoProto
 
-#: ONNX element type code -> numpy dtype, for the types edgedl runs
-_ONNX_DTYPES = _pb.DTYPES
+#: ONNX element type code -> numpy dtype, for the types edgedl runs (the low-precision ones included)
+_ONNX_DTYPES = _pb.ELEMENT_DTYPES
 
 
 def onnx_dtype(elem_type: int, where: str) -> np.dtype:
@@ -110,7 +110,7 @@ def _tensor_to_array(t: TensorProto, base: Path | None, where: str) -> np.ndarra
     count = int(np.prod(dims, dtype=np.int64)) if dims else 1
     if count > MAX_TENSOR_ELEMENTS:
         raise ModelFormatError(f"initializer '{name}' declares {count} elements {dims}: absurdly large")
-    dtype = onnx_dtype(t.data_type, f"initializer '{name}'")
+    onnx_dtype(t.data_type, f"initializer '{name}'")  # ModelFormatError / UnsupportedOpError for other types
     raw = None
     if t.data_location == _pb.EXTERNAL:
         info = {e.key: e.value for e in t.external_data}
@@ -121,7 +121,7 @@ def _tensor_to_array(t: TensorProto, base: Path | None, where: str) -> np.ndarra
         except ValueError:
             raise ModelFormatError(f"initializer '{name}': bad external data offset/length") from None
         size = path.stat().st_size
-        want = count * dtype.itemsize
+        want = _pb.data_nbytes(t.data_type, count)  # packed for 4-, 2- and 6-bit types
         if length is None:
             length = size - offset
         if offset < 0 or length < 0 or offset + length > size:

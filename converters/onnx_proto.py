@@ -39,12 +39,43 @@ DTYPES: dict[int, np.dtype] = {
     STRING: np.dtype(object),  # a string tensor is an object array of Python str (UTF-8 decoded)
 }
 BFLOAT16 = 16
-try:  # bfloat16 is ml_dtypes' numpy type (ml_dtypes comes with onnx)
+#: the low-precision element types (ONNX 1.14 to 1.23): 8-bit floats, 4-bit and 2-bit integers, 4-bit and
+#: 6-bit floats
+(FLOAT8E4M3FN, FLOAT8E4M3FNUZ, FLOAT8E5M2, FLOAT8E5M2FNUZ, UINT4, INT4, FLOAT4E2M1, FLOAT8E8M0, UINT2, INT2,
+ FLOAT6E2M3, FLOAT6E3M2) = range(17, 29)
+#: low-precision element type code -> numpy dtype: ml_dtypes' types, one byte per element in memory (4-, 2- and
+#: 6-bit values are packed in a tensor's raw_data / int32_data, see :func:`tensor_to_array`). Only casts and
+#: the quantization ops compute on them. An older ml_dtypes may lack the newest ones.
+LOW_PRECISION_DTYPES: dict[int, np.dtype] = {}
+_ML_DTYPES = {
+    FLOAT8E4M3FN: "float8_e4m3fn",
+    FLOAT8E4M3FNUZ: "float8_e4m3fnuz",
+    FLOAT8E5M2: "float8_e5m2",
+    FLOAT8E5M2FNUZ: "float8_e5m2fnuz",
+    UINT4: "uint4",
+    INT4: "int4",
+    FLOAT4E2M1: "float4_e2m1fn",
+    FLOAT8E8M0: "float8_e8m0fnu",
+    UINT2: "uint2",
+    INT2: "int2",
+    FLOAT6E2M3: "float6_e2m3fn",
+    FLOAT6E3M2: "float6_e3m2fn",
+}
+try:  # bfloat16 and the low-precision types are ml_dtypes' numpy types (ml_dtypes comes with onnx)
     import ml_dtypes as _ml_dtypes
 
     DTYPES[BFLOAT16] = np.dtype(_ml_dtypes.bfloat16)
+    for _code, _name in _ML_DTYPES.items():
+        if hasattr(_ml_dtypes, _name):
+            LOW_PRECISION_DTYPES[_code] = np.dtype(getattr(_ml_dtypes, _name))
 except ImportError:  # pragma: no cover - onnx requires ml_dtypes
     pass
+#: every element type edgedl reads and runs: code -> numpy dtype
+ELEMENT_DTYPES: dict[int, np.dtype] = {**DTYPES, **LOW_PRECISION_DTYPES}
+#: bits per element of the sub-byte types: 4-bit values are packed two per byte (first in the low nibble),
+#: 2-bit values four per byte (from the least significant bits up), 6-bit values four per three bytes (an
+#: LSB-first bit stream); the last byte is padded when the element count does not fill it
+PACKED_BITS = {UINT4: 4, INT4: 4, FLOAT4E2M1: 4, UINT2: 2, INT2: 2, FLOAT6E2M3: 6, FLOAT6E3M2: 6}
 
 #: TensorProto.DataLocation
 DEFAULT, EXTERNAL = 0, 1
@@ -66,7 +97,9 @@ _TYPED_FIELD = {
     UINT8: ("int32_data", np.int32),
 }
 #: element types stored as the low 16 bits (bit pattern) of each int32_data entry
-_INT32_AS_16BIT = {FLOAT16, INT16, UINT16, 16}  # 16: bfloat16
+_INT32_AS_16BIT = {FLOAT16, INT16, UINT16, BFLOAT16}
+#: element types stored as the low 8 bits (bit pattern) of each int32_data entry
+_INT32_AS_8BIT = {BOOL, FLOAT8E4M3FN, FLOAT8E4M3FNUZ, FLOAT8E5M2, FLOAT8E5M2FNUZ, FLOAT8E8M0}
 
 #: attribute types whose value is a message, and those whose value is a list of messages: the field names
 _MESSAGE_FIELD = {A_TENSOR: "t", A_SPARSE_TENSOR: "sparse_tensor", A_GRAPH: "g", A_TYPE_PROTO: "tp"}
@@ -143,17 +176,61 @@ def _decode_raw(raw: bytes, dtype: np.dtype) -> np.ndarray:
     return arr if sys.byteorder == "little" else arr.astype(dtype)
 
 
+def data_nbytes(code: int, count: int) -> int:
+    """Bytes that ``count`` elements of element type ``code`` take in raw_data (packed for sub-byte types)."""
+    bits = PACKED_BITS.get(code)
+    if bits is not None:
+        return -(-count * bits // 8)
+    return count * ELEMENT_DTYPES[code].itemsize
+
+
+def _unpack(data: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The first ``count`` ``bits``-bit codes of the packed bytes ``data`` (uint8, 1-D), one uint8 each.
+
+    ValueError when ``data`` is not exactly the ``ceil(count * bits / 8)`` bytes that hold them."""
+    need = -(-count * bits // 8)
+    if data.size != need:
+        raise ValueError(f"{count} {bits}-bit elements take {need} packed bytes, the tensor holds {data.size}")
+    if bits == 4:
+        out = np.empty(need * 2, np.uint8)
+        out[0::2] = data & 0x0F
+        out[1::2] = data >> 4
+    elif bits == 2:
+        out = np.empty(need * 4, np.uint8)
+        for k in range(4):
+            out[k::4] = (data >> (2 * k)) & 0x03
+    elif bits == 6:  # 4 codes in 3 bytes: b0 = c0 | c1 << 6, b1 = c1 >> 2 | c2 << 4, b2 = c2 >> 4 | c3 << 2
+        groups = -(-count // 4)
+        padded = np.zeros(groups * 3, np.uint8)
+        padded[:need] = data
+        b0, b1, b2 = padded[0::3], padded[1::3], padded[2::3]
+        out = np.empty((groups, 4), np.uint8)
+        out[:, 0] = b0 & 0x3F
+        out[:, 1] = (b0 >> 6) | ((b1 & 0x0F) << 2)
+        out[:, 2] = (b1 >> 4) | ((b2 & 0x03) << 4)
+        out[:, 3] = b2 >> 2
+        out = out.reshape(-1)
+    else:  # pragma: no cover - PACKED_BITS holds 2, 4 and 6 only
+        raise ValueError(f"no {bits}-bit packing")
+    return out[:count]
+
+
 def tensor_to_array(t, raw: bytes | None = None) -> np.ndarray:
     """The values of TensorProto ``t`` as an array of its dims, like ``onnx.numpy_helper.to_array``.
 
     Data come from ``raw`` when given (external data the caller read), else ``t.raw_data`` when set, else the
     typed field of the element type (float_data, int32_data, int64_data, double_data, uint64_data). Element
-    types outside :data:`DTYPES` raise TypeError; a tensor with a segment, and values that do not fill the
-    dims, raise ValueError (onnx's and numpy's messages). The result may be a read-only view on the bytes."""
+    types outside :data:`ELEMENT_DTYPES` raise TypeError; a tensor with a segment, and values that do not fill
+    the dims, raise ValueError (onnx's and numpy's messages). The result may be a read-only view on the bytes.
+
+    4-bit and 2-bit values are packed two / four per byte in raw_data and in int32_data (one byte per entry),
+    6-bit values four per three bytes in raw_data and one per int32_data entry (its low 6 bits); the dims
+    give the element count, and the packed bytes must be exactly those that hold it (the last one padded).
+    They are unpacked to one byte per element, the ml_dtypes layout."""
     if t.HasField("segment"):
         raise ValueError("Currently not supporting loading segments.")
     code = t.data_type
-    dtype = DTYPES.get(code)
+    dtype = ELEMENT_DTYPES.get(code)
     if dtype is None:
         raise TypeError(f"element type {code} is not supported")
     dims = tuple(t.dims)
@@ -166,12 +243,26 @@ def tensor_to_array(t, raw: bytes | None = None) -> np.ndarray:
         return out.reshape(dims)
     if raw is None and t.HasField("raw_data"):
         raw = t.raw_data
+    packed = PACKED_BITS.get(code)
+    if packed is not None:  # codes packed in raw_data, or one packed byte per int32_data entry (float6: one code)
+        if raw is not None:
+            data = np.frombuffer(raw, np.uint8)
+        else:
+            data = np.array(t.int32_data, dtype=np.int32).view(np.uint32).astype(np.uint8)
+            if packed == 6:
+                data = data & 0x3F
+        count = int(np.prod(dims, dtype=np.int64))
+        if packed == 6 and raw is None:
+            if data.size != count:
+                raise ValueError(f"{count} elements, the tensor holds {data.size} int32_data entries")
+            return data.view(dtype).reshape(dims)
+        return _unpack(data, count, packed).view(dtype).reshape(dims)
     if raw is not None:
         return _decode_raw(raw, dtype).reshape(dims)
     if code in _INT32_AS_16BIT:
         bits = np.array(t.int32_data, dtype=np.int32).view(np.uint32).astype(np.uint16)
         return bits.reshape(dims).view(dtype)
-    if code == BOOL:
+    if code in _INT32_AS_8BIT:
         return np.array(t.int32_data, dtype=np.int32).view(np.uint32).astype(np.uint8).view(dtype).reshape(dims)
     field, storage = _TYPED_FIELD[code]
     return np.asarray(getattr(t, field), dtype=storage).astype(dtype).reshape(dims)
@@ -207,8 +298,8 @@ def attribute_value(a):
 
 def tensor_dtype_to_np_dtype(code: int) -> np.dtype:
     """numpy dtype of an ONNX element type code, like ``onnx.helper.tensor_dtype_to_np_dtype``: the types in
-    :data:`DTYPES` directly, any other code through onnx itself (ml_dtypes types, and onnx's errors)."""
-    dtype = DTYPES.get(code)
+    :data:`ELEMENT_DTYPES` directly, any other code through onnx itself (its types and errors)."""
+    dtype = ELEMENT_DTYPES.get(code)
     if dtype is not None:
         return dtype
     from onnx import helper

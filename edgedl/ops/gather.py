@@ -12,6 +12,12 @@ indices at run time when they are not constants: an index outside ``[-dim, dim)`
 raises EdgeDLError, it is never read. Cast and ConstantOfShape are numpy one-liners writing straight into the
 preallocated output.
 
+Cast covers the low-precision element types (ml_dtypes: float8 e4m3fn/e4m3fnuz/e5m2/e5m2fnuz/e8m0, float6,
+float4e2m1, int4/uint4, int2/uint2; see :func:`cast_array`): to float8 with ``saturate`` (opset 19, default 1)
+``y = RNE(clip(x, -max, max))``, without it ``RNE(x)`` with overflow to Inf/NaN; to float8e8m0
+``y = 2**(e + r)`` from x's float32 exponent e, r per ``round_mode`` (opset 24). Every other op but the layout
+ops rejects these types (:func:`reject_low_precision`, for the planner).
+
 Backward (training): Gather and GatherElements scatter-add the output gradient into a zero gradient of the
 data (float32 Numba kernels, serial in index order: duplicates accumulate in one fixed order); indices take no
 gradient.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..converters.onnx_proto import DTYPES as _ONNX_DTYPES
+from ..converters import onnx_proto as _pb
 from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..kernels.cpu.gather import (
@@ -37,23 +43,56 @@ from ..registry import Kernel, Op, ref_kernel, register
 from .common import const_ints, normalize_axis
 from .layout import ALL_DTYPES
 
-#: ONNX TensorProto element types edgedl has numpy dtypes for
-#: ONNX element type code -> numpy dtype, for the numeric types (the importer's table, less strings)
-ONNX_TO_NUMPY = {code: dt for code, dt in _ONNX_DTYPES.items() if code != 8}
-#: element types that exist in ONNX but not in edgedl
-ONNX_UNSUPPORTED = {
-    8: "STRING", 14: "COMPLEX64", 15: "COMPLEX128", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ",
-    19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1", 24: "FLOAT8E8M0",
-    25: "UINT2", 26: "INT2",
+#: ONNX TensorProto element type names (fixed by the ONNX standard)
+ONNX_TYPE_NAMES = {
+    1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "STRING", 9: "BOOL",
+    10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64", 14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16",
+    17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4",
+    23: "FLOAT4E2M1", 24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2", 27: "FLOAT6E2M3", 28: "FLOAT6E3M2",
 }
+#: ONNX element type code -> numpy dtype, for the numeric types (the importer's table, less strings)
+ONNX_TO_NUMPY = {code: dt for code, dt in _pb.ELEMENT_DTYPES.items() if code != _pb.STRING}
+#: the low-precision element types (8-, 6-, 4- and 2-bit floats and integers, ml_dtypes types): only the
+#: quantization boundary takes them (see LOW_PRECISION_OPS)
+LOW_PRECISION_DTYPES = frozenset(_pb.LOW_PRECISION_DTYPES.values())
+#: element types that exist in ONNX but not in edgedl
+ONNX_UNSUPPORTED = {code: name for code, name in ONNX_TYPE_NAMES.items() if code not in ONNX_TO_NUMPY}
+#: ops that compute on the low-precision types (Cast, CastLike, QuantizeLinear, DequantizeLinear) and those
+#: that only move their bytes (shape and layout ops, Gather); every other op rejects them
+LOW_PRECISION_OPS = frozenset({
+    "Cast", "CastLike", "QuantizeLinear", "DequantizeLinear",
+    "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Size", "Concat", "Split",
+    "Slice", "Gather", "Expand", "Tile", "If", "Loop", "Scan",
+})
 
 
-def onnx_elem_dtype(op: Op, code, what: str) -> np.dtype:
-    """numpy dtype of an ONNX element type code (an int or a name such as "FLOAT")."""
+def is_low_precision(dtype) -> bool:
+    """Whether ``dtype`` is one of the low-precision element types (float8, float6, float4, int4, int2...)."""
+    return dtype is not None and np.dtype(dtype) in LOW_PRECISION_DTYPES
+
+
+def reject_low_precision(op: Op, ins, outs) -> None:
+    """UnsupportedOpError when an op outside LOW_PRECISION_OPS takes or produces a low-precision tensor
+    (for the planner, after ``infer``: those types only appear at casts and quantization boundaries)."""
+    if op.domain in ("", "ai.onnx") and op.op_type in LOW_PRECISION_OPS:
+        return
+    for kind, types in (("input", ins), ("output", outs)):
+        for k, t in enumerate(types or ()):
+            dtype = getattr(t, "dtype", None)
+            if isinstance(t, TensorType) and is_low_precision(dtype):
+                raise op.unsupported(f"{kind} {k} has the low-precision element type {np.dtype(dtype).name}, "
+                                     "which only Cast, CastLike, QuantizeLinear, DequantizeLinear and layout ops "
+                                     "take")
+
+
+def onnx_elem_dtype(op: Op, code, what: str, low_precision: bool = False) -> np.dtype:
+    """numpy dtype of an ONNX element type code (an int or a name such as "FLOAT").
+
+    The low-precision types (float8, int4, ...) only where ``low_precision`` is set (casts, quantization):
+    elsewhere they are UnsupportedOpError."""
     if isinstance(code, str):
         names = {np.dtype(v).name: k for k, v in ONNX_TO_NUMPY.items()}
-        onnx_names = {"FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-                      "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13, "BFLOAT16": 16}
+        onnx_names = {name: k for k, name in ONNX_TYPE_NAMES.items()}
         key = code.upper()
         if key in onnx_names:
             code = onnx_names[key]
@@ -62,10 +101,10 @@ def onnx_elem_dtype(op: Op, code, what: str) -> np.dtype:
         else:
             raise op.unsupported(f"{what} {code} is not a supported element type")
     code = int(code)
-    if code in ONNX_TO_NUMPY:
+    if code in ONNX_TO_NUMPY and (low_precision or code not in _pb.LOW_PRECISION_DTYPES):
         return np.dtype(ONNX_TO_NUMPY[code])
-    if code in ONNX_UNSUPPORTED:
-        raise op.unsupported(f"{what} {ONNX_UNSUPPORTED[code]} is not supported (no numpy dtype in edgedl)")
+    if code in ONNX_TYPE_NAMES:
+        raise op.unsupported(f"{what} {ONNX_TYPE_NAMES[code]} is not supported here")
     raise op.error(f"{what} {code} is not a valid ONNX element type")
 
 
@@ -379,8 +418,73 @@ class GatherND(Op):
 
 
 # --------------------------------------------------------------------------------------------------------
+#: the float8 types whose conversions ``saturate`` governs (float8e8m0 has its own rule, see _to_e8m0)
+_FLOAT8 = frozenset(_pb.LOW_PRECISION_DTYPES[c] for c in (_pb.FLOAT8E4M3FN, _pb.FLOAT8E4M3FNUZ, _pb.FLOAT8E5M2,
+                                                          _pb.FLOAT8E5M2FNUZ) if c in _pb.LOW_PRECISION_DTYPES)
+ROUND_MODES = ("up", "down", "nearest")
+
+
+def _e8m0_dtype():
+    return _pb.LOW_PRECISION_DTYPES.get(_pb.FLOAT8E8M0)
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64 (float64 and 32/64-bit integers: exact) or float32 (every other type: exact)."""
+    if x.dtype == np.float64 or (x.dtype.kind in "iu" and x.dtype.itemsize >= 4):
+        return x.astype(np.float64)
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def _to_e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
+    """float8e8m0 (2**(e - 127), codes 0..254, 255 = NaN) from the float32 exponent bits of ``x``.
+
+    round_mode 'down' keeps the exponent, 'up' adds one when the mantissa is not zero, 'nearest' when the
+    mantissa is at least one half (ties up), for subnormal inputs above one half (onnx's rule). Saturation
+    keeps 254 (2**127) rather than overflowing to NaN, and turns +-Inf into 254 (the Cast table); NaN stays
+    NaN. The sign is ignored (negative inputs are undefined in ONNX)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    exponent = ((bits >> 23) & 0xFF).astype(np.uint16)
+    special = exponent == 0xFF
+    if round_mode == "up":
+        up = (bits & 0x7FFFFF) != 0
+    elif round_mode == "nearest":
+        guard = (bits & 0x400000) != 0
+        up = guard & (((bits & 0x3FFFFF) != 0) | (exponent > 0))
+    else:
+        up = np.zeros(bits.shape, np.bool_)
+    up &= ~special
+    if saturate:
+        up &= exponent != 0xFE
+    code = np.minimum(exponent + up, 0xFF).astype(np.uint8)
+    if saturate:
+        code[special & ((bits & 0x7FFFFF) == 0)] = 0xFE  # +-Inf -> the largest value
+    return code.view(_e8m0_dtype())
+
+
+def cast_array(x: np.ndarray, to: np.dtype, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast of ``x`` to ``to`` (a new array).
+
+    numpy's conversions, with ml_dtypes' for the low-precision types (round to nearest even; integer
+    overflow wraps). To a float8 type with ``saturate``, values beyond the type's largest finite value (and
+    +-Inf) become that value (NaN stays NaN); without it they become Inf (float8e5m2) or NaN. float8e8m0
+    follows ``round_mode`` (see _to_e8m0). float4 and float6 have no Inf/NaN: ml_dtypes clamps."""
+    to = np.dtype(to)
+    with np.errstate(all="ignore"):  # NaN/Inf/out-of-range to int: undefined in ONNX, no warning here
+        if to == _e8m0_dtype():
+            return _to_e8m0(x.astype(np.float32), saturate, round_mode)
+        if to in _FLOAT8 and saturate:
+            import ml_dtypes
+
+            limit = float(ml_dtypes.finfo(to).max)
+            return np.clip(_as_float(x), -limit, limit).astype(to)
+        return x.astype(to)
+
+
 @register
 class Cast(Op):
+    """Cast (1, 6, 9, 13, 19: ``saturate``, 21, 23, 24: ``round_mode``, 25, 28) to every numeric type edgedl has,
+    the low-precision ones included (see cast_array)."""
+
     op_type = "Cast"
 
     def __init__(self, node, opset):
@@ -388,23 +492,47 @@ class Cast(Op):
         to = self.attr("to")
         if to is None:
             raise self.error("needs a 'to' attribute")
-        self.to = onnx_elem_dtype(self, to, "target type")
-        # 'saturate' (opset 19) only matters for float8 targets, which edgedl does not have
+        self.to = onnx_elem_dtype(self, to, "target type", low_precision=True)
+        self.saturate, self.round_mode = cast_attributes(self)
 
     def infer(self, ins, consts):
         return [TensorType(ins[0].shape, self.to)]
 
     def ref(self, x):
-        with np.errstate(all="ignore"):  # NaN/Inf/out-of-range to int: undefined in ONNX, no warning here
-            return [x.astype(self.to)]
+        return [cast_array(x, self.to, self.saturate, self.round_mode)]
 
     def build(self, ins, outs, consts):
-        # NOTE: numpy's casting loops are vectorized C; copyto writes into the preallocated output.
-        def run(inputs, outputs, scratch):
-            with np.errstate(all="ignore"):
-                np.copyto(outputs[0], inputs[0], casting="unsafe")
+        return cast_kernel(self, ins[0].dtype, self.to)
 
-        return Kernel(run, impl="numpy")
+
+def cast_attributes(op: Op) -> tuple[bool, str]:
+    """The ``saturate`` (opset 19, default 1) and ``round_mode`` (opset 24, default 'up') attributes of Cast and
+    CastLike."""
+    saturate = op.attr("saturate", 1)
+    if saturate not in (0, 1):
+        raise op.error(f"saturate must be 0 or 1, got {saturate}")
+    round_mode = op.attr("round_mode", "up")
+    if round_mode not in ROUND_MODES:
+        raise op.error(f"round_mode must be one of {', '.join(ROUND_MODES)}, got {round_mode!r}")
+    return bool(saturate), round_mode
+
+
+def cast_kernel(op: Op, src, to) -> Kernel:
+    """The Cast / CastLike kernel: numpy's casting loops into the preallocated output (vectorized C), or
+    cast_array where a low-precision type is involved."""
+    if is_low_precision(src) or is_low_precision(to):
+        saturate, round_mode = op.saturate, op.round_mode
+
+        def run_low(inputs, outputs, scratch):
+            outputs[0][...] = cast_array(inputs[0], outputs[0].dtype, saturate, round_mode)
+
+        return Kernel(run_low, impl="numpy")
+
+    def run(inputs, outputs, scratch):
+        with np.errstate(all="ignore"):
+            np.copyto(outputs[0], inputs[0], casting="unsafe")
+
+    return Kernel(run, impl="numpy")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -482,5 +610,7 @@ class Constant(Op):
         return [self.value]
 
 
-__all__ = ["ONNX_TO_NUMPY", "Cast", "Constant", "ConstantOfShape", "Gather", "GatherElements", "GatherND",
-           "check_elements_shapes", "elements_index", "elements_layout", "onnx_elem_dtype"]
+__all__ = ["LOW_PRECISION_DTYPES", "LOW_PRECISION_OPS", "ONNX_TO_NUMPY", "ONNX_TYPE_NAMES", "Cast", "Constant",
+           "ConstantOfShape", "Gather", "GatherElements", "GatherND", "cast_array", "cast_attributes", "cast_kernel",
+           "check_elements_shapes", "elements_index", "elements_layout", "is_low_precision", "onnx_elem_dtype",
+           "reject_low_precision"]

@@ -12,6 +12,7 @@ import numpy as np
 from ..ir import TensorType
 from ..registry import Kernel, Op, register
 from .common import broadcast_shapes, unbroadcast
+from .gather import cast_array, cast_attributes, cast_kernel
 
 
 def _numpy_kernel(fn) -> Kernel:
@@ -120,19 +121,18 @@ class CastLike(Op):
     op_type = "CastLike"
     num_inputs = (2, 2)
 
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.saturate, self.round_mode = cast_attributes(self)  # opset 19 / 24, as Cast's
+
     def infer(self, ins, consts):
         return [TensorType(ins[0].shape, ins[1].dtype)]
 
     def ref(self, x, like):
-        with np.errstate(all="ignore"):
-            return [x.astype(like.dtype)]
+        return [cast_array(x, like.dtype, self.saturate, self.round_mode)]
 
     def build(self, ins, outs, consts):
-        def run(inputs, outputs, scratch):
-            with np.errstate(all="ignore"):
-                np.copyto(outputs[0], inputs[0], casting="unsafe")
-
-        return Kernel(run, impl="numpy")
+        return cast_kernel(self, ins[0].dtype, ins[1].dtype)
 
 
 @register

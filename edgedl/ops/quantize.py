@@ -4,6 +4,19 @@ Per tensor (scalar scale), per axis (1-D scale along ``axis``) and blocked (opse
 rank, each entry covering ``block_size`` elements along ``axis``). float32 <-> int8/uint8 per tensor and per
 axis run a Numba kernel over an (outer, channels, inner) view (:mod:`edgedl.kernels.cpu.quantize`); other
 types (int16, uint16, int32, float16 scales) and blocked scales run the numpy reference.
+
+The low-precision types (ml_dtypes, one byte per element in memory) run the numpy reference too:
+
+* int4 / uint4 / int2 / uint2: ``q = clip(rint(x / scale) + zp, lo, hi)`` like the 8-bit types.
+* float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz): ``q = RNE(x / scale + zp)``; ``saturate`` (opset 19, default
+  1) clamps to the type's finite range first, else overflow becomes Inf/NaN (see gather.cast_array). The zero
+  point is normally 0 (then it is not added, so -0 keeps its sign, as in onnx's reference).
+* float4e2m1, float6e2m3, float6e3m2: ``q = RNE(x / scale + zp)`` clamped (they have no Inf).
+
+Dequantize: ``y = (q - zp) * scale`` in float32, as ``output_dtype`` (opset 23+; default: the scale's
+type; required with a float8e8m0 scale). QuantizeLinear's ``output_dtype`` (opset 21+) picks the quantized
+type when there is no zero point (default uint8) and must match it when there is; ``precision`` (opset 23+)
+is the type of the division ``x / scale`` (default float32 here, exact for float16 and bfloat16 scales).
 """
 from __future__ import annotations
 
@@ -11,10 +24,31 @@ import numpy as np
 
 from ..ir import TensorType
 from ..registry import Kernel, Op, ref_kernel, register
+from .gather import LOW_PRECISION_DTYPES, cast_array, onnx_elem_dtype
 
 #: integer types edgedl quantizes to, with their ranges
 _QTYPES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.int8, np.uint8, np.int16, np.uint16,
                                                                     np.int32)}
+#: the low-precision float types QuantizeLinear produces: float8 (``saturate`` applies), float4, float6
+_QFLOATS: set[np.dtype] = set()
+_SUB_BYTE_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
+for _dt in LOW_PRECISION_DTYPES:
+    if _dt.name in _SUB_BYTE_RANGES:
+        _QTYPES[_dt] = _SUB_BYTE_RANGES[_dt.name]
+    elif _dt.name != "float8_e8m0fnu":
+        _QFLOATS.add(_dt)
+#: the float8 types: their zero point should be 0
+_FLOAT8 = {d for d in _QFLOATS if d.name.startswith("float8")}
+
+
+def _is_float(dtype) -> bool:
+    """float16/32/64, bfloat16 and float8e8m0 (scales)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name in ("bfloat16", "float8_e8m0fnu")
+
+
+def _names(dtypes) -> str:
+    return ", ".join(sorted(np.dtype(d).name for d in dtypes))
 
 
 class _LinearQ(Op):
@@ -70,35 +104,59 @@ class QuantizeLinear(_LinearQ):
     op_type = "QuantizeLinear"
     kernels = {"cpu": ("float32",)}
 
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.saturate = bool(self.attr("saturate", 1))
+        out = int(self.attr("output_dtype", 0))
+        self.output_dtype = onnx_elem_dtype(self, out, "output_dtype", low_precision=True) if out else None
+        precision = int(self.attr("precision", 0))
+        self.precision = onnx_elem_dtype(self, precision, "precision") if precision else None
+        if self.precision is not None and not _is_float(self.precision):
+            raise self.error(f"precision must be a float type, got {self.precision.name}")
+
     def _out_dtype(self, zp: TensorType | None) -> np.dtype:
         if zp is not None:
             return np.dtype(zp.dtype)
-        out = self.attr("output_dtype", 0)
-        if out:
-            from ..converters.onnx_proto import tensor_dtype_to_np_dtype  # not onnx.helper: no onnx import
-
-            return tensor_dtype_to_np_dtype(int(out))
-        return np.dtype(np.uint8)
+        return self.output_dtype if self.output_dtype is not None else np.dtype(np.uint8)
 
     def infer(self, ins, consts):
         x, scale = ins[0], ins[1]
         zp = ins[2] if len(ins) > 2 else None
-        if np.dtype(x.dtype).kind != "f" and np.dtype(x.dtype) != np.int32:
+        xd = np.dtype(x.dtype)
+        if not (xd.kind == "f" or xd.name == "bfloat16" or xd == np.int32):
             raise self.unsupported(f"input dtype {np.dtype(x.dtype).name} is not supported")
+        if not _is_float(scale.dtype) and np.dtype(scale.dtype) != np.int32:
+            raise self.error(f"scale must be a float tensor, got {np.dtype(scale.dtype).name}")
         qtype = self._out_dtype(zp)
-        if qtype not in _QTYPES:
-            raise self.unsupported(f"quantizing to {qtype.name} is not supported (int8, uint8, int16, uint16, "
-                                   "int32)")
+        if zp is not None and self.output_dtype is not None and self.output_dtype != qtype:
+            raise self.error(f"output_dtype {self.output_dtype.name} differs from the zero point's dtype {qtype.name}")
+        if qtype not in _QTYPES and qtype not in _QFLOATS:
+            raise self.unsupported(f"quantizing to {qtype.name} is not supported "
+                                   f"({_names([*_QTYPES, *_QFLOATS])})")
         self._check_params(x, scale, zp)
         return [TensorType(tuple(x.shape), qtype)]
 
     def ref(self, x, scale, zp=None):
         qtype = np.dtype(zp.dtype) if zp is not None else self._out_dtype(None)
-        lo, hi = _QTYPES[qtype]
-        s = self._broadcast(scale, x.shape).astype(np.float32)
-        z = 0 if zp is None else self._broadcast(zp, x.shape).astype(np.int64)
-        q = np.rint(np.asarray(x, np.float32) / s).astype(np.float64) + z  # rint: ties to even
-        return [np.clip(q, lo, hi).astype(qtype)]
+        s = self._broadcast(scale, x.shape)
+        if self.precision is not None and self.precision != np.float32:
+            with np.errstate(all="ignore"):
+                v = np.asarray(x).astype(self.precision) / s.astype(self.precision)
+        else:
+            with np.errstate(all="ignore"):
+                v = np.asarray(x, np.float32) / s.astype(np.float32)
+        if qtype in _QTYPES:
+            lo, hi = _QTYPES[qtype]
+            z = 0 if zp is None else self._broadcast(zp, x.shape).astype(np.int64)
+            q = np.rint(v).astype(np.float64) + z  # rint: ties to even
+            return [np.clip(q, lo, hi).astype(qtype)]
+        # float8 / float4 / float6: round to nearest even in the type
+        v = np.asarray(v, np.float32)
+        if zp is not None:
+            z = self._broadcast(zp, x.shape).astype(np.float32)
+            if qtype not in _FLOAT8 or np.any(z):
+                v = v + z
+        return [cast_array(v, qtype, self.saturate)]
 
     def build(self, ins, outs, consts):
         from ..kernels.cpu.quantize import QuantizeKernel
@@ -106,7 +164,8 @@ class QuantizeLinear(_LinearQ):
         x, scale = ins[0], ins[1]
         qtype = np.dtype(outs[0].dtype)
         if (np.dtype(x.dtype) != np.float32 or np.dtype(scale.dtype) != np.float32 or self.block_size
-                or qtype not in (np.dtype(np.int8), np.dtype(np.uint8))):
+                or qtype not in (np.dtype(np.int8), np.dtype(np.uint8))
+                or (self.precision is not None and self.precision != np.float32)):
             return ref_kernel(self)
         k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype)
         return _bindable(k, ins, consts)
@@ -123,31 +182,42 @@ class DequantizeLinear(_LinearQ):
     op_type = "DequantizeLinear"
     kernels = {"cpu": ("int8", "uint8")}
 
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        out = int(self.attr("output_dtype", 0))
+        self.output_dtype = onnx_elem_dtype(self, out, "output_dtype") if out else None
+        if self.output_dtype is not None and not _is_float(self.output_dtype):
+            raise self.error(f"output_dtype must be a float type, got {self.output_dtype.name}")
+
     def infer(self, ins, consts):
         x, scale = ins[0], ins[1]
         zp = ins[2] if len(ins) > 2 else None
-        if np.dtype(x.dtype) not in _QTYPES:
-            raise self.unsupported(f"dequantizing {np.dtype(x.dtype).name} is not supported (int8, uint8, int16, "
-                                   "uint16, int32)")
+        if np.dtype(x.dtype) not in _QTYPES and np.dtype(x.dtype) not in _QFLOATS:
+            raise self.unsupported(f"dequantizing {np.dtype(x.dtype).name} is not supported "
+                                   f"({_names([*_QTYPES, *_QFLOATS])})")
         if zp is not None and np.dtype(zp.dtype) != np.dtype(x.dtype):
             raise self.error(f"zero point dtype {np.dtype(zp.dtype).name} differs from input dtype "
                              f"{np.dtype(x.dtype).name}")
-        if np.dtype(scale.dtype).kind != "f":
+        if not _is_float(scale.dtype):
             raise self.error(f"scale must be a float tensor, got {np.dtype(scale.dtype).name}")
+        out = self.output_dtype if self.output_dtype is not None else np.dtype(scale.dtype)
+        if out.name == "float8_e8m0fnu":
+            raise self.error("a float8e8m0 scale needs output_dtype (float, float16 or bfloat16)")
         self._check_params(x, scale, zp)
-        return [TensorType(tuple(x.shape), np.dtype(scale.dtype))]
+        return [TensorType(tuple(x.shape), out)]
 
     def ref(self, x, scale, zp=None):
         s = self._broadcast(scale, x.shape)
         z = np.float32(0) if zp is None else self._broadcast(zp, x.shape).astype(np.float32)
-        return [((np.asarray(x).astype(np.float32) - z) * s.astype(np.float32)).astype(scale.dtype)]
+        out = self.output_dtype if self.output_dtype is not None else scale.dtype
+        return [((np.asarray(x).astype(np.float32) - z) * s.astype(np.float32)).astype(out)]
 
     def build(self, ins, outs, consts):
         from ..kernels.cpu.quantize import DequantizeKernel
 
         x, scale = ins[0], ins[1]
         if (np.dtype(x.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)) or self.block_size
-                or np.dtype(scale.dtype) != np.float32):
+                or np.dtype(scale.dtype) != np.float32 or np.dtype(outs[0].dtype) != np.float32):
             return ref_kernel(self)
         s = tuple(scale.shape)
         axis = None if len(s) == 0 or (len(s) == 1 and s[0] == 1) else self._axis(len(x.shape))

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConstantRequired, DataDependentShape, EdgeDLError, ShapeError
 from ..ir import Graph, Node, OptionalType, SequenceType, TensorSpec, TensorType, check_shape, contiguous
 from ..kernels.cpu.config import num_threads
+from ..ops.gather import reject_low_precision
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
 
@@ -265,6 +266,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
         cin = [consts.get(i) if i else None for i in node.inputs]
         try:
             outs = op.infer(ins, cin)
+            reject_low_precision(op, ins, outs)
             for k, (name, t) in enumerate(zip(node.outputs, outs)):
                 if name:
                     if isinstance(t, TensorType) or not isinstance(t, (SequenceType, OptionalType)):

@@ -17,8 +17,6 @@ EXCLUDE_ORT_PASSES: dict[str, str] = {}
 
 # Tests onnxruntime fails too.
 EXCLUDE_ORT_FAILS = {
-    r"(?i)float8|e4m3|e5m2|e8m0": "float8 element types are not supported",
-    r"(?i)int4|int2|float4": "4-bit and 2-bit element types are not supported",
     r"^test_flexattention": "FlexAttention (ai.onnx.preview) is not implemented",
     r"^test_image_decoder": "ImageDecoder needs image codecs (JPEG, PNG, WebP, ...), which edgedl does not depend on",
     r"^test_bernoulli|^test_training_dropout(_default)?(_mask)?_cpu$": (
