@@ -375,6 +375,10 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
                     last[b] = max(last[b], s_idx)
         if step.eager:
             continue  # eager outputs are allocated when they are computed
+        if step.view_shape is not None:
+            # a view owns no memory: of an arena tensor it extends that tensor's life (base_of); of a graph input
+            # or output, or of an eager value, it is made at run time (consumers then cannot be pre-bound)
+            continue
         for o in node.outputs:
             if o and o not in graph_out and o not in base_of and o not in consts:
                 first[o] = s_idx
