@@ -43,6 +43,8 @@ class GraphRunner:
         #: graph inputs whose values the plans are specialized on
         self.value_inputs: set[str] = set()
         self._producers = graph.producers()
+        #: (names, shapes and dtypes of the last run's feeds, its plan): see run()
+        self._last: tuple | None = None
         self._graph_inputs = {s.name for s in graph.inputs}
 
     # --- planning -----------------------------------------------------------------------------------------
@@ -108,12 +110,27 @@ class GraphRunner:
     # --- running ------------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on ``feeds`` (every graph input; dtypes and shapes taken from the arrays)."""
+        last = self._last
+        if last is not None:  # a subgraph called again with arrays like last time (a Loop body, an If branch)
+            for name, shape, dtype in last[0]:
+                a = feeds.get(name)
+                if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                    break
+            else:
+                return last[1].run(feeds)
         types = {}
         for spec in self.graph.inputs:
             if spec.name not in feeds:
                 raise InputError(f"missing input '{spec.name}'")
+            value = feeds[spec.name]
+            if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+                feeds = {**feeds, spec.name: np.ascontiguousarray(value)}
             types[spec.name] = spec_type(spec, feeds[spec.name])
-        return self.resolve(types, feeds).run(feeds)
+        plan = self.resolve(types, feeds)
+        arrays = [(s.name, feeds[s.name]) for s in self.graph.inputs]
+        if not self.value_inputs and all(type(a) is np.ndarray for _, a in arrays):
+            self._last = (tuple((n, a.shape, a.dtype) for n, a in arrays), plan)
+        return plan.run(feeds)
 
 
 def value_type(value):
