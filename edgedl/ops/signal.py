@@ -8,7 +8,8 @@ m bins)::
     inverse  x[j] = 1/n sum_k y[k] exp(+2 pi i j k / n)          onesided: y is one-sided, x real (IRFFT)
 
 Opset 17 has ``axis`` as an attribute (default 1), opset 20 as an optional input (default -2); both accept
-``[-r, -2]`` and ``[0, r - 2]``. An RFFT needs a real input. STFT: frames ``x[b, f * step + j]``
+``[-r, -2]`` and ``[0, r - 2]``. An RFFT needs a real input. STFT (signal ``[batch, length, 1 or 2]``, or
+``[batch, length]`` read as real, as onnxruntime accepts): frames ``x[b, f * step + j]``
 (``frames = (L - frame_length) // step + 1``) times the window, each transformed as above (onesided by
 default, for a real signal). The dft_length, axis, frame_step and frame_length values must be constants when
 the plan is built (they set shapes).
@@ -247,9 +248,13 @@ class STFT(Op):
 
     def _params(self, ins, consts):
         x = ins[0]
-        if len(x.shape) != 3 or x.shape[2] not in (1, 2):
-            raise self.error(f"signal must be [batch, length, 1 or 2], got shape {tuple(x.shape)}")
-        b, length, c = x.shape
+        if len(x.shape) == 2:  # [batch, length]: a real signal (onnxruntime accepts it; the spec says 3-D)
+            b, length, c = (*x.shape, 1)
+        elif len(x.shape) != 3 or x.shape[2] not in (1, 2):
+            raise self.error(f"signal must be [batch, length, 1 or 2] or [batch, length] (real), "
+                             f"got shape {tuple(x.shape)}")
+        else:
+            b, length, c = x.shape
         step = _scalar_int(self, consts, ins, 1, "frame_step")
         if step < 1:
             raise self.error(f"frame_step must be positive, got {step}")
@@ -288,6 +293,7 @@ class STFT(Op):
         ins = [None if a is None else TensorType(np.shape(a), np.asarray(a).dtype)
                for a in (x, frame_step, window, frame_length)]
         b, length, c, step, fl, frames, bins = self._params(ins, [None, frame_step, None, frame_length])
+        x = x.reshape(b, length, c)
         sig = x[..., 0].astype(np.float64)
         if c == 2:
             sig = sig + 1j * x[..., 1].astype(np.float64)

@@ -27,7 +27,7 @@ import sys
 GEMM_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "DeformConv", "DFT", "STFT", "Einsum", "LSTM",
                       "GRU", "RNN"})
 #: onnxruntime's contrib layers that run on the fp32 GEMM
-CONTRIB_GEMM_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "TransposeMatMul"})
+CONTRIB_GEMM_OPS = frozenset({"FusedConv", "FusedGemm", "FusedMatMul", "TransposeMatMul", "DynamicQuantizeLSTM"})
 #: layers whose kernels call an int8 GEMM task (after the load-time passes lower a QDQ model)
 INT8_GEMM_OPS = frozenset({"QLinearConv", "QLinearConvTranspose", "QLinearMatMul", "QGemm", "ConvInteger",
                            "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})

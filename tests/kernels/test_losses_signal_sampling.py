@@ -328,7 +328,8 @@ def test_stft_rejects_bad_inputs():
              ([x, np.array(4), np.ones(7, np.float32), np.array(8)], {}, "window has length 7"),
              ([x, np.array(4), np.ones((2, 4), np.float32)], {}, "1-D"),
              ([np.zeros((1, 32, 2), np.float32), np.array(4), None, np.array(8)], {}, "real signal"),
-             ([np.zeros((32, 1), np.float32), np.array(4), None, np.array(8)], {}, "signal must be")]
+             ([np.zeros(32, np.float32), np.array(4), None, np.array(8)], {}, "signal must be"),
+             ([np.zeros((1, 32, 3), np.float32), np.array(4), None, np.array(8)], {}, "signal must be")]
     for inputs, attrs, msg in cases:
         with pytest.raises(EdgeDLError, match=msg):
             run("STFT", inputs, attrs, opset=17, const=(1, 3))
@@ -686,3 +687,30 @@ def test_deform_conv_hostile_offsets_and_shapes():
     for ins, at, msg in cases:
         with pytest.raises(EdgeDLError, match=msg):
             run("DeformConv", ins, at, opset=19)
+
+
+# --- STFT on a 2-D real signal [batch, length] (onnxruntime accepts it; onnx-asr's preprocessors rely on it) ---
+@pytest.mark.parametrize("fl,step,const_win", [(400, 160, True), (400, 160, False), (16, 8, True), (97, 30, True)])
+def test_stft_2d_real_signal(fl, step, const_win):
+    rng = np.random.default_rng(fl)
+    x3 = rng.standard_normal((2, 3 * fl + 5, 1)).astype(np.float32)
+    x2 = x3[..., 0].copy()
+    win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fl) / fl)).astype(np.float32)
+    const = (1, 2, 3) if const_win else (1, 3)
+    (y3,), (r3,), _ = run("STFT", [x3, np.array(step), win, np.array(fl)], {}, opset=17, const=const)
+    (y2,), (r2,), kern = run("STFT", [x2, np.array(step), win, np.array(fl)], {}, opset=17, const=const)
+    assert kern.impl == "numba"
+    # the same numbers as the [batch, length, 1] signal, on the kernel and the reference
+    np.testing.assert_array_equal(y2, y3)
+    np.testing.assert_array_equal(r2, r3)
+    assert rel_err(y2, np_stft(x3, step, win, fl, 1)) < 1e-5
+    # and as onnxruntime (float32 transform: ~3e-5 relative)
+    inits = [nh.from_array(np.array(step, np.int64), "step"), nh.from_array(win, "win")]
+    model = onnx_model([oh.make_node("STFT", ["x", "step", "win"], ["y"], onesided=1)],
+                       [vi("x", TensorProto.FLOAT, ["B", "N"])], [vi("y", TensorProto.FLOAT, None)], 17, inits)
+    got, want = run_both(model, {"x": x2})
+    assert got["y"].shape == want["y"].shape == (2, (x2.shape[1] - fl) // step + 1, fl // 2 + 1, 2)
+    assert rel_err(got["y"], want["y"]) < 1e-4
+    # a 2-D signal is real: onesided=0 gives the full spectrum
+    (y2f,), _, _ = run("STFT", [x2, np.array(step), win, np.array(fl)], {"onesided": 0}, opset=17, const=const)
+    assert rel_err(y2f, np_stft(x3, step, win, fl, 0)) < 1e-5
