@@ -244,6 +244,12 @@ def _build_matmul_kernel(op: MatMul, ins, outs, consts) -> Kernel:
 
         return Kernel(run, scratch_bytes=packed.scratch_bytes(rows), bind=bind)
 
+    if len(b_shape) == 2 and len(a_shape) >= 1:
+        return _rows_matmul_kernel(op, a_shape, b_shape)
+    batched = _batched_matmul_kernel(op, a_shape, b_shape, out_shape)
+    if batched is not None:
+        return batched
+
     def run_general(inputs, outputs, scratch):
         out = outputs[0].reshape(out_shape)
         matmul(inputs[0], inputs[1], out)
@@ -251,3 +257,60 @@ def _build_matmul_kernel(op: MatMul, ins, outs, consts) -> Kernel:
             out += inputs[2].reshape(-1)
 
     return Kernel(run_general)
+
+
+def _rows_matmul_kernel(op: MatMul, a_shape, b_shape) -> Kernel:
+    """A (..., K) @ B (K, N) with B computed at run time: every row of A (over all batch dimensions) is one row
+    of a single GEMM; up to FEW_ROWS_MAX rows run :func:`edgedl.kernels.cpu.few_rows.few_rows_matmul` (B streamed
+    in place, no packing), more the GEMM driver."""
+    from ..kernels.cpu.few_rows import FEW_ROWS_MAX, few_rows_matmul
+    from ..kernels.cpu.gemm import gemm
+
+    k, n = b_shape
+    rows = int(np.prod(a_shape[:-1], dtype=np.int64)) if len(a_shape) > 1 else 1
+    few = 0 < rows <= FEW_ROWS_MAX and k > 0 and n > 0
+
+    def run(inputs, outputs, scratch):
+        a = inputs[0].reshape(rows, k)
+        out = outputs[0].reshape(rows, n)
+        if few:
+            few_rows_matmul(a, inputs[1], out)
+        else:
+            gemm(a, inputs[1], out)
+        if op.bias:
+            out += inputs[2].reshape(-1)
+
+    return Kernel(run)
+
+
+def _batched_matmul_kernel(op: MatMul, a_shape, b_shape, out_shape) -> Kernel | None:
+    """MatMul with batch dimensions (A or B of rank >= 3, B not a packed constant: attention scores Q @ K^T,
+    probabilities @ V): the whole batch in one compiled call of the GEMM driver
+    (:class:`edgedl.kernels.cpu.einsum.BatchedGemm`: every A[g] packed into one buffer, B[g] read in place
+    through its strides, broadcast batch dimensions included), instead of one GEMM call per matrix.
+    None when there is no batch (or a batch of one)."""
+    from ..kernels.cpu.einsum import BatchedGemm
+
+    a2 = (1,) + tuple(a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    b2 = tuple(b_shape) + (1,) if len(b_shape) == 1 else tuple(b_shape)
+    batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    g = int(np.prod(batch, dtype=np.int64))
+    if len(batch) == 0 or g < 2:
+        return None
+    m, k = a2[-2:]
+    n = b2[-1]
+    bg = BatchedGemm(g, m, k, n)
+    a_full, b_full = batch + (m, k), batch + (k, n)
+
+    def run(inputs, outputs, scratch):
+        a = inputs[0].reshape(a2)
+        b = inputs[1].reshape(b2)
+        # broadcast batch axes become zero strides; reshape copies only when they cannot be merged into one
+        a3 = np.broadcast_to(a, a_full).reshape(g, m, k)
+        b3 = np.broadcast_to(b, b_full).reshape(g, k, n)
+        out = outputs[0].reshape(g, m, n)
+        bg.run(a3, b3, out)
+        if op.bias:
+            out += inputs[2].reshape(-1)
+
+    return Kernel(run)

@@ -3,16 +3,18 @@ at plan time (see ``edgedl.runtime.plan``)."""
 from __future__ import annotations
 
 from ..ir import Graph
-from .fuse import fold_batchnorm, fuse_activations, fuse_matmul_bias, fuse_residual_add
+from .fuse import fold_batchnorm, fuse_activations, fuse_gelu, fuse_matmul_bias, fuse_residual_add
 from .half_precision import compute_half_in_float32
 from .qdq import lower_qdq
-from .simplify import remove_identities
+from .simplify import remove_identities, remove_noop_casts
 
 
 def optimize(graph: Graph) -> Graph:
     """Run the default load-time pipeline in place and return the graph."""
     compute_half_in_float32(graph)
     remove_identities(graph)
+    remove_noop_casts(graph)
+    fuse_gelu(graph)  # before lower_qdq: a Gelu between DequantizeLinear and QuantizeLinear becomes an int8 table
     lower_qdq(graph)
     fold_batchnorm(graph)
     fuse_residual_add(graph)
@@ -22,4 +24,5 @@ def optimize(graph: Graph) -> Graph:
 
 
 __all__ = ["optimize", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
-           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations"]
+           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu",
+           "remove_noop_casts"]

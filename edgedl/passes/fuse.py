@@ -1,4 +1,5 @@
-"""Fold BatchNormalization into the preceding Conv/Gemm, and fuse activations into their epilogue.
+"""Fold BatchNormalization into the preceding Conv/Gemm, fuse activations into their epilogue, and the exported
+exact GELU chain (Div/Mul, Erf, Add, Mul, Mul) into one Gelu (:func:`fuse_gelu`).
 
 A fused activation is recorded on the producing node as ``attrs["_activation"] = (kind, alpha, beta)``;
 ops that accept it list ``"_activation"`` support through ``FUSABLE_PRODUCERS``. A residual ``Add`` after
@@ -218,3 +219,118 @@ def _drop_unused_initializers(graph: Graph) -> None:
     for name in list(graph.initializers):
         if name not in used:
             del graph.initializers[name]
+
+
+# --- exact GELU as exported by PyTorch -----------------------------------------------------------------------
+_SQRT2 = 1.4142135623730951
+
+
+def _scalar(graph: Graph, name: str, x_rank1: bool) -> float | None:
+    """The value of a constant float with one element (0-d; 1-d when the other operand is known to have rank
+    >= 1, so that the broadcast cannot add an axis), or None."""
+    c = _const(graph, name)
+    if c is None or c.size != 1 or c.dtype.kind != "f" or c.ndim > 1 or (c.ndim == 1 and not x_rank1):
+        return None
+    return float(c.reshape(()))
+
+
+def _close(v: float | None, target: float) -> bool:
+    return v is not None and abs(v - target) <= 1e-5 * abs(target)
+
+
+def _rank_at_least_1(graph: Graph, x: str, producers: dict[str, Node]) -> bool:
+    """Whether tensor x has rank >= 1 for sure (a graph input declared so, or the output of an op that never
+    produces a scalar)."""
+    for spec in graph.inputs:
+        if spec.name == x:
+            shape = getattr(spec, "shape", None)
+            return shape is not None and len(shape) >= 1
+    prod = producers.get(x)
+    if prod is None or prod.domain:
+        return False
+    if prod.op_type in ("Gemm", "Conv", "ConvTranspose"):
+        return True
+    if prod.op_type == "MatMul":
+        b = _const(graph, prod.inputs[1]) if len(prod.inputs) > 1 else None
+        return b is not None and b.ndim >= 2
+    if prod.op_type in ("Add", "Mul", "Sub"):
+        return any((c := _const(graph, i)) is not None and c.ndim >= 1 for i in prod.inputs)
+    return False
+
+
+def _other(node: Node, name: str) -> str | None:
+    """The other input of a two-input node one of whose inputs is ``name``."""
+    if len(node.inputs) != 2 or node.inputs[0] == node.inputs[1] or name not in node.inputs:
+        return None
+    return node.inputs[1 - node.inputs.index(name)]
+
+
+def fuse_gelu(graph: Graph) -> int:
+    """PyTorch's exact GELU as exported below opset 20, ``x * 0.5 * (1 + Erf(x / sqrt 2))`` (``Div(x, 1.4142)``
+    or ``Mul(x, 0.7071)``, ``Erf``, ``Add 1``, then ``Mul x`` and ``Mul 0.5`` in either order, or ``x * 0.5``
+    times the ``1 + erf`` term), becomes one ``Gelu(x)`` (default domain, approximate "none": the vectorized
+    kernel, with a backward). Only when every intermediate tensor has that chain's node as its sole consumer
+    and is not a graph output; the constants must be float scalars within 1e-5 of their values. Returns how
+    many were fused."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    fused = 0
+    for erf in list(graph.nodes):
+        if erf.op_type != "Erf" or erf.domain or len(erf.inputs) != 1:
+            continue
+        scale = producers.get(erf.inputs[0])
+        if (scale is None or scale.domain or scale.op_type not in ("Div", "Mul") or len(scale.inputs) != 2
+                or _sole_consumer(graph, erf.inputs[0], outputs) is not erf):
+            continue
+        if scale.op_type == "Div":
+            x = scale.inputs[0]
+            ok = _close(_scalar(graph, scale.inputs[1], _rank_at_least_1(graph, x, producers)), _SQRT2)
+        else:
+            ok = False
+            for k in (0, 1):
+                x = scale.inputs[1 - k]
+                if _const(graph, x) is None and _close(
+                        _scalar(graph, scale.inputs[k], _rank_at_least_1(graph, x, producers)), 1.0 / _SQRT2):
+                    ok = True
+                    break
+        if not ok or not x or _const(graph, x) is not None:
+            continue
+        r1 = _rank_at_least_1(graph, x, producers)
+        add = _sole_consumer(graph, erf.outputs[0], outputs)
+        if add is None or add.op_type != "Add" or add.domain or not _close(
+                _scalar(graph, _other(add, erf.outputs[0]) or "", r1), 1.0):
+            continue
+        m1 = _sole_consumer(graph, add.outputs[0], outputs)
+        if m1 is None or m1.op_type != "Mul" or m1.domain:
+            continue
+        operand = _other(m1, add.outputs[0])
+        if operand is None:
+            continue
+        chain = [scale, erf, add, m1]
+        if operand == x:  # (x * (1 + erf)) * 0.5
+            m2 = _sole_consumer(graph, m1.outputs[0], outputs)
+            if m2 is None or m2.op_type != "Mul" or m2.domain or not _close(
+                    _scalar(graph, _other(m2, m1.outputs[0]) or "", r1), 0.5):
+                continue
+            chain.append(m2)
+        elif _close(_scalar(graph, operand, r1), 0.5):  # ((1 + erf) * 0.5) * x
+            m2 = _sole_consumer(graph, m1.outputs[0], outputs)
+            if m2 is None or m2.op_type != "Mul" or m2.domain or _other(m2, m1.outputs[0]) != x:
+                continue
+            chain.append(m2)
+        else:  # (x * 0.5) * (1 + erf)
+            half = producers.get(operand)
+            if (half is None or half.op_type != "Mul" or half.domain or _other(half, x) is None
+                    or not _close(_scalar(graph, _other(half, x), r1), 0.5)
+                    or _sole_consumer(graph, operand, outputs) is not m1):
+                continue
+            chain.insert(0, half)
+        last = chain[-1]
+        gelu = Node("Gelu", (last.name or erf.name) + "_gelu", [x], [last.outputs[0]], {"approximate": "none"})
+        # the Gelu takes the last node's place: x is ready there, and every consumer of y comes after it
+        graph.nodes[graph.nodes.index(last)] = gelu
+        for node in chain[:-1]:
+            graph.nodes.remove(node)
+        producers = graph.producers()
+        fused += 1
+    return fused

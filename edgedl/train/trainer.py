@@ -226,6 +226,10 @@ class Trainer:
         self.model = model
         graph = copy_graph(source_graph(model))
         remove_identities(graph, dropout=False)  # Dropout drops while training
+        from ..passes import fuse_gelu, remove_noop_casts
+
+        remove_noop_casts(graph)
+        fuse_gelu(graph)  # an exported exact GELU (Erf and four element-wise ops) trains through Gelu's backward
         self.qat = None
         if has_quantized_ops(graph):
             if quantized is False:

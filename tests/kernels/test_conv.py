@@ -46,6 +46,13 @@ CONV_CASES = [
     ((1, 40, 6, 7), 160, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),        # M > MC and K > KC
     ((1, 16, 1, 98), 24, (1, 1), (1, 2), (0, 0, 0, 0), (1, 1), 1),        # H = 1, strided 1x1 (not a plain B)
     ((1, 16, 1, 98), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),        # H = 1 1x1: B read in place
+    # one input channel into several outputs (STFT-as-convolution, audio first layers): im2col GEMM, not the
+    # generic per-tap depthwise loops
+    ((1, 1, 1, 2000), 33, (1, 64), (1, 20), (0, 0, 0, 0), (1, 1), 1),     # 1-D, long kernel, stride < kernel
+    ((2, 1, 1, 977), 10, (1, 95), (1, 88), (0, 3, 0, 5), (1, 1), 1),      # resampler-like, batch 2, pads
+    ((1, 1, 30, 41), 7, (7, 7), (1, 3), (3, 2, 3, 2), (1, 1), 1),         # 7x7, column stride 3
+    ((1, 1, 12, 40), 5, (2, 3), (2, 1), (1, 0, 0, 1), (1, 2), 1),         # odd kernel, dilation
+    ((1, 1, 9, 9), 4, (3, 3), (3, 3), (1, 1, 1, 1), (1, 1), 1),           # 3x3 with column stride 3
 ]
 
 DW_CASES = [
@@ -85,6 +92,40 @@ def test_conv_depthwise(case):
     check(out, conv2d_ref(x, w, b, s, p, d, c, A.ACT_CLIP, 0.0, 6.0))
     _, out = run_conv(x, w, None, s, p, d, c)
     check(out, conv2d_ref(x, w, None, s, p, d, c))
+
+
+def test_conv_single_input_channel_routing():
+    """One input channel, group 1, several outputs: GEMM unless the 3x3/5x5 depthwise row kernels cover it;
+    real depthwise convolutions (C_in > 1, or one output) keep the depthwise strategy."""
+    w = np.zeros((257, 1, 1, 512), np.float32)
+    assert Conv2d(w, None, (1, 1, 1, 16000), (1, 160)).strategy == "gemm"
+    assert Conv2d(np.zeros((32, 1, 7, 7), np.float32), None, (1, 1, 40, 60), (1, 3)).strategy == "gemm"
+    assert Conv2d(np.zeros((8, 1, 3, 3), np.float32), None, (1, 1, 20, 20)).strategy == "depthwise"
+    assert Conv2d(np.zeros((8, 1, 5, 5), np.float32), None, (1, 1, 20, 20), (2, 2)).strategy == "depthwise"
+    assert Conv2d(np.zeros((1, 1, 1, 9), np.float32), None, (1, 1, 1, 50)).strategy == "depthwise"
+    assert Conv2d(np.zeros((8, 1, 1, 9), np.float32), None, (1, 4, 1, 50), group=4).strategy == "depthwise"
+    assert Conv2d(np.zeros((8, 1, 7, 7), np.float32), None, (1, 8, 20, 20), group=8).strategy == "depthwise"
+
+
+def test_conv1d_single_channel_stft_against_onnxruntime():
+    """The STFT-as-Conv1d of audio front ends, loaded as an ONNX model, against onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgedl
+
+    rng = np.random.default_rng(3)
+    w, b = rnd(rng, 66, 1, 100), rnd(rng, 66)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[100], strides=[40], pads=[50, 50])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 4000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rnd(rng, 2, 1, 4000)
+    got = edgedl.load(model.SerializeToString()).run({"x": x})
+    got = got["y"] if isinstance(got, dict) else got[0]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("code", range(A.NUM_ACTS))

@@ -2,7 +2,8 @@
 
 :class:`Conv2d` picks a strategy at construction:
 
-* ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier): for output rows
+* ``"depthwise"`` (group == C_in, one input channel per group, any channel multiplier; but a single input
+  channel into several outputs with a kernel the row kernels below do not cover goes to the GEMM): for output rows
   narrower than 4 vectors or strided, multiplier 1, the channel-interleaved kernel of :mod:`.depthwise_ci`;
   otherwise a direct kernel, one output plane at a time (parallel over images x channels): the input
   plane is copied into a zero-padded buffer, then each output row is computed in one pass over its columns with all taps
@@ -304,6 +305,16 @@ def _col2im_parallel(nslots, col, out, bias, n, c_out, cog, h, wd, kh_n, kw_n, s
 _EMPTY = np.zeros(0, dtype=np.float32)
 
 
+def _single_channel_gemm(c: int, cout: int, kh: int, kw: int, sw: int) -> bool:
+    """True for a convolution of ONE input channel (group 1) into several output channels that the
+    depthwise kernels only cover by their generic per-tap loops (any kernel but 3x3/5x5 with column stride
+    1 or 2): STFT-as-convolution and audio first layers. As a GEMM (``C_out x kH*kW`` weights against the
+    implicit im2col of the plane) it runs an order of magnitude faster."""
+    if c != 1 or cout < 2:
+        return False
+    return not (kh == kw and kh in (3, 5) and sw in (1, 2))
+
+
 class Conv2d:
     """2-D convolution, NCHW float32, prepared for one weight and one input shape.
 
@@ -354,7 +365,7 @@ class Conv2d:
             raise ValueError(f"bias has {self.bias.size} elements, expected {cout}")
         self.scratch_bytes = 0
         self.accumulate = bool(accumulate)
-        if group == c and cg == 1 and not accumulate:
+        if group == c and cg == 1 and not accumulate and not _single_channel_gemm(c, cout, kh, kw, sw):
             self.strategy = "depthwise"
             self.w = np.ascontiguousarray(weight).reshape(-1)
             self._hp = (oh - 1) * sh + (kh - 1) * dh + 1
