@@ -70,6 +70,8 @@ class Op:
     #: outputs are computed by ``ref`` at run time and allocated there (control flow, sequences, optionals):
     #: their types are known when the plan is built, but they do not live in the arena
     eager: ClassVar[bool] = False
+    #: outputs differ from run to run (random ops): never folded into constants when a plan is built
+    nondeterministic: ClassVar[bool] = False
 
     def __init__(self, node: Node, opset: int):
         self.node = node

@@ -275,7 +275,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
             if len(outs) < sum(1 for o in node.outputs if o):
                 raise ShapeError(f"has {len(node.outputs)} outputs, at most {len(outs)} are defined")
             present = [c for i, c in zip(node.inputs, cin) if i]
-            foldable = all(c is not None for c in present) and (present or not op.eager)
+            foldable = all(c is not None for c in present) and (present or not op.eager) and not op.nondeterministic
             if op.shape_only or foldable:
                 args = [(_dummy(t) if op.shape_only and isinstance(t, TensorType) else c) if t is not None else None
                         for t, c in zip(ins, cin)]

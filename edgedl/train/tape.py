@@ -133,7 +133,8 @@ class Tape:
             for o, t in zip(node.outputs, outs_t):
                 if o:
                     types[o] = t
-            if all(c is not None for i, c in zip(node.inputs, cvals) if i) or op.shape_only:
+            known = all(c is not None for i, c in zip(node.inputs, cvals) if i)
+            if (known and not op.nondeterministic) or op.shape_only:
                 vals = op.ref(*[cvals[k] if cvals[k] is not None else _dummy(ins_t[k]) if ins_t[k] else None
                                 for k in range(len(node.inputs))])
                 for o, v in zip(node.outputs, vals):

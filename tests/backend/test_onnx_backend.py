@@ -21,9 +21,6 @@ EXCLUDE_ORT_FAILS = {
     r"^test_image_decoder": "ImageDecoder needs image codecs (JPEG, PNG, WebP, ...), which edgedl does not depend on",
     r"^test_bernoulli|^test_training_dropout(_default)?(_mask)?_cpu$": (
         "random outputs: the expected values come from one draw of numpy's generator"),
-    r"^test_(adagrad|adam|momentum|nesterov_momentum)": "ai.onnx.preview.training optimizers are not implemented",
-    r"^test_roialign": "RoiAlign is not implemented",
-    r"^test_swiglu": "SwiGLU is not implemented",
     r"^test_dft_inverse": ("the expected values carry numpy complex64 FFT rounding noise (1.9e-7 where the exact "
                            "value is 0), above the test's 1e-7 tolerance; edgedl's result is within 1e-15 of exact"),
     r"^test_maxunpool_export_with_output_shape": (
