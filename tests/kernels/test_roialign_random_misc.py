@@ -589,9 +589,10 @@ def test_optimizer_errors():
 
 
 def test_random_ops_with_constant_inputs_are_not_folded_into_one_draw():
-    import edgedl
     from onnx import TensorProto as T
     from onnx import helper as h
+
+    import edgedl
 
     g = h.make_graph([h.make_node("RandomUniformLike", ["c"], ["y"]), h.make_node("Add", ["y", "x"], ["z"])], "g",
                      [h.make_tensor_value_info("x", T.FLOAT, [64])], [h.make_tensor_value_info("z", T.FLOAT, [64])],
