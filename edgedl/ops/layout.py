@@ -91,9 +91,9 @@ class Concat(Op):
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
-        if self.attr("axis") is None:
+        if self.attr("axis") is None and opset >= 4:
             raise self.error("needs an 'axis' attribute")
-        self.axis_attr = int(self.attr("axis"))
+        self.axis_attr = int(self.attr("axis", 1))  # (Concat-1: optional, 1 by default)
 
     def infer(self, ins, consts):
         present = [(k, t) for k, t in enumerate(ins) if t is not None]

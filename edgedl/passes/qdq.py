@@ -12,8 +12,14 @@ output channel):
   GlobalAveragePool / AveragePool -> QLinearGlobalAveragePool / QLinearAveragePool.
 * Element-wise activations (Sigmoid, Tanh, HardSwish, HardSigmoid, LeakyRelu, Elu, Relu, Clip, ...)
   -> ``edgedl.QLinearLookup``: a 256-entry table built from the float op at prepare time.
+  com.microsoft Gelu, FastGelu (no bias) and QuickGelu take the table of their default-domain twin
+  (Gelu, Gelu approximate="tanh", Swish with QuickGelu's alpha).
 * Layout ops (Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Slice, Split, Pad, MaxPool, nearest
-  Resize, ...) whose input and output quantization parameters are equal run directly on the 8-bit tensor.
+  Resize, DepthToSpace, Expand, Tile, GatherElements, GatherND, ReverseSequence, ...) whose input and output
+  quantization parameters are equal run directly on the 8-bit tensor: they move bytes, and
+  ``Q(DQ(q)) == q``. Ops that also write zeros (Trilu, CenterCropPad: ``ZERO_FILL_OPS``) are exact only
+  when the zero point is 0 (the real 0 is then the byte 0); with another zero point they stay float.
+  MaxUnpool stays float (not a pure move of its input).
 
 Whatever matches no pattern keeps its DequantizeLinear / QuantizeLinear nodes: it runs in float between
 them, explicitly (``edgedl info`` lists those islands). The requantization mode of the new ops is the
@@ -31,10 +37,19 @@ from ..registry import lookup
 
 #: ops that move 8-bit values without arithmetic: run on int8 when input and output share parameters
 LAYOUT_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Pad", "MaxPool", "Resize",
-              "Identity", "SpaceToDepth", "DepthToSpace", "Tile", "Expand", "GlobalMaxPool", "Gather"}
+              "Identity", "SpaceToDepth", "DepthToSpace", "Tile", "Expand", "GlobalMaxPool", "Gather",
+              "GatherElements", "GatherND", "ReverseSequence", "Trilu", "CenterCropPad"}
+#: layout ops that write the real value 0 where no input byte lands: 8-bit only with a zero point of 0
+ZERO_FILL_OPS = {"Trilu", "CenterCropPad"}
 #: element-wise float functions computed through a lookup table
 LUT_OPS = {"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Relu", "Clip", "Softplus",
-           "Softsign", "Selu", "Celu", "Gelu", "Abs", "Neg", "Exp", "Log", "Sqrt", "Erf", "Mish", "ThresholdedRelu"}
+           "Softsign", "Selu", "Celu", "Gelu", "Abs", "Neg", "Exp", "Log", "Sqrt", "Erf", "Mish", "ThresholdedRelu",
+           "Swish", "Shrink", "Sin", "Cos", "Sign", "Tan", "Atan", "Sinh", "Cosh", "Asinh", "Floor", "Ceil",
+           "Round"}
+#: com.microsoft element-wise activations -> (the default-domain function of their table, its attributes)
+MS_LUT_OPS = {"Gelu": ("Gelu", lambda a: {}),
+              "FastGelu": ("Gelu", lambda a: {"approximate": "tanh"}),  # without its bias input only
+              "QuickGelu": ("Swish", lambda a: {"alpha": float(a.get("alpha", 1.702))})}
 #: activations that a preceding Conv/MatMul/Gemm/Add takes as an output clamp
 CLAMPS = {"Relu", "Clip"}
 
@@ -303,8 +318,9 @@ class _Lowering:
         self.replace([node, q.node], new)
         return True
 
-    def lower_unary(self, node: Node, op: str, extra_attrs: dict) -> bool:
-        """x -> f -> y with per-tensor parameters: a com.microsoft or edgedl op on (x, xs, xz, ys, yz, ...)."""
+    def lower_unary(self, node: Node, op: str, extra_attrs: dict, replaces: Node | None = None) -> bool:
+        """x -> f -> y with per-tensor parameters: a com.microsoft or edgedl op on (x, xs, xz, ys, yz, ...).
+        ``replaces``: the graph's node when ``node`` is a stand-in for it (a com.microsoft activation)."""
         x = self.dq(node.inputs[0])
         q = self.sole_q(node.outputs[0]) if len(node.outputs) == 1 or not any(node.outputs[1:]) else None
         if x is None or q is None or not x.per_tensor or x.zp.dtype != q.zp.dtype or x.zp.dtype == np.int32:
@@ -317,7 +333,25 @@ class _Lowering:
             return False
         ins = [x.data, x.scale_name, self.zp_input(x), q.scale_name, self.zp_input(q)] + rest
         new = Node(op, node.name, ins, [q.node.outputs[0]], self.attrs(extra_attrs), domain=domain)
-        self.replace([node, q.node], new)
+        if op == "QLinearLookup" and not self.table_ok(new, x, q):
+            return False
+        self.replace([replaces or node, q.node], new)
+        return True
+
+    def table_ok(self, new: Node, x: _QParams, q: _QParams) -> bool:
+        """Whether ``new`` (a QLinearLookup) builds its table: a function that gives NaN on some input byte
+        (Log or Sqrt of a negative value, ...) or that the float op refuses stays float, as onnxruntime runs it."""
+        from ..errors import EdgeDLError
+        from ..ir import TensorType
+
+        cls = lookup("QLinearLookup", "edgedl")
+        consts = [None, x.scale, x.zp, q.scale, q.zp] + [self.const(i) if i else None for i in new.inputs[5:]]
+        ins = [TensorType((256,), x.zp.dtype)] + [None if v is None else TensorType(v.shape, v.dtype)
+                                                   for v in consts[1:]]
+        try:
+            cls(new, self.g.opset).table(consts, ins, q.zp.dtype)
+        except (EdgeDLError, ValueError, TypeError, ArithmeticError):
+            return False
         return True
 
     def lower_layout(self, node: Node) -> bool:
@@ -341,6 +375,8 @@ class _Lowering:
         q = self.sole_q(node.outputs[0])
         if q is None or not x.same_as(q):
             return False
+        if node.op_type in ZERO_FILL_OPS and int(x.zp.reshape(())) != 0:
+            return False  # its zeros would be the byte 0, not the real 0 (the byte zero_point)
         ins = [x.data] + list(node.inputs[1:])
         if node.op_type == "Pad" and node.attrs.get("mode", "constant") in ("constant", b"constant"):
             value = self.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.float32(0)
@@ -354,7 +390,16 @@ class _Lowering:
         return True
 
     def lower_node(self, node: Node) -> bool:
-        if node.domain or id(node) in self.removed:
+        if id(node) in self.removed:
+            return False
+        if node.domain == "com.microsoft" and node.op_type in MS_LUT_OPS:
+            if node.op_type == "FastGelu" and len(node.inputs) > 1 and node.inputs[1]:
+                return False  # Gelu(x + bias): not a function of x alone
+            fn, attrs = MS_LUT_OPS[node.op_type]
+            twin = Node(node.op_type, node.name, node.inputs[:1], node.outputs, {**attrs(node.attrs),
+                                                                                 "function": fn})
+            return self.lower_unary(twin, "QLinearLookup", twin.attrs, replaces=node)
+        if node.domain:
             return False
         op = node.op_type
         if op in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
@@ -415,4 +460,4 @@ def lower_qdq(graph: Graph, mode: str | None = None) -> int:
     return low.count
 
 
-__all__ = ["lower_qdq", "is_quantized", "LAYOUT_OPS", "LUT_OPS"]
+__all__ = ["lower_qdq", "is_quantized", "LAYOUT_OPS", "LUT_OPS", "MS_LUT_OPS", "ZERO_FILL_OPS"]

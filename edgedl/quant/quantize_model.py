@@ -22,12 +22,14 @@ import numpy as np
 
 from ..errors import EdgeDLError, InputError
 from ..ir import Graph, Node, contiguous
-from ..passes.qdq import LAYOUT_OPS, LUT_OPS, is_quantized
+from ..passes.qdq import LAYOUT_OPS, LUT_OPS, MS_LUT_OPS, is_quantized
 from .calibrate import METHODS, as_feeds, choose_range, int8_params, observe
 
 #: layout ops edgedl runs on int8 (a subset of what the lowering pass accepts: those with int8 paths)
 _INT8_LAYOUT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Pad", "Slice", "Resize",
-                "Split"}
+                "Split", "DepthToSpace", "SpaceToDepth", "Expand", "Tile", "Gather", "GatherElements", "GatherND",
+                "ReverseSequence"}
+#: (Trilu and CenterCropPad are left out: their zeros are exact on int8 only with a zero point of 0)
 _FUSABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"}
 
 
@@ -114,10 +116,16 @@ def _plan(g: Graph, types: dict, exclude: set[str]):
     outputs = {s.name for s in g.outputs}
     qnodes: list[Node] = []
     for n in g.nodes:
-        if n.domain or n.name in exclude or not n.outputs or not f32(n.outputs[0]):
+        ms_lut = n.domain == "com.microsoft" and n.op_type in MS_LUT_OPS and (
+            n.op_type != "FastGelu" or len(n.inputs) < 2 or not n.inputs[1])  # FastGelu without its bias
+        if (n.domain and not ms_lut) or n.name in exclude or not n.outputs or not f32(n.outputs[0]):
             continue
         op, ins = n.op_type, n.inputs
         ok = False
+        if ms_lut:
+            if f32(ins[0]):
+                qnodes.append(n)
+            continue
         if op in ("Conv", "ConvTranspose"):
             ok = f32(ins[0]) and _is_const_f32(g, ins[1], (3, 4)) and (len(ins) < 3 or not ins[2]
                                                                         or _is_const_f32(g, ins[2], (1,)))

@@ -13,6 +13,7 @@ then emits no negative-index wraparound check, and inner loops over views stay v
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import njit, prange
 
 from . import config as _config
@@ -62,27 +63,43 @@ def resize_nearest_2d(x, out, hidx, widx, nc, h, w, oh, ow):
 
 # --- bilinear, 2-D ------------------------------------------------------------------------------------
 @njit(**NJIT)
+def _hrow(xrow, dst, w0, w1, ww0, ww1, ow):
+    # xrow (W,) -> dst (OW,): one input row resized along W (two taps)
+    for j in range(ow):
+        dst[j] = ww0[j] * xrow[w0[j]] + ww1[j] * xrow[w1[j]]  # unsigned column indices: no wraparound checks
+
+
+@njit(**NJIT)
 def _linear2d_range(x, out, h0, h1, hw0, hw1, w0, w1, ww0, ww1, h, w, oh, ow, start, stop):
-    # x is (NC, H, W), out (NC, OH, OW); output row r = (nc, i) blends input rows h0[i] and h1[i]
+    # x is (NC, H, W), out (NC, OH, OW); output row r = (nc, i) blends input rows h0[i] and h1[i], each first
+    # resized along W. The two W-resized rows are cached (ra holds source row ka, rb row kb): consecutive
+    # output rows mostly share their source rows, so each input row is resized along W about once, and the
+    # per-output work is the contiguous blend a0 * top + a1 * bottom (the same arithmetic, in the same order,
+    # as blending the four taps per output pixel)
+    ra = np.empty(ow, np.float32)
+    rb = np.empty(ow, np.float32)
+    ka = -1
+    kb = -1
     for r in range(start, stop):
         nc = r // oh
         i = r - nc * oh
-        dst = r * ow
-        orow = out[dst:dst + ow]
-        s0 = (nc * h + h0[i]) * w
-        s1 = (nc * h + h1[i]) * w
-        x0 = x[s0:s0 + w]
-        x1 = x[s1:s1 + w]
+        s0 = nc * h + h0[i]
+        s1 = nc * h + h1[i]
+        if ka != s0:
+            if kb == s0:
+                ra, rb = rb, ra
+                ka, kb = kb, ka
+            else:
+                _hrow(x[s0 * w:(s0 + 1) * w], ra, w0, w1, ww0, ww1, ow)
+                ka = s0
+        if kb != s1:
+            _hrow(x[s1 * w:(s1 + 1) * w], rb, w0, w1, ww0, ww1, ow)
+            kb = s1
+        orow = out[r * ow:(r + 1) * ow]
         a0 = hw0[i]
         a1 = hw1[i]
         for j in range(ow):
-            c0 = w0[j]  # unsigned column indices: no wraparound checks
-            c1 = w1[j]
-            b0 = ww0[j]
-            b1 = ww1[j]
-            top = b0 * x0[c0] + b1 * x0[c1]
-            bot = b0 * x1[c0] + b1 * x1[c1]
-            orow[j] = a0 * top + a1 * bot
+            orow[j] = a0 * ra[j] + a1 * rb[j]
 
 
 @njit(**NJIT_PARALLEL)
