@@ -26,8 +26,9 @@ _ONNX_DTYPES = _pb.ELEMENT_DTYPES
 
 def onnx_dtype(elem_type: int, where: str) -> np.dtype:
     """numpy dtype of an ONNX element type; ModelFormatError/UnsupportedOpError for others."""
-    if elem_type in _ONNX_DTYPES:
-        return np.dtype(_ONNX_DTYPES[elem_type])
+    dtype = _pb.element_dtype(elem_type)
+    if dtype is not None:
+        return np.dtype(dtype)
     try:
         name = _pb.data_type_name(elem_type)
     except ValueError:
@@ -36,8 +37,11 @@ def onnx_dtype(elem_type: int, where: str) -> np.dtype:
 
 
 def numpy_to_onnx_dtype(dtype: np.dtype) -> int:
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16" or dtype.name in _pb.LOW_PRECISION_NAMES:
+        _pb.load_ml_dtypes()
     for k, v in _ONNX_DTYPES.items():
-        if np.dtype(v) == np.dtype(dtype):
+        if np.dtype(v) == dtype:
             return k
     raise EdgeDLError(f"dtype {dtype} has no ONNX equivalent")
 

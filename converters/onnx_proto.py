@@ -61,17 +61,41 @@ _ML_DTYPES = {
     FLOAT6E2M3: "float6_e2m3fn",
     FLOAT6E3M2: "float6_e3m2fn",
 }
-try:  # bfloat16 and the low-precision types are ml_dtypes' numpy types (ml_dtypes comes with onnx)
-    import ml_dtypes as _ml_dtypes
+#: every element type edgedl reads and runs: code -> numpy dtype. bfloat16 and the low-precision types join
+#: DTYPES / LOW_PRECISION_DTYPES / ELEMENT_DTYPES when a model first needs them (:func:`load_ml_dtypes`):
+#: importing ml_dtypes costs ~0.6 s, which a float32 or int8 model's start should not pay
+ELEMENT_DTYPES: dict[int, np.dtype] = dict(DTYPES)
+#: the codes whose numpy types come from ml_dtypes
+ML_CODES = frozenset({BFLOAT16, *_ML_DTYPES})
+#: the numpy names of the low-precision types (known without importing ml_dtypes)
+LOW_PRECISION_NAMES = frozenset(_ML_DTYPES.values())
+_ml_loaded = False
 
-    DTYPES[BFLOAT16] = np.dtype(_ml_dtypes.bfloat16)
-    for _code, _name in _ML_DTYPES.items():
-        if hasattr(_ml_dtypes, _name):
-            LOW_PRECISION_DTYPES[_code] = np.dtype(getattr(_ml_dtypes, _name))
-except ImportError:  # pragma: no cover - onnx requires ml_dtypes
-    pass
-#: every element type edgedl reads and runs: code -> numpy dtype
-ELEMENT_DTYPES: dict[int, np.dtype] = {**DTYPES, **LOW_PRECISION_DTYPES}
+
+def load_ml_dtypes() -> None:
+    """Add bfloat16 and the low-precision types (ml_dtypes' numpy types; ml_dtypes comes with onnx) to the
+    tables, once."""
+    global _ml_loaded
+    if _ml_loaded:
+        return
+    _ml_loaded = True
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - onnx requires ml_dtypes
+        return
+    DTYPES[BFLOAT16] = np.dtype(ml_dtypes.bfloat16)
+    for code, name in _ML_DTYPES.items():
+        if hasattr(ml_dtypes, name):
+            LOW_PRECISION_DTYPES[code] = np.dtype(getattr(ml_dtypes, name))
+    ELEMENT_DTYPES.update(DTYPES)
+    ELEMENT_DTYPES.update(LOW_PRECISION_DTYPES)
+
+
+def element_dtype(code: int) -> np.dtype | None:
+    """The numpy dtype of an element type code, or None when edgedl has none."""
+    if code in ML_CODES:
+        load_ml_dtypes()
+    return ELEMENT_DTYPES.get(code)
 #: bits per element of the sub-byte types: 4-bit values are packed two per byte (first in the low nibble),
 #: 2-bit values four per byte (from the least significant bits up), 6-bit values four per three bytes (an
 #: LSB-first bit stream); the last byte is padded when the element count does not fill it
@@ -181,7 +205,7 @@ def data_nbytes(code: int, count: int) -> int:
     bits = PACKED_BITS.get(code)
     if bits is not None:
         return -(-count * bits // 8)
-    return count * ELEMENT_DTYPES[code].itemsize
+    return count * element_dtype(code).itemsize
 
 
 def _unpack(data: np.ndarray, count: int, bits: int) -> np.ndarray:
@@ -230,7 +254,7 @@ def tensor_to_array(t, raw: bytes | None = None) -> np.ndarray:
     if t.HasField("segment"):
         raise ValueError("Currently not supporting loading segments.")
     code = t.data_type
-    dtype = ELEMENT_DTYPES.get(code)
+    dtype = element_dtype(code)
     if dtype is None:
         raise TypeError(f"element type {code} is not supported")
     dims = tuple(t.dims)
@@ -299,7 +323,7 @@ def attribute_value(a):
 def tensor_dtype_to_np_dtype(code: int) -> np.dtype:
     """numpy dtype of an ONNX element type code, like ``onnx.helper.tensor_dtype_to_np_dtype``: the types in
     :data:`ELEMENT_DTYPES` directly, any other code through onnx itself (its types and errors)."""
-    dtype = ELEMENT_DTYPES.get(code)
+    dtype = element_dtype(code)
     if dtype is not None:
         return dtype
     from onnx import helper

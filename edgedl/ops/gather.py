@@ -50,13 +50,17 @@ ONNX_TYPE_NAMES = {
     17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4",
     23: "FLOAT4E2M1", 24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2", 27: "FLOAT6E2M3", 28: "FLOAT6E3M2",
 }
-#: ONNX element type code -> numpy dtype, for the numeric types (the importer's table, less strings)
-ONNX_TO_NUMPY = {code: dt for code, dt in _pb.ELEMENT_DTYPES.items() if code != _pb.STRING}
-#: the low-precision element types (8-, 6-, 4- and 2-bit floats and integers, ml_dtypes types): only the
-#: quantization boundary takes them (see LOW_PRECISION_OPS)
-LOW_PRECISION_DTYPES = frozenset(_pb.LOW_PRECISION_DTYPES.values())
+#: the numpy names of the low-precision element types (8-, 6-, 4- and 2-bit floats and integers, ml_dtypes
+#: types): only the quantization boundary takes them (see LOW_PRECISION_OPS)
+LOW_PRECISION_NAMES = _pb.LOW_PRECISION_NAMES
 #: element types that exist in ONNX but not in edgedl
-ONNX_UNSUPPORTED = {code: name for code, name in ONNX_TYPE_NAMES.items() if code not in ONNX_TO_NUMPY}
+ONNX_UNSUPPORTED = {code: name for code, name in ONNX_TYPE_NAMES.items()
+                    if code == _pb.STRING or (code not in _pb.DTYPES and code not in _pb.ML_CODES)}
+
+
+def numeric_dtype(code: int) -> np.dtype | None:
+    """numpy dtype of a numeric ONNX element type code (strings excluded), None for others."""
+    return None if code == _pb.STRING else _pb.element_dtype(code)
 #: ops that compute on the low-precision types (Cast, CastLike, QuantizeLinear, DequantizeLinear) and those
 #: that only move their bytes (shape and layout ops, Gather); every other op rejects them
 LOW_PRECISION_OPS = frozenset({
@@ -68,7 +72,7 @@ LOW_PRECISION_OPS = frozenset({
 
 def is_low_precision(dtype) -> bool:
     """Whether ``dtype`` is one of the low-precision element types (float8, float6, float4, int4, int2...)."""
-    return dtype is not None and np.dtype(dtype) in LOW_PRECISION_DTYPES
+    return dtype is not None and np.dtype(dtype).name in LOW_PRECISION_NAMES
 
 
 def reject_low_precision(op: Op, ins, outs) -> None:
@@ -91,7 +95,8 @@ def onnx_elem_dtype(op: Op, code, what: str, low_precision: bool = False) -> np.
     The low-precision types (float8, int4, ...) only where ``low_precision`` is set (casts, quantization):
     elsewhere they are UnsupportedOpError."""
     if isinstance(code, str):
-        names = {np.dtype(v).name: k for k, v in ONNX_TO_NUMPY.items()}
+        _pb.load_ml_dtypes()
+        names = {np.dtype(v).name: k for k, v in _pb.ELEMENT_DTYPES.items() if k != _pb.STRING}
         onnx_names = {name: k for k, name in ONNX_TYPE_NAMES.items()}
         key = code.upper()
         if key in onnx_names:
@@ -101,8 +106,9 @@ def onnx_elem_dtype(op: Op, code, what: str, low_precision: bool = False) -> np.
         else:
             raise op.unsupported(f"{what} {code} is not a supported element type")
     code = int(code)
-    if code in ONNX_TO_NUMPY and (low_precision or code not in _pb.LOW_PRECISION_DTYPES):
-        return np.dtype(ONNX_TO_NUMPY[code])
+    dtype = numeric_dtype(code)
+    if dtype is not None and (low_precision or dtype.name not in LOW_PRECISION_NAMES):
+        return np.dtype(dtype)
     if code in ONNX_TYPE_NAMES:
         raise op.unsupported(f"{what} {ONNX_TYPE_NAMES[code]} is not supported here")
     raise op.error(f"{what} {code} is not a valid ONNX element type")
@@ -419,13 +425,12 @@ class GatherND(Op):
 
 # --------------------------------------------------------------------------------------------------------
 #: the float8 types whose conversions ``saturate`` governs (float8e8m0 has its own rule, see _to_e8m0)
-_FLOAT8 = frozenset(_pb.LOW_PRECISION_DTYPES[c] for c in (_pb.FLOAT8E4M3FN, _pb.FLOAT8E4M3FNUZ, _pb.FLOAT8E5M2,
-                                                          _pb.FLOAT8E5M2FNUZ) if c in _pb.LOW_PRECISION_DTYPES)
+_FLOAT8 = frozenset({"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"})
 ROUND_MODES = ("up", "down", "nearest")
 
 
 def _e8m0_dtype():
-    return _pb.LOW_PRECISION_DTYPES.get(_pb.FLOAT8E8M0)
+    return _pb.element_dtype(_pb.FLOAT8E8M0)
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -472,7 +477,7 @@ def cast_array(x: np.ndarray, to: np.dtype, saturate: bool = True, round_mode: s
     with np.errstate(all="ignore"):  # NaN/Inf/out-of-range to int: undefined in ONNX, no warning here
         if to == _e8m0_dtype():
             return _to_e8m0(x.astype(np.float32), saturate, round_mode)
-        if to in _FLOAT8 and saturate:
+        if to.name in _FLOAT8 and saturate:
             import ml_dtypes
 
             limit = float(ml_dtypes.finfo(to).max)
@@ -610,7 +615,7 @@ class Constant(Op):
         return [self.value]
 
 
-__all__ = ["LOW_PRECISION_DTYPES", "LOW_PRECISION_OPS", "ONNX_TO_NUMPY", "ONNX_TYPE_NAMES", "Cast", "Constant",
+__all__ = ["LOW_PRECISION_NAMES", "LOW_PRECISION_OPS", "ONNX_TYPE_NAMES", "numeric_dtype", "Cast", "Constant",
            "ConstantOfShape", "Gather", "GatherElements", "GatherND", "cast_array", "cast_attributes", "cast_kernel",
            "check_elements_shapes", "elements_index", "elements_layout", "is_low_precision", "onnx_elem_dtype",
            "reject_low_precision"]

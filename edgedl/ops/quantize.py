@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..converters import onnx_proto as _pb
 from ..ir import TensorType
 from ..registry import Kernel, Op, ref_kernel, register
-from .gather import LOW_PRECISION_DTYPES, cast_array, onnx_elem_dtype
+from .gather import LOW_PRECISION_NAMES, cast_array, onnx_elem_dtype
 
 #: integer types edgedl quantizes to, with their ranges
 _QTYPES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.int8, np.uint8, np.int16, np.uint16,
@@ -32,13 +33,29 @@ _QTYPES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max) for t in (np.int8, np
 #: the low-precision float types QuantizeLinear produces: float8 (``saturate`` applies), float4, float6
 _QFLOATS: set[np.dtype] = set()
 _SUB_BYTE_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
-for _dt in LOW_PRECISION_DTYPES:
-    if _dt.name in _SUB_BYTE_RANGES:
-        _QTYPES[_dt] = _SUB_BYTE_RANGES[_dt.name]
-    elif _dt.name != "float8_e8m0fnu":
-        _QFLOATS.add(_dt)
 #: the float8 types: their zero point should be 0
-_FLOAT8 = {d for d in _QFLOATS if d.name.startswith("float8")}
+_FLOAT8: set[np.dtype] = set()
+
+
+def _add_low_precision() -> None:
+    """Join the ml_dtypes types to the tables above (once, when a model first uses one: see load_ml_dtypes)."""
+    if _FLOAT8:
+        return
+    _pb.load_ml_dtypes()
+    for dt in _pb.LOW_PRECISION_DTYPES.values():
+        if dt.name in _SUB_BYTE_RANGES:
+            _QTYPES[dt] = _SUB_BYTE_RANGES[dt.name]
+        elif dt.name != "float8_e8m0fnu":
+            _QFLOATS.add(dt)
+    _FLOAT8.update(d for d in _QFLOATS if d.name.startswith("float8"))
+
+
+def _quantizable(dtype) -> bool:
+    """Whether QuantizeLinear produces / DequantizeLinear reads ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.name in LOW_PRECISION_NAMES:
+        _add_low_precision()
+    return dtype in _QTYPES or dtype in _QFLOATS
 
 
 def _is_float(dtype) -> bool:
@@ -130,7 +147,8 @@ class QuantizeLinear(_LinearQ):
         qtype = self._out_dtype(zp)
         if zp is not None and self.output_dtype is not None and self.output_dtype != qtype:
             raise self.error(f"output_dtype {self.output_dtype.name} differs from the zero point's dtype {qtype.name}")
-        if qtype not in _QTYPES and qtype not in _QFLOATS:
+        if not _quantizable(qtype):
+            _add_low_precision()
             raise self.unsupported(f"quantizing to {qtype.name} is not supported "
                                    f"({_names([*_QTYPES, *_QFLOATS])})")
         self._check_params(x, scale, zp)
@@ -138,6 +156,7 @@ class QuantizeLinear(_LinearQ):
 
     def ref(self, x, scale, zp=None):
         qtype = np.dtype(zp.dtype) if zp is not None else self._out_dtype(None)
+        _quantizable(qtype)  # the low-precision tables are filled
         s = self._broadcast(scale, x.shape)
         if self.precision is not None and self.precision != np.float32:
             with np.errstate(all="ignore"):
@@ -192,7 +211,8 @@ class DequantizeLinear(_LinearQ):
     def infer(self, ins, consts):
         x, scale = ins[0], ins[1]
         zp = ins[2] if len(ins) > 2 else None
-        if np.dtype(x.dtype) not in _QTYPES and np.dtype(x.dtype) not in _QFLOATS:
+        if not _quantizable(x.dtype):
+            _add_low_precision()
             raise self.unsupported(f"dequantizing {np.dtype(x.dtype).name} is not supported "
                                    f"({_names([*_QTYPES, *_QFLOATS])})")
         if zp is not None and np.dtype(zp.dtype) != np.dtype(x.dtype):

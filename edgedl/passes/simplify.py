@@ -54,12 +54,13 @@ _SAME_DTYPE_FIRST = frozenset({"MaxPool", "BatchNormalization", "LayerNormalizat
 
 
 def _element_dtype(code) -> np.dtype | None:
-    from ..converters.onnx_proto import ELEMENT_DTYPES
+    from ..converters.onnx_proto import element_dtype
 
     try:
-        return np.dtype(ELEMENT_DTYPES[int(code)])
-    except (KeyError, TypeError, ValueError):
+        dtype = element_dtype(int(code))
+    except (TypeError, ValueError):
         return None
+    return None if dtype is None else np.dtype(dtype)
 
 
 def _known_dtypes(graph: Graph) -> dict[str, np.dtype]:

@@ -26,7 +26,6 @@ import numpy as np
 from ..errors import ConstantRequired, DataDependentShape, EdgeDLError, ShapeError
 from ..ir import Graph, Node, OptionalType, SequenceType, TensorSpec, TensorType, check_shape, contiguous
 from ..kernels.cpu.config import num_threads
-from ..ops.gather import reject_low_precision
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
 
@@ -248,6 +247,8 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     specialized on (they become constants; see Model). ``cut(tensor)`` says whether a node that needs the
     value of ``tensor`` (ConstantRequired) starts a run-time segment instead (see the module docstring); without
     it ConstantRequired reaches the caller."""
+    from ..ops.gather import reject_low_precision  # (here: importing the ops loads their kernels' modules)
+
     types: dict[str, object] = {}
     consts: dict[str, object] = {}
     for name, arr in graph.initializers.items():

@@ -22,6 +22,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 # the expected values come from numpy / ml_dtypes casts of NaN, Inf and out-of-range values, which warn
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in cast:RuntimeWarning")
 
+pb.load_ml_dtypes()  # (a model loads them when it first needs one)
 LOW = sorted(pb.LOW_PRECISION_DTYPES)
 FLOAT8 = [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ]
 SUB_BYTE_INTS = [TensorProto.UINT4, TensorProto.INT4, TensorProto.UINT2, TensorProto.INT2]
@@ -442,3 +443,23 @@ def test_backend_run_node_with_packed_types():
     q = np.array([-8, -1, 0, 7, 3], np.int8).astype(ml_dtypes.int4)
     (y,) = edgedl.backend.run_node(node, [q, np.float32(0.5), np.array(1, np.int8).astype(ml_dtypes.int4)])
     np.testing.assert_array_equal(y, (q.astype(np.float32) - 1) * 0.5)
+
+
+def test_ml_dtypes_load_only_when_a_model_needs_them(tmp_path):
+    """Importing ml_dtypes costs ~0.6 s: a float32 model's process never imports it (a fresh process that does
+    not import onnx either)."""
+    import subprocess
+    import sys
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "relu.onnx"
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    code = ("import sys, numpy as np, edgedl\n"
+            f"edgedl.load({str(path)!r}).run({{'x': np.ones(2, np.float32)}})\n"
+            "from edgedl.converters import onnx_proto as pb\n"
+            "print('ml_dtypes' in sys.modules, pb.element_dtype(16), 'ml_dtypes' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "bfloat16", "True"]
