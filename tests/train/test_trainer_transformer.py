@@ -77,7 +77,6 @@ def test_trainer_fine_tunes_a_transformer_block():
 
 def test_reduce_sum_and_mean_backward_match_finite_differences():
     import pytest
-
     from gradcheck import check_backward
 
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)

@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from edgedl.targets import resolve_target
 
 import edgedl
 from edgedl import affinity
-from edgedl.targets import resolve_target
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                                 reason="needs Linux affinity and two usable CPUs")

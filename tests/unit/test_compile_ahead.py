@@ -103,6 +103,7 @@ def test_a_failing_helper_leaves_the_work_to_this_process(monkeypatch):
     """A helper that cannot start its work (here: an interpreter that exits at once) is reported, the native
     functions asked for are compiled here anyway, and loading goes on."""
     from edgedl.converters.onnx_import import import_onnx
+
     from edgedl.kernels.cpu import gemm
 
     graph = import_onnx(os.path.join(ROOT, "examples", "kws_tc_resnet.onnx"))
@@ -123,8 +124,9 @@ def test_helper_environment():
 
 
 def test_model_from_source_matches_load():
-    import edgedl
     from edgedl.converters.onnx_import import import_onnx
+
+    import edgedl
 
     path = os.path.join(ROOT, "examples", "kws_tc_resnet.onnx")
     x = np.load(os.path.join(ROOT, "examples", "spectrogram.npy"))
