@@ -41,7 +41,7 @@ def core_ids(target) -> frozenset | None:
     return cores
 
 
-def _mask(cores) -> "object":
+def _mask(cores) -> object:
     import numpy as np
 
     words = np.zeros(max(1, (max(cores) // 64) + 1), dtype=np.uint64)

@@ -37,17 +37,25 @@ def cmd_info(args) -> int:
     print(f"parameters: {model.num_parameters():,}")
     print(f"nodes after load-time passes: {len(model.graph.nodes)}")
     print("ops: " + ", ".join(f"{k} x{v}" for k, v in model.op_counts().items()))
+    from edgedl.errors import ConstantRequired
+
     symbolic = any(not isinstance(d, int) for t in model.inputs for d in (t.shape or ()))
-    plan = model.plan()
-    note = " (symbolic dims bound to 1)" if symbolic else ""
-    print(f"plan{note}: {len(plan.steps)} steps, {plan.folded} nodes folded to constants; kernels: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(plan.kernel_impls().items())))
-    print(f"arena: {plan.arena_bytes:,} bytes ({_fmt_bytes(plan.arena_bytes)}); lower bound (most bytes live "
-          f"at one step): {plan.arena_lower_bound:,} bytes")
+    try:
+        plan = model.plan()
+    except ConstantRequired as e:  # the plan depends on an input's value (a sample rate, a shape): built at run
+        plan = None
+        print(f"plan: built at the first run, from the values of inputs {sorted(model._inputs_feeding(e.tensor))}")
+    if plan is not None:
+        note = " (symbolic dims bound to 1)" if symbolic else ""
+        after = "; then nodes whose shapes depend on data, planned at run time" if plan.tail is not None else ""
+        print(f"plan{note}: {len(plan.steps)} steps, {plan.folded} nodes folded to constants; kernels: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(plan.kernel_impls().items())) + after)
+        print(f"arena: {plan.arena_bytes:,} bytes ({_fmt_bytes(plan.arena_bytes)}); lower bound (most bytes live "
+              f"at one step): {plan.arena_lower_bound:,} bytes")
     from edgedl.quant.inspect import format_summary, precision_summary
 
-    summary = precision_summary(model)
-    if summary.quantized:
+    summary = precision_summary(model) if plan is not None else None
+    if summary is not None and summary.quantized:
         requant = model.graph.metadata.get("edgedl.requant", "float")
         print(f"quantized model (requantization: {requant}; 'float' = onnxruntime semantics, 'double'/'single' = "
               "TFLite fixed point)")

@@ -56,3 +56,25 @@ def test_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgedl.cli", "run", EXAMPLE, "--input", str(wrong)],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0 and "axis 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_info_on_a_model_whose_plan_needs_an_input_value(tmp_path, capsys):
+    """silero-vad's pattern: If(sr == 16000) picks branches that fit only their own input size; info says the
+    plan is built at the first run instead of failing."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from edgedl.cli import main
+
+    then_g = h.make_graph([h.make_node("Add", ["x", "x"], ["t"])], "then", [],
+                          [h.make_tensor_value_info("t", T.FLOAT, None)])
+    else_g = h.make_graph([h.make_node("ReduceSum", ["x"], ["e"], keepdims=0)], "else", [],
+                          [h.make_tensor_value_info("e", T.FLOAT, None)])
+    g = h.make_graph([h.make_node("Equal", ["sr", "k"], ["c"]),
+                      h.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [4]), h.make_tensor_value_info("sr", T.INT64, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], [h.make_tensor("k", T.INT64, [], [16000])])
+    path = tmp_path / "if.onnx"
+    path.write_bytes(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString())
+    assert main(["info", str(path)]) == 0
+    assert "built at the first run, from the values of inputs ['sr']" in capsys.readouterr().out
