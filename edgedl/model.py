@@ -12,7 +12,7 @@ from .ir import Graph, TensorType, contiguous
 from .kernels.cpu.config import apply_target
 from .registry import lookup
 from .runtime.plan import Plan
-from .runtime.runner import GraphRunner, spec_type
+from .runtime.runner import GraphRunner, LastPlan, spec_type
 from .threads import configure_threads
 
 #: A node needing a value computed from graph inputs of at most this many elements each (a shape, a count)
@@ -51,6 +51,8 @@ class Model:
                 raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
         self._runner = GraphRunner(graph, specialize_limit=SPECIALIZE_MAX_ELEMENTS,
                                    before_plan=lambda: apply_target(self.target))
+        #: the last run's plan, reused for feeds of the same names, shapes and dtypes
+        self._last = LastPlan()
         for node in graph.nodes:
             self._runner.op_classes[node.name](node, graph.opset)  # attributes are validated at load time
         if all(s.is_static for s in graph.inputs):
@@ -204,7 +206,7 @@ class Model:
         """Run the model. ``feeds`` maps every input name to an array; returns output name -> array.
 
         Initializers that the file also lists as graph inputs are defaults: a feed may override them."""
-        plan = self._same_as_last(feeds)
+        plan = self._last.recall(feeds)
         if plan is None:
             if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
                 return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds)
@@ -213,8 +215,8 @@ class Model:
             # A value the plan needs (a Reshape shape, Slice starts...) that comes from small graph inputs makes
             # the runner specialize its plans on those inputs' values, as on shapes (see edgedl.runtime.runner).
             plan = self._runner.resolve(self._bind(shapes, feeds), feeds)
-            if not self._value_inputs and all(isinstance(a, np.ndarray) for a in feeds.values()):
-                self._last = (tuple((n, a.shape, a.dtype) for n, a in feeds.items()), plan)
+            if not self._value_inputs:
+                self._last.remember(feeds, plan)
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
@@ -222,18 +224,6 @@ class Model:
             return plan.run(feeds)
         with running_on(cores):
             return plan.run(feeds)
-
-    def _same_as_last(self, feeds) -> Plan | None:
-        """The last run's plan when ``feeds`` are arrays of the very names, shapes and dtypes it had (C-contiguous):
-        a stream of same-sized frames skips the checks and the plan lookup (about 15 us per call)."""
-        last = self.__dict__.get("_last")
-        if last is None or type(feeds) is not dict or len(feeds) != len(last[0]):
-            return None
-        for name, shape, dtype in last[0]:
-            a = feeds.get(name)
-            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
-                return None
-        return last[1]
 
     @property
     def _target_threads(self) -> int | None:
@@ -286,8 +276,7 @@ class Model:
         graph = run_passes(copy_graph(source))
         fresh = Model(graph, target=self.target, num_threads=self.num_threads, source=source)
         fresh.quantization = self.quantization
-        self.__dict__.pop("_last", None)  # the last run's plan and the input variants belong to the old graph
-        self.__dict__.pop("_variants", None)
+        self.__dict__.pop("_variants", None)  # the input variants belong to the old graph
         self.__dict__.update(fresh.__dict__)
 
     # --- inspection ---------------------------------------------------------------------------------

@@ -60,9 +60,9 @@ class SubgraphOp(Op):
             r = self._runners[key] = GraphRunner(self.graphs[key])
         return r
 
-    def outer_values(self, args: list) -> dict:
-        """Outer-tensor name (as the subgraphs call it) -> value, from this node's trailing inputs."""
-        return dict(zip(self.outer_names, args[self.n_formal:]))
+    def split(self, args: list) -> tuple[list, dict]:
+        """This node's inputs (types, constants or values) as (formal inputs, outer name -> the rest)."""
+        return list(args[:self.n_formal]), dict(zip(self.outer_names, args[self.n_formal:]))
 
     def feeds(self, key: str, formal: list, outer: dict) -> dict:
         g = self.graphs[key]
@@ -105,10 +105,6 @@ class SubgraphOp(Op):
         return [result[s.name] for s in g.outputs]
 
 
-def _outer_split(op: SubgraphOp, ins: list) -> tuple[list, dict]:
-    return ins[:op.n_formal], dict(zip(op.outer_names, ins[op.n_formal:]))
-
-
 # --- If ---------------------------------------------------------------------------------------------------
 @register
 class If(SubgraphOp):
@@ -118,8 +114,8 @@ class If(SubgraphOp):
     graph_attrs = ("then_branch", "else_branch")
 
     def infer(self, ins, consts):
-        formal, outer_t = _outer_split(self, ins)
-        _, outer_c = _outer_split(self, consts)
+        formal, outer_t = self.split(ins)
+        _, outer_c = self.split(consts)
         if self.n_formal != 1 or formal[0] is None:
             raise self.error("takes one input, cond")
         cond = formal[0]
@@ -146,7 +142,7 @@ class If(SubgraphOp):
         return then_t
 
     def ref(self, cond, *rest):
-        outer = dict(zip(self.outer_names, rest))
+        _, outer = self.split([cond, *rest])
         key = "then_branch" if bool(np.asarray(cond).reshape(-1)[0]) else "else_branch"
         return self.run_subgraph(key, [], outer)
 
@@ -175,8 +171,8 @@ class Loop(SubgraphOp):
             raise self.error(f"body has {len(body.outputs)} outputs, fewer than 1 + {self.n_carried}")
 
     def infer(self, ins, consts):
-        formal, outer_t = _outer_split(self, ins)
-        _, outer_c = _outer_split(self, consts)
+        formal, outer_t = self.split(ins)
+        _, outer_c = self.split(consts)
         for k, what in ((0, "M"), (1, "cond")):
             t = formal[k]
             if t is not None and (not isinstance(t, TensorType) or t.size != 1):
@@ -194,8 +190,8 @@ class Loop(SubgraphOp):
         return list(carried)
 
     def ref(self, m, cond, *rest):
-        carried = list(rest[:self.n_carried])
-        outer = dict(zip(self.outer_names, rest[self.n_carried:]))
+        formal, outer = self.split([m, cond, *rest])
+        carried = formal[2:]
         trips = None if m is None else int(np.asarray(m).reshape(-1)[0])
         keep_going = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
         scans: list[list] = [[] for _ in range(self.n_scan)]
@@ -279,16 +275,14 @@ class Scan(SubgraphOp):
         if self.batched and (any(a != 0 for a in self.in_axes) or any(a != 0 for a in self.out_axes)):
             raise self.error("opset 8 Scan has no scan axes")
 
-    def _formal(self, ins):
-        formal = ins[:self.n_formal]
-        if self.batched:
-            return formal[0], formal[1:]
-        return None, formal
+    def _lens(self, formal: list) -> tuple:
+        """(sequence_lens or None, the states and scan inputs): opset 8 has sequence_lens first."""
+        return (formal[0], formal[1:]) if self.batched else (None, formal)
 
     def infer(self, ins, consts):
-        formal, outer_t = _outer_split(self, ins)
-        _, outer_c = _outer_split(self, consts)
-        lens, formal = (formal[0], formal[1:]) if self.batched else (None, formal)
+        formal, outer_t = self.split(ins)
+        _, outer_c = self.split(consts)
+        lens, formal = self._lens(formal)
         states, scans = formal[:self.n_state], formal[self.n_state:]
         if any(t is None or not isinstance(t, TensorType) for t in states + scans):
             raise self.error("every state and scan input must be a tensor")
@@ -328,8 +322,8 @@ class Scan(SubgraphOp):
         return result
 
     def ref(self, *args):
-        lens, formal = self._formal(list(args))
-        outer = self.outer_values(list(args))
+        formal, outer = self.split(args)
+        lens, formal = self._lens(formal)
         states, scans = formal[:self.n_state], formal[self.n_state:]
         if not self.batched:
             return self._scan_one(states, scans, outer, None)

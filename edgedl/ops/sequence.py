@@ -344,8 +344,8 @@ class SequenceMap(SubgraphOp):
     graph_attrs = ("body",)
 
     def infer(self, ins, consts):
-        formal, outer_t = ins[:self.n_formal], dict(zip(self.outer_names, ins[self.n_formal:]))
-        outer_c = dict(zip(self.outer_names, consts[self.n_formal:]))
+        formal, outer_t = self.split(ins)
+        _, outer_c = self.split(consts)
         seq = _seq(self, formal[0])
         n = len(seq.elems)
         for t in formal[1:]:
@@ -362,8 +362,7 @@ class SequenceMap(SubgraphOp):
                 for k, o in enumerate(outs)]
 
     def ref(self, *args):
-        formal = list(args[:self.n_formal])
-        outer = self.outer_values(list(args))
+        formal, outer = self.split(args)
         n = len(formal[0])
         n_out = len(self.graphs["body"].outputs)
         outs: list[list] = [[] for _ in range(n_out)]

@@ -22,8 +22,7 @@ _TYPE_ATTRS = ("to", "dtype", "output_datatype", "output_dtype")
 
 
 def _is_half(dtype) -> bool:
-    return dtype is not None and np.dtype(dtype).kind in "fV" and np.dtype(dtype).itemsize == 2 and \
-        np.dtype(dtype).name in ("float16", "bfloat16")
+    return dtype is not None and np.dtype(dtype).name in ("float16", "bfloat16")
 
 
 def has_half(graph: Graph) -> bool:
