@@ -8,8 +8,8 @@ full training ("all") and last-layer fine-tuning ("last:1", "last:2"), Adam (lr 
 
 Models: the zoo's digits CNN (8x8 inputs, batch 32) and ``zoo.mobilenet_v2_like`` (96x96, width 0.35, 10
 classes, batch 16; ``--resolution``, ``--width``), its trailing Softmax removed (the loss takes logits). The
-PyTorch network is built from the same ONNX graph by :mod:`torch_from_onnx`, with the same weights. Before
-timing, a check process asserts that the two forward outputs agree (rtol 1e-4, atol 1e-4 of the largest
+PyTorch network is built from the same ONNX graph by :mod:`edgedl.benchmark.torch_from_onnx`, with the same
+weights. Before timing, a check process asserts that the two forward outputs agree (rtol 1e-4, atol 1e-4 of the largest
 logit), that both train the same tensors, and that one step's gradients agree (each tensor within 2e-2 of its
 gradient's norm, floored at 1% of the largest tensor gradient's norm; a wrong gradient is off by O(1)). Not
 tighter, not elementwise: a Clip / HardSwish input within float32 rounding of a kink (0, 6; -3, 3) takes the
@@ -122,7 +122,8 @@ def _edgedl_setup(proto, policy: str, threads: int, optimizer=None, x=None):
 
 def _torch_setup(proto, policy: str, threads: int):
     import torch
-    from torch_from_onnx import OnnxModule, set_trainable, trainable_names
+
+    from edgedl.benchmark.torch_from_onnx import OnnxModule, set_trainable, trainable_names
 
     policy = policy.removesuffix(INT8)  # PyTorch trains in float
     torch.set_num_threads(threads)
@@ -349,8 +350,8 @@ def check(cfg: dict) -> dict:
     """Forward outputs, trained tensors and one step's gradients agree between edgedl and PyTorch."""
     import numpy as np
     import torch
-    from torch_from_onnx import OnnxModule, set_trainable, trainable_names
 
+    from edgedl.benchmark.torch_from_onnx import OnnxModule, set_trainable, trainable_names
     from edgedl.train import SGD
 
     proto, x, y = _batch(cfg["model_path"], cfg["batch"])
@@ -401,9 +402,9 @@ def spawn(cfg: dict, malloc_env: bool) -> dict:
 
 def write_model(name: str, args, folder: str) -> str:
     import onnx
-    from torch_from_onnx import strip_softmax
 
     from edgedl import zoo
+    from edgedl.benchmark.torch_from_onnx import strip_softmax
 
     if name == "digits":
         proto = zoo.digits_cnn()

@@ -35,6 +35,17 @@ if _os.environ.get("EDGEDL_TARGET", "").strip():
 __version__ = "0.1.0"
 
 
+def bench(models, **options):
+    """Benchmark models on this board, each engine and setting in its own fresh process, side by side with
+    onnxruntime / TFLite (``compare_with=["onnxruntime"]``); returns the report as a dict (a list of them for
+    several models). The options are those of :func:`edgedl.benchmark.orchestrate.bench` (``threads``,
+    ``runs``, ``precision``, ``op_profile``, ``train``, ``json_path``...); ``edgedl bench`` is the command
+    line."""
+    from .benchmark.orchestrate import bench as _bench
+
+    return _bench(models, **options)
+
+
 def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None) -> Model:
     """Load an ONNX model.
 

@@ -1,4 +1,4 @@
-"""The ``edgedl`` command: info, run, quantize, finetune, ops, targets."""
+"""The ``edgedl`` command: info, run, bench, quantize, finetune, ops, targets, warmup, tune."""
 from __future__ import annotations
 
 import argparse
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgedl.cli_targets import add_parsers as add_target_parsers
 
     add_target_parsers(sub)
+    from edgedl.cli_bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 

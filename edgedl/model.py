@@ -202,14 +202,19 @@ class Model:
             variants[names] = _model_from_source(source, self.target, self.num_threads)
         return variants[names]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], *, profile: list | None = None) -> dict[str, np.ndarray]:
         """Run the model. ``feeds`` maps every input name to an array; returns output name -> array.
 
-        Initializers that the file also lists as graph inputs are defaults: a feed may override them."""
+        Initializers that the file also lists as graph inputs are defaults: a feed may override them.
+
+        ``profile``: a list to which the run appends one :class:`edgedl.runtime.plan.StepTime` (``node``,
+        ``kernel``, ``seconds``) per executed step, in run order (``edgedl bench --op-profile`` uses it).
+        Reading the clock around every step costs about a microsecond per step; runs without it are not
+        slowed."""
         plan = self._last.recall(feeds)
         if plan is None:
             if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
-                return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds)
+                return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds, profile=profile)
             feeds = self._check_feeds(feeds)
             shapes = {n: getattr(a, "shape", None) for n, a in feeds.items()}
             # A value the plan needs (a Reshape shape, Slice starts...) that comes from small graph inputs makes
@@ -221,9 +226,9 @@ class Model:
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
         if cores is None and not affinity_pinned():  # the usual case, without a context manager per run
-            return plan.run(feeds)
+            return plan.run(feeds, profile)
         with running_on(cores):
-            return plan.run(feeds)
+            return plan.run(feeds, profile)
 
     @property
     def _target_threads(self) -> int | None:

@@ -19,7 +19,9 @@ Two kinds of nodes make a plan allocate at run time, and only models that have t
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,6 +75,8 @@ class Plan:
     bound_threads: int = 0
     #: the nodes after a data-dependent node (see the module docstring), or None
     tail: Tail | None = None
+    #: what runs each step, for profiles (see _kernel_name; set by the first profiled run)
+    kernel_names: list | None = None
 
     def _bind(self, threads: int) -> None:
         """Bind every step whose inputs, outputs and workspace are the same arrays on every run."""
@@ -90,20 +94,17 @@ class Plan:
                                               [arrays[o] for o in step.outs], step.scratch, threads)
         self.bound_threads = threads
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
+        """Run the plan on ``feeds``. With a ``profile`` list, every step is timed and appended to it as
+        :class:`StepTime` (see :meth:`_run_profiled`); without, the steps run back to back."""
+        if profile is not None:
+            return self._run_profiled(feeds, profile)
         with self.lock:
             threads = num_threads()
             if threads != self.bound_threads:
                 self._bind(threads)
-            slots = list(self.template)
-            for name, idx, staged in self.input_slots:
-                if staged:
-                    np.copyto(slots[idx], feeds[name])
-                else:
-                    slots[idx] = feeds[name]
-            for idx, shape, dtype in self.fresh_outputs:
-                slots[idx] = np.empty(shape, dtype)
-            for step in self.steps:
+            slots = self._start(feeds)
+            for step in self.steps:  # NOTE: _run_profiled dispatches steps the same way; keep them in step
                 if step.bound is not None:
                     step.bound()
                     continue
@@ -120,6 +121,52 @@ class Plan:
                 tail_feeds = {n: feeds[n] for n in self.tail.feeds_from_inputs}
                 tail_feeds.update(results)
                 return self.tail.run(tail_feeds)
+            return results
+
+    def _start(self, feeds: dict[str, np.ndarray]) -> list:
+        """The run's slots: the template with the feeds placed (staged ones copied) and fresh outputs."""
+        slots = list(self.template)
+        for name, idx, staged in self.input_slots:
+            if staged:
+                np.copyto(slots[idx], feeds[name])
+            else:
+                slots[idx] = feeds[name]
+        for idx, shape, dtype in self.fresh_outputs:
+            slots[idx] = np.empty(shape, dtype)
+        return slots
+
+    def _run_profiled(self, feeds: dict[str, np.ndarray], profile: list) -> dict[str, np.ndarray]:
+        """:meth:`run` with a clock read around every step (the same dispatch as the loop in ``run``, which
+        stays free of the timing). Views cost nothing and are not listed; a data-dependent tail appends its
+        own steps (the cut node, then the steps of the tail's plan)."""
+        clock = time.perf_counter
+        if self.kernel_names is None:
+            self.kernel_names = [_kernel_name(step, self.types) for step in self.steps]
+        record = profile.append
+        with self.lock:
+            threads = num_threads()
+            if threads != self.bound_threads:
+                self._bind(threads)
+            slots = self._start(feeds)
+            for step, kernel in zip(self.steps, self.kernel_names):
+                if step.view_shape is not None:
+                    slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
+                    continue
+                t0 = clock()
+                if step.bound is not None:
+                    step.bound()
+                elif step.eager:
+                    self._run_eager(step, slots)
+                else:
+                    step.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
+                                   [slots[o] for o in step.outs], step.scratch)
+                t1 = clock()
+                record(StepTime(step.node, kernel, t1 - t0))
+            results = {name: _copy_value(slots[idx]) if copy else slots[idx] for name, idx, copy in self.outputs}
+            if self.tail is not None:
+                tail_feeds = {n: feeds[n] for n in self.tail.feeds_from_inputs}
+                tail_feeds.update(results)
+                return self.tail.run(tail_feeds, profile)
             return results
 
     def _run_eager(self, step: Step, slots: list) -> None:
@@ -162,13 +209,16 @@ class Tail:
         self.feeds_from_inputs = feeds_from_inputs
         self.runner = GraphRunner(graph)
 
-    def run(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, values: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
         values.update(self.constants)
         if self.eager:
+            t0 = time.perf_counter()
             try:
                 outs = self.op.ref(*[values[i] if i else None for i in self.node.inputs])
             except EdgeDLError as e:
                 raise _context(self.node, e) from e
+            if profile is not None:
+                profile.append(StepTime(self.node, "eager (data-dependent shape)", time.perf_counter() - t0))
             for k, name in enumerate(self.node.outputs):
                 if name:
                     value = outs[k]
@@ -177,7 +227,29 @@ class Tail:
                         value = contiguous(value)
                     values[name] = value
         feeds = {s.name: values[s.name] for s in self.graph.inputs}
-        return self.runner.run(feeds)
+        return self.runner.run(feeds, profile)
+
+
+class StepTime(NamedTuple):
+    """One timed step of a profiled run: the node, what ran it (e.g. ``"numba float32"``, ``"numpy int64"``,
+    ``"eager"``) and its wall time in seconds."""
+
+    node: Node
+    kernel: str
+    seconds: float
+
+
+def _kernel_name(step: Step, types: dict) -> str:
+    """What runs a step, with the precision it computes in: the kernel implementation and the element type of
+    its first output (an int8 convolution is "numba int8"; a float one "numba float32")."""
+    impl = "eager" if step.eager else step.kernel.impl
+    out = next((o for o in step.node.outputs if o), None)
+    t = types.get(out)
+    dtype = getattr(t, "dtype", None)
+    if dtype is None:
+        return impl
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    return f"{impl} {'string' if name == 'object' else name}"
 
 
 def _copy_value(value):

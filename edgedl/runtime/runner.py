@@ -107,11 +107,12 @@ class GraphRunner:
                 self.value_inputs |= sources
 
     # --- running ------------------------------------------------------------------------------------------
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on ``feeds`` (every graph input; dtypes and shapes taken from the arrays)."""
+    def run(self, feeds: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (every graph input; dtypes and shapes taken from the arrays). ``profile``: see
+        :meth:`Plan.run`."""
         plan = self.last.recall(feeds)  # a subgraph called again like last time (a Loop body, an If branch)
         if plan is not None:
-            return plan.run(feeds)
+            return plan.run(feeds, profile)
         types = {}
         for spec in self.graph.inputs:
             if spec.name not in feeds:
@@ -123,7 +124,7 @@ class GraphRunner:
         plan = self.resolve(types, feeds)
         if not self.value_inputs:
             self.last.remember(feeds, plan)
-        return plan.run(feeds)
+        return plan.run(feeds, profile)
 
 
 class LastPlan:

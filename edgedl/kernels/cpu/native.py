@@ -88,8 +88,9 @@ class NativeFunction:
         return True
 
     def compile(self):
-        """The compiled ``CFunc`` (compiled, or loaded from the cache, on the first call)."""
-        if self._cfunc is None:
+        """The compiled ``CFunc`` (compiled, or loaded from the cache, on the first call). Only a real
+        compilation emits the ``numba:compile`` event (as a dispatcher's does): a load from the cache is not one."""
+        if self._cfunc is None and not self.cached():
             with self._lock:
                 if self._cfunc is None:
                     cf = self._build()

@@ -1,0 +1,351 @@
+"""edgedl bench end to end: each engine in its own process, the report's fields and their consistency,
+agreement, op profiles, failures of one engine, Ctrl-C, and the command line. No timing assertions."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgedl
+from edgedl.benchmark import orchestrate
+from edgedl.benchmark.agreement import compare, compare_output
+from edgedl.benchmark.inputs import (
+    InputSpec,
+    calibration_batches,
+    file_feeds,
+    onnx_input_specs,
+    parse_shape_args,
+    random_feeds,
+    resolve_shapes,
+)
+from edgedl.benchmark.report import read_csv, read_json
+from edgedl.benchmark.worker import load_arrays, save_arrays
+from edgedl.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KWS = os.path.join(ROOT, "examples", "kws_tc_resnet.onnx")
+DIGITS = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+FAST = {"runs": 5, "warmup": 1, "max_secs": 2.0, "threads": [1]}
+
+
+def _conv_model(path, channels=32, size=48, symbolic=False, opset=17):
+    """Three 3x3 convolutions with ReLU, a global pool and a Gemm: milliseconds per run, kernels dominate."""
+    rng = np.random.default_rng(0)
+    inits, nodes, prev, cin = [], [], "x", 3
+    for i in range(3):
+        w = (rng.standard_normal((channels, cin, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        prev, cin = f"r{i}", channels
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["g"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["g"], ["f"], name="flatten"))
+    inits.append(numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32), "fc"))
+    nodes.append(helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc"))
+    batch = "N" if symbolic else 1
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [batch, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------
+def test_parse_shape_args_accepts_commas_and_x():
+    assert parse_shape_args(["x=1,3,224,224", "m=1x128"]) == {"x": (1, 3, 224, 224), "m": (1, 128)}
+    for bad in ["x", "x=", "=1,2", "x=1,a", "x=0,3"]:
+        with pytest.raises(InputError):
+            parse_shape_args([bad])
+
+
+def test_resolve_shapes_lists_every_symbolic_dimension():
+    specs = [InputSpec("audio", ("N", "T", 40), np.dtype(np.float32)),
+             InputSpec("mask", ("N", None), np.dtype(np.bool_))]
+    with pytest.raises(InputError) as e:
+        resolve_shapes(specs, {}, 1)
+    msg = str(e.value)
+    assert "audio" in msg and "dim 1 (T)" in msg and "mask" in msg and "dim 1 (?)" in msg and "--shape" in msg
+    assert "--shape audio=1,1,40" in msg
+    shapes = resolve_shapes(specs, {"audio": (2, 100, 40), "mask": (2, 100)}, 3)
+    assert shapes == {"audio": (2, 100, 40), "mask": (2, 100)}
+    with pytest.raises(InputError, match="audio"):
+        resolve_shapes(specs[:1], {}, 3)  # T is still unknown
+    assert resolve_shapes([InputSpec("a", ("N", 40), np.dtype(np.float32))], {}, 3) == {"a": (3, 40)}
+
+
+def test_resolve_shapes_checks_fixed_dims_rank_and_names():
+    specs = [InputSpec("x", (1, 3, 8, 8), np.dtype(np.float32))]
+    assert resolve_shapes(specs, None, None) == {"x": (1, 3, 8, 8)}
+    with pytest.raises(InputError, match="fixed first dimension"):
+        resolve_shapes(specs, None, 4)
+    with pytest.raises(InputError, match="fixed to 3"):
+        resolve_shapes(specs, {"x": (1, 4, 8, 8)})
+    with pytest.raises(InputError, match="rank 4"):
+        resolve_shapes(specs, {"x": (1, 3, 8)})
+    with pytest.raises(InputError, match="not inputs of the model"):
+        resolve_shapes(specs, {"y": (1,)})
+
+
+def test_random_feeds_are_seeded_and_typed():
+    specs = [InputSpec("f", (2, 3), np.dtype(np.float32)), InputSpec("q", (4,), np.dtype(np.uint8)),
+             InputSpec("i", (2,), np.dtype(np.int64)), InputSpec("b", (1,), np.dtype(np.bool_))]
+    shapes = {s.name: s.dims for s in specs}
+    a, b = random_feeds(specs, shapes, seed=3), random_feeds(specs, shapes, seed=3)
+    for name in a:
+        assert a[name].dtype == next(s.dtype for s in specs if s.name == name)
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not a["i"].any() and not a["b"].any()
+
+
+def test_file_feeds_and_calibration_check_names_dtypes_shapes(tmp_path):
+    specs = [InputSpec("x", ("N", 4), np.dtype(np.float32))]
+    np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
+    assert file_feeds(str(tmp_path / "x.npy"), specs)["x"].shape == (2, 4)
+    np.save(tmp_path / "bad.npy", np.ones((2, 4), np.float64))
+    with pytest.raises(InputError, match="dtype float32"):
+        file_feeds(str(tmp_path / "bad.npy"), specs)
+    np.save(tmp_path / "shape.npy", np.ones((2, 5), np.float32))
+    with pytest.raises(InputError, match="shape"):
+        file_feeds(str(tmp_path / "shape.npy"), specs)
+    with pytest.raises(InputError, match="does not exist"):
+        file_feeds(str(tmp_path / "missing.npz"), specs)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="cannot read"):
+        file_feeds(str(tmp_path / "junk.npz"), specs)
+    np.savez(tmp_path / "cal.npz", x=np.ones((10, 4), np.float32))
+    batches = calibration_batches(str(tmp_path / "cal.npz"), specs, 4)
+    assert [b["x"].shape[0] for b in batches] == [4, 4, 2]
+
+
+def test_arrays_round_trip_any_names(tmp_path):
+    arrays = {"file": np.arange(3), "a b/c": np.ones((2, 2), np.float32), "s": np.array(["x", "yz"], object)}
+    save_arrays(str(tmp_path / "a.npz"), arrays)
+    back = load_arrays(str(tmp_path / "a.npz"))
+    assert list(back) == list(arrays)
+    np.testing.assert_array_equal(back["a b/c"], arrays["a b/c"])
+    assert back["s"].tolist() == ["x", "yz"]
+
+
+def test_onnx_input_specs_skip_initializers(tmp_path):
+    path = _conv_model(tmp_path / "m.onnx", symbolic=True)
+    proto = onnx.load(path)
+    proto.graph.input.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [32, 3, 3, 3]))
+    onnx.save(proto, path)
+    specs = onnx_input_specs(path)
+    assert [(s.name, s.dims) for s in specs] == [("x", ("N", 3, 48, 48))]
+
+
+# ---------------------------------------------------------------------------------------------------
+# agreement
+# ---------------------------------------------------------------------------------------------------
+def test_agreement_identical_and_perturbed():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((10, 5)).astype(np.float32)
+    same = compare_output(ref, ref.copy())
+    assert same["max_abs"] == 0 and same["max_rel"] == 0 and same["top1"] == 1.0
+    other = ref.copy()
+    rows = [1, 4, 7]
+    for r in rows:  # move the arg-max of three rows elsewhere
+        other[r, (ref[r].argmax() + 1) % 5] = ref[r].max() + 1
+    d = compare_output(ref, other)
+    assert d["top1"] == pytest.approx(1 - len(rows) / 10)
+    assert d["max_abs"] == pytest.approx(float(np.abs(ref - other).max()))
+    assert d["max_rel"] == pytest.approx(d["max_abs"] / float(np.abs(ref).max()))
+    assert compare_output(ref[:, 0], ref[:, 0])["top1"] is None  # rank 1: not classifier-shaped
+
+
+def test_agreement_mismatches_and_pairing():
+    a = np.zeros((2, 3), np.float32)
+    assert "mismatch" in compare_output(a, np.zeros((3, 2), np.float32))
+    b = a.copy()
+    b[0, 0] = np.nan
+    assert "mismatch" in compare_output(a, b)
+    both = np.full((2,), np.nan)
+    assert compare_output(both, both.copy())["max_abs"] == 0
+    res = compare({"out": a}, {"renamed": a + 1e-3}, "edgedl fp32")
+    assert res["max_abs"] == pytest.approx(1e-3) and res["reference"] == "edgedl fp32"
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end (worker processes)
+# ---------------------------------------------------------------------------------------------------
+def _check_run(run):
+    assert run["status"] == "ok", run["error"]
+    s = run["latency_ms"]
+    assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert s["min"] <= s["mean"] <= s["max"] and s["std"] >= 0
+    assert run["runs"] == len(run["latencies_ms"]) >= 1
+    assert run["throughput_per_s"] == pytest.approx(run["batch"] * 1e3 / s["mean"])
+    assert run["init_ms"] > 0 and run["first_ms"] > 0 and run["import_ms"] > 0
+    assert run["peak_rss_bytes"] is None or run["peak_rss_bytes"] > 10 * 2**20
+
+
+def test_bench_against_onnxruntime_with_op_profile(tmp_path):
+    path = _conv_model(tmp_path / "convs.onnx")
+    report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"], op_profile=True,
+                          json_path=str(tmp_path / "r.json"), csv_path=str(tmp_path / "r.csv"))
+    assert report["model"] == path and report["edgedl_version"] == edgedl.__version__
+    assert {"name", "cpu", "cores", "features", "gpu"} <= set(report["target"])
+    env = report["environment"]
+    for key in ("governor", "freq_mhz", "temp_c_before", "temp_c_after", "throttled", "warnings", "versions"):
+        assert key in env
+    assert [r["engine"] for r in report["runs"]] == ["edgedl", "onnxruntime"]
+    for run in report["runs"]:
+        _check_run(run)
+    ed, ort = report["runs"]
+    assert ed["arena_bytes"] > 0 and ed["compile_ms"] is not None and ort["compile_ms"] is None
+    agree = ort["agreement"]
+    assert agree["reference"].startswith("edgedl fp32") and agree["top1"] == 1.0
+    assert agree["max_rel"] < 1e-4 and set(agree["outputs"]) == {"logits"}
+    assert ed["agreement"] is None
+    # the per-op profile: every step of the plan, percentages and sums consistent with the profiled runs
+    ops = ed["ops"]
+    assert [o["node"] for o in ops] == ["conv0", "relu0", "conv1", "relu1", "conv2", "relu2", "pool", "fc"] or \
+        {o["op_type"] for o in ops} >= {"Conv", "MatMul"}
+    assert all(o["kernel"].endswith("float32") for o in ops)
+    assert sum(o["percent"] for o in ops) == pytest.approx(100.0)
+    prof = ed["ops_profile"]
+    assert prof["sum_ms"] == pytest.approx(sum(o["ms"] for o in ops))
+    # the steps' own times cover the profiled runs' wall time (kernels dominate this model): within 20%
+    assert 0.8 * prof["mean_latency_ms"] <= prof["sum_ms"] <= prof["mean_latency_ms"] * 1.0001
+    assert ort["ops"] and {o["op_type"] for o in ort["ops"]} >= {"Conv"}
+    # JSON and CSV hold the same report
+    back = read_json(str(tmp_path / "r.json"))
+    assert back["runs"][0]["latency_ms"] == pytest.approx(ed["latency_ms"])
+    rows = read_csv(str(tmp_path / "r.csv"))
+    assert [r["engine"] for r in rows] == ["edgedl", "onnxruntime"]
+    assert rows[1]["lat_p50_ms"] == pytest.approx(ort["latency_ms"]["p50"])
+    assert os.path.isfile(tmp_path / "r_ops.csv")
+
+
+def test_bench_thread_sweep_int8_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    calibration = os.path.join(ROOT, "examples", "digits_calibration.npz")
+    with np.load(calibration) as data:  # real digits (random inputs would say little about int8 accuracy)
+        np.save(tmp_path / "x.npy", data["input"][-8:])
+    report = edgedl.bench(DIGITS, runs=3, warmup=1, max_secs=1.0, threads=[1, 2] if os.cpu_count() > 1 else [1],
+                          precision="fp32,int8", calibration=calibration, input=str(tmp_path / "x.npy"),
+                          plot_path=str(tmp_path / "p.png"))
+    runs = report["runs"]
+    assert {(r["precision"], r["threads"]) for r in runs} == {(p, t) for p in ("fp32", "int8")
+                                                                for t in report["settings"]["threads"]}
+    for run in runs:
+        _check_run(run)
+        assert run["batch"] == 8
+    int8 = [r for r in runs if r["precision"] == "int8"]
+    assert all(r["agreement"]["reference"].startswith("edgedl fp32") and r["agreement"]["top1"] >= 0.75
+               for r in int8)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_engine_is_a_note_and_unloadable_model_a_failed_run(tmp_path, monkeypatch):
+    path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
+    real = orchestrate._engine_available
+    monkeypatch.setattr(orchestrate, "_engine_available", lambda e: False if e == "onnxruntime" else real(e))
+    report = edgedl.bench(path, **FAST, compare_with="onnxruntime,tflite")
+    assert [r["engine"] for r in report["runs"]] == ["edgedl"]
+    assert any("onnxruntime is not installed" in n for n in report["notes"])
+    assert any("tflite" in n and ".tflite models only" in n for n in report["notes"])
+    monkeypatch.setattr(orchestrate, "_engine_available", real)
+    # a model onnxruntime cannot load (an opset it does not know yet): reported, edgedl's run stands
+    proto = onnx.load(path)
+    proto.opset_import[0].version = 99
+    onnx.save(proto, tmp_path / "future.onnx")
+    report = edgedl.bench(str(tmp_path / "future.onnx"), **FAST, compare_with=["onnxruntime"])
+    by = {r["engine"]: r for r in report["runs"]}
+    if by["edgedl"]["status"] == "ok":
+        assert by["onnxruntime"]["status"] == "error" and by["onnxruntime"]["error"]
+        assert by["onnxruntime"]["latency_ms"] is None
+
+
+def test_symbolic_dims_without_shape_are_a_clear_error(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", 40])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 40])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "sym.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(InputError, match=r"x \[N, T, 40\]: dim 1 \(T\)"):
+        edgedl.bench(str(path), **FAST)
+    report = edgedl.bench(str(path), **FAST, shapes={"x": (2, 7, 40)})
+    assert report["inputs"]["x"]["shape"] == [2, 7, 40] and report["runs"][0]["status"] == "ok"
+
+
+FAKE_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    spec = json.load(open(sys.argv[1]))
+    behaviour = os.environ["FAKE_BENCH_WORKER"]
+    if behaviour == "segfault" and spec["engine"] == "edgedl":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    result = {"status": "ok", "error": None, "import_ms": 1.0, "init_ms": 1.0, "first_ms": 1.0,
+              "latencies_s": [0.001, 0.002, 0.003], "timed_start": time.monotonic(), "timed_end": time.monotonic()}
+    if behaviour == "sleep":
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            result["status"] = "interrupted"
+            result["error"] = "interrupted (Ctrl-C)"
+    json.dump(result, open(sys.argv[2], "w"))
+""")
+
+
+def test_a_crashing_engine_is_reported_and_the_others_run(tmp_path, monkeypatch):
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(orchestrate, "WORKER", str(script))
+    monkeypatch.setenv("FAKE_BENCH_WORKER", "segfault")
+    path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
+    report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"])
+    ed, ort = report["runs"]
+    assert ed["status"] == "error" and "SIGSEGV" in ed["error"] and ed["latency_ms"] is None
+    assert ort["status"] == "ok" and ort["latency_ms"]["p50"] == pytest.approx(2.0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_writes_the_report_gathered_so_far(tmp_path, monkeypatch):
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    monkeypatch.setattr(orchestrate, "WORKER", str(script))
+    monkeypatch.setenv("FAKE_BENCH_WORKER", "sleep")
+    path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"], json_path=str(tmp_path / "r.json"))
+    finally:
+        timer.cancel()
+    assert report["interrupted"] is True
+    assert len(report["runs"]) == 1 and report["runs"][0]["status"] == "interrupted"
+    assert report["runs"][0]["runs"] == 3  # what the process timed before the interruption
+    assert json.load(open(tmp_path / "r.json"))["interrupted"] is True
+
+
+def test_command_line(tmp_path, capsys):
+    from edgedl.cli import main
+
+    path = _conv_model(tmp_path / "m.onnx", channels=4, size=8, symbolic=True)
+    code = main(["bench", path, "--runs", "3", "--warmup", "1", "--max-secs", "1", "--threads", "1",
+                 "--train", "--train-steps", "2", "--batch", "4", "--json", str(tmp_path / "r.json"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "edgedl" in out and "p50" in out and "Training steps" in out
+    report = read_json(str(tmp_path / "r.json"))
+    assert report["runs"][0]["engine"] == "edgedl" and report["runs"][0]["batch"] == 4
+    train = report["training"][0]
+    assert train["engine"] == "edgedl" and train["status"] == "ok" and train["steps"] == 2
+    assert train["trainable"] == "last:1" and train["batch"] == 4 and train["trained_values"] == 4 * 10
+    assert main(["bench", str(tmp_path / "missing.onnx")]) == 2
+    assert main(["bench", path, "--threads", "x"]) == 2
+    assert main(["bench", path, "--precision", "fp16"]) == 2
+    assert main(["bench", path, "--compare", "tensorrt"]) == 2
+    assert "error" in capsys.readouterr().err
