@@ -5,6 +5,7 @@ several repetitions. This produces the README's performance tables.
     pip install ".[test]" && python benchmarks/bench_models.py                       # the zoo, 3 repetitions
     python benchmarks/bench_models.py --busy 0 1 2 --models examples/kws_tc_resnet.onnx rec.onnx:x=1,3,48,320
     python benchmarks/bench_models.py --json all.json   # every report, for edgedl's report tools
+    python benchmarks/bench_models.py --precision fp32,int8 --ort-u8s8   # the README's int8 table
 
 Models: ``--zoo`` (the default) writes the zoo's models (mobilenet_v2_like at 224 and 0.5x 128, resnet_like
 224, kws_tc_resnet, nhwc_cnn 64) to a temporary folder; ``--models`` takes files, each ``PATH`` or
@@ -12,6 +13,12 @@ Models: ``--zoo`` (the default) writes the zoo's models (mobilenet_v2_like at 22
 :func:`edgedl.bench` (so slow drifts of a shared machine hit both engines alike); a cell of the table is the
 median over repetitions of each process's p50 (and p90). Busy neighbours: ``--busy 0 1 2`` runs each
 repetition alone, beside one busy-loop process, then two.
+
+int8 (``--precision fp32,int8``): edgedl quantizes each model (``edgedl.quantize``: minmax, per-channel,
+calibrated on 8 seeded random inputs) and onnxruntime runs the same QDQ file. onnxruntime's x86 kernels are
+fastest with uint8 activations, so ``--ort-u8s8`` also benchmarks onnxruntime's own quantization of each model
+(quant_pre_process + quantize_static: QDQ, uint8 activations, int8 per-channel weights, the same calibration
+inputs), which both engines run.
 """
 from __future__ import annotations
 
@@ -48,6 +55,46 @@ def write_zoo(folder: str) -> list[tuple[str, str, dict]]:
     return out
 
 
+def calibration_file(path: str, shapes: dict, folder: str, count: int = 8) -> str:
+    """``count`` seeded random inputs for ``path`` (an .npz with a leading sample axis) for int8 calibration."""
+    import numpy as np
+
+    from edgedl.benchmark.inputs import onnx_input_specs, resolve_shapes
+
+    specs = onnx_input_specs(path)
+    bound = resolve_shapes(specs, shapes or None, default_batch=1)
+    rng = np.random.default_rng(1)
+    # samples stacked along the batch (first) axis, which the calibration splits again
+    arrays = {s.name: rng.standard_normal((count * bound[s.name][0], *bound[s.name][1:])).astype(s.dtype)
+              for s in specs}
+    out = os.path.join(folder, os.path.basename(path) + ".calibration.npz")
+    np.savez(out, **arrays)
+    return out
+
+
+def ort_u8s8(path: str, calibration: str, folder: str) -> str:
+    """onnxruntime's own QDQ quantization of ``path``: uint8 activations, int8 per-channel weights."""
+    import numpy as np
+    from onnxruntime import quantization as q
+
+    with np.load(calibration) as data:
+        feeds = [{k: data[k][i:i + 1] for k in data.files} for i in range(len(data[data.files[0]]))]
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = os.path.join(folder, "pre_" + os.path.basename(path))
+    out = os.path.join(folder, "u8s8_" + os.path.basename(path))
+    q.shape_inference.quant_pre_process(path, pre, skip_symbolic_shape=True)
+    q.quantize_static(pre, out, Reader(), quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+                      weight_type=q.QuantType.QInt8, per_channel=True)
+    return out
+
+
 def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
     out = []
     for spec in specs:
@@ -65,7 +112,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="repetitions (fresh processes each; default 3)")
     ap.add_argument("--max-secs", type=float, default=3.0, help="timed seconds per process (default 3)")
     ap.add_argument("--runs", type=int, default=100000, help="timed runs per process, at most")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="fp32", help="fp32, int8 or fp32,int8")
+    ap.add_argument("--ort-u8s8", action="store_true", help="with int8: also onnxruntime's own quantization")
     ap.add_argument("--json", default=None, help="write every report here")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
@@ -74,12 +122,18 @@ def main() -> None:
     cells: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = parse_models(args.models) if args.models else write_zoo(tmp)
+        int8 = "int8" in args.precision
+        calibration = {label: calibration_file(path, shapes, tmp) for label, path, shapes in models} if int8 else {}
+        runs = [(label, path, shapes, args.precision, calibration.get(label)) for label, path, shapes in models]
+        if int8 and args.ort_u8s8:
+            runs += [(f"{label} [ort u8s8]", ort_u8s8(path, calibration[label], tmp), shapes, "int8", None)
+                     for label, path, shapes in models]
         for rep in range(args.repeat):
             for busy in args.busy:
-                for label, path, shapes in models:
+                for label, path, shapes, precision, calib in runs:
                     print(f"repetition {rep + 1}/{args.repeat}, {busy} busy, {label}", file=sys.stderr, flush=True)
                     report = edgedl.bench(path, threads=threads, runs=args.runs, warmup=20, max_secs=args.max_secs,
-                                          precision=args.precision, shapes=shapes or None,
+                                          precision=precision, calibration=calib, shapes=shapes or None,
                                           compare_with=["onnxruntime"], busy=busy)
                     report["label"] = label
                     reports.append(report)
@@ -90,6 +144,9 @@ def main() -> None:
     if args.json:
         write_json(reports, args.json)
     print_table(cells, [m[0] for m in models], args.busy, threads, cores)
+    if "int8" in args.precision:
+        print()
+        print_int8_table(cells, [m[0] for m in models], args.busy, threads)
 
 
 def print_table(cells: dict, labels: list[str], loads: list[int], threads: list[int], cores: int) -> None:
@@ -109,11 +166,40 @@ def print_table(cells: dict, labels: list[str], loads: list[int], threads: list[
                     e50, e90 = (statistics.median(s[k] for s in e) for k in ("p50", "p90"))
                     o50, o90 = (statistics.median(s[k] for s in o) for k in ("p50", "p90"))
                     ratios.setdefault((busy, prec, t), []).append(e50 / o50)
-                    print(f"| {label} | {busy} of {cores} | {prec} | {t} | {e50:.3g} / {e90:.3g} | {o50:.3g} / {o90:.3g} "
-                          f"| {e50 / o50:.2f} | {e90 / o90:.2f} |")
+                    print(f"| {label} | {busy} of {cores} | {prec} | {t} | {e50:.3g} / {e90:.3g} "
+                          f"| {o50:.3g} / {o90:.3g} | {e50 / o50:.2f} | {e90 / o90:.2f} |")
     for (busy, prec, t), values in sorted(ratios.items()):
         print(f"geometric mean of edgedl / onnxruntime p50, {prec}, {t} thread(s), {busy} busy: "
               f"{statistics.geometric_mean(values):.2f} over {len(values)} models")
+
+
+
+def print_int8_table(cells: dict, labels: list[str], loads: list[int], threads: list[int]) -> None:
+    """edgedl int8 against onnxruntime on the same QDQ file and on its own u8s8 quantization, and edgedl fp32."""
+    def p50(key):
+        values = cells.get(key)
+        return statistics.median(v["p50"] for v in values) if values else None
+
+    print("| model | busy | threads | edgedl int8 | onnxruntime, same QDQ file | onnxruntime u8s8 | edgedl on the u8s8 "
+          "file | edgedl fp32 | int8 / best onnxruntime | fp32 / int8 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    vs_ort: dict = {}
+    for label in labels:
+        for busy in loads:
+            for t in threads:
+                e8, o8 = p50((label, busy, "int8", t, "edgedl")), p50((label, busy, "int8", t, "onnxruntime"))
+                ou, eu = (p50((f"{label} [ort u8s8]", busy, "int8", t, e)) for e in ("onnxruntime", "edgedl"))
+                e32 = p50((label, busy, "fp32", t, "edgedl"))
+                if e8 is None or o8 is None:
+                    continue
+                best = min(v for v in (o8, ou) if v is not None)
+                vs_ort.setdefault((busy, t), []).append(e8 / best)
+                fmt = (lambda v: "-" if v is None else f"{v:.3g} ms")
+                print(f"| {label} | {busy} | {t} | {fmt(e8)} | {fmt(o8)} | {fmt(ou)} | {fmt(eu)} | {fmt(e32)} "
+                      f"| {e8 / best:.2f} | {'-' if e32 is None else f'{e32 / e8:.2f}'} |")
+    for (busy, t), values in sorted(vs_ort.items()):
+        print(f"geometric mean of edgedl int8 / best onnxruntime int8, {t} thread(s), {busy} busy: "
+              f"{statistics.geometric_mean(values):.2f}")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,10 @@ def parse_shape_args(items) -> dict[str, tuple[int, ...]]:
 
 
 def resolve_shapes(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]] | None = None,
-                   batch: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Concrete shapes for every input: ``shapes`` (from ``--shape``) win; else ``batch`` fills a symbolic or
-    unknown first dimension; any other symbolic dimension left is an error listing them all."""
+                   batch: int | None = None, *, default_batch: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every input: ``shapes`` (from ``--shape``) win; else ``batch`` sets the first
+    dimension (a fixed one must equal it); without ``batch``, ``default_batch`` fills a symbolic or unknown
+    first dimension. Any other symbolic dimension left is an error listing them all."""
     shapes = dict(shapes or {})
     names = [s.name for s in specs]
     unknown = sorted(set(shapes) - set(names))
@@ -95,6 +96,8 @@ def resolve_shapes(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]] | 
                 raise InputError(f"--batch {batch}: input '{spec.name}' has a fixed first dimension {dims[0]} "
                                  f"({_fmt(spec.dims)})")
             dims[0] = batch
+        elif dims and default_batch is not None and not isinstance(dims[0], int):
+            dims[0] = default_batch
         missing = [f"dim {i} ({'?' if d is None else d})" for i, d in enumerate(dims) if not isinstance(d, int)]
         if missing:
             unbound.append(f"{spec.name} {_fmt(spec.dims)}: {', '.join(missing)}")

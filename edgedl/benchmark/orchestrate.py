@@ -153,7 +153,9 @@ def _settings(threads, runs, warmup, max_secs, precision, compare_with, busy, co
         raise InputError(f"busy and cooldown cannot be negative (got {busy}, {cooldown})")
     return {"runs": int(runs), "warmup": int(warmup), "max_secs": float(max_secs), "threads": threads,
             "precisions": precision, "compare": compare_with, "busy": int(busy), "cooldown_s": float(cooldown),
-            "target": target if isinstance(target, (str, type(None))) else str(target), "_target": resolved}
+            # the worker resolves the target again from a name or a profile file (a Target object: its name)
+            "target": target if isinstance(target, (str, type(None))) else getattr(target, "name", str(target)),
+            "_target": resolved}
 
 
 def _engine_available(engine: str) -> bool:
@@ -203,11 +205,12 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
     with tempfile.TemporaryDirectory(prefix="edgedl-bench-") as work:
         tflite = _is_tflite(path)
         specs = _tflite_specs(path, work) if tflite else onnx_input_specs(path)
-        bound = resolve_shapes(specs, shapes, batch if batch is not None else None) if batch is not None \
-            else resolve_shapes(specs, shapes, _default_batch(specs, shapes))
-        feeds = file_feeds(input, specs) if input else random_feeds(specs, bound, seed)
-        if input:
+        if input:  # the file's arrays give the shapes
+            feeds = file_feeds(input, specs)
             bound = {n: tuple(a.shape) for n, a in feeds.items()}
+        else:
+            bound = resolve_shapes(specs, shapes, batch, default_batch=1)
+            feeds = random_feeds(specs, bound, seed)
         report["settings"]["shapes"] = {n: list(s) for n, s in bound.items()}
         report["inputs"] = {s.name: {"shape": list(bound[s.name]), "dtype": s.dtype.name} for s in specs}
         run_batch = batch if batch is not None else _batch_of(specs, bound)
@@ -267,12 +270,6 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
             run.pop("_outputs", None)
             run.pop("_window", None)
     return report
-
-
-def _default_batch(specs: list[InputSpec], shapes) -> int | None:
-    """1 for a symbolic first dimension (and only there); the user's --shape wins."""
-    return 1 if any(s.dims and not isinstance(s.dims[0], int) and s.name not in (shapes or {})
-                    for s in specs) else None
 
 
 def _batch_of(specs: list[InputSpec], bound: dict) -> int:

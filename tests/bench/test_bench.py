@@ -88,6 +88,8 @@ def test_resolve_shapes_lists_every_symbolic_dimension():
 def test_resolve_shapes_checks_fixed_dims_rank_and_names():
     specs = [InputSpec("x", (1, 3, 8, 8), np.dtype(np.float32))]
     assert resolve_shapes(specs, None, None) == {"x": (1, 3, 8, 8)}
+    fixed4 = [InputSpec("x", (4, 3), np.dtype(np.float32)), InputSpec("y", ("N", 3), np.dtype(np.float32))]
+    assert resolve_shapes(fixed4, None, default_batch=1) == {"x": (4, 3), "y": (1, 3)}  # only symbolic ones
     with pytest.raises(InputError, match="fixed first dimension"):
         resolve_shapes(specs, None, 4)
     with pytest.raises(InputError, match="fixed to 3"):
@@ -349,3 +351,53 @@ def test_command_line(tmp_path, capsys):
     assert main(["bench", path, "--precision", "fp16"]) == 2
     assert main(["bench", path, "--compare", "tensorrt"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def _tflite_dense_model(path, weights: np.ndarray) -> str:
+    """A one-layer .tflite (FULLY_CONNECTED, y = x @ weights.T) built with the TFLite schema's object API."""
+    schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+    flatbuffers = pytest.importorskip("flatbuffers")
+    out_features, in_features = weights.shape
+
+    def tensor(name, shape, buffer):
+        t = schema.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape), schema.TensorType.FLOAT32, buffer
+        return t
+
+    empty, data = schema.BufferT(), schema.BufferT()
+    data.data = list(np.ascontiguousarray(weights, np.float32).tobytes())
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.FULLY_CONNECTED
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, -1], [2]
+    op.builtinOptionsType = schema.BuiltinOptions.FullyConnectedOptions
+    op.builtinOptions = schema.FullyConnectedOptionsT()
+    graph = schema.SubGraphT()
+    graph.tensors = [tensor("x", (1, in_features), 0), tensor("w", weights.shape, 1),
+                     tensor("y", (1, out_features), 0)]
+    graph.inputs, graph.outputs, graph.operators, graph.name = [0], [2], [op], "main"
+    model = schema.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, [code], [graph], [empty, data]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    with open(path, "wb") as f:
+        f.write(builder.Output())
+    return str(path)
+
+
+def test_tflite_engine_runs_a_tflite_model(tmp_path):
+    pytest.importorskip("ai_edge_litert.interpreter")
+    weights = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    path = _tflite_dense_model(tmp_path / "dense.tflite", weights)
+    x = np.random.default_rng(2).standard_normal((1, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    report = edgedl.bench(path, **FAST, compare_with=["tflite", "onnxruntime"], input=str(tmp_path / "x.npy"))
+    assert report["inputs"] == {"x": {"shape": [1, 8], "dtype": "float32"}}
+    assert any("onnxruntime" in n and "ONNX models only" in n for n in report["notes"])
+    by = {r["engine"]: r for r in report["runs"]}
+    _check_run(by["tflite"])
+    assert by["tflite"]["versions"].get("ai_edge_litert")
+    if by["edgedl"]["status"] == "ok":  # once edgedl reads .tflite files
+        assert by["tflite"]["agreement"]["max_rel"] < 1e-5
+    else:
+        assert by["edgedl"]["error"] and by["edgedl"]["latency_ms"] is None
