@@ -420,6 +420,9 @@ def _atomic_write(path, write) -> str:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         try:
