@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 def bench(models, **options):
     """Benchmark models on this board, each engine and setting in its own fresh process, side by side with
-    onnxruntime / TFLite (``compare_with=["onnxruntime"]``); returns the report as a dict (a list of them for
+    onnxruntime / TFLite (``compare=["onnxruntime"]``); returns the report as a dict (a list of them for
     several models). The options are those of :func:`edgedl.benchmark.orchestrate.bench` (``threads``,
     ``runs``, ``precision``, ``op_profile``, ``train``, ``json_path``...); ``edgedl bench`` is the command
     line."""

@@ -84,7 +84,7 @@ def cmd_bench(args) -> int:
     result = bench(args.models if len(args.models) > 1 else args.models[0], threads=threads, runs=args.runs,
                    warmup=args.warmup, max_secs=args.max_secs, precision=args.precision, input=args.input,
                    shapes=parse_shape_args(args.shape), batch=args.batch, target=args.target,
-                   compare_with=args.compare, op_profile=args.op_profile, train=args.train,
+                   compare=args.compare, op_profile=args.op_profile, train=args.train,
                    trainable=args.trainable, train_steps=args.train_steps, calibration=args.calibration,
                    cooldown=args.cooldown, busy=args.busy, json_path=args.json, csv_path=args.csv,
                    plot_path=args.plot, progress=progress)

@@ -37,6 +37,8 @@ from .worker import load_arrays, save_arrays
 ENGINES = ("edgedl", "onnxruntime", "tflite")
 PRECISIONS = ("fp32", "int8")
 WORKER = str(Path(__file__).with_name("worker.py"))
+#: where the board's /proc and /sys are read from (tests point it at a fake tree)
+BOARD_ROOT = "/"
 #: seconds a worker may take beyond its timed phases (imports, load, kernel compilation on a cold cache)
 WORKER_GRACE_S = 1800.0
 #: op types that make an ONNX model an int8 one (QDQ or operator form)
@@ -50,7 +52,8 @@ _INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "tflite": "pip instal
 
 def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: float = 20.0,
           precision=("fp32",), input: str | None = None, shapes: dict | None = None, batch: int | None = None,
-          target=None, compare_with=(), op_profile: bool = False, train: bool = False, trainable: str = "last:1",
+          target=None, compare=(), compare_with=None, op_profile: bool = False, train: bool = False,
+          trainable: str = "last:1",
           train_steps: int = 20, calibration: str | None = None, cooldown: float = 0.0, busy: int = 0,
           seed: int = 0, json_path: str | None = None, csv_path: str | None = None, plot_path: str | None = None,
           progress=None):
@@ -74,8 +77,9 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
         Sizes of symbolic dimensions: ``{name: dims}``; ``batch`` sets a symbolic first dimension (default 1).
     target :
         Board profile for edgedl (see :func:`edgedl.load`).
-    compare_with : list of str
-        Other engines to run side by side: ``"onnxruntime"`` (ONNX models), ``"tflite"`` (``.tflite`` models).
+    compare : list of str or str
+        Other engines to run side by side: ``"onnxruntime"`` (ONNX models), ``"tflite"`` (``.tflite`` models);
+        a string may list several (``"onnxruntime,tflite"``). ``compare_with`` is another name for it.
     op_profile : bool
         Per-op times of each engine (edgedl's steps; onnxruntime's profiler), after the timed runs.
     train, trainable, train_steps :
@@ -99,7 +103,8 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
     paths = [str(models)] if single else [str(m) for m in models]
     if not paths:
         raise InputError("no model to benchmark")
-    settings = _settings(threads, runs, warmup, max_secs, precision, compare_with, busy, cooldown, target)
+    engines = compare_with if compare_with is not None else compare
+    settings = _settings(threads, runs, warmup, max_secs, precision, engines, busy, cooldown, target)
     log = progress or (lambda line: None)
     reports = []
     busy_procs = _start_busy(busy)
@@ -221,9 +226,9 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
         precisions, model_for = _precisions(path, settings, tflite, feeds, specs, calibration, run_batch, work,
                                             notes, log)
         jobs = [(p, t, e) for p in precisions for t in settings["threads"] for e in engines]
-        sampler = board_state.Sampler()
+        sampler = board_state.Sampler(BOARD_ROOT)
         sampler.start()
-        before = board_state.read_state()
+        before = board_state.read_state(BOARD_ROOT)
         time.sleep(0.3)  # idle samples: the board's power before any engine runs
         interrupted = False
         try:
@@ -248,7 +253,7 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            after = board_state.read_state()
+            after = board_state.read_state(BOARD_ROOT)
             sampler.stop()
         if interrupted:
             report["interrupted"] = True

@@ -182,9 +182,19 @@ def op_tables(ops: list[dict] | None, top: int = 15) -> dict:
     return {"run_order": run_order, "top": top_rows, "by_type": by_type}
 
 
+#: node names longer than this are cut from the left in the text tables (nested subgraph scopes get long);
+#: JSON and CSV keep them whole
+_NODE_WIDTH = 60
+
+
+def _node(name) -> str:
+    name = _text(name)
+    return name if len(name) <= _NODE_WIDTH else "..." + name[-(_NODE_WIDTH - 3):]
+
+
 def _op_rows(rows: list[dict]) -> list[list[str]]:
-    return [[r["node"], r["op_type"], r["kernel"], fmt_ms(r["ms"]), _pct(r["percent"], 2), _pct(r["cdf_percent"], 2)]
-            for r in rows]
+    return [[_node(r["node"]), r["op_type"], r["kernel"], fmt_ms(r["ms"]), _pct(r["percent"], 2),
+             _pct(r["cdf_percent"], 2)] for r in rows]
 
 
 def _format_ops(run: dict, top: int) -> list[str]:

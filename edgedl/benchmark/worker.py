@@ -145,7 +145,7 @@ class EdgedlEngine:
     def profile(self, feeds: dict) -> list:
         steps: list = []
         self.model.run(feeds, profile=steps)
-        return [(s.node.name, s.node.op_type, s.kernel, s.seconds) for s in steps]
+        return [(s.scope + s.node.name, s.node.op_type, s.kernel, s.seconds) for s in steps]
 
     def facts(self, feeds: dict) -> dict:
         from edgedl.runtime.warmup import kernel_cache_stats
@@ -223,7 +223,11 @@ class OnnxruntimeEngine:
             per_node[key] = per_node.get(key, 0.0) + ev.get("dur", 0) * 1e-6
             counts[key] = counts.get(key, 0) + 1
         runs_seen = max(counts.values()) if counts else 1  # the first run is in the file too
-        return [(k[0], k[1], k[2], v / runs_seen) for k, v in per_node.items()], mean
+        # a subgraph's nodes (named after their If / Loop / Scan node) run inside it: its time already counts
+        # them, as edgedl's profile counts a control-flow step whole
+        control = [k[0] for k in per_node if k[1] in ("If", "Loop", "Scan")]
+        nested = {k for k in per_node if any(k[0] != c and k[0].startswith(c + "_") for c in control)}
+        return [(k[0], k[1], k[2], v / runs_seen) for k, v in per_node.items() if k not in nested], mean
 
     def facts(self, feeds: dict) -> dict:
         return {"versions": {"onnxruntime": self.ort.__version__, "numpy": np.__version__}}

@@ -138,11 +138,17 @@ class Plan:
     def _run_profiled(self, feeds: dict[str, np.ndarray], profile: list) -> dict[str, np.ndarray]:
         """:meth:`run` with a clock read around every step (the same dispatch as the loop in ``run``, which
         stays free of the timing). Views cost nothing and are not listed; a data-dependent tail appends its
-        own steps (the cut node, then the steps of the tail's plan)."""
+        own steps (the cut node, then the steps of the tail's plan).
+
+        An eager step that runs subgraphs (If, Loop, Scan...) profiles them too: while it runs,
+        :data:`nested_profile` makes every plan its runners execute append its steps, scoped
+        ``"<node>/"``; the eager step itself then records its own time less theirs, so the entries add up to
+        the run's time once."""
         clock = time.perf_counter
         if self.kernel_names is None:
             self.kernel_names = [_kernel_name(step, self.types) for step in self.steps]
         record = profile.append
+        scope = nested_profile.scope
         with self.lock:
             threads = num_threads()
             if threads != self.bound_threads:
@@ -156,12 +162,22 @@ class Plan:
                 if step.bound is not None:
                     step.bound()
                 elif step.eager:
-                    self._run_eager(step, slots)
+                    before = len(profile)
+                    outer = nested_profile.active, nested_profile.scope
+                    nested_profile.active, nested_profile.scope = profile, f"{scope}{step.node.name}/"
+                    try:
+                        self._run_eager(step, slots)
+                    finally:
+                        nested_profile.active, nested_profile.scope = outer
+                    t1 = clock()
+                    inner = sum(e.seconds for e in profile[before:])
+                    record(StepTime(step.node, kernel, t1 - t0 - inner, scope))
+                    continue
                 else:
                     step.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
                                    [slots[o] for o in step.outs], step.scratch)
                 t1 = clock()
-                record(StepTime(step.node, kernel, t1 - t0))
+                record(StepTime(step.node, kernel, t1 - t0, scope))
             results = {name: _copy_value(slots[idx]) if copy else slots[idx] for name, idx, copy in self.outputs}
             if self.tail is not None:
                 tail_feeds = {n: feeds[n] for n in self.tail.feeds_from_inputs}
@@ -218,7 +234,8 @@ class Tail:
             except EdgeDLError as e:
                 raise _context(self.node, e) from e
             if profile is not None:
-                profile.append(StepTime(self.node, "eager (data-dependent shape)", time.perf_counter() - t0))
+                profile.append(StepTime(self.node, "eager (data-dependent shape)", time.perf_counter() - t0,
+                                        nested_profile.scope))
             for k, name in enumerate(self.node.outputs):
                 if name:
                     value = outs[k]
@@ -232,11 +249,25 @@ class Tail:
 
 class StepTime(NamedTuple):
     """One timed step of a profiled run: the node, what ran it (e.g. ``"numba float32"``, ``"numpy int64"``,
-    ``"eager"``) and its wall time in seconds."""
+    ``"eager"``), its wall time in seconds, and its scope: ``""`` for the model's own nodes, ``"If_0/"`` for
+    the nodes of a subgraph the node If_0 ran (nested scopes chain: ``"Loop_3/If_1/"``). An eager node's time
+    excludes the steps recorded inside it."""
 
     node: Node
     kernel: str
     seconds: float
+    scope: str = ""
+
+
+class _NestedProfile(threading.local):
+    """The profile a running eager step's subgraphs append to (per thread), and their scope."""
+
+    active: list | None = None
+    scope: str = ""
+
+
+#: set while a profiled eager step runs: :class:`~edgedl.runtime.runner.GraphRunner` runs profile into it
+nested_profile = _NestedProfile()
 
 
 def _kernel_name(step: Step, types: dict) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ConstantRequired, InputError
 from ..ir import Graph, TensorType
 from ..registry import Op, lookup
+from .plan import nested_profile
 
 #: How many bindings keep their plan (and arena) alive at once, per runner.
 MAX_CACHED_PLANS = 8
@@ -109,7 +110,9 @@ class GraphRunner:
     # --- running ------------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
         """Run on ``feeds`` (every graph input; dtypes and shapes taken from the arrays). ``profile``: see
-        :meth:`Plan.run`."""
+        :meth:`Plan.run`; a subgraph run inside a profiled control-flow step profiles into that step's list."""
+        if profile is None:
+            profile = nested_profile.active
         plan = self.last.recall(feeds)  # a subgraph called again like last time (a Loop body, an If branch)
         if plan is not None:
             return plan.run(feeds, profile)

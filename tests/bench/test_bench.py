@@ -196,7 +196,7 @@ def _check_run(run):
 
 def test_bench_against_onnxruntime_with_op_profile(tmp_path):
     path = _conv_model(tmp_path / "convs.onnx")
-    report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"], op_profile=True,
+    report = edgedl.bench(path, **FAST, compare=["onnxruntime"], op_profile=True,
                           json_path=str(tmp_path / "r.json"), csv_path=str(tmp_path / "r.csv"))
     assert report["model"] == path and report["edgedl_version"] == edgedl.__version__
     assert {"name", "cpu", "cores", "features", "gpu"} <= set(report["target"])
@@ -256,7 +256,7 @@ def test_missing_engine_is_a_note_and_unloadable_model_a_failed_run(tmp_path, mo
     path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
     real = orchestrate._engine_available
     monkeypatch.setattr(orchestrate, "_engine_available", lambda e: False if e == "onnxruntime" else real(e))
-    report = edgedl.bench(path, **FAST, compare_with="onnxruntime,tflite")
+    report = edgedl.bench(path, **FAST, compare="onnxruntime,tflite")
     assert [r["engine"] for r in report["runs"]] == ["edgedl"]
     assert any("onnxruntime is not installed" in n for n in report["notes"])
     assert any("tflite" in n and ".tflite models only" in n for n in report["notes"])
@@ -265,7 +265,7 @@ def test_missing_engine_is_a_note_and_unloadable_model_a_failed_run(tmp_path, mo
     proto = onnx.load(path)
     proto.opset_import[0].version = 99
     onnx.save(proto, tmp_path / "future.onnx")
-    report = edgedl.bench(str(tmp_path / "future.onnx"), **FAST, compare_with=["onnxruntime"])
+    report = edgedl.bench(str(tmp_path / "future.onnx"), **FAST, compare=["onnxruntime"])
     by = {r["engine"]: r for r in report["runs"]}
     if by["edgedl"]["status"] == "ok":
         assert by["onnxruntime"]["status"] == "error" and by["onnxruntime"]["error"]
@@ -308,7 +308,7 @@ def test_a_crashing_engine_is_reported_and_the_others_run(tmp_path, monkeypatch)
     monkeypatch.setattr(orchestrate, "WORKER", str(script))
     monkeypatch.setenv("FAKE_BENCH_WORKER", "segfault")
     path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
-    report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"])
+    report = edgedl.bench(path, **FAST, compare=["onnxruntime"])
     ed, ort = report["runs"]
     assert ed["status"] == "error" and "SIGSEGV" in ed["error"] and ed["latency_ms"] is None
     assert ort["status"] == "ok" and ort["latency_ms"]["p50"] == pytest.approx(2.0)
@@ -324,7 +324,7 @@ def test_ctrl_c_writes_the_report_gathered_so_far(tmp_path, monkeypatch):
     timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
-        report = edgedl.bench(path, **FAST, compare_with=["onnxruntime"], json_path=str(tmp_path / "r.json"))
+        report = edgedl.bench(path, **FAST, compare=["onnxruntime"], json_path=str(tmp_path / "r.json"))
     finally:
         timer.cancel()
     assert report["interrupted"] is True
@@ -391,7 +391,7 @@ def test_tflite_engine_runs_a_tflite_model(tmp_path):
     path = _tflite_dense_model(tmp_path / "dense.tflite", weights)
     x = np.random.default_rng(2).standard_normal((1, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    report = edgedl.bench(path, **FAST, compare_with=["tflite", "onnxruntime"], input=str(tmp_path / "x.npy"))
+    report = edgedl.bench(path, **FAST, compare=["tflite", "onnxruntime"], input=str(tmp_path / "x.npy"))
     assert report["inputs"] == {"x": {"shape": [1, 8], "dtype": "float32"}}
     assert any("onnxruntime" in n and "ONNX models only" in n for n in report["notes"])
     by = {r["engine"]: r for r in report["runs"]}
@@ -401,3 +401,79 @@ def test_tflite_engine_runs_a_tflite_model(tmp_path):
         assert by["tflite"]["agreement"]["max_rel"] < 1e-5
     else:
         assert by["edgedl"]["error"] and by["edgedl"]["latency_ms"] is None
+
+
+def test_board_state_power_and_energy_on_a_fake_jetson(tmp_path, monkeypatch):
+    """The report's board fields from a Jetson's sysfs (JetPack 5 INA3221 hwmon, cpufreq, thermal zones)."""
+    root = tmp_path / "root"
+
+    def write(rel, text):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+
+    write("proc/device-tree/model", b"NVIDIA Jetson Orin Nano Developer Kit\0")
+    for c in range(2):
+        base = f"sys/devices/system/cpu/cpu{c}/cpufreq"
+        write(f"{base}/scaling_governor", "schedutil\n")
+        write(f"{base}/scaling_cur_freq", "1510400\n")
+        write(f"{base}/cpuinfo_max_freq", "1510400\n")
+    write("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n")
+    write("sys/class/thermal/thermal_zone0/temp", "51500\n")
+    hw = "sys/bus/i2c/devices/1-0040/hwmon/hwmon2"
+    write("sys/bus/i2c/devices/1-0040/name", "ina3221\n")
+    for n, label, mv, ma in ((1, "VDD_IN", 5000, 1400), (2, "VDD_CPU_GPU_CV", 5000, 300)):
+        write(f"{hw}/in{n}_label", label + "\n")
+        write(f"{hw}/in{n}_input", f"{mv}\n")
+        write(f"{hw}/curr{n}_input", f"{ma}\n")
+    monkeypatch.setattr(orchestrate, "BOARD_ROOT", str(root))
+    path = _conv_model(tmp_path / "m.onnx", channels=4, size=8)
+    report = edgedl.bench(path, **FAST)
+    env, run = report["environment"], report["runs"][0]
+    assert env["board_model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert env["governor"] == "schedutil" and env["freq_mhz"] == pytest.approx(1510.4)
+    assert env["temp_c_before"] == pytest.approx(51.5) and env["temp_c_after"] == pytest.approx(51.5)
+    assert env["power_rail"] == "VDD_IN" and env["idle_power_w"] == pytest.approx(7.0)
+    assert any("performance" in w for w in env["warnings"])
+    assert run["power_w"] == pytest.approx(7.0)  # VDD_IN: 5 V x 1.4 A, the board total
+    assert run["energy_mj"] == pytest.approx(7.0 * run["latency_ms"]["mean"])
+    assert run["temp_c_before"] == pytest.approx(51.5) and run["freq_mhz_min"] == pytest.approx(1510.4)
+
+
+def test_model_run_profile_lists_steps_and_subgraph_steps():
+    """Model.run(profile=[]): one entry per executed step, the same outputs; the steps of an If's branch are
+    listed under the If's scope, and the If's own entry excludes them, so entries add up once."""
+    import time
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
+
+    def branch(name, op):
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [2, 64])
+        nodes = [helper.make_node(op, ["h"], [f"{name}_a"], name=f"{name}_op"),
+                 helper.make_node("Mul", [f"{name}_a", "h"], [f"{name}_out"], name=f"{name}_mul")]
+        return helper.make_graph(nodes, name, [], [out])
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["h"], name="pre"),
+             helper.make_node("If", ["cond"], ["z"], name="choose", then_branch=branch("then", "Relu"),
+                              else_branch=branch("else", "Tanh")),
+             helper.make_node("Add", ["z", "x"], ["y"], name="post")]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x, cond], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model = edgedl.load(proto)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32), "cond": np.array(True)}
+    plain = model.run(feeds)["y"]
+    steps: list = []
+    t0 = time.perf_counter()
+    out = model.run(feeds, profile=steps)["y"]
+    wall = time.perf_counter() - t0
+    np.testing.assert_array_equal(out, plain)
+    names = [(s.scope + s.node.name, s.kernel) for s in steps]
+    assert [n for n, _ in names] == ["pre", "choose/then_op", "choose/then_mul", "choose", "post"]
+    assert dict(names)["choose"].startswith("eager") and dict(names)["pre"].endswith("float32")
+    assert all(s.seconds >= 0 for s in steps) and sum(s.seconds for s in steps) <= wall
+    steps.clear()
+    feeds["cond"] = np.array(False)
+    model.run(feeds, profile=steps)
+    assert [s.scope + s.node.name for s in steps][1:3] == ["choose/else_op", "choose/else_mul"]
