@@ -19,10 +19,14 @@ calibrated on 8 seeded random inputs) and onnxruntime runs the same QDQ file. on
 fastest with uint8 activations, so ``--ort-u8s8`` also benchmarks onnxruntime's own quantization of each model
 (quant_pre_process + quantize_static: QDQ, uint8 activations, int8 per-channel weights, the same calibration
 inputs), which both engines run.
+
+Other scripts reuse :func:`bench_files` (cases through :func:`edgedl.bench`, repetitions outermost) with
+:func:`write_protos` (ONNX protos to files), :func:`medians` and :func:`print_ratio_table`.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -95,6 +99,115 @@ def ort_u8s8(path: str, calibration: str, folder: str) -> str:
     return out
 
 
+def write_protos(folder: str, protos) -> list[tuple[str, str, dict]]:
+    """Save ``(label, onnx.ModelProto)`` pairs to ``folder``: the ``(label, path, shapes)`` cases of
+    :func:`bench_files` (static shapes: an empty shapes dict)."""
+    import onnx
+
+    out = []
+    for i, (label, proto) in enumerate(protos):
+        name = "".join(c if c.isalnum() else "_" for c in label)
+        path = os.path.join(folder, f"{i:02d}_{name}.onnx")
+        onnx.save(proto, path)
+        out.append((label, path, {}))
+    return out
+
+
+def bench_case(label: str, path: str, shapes: dict, threads, *, runs: int = 100000, max_secs: float = 3.0,
+               busy: int = 0, precision="fp32", calibration: str | None = None) -> dict:
+    """One :func:`edgedl.bench` report of one model beside onnxruntime (each engine and thread count in its own
+    fresh process, 20 warm-up runs), with ``report["label"]``."""
+    threads = [threads] if isinstance(threads, int) else list(threads)
+    report = edgedl.bench(path, threads=threads, runs=runs, warmup=20, max_secs=max_secs,
+                          precision=precision, calibration=calibration, shapes=shapes or None,
+                          compare_with=["onnxruntime"], busy=busy)
+    report["label"] = label
+    return report
+
+
+def bench_files(cases, threads, repeat: int, max_secs: float, busy: int = 0, *, reports: list | None = None) -> dict:
+    """Latencies of ``cases`` (``(label, path, shapes)``), edgedl and onnxruntime, at each of ``threads``:
+    ``repeat`` repetitions, each running every case once through :func:`edgedl.bench` (so slow drifts of a
+    shared machine hit every case and both engines alike), ``busy`` busy-loop processes beside.
+
+    Returns ``{(label, threads, engine): [latency_ms dict per repetition]}`` (the report's ``latency_ms``:
+    min, mean, p50, p90, p99, max, std; failed runs are left out and said on stderr); :func:`medians` turns it
+    into medians over repetitions. ``reports``: a list that collects every report (agreement, notes, JSON).
+    """
+    cells: dict = {}
+    for rep in range(repeat):
+        for label, path, shapes in cases:
+            print(f"repetition {rep + 1}/{repeat}, {busy} busy, {label}", file=sys.stderr, flush=True)
+            report = bench_case(label, path, shapes, threads, max_secs=max_secs, busy=busy)
+            if reports is not None:
+                reports.append(report)
+            for run in report["runs"]:
+                if run["status"] == "ok":
+                    cells.setdefault((label, run["threads"], run["engine"]), []).append(run["latency_ms"])
+                else:
+                    print(f"  {label}: {run['engine']} at {run['threads']} thread(s) failed: {run['error']}",
+                          file=sys.stderr, flush=True)
+                for note in run.get("notes") or []:
+                    print(f"  {label}: {run['engine']} at {run['threads']} thread(s): {note}", file=sys.stderr)
+    return cells
+
+
+def medians(cells: dict, stat: str = "p50") -> dict:
+    """``{key: median over repetitions of each process's stat}`` of :func:`bench_files`' result."""
+    return {key: statistics.median(s[stat] for s in values) for key, values in cells.items() if values}
+
+
+def worst_agreement(reports: list) -> dict:
+    """``{label: largest max_abs}`` of onnxruntime's outputs against edgedl's over ``reports`` (None: nothing
+    compared)."""
+    worst: dict = {}
+    for report in reports:
+        label = report.get("label", report["model"])
+        worst.setdefault(label, None)
+        for run in report["runs"]:
+            value = (run.get("agreement") or {}).get("max_abs")
+            if value is not None:
+                worst[label] = value if worst[label] is None else max(worst[label], value)
+    return worst
+
+
+def print_ratio_table(cells: dict, labels, threads: int, *, unit: str = "ms", agreement: dict | None = None,
+                      title: str = "case") -> None:
+    """A markdown table at ``threads`` threads: ``label | edgedl | onnxruntime | edgedl / onnxruntime`` (below
+    1: edgedl faster), each the median over repetitions of each process's p50 (``unit``: "ms" or "us"), and
+    the largest difference between the engines' outputs when ``agreement`` (:func:`worst_agreement`) is given."""
+    scale, shown = {"ms": (1.0, "ms"), "us": (1e3, "µs")}[unit]
+    mid = medians(cells)
+    head = f"| {title} ({threads} thread{'s' if threads > 1 else ''}) | edgedl | onnxruntime | ratio |"
+    print(head + (" max abs diff |" if agreement is not None else ""))
+    print("|---|---|---|---|" + ("---|" if agreement is not None else ""))
+    for label in labels:
+        e, o = mid.get((label, threads, "edgedl")), mid.get((label, threads, "onnxruntime"))
+        fmt = (lambda v: "-" if v is None else f"{_sig3(v * scale)} {shown}")
+        ratio = f"{e / o:.2f}" if e is not None and o is not None else "-"
+        row = f"| {label} | {fmt(e)} | {fmt(o)} | {ratio} |"
+        if agreement is not None:
+            diff = agreement.get(label)
+            row += f" {'-' if diff is None else f'{diff:.1e}'} |"
+        print(row, flush=True)
+
+
+def _sig3(v: float) -> str:
+    """Three significant digits without an exponent (1234.5 -> "1235", 0.01234 -> "0.0123")."""
+    digits = 2 - math.floor(math.log10(abs(v))) if v else 0
+    return f"{v:.{max(0, digits)}f}"
+
+
+def print_other_load(reports: list) -> None:
+    """One line: how many cores other processes used during the timed runs (the reports' ``other_load_cores``),
+    median and largest; a busy neighbour makes the multi-thread numbers the first to suffer."""
+    values = [run["other_load_cores"] for report in reports for run in report["runs"]
+              if run.get("other_load_cores") is not None]
+    if values:
+        print(f"other processes beside the timed runs: median {statistics.median(values):.2f} cores, "
+              f"largest {max(values):.2f} (over {len(values)} processes)")
+
+
 def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
     out = []
     for spec in specs:
@@ -132,10 +245,8 @@ def main() -> None:
             for busy in args.busy:
                 for label, path, shapes, precision, calib in runs:
                     print(f"repetition {rep + 1}/{args.repeat}, {busy} busy, {label}", file=sys.stderr, flush=True)
-                    report = edgedl.bench(path, threads=threads, runs=args.runs, warmup=20, max_secs=args.max_secs,
-                                          precision=precision, calibration=calib, shapes=shapes or None,
-                                          compare_with=["onnxruntime"], busy=busy)
-                    report["label"] = label
+                    report = bench_case(label, path, shapes, threads, runs=args.runs, max_secs=args.max_secs,
+                                        busy=busy, precision=precision, calibration=calib)
                     reports.append(report)
                     for run in report["runs"]:
                         if run["status"] == "ok":
