@@ -46,7 +46,8 @@ def bench(models, **options):
     return _bench(models, **options)
 
 
-def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None) -> Model:
+def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None,
+         device: str | None = None) -> Model:
     """Load an ONNX model.
 
     Parameters
@@ -65,6 +66,11 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     num_threads : int, optional
         Threads for parallel kernels for this model (default: ``edgedl.set_num_threads``, else the target's
         thread count). Beside other busy work edgedl runs fewer (see :func:`edgedl.set_num_threads`).
+    device : "cpu", "cuda" or None
+        Where the model runs. ``"cuda"``: numba.cuda kernels on the GPU (``pip install "edgedl[cuda]"``), one
+        device arena, nodes without a CUDA kernel on the host between transfers (``Model.cuda_plan()``
+        lists them); an ``EdgeDLError`` says why when no GPU can run. None: the target's preferred device
+        when it is ``"cuda"`` and a GPU is usable (a Jetson), else ``"cpu"``. ``Model.device`` says which.
 
     Returns
     -------
@@ -79,6 +85,8 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     from .threads import check_thread_count
 
     check_thread_count(num_threads, "num_threads")
+    if device not in (None, "cpu", "cuda"):
+        raise EdgeDLError(f"device must be 'cpu' or 'cuda', got {device!r}")
     # NOTE: before any module with Numba kernels is imported: Numba fixes its codegen when the first
     # @njit dispatcher is created, so this is where the target's codegen can still apply to the process
     target = resolve(target)
@@ -87,11 +95,27 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     from .converters.onnx_import import import_onnx
     from .runtime.compile_ahead import maybe_compile_ahead
 
+    device = _device(device, target)
     source = import_onnx(src)
     graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
-    return Model(graph, target=target, num_threads=num_threads, source=source)
+    return Model(graph, target=target, num_threads=num_threads, source=source, device=device)
+
+
+def _device(device: str | None, target) -> str:
+    """The device a model runs on (see :func:`load`): an explicit "cuda" must be able to run here."""
+    from .kernels.cuda import simulated, unavailable_reason
+
+    if device is None:
+        wants = getattr(target, "preferred_device", "cpu") == "cuda"
+        # the simulator is for tests: never chosen by default
+        return "cuda" if wants and not simulated() and unavailable_reason() is None else "cpu"
+    if device == "cuda":
+        reason = unavailable_reason()
+        if reason is not None:
+            raise EdgeDLError(f"device='cuda' cannot run here: {reason}")
+    return device
 
 
 def _run_graph(source, optimize: bool = True):
@@ -109,9 +133,9 @@ def _run_graph(source, optimize: bool = True):
     return graph
 
 
-def _model_from_source(source, target, num_threads: int | None, optimize: bool = True) -> Model:
+def _model_from_source(source, target, num_threads: int | None, optimize: bool = True, device: str = "cpu") -> Model:
     """What :func:`load` makes of an imported graph (``source`` is kept; the model gets a copy)."""
-    return Model(_run_graph(source, optimize), target=target, num_threads=num_threads, source=source)
+    return Model(_run_graph(source, optimize), target=target, num_threads=num_threads, source=source, device=device)
 
 
 def quantize(model, calibration=None, **options) -> Model:

@@ -26,8 +26,8 @@ def _fmt_bytes(n: int) -> str:
 def cmd_info(args) -> int:
     import edgedl
 
-    model = edgedl.load(args.model, target=args.target)
-    print(f"model: {args.model}  (graph '{model.graph.name}', opset {model.graph.opset})")
+    model = edgedl.load(args.model, target=args.target, device=args.device)
+    print(f"model: {args.model}  (graph '{model.graph.name}', opset {model.graph.opset}; device {model.device})")
     print("inputs:")
     for t in model.inputs:
         print(f"  {t.name}: {np.dtype(t.dtype).name} {_fmt_shape(t.shape)}")
@@ -52,6 +52,13 @@ def cmd_info(args) -> int:
               + ", ".join(f"{k} {v}" for k, v in sorted(plan.kernel_impls().items())) + after)
         print(f"arena: {plan.arena_bytes:,} bytes ({_fmt_bytes(plan.arena_bytes)}); lower bound (most bytes live "
               f"at one step): {plan.arena_lower_bound:,} bytes")
+        if model.device == "cuda":
+            cplan = model.cuda_plan()
+            hosts = cplan.host_steps()
+            print(f"cuda: {cplan.kernel_impls().get('cuda', 0)} steps on the GPU, {len(hosts)} on the host between "
+                  f"transfers; constants on the device: {_fmt_bytes(cplan.constant_bytes)}")
+            for h in hosts:
+                print(f"  host step: {h}")
     from edgedl.quant.inspect import format_summary, precision_summary
 
     summary = precision_summary(model) if plan is not None else None
@@ -93,7 +100,7 @@ def _load_inputs(path: str, model) -> dict[str, np.ndarray]:
 def cmd_run(args) -> int:
     import edgedl
 
-    model = edgedl.load(args.model, target=args.target, num_threads=args.threads)
+    model = edgedl.load(args.model, target=args.target, num_threads=args.threads, device=args.device)
     feeds = _load_inputs(args.input, model)
     t0 = time.perf_counter()
     outputs = model.run(feeds)
@@ -301,8 +308,8 @@ def cmd_ops(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\n{len(rows)} ops. numba: a compiled Numba kernel; numpy: the numpy path (reference math, or "
           "numpy copies for data movement). The int8 column covers 8-bit tensors (int8 and uint8: QLinear* "
-          "ops, int8 pooling); backward: the op has a gradient for training (edgedl finetune). CUDA kernels "
-          "arrive with the CUDA work.")
+          "ops, int8 pooling); backward: the op has a gradient for training (edgedl finetune); cuda: the dtypes "
+          "with a numba.cuda kernel (device='cuda'; other nodes run on the host between transfers).")
     return 0
 
 
@@ -311,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("info", help="describe a model: inputs, outputs, ops, parameters, arena, target")
     s.add_argument("model")
+    s.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where it runs (default: the target's "
+                   "preferred device when usable, else cpu); cuda: also which nodes run on the host")
     s.add_argument("--target", default=None, help="board profile (default: EDGEDL_TARGET, else detected)")
     s.set_defaults(fn=cmd_info)
     s = sub.add_parser("run", help="run a model on inputs from .npy/.npz")
@@ -319,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", help="write the outputs to this .npz")
     s.add_argument("--threads", type=int, default=None, help="threads for parallel kernels")
     s.add_argument("--repeat", type=int, default=1, help="run this many times and report the median time")
+    s.add_argument("--device", default=None, choices=["cpu", "cuda"], help="where it runs (default: the target's "
+                   "preferred device when usable, else cpu)")
     s.add_argument("--target", default=None, help="board profile (default: EDGEDL_TARGET, else detected)")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("quantize", help="post-training int8 quantization to a QDQ ONNX file")

@@ -36,8 +36,14 @@ class Model:
     ``run``; every new binding gets its own plan (shapes, folded constants, kernels and arena), cached.
     """
 
-    def __init__(self, graph: Graph, target=None, num_threads: int | None = None, source: Graph | None = None):
+    def __init__(self, graph: Graph, target=None, num_threads: int | None = None, source: Graph | None = None,
+                 device: str = "cpu"):
         self.graph = graph
+        #: where the model runs: "cpu" (Numba CPU kernels) or "cuda" (numba.cuda kernels, see
+        #: edgedl.runtime.cuda_plan); set by edgedl.load(device=...)
+        self.device = device
+        #: the CUDA plan of each host plan (by id; the host plan is kept alive beside it)
+        self._cuda_plans: dict[int, tuple] = {}
         #: the :class:`edgedl.targets.Target` in force (its thread count, thresholds, int8 kernel), or None
         #: for the runtime's defaults
         self.target = target
@@ -166,6 +172,14 @@ class Model:
             if spec.kind != "tensor":
                 out[spec.name] = _check_value(spec, arr)
                 continue
+            if self.device == "cuda" and is_device_array(arr):
+                dtype = np.dtype(arr.dtype) if hasattr(arr, "copy_to_host") else \
+                    np.dtype(arr.__cuda_array_interface__["typestr"])
+                if dtype != spec.dtype:
+                    raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got "
+                                     f"{dtype.name}")
+                out[spec.name] = arr  # a device array: used in place by the CUDA plan
+                continue
             if not isinstance(arr, np.ndarray):
                 if np.isscalar(arr) or isinstance(arr, (list, tuple)):
                     arr = np.asarray(arr)
@@ -199,10 +213,11 @@ class Model:
                 value = source.initializers.pop(name)
                 source.inputs.append(TensorSpec(name, value.shape, value.dtype))
             source.overridable = []
-            variants[names] = _model_from_source(source, self.target, self.num_threads)
+            variants[names] = _model_from_source(source, self.target, self.num_threads, device=self.device)
         return variants[names]
 
-    def run(self, feeds: dict[str, np.ndarray], *, profile: list | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], *, profile: list | None = None,
+            outputs: str = "host") -> dict[str, np.ndarray]:
         """Run the model. ``feeds`` maps every input name to an array; returns output name -> array.
 
         Initializers that the file also lists as graph inputs are defaults: a feed may override them.
@@ -210,7 +225,17 @@ class Model:
         ``profile``: a list to which the run appends one :class:`edgedl.runtime.plan.StepTime` (``node``,
         ``kernel``, ``seconds``) per executed step, in run order (``edgedl bench --op-profile`` uses it).
         Reading the clock around every step costs about a microsecond per step; runs without it are not
-        slowed."""
+        slowed.
+
+        On the ``cuda`` device, feeds may also be device arrays (anything with ``__cuda_array_interface__``:
+        numba device arrays, CuPy, PyTorch CUDA tensors), and ``outputs="device"`` returns numba device arrays
+        instead of numpy arrays, so a pipeline on the GPU need not copy."""
+        if outputs not in ("host", "device"):
+            raise InputError(f"outputs must be 'host' or 'device', got {outputs!r}")
+        if self.device == "cuda":
+            return self._run_cuda(feeds, profile, outputs)
+        if outputs == "device":
+            raise InputError("outputs='device' needs a model loaded with device='cuda'")
         plan = self._last.recall(feeds)
         if plan is None:
             if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
@@ -229,6 +254,39 @@ class Model:
             return plan.run(feeds, profile)
         with running_on(cores):
             return plan.run(feeds, profile)
+
+    def _run_cuda(self, feeds, profile, outputs):
+        from .runtime.cuda_plan import CudaPlan
+
+        if profile is not None:
+            raise InputError("per-step profiles are measured on the CPU device only (for now)")
+        if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
+            return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds, outputs=outputs)
+        feeds = self._check_feeds(feeds)
+        shapes = {n: tuple(getattr(a, "shape", ())) for n, a in feeds.items()}
+        host_values = {n: a for n, a in feeds.items() if isinstance(a, np.ndarray)}
+        plan = self._runner.resolve(self._bind(shapes, host_values), host_values)
+        entry = self._cuda_plans.get(id(plan))
+        if entry is None or entry[0] is not plan:
+            apply_target(self.target)
+            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes))
+        apply_target(self.target)
+        cores = core_ids(self.target)
+        configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
+        return entry[1].run(feeds, outputs)
+
+    def cuda_plan(self, shapes: dict[str, tuple[int, ...]] | None = None):
+        """The :class:`~edgedl.runtime.cuda_plan.CudaPlan` for a binding of input shapes (a model loaded with
+        ``device="cuda"``): its ``host_steps()`` are the nodes that run on the host between transfers."""
+        from .runtime.cuda_plan import CudaPlan
+
+        if self.device != "cuda":
+            raise InputError("cuda_plan() needs a model loaded with device='cuda'")
+        plan = self.plan(shapes)
+        entry = self._cuda_plans.get(id(plan))
+        if entry is None or entry[0] is not plan:
+            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes))
+        return entry[1]
 
     @property
     def _target_threads(self) -> int | None:
@@ -318,3 +376,9 @@ def _check_value(spec, value):
     if spec.dtype is not None and arr.dtype != spec.dtype:
         raise InputError(f"input '{spec.name}' must have dtype {np.dtype(spec.dtype).name}, got {arr.dtype.name}")
     return arr
+
+
+def is_device_array(value) -> bool:
+    """A GPU array: anything with ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, numba device
+    arrays) or a numba device array (the CUDA simulator's have no interface)."""
+    return hasattr(value, "__cuda_array_interface__") or (hasattr(value, "copy_to_host") and hasattr(value, "shape"))

@@ -105,6 +105,13 @@ class Op:
               consts: list[np.ndarray | None]) -> Kernel:
         return ref_kernel(self)
 
+    def build_cuda(self, ins: list[TensorType | None], outs: list[TensorType],
+                   consts: list[np.ndarray | None]) -> Kernel | None:
+        """A CUDA kernel for these types (``impl="cuda"``, ``fn(inputs, outputs, stream)`` on device arrays,
+        launched on ``stream``), or None: the CUDA plan then runs the node on the host between transfers. Ops
+        list the dtypes they cover under ``kernels["cuda"]``."""
+        return None
+
     # --- training -----------------------------------------------------------------------------------
     #: indices of the inputs whose values ``backward`` reads (None: all of them)
     grad_inputs: ClassVar[tuple[int, ...] | None] = None

@@ -8,3 +8,6 @@ os.environ.setdefault("EDGEDL_FOLLOW_LOAD", "0")
 # A tuned profile in this user's config folder (edgedl tune) would change thresholds under the tests; the tuned-file
 # tests turn it back on with their own folder.
 os.environ.setdefault("EDGEDL_TUNED", "0")
+# CUDA kernels run in numba's CUDA simulator unless a GPU run asks otherwise (NUMBA_ENABLE_CUDASIM=0 with a
+# GPU): set before numba is imported. It changes nothing for the CPU kernels.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")

@@ -124,6 +124,7 @@ class _FromOutput:
 @register
 class Relu(_FromOutput, Unary):
     op_type = "Relu"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_RELU
     code = K.U_RELU
     dtypes = SIGNED_DTYPES
@@ -135,6 +136,7 @@ class Relu(_FromOutput, Unary):
 @register
 class LeakyRelu(_FromInput, Unary):
     op_type = "LeakyRelu"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_LEAKY_RELU
     code = K.U_LEAKY_RELU
 
@@ -154,6 +156,7 @@ class LeakyRelu(_FromInput, Unary):
 @register
 class Elu(_FromInput, Unary):
     op_type = "Elu"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_ELU
     code = K.U_ELU
 
@@ -173,6 +176,7 @@ class Elu(_FromInput, Unary):
 @register
 class Sigmoid(_FromOutput, Unary):
     op_type = "Sigmoid"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_SIGMOID
     code = K.U_SIGMOID
 
@@ -184,6 +188,7 @@ class Sigmoid(_FromOutput, Unary):
 @register
 class Tanh(_FromOutput, Unary):
     op_type = "Tanh"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_TANH
     code = K.U_TANH
 
@@ -194,6 +199,7 @@ class Tanh(_FromOutput, Unary):
 @register
 class HardSigmoid(_FromInput, Unary):
     op_type = "HardSigmoid"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_HARD_SIGMOID
     code = K.U_HARD_SIGMOID
 
@@ -212,6 +218,7 @@ class HardSigmoid(_FromInput, Unary):
 @register
 class HardSwish(_FromInput, Unary):
     op_type = "HardSwish"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     grad_code = G.G_HARD_SWISH
     code = K.U_HARD_SWISH
 
@@ -305,7 +312,7 @@ class Clip(Op):
     optional scalar inputs 1 and 2 (opset >= 11), constant or computed at run time."""
 
     op_type = "Clip"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (1, 3)
 
     def __init__(self, node, opset):
@@ -328,6 +335,16 @@ class Clip(Op):
                     raise self.error(f"{what} must be a scalar, got shape {tuple(t.shape)}")
         self._grad_from_output(consts)
         return [TensorType(ins[0].shape, ins[0].dtype)]
+
+    def build_cuda(self, ins, outs, consts):
+        present = [k for k in (1, 2) if k < len(ins) and ins[k] is not None]
+        if np.dtype(ins[0].dtype) != np.float32 or any(consts[k] is None for k in present):
+            return None  # bounds computed at run time: on the host
+        lo, hi = self._bounds(np.float32, *(consts[k] if k < len(consts) else None for k in (1, 2)))
+        from ..kernels.cuda.elementwise import Activation
+
+        k = Activation(2, -np.inf if lo is None else lo, np.inf if hi is None else hi)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def _bounds(self, dtype, lo, hi):
         if self.opset < 11:

@@ -78,7 +78,7 @@ class Conv(_ConvBase):
     input R: ``y = act(conv(x, w) + b + R)``, R broadcast to the convolution's shape."""
 
     op_type = "Conv"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (2, 4)
 
     def __init__(self, node, opset):
@@ -179,6 +179,25 @@ class Conv(_ConvBase):
             dx, dw = conv2d_grads(xs, dy, wc, x_shape, w_shape, strides, (pads[0], pads[1]), dilations, self.group,
                                   need_dx, need_dw)
         return self._gradient_list(dx if need_dx else None, dw if need_dw else None, dy, needs)
+
+    def build_cuda(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype != np.float32 or len(x.shape) not in (3, 4):
+            return None
+        if self.residual and tuple(ins[3].shape) != tuple(outs[0].shape):
+            return None
+        from ..kernels.cuda.conv import Conv2d
+
+        kernel, strides, dilations, pads = self.geometry
+        k = Conv2d(x.shape, ins[1].shape, outs[0].shape, strides, pads, dilations, self.group, self.act)
+        has_bias = len(ins) > 2 and ins[2] is not None
+        res_index = 3 if self.residual else None
+
+        def run(inputs, outputs, stream):
+            k(inputs[0], inputs[1], inputs[2] if has_bias else None,
+              inputs[res_index] if res_index is not None else None, outputs[0], stream)
+
+        return Kernel(run, impl="cuda")
 
     def build(self, ins, outs, consts):
         x = ins[0]

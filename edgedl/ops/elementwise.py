@@ -129,6 +129,17 @@ class _Binary(Op):
 
         return Kernel(run, bind=bind)
 
+    def build_cuda(self, ins, outs, consts):
+        from ..kernels.cuda.elementwise import BINARY_CODES
+
+        if self.op_type not in BINARY_CODES or any(np.dtype(t.dtype) != np.float32 for t in (*ins, outs[0])):
+            return None
+        from ..kernels.cuda.elementwise import Binary
+
+        a_s, b_s = self._shapes(ins[0].shape, ins[1].shape)
+        k = Binary(BINARY_CODES[self.op_type], a_s, b_s, outs[0].shape)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], inputs[1], outputs[0], stream), impl="cuda")
+
 
 class _LinearBinary(_Binary):
     """Add and Sub: dA = unbroadcast(dY), dB = +-unbroadcast(dY); no forward values needed."""
@@ -152,6 +163,7 @@ class _LinearBinary(_Binary):
 @register
 class Add(_LinearBinary):
     op_type = "Add"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_ADD
     ufunc = np.add
 
@@ -159,6 +171,7 @@ class Add(_LinearBinary):
 @register
 class Sub(_LinearBinary):
     op_type = "Sub"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_SUB
     ufunc = np.subtract
     sign_b = -1.0
@@ -167,6 +180,7 @@ class Sub(_LinearBinary):
 @register
 class Mul(_Binary):
     op_type = "Mul"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_MUL
     ufunc = np.multiply
 
@@ -184,6 +198,7 @@ class Mul(_Binary):
 @register
 class Div(_Binary):
     op_type = "Div"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_DIV
     ufunc = np.divide
 
@@ -352,6 +367,17 @@ class Unary(Op):
     def ref(self, x, *rest):
         with np.errstate(all="ignore"):
             return [np.asarray(self.compute(x)).astype(x.dtype, copy=False)]
+
+    def build_cuda(self, ins, outs, consts):
+        from .fused import ACT_CODES
+
+        code = ACT_CODES.get(self.op_type)
+        if not code or np.dtype(ins[0].dtype) != np.float32:
+            return None
+        from ..kernels.cuda.elementwise import Activation
+
+        k = Activation(code, *(float(v) for v in self.params()))
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def build(self, ins, outs, consts):
         if np.dtype(ins[0].dtype) != np.float32:

@@ -30,7 +30,7 @@ class Gemm(Op):
     """Y = alpha * A' @ B' + beta * C, with A' = A.T if transA, B' = B.T if transB, C broadcast to Y."""
 
     op_type = "Gemm"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (2, 3)
 
     def __init__(self, node, opset):
@@ -97,13 +97,32 @@ class Gemm(Op):
             return ref_kernel(self)
         return _build_gemm_kernel(self, ins, outs, consts)
 
+    def build_cuda(self, ins, outs, consts):
+        if any(t is not None and np.dtype(t.dtype) != np.float32 for t in ins):
+            return None
+        from ..kernels.cuda.elementwise import broadcast_strides
+        from ..kernels.cuda.gemm import Gemm as CudaGemm
+
+        (m, n), a = outs[0].shape, ins[0].shape
+        k = a[0] if self.trans_a else a[1]
+        sa = (1, m) if self.trans_a else (k, 1)
+        sb = (1, k) if self.trans_b else (n, 1)
+        c = ins[2] if len(ins) > 2 else None
+        bias = broadcast_strides(c.shape, (m, n)) if c is not None else None
+        g = CudaGemm(m, n, k, sa, sb, alpha=self.alpha, beta=self.beta, bias_strides=bias, act=self.act)
+
+        def run(inputs, outputs, stream):
+            g(inputs[0], inputs[1], outputs[0], inputs[2] if bias is not None else None, stream)
+
+        return Kernel(run, impl="cuda")
+
 
 @register
 class MatMul(Op):
     """numpy.matmul semantics: 1-D operands are promoted, batch dimensions broadcast."""
 
     op_type = "MatMul"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (2, 3)
 
     def __init__(self, node, opset):
@@ -121,6 +140,28 @@ class MatMul(Op):
             if c.dtype != out.dtype or int(np.prod(c.shape, dtype=np.int64)) != n or (c.shape and c.shape[-1] != n):
                 raise self.error(f"fused bias {c.dtype}{c.shape} must hold the {n} output columns as {out.dtype}")
         return [out]
+
+    def build_cuda(self, ins, outs, consts):
+        a, b = tuple(ins[0].shape), tuple(ins[1].shape)
+        if any(np.dtype(t.dtype) != np.float32 for t in ins if t is not None) or len(a) < 2 or len(b) < 2:
+            return None
+        from ..kernels.cuda.gemm import Gemm as CudaGemm
+
+        k, n = b[-2], b[-1]
+        if len(b) == 2:  # every row of A (its batch dims flattened) against one B
+            m, batch, a_batch, b_batch = int(np.prod(a[:-1])), 1, 0, 0
+        elif a[:-2] == b[:-2]:
+            m, batch = a[-2], int(np.prod(a[:-2]))
+            a_batch, b_batch = m * k, k * n
+        else:
+            return None  # broadcast batch dimensions: on the host for now
+        g = CudaGemm(m, n, k, (k, 1), (n, 1), batch=batch, a_batch=a_batch, b_batch=b_batch,
+                     bias_strides=(0, 1) if self.bias else None)
+
+        def run(inputs, outputs, stream):
+            g(inputs[0], inputs[1], outputs[0], inputs[2] if self.bias else None, stream)
+
+        return Kernel(run, impl="cuda")
 
     def _infer_matmul(self, a, b):
         if a.dtype != b.dtype:

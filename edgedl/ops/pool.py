@@ -143,6 +143,18 @@ class _WindowPool(Op):
 
         return Kernel(run, bind=bind)
 
+    def _cuda_pool(self, x: TensorType, out: TensorType, is_max: bool, count_include_pad: bool = False):
+        """The CUDA kernel of a 1-D or 2-D float32 window pool, or None."""
+        if x.dtype != np.float32 or len(x.shape) not in (3, 4):
+            return None
+        from ..kernels.cuda.pool import Pool2d
+
+        _, _, pads = self.geom
+        nsp = len(x.shape) - 2
+        k = Pool2d(x.shape, out.shape, self.kernel_shape, self.strides, pads[:nsp], self.dilations, is_max,
+                   count_include_pad)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
     def _tables(self, x: TensorType, count_include_pad=False):
         from ..kernels.cpu.pool import window_tables
 
@@ -252,7 +264,7 @@ def avgpool_ref(x, kernel, strides, dilations, pads, out, count_include_pad):
 @register
 class MaxPool(_WindowPool):
     op_type = "MaxPool"
-    kernels = {"cpu": ("float32", "int8", "uint8")}
+    kernels = {"cpu": ("float32", "int8", "uint8"), "cuda": ("float32",)}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -279,6 +291,11 @@ class MaxPool(_WindowPool):
         if ind is None:
             ind = np.zeros(y.shape, np.int64)  # not requested: only its type matters
         return [y, ind]
+
+    def build_cuda(self, ins, outs, consts):
+        if self.want_indices or not self.present[0]:
+            return None
+        return self._cuda_pool(ins[0], outs[0], True)
 
     def build(self, ins, outs, consts):
         x = ins[0]
@@ -356,7 +373,7 @@ class MaxPool(_WindowPool):
 @register
 class AveragePool(_WindowPool):
     op_type = "AveragePool"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -377,6 +394,11 @@ class AveragePool(_WindowPool):
         _, out, pads = self.geom
         return [avgpool_ref(x, self.kernel_shape, self.strides, self.dilations, pads, out,
                             self.count_include_pad)]
+
+    def build_cuda(self, ins, outs, consts):
+        if self.ceil_mode:  # windows past the padded input divide by a clipped count: on the host
+            return None
+        return self._cuda_pool(ins[0], outs[0], False, bool(self.count_include_pad))
 
     def build(self, ins, outs, consts):
         x = ins[0]
@@ -491,6 +513,14 @@ class _GlobalPool(Op):
             return [x.astype(np.float64).mean(axis=axes, keepdims=True).astype(x.dtype)]
         return [x.max(axis=axes, keepdims=True)]
 
+    def build_cuda(self, ins, outs, consts):
+        if self.kind != "avg" or ins[0].dtype != np.float32:
+            return None
+        from ..kernels.cuda.pool import GlobalAverage
+
+        k = GlobalAverage(ins[0].shape)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
     def build(self, ins, outs, consts):
         x = ins[0]
         if x.dtype != np.float32:
@@ -512,6 +542,7 @@ class _GlobalPool(Op):
 @register
 class GlobalAveragePool(_GlobalPool):
     op_type = "GlobalAveragePool"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = "avg"
     grad_inputs = ()
 

@@ -24,7 +24,7 @@ from .elementwise import FLOAT_DTYPES
 
 
 class _SoftmaxBase(Op):
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (1, 1)
     log = False
 
@@ -69,6 +69,15 @@ class _SoftmaxBase(Op):
                 e = np.exp(v)
                 y = e / e.sum(axis=1, keepdims=True)
         return [y.reshape(x.shape).astype(x.dtype)]
+
+    def build_cuda(self, ins, outs, consts):
+        outer, n, inner = self._layout(ins[0].shape)
+        if np.dtype(ins[0].dtype) != np.float32 or inner != 1:
+            return None
+        from ..kernels.cuda.softmax import Softmax as CudaSoftmax
+
+        k = CudaSoftmax(outer, n, self.log)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def build(self, ins, outs, consts):
         if np.dtype(ins[0].dtype) != np.float32:

@@ -1,0 +1,53 @@
+"""What the CUDA kernels share: the fused-activation device function (codes of :mod:`edgedl.ops.fused`), launch
+sizes, and flat views of device arrays (every kernel indexes 1-D arrays with its own arithmetic)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32
+
+#: threads per block of the one-dimensional kernels
+BLOCK = 128
+
+
+@cuda.jit(device=True)
+def activate(v, code, alpha, beta):
+    """The epilogue activation ``code`` (0 none, 1 Relu, 2 Clip, 3 LeakyRelu, 4 HardSwish, 5 Sigmoid,
+    6 HardSigmoid, 7 Tanh, 8 Elu) of one float32 value."""
+    if code == 0:
+        return v
+    if code == 1:
+        return v if v > float32(0) else float32(0)
+    if code == 2:
+        return min(max(v, float32(alpha)), float32(beta))
+    if code == 3:
+        return v if v >= float32(0) else v * float32(alpha)
+    if code == 4:
+        return v * min(max(v / float32(6) + float32(0.5), float32(0)), float32(1))
+    if code == 5:
+        if v >= float32(0):
+            return float32(1) / (float32(1) + math.exp(-v))
+        e = math.exp(v)
+        return e / (float32(1) + e)
+    if code == 6:
+        return min(max(float32(alpha) * v + float32(beta), float32(0)), float32(1))
+    if code == 7:
+        return math.tanh(v)
+    if code == 8:
+        return v if v > float32(0) else float32(alpha) * (math.exp(v) - float32(1))
+    return v
+
+
+def blocks(n: int, block: int = BLOCK) -> int:
+    return max(1, (n + block - 1) // block)
+
+
+def flat(a):
+    """A 1-D view of a C-contiguous device (or host) array."""
+    return a.reshape(a.size) if a.ndim != 1 else a
+
+
+def upload(values, dtype=np.int64):
+    """A small constant array on the device (shapes, strides)."""
+    return cuda.to_device(np.ascontiguousarray(np.asarray(values, dtype=dtype).reshape(-1)))

@@ -1,0 +1,38 @@
+"""Softmax and LogSoftmax over the last axis on CUDA: one thread per row (max, sum of exponentials, write)."""
+from __future__ import annotations
+
+import math
+
+from numba import cuda, float32
+
+from .common import blocks, flat
+
+
+@cuda.jit(cache=True)
+def _softmax(x, y, rows, size, log):
+    # x, y: [rows, size]
+    r = cuda.grid(1)
+    if r >= rows:
+        return
+    base = r * size
+    top = -math.inf
+    for j in range(size):
+        top = max(top, x[base + j])
+    total = float32(0)
+    for j in range(size):
+        total += math.exp(x[base + j] - top)
+    if log:
+        shift = top + math.log(total)
+        for j in range(size):
+            y[base + j] = x[base + j] - shift
+    else:
+        for j in range(size):
+            y[base + j] = math.exp(x[base + j] - top) / total
+
+
+class Softmax:
+    def __init__(self, rows: int, size: int, log: bool = False):
+        self.rows, self.size, self.log = int(rows), int(size), bool(log)
+
+    def __call__(self, x, y, stream=0):
+        _softmax[blocks(self.rows), 128, stream](flat(x), flat(y), self.rows, self.size, self.log)

@@ -1,0 +1,196 @@
+"""Run a plan on a CUDA device: the host plan's steps, shapes, folded constants and arena layout, with device
+memory and CUDA kernels.
+
+:class:`CudaPlan` is built from a host :class:`~edgedl.runtime.plan.Plan` (one per binding of input shapes):
+
+* one device arena laid out like the host arena (the same liveness planner's offsets), constants uploaded
+  once, a device buffer per input and per output;
+* every step whose op has a CUDA kernel for its types (``Op.build_cuda``) launches it on the plan's stream,
+  back to back, with no host round trip;
+* a step without one becomes a *host step*: its inputs are copied to the host, the op's CPU kernel (or, for
+  control flow and other eager ops, its reference) runs there, and its outputs are copied back.
+  :meth:`CudaPlan.host_steps` lists them (``edgedl info --device cuda`` prints them);
+* views (Reshape, Flatten, Squeeze...) are device reshapes; the nodes after a data-dependent cut run on the
+  host plan's tail with the results copied to the host.
+
+Feeds may be numpy arrays (copied in) or device arrays (anything with ``__cuda_array_interface__``: numba
+device arrays, CuPy, PyTorch CUDA tensors), used in place when C-contiguous and of the right shape and dtype.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import EdgeDLError
+from ..ir import TensorType
+from ..model import is_device_array
+from .plan import Plan, Step
+
+
+class CudaStep:
+    """One step of a CUDA plan: ``kind`` is "cuda", "host" or "view"."""
+
+    __slots__ = ("step", "kind", "kernel")
+
+    def __init__(self, step: Step, kind: str, kernel=None):
+        self.step, self.kind, self.kernel = step, kind, kernel
+
+
+class CudaPlan:
+    """A host plan's steps on the device (see the module docstring)."""
+
+    def __init__(self, host: Plan, ops: dict):
+        from numba import cuda
+
+        self.host = host
+        self.cuda = cuda
+        self.stream = cuda.stream()
+        self.lock = threading.Lock()
+        template = host.template
+        arena_ptr = host.arena.__array_interface__["data"][0]
+        arena_end = arena_ptr + host.arena.nbytes
+        self.arena = cuda.device_array(max(host.arena_bytes, 1), np.uint8)
+        inputs = {idx for _, idx, _ in host.input_slots}
+        produced = {o for step in host.steps for o in step.outs}
+        # outputs some step writes (a constant or input that is also an output keeps its own value)
+        outputs = {idx for _, idx, _ in host.outputs if idx in produced} | {idx for idx, _, _ in host.fresh_outputs}
+        self.template: list = [None] * len(template)
+        self.constant_bytes = 0
+        constants: set[int] = set()  # slots whose host value is a constant (what build_cuda may read)
+        for idx, value in enumerate(template):
+            if not isinstance(value, np.ndarray) or value.dtype == object:
+                continue
+            ptr = value.__array_interface__["data"][0]
+            if arena_ptr <= ptr < arena_end and value.nbytes:  # an arena tensor: the same offset on the device
+                off = ptr - arena_ptr
+                raw = self.arena[off:off + value.nbytes]
+                self.template[idx] = raw.view(value.dtype).reshape(value.shape)
+            elif idx in inputs or idx in outputs:
+                continue  # device buffers of their own, below
+            else:
+                self.template[idx] = cuda.to_device(np.ascontiguousarray(value), stream=self.stream)
+                self.constant_bytes += value.nbytes
+                constants.add(idx)
+        self.inputs = []
+        for name, idx, _ in host.input_slots:
+            t = host.types[name]
+            self.inputs.append((name, idx, t, cuda.device_array(t.shape, t.dtype, stream=self.stream)))
+        self.outputs = []
+        for name, idx, _ in host.outputs:
+            t = host.types[name]
+            if isinstance(t, TensorType) and t.dtype != object and self.template[idx] is None:
+                self.template[idx] = cuda.device_array(t.shape, t.dtype, stream=self.stream)
+            self.outputs.append((name, idx))
+        self.steps: list[CudaStep] = []
+        for step in host.steps:
+            if step.view_shape is not None:
+                self.steps.append(CudaStep(step, "view"))
+                continue
+            kernel = None
+            if not step.eager:
+                ins_t = [host.types[i] if i else None for i in step.node.inputs]
+                outs_t = [host.types[o] for o in step.node.outputs if o]
+                consts = [template[i] if i in constants else None for i in step.ins]
+                kernel = step.op.build_cuda(ins_t, outs_t, consts)
+            self.steps.append(CudaStep(step, "cuda" if kernel is not None else "host", kernel))
+        self.stream.synchronize()
+
+    # --- description -------------------------------------------------------------------------------
+    def host_steps(self) -> list[str]:
+        """The nodes that run on the host between transfers (no CUDA kernel for their types)."""
+        return [s.step.node.describe() for s in self.steps if s.kind == "host"]
+
+    def kernel_impls(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.steps:
+            counts[s.kind] = counts.get(s.kind, 0) + 1
+        return counts
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.host.arena_bytes
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(self, feeds: dict, outputs: str = "host") -> dict:
+        """Run on ``feeds``; outputs as numpy arrays (``outputs="host"``) or device arrays (``"device"``)."""
+        cuda, stream = self.cuda, self.stream
+        with self.lock:
+            slots = list(self.template)
+            for name, idx, t, buf in self.inputs:
+                value = feeds[name]
+                if is_device_array(value):
+                    dev = value if hasattr(value, "copy_to_host") else cuda.as_cuda_array(value)
+                    contiguous = dev.is_c_contiguous() if hasattr(dev, "is_c_contiguous") else True
+                    if tuple(dev.shape) != tuple(t.shape) or np.dtype(dev.dtype) != np.dtype(t.dtype) or not contiguous:
+                        raise EdgeDLError(f"input '{name}': a device array of shape {tuple(dev.shape)} and dtype "
+                                          f"{np.dtype(dev.dtype).name} (C-contiguous: {contiguous}); the plan "
+                                          f"takes {tuple(t.shape)} {np.dtype(t.dtype).name}, C-contiguous")
+                    slots[idx] = dev
+                else:
+                    buf.copy_to_device(np.ascontiguousarray(value), stream=stream)
+                    slots[idx] = buf
+            for cstep in self.steps:
+                step = cstep.step
+                if cstep.kind == "cuda":
+                    cstep.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
+                                    [slots[o] for o in step.outs], stream)
+                elif cstep.kind == "view":
+                    slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
+                else:
+                    self._run_on_host(step, slots)
+            results = {}
+            for name, idx in self.outputs:
+                value = slots[idx]
+                if not hasattr(value, "copy_to_host"):
+                    results[name] = value  # a host value (a sequence, a string tensor) from a host step
+                elif outputs == "device":
+                    copy = cuda.device_array(value.shape, value.dtype, stream=stream)
+                    copy.copy_to_device(value, stream=stream)
+                    results[name] = copy
+                else:
+                    results[name] = value.copy_to_host(stream=stream)
+            stream.synchronize()
+            if self.host.tail is not None:
+                host_results = {k: v.copy_to_host() if hasattr(v, "copy_to_host") else v for k, v in results.items()}
+                tail_feeds = {n: _to_host(feeds[n]) for n in self.host.tail.feeds_from_inputs}
+                tail_feeds.update(host_results)
+                results = self.host.tail.run(tail_feeds)
+                if outputs == "device":
+                    results = {k: cuda.to_device(v) if isinstance(v, np.ndarray) else v for k, v in results.items()}
+            return results
+
+    def _run_on_host(self, step: Step, slots: list) -> None:
+        """One node on the host: inputs copied out, the CPU kernel (or the eager op's reference), outputs in."""
+        stream = self.stream
+        stream.synchronize()
+        ins = [_to_host(slots[i]) if i >= 0 else None for i in step.ins]
+        types = self.host.types
+        names = [o for o in step.node.outputs if o]
+        if step.eager:
+            values = step.op.ref(*ins)
+            present = [v for v, o in zip(values, step.node.outputs) if o]
+        else:
+            present = [np.empty(types[o].shape, types[o].dtype) for o in names]
+            scratch = np.empty(step.kernel.scratch_bytes, np.uint8)
+            step.kernel.fn(ins, present, scratch)
+        for slot, value in zip(step.outs, present):
+            if not isinstance(value, np.ndarray) or value.dtype == object:
+                slots[slot] = value  # sequences, optionals and strings stay on the host
+                continue
+            value = np.ascontiguousarray(value)
+            target = slots[slot]
+            if target is not None and hasattr(target, "copy_to_device") and tuple(target.shape) == value.shape:
+                target.copy_to_device(value, stream=stream)
+            else:
+                slots[slot] = self.cuda.to_device(value, stream=stream)
+
+
+def _to_host(value):
+    if hasattr(value, "copy_to_host"):
+        return value.copy_to_host()
+    if is_device_array(value):
+        from numba import cuda
+
+        return cuda.as_cuda_array(value).copy_to_host()
+    return value
