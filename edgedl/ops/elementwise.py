@@ -256,10 +256,20 @@ class _Variadic(Op):
 
         return Kernel(run)
 
+    def build_cuda(self, ins, outs, consts):
+        from ..kernels.cuda.elementwise import BINARY_CODES, Binary
+
+        if len(ins) != 2 or self.op_type not in BINARY_CODES or \
+                any(np.dtype(t.dtype) != np.float32 for t in (*ins, outs[0])):
+            return None
+        k = Binary(BINARY_CODES[self.op_type], ins[0].shape, ins[1].shape, outs[0].shape)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], inputs[1], outputs[0], stream), impl="cuda")
+
 
 @register
 class Sum(_Variadic):
     op_type = "Sum"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_ADD
     ufunc = np.add
 
@@ -267,6 +277,7 @@ class Sum(_Variadic):
 @register
 class Max(_Variadic):
     op_type = "Max"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_MAX
     ufunc = np.maximum
 
@@ -274,6 +285,7 @@ class Max(_Variadic):
 @register
 class Min(_Variadic):
     op_type = "Min"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.B_MIN
     ufunc = np.minimum
 
@@ -369,14 +381,22 @@ class Unary(Op):
             return [np.asarray(self.compute(x)).astype(x.dtype, copy=False)]
 
     def build_cuda(self, ins, outs, consts):
+        from ..kernels.cuda.elementwise import UNARY_CODES
         from .fused import ACT_CODES
 
-        code = ACT_CODES.get(self.op_type)
-        if not code or np.dtype(ins[0].dtype) != np.float32:
+        if np.dtype(ins[0].dtype) != np.float32:
             return None
-        from ..kernels.cuda.elementwise import Activation
+        code = ACT_CODES.get(self.op_type)
+        if code:
+            from ..kernels.cuda.elementwise import Activation
 
-        k = Activation(code, *(float(v) for v in self.params()))
+            k = Activation(code, *(float(v) for v in self.params()))
+        elif self.op_type in UNARY_CODES:
+            from ..kernels.cuda.elementwise import UnaryMath
+
+            k = UnaryMath(UNARY_CODES[self.op_type])
+        else:
+            return None
         return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def build(self, ins, outs, consts):
@@ -398,6 +418,7 @@ class Unary(Op):
 @register
 class Neg(Unary):
     op_type = "Neg"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_NEG
     dtypes = SIGNED_DTYPES
 
@@ -408,6 +429,7 @@ class Neg(Unary):
 @register
 class Abs(Unary):
     op_type = "Abs"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_ABS
     dtypes = NUMERIC_DTYPES
 
@@ -418,6 +440,7 @@ class Abs(Unary):
 @register
 class Sqrt(Unary):
     op_type = "Sqrt"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_SQRT
 
     def compute(self, x):
@@ -427,6 +450,7 @@ class Sqrt(Unary):
 @register
 class Exp(Unary):
     op_type = "Exp"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_EXP
 
     def compute(self, x):
@@ -436,6 +460,7 @@ class Exp(Unary):
 @register
 class Log(Unary):
     op_type = "Log"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_LOG
 
     def compute(self, x):
@@ -445,6 +470,7 @@ class Log(Unary):
 @register
 class Reciprocal(Unary):
     op_type = "Reciprocal"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_RECIPROCAL
 
     def compute(self, x):

@@ -53,7 +53,7 @@ def _broadcast_kernel(in_shape, view_shape, out_shape, dtype) -> Kernel:
 @register
 class Expand(Op):
     op_type = "Expand"
-    kernels = {"cpu": ALL_DTYPES}
+    kernels = {"cpu": ALL_DTYPES, "cuda": ALL_DTYPES}
     num_inputs = (2, 2)
 
     def _out_shape(self, x_shape, consts) -> tuple[int, ...]:
@@ -80,6 +80,16 @@ class Expand(Op):
         out = tuple(outs[0].shape)
         view = (1,) * (len(out) - len(x.shape)) + tuple(x.shape)
         return _broadcast_kernel(x.shape, view, out, x.dtype)
+
+    def build_cuda(self, ins, outs, consts):
+        if ins[0].dtype == object:
+            return None
+        from ..kernels.cuda.copy import StridedCopy, contiguous_strides
+        from ..kernels.cuda.elementwise import broadcast_strides
+
+        out = tuple(outs[0].shape)
+        k = StridedCopy(out, broadcast_strides(ins[0].shape, out), contiguous_strides(out))
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     grad_inputs = ()
 

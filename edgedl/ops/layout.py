@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..kernels.cpu.layout import bits_view, make_transpose
 from ..registry import Kernel, Op, register
@@ -31,7 +32,7 @@ def _shape_str(shape) -> str:
 @register
 class Transpose(Op):
     op_type = "Transpose"
-    kernels = {"cpu": ALL_DTYPES}
+    kernels = {"cpu": ALL_DTYPES, "cuda": ALL_DTYPES}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -65,6 +66,17 @@ class Transpose(Op):
         inv = np.argsort(self._perm(len(shape)))
         return [np.ascontiguousarray(np.transpose(np.asarray(grads[0], np.float32), inv))]
 
+    def build_cuda(self, ins, outs, consts):
+        x = ins[0]
+        if x.dtype == object:
+            return None
+        from ..kernels.cuda.copy import StridedCopy, contiguous_strides
+
+        perm = self._perm(len(x.shape))
+        src = contiguous_strides(x.shape)
+        k = StridedCopy(outs[0].shape, [src[p] for p in perm], contiguous_strides(outs[0].shape))
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
     def build(self, ins, outs, consts):
         x = ins[0]
         perm = self._perm(len(x.shape))
@@ -87,6 +99,7 @@ class Transpose(Op):
 @register
 class Concat(Op):
     op_type = "Concat"
+    kernels = {"cuda": ALL_DTYPES}
     num_inputs = (1, 1 << 30)
 
     def __init__(self, node, opset):
@@ -144,6 +157,27 @@ class Concat(Op):
             if needs[k]:
                 res[k] = np.ascontiguousarray(part)
         return res
+
+    def build_cuda(self, ins, outs, consts):
+        if outs[0].dtype == object:
+            return None
+        from ..kernels.cuda.copy import StridedCopy, contiguous_strides
+
+        shape = outs[0].shape
+        axis = normalize_axis(self, self.axis_attr, len(shape))
+        dst = contiguous_strides(shape)
+        copies, off = [], 0
+        for k, t in enumerate(ins):
+            if t is None:
+                continue
+            copies.append((k, StridedCopy(t.shape, contiguous_strides(t.shape), dst, 0, off * dst[axis])))
+            off += t.shape[axis]
+
+        def run(inputs, outputs, stream):
+            for k, copy in copies:  # each input into its band of the output
+                copy(inputs[k], outputs[0], stream)
+
+        return Kernel(run, impl="cuda")
 
     def build(self, ins, outs, consts):
         present = [k for k, t in enumerate(ins) if t is not None]
@@ -298,6 +332,7 @@ def slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int, i
 @register
 class Slice(Op):
     op_type = "Slice"
+    kernels = {"cuda": ALL_DTYPES}
     num_inputs = (1, 5)
 
     def __init__(self, node, opset):
@@ -354,6 +389,27 @@ class Slice(Op):
             else:
                 sl[a] = slice(first, None if stop < 0 else stop, st)
         return tuple(sl), tuple(out)
+
+    def build_cuda(self, ins, outs, consts):
+        """Constant starts / ends / axes / steps: a strided copy (an offset, and a stride per step)."""
+        x = ins[0]
+        if x.dtype == object:
+            return None
+        try:
+            sl, shape = self._slices(x.shape, consts)
+        except EdgeDLError:
+            return None  # bounds computed at run time
+        from ..kernels.cuda.copy import StridedCopy, contiguous_strides
+
+        base = contiguous_strides(x.shape)
+        offset, strides = 0, []
+        for d, s in enumerate(sl):
+            first = 0 if s.start is None else s.start
+            step = 1 if s.step is None else s.step
+            offset += first * base[d]
+            strides.append(step * base[d])
+        k = StridedCopy(shape, strides, contiguous_strides(shape), offset)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def infer(self, ins, consts):
         for k in range(1, len(ins)):

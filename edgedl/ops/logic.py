@@ -157,6 +157,23 @@ class Pow(Op):
 
         return Kernel(run, impl="numpy")
 
+    kernels = {"cuda": ("float32",)}
+
+    def build_cuda(self, ins, outs, consts):
+        """float32 base: a constant scalar exponent (x * x for 2), else elementwise pow with broadcasting."""
+        if np.dtype(ins[0].dtype) != np.float32 or np.dtype(ins[1].dtype).kind not in "fiu":
+            return None
+        from ..kernels.cuda import elementwise as E
+
+        p = consts[1]
+        if p is not None and p.size == 1 and tuple(outs[0].shape) == tuple(ins[0].shape):
+            k = E.UnaryMath(E.POW_SCALAR, float(p.reshape(-1)[0]))
+            return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+        if np.dtype(ins[1].dtype) != np.float32:
+            return None
+        b = E.Binary(E.POW, ins[0].shape, ins[1].shape, outs[0].shape)
+        return Kernel(lambda inputs, outputs, stream: b(inputs[0], inputs[1], outputs[0], stream), impl="cuda")
+
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -164,7 +181,15 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 @register
 class Erf(Op):
     op_type = "Erf"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
+
+    def build_cuda(self, ins, outs, consts):
+        if np.dtype(ins[0].dtype) != np.float32:
+            return None
+        from ..kernels.cuda.elementwise import UNARY_CODES, UnaryMath
+
+        k = UnaryMath(UNARY_CODES["Erf"])
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def infer(self, ins, consts):
         if ins[0].dtype.kind != "f":

@@ -46,7 +46,7 @@ def _dtname(t) -> str:
 @register
 class BatchNormalization(Op):
     op_type = "BatchNormalization"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     num_inputs = (5, 5)
 
     def __init__(self, node, opset):
@@ -196,6 +196,21 @@ class BatchNormalization(Op):
                         for p in (scale, mean, var)))
 
     # --- kernels ------------------------------------------------------------------------------------------
+    def build_cuda(self, ins, outs, consts):
+        """Inference form with constant statistics: a per-channel scale and shift."""
+        x = ins[0]
+        if self.training or getattr(self, "per_activation", False) or np.dtype(x.dtype) != np.float32 or \
+                len(x.shape) < 2 or any(c is None for c in consts[1:5]):
+            return None
+        from ..kernels.cuda.elementwise import ChannelAffine
+
+        scale, bias, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts[1:5])
+        if not all(v.size == x.shape[1] for v in (scale, bias, mean, var)):
+            return None
+        a = scale / np.sqrt(var + self.epsilon)
+        k = ChannelAffine(x.shape, a.astype(np.float32), (bias - mean * a).astype(np.float32))
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
     def build(self, ins, outs, consts):
         x = ins[0]
         if self.training and self.n_out <= 3 and all(self.node.outputs[:self.n_out]) and not self.per_activation \

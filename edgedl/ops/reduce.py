@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..kernels.cpu import reduce as K
 from ..registry import Kernel, Op, ref_kernel, register
@@ -128,10 +129,27 @@ class _Reduce(Op):
 
         return Kernel(run, scratch_bytes=plan.scratch_bytes)
 
+    def build_cuda(self, ins, outs, consts):
+        """One contiguous block of float32 axes (the usual: the last axes, or the spatial ones)."""
+        from ..kernels.cuda.reduce import KINDS, Reduce
+
+        x = ins[0]
+        if self.op_type not in KINDS or np.dtype(x.dtype) != np.float32 or x.size == 0:
+            return None
+        try:
+            axes = self._axes(len(x.shape), self._given(consts))
+        except EdgeDLError:
+            return None  # axes computed at run time
+        if axes is None or list(axes) != list(range(axes[0], axes[-1] + 1)):
+            return None
+        k = Reduce(x.shape, axes[0], axes[-1], KINDS[self.op_type])
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
 
 @register
 class ReduceSum(_Reduce):
     op_type = "ReduceSum"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     axes_input_since = 13
     kind = K.R_SUM
     grad_inputs = (1,)
@@ -148,6 +166,7 @@ class ReduceSum(_Reduce):
 @register
 class ReduceMean(_Reduce):
     op_type = "ReduceMean"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_SUM
     grad_inputs = (1,)
 
@@ -173,6 +192,7 @@ def _extreme_identity(dtype: np.dtype, lowest: bool):
 @register
 class ReduceMax(_Reduce):
     op_type = "ReduceMax"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_MAX
     dtypes = NUMERIC_DTYPES + ("bool",)
 
@@ -185,6 +205,7 @@ class ReduceMax(_Reduce):
 @register
 class ReduceMin(_Reduce):
     op_type = "ReduceMin"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_MIN
     dtypes = NUMERIC_DTYPES + ("bool",)
 
@@ -197,6 +218,7 @@ class ReduceMin(_Reduce):
 @register
 class ReduceSumSquare(_Reduce):
     op_type = "ReduceSumSquare"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_SUMSQ
 
     def reduce(self, x, axes):
@@ -209,6 +231,7 @@ class ReduceSumSquare(_Reduce):
 @register
 class ReduceL1(_Reduce):
     op_type = "ReduceL1"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_L1
 
     def reduce(self, x, axes):
@@ -220,6 +243,7 @@ class ReduceL1(_Reduce):
 @register
 class ReduceL2(_Reduce):
     op_type = "ReduceL2"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     kind = K.R_L2
 
     def reduce(self, x, axes):

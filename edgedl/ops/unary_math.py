@@ -63,6 +63,7 @@ class _Trig(Unary):
 @register
 class Sin(_Trig):
     op_type = "Sin"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_SIN
     ufunc = np.sin
 
@@ -70,6 +71,7 @@ class Sin(_Trig):
 @register
 class Cos(_Trig):
     op_type = "Cos"
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
     code = K.U_COS
     ufunc = np.cos
 

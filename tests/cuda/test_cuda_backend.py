@@ -160,18 +160,19 @@ def test_softmax(op, opset, axis):
 
 
 def test_nodes_without_cuda_kernels_run_on_the_host_between_transfers():
-    """A Transpose (no CUDA kernel) and an If (control flow) between CUDA steps."""
+    """A Floor (no CUDA kernel) and an If (control flow) between CUDA steps."""
     branch_out = _vi("t_out", [3, 4])
     then = helper.make_graph([helper.make_node("Relu", ["t"], ["t_out"])], "then", [], [branch_out])
     other = helper.make_graph([helper.make_node("Neg", ["t"], ["e_out"])], "else", [], [_vi("e_out", [3, 4])])
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Transpose", ["s"], ["t"], perm=[1, 0]),
+    nodes = [helper.make_node("Sigmoid", ["x"], ["q"]), helper.make_node("Floor", ["q"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["t"], perm=[1, 0]),
              helper.make_node("If", ["cond"], ["u"], then_branch=then, else_branch=other),
              helper.make_node("Add", ["u", "t"], ["y"])]
     proto = _model(nodes, [_vi("x", [4, 3]), _vi("cond", [], TensorProto.BOOL)], [_vi("y", [3, 4])])
     for cond in (True, False):
         model = _compare(proto, {"x": _f32(4, 3), "cond": np.array(cond)}, host_steps=2)
     hosts = model.cuda_plan({"x": (4, 3), "cond": ()}).host_steps()
-    assert any("Transpose" in h for h in hosts) and any("If" in h for h in hosts)
+    assert any("Floor" in h for h in hosts) and any("If" in h for h in hosts)
 
 
 def test_digits_cnn_end_to_end_with_device_arrays():
@@ -205,3 +206,91 @@ def test_device_errors(monkeypatch):
     with pytest.raises(EdgeDLError, match="cannot run here: numba.cuda finds no usable GPU"):
         edgedl.load(path, device="cuda")
     assert edgedl.load(path, target="jetson-orin-nano").device == "cpu"  # no usable GPU: the CPU cores
+
+
+@pytest.mark.parametrize("shape,perm", [((2, 3, 4), [2, 0, 1]), ((3, 5), None), ((2, 1, 3, 2), [0, 3, 1, 2])])
+def test_transpose(shape, perm):
+    attrs = {} if perm is None else {"perm": perm}
+    out = np.transpose(np.zeros(shape), perm).shape
+    proto = _model([helper.make_node("Transpose", ["x"], ["y"], **attrs)], [_vi("x", list(shape))],
+                   [_vi("y", list(out))])
+    _compare(proto, {"x": _f32(*shape)})
+
+
+def test_concat_and_expand():
+    nodes = [helper.make_node("Concat", ["a", "b", "a"], ["c"], axis=1),
+             helper.make_node("Expand", ["c", "shape"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([2, 3, 7, 4], np.int64), "shape")]
+    proto = _model(nodes, [_vi("a", [3, 2, 1]), _vi("b", [3, 3, 1])], [_vi("y", [2, 3, 7, 4])], inits)
+    _compare(proto, {"a": _f32(3, 2, 1), "b": _f32(3, 3, 1)})
+
+
+def test_int64_concat_runs_on_the_device():
+    nodes = [helper.make_node("Concat", ["a", "b"], ["y"], axis=0)]
+    proto = _model(nodes, [_vi("a", [2, 3], TensorProto.INT64), _vi("b", [1, 3], TensorProto.INT64)],
+                   [_vi("y", [3, 3], TensorProto.INT64)])
+    _compare(proto, {"a": np.arange(6, dtype=np.int64).reshape(2, 3), "b": np.array([[7, 8, 9]], np.int64)})
+
+
+@pytest.mark.parametrize("op", ["Neg", "Abs", "Sqrt", "Exp", "Log", "Reciprocal", "Sin", "Cos", "Erf"])
+def test_unary_math(op):
+    x = _f32(3, 7)
+    if op in ("Sqrt", "Log", "Reciprocal"):
+        x = np.abs(x) + 0.25
+    proto = _model([helper.make_node(op, ["x"], ["y"])], [_vi("x", [3, 7])], [_vi("y", [3, 7])])
+    _compare(proto, {"x": x})
+
+
+@pytest.mark.parametrize("exponent", [np.array(2.0, np.float32), np.array(0.5, np.float32), None])
+def test_pow(exponent):
+    x = np.abs(_f32(4, 5)) + 0.1
+    inits = [] if exponent is None else [numpy_helper.from_array(exponent, "p")]
+    inputs = [_vi("x", [4, 5])] + ([_vi("p", [5])] if exponent is None else [])
+    proto = _model([helper.make_node("Pow", ["x", "p"], ["y"])], inputs, [_vi("y", [4, 5])], inits)
+    feeds = {"x": x} if exponent is not None else {"x": x, "p": _f32(5)}
+    _compare(proto, feeds, rtol=1e-4)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum"])
+def test_variadic_two_inputs(op):
+    proto = _model([helper.make_node(op, ["a", "b"], ["y"])], [_vi("a", [2, 3, 4]), _vi("b", [3, 1])],
+                   [_vi("y", [2, 3, 4])])
+    _compare(proto, {"a": _f32(2, 3, 4), "b": _f32(3, 1)})
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL1",
+                                "ReduceL2"])
+@pytest.mark.parametrize("axes,keepdims", [([2], 1), ([1, 2], 0), ([-1], 0), ([0], 1)])
+def test_reduce(op, axes, keepdims):
+    x = _f32(2, 3, 4, 5)
+    cpu = edgedl.load(_model([helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)], [_vi("x", [2, 3, 4, 5])],
+                             [_vi("y", None)], [numpy_helper.from_array(np.array(axes, np.int64), "axes")], opset=18))
+    shape = cpu.plan().types["y"].shape
+    proto = _model([helper.make_node(op, ["x", "axes"], ["y"], keepdims=keepdims)], [_vi("x", [2, 3, 4, 5])],
+                   [_vi("y", list(shape))], [numpy_helper.from_array(np.array(axes, np.int64), "axes")], opset=18)
+    _compare(proto, {"x": x}, rtol=1e-4)
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps", [([1], [3], [1], [1]), ([0, 4], [2, 0], [0, 2], [1, -2]),
+                                                    ([-3], [100], [2], [2])])
+def test_slice(starts, ends, axes, steps):
+    x = _f32(3, 4, 6)
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n)
+             for v, n in ((starts, "s"), (ends, "e"), (axes, "a"), (steps, "t"))]
+    node = helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])
+    cpu = edgedl.load(_model([node], [_vi("x", [3, 4, 6])], [_vi("y", None)], inits))
+    shape = cpu.plan().types["y"].shape
+    _compare(_model([node], [_vi("x", [3, 4, 6])], [_vi("y", list(shape))], inits), {"x": x})
+
+
+def test_batch_normalization_inference():
+    c = 3
+    inits = [numpy_helper.from_array(v, n) for v, n in ((_f32(c), "g"), (_f32(c), "b"), (_f32(c), "m"),
+                                                         (np.abs(_f32(c)) + 0.5, "v"))]
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=1e-3)
+    proto = _model([node], [_vi("x", [2, c, 4, 5])], [_vi("y", [2, c, 4, 5])], inits)
+    model = edgedl.load(proto, optimize=False, device="cuda")  # unfused: the BatchNormalization kernel itself
+    x = _f32(2, c, 4, 5)
+    assert model.cuda_plan({"x": x.shape}).host_steps() == []
+    np.testing.assert_allclose(model.run({"x": x})["y"], edgedl.load(proto, optimize=False).run({"x": x})["y"],
+                               rtol=1e-5, atol=1e-5)

@@ -1,9 +1,12 @@
-"""Element-wise CUDA kernels: activations (the epilogue codes) and broadcasting binary arithmetic.
+"""Element-wise CUDA kernels: activations (the epilogue codes), unary math, per-channel affine maps and
+broadcasting binary arithmetic.
 
 Binary operands are flat arrays read through per-axis element strides of the output's shape (stride 0 on a
 broadcast axis), so one kernel serves every broadcast pattern up to :data:`MAX_RANK` axes.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import cuda, float32
@@ -11,8 +14,11 @@ from numba import cuda, float32
 from .common import activate, blocks, flat, upload
 
 #: binary operation codes
-ADD, SUB, MUL, DIV, MAX, MIN = range(6)
-BINARY_CODES = {"Add": ADD, "Sub": SUB, "Mul": MUL, "Div": DIV, "Max": MAX, "Min": MIN}
+ADD, SUB, MUL, DIV, MAX, MIN, POW = range(7)
+BINARY_CODES = {"Add": ADD, "Sub": SUB, "Mul": MUL, "Div": DIV, "Max": MAX, "Min": MIN, "Sum": ADD, "Pow": POW}
+#: unary math codes (``POW_SCALAR`` raises to a constant power, its parameter)
+UNARY_CODES = {"Neg": 1, "Abs": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Reciprocal": 6, "Sin": 7, "Cos": 8, "Erf": 9}
+POW_SCALAR = 10
 MAX_RANK = 8
 
 
@@ -50,9 +56,52 @@ def _binary(a, b, out, n, code, shape, sa, sb, rank, act, alpha, beta):
         v = x / y
     elif code == 4:
         v = max(x, y)
-    else:
+    elif code == 5:
         v = min(x, y)
+    else:
+        v = math.pow(x, y)
     out[i] = activate(v, act, alpha, beta)
+
+
+@cuda.jit(cache=True)
+def _unary(x, y, n, code, p):
+    # x, y: [n] float32
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    v = x[i]
+    if code == 1:
+        r = -v
+    elif code == 2:
+        r = abs(v)
+    elif code == 3:
+        r = math.sqrt(v)
+    elif code == 4:
+        r = math.exp(v)
+    elif code == 5:
+        r = math.log(v)
+    elif code == 6:
+        r = float32(1) / v
+    elif code == 7:
+        r = math.sin(v)
+    elif code == 8:
+        r = math.cos(v)
+    elif code == 9:
+        r = math.erf(v)
+    elif p == float32(2):
+        r = v * v
+    else:
+        r = math.pow(v, p)
+    y[i] = r
+
+
+@cuda.jit(cache=True)
+def _channel_affine(x, y, n, channels, inner, scale, shift):
+    # x, y: [outer, channels, inner] flat; y = x * scale[c] + shift[c]
+    i = cuda.grid(1)
+    if i < n:
+        c = (i // inner) % channels
+        y[i] = x[i] * scale[c] + shift[c]
 
 
 def broadcast_strides(shape, out_shape) -> list[int]:
@@ -77,6 +126,32 @@ class Activation:
         _activation[blocks(n), 128, stream](flat(x), flat(y), n, self.code, self.alpha, self.beta)
 
 
+class UnaryMath:
+    """y = f(x) for the :data:`UNARY_CODES` (and ``POW_SCALAR`` with its exponent ``p``)."""
+
+    def __init__(self, code: int, p: float = 0.0):
+        self.code, self.p = code, np.float32(p)
+
+    def __call__(self, x, y, stream=0):
+        n = y.size
+        _unary[blocks(n), 128, stream](flat(x), flat(y), n, self.code, self.p)
+
+
+class ChannelAffine:
+    """y = x * scale[c] + shift[c] over [N, C, ...] (BatchNormalization with its statistics folded)."""
+
+    def __init__(self, shape, scale: np.ndarray, shift: np.ndarray):
+        self.n = int(np.prod(shape, dtype=np.int64))
+        self.channels = int(shape[1])
+        self.inner = int(np.prod(shape[2:], dtype=np.int64))
+        self.scale = cuda.to_device(np.ascontiguousarray(scale, np.float32))
+        self.shift = cuda.to_device(np.ascontiguousarray(shift, np.float32))
+
+    def __call__(self, x, y, stream=0):
+        _channel_affine[blocks(self.n), 128, stream](flat(x), flat(y), self.n, self.channels, self.inner,
+                                                     self.scale, self.shift)
+
+
 class Binary:
     """out = act(a <op> b) with numpy broadcasting of a and b to ``out_shape``."""
 
@@ -96,4 +171,5 @@ class Binary:
                                              self.sb, self.rank, *self.act)
 
 
-__all__ = ["Activation", "Binary", "BINARY_CODES", "broadcast_strides", "float32"]
+__all__ = ["Activation", "Binary", "BINARY_CODES", "ChannelAffine", "POW_SCALAR", "UNARY_CODES", "UnaryMath",
+           "broadcast_strides", "float32"]
