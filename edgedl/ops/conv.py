@@ -235,7 +235,7 @@ def conv_ref(x, w, b, strides, pads, dilations, group):
 @register
 class ConvTranspose(_ConvBase):
     op_type = "ConvTranspose"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
 
     def infer(self, ins, consts):
         x, w = ins[0], ins[1]
@@ -333,6 +333,21 @@ class ConvTranspose(_ConvBase):
         if ins[0].dtype != np.float32 or len(ins[0].shape) not in (3, 4):
             return ref_kernel(self)
         return _build_conv_transpose_kernel(self, ins, outs, consts)
+
+    def build_cuda(self, ins, outs, consts):
+        if ins[0].dtype != np.float32 or len(ins[0].shape) not in (3, 4):
+            return None
+        from ..kernels.cuda.conv import ConvTranspose2d
+
+        kernel, strides, dilations, pads, _, _ = self.geometry
+        k = ConvTranspose2d(ins[0].shape, ins[1].shape, outs[0].shape, strides, pads, dilations, self.group,
+                            self.act)
+        has_bias = len(ins) > 2 and ins[2] is not None
+
+        def run(inputs, outputs, stream):
+            k(inputs[0], inputs[1], inputs[2] if has_bias else None, outputs[0], stream)
+
+        return Kernel(run, impl="cuda")
 
 
 def conv_transpose_ref(x, w, b, strides, pads, dilations, group, out_sp):

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..kernels.cpu.resize import resize_axis, resize_linear_2d, resize_nearest_2d
 from ..registry import Kernel, Op, register
@@ -147,7 +148,7 @@ class _ResizeBase(Op):
     """Geometry and kernels shared by Resize and Upsample. Subclasses set the attributes and
     ``_scales_sizes_roi(consts, rank)``."""
 
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
 
     mode = "nearest"
     ctm = "asymmetric"
@@ -251,6 +252,23 @@ class _ResizeBase(Op):
                 res = np.where(mask.reshape((1,) * a + (-1,) + (1,) * (res.ndim - a - 1)),
                                self.extrapolation_value, res)
         return [_saturate(res, x.dtype)]
+
+    def build_cuda(self, ins, outs, consts):
+        """float32 resizes of the last two axes (rank 4) or the last one (rank 3), without extrapolation."""
+        x = ins[0]
+        if np.dtype(x.dtype) != np.float32 or len(x.shape) not in (3, 4) or outs[0].size == 0:
+            return None
+        try:
+            out_shape, passes = self._geometry(tuple(x.shape), consts)
+        except EdgeDLError:
+            return None  # scales / sizes computed at run time
+        rank = len(x.shape)
+        if any(a < rank - (2 if rank == 4 else 1) or m is not None for a, _, _, m in passes):
+            return None
+        from ..kernels.cuda.resize import Resize2d
+
+        k = Resize2d(tuple(x.shape), out_shape, {a: (idx, w) for a, idx, w, _ in passes})
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def build(self, ins, outs, consts):
         x = ins[0]

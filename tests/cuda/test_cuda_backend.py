@@ -294,3 +294,38 @@ def test_batch_normalization_inference():
     assert model.cuda_plan({"x": x.shape}).host_steps() == []
     np.testing.assert_allclose(model.run({"x": x})["y"], edgedl.load(proto, optimize=False).run({"x": x})["y"],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [
+    dict(x=(1, 3, 4, 5), w=(3, 2, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0]),
+    dict(x=(2, 4, 3, 3), w=(4, 1, 2, 2), strides=[2, 2], group=2),
+    dict(x=(1, 2, 5), w=(2, 3, 4), strides=[3], dilations=[2], pads=[1, 2]),
+    dict(x=(1, 2, 3, 3), w=(2, 2, 3, 3), output_shape=[8, 8], strides=[2, 2]),
+])
+def test_conv_transpose(case):
+    x, w = _f32(*case["x"]), _f32(*case["w"])
+    attrs = {k: case[k] for k in ("pads", "group", "strides", "dilations", "output_padding", "output_shape")
+             if k in case}
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(_f32(w.shape[1] * case.get("group", 1)), "b")]
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+    cpu = edgedl.load(_model([node], [_vi("x", list(x.shape))], [_vi("y", None)], inits))
+    shape = cpu.plan().types["y"].shape
+    _compare(_model([node], [_vi("x", list(x.shape))], [_vi("y", list(shape))], inits), {"x": x}, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attrs,scales", [
+    (dict(mode="nearest"), [1, 1, 2, 2]),
+    (dict(mode="nearest", nearest_mode="floor", coordinate_transformation_mode="asymmetric"), [1, 1, 1.5, 0.5]),
+    (dict(mode="linear"), [1, 1, 2, 3]),
+    (dict(mode="linear", coordinate_transformation_mode="align_corners"), [1, 1, 0.5, 2]),
+    (dict(mode="cubic"), [1, 1, 2, 2]),
+    (dict(mode="linear", antialias=1), [1, 1, 0.5, 0.5]),
+])
+def test_resize(attrs, scales):
+    x = _f32(1, 2, 6, 4)
+    inits = [numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], **attrs)
+    cpu = edgedl.load(_model([node], [_vi("x", [1, 2, 6, 4])], [_vi("y", None)], inits, opset=18))
+    shape = cpu.plan().types["y"].shape
+    _compare(_model([node], [_vi("x", [1, 2, 6, 4])], [_vi("y", list(shape))], inits, opset=18), {"x": x},
+             rtol=1e-4)
