@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     s.add_argument("--batch", type=int, default=None, help="size of a symbolic first dimension (default 1)")
     s.add_argument("--target", default=None, help="board profile for edgedl (default: EDGEDL_TARGET, else "
                    "detected)")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where edgedl runs (cuda: the "
+                   "GPU; timings include the copies in and out)")
     s.add_argument("--compare", default="", help="other engines: onnxruntime, tflite, or onnxruntime,tflite")
     s.add_argument("--op-profile", action="store_true", help="per-op times (after the timed runs)")
     s.add_argument("--train", action="store_true", help="also time training steps (edgedl, and PyTorch when "
@@ -87,7 +89,7 @@ def cmd_bench(args) -> int:
                    compare=args.compare, op_profile=args.op_profile, train=args.train,
                    trainable=args.trainable, train_steps=args.train_steps, calibration=args.calibration,
                    cooldown=args.cooldown, busy=args.busy, json_path=args.json, csv_path=args.csv,
-                   plot_path=args.plot, progress=progress)
+                   plot_path=args.plot, progress=progress, device=args.device)
     reports = result if isinstance(result, list) else [result]
     for i, report in enumerate(reports):
         if i:

@@ -56,7 +56,7 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
           trainable: str = "last:1",
           train_steps: int = 20, calibration: str | None = None, cooldown: float = 0.0, busy: int = 0,
           seed: int = 0, json_path: str | None = None, csv_path: str | None = None, plot_path: str | None = None,
-          progress=None):
+          progress=None, device: str = "cpu"):
     """Benchmark one model (returns its report, a dict) or several (a list of reports).
 
     Parameters
@@ -92,6 +92,9 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
         Also write the report there (:mod:`edgedl.benchmark.report`, :mod:`edgedl.benchmark.plot`).
     progress : callable, optional
         Called with one line of text per step (the command line prints them).
+    device : "cpu" or "cuda"
+        Where edgedl runs (``edgedl.load(device=...)``); the timings then include copying inputs to the GPU and
+        outputs back.
 
     Returns
     -------
@@ -104,7 +107,10 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
     if not paths:
         raise InputError("no model to benchmark")
     engines = compare_with if compare_with is not None else compare
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     settings = _settings(threads, runs, warmup, max_secs, precision, engines, busy, cooldown, target)
+    settings["device"] = device
     log = progress or (lambda line: None)
     reports = []
     busy_procs = _start_busy(busy)
@@ -238,6 +244,7 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
                 log(f"[{k + 1}/{len(jobs)}] {engine} {prec} {threads} thread(s) ...")
                 spec = {"mode": "run", "engine": engine, "model": model_for.get(prec, path), "precision": prec,
                         "threads": threads, "target": settings["target"], "inputs": inputs_path,
+                        "device": settings["device"],
                         "outputs": os.path.join(work, f"out{k}.npz"), "warmup": settings["warmup"],
                         "runs": settings["runs"], "max_secs": settings["max_secs"], "op_profile": bool(op_profile),
                         "shapes": {n: list(s) for n, s in bound.items()}, "workdir": work}
@@ -441,7 +448,8 @@ def _run_entry(raw: dict, engine: str, precision: str, threads: int, batch: int,
            "ops": None, "ops_profile": None, "power_w": None, "energy_mj": None, "temp_c_before": None,
            "temp_c_after": None, "freq_mhz_min": None, "throttled": None, "other_load_cores": None,
            "agreement": None, "cache_hits": raw.get("cache_hits"), "cache_misses": raw.get("cache_misses"),
-           "versions": raw.get("versions") or {}, "notes": list(raw.get("notes") or [])}
+           "versions": raw.get("versions") or {}, "notes": list(raw.get("notes") or []),
+           "device": raw.get("device") or ("cpu" if engine != "edgedl" else None)}
     if raw.get("target"):
         run["target"] = raw["target"]
     if raw.get("ops_raw") and stats:

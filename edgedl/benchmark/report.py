@@ -301,7 +301,8 @@ def _header(report: dict) -> list[str]:
         precs = ",".join(str(x) for x in _list(s.get("precisions"))) or _text(s.get("precisions"))
         max_s = f" (max {fmt_ms(s['max_secs'])} s)" if _num(s.get("max_secs")) is not None else ""
         out.append(f"settings: {_text(s.get('runs'))} runs{max_s}, {_text(s.get('warmup'))} warmup, batch "
-                   f"{_text(s.get('batch'))}, threads {threads}, {precs}, input {_text(s.get('input'))}")
+                   f"{_text(s.get('batch'))}, threads {threads}, {precs}, input {_text(s.get('input'))}"
+                   + (f", edgedl on {s['device']}" if s.get("device") not in (None, "cpu") else ""))
     inputs = _dict(report.get("inputs"))
     if inputs:
         parts = []

@@ -137,7 +137,10 @@ class EdgedlEngine:
 
     def load(self) -> None:
         target = self.spec.get("target")
-        self.model = self.edgedl.load(self.spec["model"], target=target, num_threads=self.spec["threads"])
+        self.model = self.edgedl.load(self.spec["model"], target=target, num_threads=self.spec["threads"],
+                                      device=self.spec.get("device") or "cpu")
+        #: per-step times are measured on the CPU device only (for now)
+        self.can_profile = self.model.device == "cpu"
 
     def run(self, feeds: dict) -> dict:
         return self.model.run(feeds)
@@ -164,7 +167,7 @@ class EdgedlEngine:
                          f"{self.spec['threads']}: its thread count follows the load of other processes "
                          "(EDGEDL_FOLLOW_LOAD=0 keeps it fixed)")
         return {"arena_bytes": arena, **kernel_cache_stats(), "compile_ms": self.compile.seconds * 1e3,
-                "notes": notes,
+                "notes": notes, "device": self.model.device,
                 "target": target.to_dict() if target is not None else None,
                 "versions": {"edgedl": self.edgedl.__version__, "numba": _version("numba"),
                              "numpy": np.__version__}}
@@ -347,13 +350,18 @@ def bench(spec: dict, result: dict) -> None:
     result["peak_rss_bytes"] = peak_rss_bytes()  # before profiling, which may allocate
     if spec.get("op_profile"):
         profile_runs(engine, feeds, spec, result, float(np.mean(times)))
-    result.update(engine.facts(feeds))
+    facts = engine.facts(feeds)
+    notes = result.get("notes", []) + facts.pop("notes", [])
+    result.update(facts, notes=notes)
     result["status"] = "ok"
 
 
 def profile_runs(engine, feeds: dict, spec: dict, result: dict, mean_s: float) -> None:
     """Per-op times averaged over profiled runs (as many as the timed runs, within half of ``max_secs``)."""
     runs = max(1, min(spec["runs"], int(0.5 * spec["max_secs"] / max(mean_s, 1e-9))))
+    if not getattr(engine, "can_profile", True):
+        result.setdefault("notes", []).append("no per-op profile on the cuda device yet")
+        return
     if hasattr(engine, "profile_runs"):
         ops, profiled_mean = engine.profile_runs(feeds, runs)
     elif hasattr(engine, "profile"):

@@ -329,3 +329,14 @@ def test_resize(attrs, scales):
     shape = cpu.plan().types["y"].shape
     _compare(_model([node], [_vi("x", [1, 2, 6, 4])], [_vi("y", list(shape))], inits, opset=18), {"x": x},
              rtol=1e-4)
+
+
+def test_bench_on_the_cuda_device(tmp_path):
+    _needs_cuda()
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    report = edgedl.bench(path, runs=2, warmup=0, max_secs=1.0, threads=[1], device="cuda", op_profile=True,
+                          compare=["onnxruntime"])
+    ed, ort = report["runs"]
+    assert report["settings"]["device"] == "cuda" and ed["device"] == "cuda" and ed["status"] == "ok"
+    assert ed["ops"] is None and any("cuda" in n for n in ed["notes"])
+    assert ort["agreement"]["top1"] == 1.0 and ort["agreement"]["max_rel"] < 1e-4
