@@ -144,8 +144,9 @@ class _WindowPool(Op):
         return Kernel(run, bind=bind)
 
     def _cuda_pool(self, x: TensorType, out: TensorType, is_max: bool, count_include_pad: bool = False):
-        """The CUDA kernel of a 1-D or 2-D float32 window pool, or None."""
-        if x.dtype != np.float32 or len(x.shape) not in (3, 4):
+        """The CUDA kernel of a 1-D or 2-D window pool (float32; 8-bit for max pooling), or None."""
+        eight_bit = np.dtype(x.dtype) in (np.dtype(np.int8), np.dtype(np.uint8))
+        if not (x.dtype == np.float32 or is_max and eight_bit) or len(x.shape) not in (3, 4):
             return None
         from ..kernels.cuda.pool import Pool2d
 
@@ -264,7 +265,7 @@ def avgpool_ref(x, kernel, strides, dilations, pads, out, count_include_pad):
 @register
 class MaxPool(_WindowPool):
     op_type = "MaxPool"
-    kernels = {"cpu": ("float32", "int8", "uint8"), "cuda": ("float32",)}
+    kernels = {"cpu": ("float32", "int8", "uint8"), "cuda": ("float32", "int8", "uint8")}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)

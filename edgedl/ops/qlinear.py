@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..quant.requant import MODE_FLOAT, MODES, Requant, requantize_reference
 from ..registry import Kernel, Op, ref_kernel, register
@@ -123,7 +124,7 @@ class QLinearConv(_ConvBase):
     """ONNX QLinearConv: (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B int32])."""
 
     op_type = "QLinearConv"
-    kernels = {"cpu": ("int8", "uint8")}
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
     num_inputs = (8, 9)
 
     def __init__(self, node, opset):
@@ -158,6 +159,27 @@ class QLinearConv(_ConvBase):
         acc = conv2d_accumulate(x4, xz, w4, wz, b, strides, pads, dilations, self.group)
         y = requantize_reference(acc, req, channel_axis=1).astype(out_t.dtype)
         return [y.reshape(x.shape[0], w.shape[0], *out_spatial(self.geometry, x.shape))]
+
+    def build_cuda(self, ins, outs, consts):
+        if len(ins[0].shape) not in (3, 4) or consts[3] is None:
+            return None
+        has_bias = len(self.node.inputs) > 8 and bool(self.node.inputs[8])
+        if has_bias and consts[8] is None:
+            return None
+        try:
+            x_zp, w_zp, req = self._params(consts, ins, outs)
+        except EdgeDLError:
+            return None  # quantization parameters computed at run time
+        from ..kernels.cuda.quant import QConv2d
+
+        kernel, strides, dilations, pads = self._geometry4()
+        x4, y4 = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
+        k = QConv2d(x4, (*ins[3].shape[:2], *kernel), y4, strides, pads, dilations, self.group, x_zp, w_zp, req)
+
+        def run(inputs, outputs, stream):
+            k(inputs[0], inputs[3], inputs[8] if has_bias else None, outputs[0], stream)
+
+        return Kernel(run, impl="cuda")
 
     def build(self, ins, outs, consts):
         if len(ins[0].shape) not in (3, 4) or consts[3] is None:

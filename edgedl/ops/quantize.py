@@ -119,7 +119,7 @@ class _LinearQ(Op):
 @register
 class QuantizeLinear(_LinearQ):
     op_type = "QuantizeLinear"
-    kernels = {"cpu": ("float32",)}
+    kernels = {"cpu": ("float32",), "cuda": ("float32",)}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -189,6 +189,19 @@ class QuantizeLinear(_LinearQ):
         k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype)
         return _bindable(k, ins, consts)
 
+    def build_cuda(self, ins, outs, consts):
+        x, scale = ins[0], ins[1]
+        qtype = np.dtype(outs[0].dtype)
+        has_zero = len(ins) > 2 and ins[2] is not None
+        if (np.dtype(x.dtype) != np.float32 or np.dtype(scale.dtype) != np.float32 or self.block_size
+                or qtype not in (np.dtype(np.int8), np.dtype(np.uint8)) or consts[1] is None
+                or (has_zero and consts[2] is None) or (self.precision is not None and self.precision != np.float32)):
+            return None
+        from ..kernels.cuda.quant import Quantize
+
+        k = Quantize(tuple(x.shape), self._channel_axis(x, scale), consts[1], consts[2] if has_zero else None, qtype)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
+
     def _channel_axis(self, x: TensorType, scale: TensorType) -> int | None:
         s = tuple(scale.shape)
         if len(s) == 0 or (len(s) == 1 and s[0] == 1):
@@ -199,7 +212,7 @@ class QuantizeLinear(_LinearQ):
 @register
 class DequantizeLinear(_LinearQ):
     op_type = "DequantizeLinear"
-    kernels = {"cpu": ("int8", "uint8")}
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
@@ -243,6 +256,20 @@ class DequantizeLinear(_LinearQ):
         axis = None if len(s) == 0 or (len(s) == 1 and s[0] == 1) else self._axis(len(x.shape))
         k = DequantizeKernel(tuple(x.shape), axis)
         return _bindable(k, ins, consts)
+
+    def build_cuda(self, ins, outs, consts):
+        x, scale = ins[0], ins[1]
+        has_zero = len(ins) > 2 and ins[2] is not None
+        if (np.dtype(x.dtype) not in (np.dtype(np.int8), np.dtype(np.uint8)) or self.block_size
+                or np.dtype(scale.dtype) != np.float32 or np.dtype(outs[0].dtype) != np.float32
+                or consts[1] is None or (has_zero and consts[2] is None)):
+            return None
+        from ..kernels.cuda.quant import Dequantize
+
+        s = tuple(scale.shape)
+        axis = None if len(s) == 0 or (len(s) == 1 and s[0] == 1) else self._axis(len(x.shape))
+        k = Dequantize(tuple(x.shape), axis, consts[1], consts[2] if has_zero else None)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
 
 def _bindable(k, ins, consts) -> Kernel:

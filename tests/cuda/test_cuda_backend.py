@@ -340,3 +340,70 @@ def test_bench_on_the_cuda_device(tmp_path):
     assert report["settings"]["device"] == "cuda" and ed["device"] == "cuda" and ed["status"] == "ok"
     assert ed["ops"] is None and any("cuda" in n for n in ed["notes"])
     assert ort["agreement"]["top1"] == 1.0 and ort["agreement"]["max_rel"] < 1e-4
+
+
+def _int8_compare(proto, feeds, host_steps=0):
+    """int8 must match the CPU int8 path exactly."""
+    _needs_cuda()
+    cpu = edgedl.load(proto).run(feeds)
+    model = edgedl.load(proto, device="cuda")
+    assert len(model.cuda_plan({k: v.shape for k, v in feeds.items()}).host_steps()) == host_steps
+    got = model.run(feeds)
+    for name in cpu:
+        assert got[name].dtype == cpu[name].dtype
+        np.testing.assert_array_equal(got[name], cpu[name], err_msg=name)
+
+
+@pytest.mark.parametrize("qtype", [TensorProto.INT8, TensorProto.UINT8])
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_quantize_dequantize(qtype, per_axis):
+    x = _f32(2, 3, 4) * 40
+    x[0, 0, :2] = [2.5, -3.5]  # ties round to even
+    scale = np.array([0.5, 0.25, 1.0], np.float32) if per_axis else np.array(0.5, np.float32)
+    np_q = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    zero = (np.array([1, -2, 0]) if per_axis else np.array(3)).astype(np_q) if qtype == TensorProto.INT8 else \
+        (np.array([128, 120, 130]) if per_axis else np.array(128)).astype(np_q)
+    inits = [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=1)]
+    proto = _model(nodes, [_vi("x", [2, 3, 4])], [_vi("q", [2, 3, 4], qtype), _vi("y", [2, 3, 4])], inits,
+                   opset=19)
+    _int8_compare(proto, {"x": x})
+
+
+@pytest.mark.parametrize("requant", ["float", "double", "single"])
+@pytest.mark.parametrize("case", [dict(x=(1, 4, 6, 5), w=(6, 4, 3, 3), pads=[1, 1, 1, 1]),
+                                  dict(x=(2, 4, 7, 7), w=(4, 1, 3, 3), group=4, strides=[2, 2], pads=[1, 0, 1, 1]),
+                                  dict(x=(1, 3, 9), w=(5, 3, 3), dilations=[2])])
+def test_qlinearconv_bit_exact(requant, case):
+    x = RNG.integers(-128, 128, case["x"]).astype(np.int8)
+    w = RNG.integers(-127, 128, case["w"]).astype(np.int8)
+    cout = case["w"][0]
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.array(0.02, np.float32), "xs"), (np.array(3, np.int8), "xz"), (w, "w"),
+        ((RNG.random(cout) * 0.01 + 0.001).astype(np.float32), "ws"), (np.zeros(cout, np.int8), "wz"),
+        (np.array(0.05, np.float32), "ys"), (np.array(-5, np.int8), "yz"),
+        (RNG.integers(-500, 500, cout).astype(np.int32), "b"))]
+    attrs = {k: case[k] for k in ("pads", "group", "strides", "dilations") if k in case}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                            _requant=requant, **attrs)
+    cpu = edgedl.load(_model([node], [_vi("x", list(x.shape), TensorProto.INT8)],
+                             [_vi("y", None, TensorProto.INT8)], inits))
+    shape = cpu.plan().types["y"].shape
+    proto = _model([node], [_vi("x", list(x.shape), TensorProto.INT8)], [_vi("y", list(shape), TensorProto.INT8)],
+                   inits)
+    _int8_compare(proto, {"x": x})
+
+
+def test_int8_digits_model_matches_the_cpu_int8_path(tmp_path):
+    _needs_cuda()
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    data = np.load(os.path.join(ROOT, "examples", "digits_calibration.npz"))["input"]
+    q = edgedl.quantize(edgedl.load(path), [data[:64]], progress=False)
+    q.save(str(tmp_path / "d8.onnx"))
+    x = data[64:68]
+    cpu = edgedl.load(str(tmp_path / "d8.onnx")).run({"input": x})
+    model = edgedl.load(str(tmp_path / "d8.onnx"), device="cuda")
+    got = model.run({"input": x})
+    for name in cpu:
+        np.testing.assert_array_equal(got[name], cpu[name])

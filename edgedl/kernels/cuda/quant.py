@@ -1,0 +1,195 @@
+"""int8 on CUDA: QuantizeLinear, DequantizeLinear and QLinearConv, bit-exact with the CPU int8 path.
+
+Requantization follows :mod:`edgedl.quant.requant` to the bit in its three modes: TFLite's double rounding
+(``MultiplyByQuantizedMultiplier``: a saturating rounding doubling high multiply, then a rounding divide by a
+power of two), its single rounding, and onnxruntime's float32 scale with round-half-to-even. Integer steps run
+in int64; float steps in float32 as on the CPU. These are plain numba.cuda kernels (no ``__dp4a``): they run
+in the simulator, and the dp4a GEMM is the fast path to come.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, int64
+
+from .common import blocks, flat
+
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+
+
+@cuda.jit(device=True)
+def round_half_even(f):
+    """float32 to the nearest integer (as float32), ties to even (numpy's rint)."""
+    r = math.floor(f + float32(0.5))
+    if r - f == float32(0.5) and r - float32(2) * math.floor(r / float32(2)) != float32(0):
+        r -= float32(1)
+    return r
+
+
+@cuda.jit(device=True)
+def _trunc_div(a, d):
+    q = a // d
+    if a < 0 and q * d != a:
+        q += 1
+    return q
+
+
+@cuda.jit(device=True)
+def _wrap32(x):
+    x = x & int64(0xFFFFFFFF)
+    if x >= int64(1 << 31):
+        return x - int64(1 << 32)
+    return x
+
+
+@cuda.jit(device=True)
+def requantize(acc, m0, shift, fscale, zp, lo, hi, mode):
+    """One accumulator (int64) to the output integer (int64): see edgedl.quant.requant.requantize."""
+    if mode == 2:
+        f = float32(acc) * fscale
+        flo = float32(lo - zp)
+        fhi = float32(hi - zp)
+        f = max(min(f, fhi), flo)
+        v = int64(round_half_even(f)) + zp
+    elif mode == 1:
+        t = int64(31) - shift
+        v = ((acc * m0 + (int64(1) << (t - 1))) >> t) + zp
+    else:
+        left = shift if shift > 0 else int64(0)
+        right = -shift if shift < 0 else int64(0)
+        a = _wrap32(acc << left)
+        if a == INT32_MIN and m0 == INT32_MIN:
+            h = int64(INT32_MAX)
+        else:
+            ab = a * m0
+            nudge = int64(1 << 30) if ab >= 0 else int64(1 - (1 << 30))
+            h = _trunc_div(ab + nudge, int64(1 << 31))
+        mask = (int64(1) << right) - 1
+        rem = h & mask
+        threshold = (mask >> 1) + (int64(1) if h < 0 else int64(0))
+        v = (h >> right) + (int64(1) if rem > threshold else int64(0)) + zp
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@cuda.jit(cache=True)
+def _quantize(x, y, n, channels, inner, scale, zero, lo, hi):
+    # x: [n] float32 -> y: [n] int8/uint8; scale / zero: [channels] (1 channel per tensor)
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    c = (i // inner) % channels
+    v = round_half_even(x[i] / scale[c]) + float32(zero[c])
+    y[i] = int64(max(min(v, float32(hi)), float32(lo)))
+
+
+@cuda.jit(cache=True)
+def _dequantize(x, y, n, channels, inner, scale, zero):
+    i = cuda.grid(1)
+    if i < n:
+        c = (i // inner) % channels
+        y[i] = float32(int64(x[i]) - zero[c]) * scale[c]
+
+
+@cuda.jit(cache=True)
+def _qconv2d(x, w, bias, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, has_bias, xz, wz,
+             m0, shift, fscale, zp, lo, hi, mode):
+    # x: [N, C, H, W] 8-bit, w: [CO, C / groups, KH, KW] 8-bit, bias int32 [CO], y: [N, CO, OH, OW] 8-bit
+    i = cuda.grid(1)
+    if i >= total:
+        return
+    ox = i % ow
+    t = i // ow
+    oy = t % oh
+    t //= oh
+    o = t % co
+    nb = t // co
+    cpg = c // groups
+    g = o // (co // groups)
+    wzo = wz[o]
+    acc = int64(0)
+    for ci in range(cpg):
+        ch = g * cpg + ci
+        xbase = (nb * c + ch) * h
+        wbase = (o * cpg + ci) * kh
+        for ky in range(kh):
+            iy = oy * sh - ph + ky * dh
+            if iy < 0 or iy >= h:
+                continue
+            for kx in range(kw):
+                ix = ox * sw - pw + kx * dw
+                if ix >= 0 and ix < wd:
+                    acc += (int64(x[(xbase + iy) * wd + ix]) - xz) * (int64(w[(wbase + ky) * kw + kx]) - wzo)
+    if has_bias:
+        acc += int64(bias[o])
+    y[i] = requantize(acc, m0[o], shift[o], fscale[o], zp, lo, hi, mode)
+
+
+def _channels(scale, zero, shape, axis):
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    zero = np.zeros(scale.size, np.int64) if zero is None else np.asarray(zero).astype(np.int64).reshape(-1)
+    if axis is None:
+        return scale[:1], zero[:1], 1, 1
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return scale, np.broadcast_to(zero, scale.shape).copy(), int(shape[axis]), inner
+
+
+class Quantize:
+    """float32 -> 8-bit, per tensor (``axis`` None) or per ``axis``, constant scale and zero point."""
+
+    def __init__(self, shape, axis, scale, zero, qtype):
+        s, z, self.channels, self.inner = _channels(scale, zero, shape, axis)
+        self.scale, self.zero = cuda.to_device(s), cuda.to_device(z)
+        info = np.iinfo(qtype)
+        self.lo, self.hi = int(info.min), int(info.max)
+        self.n = int(np.prod(shape, dtype=np.int64))
+
+    def __call__(self, x, y, stream=0):
+        if self.n:
+            _quantize[blocks(self.n), 128, stream](flat(x), flat(y), self.n, self.channels, self.inner, self.scale,
+                                                   self.zero, self.lo, self.hi)
+
+
+class Dequantize:
+    """8-bit -> float32: (x - zero) * scale."""
+
+    def __init__(self, shape, axis, scale, zero):
+        s, z, self.channels, self.inner = _channels(scale, zero, shape, axis)
+        self.scale, self.zero = cuda.to_device(s), cuda.to_device(z)
+        self.n = int(np.prod(shape, dtype=np.int64))
+
+    def __call__(self, x, y, stream=0):
+        if self.n:
+            _dequantize[blocks(self.n), 128, stream](flat(x), flat(y), self.n, self.channels, self.inner,
+                                                     self.scale, self.zero)
+
+
+class QConv2d:
+    """QLinearConv of fixed geometry with its requantization (:class:`edgedl.quant.requant.Requant`)."""
+
+    def __init__(self, x_shape, w_shape, y_shape, strides, pads, dilations, groups, x_zp, w_zp, req):
+        self.n, self.c, self.h, self.w = (int(v) for v in x_shape)
+        self.co, _, self.kh, self.kw = (int(v) for v in w_shape)
+        self.oh, self.ow = int(y_shape[2]), int(y_shape[3])
+        (self.sh, self.sw), (self.dh, self.dw) = (int(v) for v in strides), (int(v) for v in dilations)
+        self.ph, self.pw = int(pads[0]), int(pads[1])
+        self.groups, self.xz = int(groups), int(x_zp)
+        self.wz = cuda.to_device(np.ascontiguousarray(np.broadcast_to(np.asarray(w_zp, np.int64), (self.co,))))
+        self.m0 = cuda.to_device(np.ascontiguousarray(req.m0, np.int64))
+        self.shift = cuda.to_device(np.ascontiguousarray(req.shift, np.int64))
+        self.fscale = cuda.to_device(np.ascontiguousarray(req.fscale, np.float32))
+        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+        self.total = self.n * self.co * self.oh * self.ow
+
+    def __call__(self, x, w, bias, y, stream=0):
+        yf = flat(y)
+        _qconv2d[blocks(self.total), 128, stream](
+            flat(x), flat(w), flat(bias) if bias is not None else self.m0, yf, self.total, self.c, self.h, self.w,
+            self.co, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw,
+            self.groups, bias is not None, self.xz, self.wz, self.m0, self.shift, self.fscale, self.zp, self.lo,
+            self.hi, self.mode)
