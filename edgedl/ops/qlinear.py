@@ -382,7 +382,7 @@ class QLinearMatMul(Op):
     kernel handles per-tensor a parameters and a constant 2-D b (per-column b parameters)."""
 
     op_type = "QLinearMatMul"
-    kernels = {"cpu": ("int8", "uint8")}
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
     num_inputs = (8, 8)
 
     def __init__(self, node, opset):
@@ -415,6 +415,15 @@ class QLinearMatMul(Op):
         a_zp, b_zp, req = self._params(consts, ins, outs[0].dtype)
         gemm = QGemm(np.ascontiguousarray(consts[3].T), None, req, a_zp, b_zp)
         return _MatMulRows.kernel(gemm, ins[0].shape, outs[0].shape)
+
+    def build_cuda(self, ins, outs, consts):
+        if consts[3] is None or len(ins[3].shape) != 2 or len(ins[0].shape) < 1:
+            return None
+        try:
+            a_zp, b_zp, req = self._params(consts, ins, outs[0].dtype)
+        except EdgeDLError:
+            return None
+        return _cuda_rows(ins[0].shape, outs[0].shape, np.ascontiguousarray(consts[3].T), None, a_zp, b_zp, req)
 
 
 @register
@@ -460,7 +469,7 @@ class QGemmMicrosoft(Op):
 
     op_type = "QGemm"
     domain = "com.microsoft"
-    kernels = {"cpu": ("int8", "uint8")}
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
     num_inputs = (6, 9)
 
     def __init__(self, node, opset):
@@ -531,6 +540,41 @@ class QGemmMicrosoft(Op):
         bias = None if c is None else np.broadcast_to(c.reshape(-1), (n,)).astype(np.int32)
         gemm = QGemm(np.ascontiguousarray(b), bias, req, a_zp, b_zp)
         return _MatMulRows.kernel(gemm, ins[0].shape, outs[0].shape)
+
+    def build_cuda(self, ins, outs, consts):
+        c_given = len(self.node.inputs) > 6 and bool(self.node.inputs[6])
+        c = consts[6] if c_given else None
+        column_c = not c_given or (c is not None and (len(c.shape) < 2 or c.shape[0] == 1))
+        if (consts[3] is None or self.trans_a or not column_c or not self.quantized
+                or any(consts[i] is None for i in (1, 2, 4, 5))):
+            return None  # as on the CPU: the reference runs it, on the host
+        b = consts[3] if self.trans_b else consts[3].T
+        n = b.shape[0]
+        a_zp = int(scalar_param(self, consts, ins, 2, "a_zero_point", ins[0].dtype))
+        b_zp = channel_param(self, consts, 5, "b_zero_point", n).astype(np.int64)
+        b_scale = channel_param(self, consts, 4, "b_scale", n)
+        a_scale = np.float32(self.alpha) * np.float32(scalar_param(self, consts, ins, 1, "a_scale"))
+        y_scale = scalar_param(self, consts, ins, 7, "y_scale")
+        y_zp = int(scalar_param(self, consts, ins, 8, "y_zero_point", outs[0].dtype))
+        lo, hi = output_bounds(self, float(y_scale), y_zp, outs[0].dtype, self.mode)
+        req = Requant.for_scales(a_scale, b_scale, y_scale, n, y_zp, lo, hi, self.mode)
+        bias = None if not c_given else np.broadcast_to(consts[6].reshape(-1), (n,)).astype(np.int32)
+        return _cuda_rows(ins[0].shape, outs[0].shape, np.ascontiguousarray(b), bias, a_zp, b_zp, req)
+
+
+def _cuda_rows(a_shape, out_shape, b_nk, bias, a_zp, b_zp, req) -> Kernel:
+    """The CUDA kernel of an 8-bit GEMM over every row of A against a constant B [N, K] (uploaded once)."""
+    from numba import cuda
+
+    from ..kernels.cuda.quant import QGemmRows
+
+    k = a_shape[-1]
+    rows = int(np.prod(a_shape[:-1], dtype=np.int64)) if len(a_shape) > 1 else 1
+    n = out_shape[-1] if len(out_shape) else 1
+    g = QGemmRows(rows, n, k, a_zp, b_zp, req)
+    b_dev = cuda.to_device(b_nk)
+    bias_dev = None if bias is None else cuda.to_device(np.ascontiguousarray(bias, np.int32))
+    return Kernel(lambda inputs, outputs, stream: g(inputs[0], b_dev, bias_dev, outputs[0], stream), impl="cuda")
 
 
 @register

@@ -407,3 +407,16 @@ def test_int8_digits_model_matches_the_cpu_int8_path(tmp_path):
     got = model.run({"input": x})
     for name in cpu:
         np.testing.assert_array_equal(got[name], cpu[name])
+
+
+@pytest.mark.parametrize("requant", ["float", "double"])
+def test_qlinearmatmul_bit_exact(requant):
+    a = RNG.integers(0, 256, (2, 3, 20)).astype(np.uint8)
+    b = RNG.integers(-128, 128, (20, 6)).astype(np.int8)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.array(0.03, np.float32), "as"), (np.array(120, np.uint8), "az"), (b, "b"),
+        ((RNG.random(6) * 0.01 + 0.002).astype(np.float32), "bs"), (np.zeros(6, np.int8), "bz"),
+        (np.array(0.07, np.float32), "ys"), (np.array(128, np.uint8), "yz"))]
+    node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], _requant=requant)
+    proto = _model([node], [_vi("a", [2, 3, 20], TensorProto.UINT8)], [_vi("y", [2, 3, 6], TensorProto.UINT8)], inits)
+    _int8_compare(proto, {"a": a})

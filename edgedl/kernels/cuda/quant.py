@@ -193,3 +193,41 @@ class QConv2d:
             self.co, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw,
             self.groups, bias is not None, self.xz, self.wz, self.m0, self.shift, self.fscale, self.zp, self.lo,
             self.hi, self.mode)
+
+
+@cuda.jit(cache=True)
+def _qgemm_rows(a, b, bias, y, m, n, k, az, bz, has_bias, m0, shift, fscale, zp, lo, hi, mode):
+    # a: [M, K] 8-bit, b: [N, K] 8-bit (B transposed), bias int32 [N], y: [M, N] 8-bit
+    i = cuda.grid(1)
+    if i >= m * n:
+        return
+    col = i % n
+    row = i // n
+    zb = bz[col]
+    acc = int64(0)
+    for t in range(k):
+        acc += (int64(a[row * k + t]) - az) * (int64(b[col * k + t]) - zb)
+    if has_bias:
+        acc += int64(bias[col])
+    y[i] = requantize(acc, m0[col], shift[col], fscale[col], zp, lo, hi, mode)
+
+
+class QGemmRows:
+    """Every row of A [M, K] against a constant B given as [N, K], per-column zero points and requantization
+    (QLinearMatMul with a 2-D B, com.microsoft QGemm)."""
+
+    def __init__(self, m, n, k, a_zp, b_zp, req):
+        self.m, self.n, self.k, self.az = int(m), int(n), int(k), int(a_zp)
+        self.bz = cuda.to_device(np.ascontiguousarray(np.broadcast_to(np.asarray(b_zp, np.int64), (self.n,))))
+        self.m0 = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.m0, (self.n,)), np.int64))
+        self.shift = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.shift, (self.n,)), np.int64))
+        self.fscale = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.fscale, (self.n,)), np.float32))
+        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+
+    def __call__(self, a, b_nk, bias, y, stream=0):
+        total = self.m * self.n
+        if total:
+            _qgemm_rows[blocks(total), 128, stream](flat(a), flat(b_nk), flat(bias) if bias is not None else self.m0,
+                                                    flat(y), self.m, self.n, self.k, self.az, self.bz,
+                                                    bias is not None, self.m0, self.shift, self.fscale, self.zp,
+                                                    self.lo, self.hi, self.mode)
