@@ -140,6 +140,7 @@ class Pow(Op):
     """X ** Y with numpy broadcasting; the result has X's dtype (Y may differ, as the spec allows)."""
 
     op_type = "Pow"
+    kernels = {"cuda": ("float32",)}
     num_inputs = (2, 2)
 
     def infer(self, ins, consts):
@@ -156,8 +157,6 @@ class Pow(Op):
             outputs[0][...] = self.ref(*inputs)[0]
 
         return Kernel(run, impl="numpy")
-
-    kernels = {"cuda": ("float32",)}
 
     def build_cuda(self, ins, outs, consts):
         """float32 base: a constant scalar exponent (x * x for 2), else elementwise pow with broadcasting."""

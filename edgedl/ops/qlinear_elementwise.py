@@ -53,7 +53,7 @@ def _pool_kernel(k) -> Kernel:
 
 class _QBinaryOp(Op):
     domain = MS
-    kernels = {"cpu": ("int8", "uint8")}
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
     num_inputs = (7, 8)
     kind = ""
 
@@ -102,6 +102,19 @@ class _QBinaryOp(Op):
             return k.bind(inputs[0], inputs[3], outputs[0])
 
         return Kernel(run, bind=bind)
+
+    def build_cuda(self, ins, outs, consts):
+        from ..errors import EdgeDLError
+
+        try:
+            (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(consts, ins, outs[0].dtype)
+        except EdgeDLError:
+            return None  # quantization parameters computed at run time
+        from ..kernels.cuda.quant import QBinary
+
+        k = QBinary(self.kind, ins[0].shape, ins[3].shape, outs[0].shape, asc, azp, bsc, bzp, ysc, yzp, lo, hi,
+                    self.mode)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], inputs[3], outputs[0], stream), impl="cuda")
 
 
 @register
@@ -356,6 +369,7 @@ class QLinearGlobalAveragePool(_QUnary):
     """com.microsoft QLinearGlobalAveragePool (channels_last 0: NC...; 1: N...C)."""
 
     op_type = "QLinearGlobalAveragePool"
+    kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
 
     def infer(self, ins, consts):
         x = ins[0]
@@ -396,6 +410,22 @@ class QLinearGlobalAveragePool(_QUnary):
         hw = int(np.prod(x.shape[2:], dtype=np.int64))
         k = QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, lo, hi, self.mode)
         return _pool_kernel(k)
+
+    def build_cuda(self, ins, outs, consts):
+        from ..errors import EdgeDLError
+
+        if self.channels_last:
+            return None
+        try:
+            (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, outs[0].dtype)
+        except EdgeDLError:
+            return None
+        from ..kernels.cuda.quant import QGlobalAverage
+
+        x = ins[0]
+        k = QGlobalAverage(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)), xs, xz, ys, yz, lo, hi,
+                           self.mode)
+        return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
 
 @register

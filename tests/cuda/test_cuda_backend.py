@@ -420,3 +420,44 @@ def test_qlinearmatmul_bit_exact(requant):
     node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], _requant=requant)
     proto = _model([node], [_vi("a", [2, 3, 20], TensorProto.UINT8)], [_vi("y", [2, 3, 6], TensorProto.UINT8)], inits)
     _int8_compare(proto, {"a": a})
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("requant", ["double", "single", "float"])
+@pytest.mark.parametrize("b_shape", [(2, 3, 8), (3, 1), (1, 8)])
+def test_qlinear_add_mul(op, requant, b_shape):
+    from edgedl.kernels.cuda import simulated
+
+    a = RNG.integers(-128, 128, (2, 3, 8)).astype(np.int8)
+    b = RNG.integers(-128, 128, b_shape).astype(np.int8)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.array(0.031, np.float32), "as"), (np.array(-3, np.int8), "az"), (np.array(0.047, np.float32), "bs"),
+        (np.array(5, np.int8), "bz"), (np.array(0.06 if op == "QLinearAdd" else 0.9, np.float32), "ys"),
+        (np.array(2, np.int8), "yz"))]
+    node = helper.make_node(op, ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], domain="com.microsoft",
+                            _requant=requant)
+    graph = helper.make_graph([node], "g", [_vi("a", [2, 3, 8], TensorProto.INT8), _vi("b", list(b_shape),
+                                                                                        TensorProto.INT8)],
+                              [_vi("y", [2, 3, 8], TensorProto.INT8)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    feeds = {"a": a, "b": b}
+    if requant == "float" and op == "QLinearAdd" and simulated():
+        # the simulator's fma rounds twice (a real GPU's once, as onnxruntime's AVX2 kernel): within 1 LSB here
+        _needs_cuda()
+        got = edgedl.load(proto, device="cuda").run(feeds)["y"].astype(int)
+        assert np.abs(got - edgedl.load(proto).run(feeds)["y"].astype(int)).max() <= 1
+        return
+    _int8_compare(proto, feeds)
+
+
+@pytest.mark.parametrize("requant", ["double", "single", "float"])
+def test_qlinear_global_average_pool(requant):
+    x = RNG.integers(-128, 128, (2, 3, 5, 4)).astype(np.int8)
+    inits = [numpy_helper.from_array(v, n) for v, n in ((np.array(0.05, np.float32), "xs"), (np.array(-7, np.int8), "xz"),
+                                                         (np.array(0.02, np.float32), "ys"), (np.array(4, np.int8), "yz"))]
+    node = helper.make_node("QLinearGlobalAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft",
+                            _requant=requant)
+    graph = helper.make_graph([node], "g", [_vi("x", [2, 3, 5, 4], TensorProto.INT8)],
+                              [_vi("y", [2, 3, 1, 1], TensorProto.INT8)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    _int8_compare(proto, {"x": x})

@@ -45,6 +45,40 @@ def _wrap32(x):
 
 
 @cuda.jit(device=True)
+def mbqm_double(x, m0, shift):
+    """TFLite's MultiplyByQuantizedMultiplier (double rounding) of an int64 holding an int32 value."""
+    left = shift if shift > 0 else int64(0)
+    right = -shift if shift < 0 else int64(0)
+    a = _wrap32(x << left)
+    if a == INT32_MIN and m0 == INT32_MIN:
+        h = int64(INT32_MAX)
+    else:
+        ab = a * m0
+        nudge = int64(1 << 30) if ab >= 0 else int64(1 - (1 << 30))
+        h = _trunc_div(ab + nudge, int64(1 << 31))
+    mask = (int64(1) << right) - 1
+    rem = h & mask
+    threshold = (mask >> 1) + (int64(1) if h < 0 else int64(0))
+    return (h >> right) + (int64(1) if rem > threshold else int64(0))
+
+
+@cuda.jit(device=True)
+def mbqm_single(x, m0, shift):
+    """TFLite's single-rounding MultiplyByQuantizedMultiplier: (x * m0 + 2^(t-1)) >> t, t = 31 - shift."""
+    t = int64(31) - shift
+    return (x * m0 + (int64(1) << (t - 1))) >> t
+
+
+@cuda.jit(device=True)
+def clamp(v, lo, hi):
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@cuda.jit(device=True)
 def requantize(acc, m0, shift, fscale, zp, lo, hi, mode):
     """One accumulator (int64) to the output integer (int64): see edgedl.quant.requant.requantize."""
     if mode == 2:
@@ -54,27 +88,10 @@ def requantize(acc, m0, shift, fscale, zp, lo, hi, mode):
         f = max(min(f, fhi), flo)
         v = int64(round_half_even(f)) + zp
     elif mode == 1:
-        t = int64(31) - shift
-        v = ((acc * m0 + (int64(1) << (t - 1))) >> t) + zp
+        v = mbqm_single(acc, m0, shift) + zp
     else:
-        left = shift if shift > 0 else int64(0)
-        right = -shift if shift < 0 else int64(0)
-        a = _wrap32(acc << left)
-        if a == INT32_MIN and m0 == INT32_MIN:
-            h = int64(INT32_MAX)
-        else:
-            ab = a * m0
-            nudge = int64(1 << 30) if ab >= 0 else int64(1 - (1 << 30))
-            h = _trunc_div(ab + nudge, int64(1 << 31))
-        mask = (int64(1) << right) - 1
-        rem = h & mask
-        threshold = (mask >> 1) + (int64(1) if h < 0 else int64(0))
-        v = (h >> right) + (int64(1) if rem > threshold else int64(0)) + zp
-    if v < lo:
-        return lo
-    if v > hi:
-        return hi
-    return v
+        v = mbqm_double(acc, m0, shift) + zp
+    return clamp(v, lo, hi)
 
 
 @cuda.jit(cache=True)
@@ -231,3 +248,131 @@ class QGemmRows:
                                                     flat(y), self.m, self.n, self.k, self.az, self.bz,
                                                     bias is not None, self.m0, self.shift, self.fscale, self.zp,
                                                     self.lo, self.hi, self.mode)
+
+
+
+@cuda.jit(cache=True)
+def _qbinary(a, b, y, n, shape, sa, sb, rank, mul, mode, az, bz, yz, lo, hi, ints, floats):
+    # y[i] = QLinearAdd / QLinearMul of a[ia], b[ib] (numpy broadcasting through element strides)
+    # ints: add (m1, sh1, m2, sh2, mo, sho), mul (m0, sh); floats: add (rx, ry, fixed, swap), mul (ratio)
+    i = cuda.grid(1)
+    if i >= n:
+        return
+    rem = i
+    ia = 0
+    ib = 0
+    for d in range(rank - 1, -1, -1):
+        k = rem % shape[d]
+        rem //= shape[d]
+        ia += k * sa[d]
+        ib += k * sb[d]
+    xa = int64(a[ia])
+    xb = int64(b[ib])
+    if mode == 2:
+        if mul:
+            f = float32((xa - az) * (xb - bz)) * floats[0] + float32(yz)
+        elif floats[3] != float32(0):  # onnxruntime swaps the roles when A is constant along the last axis
+            f = cuda.fma(float32(xb), floats[0], cuda.fma(float32(xa), floats[1], floats[2]))
+        else:
+            f = cuda.fma(float32(xa), floats[0], cuda.fma(float32(xb), floats[1], floats[2]))
+        f = max(min(f, float32(1e9)), float32(-1e9))
+        v = int64(round_half_even(f))
+    elif mul:
+        acc = (xa - az) * (xb - bz)
+        v = (mbqm_single(acc, ints[0], ints[1]) if mode == 1 else mbqm_double(acc, ints[0], ints[1])) + yz
+    else:
+        x1 = (xa - az) * int64(1 << 20)
+        x2 = (xb - bz) * int64(1 << 20)
+        if mode == 1:
+            total = mbqm_single(x1, ints[0], ints[1]) + mbqm_single(x2, ints[2], ints[3])
+            v = mbqm_single(total, ints[4], ints[5]) + yz
+        else:
+            total = mbqm_double(x1, ints[0], ints[1]) + mbqm_double(x2, ints[2], ints[3])
+            v = mbqm_double(total, ints[4], ints[5]) + yz
+    y[i] = clamp(v, lo, hi)
+
+
+class QBinary:
+    """QLinearAdd / QLinearMul in every requantization mode (parameters as edgedl.quant.reference_ops
+    computes them), with numpy broadcasting."""
+
+    def __init__(self, kind, a_shape, b_shape, out_shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, lo, hi,
+                 mode):
+        from ...quant import reference as ref
+        from ...quant import reference_ops as R
+        from ...quant.fixed_point import quantize_multiplier
+        from .common import upload
+        from .elementwise import broadcast_strides
+
+        f32 = np.float32
+        out_shape = tuple(out_shape) or (1,)
+        self.n, self.rank = int(np.prod(out_shape, dtype=np.int64)), len(out_shape)
+        self.shape = upload(out_shape)
+        self.sa, self.sb = upload(broadcast_strides(a_shape, out_shape)), upload(broadcast_strides(b_shape, out_shape))
+        self.mul = kind == "mul"
+        self.mode, self.az, self.bz, self.yz, self.lo, self.hi = int(mode), int(a_zp), int(b_zp), int(y_zp), int(lo), \
+            int(hi)
+        ints, floats = [0], [f32(0)]
+        if self.mul:
+            ratio = f32(f32(f32(a_scale) * f32(b_scale)) / f32(y_scale))
+            ints, floats = list(quantize_multiplier(float(ratio))), [ratio]
+        else:
+            ints = list(ref.add_params(float(f32(a_scale)), float(f32(b_scale)), float(f32(y_scale))))
+            axes = [d for d, k in enumerate(out_shape) if k > 1]
+            a_full = (1,) * (len(out_shape) - len(a_shape)) + tuple(a_shape)
+            swap = not axes or a_full[axes[-1]] == 1
+            ra, rb = f32(f32(a_scale) / f32(y_scale)), f32(f32(b_scale) / f32(y_scale))
+            (rx, zx), (ry, zy) = ((rb, b_zp), (ra, a_zp)) if swap else ((ra, a_zp), (rb, b_zp))
+            fixed = f32(f32(y_zp) - R.fma_f32(rx, f32(zx), f32(ry * f32(zy))))
+            floats = [rx, ry, fixed, f32(1.0 if swap else 0.0)]
+        self.ints = upload(ints, np.int64)
+        self.floats = upload(floats, np.float32)
+
+    def __call__(self, a, b, y, stream=0):
+        if self.n:
+            _qbinary[blocks(self.n), 128, stream](flat(a), flat(b), flat(y), self.n, self.shape, self.sa, self.sb,
+                                                  self.rank, self.mul, self.mode, self.az, self.bz, self.yz, self.lo,
+                                                  self.hi, self.ints, self.floats)
+
+
+@cuda.jit(cache=True)
+def _qglobal_average(x, y, rows, hw, zero_sum, mode, fscale, m0, shift, offset, yz, lo, hi):
+    # x: [rows, hw] 8-bit -> y: [rows] 8-bit (QLinearGlobalAveragePool, NCHW)
+    r = cuda.grid(1)
+    if r >= rows:
+        return
+    acc = int64(0)
+    for j in range(hw):
+        acc += int64(x[r * hw + j])
+    if mode == 2:
+        f = float32(acc - zero_sum) * fscale
+        f = max(min(f, float32(hi - yz)), float32(lo - yz))
+        v = int64(round_half_even(f)) + yz
+    elif mode == 1:
+        v = mbqm_single(acc, m0, shift) + offset
+    else:
+        v = mbqm_double(acc, m0, shift) + offset
+    y[r] = clamp(v, lo, hi)
+
+
+class QGlobalAverage:
+    """QLinearGlobalAveragePool (NCHW) with the arithmetic of edgedl.quant.reference_ops in each mode."""
+
+    def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode):
+        from ...quant.fixed_point import quantize_multiplier
+
+        f32 = np.float32
+        self.rows, self.hw, self.mode = int(n) * int(c), int(hw), int(mode)
+        self.zero_sum = int(x_zp) * self.hw
+        self.fscale = f32(f32(x_scale) / f32(f32(y_scale) * f32(self.hw)))
+        temp = f32(f32(f32(x_zp) * f32(x_scale)) / f32(y_scale))
+        temp = f32(temp + f32(0.5)) if temp > 0 else f32(temp - f32(0.5))
+        self.offset = int(y_zp) - int(np.trunc(temp))
+        self.m0, self.shift = quantize_multiplier(float(f32(f32(x_scale) / f32(f32(self.hw) * f32(y_scale)))))
+        self.yz, self.lo, self.hi = int(y_zp), int(lo), int(hi)
+
+    def __call__(self, x, y, stream=0):
+        if self.rows:
+            _qglobal_average[blocks(self.rows), 128, stream](flat(x), flat(y), self.rows, self.hw, self.zero_sum,
+                                                             self.mode, self.fscale, int(self.m0), int(self.shift),
+                                                             self.offset, self.yz, self.lo, self.hi)
