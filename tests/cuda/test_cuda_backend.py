@@ -439,7 +439,8 @@ def test_qlinear_add_mul(op, requant, b_shape):
     graph = helper.make_graph([node], "g", [_vi("a", [2, 3, 8], TensorProto.INT8), _vi("b", list(b_shape),
                                                                                         TensorProto.INT8)],
                               [_vi("y", [2, 3, 8], TensorProto.INT8)], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     feeds = {"a": a, "b": b}
     if requant == "float" and op == "QLinearAdd" and simulated():
         # the simulator's fma rounds twice (a real GPU's once, as onnxruntime's AVX2 kernel): within 1 LSB here
@@ -453,11 +454,13 @@ def test_qlinear_add_mul(op, requant, b_shape):
 @pytest.mark.parametrize("requant", ["double", "single", "float"])
 def test_qlinear_global_average_pool(requant):
     x = RNG.integers(-128, 128, (2, 3, 5, 4)).astype(np.int8)
-    inits = [numpy_helper.from_array(v, n) for v, n in ((np.array(0.05, np.float32), "xs"), (np.array(-7, np.int8), "xz"),
-                                                         (np.array(0.02, np.float32), "ys"), (np.array(4, np.int8), "yz"))]
-    node = helper.make_node("QLinearGlobalAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft",
-                            _requant=requant)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.array(0.05, np.float32), "xs"), (np.array(-7, np.int8), "xz"), (np.array(0.02, np.float32), "ys"),
+        (np.array(4, np.int8), "yz"))]
+    node = helper.make_node("QLinearGlobalAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"],
+                            domain="com.microsoft", _requant=requant)
     graph = helper.make_graph([node], "g", [_vi("x", [2, 3, 5, 4], TensorProto.INT8)],
                               [_vi("y", [2, 3, 1, 1], TensorProto.INT8)], inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     _int8_compare(proto, {"x": x})
