@@ -15,6 +15,11 @@ memory and CUDA kernels.
 
 Feeds may be numpy arrays (copied in) or device arrays (anything with ``__cuda_array_interface__``: numba
 device arrays, CuPy, PyTorch CUDA tensors), used in place when C-contiguous and of the right shape and dtype.
+
+On a GPU that shares the host's memory (a Jetson: the device's ``INTEGRATED`` attribute), the input and output
+buffers are *mapped* host memory (``cuda.mapped_array``, zero-copy): feeding writes the host buffer the
+kernels read, and results are read where the kernels wrote them, with no copy engine in between; weights and
+activations stay in device memory.
 """
 from __future__ import annotations
 
@@ -40,9 +45,13 @@ class CudaStep:
 class CudaPlan:
     """A host plan's steps on the device (see the module docstring)."""
 
-    def __init__(self, host: Plan, ops: dict):
+    def __init__(self, host: Plan, ops: dict, zero_copy: bool | None = None):
         from numba import cuda
 
+        from ..kernels.cuda import device_info
+
+        #: inputs and outputs in mapped host memory (default: on integrated GPUs, see the module docstring)
+        self.zero_copy = bool(device_info()["integrated"]) if zero_copy is None else bool(zero_copy)
         self.host = host
         self.cuda = cuda
         self.stream = cuda.stream()
@@ -75,12 +84,12 @@ class CudaPlan:
         self.inputs = []
         for name, idx, _ in host.input_slots:
             t = host.types[name]
-            self.inputs.append((name, idx, t, cuda.device_array(t.shape, t.dtype, stream=self.stream)))
+            self.inputs.append((name, idx, t, self._io_buffer(t)))
         self.outputs = []
         for name, idx, _ in host.outputs:
             t = host.types[name]
             if isinstance(t, TensorType) and t.dtype != object and self.template[idx] is None:
-                self.template[idx] = cuda.device_array(t.shape, t.dtype, stream=self.stream)
+                self.template[idx] = self._io_buffer(t)
             self.outputs.append((name, idx))
         self.steps: list[CudaStep] = []
         for step in host.steps:
@@ -95,6 +104,11 @@ class CudaPlan:
                 kernel = step.op.build_cuda(ins_t, outs_t, consts)
             self.steps.append(CudaStep(step, "cuda" if kernel is not None else "host", kernel))
         self.stream.synchronize()
+
+    def _io_buffer(self, t: TensorType):
+        if self.zero_copy:
+            return self.cuda.mapped_array(t.shape, t.dtype)
+        return self.cuda.device_array(t.shape, t.dtype, stream=self.stream)
 
     # --- description -------------------------------------------------------------------------------
     def host_steps(self) -> list[str]:
@@ -128,7 +142,10 @@ class CudaPlan:
                                           f"takes {tuple(t.shape)} {np.dtype(t.dtype).name}, C-contiguous")
                     slots[idx] = dev
                 else:
-                    buf.copy_to_device(np.ascontiguousarray(value), stream=stream)
+                    if isinstance(buf, np.ndarray):  # mapped host memory: a host copy, no transfer
+                        np.copyto(buf, value)
+                    else:
+                        buf.copy_to_device(np.ascontiguousarray(value), stream=stream)
                     slots[idx] = buf
             for cstep in self.steps:
                 step = cstep.step
@@ -140,6 +157,8 @@ class CudaPlan:
                 else:
                     self._run_on_host(step, slots)
             results = {}
+            if self.zero_copy:
+                stream.synchronize()  # mapped outputs are read by the host below
             for name, idx in self.outputs:
                 value = slots[idx]
                 if not hasattr(value, "copy_to_host"):
@@ -148,6 +167,8 @@ class CudaPlan:
                     copy = cuda.device_array(value.shape, value.dtype, stream=stream)
                     copy.copy_to_device(value, stream=stream)
                     results[name] = copy
+                elif self.zero_copy and isinstance(value, np.ndarray):
+                    results[name] = np.array(value)  # mapped host memory: the kernels wrote it in place
                 else:
                     results[name] = value.copy_to_host(stream=stream)
             stream.synchronize()

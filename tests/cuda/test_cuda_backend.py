@@ -464,3 +464,19 @@ def test_qlinear_global_average_pool(requant):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("com.microsoft", 1)])
     _int8_compare(proto, {"x": x})
+
+
+def test_zero_copy_inputs_and_outputs_on_an_integrated_gpu():
+    """Mapped host memory for inputs and outputs (a Jetson), the same results."""
+    _needs_cuda()
+    from edgedl.runtime.cuda_plan import CudaPlan
+
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    x = np.load(os.path.join(ROOT, "examples", "digits_calibration.npz"))["input"][:2]
+    model = edgedl.load(path, device="cuda")
+    plan = CudaPlan(model.plan({"input": x.shape}), model._runner.op_classes, zero_copy=True)
+    assert plan.zero_copy
+    ref = edgedl.load(path).run({"input": x})
+    for _ in range(2):  # the mapped buffers are reused run after run
+        got = plan.run({"input": x})
+        np.testing.assert_allclose(got["logits"], ref["logits"], rtol=1e-4, atol=1e-4)
