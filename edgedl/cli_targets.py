@@ -104,6 +104,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     s.add_argument("--train", action="store_true", help="with models: also their training kernels")
     s.add_argument("--no-train", action="store_true", help="without models: leave the training kernels out")
+    s.add_argument("--cuda", action="store_true", help="also compile the CUDA kernels (device='cuda'; needs a GPU "
+                   "and numba-cuda)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_warmup)
     s = sub.add_parser("tune", help="measure the execution choices for a model on this board; write a tuned "
@@ -132,7 +134,16 @@ def cmd_warmup(args) -> int:
             from .errors import InputError
 
             raise InputError(f"model file '{m}' does not exist")
-    jobs = model_jobs(args.models, threads, args.train) if args.models else catalog_jobs(threads, not args.no_train)
+    if args.cuda:
+        from .kernels.cuda import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            from .errors import EdgeDLError
+
+            raise EdgeDLError(f"--cuda: {reason}")
+    jobs = model_jobs(args.models, threads, args.train, args.cuda) if args.models else \
+        catalog_jobs(threads, not args.no_train, args.cuda)
     what = f"{len(args.models)} model(s)" if args.models else "the kernel catalog (fp32, int8, training)"
     procs = min(len(jobs), args.jobs or os.cpu_count() or 1)
     print(f"warming {what} at {', '.join(map(str, threads))} thread(s) in {procs} processes; target: "

@@ -84,10 +84,13 @@ def native_jobs() -> list[dict]:
     return [{"native": fn.key} for fn in natives]
 
 
-def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:
+def catalog_jobs(threads: tuple[int, ...], train: bool = True, cuda: bool = False) -> list[dict]:
     """Jobs that prepare the catalog: the native functions, then each architecture in fp32 and int8 at each
-    thread count, and training."""
+    thread count, and training; with ``cuda``, each architecture on the GPU in fp32 and int8 too."""
     jobs = native_jobs()
+    if cuda:
+        jobs += [{"zoo": name, "kwargs": kwargs, "precision": p, "threads": 1, "device": "cuda"}
+                 for name, kwargs in CATALOG for p in ("fp32", "int8")]
     for name, kwargs in CATALOG:
         for precision in ("fp32", "int8"):
             for t in threads:
@@ -100,10 +103,12 @@ def catalog_jobs(threads: tuple[int, ...], train: bool = True) -> list[dict]:
     return jobs
 
 
-def model_jobs(models: list[str], threads: tuple[int, ...], train: bool = False) -> list[dict]:
+def model_jobs(models: list[str], threads: tuple[int, ...], train: bool = False, cuda: bool = False) -> list[dict]:
     """Jobs that prepare given model files: the native functions, then each model at each thread count (serial
-    and parallel kernels differ)."""
+    and parallel kernels differ); with ``cuda``, each model on the GPU too (its CUDA kernels, cached)."""
     jobs = native_jobs() + [{"model": str(m), "precision": "fp32", "threads": t} for m in models for t in threads]
+    if cuda:
+        jobs += [{"model": str(m), "precision": "fp32", "threads": 1, "device": "cuda"} for m in models]
     if train:
         jobs += [{"model": str(m), "precision": "train", "threads": t} for m in models for t in threads]
     return jobs
@@ -135,12 +140,19 @@ def run_job(job: dict, target=None) -> dict:
         src = getattr(zoo, job["zoo"])(**job.get("kwargs", {})).SerializeToString()
     else:
         src = job["model"]
-    model = edgedl.load(src, target=target, num_threads=job["threads"])
+    model = edgedl.load(src, target=target, num_threads=job["threads"], device=job.get("device", "cpu"))
     feeds = _zeros_feeds(model)
     if job["precision"] == "int8":
         rng = np.random.default_rng(0)
         calib = [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in feeds.items()} for _ in range(2)]
         model = edgedl.quantize(model, calib, progress=False)
+        if job.get("device") == "cuda":  # the quantized model, loaded on the GPU
+            import os
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save(os.path.join(tmp, "q.onnx"))
+                model = edgedl.load(os.path.join(tmp, "q.onnx"), target=target, device="cuda")
         model.run(feeds)
     elif job["precision"] == "train":
         _train_step(model, feeds)
@@ -180,6 +192,8 @@ def _describe(job: dict) -> str:
     if "native" in job:
         return f"native function {job['native'].split(':')[1]}"
     what = job.get("zoo") or job.get("model")
+    if job.get("device") == "cuda":
+        return f"{what} {job['precision']} on cuda"
     return f"{what} {job['precision']} {job['threads']} thread(s)"
 
 

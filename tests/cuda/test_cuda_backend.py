@@ -480,3 +480,16 @@ def test_zero_copy_inputs_and_outputs_on_an_integrated_gpu():
     for _ in range(2):  # the mapped buffers are reused run after run
         got = plan.run({"input": x})
         np.testing.assert_allclose(got["logits"], ref["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_warmup_jobs_compile_the_cuda_kernels():
+    _needs_cuda()
+    from edgedl.runtime.warmup import CATALOG, _describe, model_jobs, run_job
+
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    jobs = [j for j in model_jobs([path], (1,), cuda=True) if j.get("device") == "cuda"]
+    assert len(jobs) == 1 and "on cuda" in _describe(jobs[0])
+    assert run_job(jobs[0])["seconds"] > 0
+    int8 = {"zoo": "digits_cnn", "kwargs": dict(CATALOG)["digits_cnn"], "precision": "int8", "threads": 1,
+            "device": "cuda"}
+    assert run_job(int8)["seconds"] > 0
