@@ -95,27 +95,35 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     from .converters.onnx_import import import_onnx
     from .runtime.compile_ahead import maybe_compile_ahead
 
-    device = _device(device, target)
+    device, why = _device(device, target)
     source = import_onnx(src)
     graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
-    return Model(graph, target=target, num_threads=num_threads, source=source, device=device)
+    model = Model(graph, target=target, num_threads=num_threads, source=source, device=device)
+    model.device_note = why
+    return model
 
 
-def _device(device: str | None, target) -> str:
-    """The device a model runs on (see :func:`load`): an explicit "cuda" must be able to run here."""
+def _device(device: str | None, target) -> tuple[str, str | None]:
+    """The device a model runs on (see :func:`load`) and, when the target prefers CUDA but gets the CPU, why.
+    An explicit "cuda" must be able to run here."""
     from .kernels.cuda import simulated, unavailable_reason
 
     if device is None:
-        wants = getattr(target, "preferred_device", "cpu") == "cuda"
-        # the simulator is for tests: never chosen by default
-        return "cuda" if wants and not simulated() and unavailable_reason() is None else "cpu"
+        if getattr(target, "preferred_device", "cpu") != "cuda":
+            return "cpu", None
+        if simulated():  # the simulator is for tests: never chosen by default
+            return "cpu", "the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) is never chosen by default"
+        reason = unavailable_reason()
+        if reason is None:
+            return "cuda", None
+        return "cpu", f"target {target.name!r} prefers cuda, but {reason}: running on the CPU cores"
     if device == "cuda":
         reason = unavailable_reason()
         if reason is not None:
             raise EdgeDLError(f"device='cuda' cannot run here: {reason}")
-    return device
+    return device, None
 
 
 def _run_graph(source, optimize: bool = True):

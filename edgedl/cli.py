@@ -28,6 +28,8 @@ def cmd_info(args) -> int:
 
     model = edgedl.load(args.model, target=args.target, device=args.device)
     print(f"model: {args.model}  (graph '{model.graph.name}', opset {model.graph.opset}; device {model.device})")
+    if model.device_note:
+        print(f"device: {model.device_note}")
     print("inputs:")
     for t in model.inputs:
         print(f"  {t.name}: {np.dtype(t.dtype).name} {_fmt_shape(t.shape)}")

@@ -44,6 +44,8 @@ class Model:
         self.device = device
         #: the CUDA plan of each host plan (by id; the host plan is kept alive beside it)
         self._cuda_plans: dict[int, tuple] = {}
+        #: why the model runs on the CPU although its target prefers CUDA (a Jetson without a usable GPU), or None
+        self.device_note: str | None = None
         #: the :class:`edgedl.targets.Target` in force (its thread count, thresholds, int8 kernel), or None
         #: for the runtime's defaults
         self.target = target

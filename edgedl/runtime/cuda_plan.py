@@ -57,6 +57,7 @@ class CudaPlan:
         self.stream = cuda.stream()
         self.lock = threading.Lock()
         template = host.template
+        _check_device_memory(cuda, self.device_bytes_needed(host))
         arena_ptr = host.arena.__array_interface__["data"][0]
         arena_end = arena_ptr + host.arena.nbytes
         self.arena = cuda.device_array(max(host.arena_bytes, 1), np.uint8)
@@ -109,6 +110,19 @@ class CudaPlan:
         if self.zero_copy:
             return self.cuda.mapped_array(t.shape, t.dtype)
         return self.cuda.device_array(t.shape, t.dtype, stream=self.stream)
+
+    @staticmethod
+    def device_bytes_needed(host: Plan) -> int:
+        """Device memory a plan needs: its arena, its constants, and a buffer per input and output."""
+        total = host.arena_bytes
+        for value in host.template:
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                total += value.nbytes  # constants (arena views are counted twice: an upper bound)
+        for name in list(host.input_types) + [n for n, _, _ in host.outputs]:
+            t = host.types.get(name)
+            if isinstance(t, TensorType) and t.dtype != object:
+                total += t.nbytes
+        return int(total)
 
     # --- description -------------------------------------------------------------------------------
     def host_steps(self) -> list[str]:
@@ -215,3 +229,15 @@ def _to_host(value):
 
         return cuda.as_cuda_array(value).copy_to_host()
     return value
+
+
+def _check_device_memory(cuda, needed: int) -> None:
+    """An EdgeDLError naming the bytes needed and free when the plan cannot fit in the GPU's free memory."""
+    try:
+        free, total = cuda.current_context().get_memory_info()
+    except Exception:  # noqa: BLE001 - a context that cannot say: the allocations themselves will tell
+        return
+    if needed > free:
+        raise EdgeDLError(f"the model needs about {needed / 2**20:.1f} MiB of GPU memory (arena, weights, inputs and "
+                          f"outputs) but {free / 2**20:.1f} MiB of {total / 2**20:.1f} MiB are free: run it on the "
+                          "CPU (device='cpu'), with smaller inputs, or after freeing GPU memory")

@@ -205,7 +205,9 @@ def test_device_errors(monkeypatch):
     monkeypatch.setattr(kc, "_reason", ["numba.cuda finds no usable GPU (no CUDA driver or GPU found)"])
     with pytest.raises(EdgeDLError, match="cannot run here: numba.cuda finds no usable GPU"):
         edgedl.load(path, device="cuda")
-    assert edgedl.load(path, target="jetson-orin-nano").device == "cpu"  # no usable GPU: the CPU cores
+    monkeypatch.setattr(kc, "simulated", lambda: False)
+    on_cpu = edgedl.load(path, target="jetson-orin-nano")  # no usable GPU: the CPU cores, and why
+    assert on_cpu.device == "cpu" and "prefers cuda" in on_cpu.device_note
 
 
 @pytest.mark.parametrize("shape,perm", [((2, 3, 4), [2, 0, 1]), ((3, 5), None), ((2, 1, 3, 2), [0, 3, 1, 2])])
@@ -493,3 +495,14 @@ def test_warmup_jobs_compile_the_cuda_kernels():
     int8 = {"zoo": "digits_cnn", "kwargs": dict(CATALOG)["digits_cnn"], "precision": "int8", "threads": 1,
             "device": "cuda"}
     assert run_job(int8)["seconds"] > 0
+
+
+def test_out_of_device_memory_is_a_clear_error(monkeypatch):
+    _needs_cuda()
+    from collections import namedtuple
+
+    info = namedtuple("info", "free total")(1024, 4096)
+    monkeypatch.setattr(type(cuda.current_context()), "get_memory_info", lambda self: info)
+    model = edgedl.load(os.path.join(ROOT, "examples", "digits_cnn.onnx"), device="cuda")
+    with pytest.raises(EdgeDLError, match=r"needs about .* MiB of GPU memory .* 0\.0 MiB of 0\.0 MiB are free"):
+        model.run({"input": np.zeros((1, 1, 8, 8), np.float32)})
