@@ -63,12 +63,15 @@ class TrainingRunner:
     ``buffers`` fed at run time; ``output``: the output the loss reads. ``quantized``: the graphs are in
     fake-quantized form (:mod:`edgedl.train.qat`), so the frozen prefix runs as int8. ``frozen_prefix=False``
     runs the frozen part on the tape too: slower, but its activations are freed as they go rather than held in
-    an inference arena (what a tight memory budget wants)."""
+    an inference arena (what a tight memory budget wants). ``device="cuda"`` runs the frozen prefix on the GPU
+    (a CUDA plan, see :mod:`edgedl.runtime.cuda_plan`); the trained layers' forward and backward run on the
+    host."""
 
     def __init__(self, train_graph: Graph, eval_graph: Graph, params: list[str], buffers: list[str], output: str,
                  *, quantized: bool = False, num_threads: int | None = None, frozen_prefix: bool = True,
-                 prefix_chunk: int | None = PREFIX_CHUNK):
+                 prefix_chunk: int | None = PREFIX_CHUNK, device: str = "cpu"):
         self.params, self.buffers, self.output = list(params), list(buffers), output
+        self.device = device
         #: samples per run of the frozen prefix (its arena is sized for that many); None: the whole batch
         self.prefix_chunk = prefix_chunk
         self.quantized, self.num_threads = quantized, num_threads
@@ -99,7 +102,7 @@ class TrainingRunner:
 
                 graph = QatGraph(graph).export()
             self._prefix[key] = None if graph is None else Model(optimize(copy_graph(graph)), source=graph,
-                                                                 num_threads=self.num_threads)
+                                                                 num_threads=self.num_threads, device=self.device)
         return self._prefix[key]
 
     def frontier(self, feeds: dict[str, np.ndarray], train: bool) -> dict[str, np.ndarray]:

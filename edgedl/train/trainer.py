@@ -301,7 +301,7 @@ class Trainer:
         return TrainingRunner(train_graph, eval_graph, names, buffers + dropout, self.output,
                               quantized=self.qat is not None, num_threads=getattr(self.model, "num_threads", None),
                               frozen_prefix=not self._budgeted or self.qat is not None,
-                              prefix_chunk=self.prefix_chunk)
+                              prefix_chunk=self.prefix_chunk, device=getattr(self.model, "device", "cpu"))
 
     # -- memory budget -----------------------------------------------------------------------------------
     @property

@@ -506,3 +506,25 @@ def test_out_of_device_memory_is_a_clear_error(monkeypatch):
     model = edgedl.load(os.path.join(ROOT, "examples", "digits_cnn.onnx"), device="cuda")
     with pytest.raises(EdgeDLError, match=r"needs about .* MiB of GPU memory .* 0\.0 MiB of 0\.0 MiB are free"):
         model.run({"input": np.zeros((1, 1, 8, 8), np.float32)})
+
+
+def test_fine_tuning_with_the_frozen_backbone_on_the_gpu():
+    """Trainer on a model loaded with device="cuda": the frozen prefix runs as a CUDA plan, the trained last
+    layer on the host; the same losses and weights as on the CPU."""
+    _needs_cuda()
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    data = np.load(os.path.join(ROOT, "examples", "digits_calibration.npz"))["input"][:16]
+    labels = np.arange(16) % 10
+    results = []
+    for device in ("cpu", "cuda"):
+        model = edgedl.load(path, device=device)
+        trainer = edgedl.Trainer(model, optimizer=edgedl.train.Adam(lr=1e-2), trainable="last:1", seed=0)
+        losses = [trainer.train_step(data[:8], labels[:8])[0] for _ in range(3)]
+        results.append((losses, {k: v.copy() for k, v in trainer.params.items()}))
+        if device == "cuda":
+            prefix = trainer.runner._prefix_model(trainer.runner.train_split)
+            assert prefix is not None and prefix.device == "cuda"
+    (l_cpu, p_cpu), (l_gpu, p_gpu) = results
+    np.testing.assert_allclose([float(v) for v in l_gpu], [float(v) for v in l_cpu], rtol=1e-4)
+    for name in p_cpu:
+        np.testing.assert_allclose(p_gpu[name], p_cpu[name], rtol=1e-4, atol=1e-5)
