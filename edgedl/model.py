@@ -227,7 +227,8 @@ class Model:
         ``profile``: a list to which the run appends one :class:`edgedl.runtime.plan.StepTime` (``node``,
         ``kernel``, ``seconds``) per executed step, in run order (``edgedl bench --op-profile`` uses it).
         Reading the clock around every step costs about a microsecond per step; runs without it are not
-        slowed.
+        slowed. On the ``cuda`` device the stream is synchronized after every step (each step's own cost, host
+        steps with their transfers).
 
         On the ``cuda`` device, feeds may also be device arrays (anything with ``__cuda_array_interface__``:
         numba device arrays, CuPy, PyTorch CUDA tensors), and ``outputs="device"`` returns numba device arrays
@@ -260,10 +261,9 @@ class Model:
     def _run_cuda(self, feeds, profile, outputs):
         from .runtime.cuda_plan import CudaPlan
 
-        if profile is not None:
-            raise InputError("per-step profiles are measured on the CPU device only (for now)")
         if isinstance(feeds, dict) and self._overridable and not set(feeds).isdisjoint(self._overridable):
-            return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds, outputs=outputs)
+            return self._with_inputs(frozenset(set(feeds) & self._overridable)).run(feeds, outputs=outputs,
+                                                                                    profile=profile)
         feeds = self._check_feeds(feeds)
         shapes = {n: tuple(getattr(a, "shape", ())) for n, a in feeds.items()}
         host_values = {n: a for n, a in feeds.items() if isinstance(a, np.ndarray)}
@@ -275,7 +275,7 @@ class Model:
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
-        return entry[1].run(feeds, outputs)
+        return entry[1].run(feeds, outputs, profile)
 
     def cuda_plan(self, shapes: dict[str, tuple[int, ...]] | None = None):
         """The :class:`~edgedl.runtime.cuda_plan.CudaPlan` for a binding of input shapes (a model loaded with

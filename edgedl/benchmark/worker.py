@@ -139,8 +139,6 @@ class EdgedlEngine:
         target = self.spec.get("target")
         self.model = self.edgedl.load(self.spec["model"], target=target, num_threads=self.spec["threads"],
                                       device=self.spec.get("device") or "cpu")
-        #: per-step times are measured on the CPU device only (for now)
-        self.can_profile = self.model.device == "cpu"
 
     def run(self, feeds: dict) -> dict:
         return self.model.run(feeds)
@@ -359,9 +357,6 @@ def bench(spec: dict, result: dict) -> None:
 def profile_runs(engine, feeds: dict, spec: dict, result: dict, mean_s: float) -> None:
     """Per-op times averaged over profiled runs (as many as the timed runs, within half of ``max_secs``)."""
     runs = max(1, min(spec["runs"], int(0.5 * spec["max_secs"] / max(mean_s, 1e-9))))
-    if not getattr(engine, "can_profile", True):
-        result.setdefault("notes", []).append("no per-op profile on the cuda device yet")
-        return
     if hasattr(engine, "profile_runs"):
         ops, profiled_mean = engine.profile_runs(feeds, runs)
     elif hasattr(engine, "profile"):

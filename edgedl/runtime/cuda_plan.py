@@ -24,13 +24,14 @@ activations stay in device memory.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
 from ..errors import EdgeDLError
 from ..ir import TensorType
 from ..model import is_device_array
-from .plan import Plan, Step
+from .plan import Plan, Step, StepTime
 
 
 class CudaStep:
@@ -140,9 +141,13 @@ class CudaPlan:
         return self.host.arena_bytes
 
     # --- running -----------------------------------------------------------------------------------
-    def run(self, feeds: dict, outputs: str = "host") -> dict:
-        """Run on ``feeds``; outputs as numpy arrays (``outputs="host"``) or device arrays (``"device"``)."""
+    def run(self, feeds: dict, outputs: str = "host", profile: list | None = None) -> dict:
+        """Run on ``feeds``; outputs as numpy arrays (``outputs="host"``) or device arrays (``"device"``).
+        With a ``profile`` list, the stream is synchronized after every step and each step's wall time is
+        appended as a :class:`~edgedl.runtime.plan.StepTime` (kernel ``"cuda <dtype>"`` or ``"host <dtype>"``
+        for a host step, transfers included): the per-step costs, not the overlapped run."""
         cuda, stream = self.cuda, self.stream
+        clock = time.perf_counter
         with self.lock:
             slots = list(self.template)
             for name, idx, t, buf in self.inputs:
@@ -161,15 +166,22 @@ class CudaPlan:
                     else:
                         buf.copy_to_device(np.ascontiguousarray(value), stream=stream)
                     slots[idx] = buf
+            if profile is not None:
+                stream.synchronize()
             for cstep in self.steps:
                 step = cstep.step
+                t0 = clock() if profile is not None else 0.0
                 if cstep.kind == "cuda":
                     cstep.kernel.fn([slots[i] if i >= 0 else None for i in step.ins],
                                     [slots[o] for o in step.outs], stream)
                 elif cstep.kind == "view":
                     slots[step.outs[0]] = slots[step.ins[0]].reshape(step.view_shape)
+                    continue
                 else:
                     self._run_on_host(step, slots)
+                if profile is not None:
+                    stream.synchronize()
+                    profile.append(StepTime(step.node, self._label(cstep), clock() - t0))
             results = {}
             if self.zero_copy:
                 stream.synchronize()  # mapped outputs are read by the host below
@@ -194,6 +206,13 @@ class CudaPlan:
                 if outputs == "device":
                     results = {k: cuda.to_device(v) if isinstance(v, np.ndarray) else v for k, v in results.items()}
             return results
+
+    def _label(self, cstep: CudaStep) -> str:
+        out = next((o for o in cstep.step.node.outputs if o), None)
+        t = self.host.types.get(out)
+        dtype = getattr(t, "dtype", None)
+        name = "" if dtype is None or np.dtype(dtype).kind == "O" else f" {np.dtype(dtype).name}"
+        return f"{cstep.kind}{name}"
 
     def _run_on_host(self, step: Step, slots: list) -> None:
         """One node on the host: inputs copied out, the CPU kernel (or the eager op's reference), outputs in."""
