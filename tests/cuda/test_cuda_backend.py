@@ -528,3 +528,18 @@ def test_fine_tuning_with_the_frozen_backbone_on_the_gpu():
     np.testing.assert_allclose([float(v) for v in l_gpu], [float(v) for v in l_cpu], rtol=1e-4)
     for name in p_cpu:
         np.testing.assert_allclose(p_gpu[name], p_cpu[name], rtol=1e-4, atol=1e-5)
+
+
+def test_bundled_keyword_model_end_to_end():
+    """The bundled example on the GPU path: every step a CUDA kernel, the CPU backend's scores."""
+    _needs_cuda()
+    path = os.path.join(ROOT, "examples", "kws_tc_resnet.onnx")
+    x = np.load(os.path.join(ROOT, "examples", "spectrogram.npy"))
+    model = edgedl.load(path, device="cuda")
+    name = model.inputs[0].name
+    assert model.cuda_plan({name: x.shape}).host_steps() == []
+    ref = edgedl.load(path).run({name: x})
+    got = model.run({name: x})
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6)
+        assert got[k].argmax() == ref[k].argmax()
