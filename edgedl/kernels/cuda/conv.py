@@ -36,11 +36,11 @@ def _conv2d(x, w, bias, res, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph,
             for kx in range(kw):
                 ix = ox * sw - pw + kx * dw
                 if ix >= 0 and ix < wd:
-                    acc += x[(xbase + iy) * wd + ix] * w[(wbase + ky) * kw + kx]
+                    acc += float32(x[(xbase + iy) * wd + ix]) * float32(w[(wbase + ky) * kw + kx])
     if has_bias:
-        acc += bias[o]
+        acc += float32(bias[o])
     if has_res:
-        acc += res[i]
+        acc += float32(res[i])
     y[i] = activate(acc, code, act_a, act_b)
 
 
@@ -102,9 +102,10 @@ def _conv_transpose2d(x, w, bias, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw
                     continue
                 ix = tx // sw
                 if ix < wd:
-                    acc += x[((nb * c + ch) * h + iy) * wd + ix] * w[((ch * opg + oc) * kh + ky) * kw + kx]
+                    xv = float32(x[((nb * c + ch) * h + iy) * wd + ix])
+                    acc += xv * float32(w[((ch * opg + oc) * kh + ky) * kw + kx])
     if has_bias:
-        acc += bias[o]
+        acc += float32(bias[o])
     y[i] = activate(acc, code, act_a, act_b)
 
 

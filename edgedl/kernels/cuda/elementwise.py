@@ -27,7 +27,7 @@ def _activation(x, y, n, code, alpha, beta):
     # x, y: [n] float32
     i = cuda.grid(1)
     if i < n:
-        y[i] = activate(x[i], code, alpha, beta)
+        y[i] = activate(float32(x[i]), code, alpha, beta)
 
 
 @cuda.jit(cache=True)
@@ -44,8 +44,8 @@ def _binary(a, b, out, n, code, shape, sa, sb, rank, act, alpha, beta):
         rem //= shape[d]
         ia += k * sa[d]
         ib += k * sb[d]
-    x = a[ia]
-    y = b[ib]
+    x = float32(a[ia])
+    y = float32(b[ib])
     if code == 0:
         v = x + y
     elif code == 1:
@@ -69,7 +69,7 @@ def _unary(x, y, n, code, p):
     i = cuda.grid(1)
     if i >= n:
         return
-    v = x[i]
+    v = float32(x[i])
     if code == 1:
         r = -v
     elif code == 2:
@@ -101,7 +101,7 @@ def _channel_affine(x, y, n, channels, inner, scale, shift):
     i = cuda.grid(1)
     if i < n:
         c = (i // inner) % channels
-        y[i] = x[i] * scale[c] + shift[c]
+        y[i] = float32(x[i]) * scale[c] + shift[c]
 
 
 def broadcast_strides(shape, out_shape) -> list[int]:

@@ -46,7 +46,7 @@ def _gemm(a, b, c, bias, m, n, k, sam, sak, sbk, sbn, a_batch, b_batch, alpha, b
     if row < m and col < n:
         v = alpha * acc
         if has_bias:
-            v += beta * bias[row * bias_m + col * bias_n]
+            v += beta * float32(bias[row * bias_m + col * bias_n])
         c[(z * m + row) * n + col] = activate(v, code, act_a, act_b)
 
 

@@ -28,7 +28,7 @@ def _pool2d(x, y, total, h, wd, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, 
         for kx in range(kw):
             ix = ox * sw - pw + kx * dw
             if iy >= 0 and iy < h and ix >= 0 and ix < wd:
-                v = x[(base + iy) * wd + ix]
+                v = float32(x[(base + iy) * wd + ix])
                 best = max(best, v)
                 acc += v
                 count += 1
@@ -48,7 +48,7 @@ def _global_average(x, y, rows, size):
         return
     acc = float32(0)
     for j in range(size):
-        acc += x[r * size + j]
+        acc += float32(x[r * size + j])
     y[r] = acc / float32(size)
 
 

@@ -101,7 +101,7 @@ def _quantize(x, y, n, channels, inner, scale, zero, lo, hi):
     if i >= n:
         return
     c = (i // inner) % channels
-    v = round_half_even(x[i] / scale[c]) + float32(zero[c])
+    v = round_half_even(float32(x[i]) / scale[c]) + float32(zero[c])
     y[i] = int64(max(min(v, float32(hi)), float32(lo)))
 
 

@@ -30,7 +30,7 @@ def _reduce(x, y, n, r, inner, kind):
     else:
         acc = float32(0)
     for t in range(r):
-        v = x[base + t * inner]
+        v = float32(x[base + t * inner])
         if kind == 2:
             acc = max(acc, v)
         elif kind == 3:

@@ -25,7 +25,7 @@ def _resize2d(x, y, total, h, wd, oh, ow, iy, wy, ky, ix, wx, kx):
         row = (nc * h + r) * wd
         wr = wy[oy * ky + a]
         for b in range(kx):
-            acc += wr * wx[ox * kx + b] * x[row + ix[ox * kx + b]]
+            acc += wr * wx[ox * kx + b] * float32(x[row + ix[ox * kx + b]])
     y[i] = acc
 
 

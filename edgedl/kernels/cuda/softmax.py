@@ -17,17 +17,17 @@ def _softmax(x, y, rows, size, log):
     base = r * size
     top = -math.inf
     for j in range(size):
-        top = max(top, x[base + j])
+        top = max(top, float32(x[base + j]))
     total = float32(0)
     for j in range(size):
-        total += math.exp(x[base + j] - top)
+        total += math.exp(float32(x[base + j]) - top)
     if log:
         shift = top + math.log(total)
         for j in range(size):
-            y[base + j] = x[base + j] - shift
+            y[base + j] = float32(x[base + j]) - shift
     else:
         for j in range(size):
-            y[base + j] = math.exp(x[base + j] - top) / total
+            y[base + j] = math.exp(float32(x[base + j]) - top) / total
 
 
 class Softmax:
