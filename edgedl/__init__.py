@@ -47,7 +47,7 @@ def bench(models, **options):
 
 
 def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None,
-         device: str | None = None) -> Model:
+         device: str | None = None, precision: str | None = None) -> Model:
     """Load an ONNX model.
 
     Parameters
@@ -71,6 +71,10 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         device arena, nodes without a CUDA kernel on the host between transfers (``Model.cuda_plan()``
         lists them); an ``EdgeDLError`` says why when no GPU can run. None: the target's preferred device
         when it is ``"cuda"`` and a GPU is usable (a Jetson), else ``"cpu"``. ``Model.device`` says which.
+    precision : "fp32", "fp16" or None
+        ``"fp16"`` (``device="cuda"`` only): float32 tensors are stored as float16 on the GPU (half the memory
+        and memory traffic), computed in float32. None: the target's ``precision`` when it is ``"fp16"`` and
+        the model runs on CUDA, else ``"fp32"``. ``Model.precision`` says which.
 
     Returns
     -------
@@ -96,12 +100,19 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     from .runtime.compile_ahead import maybe_compile_ahead
 
     device, why = _device(device, target)
+    if precision not in (None, "fp32", "fp16"):
+        raise EdgeDLError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+    if precision == "fp16" and device != "cuda":
+        raise EdgeDLError("precision='fp16' runs on the cuda device (on the CPU, float16 models compute in float32)")
+    if precision is None:
+        precision = "fp16" if device == "cuda" and getattr(target, "precision", "fp32") == "fp16" else "fp32"
     source = import_onnx(src)
     graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
     model = Model(graph, target=target, num_threads=num_threads, source=source, device=device)
     model.device_note = why
+    model.precision = precision
     return model
 
 

@@ -46,6 +46,8 @@ class Model:
         self._cuda_plans: dict[int, tuple] = {}
         #: why the model runs on the CPU although its target prefers CUDA (a Jetson without a usable GPU), or None
         self.device_note: str | None = None
+        #: "fp32", or "fp16": float32 tensors stored as float16 on the GPU (edgedl.load(precision=...))
+        self.precision = "fp32"
         #: the :class:`edgedl.targets.Target` in force (its thread count, thresholds, int8 kernel), or None
         #: for the runtime's defaults
         self.target = target
@@ -216,6 +218,7 @@ class Model:
                 source.inputs.append(TensorSpec(name, value.shape, value.dtype))
             source.overridable = []
             variants[names] = _model_from_source(source, self.target, self.num_threads, device=self.device)
+            variants[names].precision = self.precision
         return variants[names]
 
     def run(self, feeds: dict[str, np.ndarray], *, profile: list | None = None,
@@ -271,7 +274,8 @@ class Model:
         entry = self._cuda_plans.get(id(plan))
         if entry is None or entry[0] is not plan:
             apply_target(self.target)
-            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes))
+            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes,
+                                                                  half=self.precision == "fp16"))
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))
@@ -287,7 +291,8 @@ class Model:
         plan = self.plan(shapes)
         entry = self._cuda_plans.get(id(plan))
         if entry is None or entry[0] is not plan:
-            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes))
+            entry = self._cuda_plans[id(plan)] = (plan, CudaPlan(plan, self._runner.op_classes,
+                                                                  half=self.precision == "fp16"))
         return entry[1]
 
     @property

@@ -16,6 +16,13 @@ memory and CUDA kernels.
 Feeds may be numpy arrays (copied in) or device arrays (anything with ``__cuda_array_interface__``: numba
 device arrays, CuPy, PyTorch CUDA tensors), used in place when C-contiguous and of the right shape and dtype.
 
+``half=True`` stores every float32 tensor (activations, weights, inputs and outputs) as float16 on the device,
+halving memory and memory traffic; the kernels read float16 and compute in float32 (every float kernel converts
+its operands), so no GPU feature beyond float16 conversion is needed. numpy feeds are converted on the host,
+float32 device feeds by a cast kernel, and outputs come back as float32. The float16 arena is the host arena's
+layout at half the offsets (every float32 tensor halves, so none overlap); tensors of other types keep their
+own arena at the host offsets.
+
 On a GPU that shares the host's memory (a Jetson: the device's ``INTEGRATED`` attribute), the input and output
 buffers are *mapped* host memory (``cuda.mapped_array``, zero-copy): feeding writes the host buffer the
 kernels read, and results are read where the kernels wrote them, with no copy engine in between; weights and
@@ -46,22 +53,31 @@ class CudaStep:
 class CudaPlan:
     """A host plan's steps on the device (see the module docstring)."""
 
-    def __init__(self, host: Plan, ops: dict, zero_copy: bool | None = None):
+    def __init__(self, host: Plan, ops: dict, zero_copy: bool | None = None, half: bool = False):
         from numba import cuda
 
         from ..kernels.cuda import device_info
 
         #: inputs and outputs in mapped host memory (default: on integrated GPUs, see the module docstring)
         self.zero_copy = bool(device_info()["integrated"]) if zero_copy is None else bool(zero_copy)
+        #: float32 tensors stored as float16 on the device (see the module docstring)
+        self.half = bool(half)
         self.host = host
         self.cuda = cuda
         self.stream = cuda.stream()
         self.lock = threading.Lock()
         template = host.template
-        _check_device_memory(cuda, self.device_bytes_needed(host))
+        _check_device_memory(cuda, self.device_bytes_needed(host) // (2 if self.half else 1))
         arena_ptr = host.arena.__array_interface__["data"][0]
         arena_end = arena_ptr + host.arena.nbytes
-        self.arena = cuda.device_array(max(host.arena_bytes, 1), np.uint8)
+        in_arena = [(v, v.__array_interface__["data"][0] - arena_ptr) for v in template
+                    if isinstance(v, np.ndarray) and v.dtype != object and v.nbytes
+                    and arena_ptr <= v.__array_interface__["data"][0] < arena_end]
+        halved = [(v, off) for v, off in in_arena if self._halves(v.dtype)]
+        others = [(v, off) for v, off in in_arena if not self._halves(v.dtype)]
+        self.arena = cuda.device_array(max(max((off + v.nbytes for v, off in others), default=0), 1), np.uint8)
+        self.arena16 = cuda.device_array(max(max(((off + v.nbytes) // 2 for v, off in halved), default=0), 1),
+                                         np.uint8) if self.half else None
         inputs = {idx for _, idx, _ in host.input_slots}
         produced = {o for step in host.steps for o in step.outs}
         # outputs some step writes (a constant or input that is also an output keeps its own value)
@@ -75,13 +91,18 @@ class CudaPlan:
             ptr = value.__array_interface__["data"][0]
             if arena_ptr <= ptr < arena_end and value.nbytes:  # an arena tensor: the same offset on the device
                 off = ptr - arena_ptr
-                raw = self.arena[off:off + value.nbytes]
-                self.template[idx] = raw.view(value.dtype).reshape(value.shape)
+                if self._halves(value.dtype):
+                    raw = self.arena16[off // 2:off // 2 + value.nbytes // 2]
+                    self.template[idx] = raw.view(np.float16).reshape(value.shape)
+                else:
+                    raw = self.arena[off:off + value.nbytes]
+                    self.template[idx] = raw.view(value.dtype).reshape(value.shape)
             elif idx in inputs or idx in outputs:
                 continue  # device buffers of their own, below
             else:
-                self.template[idx] = cuda.to_device(np.ascontiguousarray(value), stream=self.stream)
-                self.constant_bytes += value.nbytes
+                stored = np.ascontiguousarray(value, self._stored(value.dtype))
+                self.template[idx] = cuda.to_device(stored, stream=self.stream)
+                self.constant_bytes += stored.nbytes
                 constants.add(idx)
         self.inputs = []
         for name, idx, _ in host.input_slots:
@@ -107,10 +128,27 @@ class CudaPlan:
             self.steps.append(CudaStep(step, "cuda" if kernel is not None else "host", kernel))
         self.stream.synchronize()
 
+    def _halves(self, dtype) -> bool:
+        return self.half and np.dtype(dtype) == np.float32
+
+    def _stored(self, dtype) -> np.dtype:
+        """The device storage type of a host type."""
+        return np.dtype(np.float16) if self._halves(dtype) else np.dtype(dtype)
+
     def _io_buffer(self, t: TensorType):
+        dtype = self._stored(t.dtype)
         if self.zero_copy:
-            return self.cuda.mapped_array(t.shape, t.dtype)
-        return self.cuda.device_array(t.shape, t.dtype, stream=self.stream)
+            return self.cuda.mapped_array(t.shape, dtype)
+        return self.cuda.device_array(t.shape, dtype, stream=self.stream)
+
+    def _cast(self, src, dtype):
+        """A device copy of ``src`` as ``dtype`` (a cast kernel)."""
+        from ..kernels.cuda.copy import StridedCopy, contiguous_strides
+
+        dst = self.cuda.device_array(src.shape, dtype, stream=self.stream)
+        strides = contiguous_strides(src.shape)
+        StridedCopy(src.shape, strides, strides)(src, dst, self.stream)
+        return dst
 
     @staticmethod
     def device_bytes_needed(host: Plan) -> int:
@@ -159,12 +197,12 @@ class CudaPlan:
                         raise EdgeDLError(f"input '{name}': a device array of shape {tuple(dev.shape)} and dtype "
                                           f"{np.dtype(dev.dtype).name} (C-contiguous: {contiguous}); the plan "
                                           f"takes {tuple(t.shape)} {np.dtype(t.dtype).name}, C-contiguous")
-                    slots[idx] = dev
+                    slots[idx] = self._cast(dev, buf.dtype) if np.dtype(buf.dtype) != np.dtype(dev.dtype) else dev
                 else:
                     if isinstance(buf, np.ndarray):  # mapped host memory: a host copy, no transfer
-                        np.copyto(buf, value)
+                        np.copyto(buf, value, casting="unsafe")
                     else:
-                        buf.copy_to_device(np.ascontiguousarray(value), stream=stream)
+                        buf.copy_to_device(np.ascontiguousarray(value, buf.dtype), stream=stream)
                     slots[idx] = buf
             if profile is not None:
                 stream.synchronize()
@@ -187,17 +225,25 @@ class CudaPlan:
                 stream.synchronize()  # mapped outputs are read by the host below
             for name, idx in self.outputs:
                 value = slots[idx]
+                want = getattr(self.host.types.get(name), "dtype", None)
                 if not hasattr(value, "copy_to_host"):
                     results[name] = value  # a host value (a sequence, a string tensor) from a host step
                 elif outputs == "device":
-                    copy = cuda.device_array(value.shape, value.dtype, stream=stream)
-                    copy.copy_to_device(value, stream=stream)
-                    results[name] = copy
+                    if want is not None and np.dtype(value.dtype) != np.dtype(want):
+                        results[name] = self._cast(value, want)  # float16 storage, float32 result
+                    else:
+                        copy = cuda.device_array(value.shape, value.dtype, stream=stream)
+                        copy.copy_to_device(value, stream=stream)
+                        results[name] = copy
                 elif self.zero_copy and isinstance(value, np.ndarray):
-                    results[name] = np.array(value)  # mapped host memory: the kernels wrote it in place
+                    results[name] = np.array(value, want)  # mapped host memory: the kernels wrote it in place
                 else:
                     results[name] = value.copy_to_host(stream=stream)
             stream.synchronize()
+            for name, value in results.items():
+                want = getattr(self.host.types.get(name), "dtype", None)
+                if isinstance(value, np.ndarray) and want is not None and value.dtype != want:
+                    results[name] = value.astype(want)
             if self.host.tail is not None:
                 host_results = {k: v.copy_to_host() if hasattr(v, "copy_to_host") else v for k, v in results.items()}
                 tail_feeds = {n: _to_host(feeds[n]) for n in self.host.tail.feeds_from_inputs}
@@ -218,8 +264,10 @@ class CudaPlan:
         """One node on the host: inputs copied out, the CPU kernel (or the eager op's reference), outputs in."""
         stream = self.stream
         stream.synchronize()
-        ins = [_to_host(slots[i]) if i >= 0 else None for i in step.ins]
         types = self.host.types
+        ins = [_to_host(slots[i]) if i >= 0 else None for i in step.ins]
+        ins = [v.astype(types[n].dtype) if isinstance(v, np.ndarray) and n and isinstance(types.get(n), TensorType)
+               and v.dtype != types[n].dtype else v for v, n in zip(ins, step.node.inputs)]
         names = [o for o in step.node.outputs if o]
         if step.eager:
             values = step.op.ref(*ins)
@@ -232,7 +280,7 @@ class CudaPlan:
             if not isinstance(value, np.ndarray) or value.dtype == object:
                 slots[slot] = value  # sequences, optionals and strings stay on the host
                 continue
-            value = np.ascontiguousarray(value)
+            value = np.ascontiguousarray(value, self._stored(value.dtype))
             target = slots[slot]
             if target is not None and hasattr(target, "copy_to_device") and tuple(target.shape) == value.shape:
                 target.copy_to_device(value, stream=stream)
