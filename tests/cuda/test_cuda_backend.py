@@ -575,3 +575,30 @@ def test_fp16_storage(model_file):
     assert all(np.dtype(v.dtype) == np.float32 for v in dev.values())
     with pytest.raises(EdgeDLError, match="runs on the cuda device"):
         edgedl.load(path, precision="fp16")
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("case", [
+    dict(x=(2, 5, 7, 6), w=(9, 5, 3, 3), pads=(1, 2), strides=(1, 2), dilations=(1, 1), group=1),
+    dict(x=(1, 6, 8, 5), w=(18, 2, 2, 3), pads=(0, 1), strides=(2, 1), dilations=(2, 1), group=3),
+    dict(x=(1, 4, 1, 9), w=(17, 4, 1, 4), pads=(0, 2), strides=(1, 3), dilations=(1, 1), group=1),
+])
+def test_conv_kernels_directly(tiled, case):
+    """Both convolution kernels (implicit GEMM and direct) against the float64 reference, with bias,
+    residual and a fused activation."""
+    _needs_cuda()
+    from edgedl.kernels.cuda.conv import Conv2d
+    from edgedl.ops.conv import conv_ref
+    from edgedl.ops.fused import activation_ref
+
+    x, w = _f32(*case["x"]), _f32(*case["w"])
+    b = _f32(case["w"][0])
+    ph, pw = case["pads"]
+    ref = conv_ref(x, w, b, list(case["strides"]), [ph, pw, ph, pw], list(case["dilations"]), case["group"])
+    res = _f32(*ref.shape)
+    want = activation_ref((ref + res).astype(np.float32), 3, 0.1, 0.0)
+    k = Conv2d(x.shape, w.shape, ref.shape, case["strides"], case["pads"], case["dilations"], case["group"],
+               (3, 0.1, 0.0), tiled=tiled)
+    y = cuda.device_array(ref.shape, np.float32)
+    k(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), cuda.to_device(res), y)
+    np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-4, atol=1e-4)
