@@ -602,3 +602,22 @@ def test_conv_kernels_directly(tiled, case):
     y = cuda.device_array(ref.shape, np.float32)
     k(cuda.to_device(x), cuda.to_device(w), cuda.to_device(b), cuda.to_device(res), y)
     np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_command_line_on_the_cuda_device(tmp_path, capsys):
+    _needs_cuda()
+    from edgedl.cli import main
+
+    path = os.path.join(ROOT, "examples", "digits_cnn.onnx")
+    np.save(tmp_path / "x.npy", np.load(os.path.join(ROOT, "examples", "digits_calibration.npz"))["input"][:1])
+    assert main(["info", path, "--device", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "device cuda" in out and "7 steps on the GPU, 0 on the host" in out
+    assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--device", "cuda", "-o",
+                 str(tmp_path / "y.npz")]) == 0
+    got = np.load(tmp_path / "y.npz")["logits"]
+    ref = edgedl.load(path).run({"input": np.load(tmp_path / "x.npy")})["logits"]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    assert main(["ops"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "float32" in rows["Conv"] and "int8,uint8" in rows["QLinearConv"]
