@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgedl
 from edgedl.errors import EdgeDLError, InputError
+from edgedl.ir import TensorType
 
 cuda = pytest.importorskip("numba.cuda")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -621,3 +622,34 @@ def test_command_line_on_the_cuda_device(tmp_path, capsys):
     assert main(["ops"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "float32" in rows["Conv"] and "int8,uint8" in rows["QLinearConv"]
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("requant", ["double", "float"])
+def test_qconv_kernels_directly(tiled, requant):
+    """Both int8 convolution kernels against the CPU int8 path (the op's reference), bit for bit."""
+    _needs_cuda()
+    from edgedl.kernels.cuda.quant import QConv2d
+
+    x = RNG.integers(0, 256, (2, 6, 7, 5)).astype(np.uint8)
+    w = RNG.integers(-127, 128, (18, 2, 3, 2)).astype(np.int8)
+    inits = [numpy_helper.from_array(v, n) for v, n in (
+        (np.array(0.02, np.float32), "xs"), (np.array(131, np.uint8), "xz"), (w, "w"),
+        ((RNG.random(18) * 0.01 + 0.001).astype(np.float32), "ws"), (np.zeros(18, np.int8), "wz"),
+        (np.array(0.05, np.float32), "ys"), (np.array(120, np.uint8), "yz"),
+        (RNG.integers(-500, 500, 18).astype(np.int32), "b"))]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], group=3,
+                            pads=[1, 0, 1, 1], strides=[2, 1], _requant=requant)
+    model = edgedl.load(_model([node], [_vi("x", list(x.shape), TensorProto.UINT8)],
+                               [_vi("y", None, TensorProto.UINT8)], inits))
+    ref = model.run({"x": x})["y"]
+    op = model.plan().steps[0].op  # the op instance, its geometry set by its shape rule
+    consts = [None] + [numpy_helper.to_array(t) for t in inits[:2]] + [w] + \
+        [numpy_helper.to_array(t) for t in inits[3:]]
+    ins = [TensorType(x.shape, x.dtype)] + [TensorType(c.shape, c.dtype) for c in consts[1:]]
+    x_zp, w_zp, req = op._params(consts, ins, [TensorType(ref.shape, ref.dtype)])
+    kernel, strides, dilations, pads = op._geometry4()
+    k = QConv2d(x.shape, w.shape, ref.shape, strides, pads, dilations, 3, x_zp, w_zp, req, tiled=tiled)
+    y = cuda.device_array(ref.shape, np.uint8)
+    k(cuda.to_device(x), cuda.to_device(w), cuda.to_device(consts[8]), y)
+    np.testing.assert_array_equal(y.copy_to_host(), ref)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from .common import blocks, flat
 
@@ -186,10 +186,66 @@ class Dequantize:
                                                      self.scale, self.zero)
 
 
-class QConv2d:
-    """QLinearConv of fixed geometry with its requantization (:class:`edgedl.quant.requant.Requant`)."""
+TILE = 16
 
-    def __init__(self, x_shape, w_shape, y_shape, strides, pads, dilations, groups, x_zp, w_zp, req):
+
+@cuda.jit(cache=True)
+def _qconv2d_gemm(x, w, bias, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, has_bias,
+                  xz, wz, m0, shift, fscale, zp, lo, hi, mode):
+    # the implicit GEMM of edgedl.kernels.cuda.conv, on zero-point-shifted 8-bit values with int64 sums
+    sa = cuda.shared.array((TILE, TILE), int32)
+    sb = cuda.shared.array((TILE, TILE), int32)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    g = cuda.blockIdx.z
+    cpg = c // groups
+    opg = co // groups
+    taps = kh * kw
+    k_len = cpg * taps
+    pixels = n_img * oh * ow
+    row = cuda.blockIdx.y * TILE + ty
+    col = cuda.blockIdx.x * TILE + tx
+    ox = col % ow
+    t = col // ow
+    oy = t % oh
+    nb = t // oh
+    acc = int64(0)
+    for step in range((k_len + TILE - 1) // TILE):
+        ka = step * TILE + tx
+        if row < opg and ka < k_len:
+            o = g * opg + row
+            sa[ty, tx] = int32(int64(w[o * k_len + ka]) - wz[o])
+        else:
+            sa[ty, tx] = int32(0)
+        kb = step * TILE + ty
+        v = int32(0)  # padding reads as the zero point: 0 once shifted
+        if kb < k_len and col < pixels:
+            ci = kb // taps
+            r = kb - ci * taps
+            ky = r // kw
+            kx = r - ky * kw
+            iy = oy * sh - ph + ky * dh
+            ix = ox * sw - pw + kx * dw
+            if iy >= 0 and iy < h and ix >= 0 and ix < wd:
+                v = int32(int64(x[((nb * c + g * cpg + ci) * h + iy) * wd + ix]) - xz)
+        sb[ty, tx] = v
+        cuda.syncthreads()
+        for j in range(TILE):
+            acc += int64(sa[ty, j]) * int64(sb[j, tx])
+        cuda.syncthreads()
+    if row < opg and col < pixels:
+        o = g * opg + row
+        if has_bias:
+            acc += int64(bias[o])
+        y[((nb * co + o) * oh + oy) * ow + ox] = requantize(acc, m0[o], shift[o], fscale[o], zp, lo, hi, mode)
+
+
+class QConv2d:
+    """QLinearConv of fixed geometry with its requantization (:class:`edgedl.quant.requant.Requant`): the
+    implicit GEMM, or the direct kernel for depthwise and small reductions (and in the simulator)."""
+
+    def __init__(self, x_shape, w_shape, y_shape, strides, pads, dilations, groups, x_zp, w_zp, req,
+                 tiled: bool | None = None):
         self.n, self.c, self.h, self.w = (int(v) for v in x_shape)
         self.co, _, self.kh, self.kw = (int(v) for v in w_shape)
         self.oh, self.ow = int(y_shape[2]), int(y_shape[3])
@@ -202,9 +258,23 @@ class QConv2d:
         self.fscale = cuda.to_device(np.ascontiguousarray(req.fscale, np.float32))
         self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
         self.total = self.n * self.co * self.oh * self.ow
+        reduction, per_group = (self.c // self.groups) * self.kh * self.kw, self.co // self.groups
+        if tiled is None:
+            from . import simulated
+
+            tiled = reduction >= 8 and per_group >= 8 and not simulated()
+        self.tiled = bool(tiled)
+        self.grid = ((self.n * self.oh * self.ow + TILE - 1) // TILE, (per_group + TILE - 1) // TILE, self.groups)
 
     def __call__(self, x, w, bias, y, stream=0):
         yf = flat(y)
+        if self.tiled:
+            _qconv2d_gemm[self.grid, (TILE, TILE), stream](
+                flat(x), flat(w), flat(bias) if bias is not None else self.m0, yf, self.n, self.c, self.h, self.w,
+                self.co, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw,
+                self.groups, bias is not None, self.xz, self.wz, self.m0, self.shift, self.fscale, self.zp, self.lo,
+                self.hi, self.mode)
+            return
         _qconv2d[blocks(self.total), 128, stream](
             flat(x), flat(w), flat(bias) if bias is not None else self.m0, yf, self.total, self.c, self.h, self.w,
             self.co, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw,
