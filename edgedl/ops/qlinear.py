@@ -517,15 +517,16 @@ class QGemmMicrosoft(Op):
                                  hi, self.mode)
         return [requantize_reference(acc, req, channel_axis=-1).astype(zdt)]
 
-    def build(self, ins, outs, consts):
-        from ..kernels.cpu.gemm_i8 import QGemm
-
+    def _rows_params(self, ins, outs, consts):
+        """(B as [N, K], int32 bias or None, a_zp, b_zp, Requant) when the kernels apply (constant B and
+        quantization parameters, A not transposed, C per column, quantized output), else None (the
+        reference)."""
         c_given = len(self.node.inputs) > 6 and bool(self.node.inputs[6])
         c = consts[6] if c_given else None
         column_c = not c_given or (c is not None and (len(c.shape) < 2 or c.shape[0] == 1))
         if (consts[3] is None or self.trans_a or not column_c or not self.quantized
                 or any(consts[i] is None for i in (1, 2, 4, 5))):
-            return ref_kernel(self)
+            return None
         b = consts[3] if self.trans_b else consts[3].T
         n = b.shape[0]
         a_zp = int(scalar_param(self, consts, ins, 2, "a_zero_point", ins[0].dtype))
@@ -538,28 +539,23 @@ class QGemmMicrosoft(Op):
         lo, hi = output_bounds(self, float(y_scale), y_zp, outs[0].dtype, self.mode)
         req = Requant.for_scales(a_scale, b_scale, y_scale, n, y_zp, lo, hi, self.mode)
         bias = None if c is None else np.broadcast_to(c.reshape(-1), (n,)).astype(np.int32)
-        gemm = QGemm(np.ascontiguousarray(b), bias, req, a_zp, b_zp)
-        return _MatMulRows.kernel(gemm, ins[0].shape, outs[0].shape)
+        return np.ascontiguousarray(b), bias, a_zp, b_zp, req
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.gemm_i8 import QGemm
+
+        params = self._rows_params(ins, outs, consts)
+        if params is None:
+            return ref_kernel(self)
+        b, bias, a_zp, b_zp, req = params
+        return _MatMulRows.kernel(QGemm(b, bias, req, a_zp, b_zp), ins[0].shape, outs[0].shape)
 
     def build_cuda(self, ins, outs, consts):
-        c_given = len(self.node.inputs) > 6 and bool(self.node.inputs[6])
-        c = consts[6] if c_given else None
-        column_c = not c_given or (c is not None and (len(c.shape) < 2 or c.shape[0] == 1))
-        if (consts[3] is None or self.trans_a or not column_c or not self.quantized
-                or any(consts[i] is None for i in (1, 2, 4, 5))):
+        params = self._rows_params(ins, outs, consts)
+        if params is None:
             return None  # as on the CPU: the reference runs it, on the host
-        b = consts[3] if self.trans_b else consts[3].T
-        n = b.shape[0]
-        a_zp = int(scalar_param(self, consts, ins, 2, "a_zero_point", ins[0].dtype))
-        b_zp = channel_param(self, consts, 5, "b_zero_point", n).astype(np.int64)
-        b_scale = channel_param(self, consts, 4, "b_scale", n)
-        a_scale = np.float32(self.alpha) * np.float32(scalar_param(self, consts, ins, 1, "a_scale"))
-        y_scale = scalar_param(self, consts, ins, 7, "y_scale")
-        y_zp = int(scalar_param(self, consts, ins, 8, "y_zero_point", outs[0].dtype))
-        lo, hi = output_bounds(self, float(y_scale), y_zp, outs[0].dtype, self.mode)
-        req = Requant.for_scales(a_scale, b_scale, y_scale, n, y_zp, lo, hi, self.mode)
-        bias = None if not c_given else np.broadcast_to(consts[6].reshape(-1), (n,)).astype(np.int32)
-        return _cuda_rows(ins[0].shape, outs[0].shape, np.ascontiguousarray(b), bias, a_zp, b_zp, req)
+        b, bias, a_zp, b_zp, req = params
+        return _cuda_rows(ins[0].shape, outs[0].shape, b, bias, a_zp, b_zp, req)
 
 
 def _cuda_rows(a_shape, out_shape, b_nk, bias, a_zp, b_zp, req) -> Kernel:
