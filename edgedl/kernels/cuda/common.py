@@ -51,3 +51,39 @@ def flat(a):
 def upload(values, dtype=np.int64):
     """A small constant array on the device (shapes, strides)."""
     return cuda.to_device(np.ascontiguousarray(np.asarray(values, dtype=dtype).reshape(-1)))
+
+
+@cuda.jit(device=True)
+def broadcast_offsets(i, shape, sa, sb, rank):
+    """Offsets into two flat operands at the flat index ``i`` of ``shape`` (``rank`` axes), each read through its
+    own element strides (0 on a broadcast axis, negative for reversed steps)."""
+    rem = i
+    a = 0
+    b = 0
+    for d in range(rank - 1, -1, -1):
+        k = rem % shape[d]
+        rem //= shape[d]
+        a += k * sa[d]
+        b += k * sb[d]
+    return a, b
+
+
+@cuda.jit(device=True)
+def unravel_nchw(i, c, h, w):
+    """(n, channel, y, x) of the flat index ``i`` of a C-contiguous [N, C, H, W] tensor (c = 1: the plane
+    index n*C + channel comes back as n)."""
+    x = i % w
+    t = i // w
+    y = t % h
+    t //= h
+    return t // c, t % c, y, x
+
+
+def plane_geometry(x_shape, y_shape, kernel, strides, pads, dilations):
+    """A 1-D or 2-D window geometry as 2-D (1-D as height 1): ((h, w), (oh, ow), (kh, kw), (sh, sw), (ph, pw),
+    (dh, dw)) from an input and output of rank 3 or 4 and per-axis kernel / strides / begin pads / dilations."""
+    if len(x_shape) == 3:
+        return ((1, int(x_shape[2])), (1, int(y_shape[2])), (1, int(kernel[0])), (1, int(strides[0])),
+                (0, int(pads[0])), (1, int(dilations[0])))
+    pair = (lambda v: (int(v[0]), int(v[1])))
+    return pair(x_shape[2:]), pair(y_shape[2:]), pair(kernel), pair(strides), pair(pads), pair(dilations)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32
 
-from .common import activate, blocks, flat
+from .common import activate, blocks, flat, plane_geometry, unravel_nchw
 
 TILE = 16
 
@@ -32,11 +32,7 @@ def _conv2d_gemm(x, w, bias, res, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw
     pixels = n_img * oh * ow
     row = cuda.blockIdx.y * TILE + ty
     col = cuda.blockIdx.x * TILE + tx
-    # the pixel this thread gathers for the im2col tile (its column)
-    ox = col % ow
-    t = col // ow
-    oy = t % oh
-    nb = t // oh
+    nb, _, oy, ox = unravel_nchw(col, 1, oh, ow)  # the pixel this thread gathers for the im2col tile
     acc = float32(0)
     for step in range((k_len + TILE - 1) // TILE):
         ka = step * TILE + tx
@@ -77,12 +73,7 @@ def _conv2d(x, w, bias, res, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph,
     i = cuda.grid(1)
     if i >= total:
         return
-    ox = i % ow
-    t = i // ow
-    oy = t % oh
-    t //= oh
-    o = t % co
-    nb = t // co
+    nb, o, oy, ox = unravel_nchw(i, co, oh, ow)
     cpg = c // groups
     g = o // (co // groups)
     acc = float32(0)
@@ -110,15 +101,9 @@ class Conv2d:
 
     def __init__(self, x_shape, w_shape, y_shape, strides, pads, dilations, groups, act=(0, 0.0, 0.0),
                  tiled: bool | None = None):
-        one_d = len(x_shape) == 3
-        self.n, self.c = int(x_shape[0]), int(x_shape[1])
-        self.h, self.w = (1, int(x_shape[2])) if one_d else (int(x_shape[2]), int(x_shape[3]))
-        self.co = int(w_shape[0])
-        self.kh, self.kw = (1, int(w_shape[2])) if one_d else (int(w_shape[2]), int(w_shape[3]))
-        self.oh, self.ow = (1, int(y_shape[2])) if one_d else (int(y_shape[2]), int(y_shape[3]))
-        self.sh, self.sw = (1, int(strides[0])) if one_d else (int(strides[0]), int(strides[1]))
-        self.dh, self.dw = (1, int(dilations[0])) if one_d else (int(dilations[0]), int(dilations[1]))
-        self.ph, self.pw = (0, int(pads[0])) if one_d else (int(pads[0]), int(pads[1]))
+        self.n, self.c, self.co = int(x_shape[0]), int(x_shape[1]), int(w_shape[0])
+        ((self.h, self.w), (self.oh, self.ow), (self.kh, self.kw), (self.sh, self.sw), (self.ph, self.pw),
+         (self.dh, self.dw)) = plane_geometry(x_shape, y_shape, w_shape[2:], strides, pads, dilations)
         self.groups = int(groups)
         self.total = self.n * self.co * self.oh * self.ow
         self.act = (act[0], np.float32(act[1]), np.float32(act[2]))
@@ -155,12 +140,7 @@ def _conv_transpose2d(x, w, bias, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw
     i = cuda.grid(1)
     if i >= total:
         return
-    ox = i % ow
-    t = i // ow
-    oy = t % oh
-    t //= oh
-    o = t % co
-    nb = t // co
+    nb, o, oy, ox = unravel_nchw(i, co, oh, ow)
     opg = co // groups
     cpg = c // groups
     g = o // opg
@@ -192,15 +172,9 @@ class ConvTranspose2d:
     """A transposed convolution of fixed geometry: x [N, C, H, W] (or [N, C, L]) by w [C, CO / groups, KH, KW]."""
 
     def __init__(self, x_shape, w_shape, y_shape, strides, pads, dilations, groups, act=(0, 0.0, 0.0)):
-        one_d = len(x_shape) == 3
-        self.c = int(x_shape[1])
-        self.h, self.w = (1, int(x_shape[2])) if one_d else (int(x_shape[2]), int(x_shape[3]))
-        self.co = int(y_shape[1])
-        self.kh, self.kw = (1, int(w_shape[2])) if one_d else (int(w_shape[2]), int(w_shape[3]))
-        self.oh, self.ow = (1, int(y_shape[2])) if one_d else (int(y_shape[2]), int(y_shape[3]))
-        self.sh, self.sw = (1, int(strides[0])) if one_d else (int(strides[0]), int(strides[1]))
-        self.dh, self.dw = (1, int(dilations[0])) if one_d else (int(dilations[0]), int(dilations[1]))
-        self.ph, self.pw = (0, int(pads[0])) if one_d else (int(pads[0]), int(pads[1]))
+        self.c, self.co = int(x_shape[1]), int(y_shape[1])
+        ((self.h, self.w), (self.oh, self.ow), (self.kh, self.kw), (self.sh, self.sw), (self.ph, self.pw),
+         (self.dh, self.dw)) = plane_geometry(x_shape, y_shape, w_shape[2:], strides, pads, dilations)
         self.groups = int(groups)
         self.total = int(x_shape[0]) * self.co * self.oh * self.ow
         self.act = (act[0], np.float32(act[1]), np.float32(act[2]))

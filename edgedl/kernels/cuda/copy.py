@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .common import blocks, flat, upload
+from .common import blocks, broadcast_offsets, flat, upload
 
 MAX_RANK = 8
 
@@ -22,15 +22,8 @@ def _strided_copy(src, dst, n, shape, s_src, s_dst, rank, off_src, off_dst):
     i = cuda.grid(1)
     if i >= n:
         return
-    rem = i
-    a = off_src
-    b = off_dst
-    for d in range(rank - 1, -1, -1):
-        k = rem % shape[d]
-        rem //= shape[d]
-        a += k * s_src[d]
-        b += k * s_dst[d]
-    dst[b] = src[a]
+    a, b = broadcast_offsets(i, shape, s_src, s_dst, rank)
+    dst[off_dst + b] = src[off_src + a]
 
 
 @cuda.jit(cache=True)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .common import activate, blocks, flat, upload
+from .common import activate, blocks, broadcast_offsets, flat, upload
 
 #: binary operation codes
 ADD, SUB, MUL, DIV, MAX, MIN, POW = range(7)
@@ -36,14 +36,7 @@ def _binary(a, b, out, n, code, shape, sa, sb, rank, act, alpha, beta):
     i = cuda.grid(1)
     if i >= n:
         return
-    rem = i
-    ia = 0
-    ib = 0
-    for d in range(rank - 1, -1, -1):
-        k = rem % shape[d]
-        rem //= shape[d]
-        ia += k * sa[d]
-        ib += k * sb[d]
+    ia, ib = broadcast_offsets(i, shape, sa, sb, rank)
     x = float32(a[ia])
     y = float32(b[ib])
     if code == 0:

@@ -6,7 +6,7 @@ import math
 
 from numba import cuda, float32
 
-from .common import blocks, flat
+from .common import blocks, flat, plane_geometry, unravel_nchw
 
 
 @cuda.jit(cache=True)
@@ -15,10 +15,7 @@ def _pool2d(x, y, total, h, wd, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, is_max, 
     i = cuda.grid(1)
     if i >= total:
         return
-    ox = i % ow
-    t = i // ow
-    oy = t % oh
-    nc = t // oh
+    nc, _, oy, ox = unravel_nchw(i, 1, oh, ow)
     base = nc * h
     best = -math.inf
     acc = float32(0)
@@ -54,12 +51,8 @@ def _global_average(x, y, rows, size):
 
 class Pool2d:
     def __init__(self, x_shape, y_shape, kernel, strides, pads, dilations, is_max, count_include_pad):
-        one_d = len(x_shape) == 3
-        self.h, self.w = (1, int(x_shape[2])) if one_d else (int(x_shape[2]), int(x_shape[3]))
-        self.oh, self.ow = (1, int(y_shape[2])) if one_d else (int(y_shape[2]), int(y_shape[3]))
-        pick = (lambda v: (1, int(v[0]))) if one_d else (lambda v: (int(v[0]), int(v[1])))
-        (self.kh, self.kw), (self.sh, self.sw), (self.dh, self.dw) = pick(kernel), pick(strides), pick(dilations)
-        self.ph, self.pw = (0, int(pads[0])) if one_d else (int(pads[0]), int(pads[1]))
+        ((self.h, self.w), (self.oh, self.ow), (self.kh, self.kw), (self.sh, self.sw), (self.ph, self.pw),
+         (self.dh, self.dw)) = plane_geometry(x_shape, y_shape, kernel, strides, pads, dilations)
         self.total = int(x_shape[0]) * int(x_shape[1]) * self.oh * self.ow
         self.is_max, self.count_pad = bool(is_max), bool(count_include_pad)
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, int64
 
-from .common import blocks, flat
+from .common import blocks, broadcast_offsets, flat, unravel_nchw
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -120,12 +120,7 @@ def _qconv2d(x, w, bias, y, total, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph, pw,
     i = cuda.grid(1)
     if i >= total:
         return
-    ox = i % ow
-    t = i // ow
-    oy = t % oh
-    t //= oh
-    o = t % co
-    nb = t // co
+    nb, o, oy, ox = unravel_nchw(i, co, oh, ow)
     cpg = c // groups
     g = o // (co // groups)
     wzo = wz[o]
@@ -205,10 +200,7 @@ def _qconv2d_gemm(x, w, bias, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph
     pixels = n_img * oh * ow
     row = cuda.blockIdx.y * TILE + ty
     col = cuda.blockIdx.x * TILE + tx
-    ox = col % ow
-    t = col // ow
-    oy = t % oh
-    nb = t // oh
+    nb, _, oy, ox = unravel_nchw(col, 1, oh, ow)  # the pixel this thread gathers for the im2col tile
     acc = int64(0)
     for step in range((k_len + TILE - 1) // TILE):
         ka = step * TILE + tx
@@ -328,14 +320,7 @@ def _qbinary(a, b, y, n, shape, sa, sb, rank, mul, mode, az, bz, yz, lo, hi, int
     i = cuda.grid(1)
     if i >= n:
         return
-    rem = i
-    ia = 0
-    ib = 0
-    for d in range(rank - 1, -1, -1):
-        k = rem % shape[d]
-        rem //= shape[d]
-        ia += k * sa[d]
-        ib += k * sb[d]
+    ia, ib = broadcast_offsets(i, shape, sa, sb, rank)
     xa = int64(a[ia])
     xb = int64(b[ib])
     if mode == 2:

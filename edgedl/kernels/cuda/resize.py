@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32
 
-from .common import blocks, flat
+from .common import blocks, flat, unravel_nchw
 
 
 @cuda.jit(cache=True)
@@ -15,10 +15,7 @@ def _resize2d(x, y, total, h, wd, oh, ow, iy, wy, ky, ix, wx, kx):
     i = cuda.grid(1)
     if i >= total:
         return
-    ox = i % ow
-    t = i // ow
-    oy = t % oh
-    nc = t // oh
+    nc, _, oy, ox = unravel_nchw(i, 1, oh, ow)
     acc = float32(0)
     for a in range(ky):
         r = iy[oy * ky + a]
