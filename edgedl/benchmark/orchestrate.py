@@ -359,11 +359,9 @@ def _precisions(path, settings, tflite, feeds, specs, calibration, batch, work, 
 # ---------------------------------------------------------------------------------------------------
 def _sys_path() -> list[str]:
     """Where this edgedl was imported from, for the worker (a source checkout may not be installed)."""
-    package = Path(__file__).resolve().parents[1]  # .../edgedl
-    entries = [str(package.parent)]
-    if (package.parent / "pyproject.toml").is_file():
-        entries.append(str(package.parent))  # converters/ and targets/ beside edgedl/: __init__ maps them
-    return list(dict.fromkeys(entries))
+    # the folder holding the edgedl package: site-packages, or a source checkout (whose converters/ and targets/
+    # beside edgedl/ the package's __init__ maps in)
+    return [str(Path(__file__).resolve().parents[2])]
 
 
 def _run_worker(spec: dict, work: str, tag: str, timed_s: float) -> tuple[dict, bool]:
@@ -394,12 +392,9 @@ def _run_worker(spec: dict, work: str, tag: str, timed_s: float) -> tuple[dict, 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    if os.path.isfile(result_path):
+    if os.path.isfile(result_path):  # an "ok" result finished before the interruption reached it
         with open(result_path) as f:
-            result = json.load(f)
-        if interrupted and result.get("status") == "ok":
-            result["status"] = "ok"  # it finished before the interruption reached it
-        return result, interrupted
+            return json.load(f), interrupted
     code = proc.returncode
     if code is not None and code < 0:
         try:
