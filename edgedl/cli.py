@@ -245,7 +245,7 @@ def cmd_finetune(args) -> int:
     import edgedl
     from edgedl.train import make_optimizer
 
-    model = edgedl.load(args.model, num_threads=args.threads)
+    model = edgedl.load(args.model, num_threads=args.threads, device=args.device)
     x, y = _training_data(args.data, model, "--data")
     val = _training_data(args.val, model, "--val") if args.val else None
     opt = make_optimizer(args.optimizer, lr=args.lr)
@@ -259,6 +259,8 @@ def cmd_finetune(args) -> int:
                              clip_norm=args.clip_norm, budget_bytes=budget, budget_batch=args.batch_size,
                              quantized=True if args.quantized else None, calibration=calibration,
                              float_head=args.float_head, batchnorm=args.batchnorm)
+    if trainer.device == "cuda":
+        print("training on the GPU (device cuda)")
     if trainer.qat is not None:
         how = "float head behind a frozen int8 backbone" if args.float_head else "quantization-aware (fake int8)"
         print(f"int8 model: training {how}; the output is QDQ int8 ONNX")
@@ -299,7 +301,7 @@ def cmd_ops(args) -> int:
         cells = ["numba" if d in cpu or (d == "int8" and "uint8" in cpu) else "numpy" for d in dtype_cols]
         cells.append("numba" if len(cpu - set(dtype_cols)) > 1 else "numpy")
         cuda = ",".join(cls.kernels.get("cuda", ())) or "-"
-        backward = "yes" if cls.backward is not Op.backward else "-"
+        backward = "-" if cls.backward is Op.backward else "yes, cuda" if cls.has_backward_cuda() else "yes"
         note = "zero-copy view" if cls.alias else ("folded at plan time" if cls.shape_only else "")
         rows.append((f"{domain + '.' if domain else ''}{op_type}", *cells, cuda, backward, note))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -310,8 +312,9 @@ def cmd_ops(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print(f"\n{len(rows)} ops. numba: a compiled Numba kernel; numpy: the numpy path (reference math, or "
           "numpy copies for data movement). The int8 column covers 8-bit tensors (int8 and uint8: QLinear* "
-          "ops, int8 pooling); backward: the op has a gradient for training (edgedl finetune); cuda: the dtypes "
-          "with a numba.cuda kernel (device='cuda'; other nodes run on the host between transfers).")
+          "ops, int8 pooling); backward: the op has a gradient for training (edgedl finetune; \"cuda\": also on the "
+          "GPU, otherwise a GPU trainer runs it on the host between transfers); cuda: the dtypes with a numba.cuda "
+          "kernel (device='cuda'; other nodes run on the host between transfers).")
     return 0
 
 
@@ -374,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="where training runs (default: the target's preferred device when usable, else cpu)")
     s.set_defaults(fn=cmd_finetune)
     s = sub.add_parser("ops", help="print the operator coverage matrix from the registry")
     s.set_defaults(fn=cmd_ops)

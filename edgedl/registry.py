@@ -134,6 +134,17 @@ class Op:
         one entry per input: a float32 array of the input's shape, or None."""
         raise self.unsupported("has no backward: training cannot go through it")
 
+    @classmethod
+    def has_backward_cuda(cls) -> bool:
+        """Whether ``backward_cuda`` can run on the device (for some types; what ``edgedl ops`` shows)."""
+        return cls.backward_cuda is not Op.backward_cuda
+
+    def backward_cuda(self, grads: list, ins: list, outs: list, needs: list[bool], stream) -> list | None:
+        """``backward`` on a CUDA device (:class:`edgedl.train.cuda_tape.CudaTape`): the same arguments and result
+        as numba device arrays, kernels launched on ``stream``; None when this op (or these types) has no device
+        backward, and the tape then runs ``backward`` on the host between transfers."""
+        return None
+
 
 def ref_kernel(op: Op) -> Kernel:
     """A kernel that runs the numpy reference and copies into the preallocated outputs (one per output that

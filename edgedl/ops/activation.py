@@ -90,6 +90,22 @@ def act_backward(op: Op, code: int, g: np.ndarray | None, v: np.ndarray | None, 
     return dx
 
 
+def act_backward_cuda(op: Op, code: int, g, v, stream, alpha: float = 0.0, beta: float = 0.0):
+    """``act_backward`` on the device: dx = f'(v) * g (:func:`edgedl.kernels.cuda.grad.act_grad`); None where
+    the input is not float32 or ``code`` has no device form (the host backward runs)."""
+    from ..kernels.cuda import grad as G
+
+    t = op.in_types[0]
+    if t is None or np.dtype(t.dtype) != np.float32 or not G.act_grad_supported(code) or v is None:
+        return None
+    shape = tuple(t.shape)
+    if g is None:
+        return G.zeros(shape, stream)
+    dx = G.empty(shape, stream)
+    G.act_grad(code, v, g, dx, alpha, beta, stream)
+    return dx
+
+
 class _FromInput:
     """backward of an elementwise activation from its saved input (``grad_code``, params as the forward), or
     from its output (``out_code``) when the parameters let the output tell the derivative: then the tape
@@ -109,6 +125,19 @@ class _FromInput:
             return [act_backward(self, self.out_code, grads[0], outs[0], "output", *self.params())]
         return [act_backward(self, self.grad_code, grads[0], ins[0], "input", *self.params())]
 
+    @classmethod
+    def has_backward_cuda(cls) -> bool:
+        from ..kernels.cuda import ACT_GRAD_CODES
+
+        return cls.grad_code in ACT_GRAD_CODES
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        if self.out_code is not None:
+            dx = act_backward_cuda(self, self.out_code, grads[0], outs[0], stream, *self.params())
+        else:
+            dx = act_backward_cuda(self, self.grad_code, grads[0], ins[0], stream, *self.params())
+        return None if dx is None else [dx]
+
 
 class _FromOutput:
     """backward of an elementwise activation from its saved output (``grad_code``, no parameters)."""
@@ -119,6 +148,16 @@ class _FromOutput:
 
     def backward(self, grads, ins, outs, needs):
         return [act_backward(self, self.grad_code, grads[0], outs[0], "output")]
+
+    @classmethod
+    def has_backward_cuda(cls) -> bool:
+        from ..kernels.cuda import ACT_GRAD_CODES
+
+        return cls.grad_code in ACT_GRAD_CODES
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        dx = act_backward_cuda(self, self.grad_code, grads[0], outs[0], stream)
+        return None if dx is None else [dx]
 
 
 @register
@@ -400,6 +439,19 @@ class Clip(Op):
         if self.opset < 11 or all(k >= len(consts) or not self.node.inputs[k] or consts[k] is not None
                                   for k in (1, 2)):
             self.grad_inputs, self.grad_outputs = (1, 2), (0,)
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """Constant bounds (the tape keeps the output): dy where lo < y < hi, on the device; bounds that are
+        run-time inputs, or asked for a gradient, run ``backward`` on the host."""
+        if ins[0] is not None or not outs or outs[0] is None or any(needs[1:]):
+            return None
+        bounds = getattr(self, "_cuda_bounds", None)
+        if bounds is None:
+            host = [v.copy_to_host() if hasattr(v, "copy_to_host") else v for v in ins[1:3]]
+            lo, hi = self._bounds(np.float32, *(host[k - 1] if k < len(ins) else None for k in (1, 2)))
+            bounds = self._cuda_bounds = (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+        dx = act_backward_cuda(self, G.G_CLIP_OUT, grads[0], outs[0], stream, *bounds)
+        return None if dx is None else [dx] + [None] * (len(ins) - 1)
 
     def backward(self, grads, ins, outs, needs):
         t = self.in_types[0]

@@ -180,6 +180,31 @@ class Conv(_ConvBase):
                                   need_dx, need_dw)
         return self._gradient_list(dx if need_dx else None, dw if need_dw else None, dy, needs)
 
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """On the device: dx is the transposed convolution of dy by w (the forward's geometry), dw one block
+        per weight element (:class:`~edgedl.kernels.cuda.grad.ConvWeightGrad`), db dy summed per channel."""
+        x_t, w_t, y_t = self.in_types[0], self.in_types[1], self.out_types[0]
+        if self.act[0] or self.residual or len(x_t.shape) not in (3, 4) or np.dtype(x_t.dtype) != np.float32:
+            return None  # the host backward says why (or runs the float64 path)
+        from ..kernels.cuda import grad as G
+        from ..kernels.cuda.conv import ConvTranspose2d
+
+        _, strides, dilations, pads = self.geometry
+        dy = grads[0] if grads[0] is not None else G.zeros(y_t.shape, stream)
+        out = [None] * len(self.in_types)
+        if needs[0]:
+            out[0] = G.empty(x_t.shape, stream)
+            ConvTranspose2d(y_t.shape, w_t.shape, x_t.shape, strides, pads, dilations, self.group)(
+                dy, ins[1], None, out[0], stream)
+        if needs[1]:
+            out[1] = G.empty(w_t.shape, stream)
+            G.ConvWeightGrad(x_t.shape, w_t.shape, y_t.shape, strides, pads, dilations, self.group)(
+                ins[0], dy, out[1], stream)
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = G.empty(self.in_types[2].shape, stream)
+            G.Unbroadcast(y_t.shape, (1, y_t.shape[1]) + (1,) * (len(y_t.shape) - 2))(dy, out[2], stream=stream)
+        return out
+
     def build_cuda(self, ins, outs, consts):
         x = ins[0]
         if x.dtype != np.float32 or len(x.shape) not in (3, 4):

@@ -160,6 +160,33 @@ class _LinearBinary(_Binary):
         return [da, db]
 
 
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """dA, dB: dY summed over each operand's broadcast axes on the device (B's negated for Sub)."""
+        return _binary_backward_cuda(self, grads, None, None, needs, stream, self.sign_b)
+
+
+def _binary_backward_cuda(op, grads, a, b, needs, stream, sign_b=1.0):
+    """[dA, dB] of Add / Sub (``a``, ``b`` None) or Mul (the forward operands: dA = dY * B, dB = dY * A), each
+    summed over its operand's broadcast axes (:class:`~edgedl.kernels.cuda.grad.Unbroadcast`); None unless
+    float32."""
+    if any(t is None or np.dtype(t.dtype) != np.float32 for t in op.in_types[:2]):
+        return None
+    from ..kernels.cuda import grad as G
+
+    a_t, b_t = op.in_types[0], op.in_types[1]
+    _, b_s = op._shapes(a_t.shape, b_t.shape)
+    y_shape = tuple(op.out_types[0].shape)
+    g = grads[0] if grads[0] is not None else G.zeros(y_shape, stream)
+    res = [None, None]
+    for k, (t, small, other, other_t, sign) in enumerate(((a_t, a_t.shape, b, b_s, 1.0),
+                                                         (b_t, b_s, a, a_t.shape, sign_b))):
+        if needs[k]:
+            res[k] = G.empty(t.shape, stream)
+            G.Unbroadcast(y_shape, small, other_t if other is not None else None, scale=sign)(
+                g, res[k], other, stream)
+    return res
+
+
 @register
 class Add(_LinearBinary):
     op_type = "Add"
@@ -193,6 +220,11 @@ class Mul(_Binary):
         da = unbroadcast(np.multiply(g, b, dtype=np.float32), a_t.shape) if needs[0] else None
         db = unbroadcast(np.multiply(g, a, dtype=np.float32), b_s).reshape(b_t.shape) if needs[1] else None
         return [da, db]
+
+    grad_inputs = (0, 1)
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        return _binary_backward_cuda(self, grads, ins[0], ins[1], needs, stream)
 
 
 @register

@@ -92,6 +92,40 @@ class Gemm(Op):
             out[2] = unbroadcast(g, self.in_types[2].shape) * np.float32(self.beta)
         return out
 
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """On the device: the same products as ``backward``, each one tiled GEMM reading its operands through
+        transposing strides (no transposed copies), alpha in the GEMM; dC = beta * dY summed over C's broadcast
+        axes."""
+        if self.act[0] or any(t is not None and np.dtype(t.dtype) != np.float32 for t in self.in_types):
+            return None
+        from ..kernels.cuda import grad as G
+        from ..kernels.cuda.gemm import Gemm as CudaGemm
+
+        (m, n) = self.out_types[0].shape
+        a_shape = tuple(self.in_types[0].shape)
+        k = a_shape[0] if self.trans_a else a_shape[1]
+        g = grads[0] if grads[0] is not None else G.zeros((m, n), stream)
+        # element strides of A' (m, k) and B' (k, n) in their stored operands
+        sa = (1, m) if self.trans_a else (k, 1)
+        sb = (1, k) if self.trans_b else (n, 1)
+        out = [None] * len(self.in_types)
+        if needs[0]:  # dA' = dY B'^T: (m, n) x (n, k); stored transposed when transA
+            out[0] = G.empty(a_shape, stream)
+            if self.trans_a:  # dA (k, m) = B' dY^T
+                CudaGemm(k, m, n, sb, (1, n), alpha=self.alpha)(ins[1], g, out[0], None, stream)
+            else:
+                CudaGemm(m, k, n, (n, 1), (sb[1], sb[0]), alpha=self.alpha)(g, ins[1], out[0], None, stream)
+        if needs[1]:  # dB' = A'^T dY: (k, m) x (m, n); stored transposed when transB
+            out[1] = G.empty(self.in_types[1].shape, stream)
+            if self.trans_b:  # dB (n, k) = dY^T A'
+                CudaGemm(n, k, m, (1, n), sa, alpha=self.alpha)(g, ins[0], out[1], None, stream)
+            else:
+                CudaGemm(k, n, m, (sa[1], sa[0]), (n, 1), alpha=self.alpha)(ins[0], g, out[1], None, stream)
+        if len(out) > 2 and self.in_types[2] is not None and needs[2]:
+            out[2] = G.empty(self.in_types[2].shape, stream)
+            G.Unbroadcast((m, n), self.in_types[2].shape, scale=self.beta)(g, out[2], stream=stream)
+        return out
+
     def build(self, ins, outs, consts):
         if ins[0].dtype != np.float32:
             return ref_kernel(self)
@@ -194,6 +228,46 @@ class MatMul(Op):
             n = g2.shape[-1]
             res[2] = g2.reshape(-1, n).sum(axis=0, dtype=np.float64).astype(np.float32).reshape(self.in_types[2].shape)
         return res
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """On the device for a 2-D B (A's batch axes folded into its rows) and for equal batch axes: dA = dY B^T
+        and dB = A^T dY as tiled GEMMs through transposing strides, the fused bias's gradient dY summed over
+        the rows; broadcast batch axes and 1-D operands run ``backward`` on the host."""
+        a_t, b_t = self.in_types[0], self.in_types[1]
+        a, b = tuple(a_t.shape), tuple(b_t.shape)
+        if any(np.dtype(t.dtype) != np.float32 for t in self.in_types if t is not None) or len(a) < 2 or len(b) < 2:
+            return None
+        if len(b) != 2 and a[:-2] != b[:-2]:
+            return None
+        from ..kernels.cuda import grad as G
+        from ..kernels.cuda.gemm import Gemm as CudaGemm
+
+        k, n = b[-2], b[-1]
+        y_shape = tuple(self.out_types[0].shape)
+        g = grads[0] if grads[0] is not None else G.zeros(y_shape, stream)
+        out = [None] * len(self.in_types)
+        if len(b) == 2:
+            rows = int(np.prod(a[:-1], dtype=np.int64))
+            if needs[0]:  # dA (rows, k) = dY (rows, n) B^T
+                out[0] = G.empty(a, stream)
+                CudaGemm(rows, k, n, (n, 1), (1, n))(g, ins[1], out[0], None, stream)
+            if needs[1]:  # dB (k, n) = A^T (k, rows) dY
+                out[1] = G.empty(b, stream)
+                CudaGemm(k, n, rows, (1, k), (n, 1))(ins[0], g, out[1], None, stream)
+        else:
+            m, batch = a[-2], int(np.prod(a[:-2], dtype=np.int64))
+            if needs[0]:  # dA[z] (m, k) = dY[z] (m, n) B[z]^T
+                out[0] = G.empty(a, stream)
+                CudaGemm(m, k, n, (n, 1), (1, n), batch=batch, a_batch=m * n, b_batch=k * n)(
+                    g, ins[1], out[0], None, stream)
+            if needs[1]:  # dB[z] (k, n) = A[z]^T dY[z]
+                out[1] = G.empty(b, stream)
+                CudaGemm(k, n, m, (1, k), (n, 1), batch=batch, a_batch=m * k, b_batch=m * n)(
+                    ins[0], g, out[1], None, stream)
+        if self.bias and needs[2]:
+            out[2] = G.empty(self.in_types[2].shape, stream)
+            G.Unbroadcast(y_shape, (y_shape[-1],))(g, out[2].reshape((y_shape[-1],)), stream=stream)
+        return out
 
     def ref(self, a, b, c=None):
         if a.dtype.kind == "f":

@@ -196,12 +196,67 @@ class BatchNormalization(Op):
                         for p in (scale, mean, var)))
 
     # --- kernels ------------------------------------------------------------------------------------------
-    def build_cuda(self, ins, outs, consts):
-        """Inference form with constant statistics: a per-channel scale and shift."""
+    def _cuda_per_channel(self, ins) -> bool:
+        """Whether the device kernels apply: float32, per-channel parameters of shape (C,)."""
         x = ins[0]
-        if self.training or getattr(self, "per_activation", False) or np.dtype(x.dtype) != np.float32 or \
-                len(x.shape) < 2 or any(c is None for c in consts[1:5]):
+        return (not getattr(self, "per_activation", False) and len(x.shape) >= 2 and self.n_out <= 3
+                and all(t is not None and np.dtype(t.dtype) == np.float32 and
+                        (k == 0 or tuple(t.shape) == (x.shape[1],)) for k, t in enumerate(ins[:5])))
+
+    def _cuda_runtime(self, ins):
+        """Statistics or parameters given at run time (the training tape), or batch statistics (training
+        mode): batch mean and variance by one block per channel, the normalization, and the running
+        statistics' update (:class:`~edgedl.kernels.cuda.grad.BatchNormTrain`)."""
+        if not self._cuda_per_channel(ins) or (not self.training and self.n_out > 1):
             return None
+        from ..kernels.cuda import grad as G
+
+        x = ins[0]
+        k = G.BatchNormTrain(x.shape, self.epsilon, self.momentum)
+        c = int(x.shape[1])
+        stats = G.empty((4, c))  # batch mean, batch variance, and spares for running outputs not asked for
+        training, n_out = self.training, self.n_out
+
+        def run(inputs, outputs, stream):
+            if not training:
+                k.apply(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], outputs[0], stream)
+                return
+            k.batch_stats(inputs[0], stats[0], stats[1], stream)
+            k.apply(inputs[0], inputs[1], inputs[2], stats[0], stats[1], outputs[0], stream)
+            k.running(inputs[3], inputs[4], stats[0], stats[1], outputs[1] if n_out > 1 else stats[2],
+                      outputs[2] if n_out > 2 else stats[3], stream)
+        return Kernel(run, impl="cuda")
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        """The backward of ``backward``'s float32 path on the device (training mode recomputes the batch
+        statistics from x); the gradients of mean and var, and other types, run on the host."""
+        if needs[3] or needs[4] or any(ins[k] is None for k in (0, 1, 3, 4)) or \
+                not self._cuda_per_channel(self.in_types):
+            return None
+        from ..kernels.cuda import grad as G
+
+        x_t = self.in_types[0]
+        c = int(x_t.shape[1])
+        k = G.BatchNormTrain(x_t.shape, self.epsilon, self.momentum)
+        dy = grads[0] if grads[0] is not None else G.zeros(x_t.shape, stream)
+        mean, var = ins[3], ins[4]
+        if self.training:
+            stats = G.empty((2, c), stream)
+            k.batch_stats(ins[0], stats[0], stats[1], stream)
+            mean, var = stats[0], stats[1]
+        dscale, dbias = G.empty((c,), stream), G.empty((c,), stream)
+        dx = G.empty(x_t.shape, stream) if needs[0] else None
+        k.backward(ins[0], dy, ins[1], mean, var, dx, dscale, dbias, self.training, stream)
+        return [dx, dscale if needs[1] else None, dbias if needs[2] else None, None, None]
+
+    def build_cuda(self, ins, outs, consts):
+        """Inference form with constant statistics: a per-channel scale and shift; otherwise (run-time
+        statistics, training mode) :meth:`_cuda_runtime`."""
+        x = ins[0]
+        if np.dtype(x.dtype) != np.float32 or len(x.shape) < 2:
+            return None
+        if self.training or getattr(self, "per_activation", False) or any(c is None for c in consts[1:5]):
+            return self._cuda_runtime(ins)
         from ..kernels.cuda.elementwise import ChannelAffine
 
         scale, bias, mean, var = (np.asarray(c, np.float64).reshape(-1) for c in consts[1:5])

@@ -156,6 +156,24 @@ class _WindowPool(Op):
                    count_include_pad)
         return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
+    def _cuda_pool_grad(self, grads, x, needs, stream, is_max: bool, count_include_pad: bool = False):
+        """[dx] of a float32 1-D / 2-D window pool on the device (``x``: the forward input, read by max
+        pooling), or None (the host backward runs)."""
+        x_t = self.in_types[0]
+        if not needs[0] or np.dtype(x_t.dtype) != np.float32 or len(x_t.shape) not in (3, 4):
+            return None
+        from ..kernels.cuda import grad as G
+
+        self.geometry(x_t)
+        _, out, pads = self.geom
+        nsp = len(x_t.shape) - 2
+        y_shape = tuple(self.out_types[0].shape)
+        dy = grads[0] if grads[0] is not None else G.zeros(y_shape, stream)
+        dx = G.empty(x_t.shape, stream)
+        G.PoolGrad(x_t.shape, y_shape, self.kernel_shape, self.strides, pads[:nsp], self.dilations, is_max,
+                   count_include_pad)(x, dy, dx, stream)
+        return [dx]
+
     def _tables(self, x: TensorType, count_include_pad=False):
         from ..kernels.cpu.pool import window_tables
 
@@ -345,6 +363,9 @@ class MaxPool(_WindowPool):
         dy, x = self._grad_out(grads)
         return [self._grad_runner().max_grad(ins[0], dy).reshape(x.shape)]
 
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        return self._cuda_pool_grad(grads, ins[0], needs, stream, True)
+
     def _build_8bit(self, x: TensorType) -> Kernel:
         """int8/uint8 MaxPool (quantized models: the max of quantized values is the quantized max)."""
         from ..kernels.cpu.qpool import QMaxPool2d
@@ -430,6 +451,11 @@ class AveragePool(_WindowPool):
             return [None]
         dy, x = self._grad_out(grads)
         return [self._grad_runner(bool(self.count_include_pad)).avg_grad(dy).reshape(x.shape)]
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        if self.ceil_mode:  # windows past the padded input divide by a clipped count: on the host
+            return None
+        return self._cuda_pool_grad(grads, None, needs, stream, False, bool(self.count_include_pad))
 
 
 def lppool_ref(x, kernel, strides, dilations, pads, out, p: float):
@@ -560,6 +586,18 @@ class GlobalAveragePool(_GlobalPool):
             return [np.zeros(shape, np.float32)]
         dy = np.asarray(grads[0], np.float32).reshape(shape[:2] + (1,) * (len(shape) - 2))
         return [np.ascontiguousarray(np.broadcast_to(dy * np.float32(1.0 / size), shape))]
+
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        x = self.in_types[0]
+        if not needs[0] or np.dtype(x.dtype) != np.float32:
+            return None
+        from ..kernels.cuda import grad as G
+
+        if grads[0] is None:
+            return [G.zeros(x.shape, stream)]
+        dx = G.empty(x.shape, stream)
+        G.PoolGrad(x.shape, global_average=True)(None, grads[0], dx, stream)
+        return [dx]
 
 
 @register

@@ -423,7 +423,8 @@ class QLinearMatMul(Op):
             a_zp, b_zp, req = self._params(consts, ins, outs[0].dtype)
         except EdgeDLError:
             return None
-        return _cuda_rows(ins[0].shape, outs[0].shape, np.ascontiguousarray(consts[3].T), None, a_zp, b_zp, req)
+        return _cuda_rows(ins[0].shape, ins[0].dtype, outs[0].shape, np.ascontiguousarray(consts[3].T), None, a_zp,
+                          b_zp, req)
 
 
 @register
@@ -555,21 +556,27 @@ class QGemmMicrosoft(Op):
         if params is None:
             return None  # as on the CPU: the reference runs it, on the host
         b, bias, a_zp, b_zp, req = params
-        return _cuda_rows(ins[0].shape, outs[0].shape, b, bias, a_zp, b_zp, req)
+        return _cuda_rows(ins[0].shape, ins[0].dtype, outs[0].shape, b, bias, a_zp, b_zp, req)
 
 
-def _cuda_rows(a_shape, out_shape, b_nk, bias, a_zp, b_zp, req) -> Kernel:
-    """The CUDA kernel of an 8-bit GEMM over every row of A against a constant B [N, K] (uploaded once)."""
+def _cuda_rows(a_shape, a_dtype, out_shape, b_nk, bias, a_zp, b_zp, req) -> Kernel:
+    """The CUDA kernel of an 8-bit GEMM over every row of A against a constant B [N, K] (uploaded once): the
+    dp4a GEMM on a GPU (:mod:`edgedl.kernels.cuda.dp4a`), one thread per output in the simulator."""
     from numba import cuda
 
+    from ..kernels.cuda import simulated
+    from ..kernels.cuda.dp4a import MAX_K, QGemmDp4a
     from ..kernels.cuda.quant import QGemmRows
 
     k = a_shape[-1]
     rows = int(np.prod(a_shape[:-1], dtype=np.int64)) if len(a_shape) > 1 else 1
     n = out_shape[-1] if len(out_shape) else 1
+    bias_dev = None if bias is None else cuda.to_device(np.ascontiguousarray(bias, np.int32))
+    if not simulated() and k <= MAX_K:  # on a GPU: four products per instruction (the simulator: one per thread)
+        d = QGemmDp4a(rows, n, k, a_dtype, a_zp, b_nk, b_zp, req)
+        return Kernel(lambda inputs, outputs, stream: d(inputs[0], bias_dev, outputs[0], stream), impl="cuda")
     g = QGemmRows(rows, n, k, a_zp, b_zp, req)
     b_dev = cuda.to_device(b_nk)
-    bias_dev = None if bias is None else cuda.to_device(np.ascontiguousarray(bias, np.int32))
     return Kernel(lambda inputs, outputs, stream: g(inputs[0], b_dev, bias_dev, outputs[0], stream), impl="cuda")
 
 

@@ -109,6 +109,18 @@ class _SoftmaxBase(Op):
         G.softmax_grad(y.reshape(-1), g.reshape(-1), dx.reshape(-1), outer, n, inner, self.log)
         return [dx]
 
+    def backward_cuda(self, grads, ins, outs, needs, stream):
+        shape = tuple(self.in_types[0].shape)
+        if np.dtype(self.in_types[0].dtype) != np.float32:
+            return None
+        from ..kernels.cuda import grad as CG
+
+        if grads[0] is None:
+            return [CG.zeros(shape, stream)]
+        dx = CG.empty(shape, stream)
+        CG.SoftmaxGrad(*self._layout(shape), self.log)(outs[0], grads[0], dx, stream)
+        return [dx]
+
 
 @register
 class Softmax(_SoftmaxBase):

@@ -63,9 +63,10 @@ class TrainingRunner:
     ``buffers`` fed at run time; ``output``: the output the loss reads. ``quantized``: the graphs are in
     fake-quantized form (:mod:`edgedl.train.qat`), so the frozen prefix runs as int8. ``frozen_prefix=False``
     runs the frozen part on the tape too: slower, but its activations are freed as they go rather than held in
-    an inference arena (what a tight memory budget wants). ``device="cuda"`` runs the frozen prefix on the GPU
-    (a CUDA plan, see :mod:`edgedl.runtime.cuda_plan`); the trained layers' forward and backward run on the
-    host."""
+    an inference arena (what a tight memory budget wants). ``device="cuda"`` runs everything on the GPU:
+    the frozen prefix as a CUDA plan (:mod:`edgedl.runtime.cuda_plan`), the trained layers on a
+    :class:`~edgedl.train.cuda_tape.CudaTape`, on one stream (:attr:`stream`); the frontier and the tape's values
+    are device arrays."""
 
     def __init__(self, train_graph: Graph, eval_graph: Graph, params: list[str], buffers: list[str], output: str,
                  *, quantized: bool = False, num_threads: int | None = None, frozen_prefix: bool = True,
@@ -83,6 +84,12 @@ class TrainingRunner:
             raise EdgeDLError(f"output {output!r} does not depend on any trained tensor")
         self._prefix = {}
         self._tapes: dict[tuple, Tape] = {}
+        #: the CUDA stream the tapes (and the trainer's loss and optimizer kernels) launch on
+        self.stream = None
+        if device == "cuda":
+            from numba import cuda
+
+            self.stream = cuda.stream()
 
     def initial_values(self) -> dict[str, np.ndarray]:
         """Copies of the parameters' and buffers' values in the training graph."""
@@ -121,25 +128,34 @@ class TrainingRunner:
             if parts is not None:
                 out.update(parts)
                 return out
-        out.update(prefix.run(ins))
+        out.update(prefix.run(ins, outputs="device") if self.device == "cuda" else prefix.run(ins))
         return out
 
-    @staticmethod
-    def _run_in_chunks(prefix, ins: dict[str, np.ndarray], n: int, chunk: int) -> dict[str, np.ndarray] | None:
+    def _run_in_chunks(self, prefix, ins: dict[str, np.ndarray], n: int, chunk: int) -> dict | None:
         """The prefix over ``chunk`` samples at a time (the last chunk zero-padded, so one plan serves all);
-        None when an output does not keep the sample axis first."""
-        result: dict[str, np.ndarray] = {}
+        None when an output does not keep the sample axis first. On the GPU the results are device arrays
+        (each chunk's outputs copied into them on the device)."""
+        on_device = self.device == "cuda"
+        result: dict = {}
         for i in range(0, n, chunk):
             m = min(chunk, n - i)
             part = {k: v[i:i + m] if m == chunk else
                     np.concatenate([v[i:], np.zeros((chunk - m, *v.shape[1:]), v.dtype)]) for k, v in ins.items()}
-            outs = prefix.run(part)
+            outs = prefix.run(part, outputs="device") if on_device else prefix.run(part)
             if not result:
-                if any(o.ndim == 0 or len(o) != chunk for o in outs.values()):
+                if any(len(o.shape) == 0 or o.shape[0] != chunk for o in outs.values()):
                     return None
-                result = {k: np.empty((n, *o.shape[1:]), o.dtype) for k, o in outs.items()}
+                if on_device:
+                    from numba import cuda
+
+                    result = {k: cuda.device_array((n, *o.shape[1:]), o.dtype) for k, o in outs.items()}
+                else:
+                    result = {k: np.empty((n, *o.shape[1:]), o.dtype) for k, o in outs.items()}
             for k, o in outs.items():
-                result[k][i:i + m] = o[:m]
+                if on_device:
+                    result[k][i:i + m].copy_to_device(o[:m])
+                else:
+                    result[k][i:i + m] = o[:m]
         return result
 
     def prefix_bytes(self, train: bool = True) -> int:
@@ -152,13 +168,17 @@ class TrainingRunner:
 
     # -- the tape -------------------------------------------------------------------------------------------
     def tape(self, front: dict[str, np.ndarray], train: bool) -> Tape:
-        key = (train, tuple((k, v.shape, v.dtype.str) for k, v in sorted(front.items())))
+        key = (train, tuple((k, tuple(v.shape), np.dtype(v.dtype).str) for k, v in sorted(front.items())))
         tape = self._tapes.get(key)
         if tape is None:
             split = self.train_split if train else self.eval_split
             types = {t: TensorType(tuple(front[t].shape), front[t].dtype) for t in split.frontier}
             buffers = [b for b in self.buffers if b in split.suffix.initializers]  # (no dropout seeds in evaluation)
             tape = Tape(split.suffix, self.params, types, self.output, buffers)
+            if self.device == "cuda":
+                from .cuda_tape import CudaTape
+
+                tape = CudaTape(tape, self.stream)
             self._tapes[key] = tape
         return tape
 

@@ -210,13 +210,18 @@ class Trainer:
     prefix_chunk : int or None
         The frozen prefix runs as inference on this many samples at a time (its arena holds that many
         samples' activations) when it treats samples independently; None: the whole batch at once.
+    device : "cpu", "cuda" or None
+        Where the training step runs; None: the model's device. On "cuda" the frozen prefix, the trained
+        layers' forward and backward (:class:`~edgedl.train.cuda_tape.CudaTape`), the loss, the gradient
+        clipping and the optimizer (its state on the device) run on the GPU (:mod:`edgedl.train.cuda_state`);
+        ``params`` and ``buffers`` are host views refreshed when read, checkpoints are the same files.
     """
 
     def __init__(self, model, loss="cross_entropy", optimizer="adam", trainable="all", *, output: str | None = None,
                  seed: int = 0, clip_norm: float | None = None, lr: float | None = None,
                  budget_bytes: int | None = None, budget_batch: int = 32, quantized: bool | None = None,
                  calibration=None, float_head: bool = False, batchnorm: str = "auto",
-                 prefix_chunk: int | None = PREFIX_CHUNK):
+                 prefix_chunk: int | None = PREFIX_CHUNK, device: str | None = None):
         from ..passes import remove_identities
         from ..quant.quantize_model import copy_graph, source_graph
         from .qat import has_quantized_ops, to_qat
@@ -224,6 +229,7 @@ class Trainer:
         if batchnorm not in ("auto", "frozen"):
             raise EdgeDLError(f"batchnorm must be 'auto' or 'frozen', got {batchnorm!r}")
         self.model = model
+        self.device = _training_device(device, model)
         graph = copy_graph(source_graph(model))
         remove_identities(graph, dropout=False)  # Dropout drops while training
         from ..passes import fuse_gelu, remove_noop_casts
@@ -271,14 +277,36 @@ class Trainer:
             self.trainable = self._fit_budget(int(budget_bytes), int(budget_batch))
         self.runner = self._runner(self.trainable)
         initial = self.runner.initial_values()
-        self.params = {n: initial[n] for n in self.trainable}
-        self.buffers = {n: initial[n] for n in self.runner.buffers}
+        self._params = {n: initial[n] for n in self.trainable}
+        self._buffers = {n: initial[n] for n in self.runner.buffers}
+        #: the device copies, optimizer state and step of a GPU trainer (None on the CPU)
+        self._gpu = None
+        if self.device == "cuda":
+            from .cuda_state import DeviceTraining
+
+            self._gpu = DeviceTraining(self._params, self._buffers, self.runner.stream,
+                                       keep_on_host=[b for b in self._buffers if b.startswith(_DROPOUT_SEED)])
         self.clip_norm = clip_norm
         self.step_count = 0
         #: the largest training memory of a step (frozen prefix's arena, activations, saved values, gradients)
         #: and, of it, the activations kept for the backward, in bytes
         self.peak_bytes = 0
         self.saved_bytes = 0
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The trained tensors by name (float32 host arrays; on the GPU refreshed from the device when read,
+        and uploaded again before the next step, so they may be edited)."""
+        if self._gpu is not None:
+            self._gpu.pull()
+        return self._params
+
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Run-time tensors that take no gradient (running statistics, Dropout seeds), as ``params``."""
+        if self._gpu is not None:
+            self._gpu.pull()
+        return self._buffers
 
     # -- graphs ------------------------------------------------------------------------------------------
     def _runner(self, names: list[str], graph: Graph | None = None) -> TrainingRunner:
@@ -301,7 +329,7 @@ class Trainer:
         return TrainingRunner(train_graph, eval_graph, names, buffers + dropout, self.output,
                               quantized=self.qat is not None, num_threads=getattr(self.model, "num_threads", None),
                               frozen_prefix=not self._budgeted or self.qat is not None,
-                              prefix_chunk=self.prefix_chunk, device=getattr(self.model, "device", "cpu"))
+                              prefix_chunk=self.prefix_chunk, device=self.device)
 
     # -- memory budget -----------------------------------------------------------------------------------
     @property
@@ -458,8 +486,10 @@ class Trainer:
         return feeds, y
 
     def _values(self) -> dict[str, np.ndarray]:
-        values = dict(self.params)
-        values.update(self.buffers)
+        if self._gpu is not None:
+            return self._gpu.values()
+        values = dict(self._params)
+        values.update(self._buffers)
         return values
 
     # -- steps -------------------------------------------------------------------------------------------
@@ -484,6 +514,8 @@ class Trainer:
                 values[name] = np.array(_dropout_seed(self.seed, self.step_count, name), np.int64)
         outs, saved, tape = self.runner.forward(feeds, values, train=True, keep=True)
         out = outs[self.output]
+        if self._gpu is not None:
+            return self._device_step(outs, saved, tape, y)
         loss, grad = self.loss(out, y)
         if not np.isfinite(loss):
             raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
@@ -494,12 +526,35 @@ class Trainer:
         self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
         if self.clip_norm:
             clip_grad_norm(grads, self.clip_norm)
-        self.optimizer.step(self.params, grads)
+        self.optimizer.step(self._params, grads)
         for name in self.runner.buffers:
             if f"{name}{_UPDATED}" in outs:  # a running statistic of a training-mode BatchNormalization
-                self.buffers[name][...] = outs[f"{name}{_UPDATED}"]
+                self._buffers[name][...] = outs[f"{name}{_UPDATED}"]
         self.step_count += 1
         return loss, out
+
+    def _device_step(self, outs: dict, saved, tape, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """The rest of a step on the GPU: loss, backward, clipping, update, running statistics (device
+        arrays throughout; the loss and the output come back to the host)."""
+        gpu = self._gpu
+        out = outs[self.output]
+        loss, grad = gpu.loss(self.loss, out, y)
+        if not np.isfinite(loss):
+            raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
+                              f"learning rate, clip gradients, or check the data)")
+        grads = tape.backward(saved, grad)
+        self.peak_bytes = max(self.peak_bytes, self.runner.prefix_bytes() + tape.peak_bytes)
+        self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
+        if self.clip_norm:
+            gpu.clip(grads, self.clip_norm)
+        gpu.step(self.optimizer, grads)
+        for name in self.runner.buffers:
+            if f"{name}{_UPDATED}" in outs:
+                gpu.update_buffer(name, outs[f"{name}{_UPDATED}"])
+        self.step_count += 1
+        host_out = out.copy_to_host(stream=self.runner.stream)
+        self.runner.stream.synchronize()
+        return loss, host_out
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """The model output (the loss's output) for every sample, with the current weights (running
@@ -513,7 +568,8 @@ class Trainer:
         for i in range(0, n, batch_size):
             fb = {k: v[i:i + batch_size] for k, v in feeds.items()}
             o, _, _ = self.runner.forward(fb, values, train=False, keep=False)
-            outs.append(o[self.output])
+            out = o[self.output]
+            outs.append(out.copy_to_host() if hasattr(out, "copy_to_host") else out)
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
     def evaluate(self, x, y, batch_size: int = 256) -> dict[str, float]:
@@ -616,6 +672,8 @@ class Trainer:
                 "step_count": self.step_count, "batch_size": batch_size, "samples": samples,
                 "trainable": self.trainable, "history": {k: getattr(h, k) for k in
                                                          ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")}}
+        if self._gpu is not None:
+            self._gpu.optimizer_to_host(self.optimizer)
         write_checkpoint(path, self._state_arrays(), self.optimizer.state_dict(), meta)
 
     def _restore(self, path, samples: int, batch_size: int):
@@ -635,6 +693,8 @@ class Trainer:
                 raise EdgeDLError(f"{path}: {name!r} has shape {value.shape}, the model {mine[name].shape}")
             mine[name][...] = value
         self.optimizer.load_state_dict(opt_state)
+        if self._gpu is not None:
+            self._gpu.optimizer_from_host(self.optimizer)
         self.step_count = int(meta["step_count"])
         hist = History(**{k: list(v) for k, v in meta["history"].items()})
         return int(meta["epoch"]), int(meta["batch"]), float(meta["total"]), int(meta["correct"]), hist
@@ -662,6 +722,20 @@ class Trainer:
             self.model.set_weights(values)
         else:
             self.model.set_source(self.exported_graph())
+
+
+def _training_device(device: str | None, model) -> str:
+    """The device a trainer runs on: ``device``, else the model's; "cuda" must be usable here."""
+    device = device or getattr(model, "device", "cpu") or "cpu"
+    if device not in ("cpu", "cuda"):
+        raise EdgeDLError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from ..kernels.cuda import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise EdgeDLError(f"device='cuda': {reason}")
+    return device
 
 
 # -- training-mode rewrites ------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 _reason: list = []
 
+#: the derivative op codes of :mod:`edgedl.kernels.cpu.act_grad` that :mod:`.grad` computes on the device (here, so
+#: that ``edgedl ops`` can tell without importing numba.cuda)
+ACT_GRAD_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 18})
+
 
 def unavailable_reason() -> str | None:
     """Why the ``cuda`` device cannot run here (None when it can: a GPU, or the simulator)."""
