@@ -39,36 +39,13 @@ def _to_host(a):
 
 
 class _DeviceMemory(_Memory):
-    """Live device bytes: an array counts as the allocation at its start address (views share it)."""
+    """Live device bytes: an array counts as the allocation at its start address (views share it); host values
+    (Dropout seeds) are not counted."""
 
-    @staticmethod
-    def _root(a):
-        return a
-
-    def add(self, a) -> None:
-        if a is None or not _is_device(a):
-            return
-        key = _address(a)
-        entry = self.live.get(key)
-        if entry is None:
-            nbytes = int(a.size) * np.dtype(a.dtype).itemsize
-            self.live[key] = [nbytes, 1]
-            self.total += nbytes
-            self.peak = max(self.peak, self.total)
-        else:
-            entry[1] += 1
-
-    def drop(self, a) -> None:
-        if a is None or not _is_device(a):
-            return
-        key = _address(a)
-        entry = self.live.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.live[key]
-            self.total -= entry[0]
+    def _key_and_size(self, a):
+        if not _is_device(a):
+            return None
+        return _address(a), int(a.size) * np.dtype(a.dtype).itemsize
 
 
 class CudaTape:

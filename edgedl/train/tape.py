@@ -50,10 +50,10 @@ class Saved:
 
 class _Memory:
     """Live-bytes accounting of one step: each array counts as the buffer it views, once, for as long as some
-    array added on it has not been dropped."""
+    array added on it has not been dropped. Subclasses say what a buffer is (``_key``) and its size."""
 
     def __init__(self):
-        self.live: dict[int, list[int]] = {}  # id of the root buffer -> [bytes, arrays on it]
+        self.live: dict[int, list[int]] = {}  # key of the root buffer -> [bytes, arrays on it]
         self.total = 0
         self.peak = 0
 
@@ -63,28 +63,34 @@ class _Memory:
             a = a.base
         return a
 
-    def add(self, a: np.ndarray | None) -> None:
-        if a is None:
-            return
+    def _key_and_size(self, a) -> tuple[int, int] | None:
+        """(the buffer's key, its bytes), or None for a value not counted."""
         r = self._root(a)
-        entry = self.live.get(id(r))
+        return id(r), r.nbytes
+
+    def add(self, a) -> None:
+        found = None if a is None else self._key_and_size(a)
+        if found is None:
+            return
+        key, nbytes = found
+        entry = self.live.get(key)
         if entry is None:
-            self.live[id(r)] = [r.nbytes, 1]
-            self.total += r.nbytes
+            self.live[key] = [nbytes, 1]
+            self.total += nbytes
             self.peak = max(self.peak, self.total)
         else:
             entry[1] += 1
 
-    def drop(self, a: np.ndarray | None) -> None:
-        if a is None:
+    def drop(self, a) -> None:
+        found = None if a is None else self._key_and_size(a)
+        if found is None:
             return
-        key = id(self._root(a))
-        entry = self.live.get(key)
+        entry = self.live.get(found[0])
         if entry is None:
             return
         entry[1] -= 1
         if entry[1] == 0:
-            del self.live[key]
+            del self.live[found[0]]
             self.total -= entry[0]
 
 

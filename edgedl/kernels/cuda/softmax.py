@@ -8,6 +8,18 @@ from numba import cuda, float32
 from .common import blocks, flat
 
 
+@cuda.jit(device=True)
+def row_max_and_sum(x, base, size):
+    """(max, sum of exp(x - max)) of the row x[base : base + size] (float32)."""
+    top = -math.inf
+    for j in range(size):
+        top = max(top, float32(x[base + j]))
+    total = float32(0)
+    for j in range(size):
+        total += math.exp(float32(x[base + j]) - top)
+    return top, total
+
+
 @cuda.jit(cache=True)
 def _softmax(x, y, rows, size, log):
     # x, y: [rows, size]
@@ -15,12 +27,7 @@ def _softmax(x, y, rows, size, log):
     if r >= rows:
         return
     base = r * size
-    top = -math.inf
-    for j in range(size):
-        top = max(top, float32(x[base + j]))
-    total = float32(0)
-    for j in range(size):
-        total += math.exp(float32(x[base + j]) - top)
+    top, total = row_max_and_sum(x, base, size)
     if log:
         shift = top + math.log(total)
         for j in range(size):

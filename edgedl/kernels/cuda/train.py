@@ -15,6 +15,7 @@ from numba import cuda, float32
 
 from .common import blocks, flat
 from .grad import REDUCE_MAX, block_sum, reduce_threads
+from .softmax import row_max_and_sum
 
 
 # --- losses -----------------------------------------------------------------------------------------------
@@ -25,12 +26,7 @@ def _softmax_cross_entropy(z, labels, terms, grad, rows, c, eps, coef):
     if r >= rows:
         return
     base = r * c
-    top = -math.inf
-    for k in range(c):
-        top = max(top, float32(z[base + k]))
-    acc = float32(0)
-    for k in range(c):
-        acc += math.exp(float32(z[base + k]) - top)
+    top, acc = row_max_and_sum(z, base, c)
     lse = top + math.log(acc)
     y = labels[r]
     smooth = eps / float32(c)
