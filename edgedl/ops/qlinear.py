@@ -170,11 +170,21 @@ class QLinearConv(_ConvBase):
             x_zp, w_zp, req = self._params(consts, ins, outs)
         except EdgeDLError:
             return None  # quantization parameters computed at run time
+        from ..kernels.cuda import simulated
+        from ..kernels.cuda.dp4a import QConv2dDp4a
         from ..kernels.cuda.quant import QConv2d
 
         kernel, strides, dilations, pads = self._geometry4()
         x4, y4 = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
-        k = QConv2d(x4, (*ins[3].shape[:2], *kernel), y4, strides, pads, dilations, self.group, x_zp, w_zp, req)
+        w_shape = (*ins[3].shape[:2], *kernel)
+        reduction, per_group = int(np.prod(w_shape[1:])), w_shape[0] // self.group
+        if not simulated() and reduction >= 8 and per_group >= 8 and \
+                QConv2dDp4a.applies(ins[3].dtype, w_zp, reduction):  # on a GPU: four products per instruction
+            d = QConv2dDp4a(x4, ins[0].dtype, consts[3].reshape(w_shape), y4, strides, pads, dilations, self.group,
+                            x_zp, req)
+            return Kernel(lambda inputs, outputs, stream: d(inputs[0], inputs[8] if has_bias else None, outputs[0],
+                                                            stream), impl="cuda")
+        k = QConv2d(x4, w_shape, y4, strides, pads, dilations, self.group, x_zp, w_zp, req)
 
         def run(inputs, outputs, stream):
             k(inputs[0], inputs[3], inputs[8] if has_bias else None, outputs[0], stream)

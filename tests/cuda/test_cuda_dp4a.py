@@ -102,3 +102,51 @@ def test_linked_dp4a_on_a_gpu(m, n, k):
     gemm = QGemmDp4a(m, n, k, np.uint8, a_zp, b, b_zp, req, linked=True)
     assert gemm.linked
     np.testing.assert_array_equal(_run(gemm, a, bias, want.shape), want)
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype,w_zp", [(np.uint8, np.int8, 0), (np.int8, np.uint8, 128)])
+def test_portable_dp4a_convolution_is_bit_exact(x_dtype, w_dtype, w_zp):
+    """The implicit-GEMM dp4a convolution (grouped, strided, padded: padding reads as the input's zero point;
+    the reduction not a multiple of 4) against the CPU int8 convolution, bit for bit."""
+    import edgedl
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgedl.ir import TensorType
+    from edgedl.kernels.cuda.dp4a import QConv2dDp4a
+
+    lo_x, hi_x = (0, 256) if x_dtype == np.uint8 else (-128, 128)
+    lo_w, hi_w = (0, 256) if w_dtype == np.uint8 else (-127, 128)
+    x = RNG.integers(lo_x, hi_x, (2, 4, 5, 6)).astype(x_dtype)
+    w = RNG.integers(lo_w, hi_w, (6, 2, 3, 3)).astype(w_dtype)
+    x_zp = np.array(int(RNG.integers(lo_x, hi_x)), x_dtype)
+    consts = {"xs": np.array(0.02, np.float32), "xz": x_zp, "w": w,
+              "ws": (RNG.random(6) * 0.01 + 0.001).astype(np.float32), "wz": np.full(6, w_zp, w_dtype),
+              "ys": np.array(0.05, np.float32), "yz": np.array(3, np.int8), "b": RNG.integers(-500, 500, 6).astype(
+                  np.int32)}
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], group=2,
+                            pads=[1, 0, 1, 1], strides=[2, 1])
+    x_type = TensorProto.UINT8 if x_dtype == np.uint8 else TensorProto.INT8
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", x_type, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = edgedl.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    ref = model.run({"x": x})["y"]
+    op = model.plan().steps[0].op
+    order = ["xs", "xz", "w", "ws", "wz", "ys", "yz", "b"]
+    cvals = [None] + [consts[k] for k in order]
+    ins = [TensorType(x.shape, x.dtype)] + [TensorType(consts[k].shape, consts[k].dtype) for k in order]
+    xz, wz, req = op._params(cvals, ins, [TensorType(ref.shape, ref.dtype)])
+    assert QConv2dDp4a.applies(w_dtype, wz, 18)
+    _, strides, dilations, pads = op._geometry4()
+    conv = QConv2dDp4a(x.shape, x_dtype, w, ref.shape, strides, pads, dilations, 2, xz, req, linked=False)
+    y = cuda.device_array(ref.shape, np.int8)
+    conv(cuda.to_device(x), cuda.to_device(consts["b"]), y)
+    np.testing.assert_array_equal(y.copy_to_host(), ref)
+
+
+def test_dp4a_convolution_needs_zero_weight_zero_points():
+    from edgedl.kernels.cuda.dp4a import QConv2dDp4a
+
+    assert not QConv2dDp4a.applies(np.int8, np.array([0, 3]), 18)
+    assert not QConv2dDp4a.applies(np.uint8, 0, 18)
+    assert QConv2dDp4a.applies(np.uint8, 128, 18)

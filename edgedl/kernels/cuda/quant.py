@@ -3,8 +3,8 @@
 Requantization follows :mod:`edgedl.quant.requant` to the bit in its three modes: TFLite's double rounding
 (``MultiplyByQuantizedMultiplier``: a saturating rounding doubling high multiply, then a rounding divide by a
 power of two), its single rounding, and onnxruntime's float32 scale with round-half-to-even. Integer steps run
-in int64; float steps in float32 as on the CPU. These are plain numba.cuda kernels (no ``__dp4a``): they run
-in the simulator, and the dp4a GEMM is the fast path to come.
+in int64; float steps in float32 as on the CPU. These are plain numba.cuda kernels (no ``__dp4a``) that run in
+the simulator; on a GPU the GEMMs and the convolutions with symmetric weights take :mod:`.dp4a` instead.
 """
 from __future__ import annotations
 
