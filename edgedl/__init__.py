@@ -48,13 +48,13 @@ def bench(models, **options):
 
 def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None,
          device: str | None = None, precision: str | None = None) -> Model:
-    """Load an ONNX model.
+    """Load an ONNX or TFLite model.
 
     Parameters
     ----------
     src : str, os.PathLike, bytes or onnx.ModelProto
-        The model: a path to an ``.onnx`` file (external data is read from its folder only), the bytes of
-        one, or a parsed ``onnx.ModelProto``.
+        The model: a path to an ``.onnx`` file (external data is read from its folder only) or a ``.tflite``
+        file (recognised by its content), the bytes of either, or a parsed ``onnx.ModelProto``.
     target : str, Target or None
         The board profile to run with: a name from :func:`edgedl.targets.profiles` (e.g. ``"rpi4"``),
         ``"host"``, a profile ``.toml`` file or a :class:`edgedl.targets.Target`. None: the ``EDGEDL_TARGET``
@@ -96,7 +96,6 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
     target = resolve(target)
     if num_threads is not None and num_threads > target.cores:
         raise EdgeDLError(f"num_threads={num_threads} but target {target.name!r} has {target.cores} cores")
-    from .converters.onnx_import import import_onnx
     from .runtime.compile_ahead import maybe_compile_ahead
 
     device, why = _device(device, target)
@@ -106,7 +105,7 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         raise EdgeDLError("precision='fp16' runs on the cuda device (on the CPU, float16 models compute in float32)")
     if precision is None:
         precision = "fp16" if device == "cuda" and getattr(target, "precision", "fp32") == "fp16" else "fp32"
-    source = import_onnx(src)
+    source = _import(src)
     graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
@@ -135,6 +134,17 @@ def _device(device: str | None, target) -> tuple[str, str | None]:
         if reason is not None:
             raise EdgeDLError(f"device='cuda' cannot run here: {reason}")
     return device, None
+
+
+def _import(src):
+    """The source graph of ``src``: a TFLite flatbuffer (by its content: the ``TFL3`` identifier) or ONNX."""
+    from .converters.onnx_import import import_onnx
+    from .converters.tflite_import import import_tflite, read_tflite_bytes
+
+    data = read_tflite_bytes(src)
+    if data is not None:
+        return import_tflite(data)
+    return import_onnx(src)
 
 
 def _run_graph(source, optimize: bool = True):

@@ -1,0 +1,548 @@
+"""Import a TFLite model (a ``TFL3`` flatbuffer) into an edgedl :class:`~edgedl.ir.Graph` (IR only: no binding,
+no optimization; :func:`edgedl.load` takes ``.tflite`` files and bytes by their content).
+
+The flatbuffer is read with the ``tflite`` package (the TFLite schema compiled for Python on ``flatbuffers``);
+every index, offset and size it yields is checked against the file before use, and anything malformed (a
+truncated file, a buffer or tensor index out of range, a shape that does not match its data, an absurd size)
+is an :class:`~edgedl.errors.ModelFormatError`. Operators edgedl cannot import are listed together, with their
+tensors, in one :class:`~edgedl.errors.UnsupportedOpError`.
+
+Layout. TFLite is NHWC; edgedl's kernels follow ONNX (NCHW). Each 4-D activation is kept in whichever layout
+its producer gave it and converted only where a consumer needs the other one (a Transpose node, made once per
+tensor and layout; constants are transposed here, at import): convolutions and pooling produce NCHW, which
+element-wise ops, activations, concatenations, pads and reductions keep (their axes and broadcast operands
+remapped), and a reshape, a fully connected layer or a graph output turns it back to NHWC. A chain of
+convolutions therefore runs in NCHW with transposes only at the model's edges.
+
+Operators so far (float32; float16 weights through DEQUANTIZE): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
+ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, SQUARED_DIFFERENCE, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, RESHAPE, SQUEEZE,
+SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU, HARD_SWISH, CONCATENATION, PAD, PADV2,
+TRANSPOSE, DEQUANTIZE; fused activations (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
+from edgedl.ir import Graph, Node, TensorSpec
+
+IDENTIFIER = b"TFL3"
+#: the opset of the graphs this importer writes
+OPSET = 17
+#: at most this many elements in one tensor (a corrupt shape must not become a huge allocation)
+MAX_ELEMENTS = 1 << 31
+
+#: TFLite TensorType -> numpy
+_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
+           9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+#: NHWC axis -> NCHW axis, and the permutations between the layouts
+_NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)
+_TO_NCHW = (0, 3, 1, 2)
+_TO_NHWC = (0, 2, 3, 1)
+_PADDING = {0: "SAME_UPPER", 1: "VALID"}
+
+
+def is_tflite(data: bytes) -> bool:
+    """Whether ``data`` starts like a TFLite flatbuffer (the ``TFL3`` file identifier at bytes 4..8)."""
+    return len(data) >= 8 and bytes(data[4:8]) == IDENTIFIER
+
+
+def read_tflite_bytes(src) -> bytes | None:
+    """The bytes of ``src`` (a path or bytes) when they are a TFLite model, else None."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+    elif isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if not is_tflite(head):
+                return None
+            data = head + f.read()
+    else:
+        return None
+    return data if is_tflite(data) else None
+
+
+def import_tflite(data: bytes) -> Graph:
+    """The edgedl Graph of the first subgraph of a TFLite model (see the module docstring)."""
+    try:
+        import tflite
+    except ImportError as e:  # a dependency of edgedl: a broken install
+        raise EdgeDLError(f"reading .tflite files needs the 'tflite' package ({e}): pip install tflite") from None
+    try:
+        return _Importer(tflite, data).run()
+    except EdgeDLError:
+        raise
+    except (IndexError, ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError,
+            MemoryError, __import__("struct").error) as e:
+        raise ModelFormatError(f"the .tflite file is malformed or truncated ({type(e).__name__}: {e})") from None
+
+
+class _Importer:
+    def __init__(self, tfl, data: bytes):
+        self.tfl, self.data = tfl, data
+        if len(data) < 16:
+            raise ModelFormatError(f"the .tflite file is truncated ({len(data)} bytes)")
+        self.model = tfl.Model.GetRootAs(data, 0)
+        if self.count(self.model.SubgraphsLength(), "subgraphs") < 1:
+            raise ModelFormatError("the .tflite file has no subgraph")
+        self.graph = self.model.Subgraphs(0)
+        self.nodes: list[Node] = []
+        self.initializers: dict[str, np.ndarray] = {}
+        #: tensor index -> (IR name, layout) of its value as produced: layout "nchw" (a 4-D NHWC tensor held
+        #: as NCHW) or "plain" (TFLite's own layout)
+        self.values: dict[int, tuple[str, str]] = {}
+        self._converted: dict[tuple[int, str], str] = {}
+        self._count = 0
+
+    # -- the file's tables ---------------------------------------------------------------------------------
+    def _tensors(self):
+        g, n_buffers = self.graph, self.count(self.model.BuffersLength(), "buffers")
+        self.tensors = []
+        seen: set[str] = set()
+        for i in range(self.count(g.TensorsLength(), "tensors")):
+            t = g.Tensors(i)
+            name = (t.Name() or b"").decode("utf-8", "replace") or f"tensor_{i}"
+            if name in seen:  # names are not unique in every file: the IR needs them to be
+                name = f"{name}__t{i}"
+            seen.add(name)
+            code = t.Type()
+            if code not in _DTYPES:
+                raise UnsupportedOpError(f"tensor {i} ({name!r}) has TFLite type {code}, which edgedl does not read")
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if self.count(t.ShapeLength(), "dimensions") else ()
+            if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+                raise ModelFormatError(f"tensor {i} ({name!r}) has an invalid shape {shape}")
+            dtype = np.dtype(_DTYPES[code])
+            b = t.Buffer()
+            if not 0 <= b < max(n_buffers, 1):
+                raise ModelFormatError(f"tensor {i} ({name!r}) names buffer {b}, the file has {n_buffers}")
+            data = self._buffer(b, name, shape, dtype) if n_buffers else None
+            self.tensors.append((name, shape, dtype, data))
+
+    def _buffer(self, index: int, name: str, shape, dtype) -> np.ndarray | None:
+        buf = self.model.Buffers(index)
+        offset, size = int(buf.Offset()), int(buf.Size())
+        if offset > 1:  # stored after the flatbuffer (models over 2 GB)
+            if offset + size > len(self.data):
+                raise ModelFormatError(f"buffer {index} of tensor {name!r} lies outside the file")
+            raw = np.frombuffer(self.data, np.uint8, size, offset)
+        elif buf.DataLength():
+            raw = buf.DataAsNumpy()
+        else:
+            return None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if raw.size != nbytes:
+            raise ModelFormatError(f"tensor {name!r} of shape {shape} and type {dtype.name} needs {nbytes} bytes, "
+                                   f"its buffer {index} holds {raw.size}")
+        return np.frombuffer(raw.tobytes(), dtype).reshape(shape).copy()
+
+    def count(self, n: int, what: str) -> int:
+        """A vector's length from the file, checked against the file's size (each entry takes >= 4 bytes): a
+        corrupt length must not become a long loop."""
+        n = int(n)
+        if n < 0 or 4 * n > len(self.data):
+            raise ModelFormatError(f"the .tflite file claims {n} {what} in {len(self.data)} bytes")
+        return n
+
+    def _name(self, base: str) -> str:
+        self._count += 1
+        return f"{base}__{self._count}"
+
+    # -- values and layouts -----------------------------------------------------------------------------
+    def const(self, i: int) -> np.ndarray | None:
+        return self.tensors[i][3]
+
+    def shape(self, i: int) -> tuple:
+        return self.tensors[i][1]
+
+    def get(self, i: int, layout: str) -> str:
+        """The IR name of tensor ``i`` in ``layout`` ("nchw": a 4-D tensor as NCHW; "plain": TFLite's layout)."""
+        key = (i, layout)
+        if key in self._converted:
+            return self._converted[key]
+        name, shape, dtype, data = self.tensors[i]
+        if data is not None:
+            value = data.transpose(_TO_NCHW) if layout == "nchw" else data
+            ir = name if layout == "plain" else self._name(f"{name}_nchw")
+            self.initializers[ir] = np.ascontiguousarray(value)
+        else:
+            if i not in self.values:
+                raise ModelFormatError(f"tensor {i} ({name!r}) is read before anything writes it")
+            src, have = self.values[i]
+            if have == layout:
+                ir = src
+            else:
+                ir = self._name(f"{name}_{layout}")
+                self.emit("Transpose", [src], [ir], perm=list(_TO_NCHW if layout == "nchw" else _TO_NHWC))
+        self._converted[key] = ir
+        return ir
+
+    def layout_of(self, i: int) -> str:
+        if self.const(i) is not None:
+            return "plain"
+        return self.values[i][1] if i in self.values else "plain"
+
+    def set_output(self, i: int, ir: str, layout: str) -> None:
+        self.values[i] = (ir, layout)
+
+    def emit(self, op: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        self.nodes.append(Node(op, self._name(op), list(inputs), list(outputs), attrs))
+
+    def constant(self, base: str, value) -> str:
+        name = self._name(base)
+        self.initializers[name] = np.asarray(value)
+        return name
+
+    def broadcast_nchw(self, i: int, rank: int = 4) -> str:
+        """Tensor ``i`` as an operand broadcasting against a 4-D NCHW tensor: right-aligned to rank 4 in NHWC,
+        then transposed."""
+        shape = self.shape(i)
+        if len(shape) == 4:
+            return self.get(i, "nchw")
+        data = self.const(i)
+        full = (1,) * (rank - len(shape)) + tuple(shape)
+        if data is not None:
+            name = self._name(f"{self.tensors[i][0]}_nchw")
+            self.initializers[name] = np.ascontiguousarray(data.reshape(full).transpose(_TO_NCHW))
+            return name
+        reshaped = self._name(f"{self.tensors[i][0]}_4d")
+        self.emit("Reshape", [self.get(i, "plain"), self.constant("shape", np.array(full, np.int64))], [reshaped])
+        out = self._name(f"{self.tensors[i][0]}_nchw")
+        self.emit("Transpose", [reshaped], [out], perm=list(_TO_NCHW))
+        return out
+
+    def activation(self, code: int, x: str, out: str) -> None:
+        """The fused activation ``code`` from ``x`` to ``out`` (an Identity when none)."""
+        if code == 0:
+            self.emit("Identity", [x], [out])
+        elif code == 1:
+            self.emit("Relu", [x], [out])
+        elif code in (2, 3):
+            lo, hi = (-1.0, 1.0) if code == 2 else (0.0, 6.0)
+            self.emit("Clip", [x, self.constant("min", np.float32(lo)), self.constant("max", np.float32(hi))], [out])
+        elif code == 4:
+            self.emit("Tanh", [x], [out])
+        else:
+            raise UnsupportedOpError(f"fused activation {code} (SIGN_BIT) is not supported")
+
+    def finish(self, out_tensor: int, x: str, layout: str, fused: int = 0) -> None:
+        """Name the result ``x`` (in ``layout``) as tensor ``out_tensor``, through the fused activation."""
+        if fused:
+            out = self._name(self.tensors[out_tensor][0])
+            self.activation(fused, x, out)
+            x = out
+        self.set_output(out_tensor, x, layout)
+
+    # -- the graph --------------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        tfl, g = self.tfl, self.graph
+        self._tensors()
+        n = len(self.tensors)
+        codes = []
+        for k in range(self.count(self.model.OperatorCodesLength(), "operator codes")):
+            c = self.model.OperatorCodes(k)
+            codes.append(max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode())))
+        names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
+        inputs = [int(v) for v in g.InputsAsNumpy()] if self.count(g.InputsLength(), "inputs") else []
+        outputs = [int(v) for v in g.OutputsAsNumpy()] if self.count(g.OutputsLength(), "outputs") else []
+        for i in inputs + outputs:
+            if not 0 <= i < n:
+                raise ModelFormatError(f"the subgraph's inputs / outputs name tensor {i}, it has {n}")
+        specs = []
+        for i in inputs:
+            name, shape, dtype, _ = self.tensors[i]
+            specs.append(TensorSpec(name, shape, dtype))
+            self.set_output(i, name, "plain")
+        ops, unsupported = [], []
+        for k in range(self.count(g.OperatorsLength(), "operators")):
+            op = g.Operators(k)
+            idx = int(op.OpcodeIndex())
+            if not 0 <= idx < len(codes):
+                raise ModelFormatError(f"operator {k} names operator code {idx}, the file has {len(codes)}")
+            ins = [int(v) for v in op.InputsAsNumpy()] if self.count(op.InputsLength(), "operator inputs") else []
+            outs = [int(v) for v in op.OutputsAsNumpy()] if self.count(op.OutputsLength(), "operator outputs") else []
+            for t in ins + outs:
+                if not -1 <= t < n:
+                    raise ModelFormatError(f"operator {k} names tensor {t}, the subgraph has {n}")
+            code = codes[idx]
+            op_name = names.get(code, f"builtin code {code}")
+            if code == tfl.BuiltinOperator.CUSTOM:
+                custom = self.model.OperatorCodes(idx).CustomCode()
+                op_name = f"CUSTOM {custom.decode('utf-8', 'replace') if custom else '?'}"
+            handler = getattr(self, f"op_{op_name}", None)
+            if handler is None:
+                unsupported.append(f"{op_name} (operator {k}: inputs {[self.tensors[t][0] for t in ins if t >= 0]}, "
+                                   f"outputs {[self.tensors[t][0] for t in outs]})")
+            ops.append((k, op, op_name, handler, ins, outs))
+        if unsupported:
+            raise UnsupportedOpError("unsupported TFLite operators: " + "; ".join(unsupported))
+        for k, op, op_name, handler, ins, outs in ops:
+            try:
+                handler(op, ins, outs)
+            except EdgeDLError as e:
+                raise type(e)(f"TFLite {op_name} (operator {k}): {e}") from None
+        out_specs = []
+        input_names = {s.name for s in specs}
+        for i in outputs:
+            name, shape, dtype, data = self.tensors[i]
+            ir = self.get(i, "plain")
+            if ir != name:
+                if ir in input_names or ir in self.initializers or any(name in n.outputs for n in self.nodes):
+                    self.emit("Identity", [ir], [name])
+                else:  # the node making it writes the output's own name
+                    self._rename(ir, name)
+            out_specs.append(TensorSpec(name, shape, dtype))
+        name = (g.Name() or b"").decode("utf-8", "replace") or "tflite"
+        return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name)
+
+    def _rename(self, old: str, new: str) -> None:
+        for n in self.nodes:
+            n.inputs = [new if v == old else v for v in n.inputs]
+            n.outputs = [new if v == old else v for v in n.outputs]
+
+    def options(self, op, cls_name: str):
+        table = op.BuiltinOptions()
+        opts = getattr(self.tfl, cls_name)()
+        if table is None:
+            return None
+        opts.Init(table.Bytes, table.Pos)
+        return opts
+
+    # -- operators --------------------------------------------------------------------------------------
+    def _conv(self, op, ins, outs, depthwise: bool) -> None:
+        x_i, w_i = ins[0], ins[1]
+        w = self.const(w_i)
+        if w is None or len(self.shape(x_i)) != 4 or w.ndim != 4:
+            raise UnsupportedOpError("needs a 4-D input and constant 4-D weights")
+        o = self.options(op, "DepthwiseConv2DOptions" if depthwise else "Conv2DOptions")
+        c = self.shape(x_i)[3]
+        if depthwise:  # [1, KH, KW, C * M] -> [C * M, 1, KH, KW], one group per input channel
+            weight = np.ascontiguousarray(w[0].transpose(2, 0, 1)[:, None])
+            group = c
+        else:  # [O, KH, KW, I] -> [O, I, KH, KW]
+            weight = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
+            group = c // w.shape[3] if w.shape[3] and c % w.shape[3] == 0 else 1
+        args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[w_i][0]}_oihw", weight)]
+        if len(ins) > 2 and ins[2] >= 0:
+            args.append(self.get(ins[2], "plain"))
+        y = self._name(self.tensors[outs[0]][0])
+        attrs = dict(kernel_shape=list(weight.shape[2:]), strides=[o.StrideH(), o.StrideW()],
+                     dilations=[o.DilationHFactor(), o.DilationWFactor()], group=int(group),
+                     auto_pad=_padding(o.Padding()))
+        self.emit("Conv", args, [y], **attrs)
+        self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
+
+    def op_CONV_2D(self, op, ins, outs):
+        self._conv(op, ins, outs, False)
+
+    def op_DEPTHWISE_CONV_2D(self, op, ins, outs):
+        self._conv(op, ins, outs, True)
+
+    def _pool(self, op, ins, outs, kind: str) -> None:
+        o = self.options(op, "Pool2DOptions")
+        y = self._name(self.tensors[outs[0]][0])
+        attrs = dict(kernel_shape=[o.FilterHeight(), o.FilterWidth()], strides=[o.StrideH(), o.StrideW()],
+                     auto_pad=_padding(o.Padding()))
+        self.emit(kind, [self.get(ins[0], "nchw")], [y], **attrs)
+        self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
+
+    def op_AVERAGE_POOL_2D(self, op, ins, outs):
+        self._pool(op, ins, outs, "AveragePool")
+
+    def op_MAX_POOL_2D(self, op, ins, outs):
+        self._pool(op, ins, outs, "MaxPool")
+
+    def op_FULLY_CONNECTED(self, op, ins, outs):
+        o = self.options(op, "FullyConnectedOptions")
+        w_shape = self.shape(ins[1])
+        if len(w_shape) != 2:
+            raise UnsupportedOpError(f"weights of shape {w_shape} (2-D expected)")
+        units, depth = w_shape
+        x = self.get(ins[0], "plain")
+        rows = self._name("rows")
+        self.emit("Reshape", [x, self.constant("shape", np.array([-1, depth], np.int64))], [rows])
+        args = [rows, self.get(ins[1], "plain")]
+        if len(ins) > 2 and ins[2] >= 0:
+            args.append(self.get(ins[2], "plain"))
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Gemm", args, [y], transB=1)
+        out_shape = self.shape(outs[0])
+        if o is not None and o.KeepNumDims() and len(out_shape) != 2:
+            shaped = self._name(self.tensors[outs[0]][0])
+            self.emit("Reshape", [y, self.constant("shape", np.array(out_shape, np.int64))], [shaped])
+            y = shaped
+        self.finish(outs[0], y, "plain", o.FusedActivationFunction() if o is not None else 0)
+
+    def _binary(self, op, ins, outs, onnx_op: str, options: str | None) -> None:
+        nchw = any(self.layout_of(i) == "nchw" for i in ins) and all(len(self.shape(i)) <= 4 for i in ins)
+        args = [self.broadcast_nchw(i) if nchw else self.get(i, "plain") for i in ins]
+        y = self._name(self.tensors[outs[0]][0])
+        if onnx_op == "SquaredDifference":
+            d = self._name("difference")
+            self.emit("Sub", args, [d])
+            self.emit("Mul", [d, d], [y])
+        else:
+            self.emit(onnx_op, args, [y])
+        fused = 0
+        if options:
+            o = self.options(op, options)
+            fused = o.FusedActivationFunction() if o is not None else 0
+        self.finish(outs[0], y, "nchw" if nchw else "plain", fused)
+
+    def op_ADD(self, op, ins, outs):
+        self._binary(op, ins, outs, "Add", "AddOptions")
+
+    def op_SUB(self, op, ins, outs):
+        self._binary(op, ins, outs, "Sub", "SubOptions")
+
+    def op_MUL(self, op, ins, outs):
+        self._binary(op, ins, outs, "Mul", "MulOptions")
+
+    def op_DIV(self, op, ins, outs):
+        self._binary(op, ins, outs, "Div", "DivOptions")
+
+    def op_MAXIMUM(self, op, ins, outs):
+        self._binary(op, ins, outs, "Max", None)
+
+    def op_MINIMUM(self, op, ins, outs):
+        self._binary(op, ins, outs, "Min", None)
+
+    def op_SQUARED_DIFFERENCE(self, op, ins, outs):
+        self._binary(op, ins, outs, "SquaredDifference", None)
+
+    def _unary(self, ins, outs, onnx_op: str, **attrs) -> None:
+        layout = self.layout_of(ins[0])
+        y = self._name(self.tensors[outs[0]][0])
+        extra = []
+        if onnx_op == "Clip":
+            lo, hi = attrs.pop("bounds")
+            extra = [self.constant("min", np.float32(lo)), self.constant("max", np.float32(hi))]
+        self.emit(onnx_op, [self.get(ins[0], layout)] + extra, [y], **attrs)
+        self.set_output(outs[0], y, layout)
+
+    def op_RELU(self, op, ins, outs):
+        self._unary(ins, outs, "Relu")
+
+    def op_RELU6(self, op, ins, outs):
+        self._unary(ins, outs, "Clip", bounds=(0.0, 6.0))
+
+    def op_RELU_N1_TO_1(self, op, ins, outs):
+        self._unary(ins, outs, "Clip", bounds=(-1.0, 1.0))
+
+    def op_LOGISTIC(self, op, ins, outs):
+        self._unary(ins, outs, "Sigmoid")
+
+    def op_TANH(self, op, ins, outs):
+        self._unary(ins, outs, "Tanh")
+
+    def op_HARD_SWISH(self, op, ins, outs):
+        self._unary(ins, outs, "HardSwish")
+
+    def op_LEAKY_RELU(self, op, ins, outs):
+        o = self.options(op, "LeakyReluOptions")
+        self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
+
+    def op_SOFTMAX(self, op, ins, outs):
+        o = self.options(op, "SoftmaxOptions")
+        beta = float(o.Beta()) if o is not None else 1.0
+        layout = self.layout_of(ins[0])
+        x = self.get(ins[0], layout)
+        if beta != 1.0:
+            scaled = self._name("scaled")
+            self.emit("Mul", [x, self.constant("beta", np.float32(beta))], [scaled])
+            x = scaled
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Softmax", [x], [y], axis=1 if layout == "nchw" else -1)
+        self.set_output(outs[0], y, layout)
+
+    def _reshape_to_output(self, ins, outs):
+        y = self._name(self.tensors[outs[0]][0])
+        shape = self.constant("shape", np.array(self.shape(outs[0]), np.int64))
+        self.emit("Reshape", [self.get(ins[0], "plain"), shape], [y])
+        self.set_output(outs[0], y, "plain")
+
+    def op_RESHAPE(self, op, ins, outs):
+        self._reshape_to_output(ins, outs)
+
+    def op_SQUEEZE(self, op, ins, outs):
+        self._reshape_to_output(ins, outs)
+
+    def op_MEAN(self, op, ins, outs):
+        axes = self.const(ins[1])
+        if axes is None:
+            raise UnsupportedOpError("needs constant axes")
+        o = self.options(op, "ReducerOptions")
+        keep = bool(o.KeepDims()) if o is not None else False
+        rank = len(self.shape(ins[0]))
+        axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
+        source, layout = "plain", "plain"
+        if self.layout_of(ins[0]) == "nchw":
+            kept = [_NHWC_TO_NCHW_AXIS[a] for a in range(4) if a not in axes]
+            if keep or kept == sorted(kept):  # the NCHW result holds the elements in TFLite's order
+                source, layout = "nchw", "nchw" if keep else "plain"
+                axes = sorted(_NHWC_TO_NCHW_AXIS[a] for a in axes)
+        x = self.get(ins[0], source)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("ReduceMean", [x], [y], axes=list(axes), keepdims=int(keep))
+        self.set_output(outs[0], y, layout)
+
+    def op_CONCATENATION(self, op, ins, outs):
+        o = self.options(op, "ConcatenationOptions")
+        if o.FusedActivationFunction():  # TFLite's reference kernel refuses it too (XNNPACK ignores it)
+            raise ModelFormatError("a fused activation on CONCATENATION is not defined (TFLite's kernels refuse it)")
+        rank = len(self.shape(outs[0]))
+        axis = int(o.Axis()) % rank if rank else 0
+        nchw = rank == 4 and any(self.layout_of(i) == "nchw" for i in ins)
+        args = [self.get(i, "nchw" if nchw else "plain") for i in ins]
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Concat", args, [y], axis=_NHWC_TO_NCHW_AXIS[axis] if nchw else axis)
+        self.set_output(outs[0], y, "nchw" if nchw else "plain")
+
+    def _pad(self, ins, outs):
+        pads = self.const(ins[1])
+        if pads is None:
+            raise UnsupportedOpError("needs constant paddings")
+        rank = len(self.shape(ins[0]))
+        pads = pads.reshape(rank, 2).astype(np.int64)
+        nchw = rank == 4 and self.layout_of(ins[0]) == "nchw"
+        if nchw:
+            pads = pads[list(_TO_NCHW)]
+        args = [self.get(ins[0], "nchw" if nchw else "plain"),
+                self.constant("pads", np.concatenate([pads[:, 0], pads[:, 1]]))]
+        if len(ins) > 2 and ins[2] >= 0:
+            args.append(self.get(ins[2], "plain"))
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Pad", args, [y], mode="constant")
+        self.set_output(outs[0], y, "nchw" if nchw else "plain")
+
+    def op_PAD(self, op, ins, outs):
+        self._pad(ins, outs)
+
+    def op_PADV2(self, op, ins, outs):
+        self._pad(ins, outs)
+
+    def op_TRANSPOSE(self, op, ins, outs):
+        perm = self.const(ins[1])
+        if perm is None:
+            raise UnsupportedOpError("needs a constant permutation")
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Transpose", [self.get(ins[0], "plain")], [y], perm=[int(p) for p in perm.reshape(-1)])
+        self.set_output(outs[0], y, "plain")
+
+    def op_DEQUANTIZE(self, op, ins, outs):
+        data = self.const(ins[0])
+        if data is None or data.dtype != np.float16:
+            raise UnsupportedOpError("only float16 constants (float16 weights) are supported so far")
+        name, shape, _, _ = self.tensors[outs[0]]
+        self.tensors[outs[0]] = (name, shape, np.dtype(np.float32), data.astype(np.float32))
+
+
+def _padding(code: int) -> str:
+    if code not in _PADDING:
+        raise ModelFormatError(f"unknown padding {code}")
+    return _PADDING[code]

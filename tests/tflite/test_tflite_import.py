@@ -1,0 +1,239 @@
+"""The .tflite importer (converters/tflite_import.py) against the TFLite interpreter (ai-edge-litert), on
+models built with the schema's object API: every operator, the NHWC -> NCHW layout handling, and bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tflite_builder import Builder, interpret, schema  # noqa: E402  (tests/tflite on sys.path)
+
+import edgedl
+from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
+
+RNG = np.random.default_rng(21)
+AF = schema.ActivationFunctionType
+SAME, VALID = schema.Padding.SAME, schema.Padding.VALID
+
+
+def _f32(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _check(data: bytes, feeds: list[np.ndarray], rtol=1e-5, atol=1e-5) -> edgedl.Model:
+    """edgedl's outputs equal the interpreter's (float32: within 1e-5 relative)."""
+    want = interpret(data, feeds)
+    model = edgedl.load(data)
+    got = model.run({s.name: x for s, x in zip(model.inputs, feeds)})
+    assert len(got) == len(want)
+    for (name, g), w in zip(got.items(), want):
+        assert g.shape == w.shape, name
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=name)
+    return model
+
+
+def _transposes(model: edgedl.Model) -> int:
+    return sum(n.op_type == "Transpose" for n in model.graph.nodes)
+
+
+def test_a_small_mobilenet_runs_in_nchw_with_transposes_only_at_the_edges(tmp_path):
+    """CONV_2D (fused RELU6, stride 2, SAME) -> DEPTHWISE_CONV_2D -> CONV_2D 1x1 + residual ADD -> MAX_POOL_2D ->
+    MEAN over H, W -> FULLY_CONNECTED -> SOFTMAX; loaded from a file and from bytes."""
+    b = Builder()
+    x = b.tensor("input", (1, 10, 10, 3))
+    w1, b1 = b.const("w1", _f32(8, 3, 3, 3, scale=0.3)), b.const("b1", _f32(8))
+    c1 = b.tensor("c1", (1, 5, 5, 8))
+    b.op("CONV_2D", [x, w1, b1], [c1], "Conv2DOptions", padding=SAME, strideW=2, strideH=2,
+         fusedActivationFunction=AF.RELU6, dilationWFactor=1, dilationHFactor=1)
+    wd, bd = b.const("wd", _f32(1, 3, 3, 8, scale=0.3)), b.const("bd", _f32(8))
+    d1 = b.tensor("d1", (1, 5, 5, 8))
+    b.op("DEPTHWISE_CONV_2D", [c1, wd, bd], [d1], "DepthwiseConv2DOptions", padding=SAME, strideW=1, strideH=1,
+         depthMultiplier=1, fusedActivationFunction=AF.RELU, dilationWFactor=1, dilationHFactor=1)
+    w2, b2 = b.const("w2", _f32(8, 1, 1, 8, scale=0.3)), b.const("b2", _f32(8))
+    p1 = b.tensor("p1", (1, 5, 5, 8))
+    b.op("CONV_2D", [d1, w2, b2], [p1], "Conv2DOptions", padding=VALID, strideW=1, strideH=1,
+         dilationWFactor=1, dilationHFactor=1)
+    s1 = b.tensor("s1", (1, 5, 5, 8))
+    b.op("ADD", [p1, c1], [s1], "AddOptions")
+    m1 = b.tensor("m1", (1, 2, 2, 8))
+    b.op("MAX_POOL_2D", [s1], [m1], "Pool2DOptions", padding=VALID, strideW=2, strideH=2, filterWidth=2,
+         filterHeight=2)
+    axes = b.const("axes", np.array([1, 2], np.int32), np.int32)
+    r1 = b.tensor("r1", (1, 8))
+    b.op("MEAN", [m1, axes], [r1], "ReducerOptions", keepDims=False)
+    wf, bf = b.const("wf", _f32(4, 8)), b.const("bf", _f32(4))
+    f1 = b.tensor("f1", (1, 4))
+    b.op("FULLY_CONNECTED", [r1, wf, bf], [f1], "FullyConnectedOptions")
+    y = b.tensor("probs", (1, 4))
+    b.op("SOFTMAX", [f1], [y], "SoftmaxOptions", beta=1.0)
+    data = b.build([x], [y])
+    model = _check(data, [_f32(1, 10, 10, 3)])
+    assert _transposes(model) == 1  # the input's, and none between the layers
+    path = tmp_path / "net.tflite"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(edgedl.load(str(path)).run({"input": np.ones((1, 10, 10, 3), np.float32)})["probs"],
+                                  model.run({"input": np.ones((1, 10, 10, 3), np.float32)})["probs"])
+
+
+def _conv_model(out_op, *extra_tensors):
+    """input (1, 6, 6, 2) -> CONV_2D 3x3 SAME (4 channels, NCHW inside) -> ``out_op(builder, conv_out)``."""
+    b = Builder()
+    x = b.tensor("input", (1, 6, 6, 2))
+    c = b.tensor("conv", (1, 6, 6, 4))
+    b.op("CONV_2D", [x, b.const("w", _f32(4, 3, 3, 2, scale=0.4)), b.const("b", _f32(4))], [c], "Conv2DOptions",
+         padding=SAME, strideW=1, strideH=1, dilationWFactor=1, dilationHFactor=1)
+    y = out_op(b, c)
+    return b.build([x], [y])
+
+
+@pytest.mark.parametrize("code,options,other", [
+    ("ADD", "AddOptions", (4,)), ("SUB", "SubOptions", (1, 1, 6, 4)), ("MUL", "MulOptions", (6, 1, 1)),
+    ("DIV", "DivOptions", ()), ("MAXIMUM", None, (4,)), ("MINIMUM", None, (6, 6, 4)),
+    ("SQUARED_DIFFERENCE", None, (1, 6, 1, 4)),
+])
+def test_binary_ops_broadcast_constants_in_nchw(code, options, other):
+    def op(b, c):
+        k = b.const("k", np.abs(_f32(*other)) + 0.5 if code == "DIV" else _f32(*other))
+        y = b.tensor("y", (1, 6, 6, 4))
+        fields = {"fusedActivationFunction": AF.RELU} if options else {}
+        b.op(code, [c, k], [y], options, **fields)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+@pytest.mark.parametrize("code,options,fields", [
+    ("RELU", None, {}), ("RELU6", None, {}), ("RELU_N1_TO_1", None, {}), ("LOGISTIC", None, {}), ("TANH", None, {}),
+    ("HARD_SWISH", None, {}), ("LEAKY_RELU", "LeakyReluOptions", {"alpha": 0.15}),
+])
+def test_activations(code, options, fields):
+    def op(b, c):
+        y = b.tensor("y", (1, 6, 6, 4))
+        b.op(code, [c], [y], options, **fields)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2, scale=3.0)])
+
+
+@pytest.mark.parametrize("axes,keep", [([1, 2], True), ([3], False), ([1], False), ([0, 3], True)])
+def test_mean(axes, keep):
+    shape = [d for i, d in enumerate((1, 6, 6, 4)) if i not in axes or keep]
+    shape = [1 if (i in axes and keep) else d for i, d in enumerate((1, 6, 6, 4))] if keep else shape
+
+    def op(b, c):
+        y = b.tensor("y", tuple(shape))
+        b.op("MEAN", [c, b.const("axes", np.array(axes, np.int32), np.int32)], [y], "ReducerOptions", keepDims=keep)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_reshape_then_fully_connected_sees_nhwc_order():
+    """Flattening a convolution's output must see TFLite's (NHWC) element order."""
+    def op(b, c):
+        flat = b.tensor("flat", (1, 144))
+        b.op("RESHAPE", [c, b.const("shape", np.array([1, 144], np.int32), np.int32)], [flat], "ReshapeOptions",
+             newShape=[1, 144])
+        y = b.tensor("y", (1, 5))
+        b.op("FULLY_CONNECTED", [flat, b.const("fw", _f32(5, 144, scale=0.1)), b.const("fb", _f32(5))], [y],
+             "FullyConnectedOptions", fusedActivationFunction=AF.RELU_N1_TO_1)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_concatenation_pad_transpose_squeeze():
+    def op(b, c):
+        cat = b.tensor("cat", (1, 6, 6, 8))
+        b.op("CONCATENATION", [c, c], [cat], "ConcatenationOptions", axis=3)
+        padded = b.tensor("padded", (1, 7, 9, 8))
+        b.op("PAD", [cat, b.const("pads", np.array([[0, 0], [1, 0], [1, 2], [0, 0]], np.int32), np.int32)], [padded])
+        pooled = b.tensor("pooled", (1, 4, 5, 8))
+        b.op("AVERAGE_POOL_2D", [padded], [pooled], "Pool2DOptions", padding=SAME, strideW=2, strideH=2,
+             filterWidth=3, filterHeight=3)
+        t = b.tensor("t", (1, 8, 4, 5))
+        b.op("TRANSPOSE", [pooled, b.const("perm", np.array([0, 3, 1, 2], np.int32), np.int32)], [t])
+        y = b.tensor("y", (8, 4, 5))
+        b.op("SQUEEZE", [t], [y], "SqueezeOptions", squeezeDims=[0])
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_a_fused_activation_on_concatenation_is_refused():
+    """TFLite's reference kernel refuses it (XNNPACK silently ignores it): a clear error, not a guess."""
+    b = Builder()
+    x, y = b.tensor("x", (1, 2, 2, 2)), b.tensor("y", (1, 2, 2, 4))
+    b.op("CONCATENATION", [x, x], [y], "ConcatenationOptions", axis=3, fusedActivationFunction=AF.RELU)
+    with pytest.raises(ModelFormatError, match="fused activation on CONCATENATION"):
+        edgedl.load(b.build([x], [y]))
+
+
+def test_float16_weights_through_dequantize():
+    b = Builder()
+    x = b.tensor("input", (2, 5))
+    w16 = b.const("w16", _f32(3, 5).astype(np.float16), np.float16)
+    w = b.tensor("w", (3, 5))
+    b.op("DEQUANTIZE", [w16], [w])
+    y = b.tensor("y", (2, 3))
+    b.op("FULLY_CONNECTED", [x, w, -1], [y], "FullyConnectedOptions")
+    _check(b.build([x], [y]), [_f32(2, 5)])
+
+
+# -- bad files ---------------------------------------------------------------------------------------------
+def _dense() -> bytes:
+    b = Builder()
+    x = b.tensor("x", (1, 4))
+    y = b.tensor("y", (1, 2))
+    b.op("FULLY_CONNECTED", [x, b.const("w", _f32(2, 4)), -1], [y], "FullyConnectedOptions")
+    return b.build([x], [y])
+
+
+def test_unsupported_operators_are_listed_together():
+    b = Builder()
+    x = b.tensor("x", (1, 4))
+    y, z = b.tensor("y", (1,), np.int64), b.tensor("z", (1, 4))
+    b.op("ARG_MAX", [x, b.const("axis", np.array([1], np.int32), np.int32)], [y], "ArgMaxOptions", outputType=4)
+    b.op("FLOOR", [x], [z])
+    with pytest.raises(UnsupportedOpError, match=r"ARG_MAX \(operator 0: inputs \['x', 'axis'\].*FLOOR \(operator 1"):
+        edgedl.load(b.build([x], [y, z]))
+
+
+def test_truncated_and_corrupt_files_are_clear_errors():
+    data = _dense()
+    for cut in (8, 20, len(data) // 2, len(data) - 4):
+        with pytest.raises(EdgeDLError):
+            edgedl.load(data[:cut])
+
+
+def test_a_buffer_that_does_not_match_its_tensor():
+    b = Builder()
+    x = b.tensor("x", (1, 4))
+    w = b.tensor("w", (2, 4), np.float32, _f32(3, 4))  # 48 bytes for a (2, 4) tensor
+    y = b.tensor("y", (1, 2))
+    b.op("FULLY_CONNECTED", [x, w, -1], [y], "FullyConnectedOptions")
+    with pytest.raises(ModelFormatError, match=r"needs 32 bytes, its buffer 1 holds 48"):
+        edgedl.load(b.build([x], [y]))
+
+
+def test_a_tensor_nothing_writes():
+    b = Builder()
+    x = b.tensor("x", (1, 4))
+    ghost = b.tensor("ghost", (1, 4))
+    y = b.tensor("y", (1, 4))
+    b.op("ADD", [x, ghost], [y], "AddOptions")
+    with pytest.raises(ModelFormatError, match="'ghost'.* read before anything writes it"):
+        edgedl.load(b.build([x], [y]))
+
+
+def test_mutated_files_never_crash():
+    """Random byte mutations of a valid model: edgedl either loads it or raises EdgeDLError (never another
+    exception, a hang or a huge allocation)."""
+    data = bytearray(_dense())
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        mutated = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
+        try:
+            model = edgedl.load(bytes(mutated))
+        except EdgeDLError:
+            continue
+        try:
+            model.run({s.name: np.zeros([d if isinstance(d, int) else 1 for d in s.shape], s.dtype)
+                       for s in model.inputs})
+        except EdgeDLError:
+            pass

@@ -1,0 +1,81 @@
+"""Build .tflite files in tests with the TFLite schema's object API (``ai_edge_litert.schema_py_generated``) and
+run them on the TFLite interpreter (the reference)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
+flatbuffers = pytest.importorskip("flatbuffers")
+
+_TYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int32): 2, np.dtype(np.uint8): 3,
+          np.dtype(np.int64): 4, np.dtype(np.bool_): 6, np.dtype(np.int16): 7, np.dtype(np.int8): 9}
+
+
+class Builder:
+    """Tensors, buffers and operators of one subgraph; :meth:`build` gives the file's bytes."""
+
+    def __init__(self):
+        self.tensors: list = []
+        self.buffers = [schema.BufferT()]  # buffer 0: the empty buffer of activations
+        self.ops: list = []
+        self.codes: dict[int, int] = {}
+
+    def tensor(self, name: str, shape, dtype=np.float32, data=None) -> int:
+        t = schema.TensorT()
+        t.name, t.shape, t.type = name, list(shape), _TYPES[np.dtype(dtype)]
+        t.buffer = 0
+        if data is not None:
+            b = schema.BufferT()
+            b.data = list(np.ascontiguousarray(data, dtype).tobytes())
+            self.buffers.append(b)
+            t.buffer = len(self.buffers) - 1
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def const(self, name: str, value, dtype=np.float32) -> int:
+        value = np.asarray(value, dtype)
+        return self.tensor(name, value.shape, dtype, value)
+
+    def op(self, code: str, inputs, outputs, options: str | None = None, **fields) -> None:
+        builtin = getattr(schema.BuiltinOperator, code)
+        if builtin not in self.codes:
+            self.codes[builtin] = len(self.codes)
+        o = schema.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.codes[builtin], list(inputs), list(outputs)
+        if options:
+            o.builtinOptionsType = getattr(schema.BuiltinOptions, options)
+            opts = getattr(schema, f"{options}T")()
+            for k, v in fields.items():
+                setattr(opts, k, v)
+            o.builtinOptions = opts
+        self.ops.append(o)
+
+    def build(self, inputs, outputs) -> bytes:
+        codes = []
+        for builtin, _ in sorted(self.codes.items(), key=lambda kv: kv[1]):
+            c = schema.OperatorCodeT()
+            c.builtinCode = builtin
+            c.deprecatedBuiltinCode = min(builtin, 127)
+            c.version = 1
+            codes.append(c)
+        g = schema.SubGraphT()
+        g.tensors, g.inputs, g.outputs, g.operators = self.tensors, list(inputs), list(outputs), self.ops
+        g.name = "main"
+        m = schema.ModelT()
+        m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [g], self.buffers
+        b = flatbuffers.Builder(1024)
+        b.Finish(m.Pack(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
+
+
+def interpret(data: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    """The TFLite interpreter's outputs for ``feeds`` (in input order)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]).copy() for d in it.get_output_details()]
