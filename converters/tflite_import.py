@@ -104,6 +104,8 @@ class _Importer:
     def _tensors(self):
         g, n_buffers = self.graph, self.count(self.model.BuffersLength(), "buffers")
         self.tensors = []
+        #: per tensor: (scales float32, zero points int64, axis) or None
+        self.quant: list = []
         seen: set[str] = set()
         for i in range(self.count(g.TensorsLength(), "tensors")):
             t = g.Tensors(i)
@@ -123,6 +125,23 @@ class _Importer:
                 raise ModelFormatError(f"tensor {i} ({name!r}) names buffer {b}, the file has {n_buffers}")
             data = self._buffer(b, name, shape, dtype) if n_buffers else None
             self.tensors.append((name, shape, dtype, data))
+            self.quant.append(self._quantization(t, name, shape))
+
+    def _quantization(self, t, name: str, shape):
+        q = t.Quantization()
+        if q is None or not self.count(q.ScaleLength(), "scales"):
+            return None
+        scale = q.ScaleAsNumpy().astype(np.float32).reshape(-1)
+        zp = (q.ZeroPointAsNumpy().astype(np.int64).reshape(-1) if self.count(q.ZeroPointLength(), "zero points")
+              else np.zeros(scale.size, np.int64))
+        axis = int(q.QuantizedDimension())
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ModelFormatError(f"tensor {name!r} has invalid quantization scales {scale[:4]}")
+        if zp.size not in (1, scale.size):
+            raise ModelFormatError(f"tensor {name!r} has {scale.size} scales but {zp.size} zero points")
+        if scale.size > 1 and not (0 <= axis < len(shape) and shape[axis] == scale.size):
+            raise ModelFormatError(f"tensor {name!r} of shape {shape} has {scale.size} scales along axis {axis}")
+        return scale, np.broadcast_to(zp, scale.shape).copy(), axis
 
     def _buffer(self, index: int, name: str, shape, dtype) -> np.ndarray | None:
         buf = self.model.Buffers(index)
@@ -216,6 +235,55 @@ class _Importer:
         self.emit("Transpose", [reshaped], [out], perm=list(_TO_NCHW))
         return out
 
+    def quantized(self, i: int) -> bool:
+        return self.tensors[i][2] in (np.dtype(np.int8), np.dtype(np.uint8)) and self.quant[i] is not None
+
+    def qparams(self, i: int, per_tensor: bool = True) -> tuple[str, str]:
+        """IR constants (scale float32, zero point of the tensor's type) of tensor ``i``'s quantization;
+        ``per_tensor``: a single scale is required."""
+        q = self.quant[i]
+        name, _, dtype, _ = self.tensors[i]
+        if q is None:
+            raise UnsupportedOpError(f"tensor {name!r} is {dtype.name} without quantization parameters")
+        scale, zp, _ = q
+        if per_tensor and scale.size != 1:
+            raise UnsupportedOpError(f"tensor {name!r} is quantized per channel where one scale is expected")
+        if per_tensor:
+            return self.constant(f"{name}_scale", scale[0]), self.constant(f"{name}_zp", np.array(zp[0], dtype))
+        return self.constant(f"{name}_scale", scale), self.constant(f"{name}_zp", zp.astype(dtype))
+
+    def float_only(self, i: int) -> None:
+        """An operator whose int8 form is not imported yet: an error rather than float arithmetic on codes."""
+        if self.tensors[i][2].kind != "f":
+            raise UnsupportedOpError(f"the {self.tensors[i][2].name} form (tensor {self.tensors[i][0]!r}) is not "
+                                     "supported yet")
+
+    def same_quantization(self, tensors) -> None:
+        """int8 data movement: every tensor must share one scale and zero point (nothing is requantized)."""
+        qs = [self.quant[i] for i in tensors]
+        if any(q is not None for q in qs) and not all(
+                q is not None and np.array_equal(q[0], qs[0][0]) and np.array_equal(q[1], qs[0][1]) for q in qs):
+            raise UnsupportedOpError("int8 tensors with different quantization parameters (requantizing data "
+                                     "movement is not supported yet)")
+
+    @staticmethod
+    def clamp(code: int):
+        """The real-valued output range of a fused activation on an int8 op (``_clamp``), or None."""
+        if code == 0:
+            return None
+        bounds = {1: (0.0, float("inf")), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
+        if code not in bounds:
+            raise UnsupportedOpError(f"fused activation {code} on an int8 operator")
+        return bounds[code]
+
+    def q_attrs(self, fused: int) -> dict:
+        """TFLite's requantization (double rounding) and the fused activation's range."""
+        attrs = {"_requant": "double"}
+        c = self.clamp(fused)
+        if c is not None:
+            attrs["_clamp"] = list(c)
+        return attrs
+
     def activation(self, code: int, x: str, out: str) -> None:
         """The fused activation ``code`` from ``x`` to ``out`` (an Identity when none)."""
         if code == 0:
@@ -298,7 +366,8 @@ class _Importer:
                     self._rename(ir, name)
             out_specs.append(TensorSpec(name, shape, dtype))
         name = (g.Name() or b"").decode("utf-8", "replace") or "tflite"
-        return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name)
+        return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name,
+                     domains={"com.microsoft": 1})
 
     def _rename(self, old: str, new: str) -> None:
         for n in self.nodes:
@@ -327,14 +396,26 @@ class _Importer:
         else:  # [O, KH, KW, I] -> [O, I, KH, KW]
             weight = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
             group = c // w.shape[3] if w.shape[3] and c % w.shape[3] == 0 else 1
-        args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[w_i][0]}_oihw", weight)]
-        if len(ins) > 2 and ins[2] >= 0:
-            args.append(self.get(ins[2], "plain"))
+        if not self.quantized(x_i) and weight.dtype.kind != "f":
+            raise UnsupportedOpError("float input with integer weights (a dynamic-range model) is not supported yet")
+        w_name = self.constant(f"{self.tensors[w_i][0]}_oihw", weight)
+        bias = self.get(ins[2], "plain") if len(ins) > 2 and ins[2] >= 0 else ""
         y = self._name(self.tensors[outs[0]][0])
         attrs = dict(kernel_shape=list(weight.shape[2:]), strides=[o.StrideH(), o.StrideW()],
                      dilations=[o.DilationHFactor(), o.DilationWFactor()], group=int(group),
                      auto_pad=_padding(o.Padding()))
-        self.emit("Conv", args, [y], **attrs)
+        if self.quantized(x_i):  # full-integer: QLinearConv with TFLite's requantization
+            w_scale, w_zp = self.qparams(w_i, per_tensor=False)
+            if np.any(self.quant[w_i][1]):
+                raise UnsupportedOpError("int8 weights with a non-zero zero point")
+            self.initializers[w_zp] = np.zeros(weight.shape[0], weight.dtype)
+            self.initializers[w_scale] = np.broadcast_to(self.initializers[w_scale], (weight.shape[0],)).copy()
+            args = [self.get(x_i, "nchw"), *self.qparams(x_i), w_name, w_scale, w_zp, *self.qparams(outs[0])]
+            self.emit("QLinearConv", args + ([bias] if bias else []), [y], **attrs,
+                      **self.q_attrs(o.FusedActivationFunction()))
+            self.set_output(outs[0], y, "nchw")
+            return
+        self.emit("Conv", [self.get(x_i, "nchw"), w_name] + ([bias] if bias else []), [y], **attrs)
         self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
 
     def op_CONV_2D(self, op, ins, outs):
@@ -345,6 +426,10 @@ class _Importer:
 
     def _pool(self, op, ins, outs, kind: str) -> None:
         o = self.options(op, "Pool2DOptions")
+        if self.quantized(ins[0]) and (kind != "MaxPool" or o.FusedActivationFunction()
+                                       or not np.array_equal(self.quant[ins[0]][:2], self.quant[outs[0]][:2])):
+            raise UnsupportedOpError("int8 pooling other than MAX_POOL_2D with equal input and output "
+                                     "quantization is not supported yet")
         y = self._name(self.tensors[outs[0]][0])
         attrs = dict(kernel_shape=[o.FilterHeight(), o.FilterWidth()], strides=[o.StrideH(), o.StrideW()],
                      auto_pad=_padding(o.Padding()))
@@ -366,22 +451,46 @@ class _Importer:
         x = self.get(ins[0], "plain")
         rows = self._name("rows")
         self.emit("Reshape", [x, self.constant("shape", np.array([-1, depth], np.int64))], [rows])
-        args = [rows, self.get(ins[1], "plain")]
-        if len(ins) > 2 and ins[2] >= 0:
-            args.append(self.get(ins[2], "plain"))
+        bias = self.get(ins[2], "plain") if len(ins) > 2 and ins[2] >= 0 else ""
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Gemm", args, [y], transB=1)
+        fused = o.FusedActivationFunction() if o is not None else 0
+        if self.quantized(ins[0]):  # full-integer: com.microsoft QGemm with TFLite's requantization
+            if self.const(ins[1]) is None or np.any(self.quant[ins[1]][1]):
+                raise UnsupportedOpError("int8 weights must be constant with a zero zero point")
+            w_scale, w_zp = self.qparams(ins[1], per_tensor=False)
+            self.initializers[w_zp] = np.zeros(units, self.tensors[ins[1]][2])
+            self.initializers[w_scale] = np.broadcast_to(self.initializers[w_scale], (units,)).copy()
+            args = [rows, *self.qparams(ins[0]), self.get(ins[1], "plain"), w_scale, w_zp, bias,
+                    *self.qparams(outs[0])]
+            self.nodes.append(Node("QGemm", self._name("QGemm"), args, [y], dict(transB=1, **self.q_attrs(fused)),
+                                   domain="com.microsoft"))
+            fused = 0
+        else:
+            if self.tensors[ins[1]][2].kind != "f":
+                raise UnsupportedOpError("float input with integer weights (a dynamic-range model) is not supported "
+                                         "yet")
+            self.emit("Gemm", [rows, self.get(ins[1], "plain")] + ([bias] if bias else []), [y], transB=1)
         out_shape = self.shape(outs[0])
         if o is not None and o.KeepNumDims() and len(out_shape) != 2:
             shaped = self._name(self.tensors[outs[0]][0])
             self.emit("Reshape", [y, self.constant("shape", np.array(out_shape, np.int64))], [shaped])
             y = shaped
-        self.finish(outs[0], y, "plain", o.FusedActivationFunction() if o is not None else 0)
+        self.finish(outs[0], y, "plain", fused)
 
     def _binary(self, op, ins, outs, onnx_op: str, options: str | None) -> None:
         nchw = any(self.layout_of(i) == "nchw" for i in ins) and all(len(self.shape(i)) <= 4 for i in ins)
         args = [self.broadcast_nchw(i) if nchw else self.get(i, "plain") for i in ins]
         y = self._name(self.tensors[outs[0]][0])
+        if any(self.quantized(i) for i in list(ins) + list(outs)):
+            if onnx_op not in ("Add", "Mul") or not all(self.quantized(i) for i in list(ins) + list(outs)):
+                raise UnsupportedOpError(f"int8 {onnx_op} is not supported yet (int8 ADD and MUL are)")
+            o = self.options(op, options)
+            fused = o.FusedActivationFunction() if o is not None else 0
+            q_args = [args[0], *self.qparams(ins[0]), args[1], *self.qparams(ins[1]), *self.qparams(outs[0])]
+            self.nodes.append(Node(f"QLinear{onnx_op}", self._name(f"QLinear{onnx_op}"), q_args, [y],
+                                   self.q_attrs(fused), domain="com.microsoft"))
+            self.set_output(outs[0], y, "nchw" if nchw else "plain")
+            return
         if onnx_op == "SquaredDifference":
             d = self._name("difference")
             self.emit("Sub", args, [d])
@@ -416,6 +525,7 @@ class _Importer:
         self._binary(op, ins, outs, "SquaredDifference", None)
 
     def _unary(self, ins, outs, onnx_op: str, **attrs) -> None:
+        self.float_only(ins[0])
         layout = self.layout_of(ins[0])
         y = self._name(self.tensors[outs[0]][0])
         extra = []
@@ -448,6 +558,7 @@ class _Importer:
         self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
 
     def op_SOFTMAX(self, op, ins, outs):
+        self.float_only(ins[0])
         o = self.options(op, "SoftmaxOptions")
         beta = float(o.Beta()) if o is not None else 1.0
         layout = self.layout_of(ins[0])
@@ -461,6 +572,7 @@ class _Importer:
         self.set_output(outs[0], y, layout)
 
     def _reshape_to_output(self, ins, outs):
+        self.same_quantization([ins[0], outs[0]])
         y = self._name(self.tensors[outs[0]][0])
         shape = self.constant("shape", np.array(self.shape(outs[0]), np.int64))
         self.emit("Reshape", [self.get(ins[0], "plain"), shape], [y])
@@ -473,6 +585,7 @@ class _Importer:
         self._reshape_to_output(ins, outs)
 
     def op_MEAN(self, op, ins, outs):
+        self.float_only(ins[0])
         axes = self.const(ins[1])
         if axes is None:
             raise UnsupportedOpError("needs constant axes")
@@ -495,6 +608,7 @@ class _Importer:
         o = self.options(op, "ConcatenationOptions")
         if o.FusedActivationFunction():  # TFLite's reference kernel refuses it too (XNNPACK ignores it)
             raise ModelFormatError("a fused activation on CONCATENATION is not defined (TFLite's kernels refuse it)")
+        self.same_quantization(list(ins) + list(outs))
         rank = len(self.shape(outs[0]))
         axis = int(o.Axis()) % rank if rank else 0
         nchw = rank == 4 and any(self.layout_of(i) == "nchw" for i in ins)
@@ -516,6 +630,9 @@ class _Importer:
                 self.constant("pads", np.concatenate([pads[:, 0], pads[:, 1]]))]
         if len(ins) > 2 and ins[2] >= 0:
             args.append(self.get(ins[2], "plain"))
+        elif self.quantized(ins[0]):  # int8 pads with the zero point (a real 0)
+            self.same_quantization([ins[0], outs[0]])
+            args.append(self.constant("pad_value", np.array(self.quant[ins[0]][1][0], self.tensors[ins[0]][2])))
         y = self._name(self.tensors[outs[0]][0])
         self.emit("Pad", args, [y], mode="constant")
         self.set_output(outs[0], y, "nchw" if nchw else "plain")
@@ -527,6 +644,7 @@ class _Importer:
         self._pad(ins, outs)
 
     def op_TRANSPOSE(self, op, ins, outs):
+        self.same_quantization([ins[0], outs[0]])
         perm = self.const(ins[1])
         if perm is None:
             raise UnsupportedOpError("needs a constant permutation")
@@ -536,10 +654,26 @@ class _Importer:
 
     def op_DEQUANTIZE(self, op, ins, outs):
         data = self.const(ins[0])
-        if data is None or data.dtype != np.float16:
-            raise UnsupportedOpError("only float16 constants (float16 weights) are supported so far")
         name, shape, _, _ = self.tensors[outs[0]]
-        self.tensors[outs[0]] = (name, shape, np.dtype(np.float32), data.astype(np.float32))
+        if data is not None and data.dtype == np.float16:  # float16 weights: float32 constants
+            self.tensors[outs[0]] = (name, shape, np.dtype(np.float32), data.astype(np.float32))
+            return
+        if not self.quantized(ins[0]):
+            raise UnsupportedOpError(f"DEQUANTIZE of {self.tensors[ins[0]][2].name} without quantization parameters")
+        layout = self.layout_of(ins[0])
+        scale, zp = self.qparams(ins[0])
+        y = self._name(name)
+        self.emit("DequantizeLinear", [self.get(ins[0], layout), scale, zp], [y])
+        self.set_output(outs[0], y, layout)
+
+    def op_QUANTIZE(self, op, ins, outs):
+        if self.tensors[ins[0]][2] != np.float32 or not self.quantized(outs[0]):
+            raise UnsupportedOpError("QUANTIZE from float32 to int8 / uint8 is supported (not requantization)")
+        layout = self.layout_of(ins[0])
+        scale, zp = self.qparams(outs[0])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("QuantizeLinear", [self.get(ins[0], layout), scale, zp], [y], _round="away")
+        self.set_output(outs[0], y, layout)
 
 
 def _padding(code: int) -> str:

@@ -124,6 +124,12 @@ class QuantizeLinear(_LinearQ):
     def __init__(self, node, opset):
         super().__init__(node, opset)
         self.saturate = bool(self.attr("saturate", 1))
+        #: edgedl's "_round" attribute: "even" (ONNX), or "away" (ties away from zero: TFLite's QUANTIZE)
+        rounding = self.attr("_round", "even")
+        rounding = rounding.decode() if isinstance(rounding, bytes) else str(rounding)
+        if rounding not in ("even", "away"):
+            raise self.error(f"_round must be 'even' or 'away', got {rounding!r}")
+        self.away = rounding == "away"
         out = int(self.attr("output_dtype", 0))
         self.output_dtype = onnx_elem_dtype(self, out, "output_dtype", low_precision=True) if out else None
         precision = int(self.attr("precision", 0))
@@ -167,7 +173,10 @@ class QuantizeLinear(_LinearQ):
         if qtype in _QTYPES:
             lo, hi = _QTYPES[qtype]
             z = 0 if zp is None else self._broadcast(zp, x.shape).astype(np.int64)
-            q = np.rint(v).astype(np.float64) + z  # rint: ties to even
+            r = np.rint(v)  # rint: ties to even
+            if self.away:
+                r = np.where(np.abs(v - np.trunc(v)) == 0.5, np.trunc(v) + np.sign(v), r)
+            q = r.astype(np.float64) + z
             return [np.clip(q, lo, hi).astype(qtype)]
         # float8 / float4 / float6: round to nearest even in the type
         v = np.asarray(v, np.float32)
@@ -186,7 +195,7 @@ class QuantizeLinear(_LinearQ):
                 or qtype not in (np.dtype(np.int8), np.dtype(np.uint8))
                 or (self.precision is not None and self.precision != np.float32)):
             return ref_kernel(self)
-        k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype)
+        k = QuantizeKernel(tuple(x.shape), self._channel_axis(x, scale), qtype, self.away)
         return _bindable(k, ins, consts)
 
     def build_cuda(self, ins, outs, consts):
@@ -199,7 +208,8 @@ class QuantizeLinear(_LinearQ):
             return None
         from ..kernels.cuda.quant import Quantize
 
-        k = Quantize(tuple(x.shape), self._channel_axis(x, scale), consts[1], consts[2] if has_zero else None, qtype)
+        k = Quantize(tuple(x.shape), self._channel_axis(x, scale), consts[1], consts[2] if has_zero else None, qtype,
+                     self.away)
         return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
     def _channel_axis(self, x: TensorType, scale: TensorType) -> int | None:

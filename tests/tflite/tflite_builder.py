@@ -21,9 +21,16 @@ class Builder:
         self.ops: list = []
         self.codes: dict[int, int] = {}
 
-    def tensor(self, name: str, shape, dtype=np.float32, data=None) -> int:
+    def tensor(self, name: str, shape, dtype=np.float32, data=None, quant=None) -> int:
+        """A tensor (a constant with ``data``); ``quant``: (scales, zero points, quantized dimension)."""
         t = schema.TensorT()
         t.name, t.shape, t.type = name, list(shape), _TYPES[np.dtype(dtype)]
+        if quant is not None:
+            q = schema.QuantizationParametersT()
+            q.scale = [float(v) for v in np.atleast_1d(quant[0])]
+            q.zeroPoint = [int(v) for v in np.atleast_1d(quant[1])]
+            q.quantizedDimension = int(quant[2]) if len(quant) > 2 else 0
+            t.quantization = q
         t.buffer = 0
         if data is not None:
             b = schema.BufferT()
@@ -33,9 +40,9 @@ class Builder:
         self.tensors.append(t)
         return len(self.tensors) - 1
 
-    def const(self, name: str, value, dtype=np.float32) -> int:
+    def const(self, name: str, value, dtype=np.float32, quant=None) -> int:
         value = np.asarray(value, dtype)
-        return self.tensor(name, value.shape, dtype, value)
+        return self.tensor(name, value.shape, dtype, value, quant)
 
     def op(self, code: str, inputs, outputs, options: str | None = None, **fields) -> None:
         builtin = getattr(schema.BuiltinOperator, code)
@@ -69,11 +76,13 @@ class Builder:
         return bytes(b.Output())
 
 
-def interpret(data: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    """The TFLite interpreter's outputs for ``feeds`` (in input order)."""
-    from ai_edge_litert.interpreter import Interpreter
+def interpret(data: bytes, feeds: list[np.ndarray], reference: bool = False) -> list[np.ndarray]:
+    """The TFLite interpreter's outputs for ``feeds`` (in input order); ``reference``: its reference kernels
+    (``BUILTIN_REF``, what int8 results are compared with bit for bit), else the default resolver."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    it = Interpreter(model_content=data)
+    kind = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
+    it = Interpreter(model_content=data, experimental_op_resolver_type=kind)
     it.allocate_tensors()
     for d, x in zip(it.get_input_details(), feeds):
         it.set_tensor(d["index"], x)

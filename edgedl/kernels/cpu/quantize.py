@@ -2,7 +2,8 @@
 
 Both run over an (outer, channels, inner) view of the tensor: one scale and zero point per channel (per
 axis), or a single one (per tensor: channels = 1). Quantize: q = saturate(round_half_even(x / scale) + zp),
-the division in float32 as onnxruntime and the ONNX reference do. Dequantize: y = (q - zp) * scale.
+the division in float32 as onnxruntime and the ONNX reference do (``away``: ties away from zero, TFLite's
+``TfLiteRound``). Dequantize: y = (q - zp) * scale.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _EXACT = dict(NJIT, fastmath=False)
 
 
 @numba.njit(**_EXACT)
-def _quantize(x, scale, zp, out, outer, ch, inner, lo, hi):
+def _quantize(x, scale, zp, out, outer, ch, inner, lo, hi, away):
     # x: (outer*ch*inner,) float32; scale: (ch,) float32; zp: (ch,) int32; out: same size, int8 or uint8
     flo = np.float32(lo)
     fhi = np.float32(hi)
@@ -31,7 +32,11 @@ def _quantize(x, scale, zp, out, outer, ch, inner, lo, hi):
             xs = x[base:base + inner]
             os_ = out[base:base + inner]
             for i in range(inner):
-                v = np.rint(xs[i] / s) + z  # ties to even; exact below 2^24
+                t = xs[i] / s
+                r = np.rint(t)  # ties to even; exact below 2^24
+                if away and np.abs(t - np.trunc(t)) == np.float32(0.5):
+                    r = np.trunc(t) + np.sign(t)
+                v = r + z
                 v = flo if v < flo else v
                 v = fhi if v > fhi else v
                 os_[i] = v
@@ -87,14 +92,16 @@ class _Prepared:
 class QuantizeKernel(_Prepared):
     """Prepared QuantizeLinear for an input shape: ``axis`` None (per tensor) or the channel axis."""
 
-    def __init__(self, shape, axis, qtype):
+    def __init__(self, shape, axis, qtype, away: bool = False):
         super().__init__(shape, axis)
         info = np.iinfo(qtype)
         self.lo, self.hi = int(info.min), int(info.max)
+        self.away = bool(away)
 
     def __call__(self, x, scale, zp, out):
         s, z = self._args(scale, zp)
-        _quantize(x.reshape(-1), s, z, out.reshape(-1), self.outer, self.ch, self.inner, self.lo, self.hi)
+        _quantize(x.reshape(-1), s, z, out.reshape(-1), self.outer, self.ch, self.inner, self.lo, self.hi,
+                  self.away)
 
 
 class DequantizeKernel(_Prepared):

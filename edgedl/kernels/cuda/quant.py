@@ -95,13 +95,19 @@ def requantize(acc, m0, shift, fscale, zp, lo, hi, mode):
 
 
 @cuda.jit(cache=True)
-def _quantize(x, y, n, channels, inner, scale, zero, lo, hi):
-    # x: [n] float32 -> y: [n] int8/uint8; scale / zero: [channels] (1 channel per tensor)
+def _quantize(x, y, n, channels, inner, scale, zero, lo, hi, away):
+    # x: [n] float32 -> y: [n] int8/uint8; scale / zero: [channels] (1 channel per tensor); away: ties away from 0
     i = cuda.grid(1)
     if i >= n:
         return
     c = (i // inner) % channels
-    v = round_half_even(float32(x[i]) / scale[c]) + float32(zero[c])
+    t = float32(x[i]) / scale[c]
+    r = round_half_even(t)
+    if away:
+        tr = float32(math.floor(t)) if t >= float32(0) else -float32(math.floor(-t))
+        if abs(t - tr) == float32(0.5):
+            r = tr + (float32(1) if t > float32(0) else float32(-1))
+    v = r + float32(zero[c])
     y[i] = int64(max(min(v, float32(hi)), float32(lo)))
 
 
@@ -154,7 +160,8 @@ def _channels(scale, zero, shape, axis):
 class Quantize:
     """float32 -> 8-bit, per tensor (``axis`` None) or per ``axis``, constant scale and zero point."""
 
-    def __init__(self, shape, axis, scale, zero, qtype):
+    def __init__(self, shape, axis, scale, zero, qtype, away: bool = False):
+        self.away = bool(away)
         s, z, self.channels, self.inner = _channels(scale, zero, shape, axis)
         self.scale, self.zero = cuda.to_device(s), cuda.to_device(z)
         info = np.iinfo(qtype)
@@ -164,7 +171,7 @@ class Quantize:
     def __call__(self, x, y, stream=0):
         if self.n:
             _quantize[blocks(self.n), 128, stream](flat(x), flat(y), self.n, self.channels, self.inner, self.scale,
-                                                   self.zero, self.lo, self.hi)
+                                                   self.zero, self.lo, self.hi, self.away)
 
 
 class Dequantize:
