@@ -14,10 +14,18 @@ element-wise ops, activations, concatenations, pads and reductions keep (their a
 remapped), and a reshape, a fully connected layer or a graph output turns it back to NHWC. A chain of
 convolutions therefore runs in NCHW with transposes only at the model's edges.
 
-Operators so far (float32; float16 weights through DEQUANTIZE): CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
-ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, SQUARED_DIFFERENCE, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, RESHAPE, SQUEEZE,
-SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU, HARD_SWISH, CONCATENATION, PAD, PADV2,
-TRANSPOSE, DEQUANTIZE; fused activations (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after.
+Operators so far. Float32 (float16 weights through DEQUANTIZE): CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV,
+FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, DIV, SQUARED_DIFFERENCE, MAXIMUM, MINIMUM, AVERAGE_POOL_2D,
+MAX_POOL_2D, L2_POOL_2D, MEAN, SUM, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE,
+CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (begin / end / shrink masks), PAD, PADV2,
+MIRROR_PAD (REFLECT), GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
+DEPTH_TO_SPACE, SPACE_TO_DEPTH, SOFTMAX, LOG_SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU,
+PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST; fused activations
+(RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
+DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
+(QLinearAdd / QLinearMul), with TFLite's double-rounding requantization (``_requant="double"``) and fused
+activations as output ranges (``_clamp``); data movement on the codes when input and output share their
+quantization. Any other int8 form is an error (never float arithmetic on codes).
 """
 from __future__ import annotations
 
@@ -38,6 +46,10 @@ MAX_ELEMENTS = 1 << 31
 #: TFLite TensorType -> numpy
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
            9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+#: numpy -> ONNX TensorProto element type (Cast's "to")
+_ONNX_TYPES = {np.dtype(k): v for k, v in ((np.float32, 1), (np.uint8, 2), (np.int8, 3), (np.uint16, 4),
+                                           (np.int16, 5), (np.int32, 6), (np.int64, 7), (np.bool_, 9),
+                                           (np.float16, 10), (np.float64, 11), (np.uint32, 12), (np.uint64, 13))}
 #: NHWC axis -> NCHW axis, and the permutations between the layouts
 _NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
@@ -584,26 +596,6 @@ class _Importer:
     def op_SQUEEZE(self, op, ins, outs):
         self._reshape_to_output(ins, outs)
 
-    def op_MEAN(self, op, ins, outs):
-        self.float_only(ins[0])
-        axes = self.const(ins[1])
-        if axes is None:
-            raise UnsupportedOpError("needs constant axes")
-        o = self.options(op, "ReducerOptions")
-        keep = bool(o.KeepDims()) if o is not None else False
-        rank = len(self.shape(ins[0]))
-        axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
-        source, layout = "plain", "plain"
-        if self.layout_of(ins[0]) == "nchw":
-            kept = [_NHWC_TO_NCHW_AXIS[a] for a in range(4) if a not in axes]
-            if keep or kept == sorted(kept):  # the NCHW result holds the elements in TFLite's order
-                source, layout = "nchw", "nchw" if keep else "plain"
-                axes = sorted(_NHWC_TO_NCHW_AXIS[a] for a in axes)
-        x = self.get(ins[0], source)
-        y = self._name(self.tensors[outs[0]][0])
-        self.emit("ReduceMean", [x], [y], axes=list(axes), keepdims=int(keep))
-        self.set_output(outs[0], y, layout)
-
     def op_CONCATENATION(self, op, ins, outs):
         o = self.options(op, "ConcatenationOptions")
         if o.FusedActivationFunction():  # TFLite's reference kernel refuses it too (XNNPACK ignores it)
@@ -651,6 +643,366 @@ class _Importer:
         y = self._name(self.tensors[outs[0]][0])
         self.emit("Transpose", [self.get(ins[0], "plain")], [y], perm=[int(p) for p in perm.reshape(-1)])
         self.set_output(outs[0], y, "plain")
+
+    # -- element-wise math, casts ------------------------------------------------------------------------
+    def op_EXP(self, op, ins, outs):
+        self._unary(ins, outs, "Exp")
+
+    def op_LOG(self, op, ins, outs):
+        self._unary(ins, outs, "Log")
+
+    def op_SQRT(self, op, ins, outs):
+        self._unary(ins, outs, "Sqrt")
+
+    def op_ABS(self, op, ins, outs):
+        self._unary(ins, outs, "Abs")
+
+    def op_NEG(self, op, ins, outs):
+        self._unary(ins, outs, "Neg")
+
+    def op_ELU(self, op, ins, outs):
+        self._unary(ins, outs, "Elu", alpha=1.0)
+
+    def op_RSQRT(self, op, ins, outs):
+        self.float_only(ins[0])
+        layout = self.layout_of(ins[0])
+        root = self._name("sqrt")
+        self.emit("Sqrt", [self.get(ins[0], layout)], [root])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Reciprocal", [root], [y])
+        self.set_output(outs[0], y, layout)
+
+    def op_GELU(self, op, ins, outs):
+        o = self.options(op, "GeluOptions")
+        self._unary(ins, outs, "Gelu", approximate="tanh" if o is not None and o.Approximate() else "none")
+
+    def op_LOG_SOFTMAX(self, op, ins, outs):
+        self.float_only(ins[0])
+        layout = self.layout_of(ins[0])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("LogSoftmax", [self.get(ins[0], layout)], [y], axis=1 if layout == "nchw" else -1)
+        self.set_output(outs[0], y, layout)
+
+    def op_CAST(self, op, ins, outs):
+        layout = self.layout_of(ins[0])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Cast", [self.get(ins[0], layout)], [y], to=_ONNX_TYPES[self.tensors[outs[0]][2]])
+        self.set_output(outs[0], y, layout)
+
+    def op_PRELU(self, op, ins, outs):
+        self.float_only(ins[0])
+        nchw = self.layout_of(ins[0]) == "nchw" and len(self.shape(ins[1])) <= 4
+        args = [self.get(ins[0], "nchw" if nchw else "plain"),
+                self.broadcast_nchw(ins[1]) if nchw else self.get(ins[1], "plain")]
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("PRelu", args, [y])
+        self.set_output(outs[0], y, "nchw" if nchw else "plain")
+
+    # -- reductions and selection -----------------------------------------------------------------------
+    def _reduce(self, op, ins, outs, onnx_op: str) -> None:
+        self.float_only(ins[0])
+        axes = self.const(ins[1])
+        if axes is None:
+            raise UnsupportedOpError("needs constant axes")
+        o = self.options(op, "ReducerOptions")
+        keep = bool(o.KeepDims()) if o is not None else False
+        rank = len(self.shape(ins[0]))
+        axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
+        source, layout = "plain", "plain"
+        if self.layout_of(ins[0]) == "nchw":
+            kept = [_NHWC_TO_NCHW_AXIS[a] for a in range(4) if a not in axes]
+            if keep or kept == sorted(kept):  # the NCHW result holds the elements in TFLite's order
+                source, layout = "nchw", "nchw" if keep else "plain"
+                axes = sorted(_NHWC_TO_NCHW_AXIS[a] for a in axes)
+        x = self.get(ins[0], source)
+        y = self._name(self.tensors[outs[0]][0])
+        if onnx_op == "ReduceSum":  # axes as an input from opset 13
+            self.emit(onnx_op, [x, self.constant("axes", np.array(axes, np.int64))], [y], keepdims=int(keep))
+        else:
+            self.emit(onnx_op, [x], [y], axes=list(axes), keepdims=int(keep))
+        self.set_output(outs[0], y, layout)
+
+    def op_MEAN(self, op, ins, outs):
+        self._reduce(op, ins, outs, "ReduceMean")
+
+    def op_SUM(self, op, ins, outs):
+        self._reduce(op, ins, outs, "ReduceSum")
+
+    def op_REDUCE_MAX(self, op, ins, outs):
+        self._reduce(op, ins, outs, "ReduceMax")
+
+    def op_REDUCE_MIN(self, op, ins, outs):
+        self._reduce(op, ins, outs, "ReduceMin")
+
+    def op_REDUCE_PROD(self, op, ins, outs):
+        self._reduce(op, ins, outs, "ReduceProd")
+
+    def _arg(self, op, ins, outs, onnx_op: str) -> None:
+        axis = self.const(ins[1])
+        if axis is None:
+            raise UnsupportedOpError("needs a constant axis")
+        rank = len(self.shape(ins[0]))
+        a = int(axis.reshape(-1)[0]) % rank
+        idx = self._name("indices")
+        self.emit(onnx_op, [self.get(ins[0], "plain")], [idx], axis=a, keepdims=0)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Cast", [idx], [y], to=7 if self.tensors[outs[0]][2] == np.int64 else 6)
+        self.set_output(outs[0], y, "plain")
+
+    def op_ARG_MAX(self, op, ins, outs):
+        self._arg(op, ins, outs, "ArgMax")
+
+    def op_ARG_MIN(self, op, ins, outs):
+        self._arg(op, ins, outs, "ArgMin")
+
+    # -- shapes and data movement (in TFLite's layout) ---------------------------------------------------
+    def op_EXPAND_DIMS(self, op, ins, outs):
+        self._reshape_to_output(ins[:1], outs)
+
+    def op_SLICE(self, op, ins, outs):
+        begin, size = self.const(ins[1]), self.const(ins[2])
+        if begin is None or size is None:
+            raise UnsupportedOpError("needs constant begin and size")
+        shape = self.shape(ins[0])
+        begin = begin.reshape(-1).astype(np.int64)
+        end = np.array([shape[d] if s < 0 else b + s for d, (b, s) in enumerate(zip(begin, size.reshape(-1)))],
+                       np.int64)
+        self._slice(ins, outs, begin, end, np.ones(len(begin), np.int64))
+
+    def _slice(self, ins, outs, begin, end, steps) -> None:
+        self.same_quantization([ins[0], outs[0]])
+        cut = self._name("slice")
+        axes = np.arange(len(begin), dtype=np.int64)
+        self.emit("Slice", [self.get(ins[0], "plain"), self.constant("starts", begin), self.constant("ends", end),
+                            self.constant("axes", axes), self.constant("steps", steps)], [cut])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Reshape", [cut, self.constant("shape", np.array(self.shape(outs[0]), np.int64))], [y])
+        self.set_output(outs[0], y, "plain")
+
+    def op_STRIDED_SLICE(self, op, ins, outs):
+        begin, end, strides = (self.const(i) for i in ins[1:4])
+        if begin is None or end is None or strides is None:
+            raise UnsupportedOpError("needs constant begin, end and strides")
+        o = self.options(op, "StridedSliceOptions")
+        if o.EllipsisMask() or o.NewAxisMask():
+            raise UnsupportedOpError("ellipsis and new-axis masks are not supported yet")
+        shape = self.shape(ins[0])
+        begin, end, strides = (v.reshape(-1).astype(np.int64) for v in (begin, end, strides))
+        if np.any(strides == 0):
+            raise ModelFormatError("a stride of 0")
+        b_mask, e_mask, shrink = o.BeginMask(), o.EndMask(), o.ShrinkAxisMask()
+        big = np.iinfo(np.int64).max
+        starts, ends = [], []
+        for d in range(len(begin)):
+            if shrink >> d & 1:  # one element, the axis removed (the final reshape drops it)
+                b = begin[d] + shape[d] if begin[d] < 0 else begin[d]
+                starts.append(b)
+                ends.append(b + 1)
+                strides[d] = 1
+                continue
+            starts.append((0 if strides[d] > 0 else big) if b_mask >> d & 1 else begin[d])
+            ends.append((big if strides[d] > 0 else -big) if e_mask >> d & 1 else end[d])
+        self._slice(ins, outs, np.array(starts, np.int64), np.array(ends, np.int64), strides)
+
+    def op_GATHER(self, op, ins, outs):
+        o = self.options(op, "GatherOptions")
+        if o is not None and o.BatchDims():
+            raise UnsupportedOpError("batch_dims is not supported yet")
+        self.same_quantization([ins[0], outs[0]])
+        axis = int(o.Axis()) if o is not None else 0
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Gather", [self.get(ins[0], "plain"), self.get(ins[1], "plain")], [y], axis=axis)
+        self.set_output(outs[0], y, "plain")
+
+    def op_GATHER_ND(self, op, ins, outs):
+        self.same_quantization([ins[0], outs[0]])
+        idx = self._name("indices")
+        self.emit("Cast", [self.get(ins[1], "plain")], [idx], to=7)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("GatherND", [self.get(ins[0], "plain"), idx], [y])
+        self.set_output(outs[0], y, "plain")
+
+    def _split(self, data: int, outs, axis: int, sizes) -> None:
+        self.same_quantization([data] + list(outs))
+        rank = len(self.shape(data))
+        axis %= rank
+        names = [self._name(self.tensors[o][0]) for o in outs]
+        self.emit("Split", [self.get(data, "plain"), self.constant("split", np.array(sizes, np.int64))], names,
+                  axis=axis)
+        for o, n in zip(outs, names):
+            self.set_output(o, n, "plain")
+
+    def op_SPLIT(self, op, ins, outs):
+        axis = self.const(ins[0])
+        if axis is None:
+            raise UnsupportedOpError("needs a constant axis")
+        a = int(axis.reshape(-1)[0]) % len(self.shape(ins[1]))
+        self._split(ins[1], outs, a, [self.shape(o)[a] for o in outs])
+
+    def op_SPLIT_V(self, op, ins, outs):
+        axis = self.const(ins[2])
+        if axis is None:
+            raise UnsupportedOpError("needs a constant axis")
+        a = int(axis.reshape(-1)[0]) % len(self.shape(ins[0]))
+        self._split(ins[0], outs, a, [self.shape(o)[a] for o in outs])
+
+    def op_PACK(self, op, ins, outs):
+        self.same_quantization(list(ins) + list(outs))
+        o = self.options(op, "PackOptions")
+        rank = len(self.shape(outs[0]))
+        axis = int(o.Axis()) % rank
+        parts = []
+        for i in ins:
+            part = self._name("unsqueezed")
+            shape = list(self.shape(i))
+            shape.insert(axis, 1)
+            self.emit("Reshape", [self.get(i, "plain"), self.constant("shape", np.array(shape, np.int64))], [part])
+            parts.append(part)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Concat", parts, [y], axis=axis)
+        self.set_output(outs[0], y, "plain")
+
+    def op_UNPACK(self, op, ins, outs):
+        o = self.options(op, "UnpackOptions")
+        rank = len(self.shape(ins[0]))
+        axis = int(o.Axis()) % rank
+        self.same_quantization(list(ins) + list(outs))
+        pieces = [self._name("piece") for _ in outs]
+        self.emit("Split", [self.get(ins[0], "plain"), self.constant("split", np.ones(len(outs), np.int64))], pieces,
+                  axis=axis)
+        for out, piece in zip(outs, pieces):
+            y = self._name(self.tensors[out][0])
+            self.emit("Reshape", [piece, self.constant("shape", np.array(self.shape(out), np.int64))], [y])
+            self.set_output(out, y, "plain")
+
+    def op_TILE(self, op, ins, outs):
+        reps = self.const(ins[1])
+        if reps is None:
+            raise UnsupportedOpError("needs constant multiples")
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Tile", [self.get(ins[0], "plain"), self.constant("repeats", reps.astype(np.int64))], [y])
+        self.set_output(outs[0], y, "plain")
+
+    def op_BROADCAST_TO(self, op, ins, outs):
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Expand", [self.get(ins[0], "plain"), self.constant("shape", np.array(self.shape(outs[0]),
+                                                                                       np.int64))], [y])
+        self.set_output(outs[0], y, "plain")
+
+    def op_BATCH_MATMUL(self, op, ins, outs):
+        self.float_only(ins[0])
+        o = self.options(op, "BatchMatMulOptions")
+        args = []
+        for i, adj in zip(ins[:2], (o.AdjX(), o.AdjY()) if o is not None else (False, False)):
+            x = self.get(i, "plain")
+            if adj:
+                rank = len(self.shape(i))
+                t = self._name("adjoint")
+                self.emit("Transpose", [x], [t], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+                x = t
+            args.append(x)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("MatMul", args, [y])
+        self.set_output(outs[0], y, "plain")
+
+    def op_MIRROR_PAD(self, op, ins, outs):
+        o = self.options(op, "MirrorPadOptions")
+        if o is not None and o.Mode() != 0:
+            raise UnsupportedOpError("SYMMETRIC mirror padding is not supported yet (REFLECT is)")
+        pads = self.const(ins[1])
+        if pads is None:
+            raise UnsupportedOpError("needs constant paddings")
+        rank = len(self.shape(ins[0]))
+        pads = pads.reshape(rank, 2).astype(np.int64)
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Pad", [self.get(ins[0], "plain"), self.constant("pads", np.concatenate([pads[:, 0], pads[:, 1]]))],
+                  [y], mode="reflect")
+        self.set_output(outs[0], y, "plain")
+
+    # -- spatial ops in NCHW ------------------------------------------------------------------------------
+    def _resize(self, op, ins, outs, mode: str, options: str) -> None:
+        self.same_quantization([ins[0], outs[0]])
+        o = self.options(op, options)
+        align, half = (bool(o.AlignCorners()), bool(o.HalfPixelCenters())) if o is not None else (False, False)
+        if mode == "linear":
+            ctm = "align_corners" if align else "half_pixel" if half else "asymmetric"
+            extra = {}
+        else:
+            # TFLite: floor((x + 0.5) * in / out) with half-pixel centers, which is half_pixel's
+            # (x + 0.5) * in / out - 0.5 rounded half up; round(x * (in - 1) / (out - 1)) with aligned corners
+            ctm = "align_corners" if align else "half_pixel" if half else "asymmetric"
+            extra = {"nearest_mode": "round_prefer_ceil" if (align or half) else "floor"}
+        n, _, _, c = self.shape(ins[0])
+        _, oh, ow, _ = self.shape(outs[0])
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Resize", [self.get(ins[0], "nchw"), "", "", self.constant("sizes", np.array([n, c, oh, ow],
+                                                                                               np.int64))],
+                  [y], mode=mode, coordinate_transformation_mode=ctm, **extra)
+        self.set_output(outs[0], y, "nchw")
+
+    def op_RESIZE_BILINEAR(self, op, ins, outs):
+        self._resize(op, ins, outs, "linear", "ResizeBilinearOptions")
+
+    def op_RESIZE_NEAREST_NEIGHBOR(self, op, ins, outs):
+        self._resize(op, ins, outs, "nearest", "ResizeNearestNeighborOptions")
+
+    def op_DEPTH_TO_SPACE(self, op, ins, outs):
+        self.same_quantization([ins[0], outs[0]])
+        o = self.options(op, "DepthToSpaceOptions")
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("DepthToSpace", [self.get(ins[0], "nchw")], [y], blocksize=int(o.BlockSize()), mode="DCR")
+        self.set_output(outs[0], y, "nchw")
+
+    def op_SPACE_TO_DEPTH(self, op, ins, outs):
+        self.same_quantization([ins[0], outs[0]])
+        o = self.options(op, "SpaceToDepthOptions")
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("SpaceToDepth", [self.get(ins[0], "nchw")], [y], blocksize=int(o.BlockSize()))
+        self.set_output(outs[0], y, "nchw")
+
+    def op_L2_POOL_2D(self, op, ins, outs):
+        self.float_only(ins[0])
+        o = self.options(op, "Pool2DOptions")
+        x = self.get(ins[0], "nchw")
+        sq, mean, y = self._name("squares"), self._name("mean"), self._name(self.tensors[outs[0]][0])
+        self.emit("Mul", [x, x], [sq])
+        self.emit("AveragePool", [sq], [mean], kernel_shape=[o.FilterHeight(), o.FilterWidth()],
+                  strides=[o.StrideH(), o.StrideW()], auto_pad=_padding(o.Padding()))
+        self.emit("Sqrt", [mean], [y])
+        self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
+
+    def op_TRANSPOSE_CONV(self, op, ins, outs):
+        """TRANSPOSE_CONV(output_shape, weights [O, KH, KW, I], input[, bias]) as ConvTranspose with the pads
+        TFLite derives from the output shape."""
+        w = self.const(ins[1])
+        x_i = ins[2]
+        self.float_only(x_i)
+        if w is None or w.ndim != 4 or len(self.shape(x_i)) != 4:
+            raise UnsupportedOpError("needs a 4-D input and constant 4-D weights")
+        o = self.options(op, "TransposeConvOptions")
+        strides = [o.StrideH(), o.StrideW()]
+        kernel = list(w.shape[1:3])
+        in_sp, out_sp = self.shape(x_i)[1:3], self.shape(outs[0])[1:3]
+        pads_b, pads_e, out_pad = [], [], []
+        for d in range(2):
+            full = strides[d] * (in_sp[d] - 1) + kernel[d]
+            total = full - out_sp[d]
+            if o.Padding() == 1 or total < 0:  # VALID (or an output past the full extent): the tail is padding
+                pads_b.append(0)
+                pads_e.append(max(total, 0))
+                out_pad.append(max(-total, 0))
+            else:
+                pads_b.append(total // 2)
+                pads_e.append(total - total // 2)
+                out_pad.append(0)
+        weight = np.ascontiguousarray(w.transpose(3, 0, 1, 2))  # [I, O, KH, KW]
+        args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[ins[1]][0]}_iohw", weight)]
+        if len(ins) > 3 and ins[3] >= 0:
+            args.append(self.get(ins[3], "plain"))
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("ConvTranspose", args, [y], kernel_shape=kernel, strides=strides, pads=pads_b + pads_e,
+                  output_padding=out_pad)
+        self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
 
     def op_DEQUANTIZE(self, op, ins, outs):
         data = self.const(ins[0])

@@ -185,10 +185,10 @@ def _dense() -> bytes:
 def test_unsupported_operators_are_listed_together():
     b = Builder()
     x = b.tensor("x", (1, 4))
-    y, z = b.tensor("y", (1,), np.int64), b.tensor("z", (1, 4))
-    b.op("ARG_MAX", [x, b.const("axis", np.array([1], np.int32), np.int32)], [y], "ArgMaxOptions", outputType=4)
-    b.op("FLOOR", [x], [z])
-    with pytest.raises(UnsupportedOpError, match=r"ARG_MAX \(operator 0: inputs \['x', 'axis'\].*FLOOR \(operator 1"):
+    y, z = b.tensor("y", (1, 4)), b.tensor("z", (1, 4))
+    b.op("SIN", [x], [y])
+    b.op("COS", [x], [z])
+    with pytest.raises(UnsupportedOpError, match=r"SIN \(operator 0: inputs \['x'\], outputs \['y'\]\); COS \(operator 1"):
         edgedl.load(b.build([x], [y, z]))
 
 
@@ -370,3 +370,122 @@ def test_int8_operators_not_imported_yet_are_errors_not_float_math():
         return y, (1, 5, 5, 4)
     with pytest.raises(UnsupportedOpError, match="int8 form .* not supported yet"):
         edgedl.load(_int8_conv_then(op))
+
+
+# -- more float operators -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("code,options,fields", [
+    ("EXP", None, {}), ("LOG", None, {}), ("SQRT", None, {}), ("RSQRT", None, {}), ("ABS", None, {}),
+    ("NEG", None, {}), ("ELU", None, {}), ("GELU", "GeluOptions", {"approximate": False}),
+    ("GELU", "GeluOptions", {"approximate": True}), ("LOG_SOFTMAX", "LogSoftmaxOptions", {}),
+])
+def test_more_element_wise_ops(code, options, fields):
+    def op(b, c):
+        src = c
+        if code in ("LOG", "SQRT", "RSQRT"):  # positive inputs
+            src = b.tensor("pos", (1, 6, 6, 4))
+            b.op("ABS", [c], [src])
+        y = b.tensor("y", (1, 6, 6, 4))
+        b.op(code, [src], [y], options, **fields)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)], rtol=2e-5)
+
+
+@pytest.mark.parametrize("code,onnx_out", [("SUM", np.float32), ("REDUCE_MAX", np.float32),
+                                           ("REDUCE_MIN", np.float32), ("REDUCE_PROD", np.float32)])
+def test_reductions(code, onnx_out):
+    def op(b, c):
+        y = b.tensor("y", (1, 4))
+        b.op(code, [c, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions",
+             keepDims=False)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2, scale=0.3)], rtol=1e-4)
+
+
+@pytest.mark.parametrize("code", ["ARG_MAX", "ARG_MIN"])
+def test_arg_max_min(code):
+    def op(b, c):
+        y = b.tensor("y", (1, 6, 6), np.int32)
+        opts = "ArgMaxOptions" if code == "ARG_MAX" else "ArgMinOptions"
+        b.op(code, [c, b.const("axis", np.array([3], np.int32), np.int32)], [y], opts, outputType=2)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_slices_gather_split_pack_unpack_tile():
+    def op(b, c):
+        s1 = b.tensor("s1", (1, 4, 3, 4))
+        b.op("SLICE", [c, b.const("begin", np.array([0, 1, 2, 0], np.int32), np.int32),
+                       b.const("size", np.array([-1, 4, 3, -1], np.int32), np.int32)], [s1])
+        s2 = b.tensor("s2", (2, 3, 2))
+        b.op("STRIDED_SLICE", [s1, b.const("b", np.array([0, 0, 0, 1], np.int32), np.int32),
+                               b.const("e", np.array([1, 4, 3, 4], np.int32), np.int32),
+                               b.const("st", np.array([1, 2, 1, 2], np.int32), np.int32)], [s2],
+             "StridedSliceOptions", shrinkAxisMask=1, beginMask=0, endMask=0)
+        g = b.tensor("g", (2, 3, 2))
+        b.op("GATHER", [s2, b.const("idx", np.array([2, 0, 1], np.int32), np.int32)], [g], "GatherOptions", axis=1)
+        parts = [b.tensor(f"part{k}", (2, 1, 2)) for k in range(3)]
+        b.op("SPLIT", [b.const("axis", np.array(1, np.int32), np.int32), g], parts, "SplitOptions", numSplits=3)
+        packed = b.tensor("packed", (3, 2, 1, 2))
+        b.op("PACK", parts, [packed], "PackOptions", valuesCount=3, axis=0)
+        un = [b.tensor(f"un{k}", (3, 1, 2)) for k in range(2)]
+        b.op("UNPACK", [packed], un, "UnpackOptions", num=2, axis=1)
+        tiled = b.tensor("tiled", (3, 2, 4))
+        b.op("TILE", [un[1], b.const("reps", np.array([1, 2, 2], np.int32), np.int32)], [tiled])
+        sv = [b.tensor("sv0", (3, 2, 1)), b.tensor("sv1", (3, 2, 3))]
+        b.op("SPLIT_V", [tiled, b.const("sizes", np.array([1, 3], np.int32), np.int32),
+                         b.const("ax", np.array(2, np.int32), np.int32)], sv, "SplitVOptions", numSplits=2)
+        y = b.tensor("y", (3, 2, 3))
+        b.op("ADD", [sv[1], sv[0]], [y], "AddOptions")
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+@pytest.mark.parametrize("code,options,align,half", [
+    ("RESIZE_BILINEAR", "ResizeBilinearOptions", False, False),
+    ("RESIZE_BILINEAR", "ResizeBilinearOptions", True, False),
+    ("RESIZE_BILINEAR", "ResizeBilinearOptions", False, True),
+    ("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", False, False),
+    ("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", True, False),
+    ("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions", False, True),
+])
+def test_resize(code, options, align, half):
+    def op(b, c):
+        y = b.tensor("y", (1, 10, 15, 4))
+        b.op(code, [c, b.const("size", np.array([10, 15], np.int32), np.int32)], [y], options, alignCorners=align,
+             halfPixelCenters=half)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_depth_space_prelu_mirror_pad_l2_pool_batch_matmul():
+    def op(b, c):
+        s2d = b.tensor("s2d", (1, 3, 3, 16))
+        b.op("SPACE_TO_DEPTH", [c], [s2d], "SpaceToDepthOptions", blockSize=2)
+        d2s = b.tensor("d2s", (1, 6, 6, 4))
+        b.op("DEPTH_TO_SPACE", [s2d], [d2s], "DepthToSpaceOptions", blockSize=2)
+        pr = b.tensor("pr", (1, 6, 6, 4))
+        b.op("PRELU", [d2s, b.const("slope", _f32(1, 1, 4))], [pr])
+        mp = b.tensor("mp", (1, 8, 7, 4))
+        b.op("MIRROR_PAD", [pr, b.const("pads", np.array([[0, 0], [1, 1], [0, 1], [0, 0]], np.int32), np.int32)],
+             [mp], "MirrorPadOptions", mode=0)
+        l2 = b.tensor("l2", (1, 4, 4, 4))
+        b.op("L2_POOL_2D", [mp], [l2], "Pool2DOptions", padding=SAME, strideW=2, strideH=2, filterWidth=2,
+             filterHeight=2)
+        flat = b.tensor("flat", (1, 16, 4))
+        b.op("RESHAPE", [l2, b.const("shape", np.array([1, 16, 4], np.int32), np.int32)], [flat])
+        y = b.tensor("y", (1, 4, 3))
+        b.op("BATCH_MATMUL", [flat, b.const("m", _f32(1, 3, 16))], [y], "BatchMatMulOptions", adjX=True,
+             adjY=True)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)], rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding,stride,out_hw", [(SAME, 2, (12, 12)), (VALID, 2, (13, 13)), (SAME, 1, (6, 6))])
+def test_transpose_conv(padding, stride, out_hw):
+    def op(b, c):
+        y = b.tensor("y", (1, *out_hw, 3))
+        shape = b.const("out_shape", np.array([1, *out_hw, 3], np.int32), np.int32)
+        b.op("TRANSPOSE_CONV", [shape, b.const("tw", _f32(3, 3, 3, 4, scale=0.3)), c, b.const("tb", _f32(3))],
+             [y], "TransposeConvOptions", padding=padding, strideW=stride, strideH=stride)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
