@@ -20,7 +20,8 @@ MAX_POOL_2D, L2_POOL_2D, MEAN, SUM, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD, RESHAPE
 CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (begin / end / shrink masks), PAD, PADV2,
 MIRROR_PAD (REFLECT), GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
 DEPTH_TO_SPACE, SPACE_TO_DEPTH, SOFTMAX, LOG_SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU,
-PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST; fused activations
+PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST, DENSIFY (sparse
+weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
 (QLinearAdd / QLinearMul), with TFLite's double-rounding requantization (``_requant="double"``) and fused
@@ -135,7 +136,12 @@ class _Importer:
             b = t.Buffer()
             if not 0 <= b < max(n_buffers, 1):
                 raise ModelFormatError(f"tensor {i} ({name!r}) names buffer {b}, the file has {n_buffers}")
-            data = self._buffer(b, name, shape, dtype) if n_buffers else None
+            sparsity = t.Sparsity()
+            data = self._buffer(b, name, shape, dtype, sparse=sparsity is not None) if n_buffers else None
+            if sparsity is not None and data is not None:
+                from .tflite_sparse import densify
+
+                data = densify(self.tfl, sparsity, data, shape, name)
             self.tensors.append((name, shape, dtype, data))
             self.quant.append(self._quantization(t, name, shape))
 
@@ -155,7 +161,8 @@ class _Importer:
             raise ModelFormatError(f"tensor {name!r} of shape {shape} has {scale.size} scales along axis {axis}")
         return scale, np.broadcast_to(zp, scale.shape).copy(), axis
 
-    def _buffer(self, index: int, name: str, shape, dtype) -> np.ndarray | None:
+    def _buffer(self, index: int, name: str, shape, dtype, sparse: bool = False) -> np.ndarray | None:
+        """The tensor's data from its buffer (``sparse``: the stored values, 1-D, any count up to the shape's)."""
         buf = self.model.Buffers(index)
         offset, size = int(buf.Offset()), int(buf.Size())
         if offset > 1:  # stored after the flatbuffer (models over 2 GB)
@@ -167,6 +174,11 @@ class _Importer:
         else:
             return None
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if sparse:
+            if raw.size % dtype.itemsize or raw.size > nbytes:
+                raise ModelFormatError(f"sparse tensor {name!r} of shape {shape} stores {raw.size} bytes of "
+                                       f"{dtype.name}")
+            return np.frombuffer(raw.tobytes(), dtype).copy()
         if raw.size != nbytes:
             raise ModelFormatError(f"tensor {name!r} of shape {shape} and type {dtype.name} needs {nbytes} bytes, "
                                    f"its buffer {index} holds {raw.size}")
@@ -1017,6 +1029,16 @@ class _Importer:
         y = self._name(name)
         self.emit("DequantizeLinear", [self.get(ins[0], layout), scale, zp], [y])
         self.set_output(outs[0], y, layout)
+
+    def op_DENSIFY(self, op, ins, outs):
+        data = self.const(ins[0])
+        if data is None:
+            raise UnsupportedOpError("DENSIFY of a tensor that is not a constant")
+        name, shape, dtype, _ = self.tensors[outs[0]]
+        if tuple(data.shape) != tuple(shape):
+            raise ModelFormatError(f"DENSIFY output {name!r} has shape {shape}, its input {data.shape}")
+        self.tensors[outs[0]] = (name, shape, dtype, data)  # made dense at import (converters/tflite_sparse.py)
+        self.quant[outs[0]] = self.quant[outs[0]] or self.quant[ins[0]]
 
     def op_QUANTIZE(self, op, ins, outs):
         if self.tensors[ins[0]][2] != np.float32 or not self.quantized(outs[0]):

@@ -489,3 +489,56 @@ def test_transpose_conv(padding, stride, out_hw):
              [y], "TransposeConvOptions", padding=padding, strideW=stride, strideH=stride)
         return y
     _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def _sparse_weights(b, dense: np.ndarray, block: int | None):
+    """``dense`` [rows, cols] stored sparse: CSR over the columns (``block``: in 1 x block blocks)."""
+    rows, cols = dense.shape
+    width = cols // (block or 1)
+    seg, idx, vals = [0], [], []
+    for r in range(rows):
+        for c in range(width):
+            chunk = dense[r, c * (block or 1):(c + 1) * (block or 1)]
+            if np.any(chunk):
+                idx.append(c)
+                vals.extend(chunk.tolist())
+        seg.append(len(idx))
+    t = b.tensors[b.const("w_sparse", np.array(vals, np.float32))]
+    t.shape = [rows, cols]
+    sp = schema.SparsityParametersT()
+
+    def dim(fmt, size=0, segments=None, indices=None):
+        m = schema.DimensionMetadataT()
+        m.format, m.denseSize = fmt, size
+        if segments is not None:
+            m.arraySegmentsType, m.arrayIndicesType = schema.SparseIndexVector.Int32Vector, \
+                schema.SparseIndexVector.Uint8Vector
+            m.arraySegments, m.arrayIndices = schema.Int32VectorT(), schema.Uint8VectorT()
+            m.arraySegments.values, m.arrayIndices.values = segments, indices
+        return m
+    dims = [dim(0, rows), dim(1, 0, seg, idx)]
+    sp.traversalOrder = [0, 1] if not block else [0, 1, 2]
+    if block:
+        sp.blockMap = [1]
+        dims.append(dim(0, block))
+    sp.dimMetadata = dims
+    t.sparsity = sp
+    return len(b.tensors) - 1
+
+
+@pytest.mark.parametrize("block", [None, 2])
+def test_sparse_weights_through_densify(block):
+    dense = _f32(3, 8) * (RNG.random((3, 8)) > 0.5)
+    if block:
+        dense = dense.reshape(3, 4, 2) * (RNG.random((3, 4, 1)) > 0.4)
+        dense = dense.reshape(3, 8).astype(np.float32)
+    b = Builder()
+    x = b.tensor("x", (2, 8))
+    w_sparse = _sparse_weights(b, dense, block)
+    w = b.tensor("w", (3, 8))
+    b.op("DENSIFY", [w_sparse], [w])
+    y = b.tensor("y", (2, 3))
+    b.op("FULLY_CONNECTED", [x, w, -1], [y], "FullyConnectedOptions")
+    model = _check(b.build([x], [y]), [_f32(2, 8)])
+    gemm = next(n for n in model.graph.nodes if n.op_type == "Gemm")
+    np.testing.assert_array_equal(model.graph.initializers[gemm.inputs[1]], dense)
