@@ -27,6 +27,10 @@ DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.mi
 (QLinearAdd / QLinearMul), with TFLite's double-rounding requantization (``_requant="double"``) and fused
 activations as output ranges (``_clamp``); data movement on the codes when input and output share their
 quantization. Any other int8 form is an error (never float arithmetic on codes).
+
+Streaming state: resource variables (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) become ``Graph.state``: a graph
+input with the value a run reads, a graph output with the value it leaves, and the initial value that CALL_ONCE's
+subgraph assigns (run here; it may only assign constants). :class:`edgedl.Model` feeds and keeps them.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ MAX_ELEMENTS = 1 << 31
 #: TFLite TensorType -> numpy
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
            9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+#: TFLite's RESOURCE tensor type (resource variables)
+_RESOURCE = 13
 #: numpy -> ONNX TensorProto element type (Cast's "to")
 _ONNX_TYPES = {np.dtype(k): v for k, v in ((np.float32, 1), (np.uint8, 2), (np.int8, 3), (np.uint16, 4),
                                            (np.int16, 5), (np.int32, 6), (np.int64, 7), (np.bool_, 9),
@@ -112,6 +118,14 @@ class _Importer:
         self.values: dict[int, tuple[str, str]] = {}
         self._converted: dict[tuple[int, str], str] = {}
         self._count = 0
+        #: resource variables: handle tensor -> variable key; key -> initial value (CALL_ONCE), IR name of the
+        #: value a run reads, and of the value it leaves (ASSIGN_VARIABLE)
+        self.handles: dict[int, str] = {}
+        self.initial: dict[str, np.ndarray] = {}
+        self.read: dict[str, str] = {}
+        self.assigned: dict[str, str] = {}
+        self.var_types: dict[str, tuple] = {}
+        self._state_inputs: list[tuple[str, str]] = []
 
     # -- the file's tables ---------------------------------------------------------------------------------
     def _tensors(self):
@@ -127,6 +141,10 @@ class _Importer:
                 name = f"{name}__t{i}"
             seen.add(name)
             code = t.Type()
+            if code == _RESOURCE:  # a resource variable's handle (VAR_HANDLE's output): no data of its own
+                self.tensors.append((name, (), np.dtype(object), None))
+                self.quant.append(None)
+                continue
             if code not in _DTYPES:
                 raise UnsupportedOpError(f"tensor {i} ({name!r}) has TFLite type {code}, which edgedl does not read")
             shape = tuple(int(d) for d in t.ShapeAsNumpy()) if self.count(t.ShapeLength(), "dimensions") else ()
@@ -378,6 +396,8 @@ class _Importer:
                 handler(op, ins, outs)
             except EdgeDLError as e:
                 raise type(e)(f"TFLite {op_name} (operator {k}): {e}") from None
+        state_specs: list = []
+        state = self._state(specs, state_specs)  # before outputs are renamed: the rename reaches these nodes too
         out_specs = []
         input_names = {s.name for s in specs}
         for i in outputs:
@@ -389,9 +409,37 @@ class _Importer:
                 else:  # the node making it writes the output's own name
                     self._rename(ir, name)
             out_specs.append(TensorSpec(name, shape, dtype))
+        out_specs += state_specs
         name = (g.Name() or b"").decode("utf-8", "replace") or "tflite"
         return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name,
-                     domains={"com.microsoft": 1})
+                     domains={"com.microsoft": 1}, state=state)
+
+    def _state(self, specs: list, out_specs: list) -> list:
+        """Resource variables as state: a graph input holding the value a run reads, a graph output holding the
+        value the next run reads (the last ASSIGN_VARIABLE's, else unchanged), the CALL_ONCE value to start
+        from (zeros for a variable no initializer assigns)."""
+        state = []
+        for key in sorted(set(self.read) | set(self.assigned)):
+            shape, dtype = self.var_types[key]
+            inp = self.read.get(key) or self._state_input(key, shape, dtype)
+            out = f"{inp}:next"
+            src = self.assigned.get(key, inp)
+            self.emit("Identity", [src], [out])
+            out_specs.append(TensorSpec(out, shape, dtype))
+            init = self.initial.get(key)
+            if init is None:
+                init = np.zeros(shape, dtype)
+            elif tuple(init.shape) != tuple(shape):
+                raise ModelFormatError(f"variable {key!r} starts with shape {init.shape} but is used as {shape}")
+            state.append((inp, out, np.asarray(init, dtype)))
+        specs.extend(TensorSpec(inp, self.var_types[k][0], self.var_types[k][1]) for k, inp in self._state_inputs)
+        return state
+
+    def _state_input(self, key: str, shape, dtype) -> str:
+        name = f"variable:{key}"
+        self._state_inputs.append((key, name))
+        self.read[key] = name
+        return name
 
     def _rename(self, old: str, new: str) -> None:
         for n in self.nodes:
@@ -1029,6 +1077,71 @@ class _Importer:
         y = self._name(name)
         self.emit("DequantizeLinear", [self.get(ins[0], layout), scale, zp], [y])
         self.set_output(outs[0], y, layout)
+
+    # -- resource variables (streaming state) -------------------------------------------------------------
+    def _var_key(self, op) -> str:
+        o = self.options(op, "VarHandleOptions")
+        container = (o.Container() or b"").decode("utf-8", "replace") if o is not None else ""
+        shared = (o.SharedName() or b"").decode("utf-8", "replace") if o is not None else ""
+        return f"{container}/{shared}" if container else shared
+
+    def op_VAR_HANDLE(self, op, ins, outs):
+        self.handles[outs[0]] = self._var_key(op) or f"var{outs[0]}"
+
+    def _handle(self, i: int) -> str:
+        if i not in self.handles:
+            raise ModelFormatError(f"tensor {self.tensors[i][0]!r} is not a variable handle (VAR_HANDLE's output)")
+        return self.handles[i]
+
+    def _var_type(self, key: str, shape, dtype) -> None:
+        known = self.var_types.setdefault(key, (tuple(shape), np.dtype(dtype)))
+        if known != (tuple(shape), np.dtype(dtype)):
+            raise ModelFormatError(f"variable {key!r} is used as {known} and as {(tuple(shape), np.dtype(dtype))}")
+
+    def op_READ_VARIABLE(self, op, ins, outs):
+        key = self._handle(ins[0])
+        _, shape, dtype, _ = self.tensors[outs[0]]
+        self._var_type(key, shape, dtype)
+        if key in self.assigned:  # read after an assignment in the same run: the assigned value
+            self.set_output(outs[0], self.assigned[key], "plain")
+            return
+        self.set_output(outs[0], self.read.get(key) or self._state_input(key, shape, dtype), "plain")
+
+    def op_ASSIGN_VARIABLE(self, op, ins, outs):
+        key = self._handle(ins[0])
+        _, shape, dtype, _ = self.tensors[ins[1]]
+        self._var_type(key, shape, dtype)
+        self.assigned[key] = self.get(ins[1], "plain")
+
+    def op_CALL_ONCE(self, op, ins, outs):
+        """The initialization subgraph, run here: it may only assign constants to variables."""
+        o = self.options(op, "CallOnceOptions")
+        index = int(o.InitSubgraphIndex())
+        if not 0 < index < self.count(self.model.SubgraphsLength(), "subgraphs"):
+            raise ModelFormatError(f"CALL_ONCE names subgraph {index}")
+        init = _Importer(self.tfl, self.data)
+        init.graph = self.model.Subgraphs(index)
+        init._tensors()
+        names = {v: k for k, v in vars(self.tfl.BuiltinOperator).items() if not k.startswith("_")}
+        codes = [max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode())) for c in
+                 (self.model.OperatorCodes(k) for k in range(self.count(self.model.OperatorCodesLength(),
+                                                                        "operator codes")))]
+        n = len(init.tensors)
+        for k in range(self.count(init.graph.OperatorsLength(), "operators")):
+            sub = init.graph.Operators(k)
+            code = codes[int(sub.OpcodeIndex())] if 0 <= int(sub.OpcodeIndex()) < len(codes) else -1
+            sub_ins = [int(v) for v in sub.InputsAsNumpy()] if sub.InputsLength() else []
+            sub_outs = [int(v) for v in sub.OutputsAsNumpy()] if sub.OutputsLength() else []
+            if any(not 0 <= t < n for t in sub_ins + sub_outs):
+                raise ModelFormatError(f"the initialization subgraph's operator {k} names a tensor out of range")
+            kind = names.get(code)
+            if kind == "VAR_HANDLE":
+                init.handles[sub_outs[0]] = init._var_key(sub) or f"var{sub_outs[0]}"
+            elif kind == "ASSIGN_VARIABLE" and init.const(sub_ins[1]) is not None:
+                self.initial[init._handle(sub_ins[0])] = init.const(sub_ins[1])
+            else:
+                raise UnsupportedOpError(f"the initialization subgraph (CALL_ONCE) may only assign constants to "
+                                         f"variables; its operator {k} is {kind or code}")
 
     def op_DENSIFY(self, op, ins, outs):
         data = self.const(ins[0])

@@ -121,6 +121,10 @@ class Graph:
     outer: list[str] = field(default_factory=list)
     #: initializers the file also lists as graph inputs: defaults a feed may override (as onnxruntime allows)
     overridable: list[str] = field(default_factory=list)
+    #: state carried from one run to the next (a streaming model's variables): (graph input holding the value a
+    #: run starts from, graph output holding the value the next run starts from, the initial value);
+    #: :class:`edgedl.Model` feeds and keeps them, ``Model.reset_state`` starts over
+    state: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
 
     def producers(self) -> dict[str, Node]:
         return {o: n for n in self.nodes for o in n.outputs if o}

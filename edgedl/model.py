@@ -56,6 +56,10 @@ class Model:
         self.source = source
         #: set by edgedl.quantize: a QuantizationReport (ranges and parameters per tensor)
         self.quantization = None
+        #: a streaming model's state (graph.state): the value of each state input the next run starts from
+        self._state: dict[str, np.ndarray] = {}
+        self._state_outputs = {out: inp for inp, out, _ in graph.state}
+        self.reset_state()
         for node in graph.nodes:
             if lookup(node.op_type, node.domain) is None:  # importers check this; keep it clear for hand-built graphs
                 raise EdgeDLError(f"{node.describe()}: operator {node.op_type} is not supported")
@@ -89,13 +93,26 @@ class Model:
 
     # --- description --------------------------------------------------------------------------------
     @property
+    def _user_inputs(self) -> list:
+        """The graph inputs a caller feeds (a streaming model's state inputs are fed by the model)."""
+        state = {inp for inp, _, _ in self.graph.state}
+        return [s for s in self.graph.inputs if s.name not in state]
+
+    @property
     def inputs(self) -> list[TensorInfo]:
-        return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self.graph.inputs]
+        return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self._user_inputs]
+
+    def reset_state(self) -> None:
+        """Start a streaming model over: its state (TFLite resource variables) goes back to the initial values.
+        Nothing to do for a model without state."""
+        self._state = {inp: np.array(init, copy=True) for inp, _, init in self.graph.state}
 
     @property
     def outputs(self) -> list[TensorInfo]:
         infos = []
         for s in self.graph.outputs:
+            if s.name in self._state_outputs:
+                continue
             shape, dtype = s.shape, s.dtype
             if dtype is None and all(i.is_static for i in self.graph.inputs):
                 t = self.plan().types.get(s.name)  # absent when computed after a data-dependent node
@@ -238,6 +255,11 @@ class Model:
         instead of numpy arrays, so a pipeline on the GPU need not copy."""
         if outputs not in ("host", "device"):
             raise InputError(f"outputs must be 'host' or 'device', got {outputs!r}")
+        if self._state_outputs:
+            return self._run_with_state(feeds, profile, outputs)
+        return self._run_stateless(feeds, profile, outputs)
+
+    def _run_stateless(self, feeds, profile, outputs):
         if self.device == "cuda":
             return self._run_cuda(feeds, profile, outputs)
         if outputs == "device":
@@ -260,6 +282,19 @@ class Model:
             return plan.run(feeds, profile)
         with running_on(cores):
             return plan.run(feeds, profile)
+
+    def _run_with_state(self, feeds, profile, outputs):
+        """One run of a streaming model: the state fed in, the next state kept, the other outputs returned."""
+        if not isinstance(feeds, dict):
+            raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        clash = sorted(set(feeds) & set(self._state))
+        if clash:
+            raise InputError(f"{clash} are the model's state, which it feeds itself (reset_state() starts over)")
+        result = self._run_stateless({**feeds, **self._state}, profile, outputs)
+        for out, inp in self._state_outputs.items():
+            value = result.pop(out)
+            self._state[inp] = value.copy_to_host() if hasattr(value, "copy_to_host") else np.array(value, copy=True)
+        return result
 
     def _run_cuda(self, feeds, profile, outputs):
         from .runtime.cuda_plan import CudaPlan
@@ -301,11 +336,11 @@ class Model:
 
     def __call__(self, *arrays: np.ndarray):
         """Run with positional inputs; returns one array or a tuple of arrays (in output order)."""
-        if len(arrays) != len(self.graph.inputs):
-            raise InputError(f"the model takes {len(self.graph.inputs)} input(s) "
-                             f"({[s.name for s in self.graph.inputs]}), got {len(arrays)}")
-        result = self.run({s.name: a for s, a in zip(self.graph.inputs, arrays)})
-        outs = tuple(result[s.name] for s in self.graph.outputs)
+        inputs = self._user_inputs
+        if len(arrays) != len(inputs):
+            raise InputError(f"the model takes {len(inputs)} input(s) ({[s.name for s in inputs]}), got {len(arrays)}")
+        result = self.run({s.name: a for s, a in zip(inputs, arrays)})
+        outs = tuple(result[s.name] for s in self.graph.outputs if s.name not in self._state_outputs)
         return outs[0] if len(outs) == 1 else outs
 
     # --- saving -------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def copy_graph(g: Graph) -> Graph:
     shared: passes replace them, never write into them)."""
     nodes = [Node(n.op_type, n.name, list(n.inputs), list(n.outputs), dict(n.attrs), n.domain) for n in g.nodes]
     return Graph(nodes, list(g.inputs), list(g.outputs), dict(g.initializers), g.opset, g.name, dict(g.metadata),
-                 dict(g.domains), list(g.outer), list(g.overridable))
+                 dict(g.domains), list(g.outer), list(g.overridable), list(g.state))
 
 
 def source_graph(model) -> Graph:

@@ -542,3 +542,59 @@ def test_sparse_weights_through_densify(block):
     model = _check(b.build([x], [y]), [_f32(2, 8)])
     gemm = next(n for n in model.graph.nodes if n.op_type == "Gemm")
     np.testing.assert_array_equal(model.graph.initializers[gemm.inputs[1]], dense)
+
+
+# -- streaming state -----------------------------------------------------------------------------------------
+def _streaming_model():
+    """A running sum and a frame counter kept in resource variables: CALL_ONCE assigns their initial values
+    (subgraph 1); each run reads them, adds the frame, assigns them back and outputs sum * 0.5 and the count."""
+    b = Builder()
+    h0, h1 = b.tensor("h_acc", (), "resource"), b.tensor("h_n", (), "resource")
+    b.op("VAR_HANDLE", [], [h0], "VarHandleOptions", sharedName="acc")
+    b.op("VAR_HANDLE", [], [h1], "VarHandleOptions", sharedName="count")
+    b.op("ASSIGN_VARIABLE", [h0, b.const("acc0", np.full((1, 4), 0.5, np.float32))], [])
+    b.op("ASSIGN_VARIABLE", [h1, b.const("n0", np.zeros((1,), np.float32))], [])
+    init = b.subgraph([], [])
+    x = b.tensor("frame", (1, 4))
+    b.op("CALL_ONCE", [], [], "CallOnceOptions", initSubgraphIndex=init)
+    h_acc, h_n = b.tensor("acc_handle", (), "resource"), b.tensor("n_handle", (), "resource")
+    b.op("VAR_HANDLE", [], [h_acc], "VarHandleOptions", sharedName="acc")
+    b.op("VAR_HANDLE", [], [h_n], "VarHandleOptions", sharedName="count")
+    acc, n = b.tensor("acc", (1, 4)), b.tensor("n", (1,))
+    b.op("READ_VARIABLE", [h_acc], [acc])
+    b.op("READ_VARIABLE", [h_n], [n])
+    new_acc, new_n = b.tensor("new_acc", (1, 4)), b.tensor("new_n", (1,))
+    b.op("ADD", [acc, x], [new_acc], "AddOptions")
+    b.op("ADD", [n, b.const("one", np.ones((1,), np.float32))], [new_n], "AddOptions")
+    b.op("ASSIGN_VARIABLE", [h_acc, new_acc], [])
+    b.op("ASSIGN_VARIABLE", [h_n, new_n], [])
+    y = b.tensor("y", (1, 4))
+    b.op("MUL", [new_acc, b.const("half", np.float32(0.5))], [y], "MulOptions")
+    return b.build([x], [y, new_n])
+
+
+def test_streaming_state_persists_between_runs_and_resets():
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = _streaming_model()
+    model = edgedl.load(data)
+    assert [s.name for s in model.inputs] == ["frame"] and [s.name for s in model.outputs] == ["y", "new_n"]
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    frames = [_f32(1, 4) for _ in range(4)]
+    first = None
+    for k, x in enumerate(frames):
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        want = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+        got = model.run({"frame": x})
+        np.testing.assert_allclose(got["y"], want[0], rtol=1e-6, err_msg=f"frame {k}")
+        np.testing.assert_array_equal(got["new_n"], want[1])
+        assert got["new_n"][0] == k + 1
+        first = first if first is not None else got
+    model.reset_state()
+    again = model(frames[0])
+    np.testing.assert_array_equal(again[0], first["y"])
+    assert again[1][0] == 1
+    with pytest.raises(EdgeDLError, match="the model's state"):
+        model.run({"frame": frames[0], "variable:acc": frames[0]})

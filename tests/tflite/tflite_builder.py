@@ -20,11 +20,13 @@ class Builder:
         self.buffers = [schema.BufferT()]  # buffer 0: the empty buffer of activations
         self.ops: list = []
         self.codes: dict[int, int] = {}
+        self.subgraphs: list = []
 
     def tensor(self, name: str, shape, dtype=np.float32, data=None, quant=None) -> int:
         """A tensor (a constant with ``data``); ``quant``: (scales, zero points, quantized dimension)."""
         t = schema.TensorT()
-        t.name, t.shape, t.type = name, list(shape), _TYPES[np.dtype(dtype)]
+        t.name, t.shape = name, list(shape)
+        t.type = schema.TensorType.RESOURCE if isinstance(dtype, str) and dtype == "resource" else _TYPES[np.dtype(dtype)]
         if quant is not None:
             q = schema.QuantizationParametersT()
             q.scale = [float(v) for v in np.atleast_1d(quant[0])]
@@ -58,6 +60,16 @@ class Builder:
             o.builtinOptions = opts
         self.ops.append(o)
 
+    def subgraph(self, inputs, outputs) -> int:
+        """Close the subgraph built so far (with these inputs and outputs) and start the next one; returns the
+        closed one's index (:meth:`build` closes the last)."""
+        g = schema.SubGraphT()
+        g.tensors, g.inputs, g.outputs, g.operators = self.tensors, list(inputs), list(outputs), self.ops
+        g.name = f"subgraph{len(self.subgraphs)}"
+        self.subgraphs.append(g)
+        self.tensors, self.ops = [], []
+        return len(self.subgraphs)  # its index in the file: the main subgraph comes first
+
     def build(self, inputs, outputs) -> bytes:
         codes = []
         for builtin, _ in sorted(self.codes.items(), key=lambda kv: kv[1]):
@@ -70,7 +82,8 @@ class Builder:
         g.tensors, g.inputs, g.outputs, g.operators = self.tensors, list(inputs), list(outputs), self.ops
         g.name = "main"
         m = schema.ModelT()
-        m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [g], self.buffers
+        # the last subgraph built is the main one (subgraph 0); the ones closed by subgraph() follow it
+        m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [g] + self.subgraphs, self.buffers
         b = flatbuffers.Builder(1024)
         b.Finish(m.Pack(b), file_identifier=b"TFL3")
         return bytes(b.Output())
