@@ -20,7 +20,8 @@ MAX_POOL_2D, L2_POOL_2D, MEAN, SUM, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD, RESHAPE
 CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (begin / end / shrink masks), PAD, PADV2,
 MIRROR_PAD (REFLECT), GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
 DEPTH_TO_SPACE, SPACE_TO_DEPTH, SOFTMAX, LOG_SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU,
-PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST, DENSIFY (sparse
+PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST,
+UNIDIRECTIONAL_SEQUENCE_LSTM (an ONNX LSTM; its state tensors carry over between runs), DENSIFY (sparse
 weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
@@ -1142,6 +1143,66 @@ class _Importer:
             else:
                 raise UnsupportedOpError(f"the initialization subgraph (CALL_ONCE) may only assign constants to "
                                          f"variables; its operator {k} is {kind or code}")
+
+    def op_UNIDIRECTIONAL_SEQUENCE_LSTM(self, op, ins, outs):
+        """An ONNX LSTM (gates i, o, f, c; peepholes i, o, f). Its output and cell states (inputs 18, 19) are
+        TFLite variable tensors, which keep their last value from one invoke to the next: they become state
+        (:meth:`_state`), so a model run frame by frame continues where the last run stopped, as in the
+        interpreter, and ``Model.reset_state()`` zeroes them (``reset_all_variables``)."""
+        o = self.options(op, "UnidirectionalSequenceLSTMOptions")
+        ins = list(ins) + [-1] * (24 - len(ins))
+        x_i = ins[0]
+        self.float_only(x_i)
+        if ins[1] < 0 or ins[5] < 0:
+            raise UnsupportedOpError("CIFG (coupled input and forget gates) is not supported yet")
+        if ins[16] >= 0 or any(ins[k] >= 0 for k in range(20, 24)):
+            raise UnsupportedOpError("projection and layer-normalized LSTMs are not supported yet")
+        if o is not None and (o.CellClip() or o.ProjClip()):
+            raise UnsupportedOpError("cell and projection clipping are not supported yet")
+        if ins[18] < 0 or ins[19] < 0:
+            raise ModelFormatError("the output and cell state tensors (inputs 18, 19) are required")
+        weights = [self.const(ins[k]) for k in (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15)]
+        if any(w is None for w in weights):
+            raise UnsupportedOpError("needs constant weights and biases")
+        wi, wf, wc, wo, ri, rf, rc, ro, bi, bf, bc, bo = (np.asarray(w, np.float32) for w in weights)
+        hidden = wi.shape[0]
+        act = o.FusedActivationFunction() if o is not None else 4
+        names = {1: "Relu", 4: "Tanh", 6: "Sigmoid"}
+        if act not in names:
+            raise UnsupportedOpError(f"fused activation {act} in an LSTM")
+        time_major = bool(o.TimeMajor()) if o is not None else False
+        x_shape = self.shape(x_i)
+        batch = x_shape[1] if time_major else x_shape[0]
+        W = self.constant("lstm_W", np.concatenate([wi, wo, wf, wc])[None])
+        R = self.constant("lstm_R", np.concatenate([ri, ro, rf, rc])[None])
+        B = self.constant("lstm_B", np.concatenate([bi, bo, bf, bc, np.zeros(4 * hidden, np.float32)])[None])
+        peep = [self.const(ins[k]) for k in (9, 11, 10)]  # i, o, f
+        if any(p is not None for p in peep) and not all(p is not None for p in peep):
+            raise UnsupportedOpError("peepholes on only some gates")
+        P = self.constant("lstm_P", np.concatenate(peep)[None].astype(np.float32)) if peep[0] is not None else ""
+        layout = 0 if time_major else 1
+        state_shape = [1, batch, hidden] if time_major else [batch, 1, hidden]
+        initial = []
+        for k in (18, 19):
+            name, shape, dtype, data = self.tensors[ins[k]]
+            key = f"lstm:{name}"
+            self._var_type(key, shape, dtype)
+            self.initial.setdefault(key, np.zeros(shape, dtype) if data is None else data)
+            src = self.read.get(key) or self._state_input(key, shape, dtype)
+            shaped = self._name(f"{name}_3d")
+            self.emit("Reshape", [src, self.constant("shape", np.array(state_shape, np.int64))], [shaped])
+            initial.append((key, shaped, shape))
+        y, y_h, y_c = self._name("lstm_Y"), self._name("lstm_Y_h"), self._name("lstm_Y_c")
+        act_name = names[act]
+        self.emit("LSTM", [self.get(x_i, "plain"), W, R, B, "", initial[0][1], initial[1][1], P], [y, y_h, y_c],
+                  hidden_size=int(hidden), layout=layout, activations=["Sigmoid", act_name, act_name])
+        for (key, _, shape), final in zip(initial, (y_h, y_c)):
+            flat = self._name("lstm_state")
+            self.emit("Reshape", [final, self.constant("shape", np.array(shape, np.int64))], [flat])
+            self.assigned[key] = flat
+        out = self._name(self.tensors[outs[0]][0])
+        self.emit("Reshape", [y, self.constant("shape", np.array(self.shape(outs[0]), np.int64))], [out])
+        self.set_output(outs[0], out, "plain")
 
     def op_DENSIFY(self, op, ins, outs):
         data = self.const(ins[0])

@@ -598,3 +598,46 @@ def test_streaming_state_persists_between_runs_and_resets():
     assert again[1][0] == 1
     with pytest.raises(EdgeDLError, match="the model's state"):
         model.run({"frame": frames[0], "variable:acc": frames[0]})
+
+
+@pytest.mark.parametrize("time_major,peephole", [(False, False), (True, True)])
+def test_unidirectional_sequence_lstm_keeps_its_state(time_major, peephole):
+    """UNIDIRECTIONAL_SEQUENCE_LSTM against the interpreter over three invokes: its state tensors carry over
+    from one run to the next, and reset_state() matches the interpreter's reset_all_variables()."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    batch, steps, n_in, hidden = 2, 5, 3, 4
+    b = Builder()
+    x_shape = (steps, batch, n_in) if time_major else (batch, steps, n_in)
+    x = b.tensor("x", x_shape)
+    ins = [x]
+    for k in range(4):
+        ins.append(b.const(f"w{k}", _f32(hidden, n_in, scale=0.5)))
+    for k in range(4):
+        ins.append(b.const(f"r{k}", _f32(hidden, hidden, scale=0.5)))
+    for k in range(3):
+        ins.append(b.const(f"p{k}", _f32(hidden, scale=0.3)) if peephole else -1)
+    for k in range(4):
+        ins.append(b.const(f"b{k}", _f32(hidden, scale=0.2)))
+    ins += [-1, -1]
+    for name in ("h", "c"):
+        t = b.tensor(name, (batch, hidden))
+        b.tensors[t].isVariable = True
+        ins.append(t)
+    ins += [-1] * 4
+    y = b.tensor("y", (steps, batch, hidden) if time_major else (batch, steps, hidden))
+    b.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, [y], "UnidirectionalSequenceLSTMOptions",
+         fusedActivationFunction=AF.TANH, timeMajor=time_major)
+    data = b.build([x], [y])
+    model = edgedl.load(data)
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    xs = [_f32(*x_shape) for _ in range(3)]
+    for k, xv in enumerate(xs + xs[:1]):
+        if k == 3:
+            it.reset_all_variables()
+            model.reset_state()
+        it.set_tensor(it.get_input_details()[0]["index"], xv)
+        it.invoke()
+        want = it.get_tensor(it.get_output_details()[0]["index"])
+        np.testing.assert_allclose(model.run({"x": xv})["y"], want, rtol=1e-5, atol=1e-6, err_msg=f"invoke {k}")
