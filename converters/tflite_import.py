@@ -88,14 +88,16 @@ def read_tflite_bytes(src) -> bytes | None:
     return data if is_tflite(data) else None
 
 
-def import_tflite(data: bytes) -> Graph:
-    """The edgedl Graph of the first subgraph of a TFLite model (see the module docstring)."""
+def import_tflite(data: bytes, signature: str | None = None) -> Graph:
+    """The edgedl Graph of a TFLite model (see the module docstring): its first subgraph with the tensors' own
+    names, or with ``signature`` the subgraph of that SignatureDef, its inputs and outputs under the signature's
+    names and in its order. The graph's metadata lists every signature (``Model.signatures``)."""
     try:
         import tflite
     except ImportError as e:  # a dependency of edgedl: a broken install
         raise EdgeDLError(f"reading .tflite files needs the 'tflite' package ({e}): pip install tflite") from None
     try:
-        return _Importer(tflite, data).run()
+        return _Importer(tflite, data, signature).run()
     except EdgeDLError:
         raise
     except (IndexError, ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError,
@@ -104,14 +106,23 @@ def import_tflite(data: bytes) -> Graph:
 
 
 class _Importer:
-    def __init__(self, tfl, data: bytes):
+    def __init__(self, tfl, data: bytes, signature: str | None = None):
         self.tfl, self.data = tfl, data
         if len(data) < 16:
             raise ModelFormatError(f"the .tflite file is truncated ({len(data)} bytes)")
         self.model = tfl.Model.GetRootAs(data, 0)
-        if self.count(self.model.SubgraphsLength(), "subgraphs") < 1:
+        n_graphs = self.count(self.model.SubgraphsLength(), "subgraphs")
+        if n_graphs < 1:
             raise ModelFormatError("the .tflite file has no subgraph")
-        self.graph = self.model.Subgraphs(0)
+        self.signatures = self._signatures(n_graphs)
+        self.signature = None
+        if signature is not None:
+            found = [sig for sig in self.signatures if sig["key"] == signature]
+            if not found:
+                raise EdgeDLError(f"the model has no signature {signature!r} (it has "
+                                  f"{[sig['key'] for sig in self.signatures]})")
+            self.signature = found[0]
+        self.graph = self.model.Subgraphs(self.signature["subgraph"] if self.signature else 0)
         self.nodes: list[Node] = []
         self.initializers: dict[str, np.ndarray] = {}
         #: tensor index -> (IR name, layout) of its value as produced: layout "nchw" (a 4-D NHWC tensor held
@@ -202,6 +213,23 @@ class _Importer:
             raise ModelFormatError(f"tensor {name!r} of shape {shape} and type {dtype.name} needs {nbytes} bytes, "
                                    f"its buffer {index} holds {raw.size}")
         return np.frombuffer(raw.tobytes(), dtype).reshape(shape).copy()
+
+    def _signatures(self, n_graphs: int) -> list[dict]:
+        """Every SignatureDef: key, subgraph, and (name, tensor index) of its inputs and outputs."""
+        sigs = []
+        for k in range(self.count(self.model.SignatureDefsLength(), "signatures")):
+            sd = self.model.SignatureDefs(k)
+            index = int(sd.SubgraphIndex())
+            if not 0 <= index < n_graphs:
+                raise ModelFormatError(f"signature {k} names subgraph {index}, the file has {n_graphs}")
+
+            def maps(length, get):
+                return [((get(j).Name() or b"").decode("utf-8", "replace"), int(get(j).TensorIndex()))
+                        for j in range(self.count(length, "signature tensors"))]
+            sigs.append({"key": (sd.SignatureKey() or b"").decode("utf-8", "replace") or f"signature_{k}",
+                         "subgraph": index, "inputs": maps(sd.InputsLength(), sd.Inputs),
+                         "outputs": maps(sd.OutputsLength(), sd.Outputs)})
+        return sigs
 
     def count(self, n: int, what: str) -> int:
         """A vector's length from the file, checked against the file's size (each entry takes >= 4 bytes): a
@@ -365,6 +393,7 @@ class _Importer:
             if not 0 <= i < n:
                 raise ModelFormatError(f"the subgraph's inputs / outputs name tensor {i}, it has {n}")
         specs = []
+        self._input_tensors = list(inputs)
         for i in inputs:
             name, shape, dtype, _ = self.tensors[i]
             specs.append(TensorSpec(name, shape, dtype))
@@ -410,9 +439,19 @@ class _Importer:
                 else:  # the node making it writes the output's own name
                     self._rename(ir, name)
             out_specs.append(TensorSpec(name, shape, dtype))
+        if self.signature is not None:
+            specs, out_specs = self._signature_names(specs, out_specs)
         out_specs += state_specs
         name = (g.Name() or b"").decode("utf-8", "replace") or "tflite"
-        return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name,
+        import json
+
+        metadata = {"edgedl.source": "tflite",
+                    "edgedl.tflite.signatures": json.dumps([{"key": sig["key"], "inputs": [n for n, _ in sig["inputs"]],
+                                                             "outputs": [n for n, _ in sig["outputs"]]}
+                                                            for sig in self.signatures])}
+        if any(n.attrs.get("_requant") for n in self.nodes):  # what `edgedl info` reports for int8 models
+            metadata["edgedl.requant"] = "double"
+        return Graph(self.nodes, specs, out_specs, self.initializers, opset=OPSET, name=name, metadata=metadata,
                      domains={"com.microsoft": 1}, state=state)
 
     def _state(self, specs: list, out_specs: list) -> list:
@@ -441,6 +480,33 @@ class _Importer:
         self._state_inputs.append((key, name))
         self.read[key] = name
         return name
+
+    def _signature_names(self, specs: list, out_specs: list) -> tuple[list, list]:
+        """The graph's inputs and outputs under the signature's names, in its order."""
+        by_tensor_in = {self.tensors[i][0]: spec for i, spec in zip(self._input_tensors, specs)}
+        by_tensor_out = {spec.name: spec for spec in out_specs}
+        taken = {n for node in self.nodes for n in node.inputs + node.outputs} | set(self.initializers)
+        new_in, new_out = [], []
+        for sig_name, t in self.signature["inputs"]:
+            spec = by_tensor_in.get(self.tensors[t][0]) if 0 <= t < len(self.tensors) else None
+            if spec is None:
+                raise ModelFormatError(f"signature input {sig_name!r} names tensor {t}, not an input of its subgraph")
+            new_in.append(self._renamed(spec, sig_name, taken))
+        for sig_name, t in self.signature["outputs"]:
+            spec = by_tensor_out.get(self.tensors[t][0]) if 0 <= t < len(self.tensors) else None
+            if spec is None:
+                raise ModelFormatError(f"signature output {sig_name!r} names tensor {t}, not an output of its "
+                                       "subgraph")
+            new_out.append(self._renamed(spec, sig_name, taken))
+        return new_in + specs[len(self._input_tensors):], new_out
+
+    def _renamed(self, spec: TensorSpec, name: str, taken: set) -> TensorSpec:
+        if name != spec.name:
+            if name in taken:
+                raise ModelFormatError(f"signature name {name!r} is also the name of another tensor")
+            self._rename(spec.name, name)
+            taken.add(name)
+        return TensorSpec(name, spec.shape, spec.dtype)
 
     def _rename(self, old: str, new: str) -> None:
         for n in self.nodes:

@@ -47,7 +47,7 @@ def bench(models, **options):
 
 
 def load(src, target=None, *, optimize: bool = True, num_threads: int | None = None,
-         device: str | None = None, precision: str | None = None) -> Model:
+         device: str | None = None, precision: str | None = None, signature: str | None = None) -> Model:
     """Load an ONNX or TFLite model.
 
     Parameters
@@ -75,6 +75,9 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         ``"fp16"`` (``device="cuda"`` only): float32 tensors are stored as float16 on the GPU (half the memory
         and memory traffic), computed in float32. None: the target's ``precision`` when it is ``"fp16"`` and
         the model runs on CUDA, else ``"fp32"``. ``Model.precision`` says which.
+    signature : str, optional
+        A TFLite model's signature (``Model.signatures`` lists them): its subgraph, with its input and output
+        names. Default: the first subgraph under its tensors' names.
 
     Returns
     -------
@@ -105,7 +108,7 @@ def load(src, target=None, *, optimize: bool = True, num_threads: int | None = N
         raise EdgeDLError("precision='fp16' runs on the cuda device (on the CPU, float16 models compute in float32)")
     if precision is None:
         precision = "fp16" if device == "cuda" and getattr(target, "precision", "fp32") == "fp16" else "fp32"
-    source = _import(src)
+    source = _import(src, signature)
     graph = _run_graph(source, optimize)
     # an empty kernel cache: compile the model's kernels in two processes before it plans (and compiles) here
     maybe_compile_ahead(source, target, num_threads, optimize, graph)
@@ -136,14 +139,16 @@ def _device(device: str | None, target) -> tuple[str, str | None]:
     return device, None
 
 
-def _import(src):
+def _import(src, signature: str | None = None):
     """The source graph of ``src``: a TFLite flatbuffer (by its content: the ``TFL3`` identifier) or ONNX."""
     from .converters.onnx_import import import_onnx
     from .converters.tflite_import import import_tflite, read_tflite_bytes
 
     data = read_tflite_bytes(src)
     if data is not None:
-        return import_tflite(data)
+        return import_tflite(data, signature)
+    if signature is not None:
+        raise EdgeDLError("signature= applies to TFLite models; ONNX models have one graph")
     return import_onnx(src)
 
 

@@ -102,6 +102,17 @@ class Model:
     def inputs(self) -> list[TensorInfo]:
         return [TensorInfo(s.name, s.shape, np.dtype(s.dtype)) for s in self._user_inputs]
 
+    @property
+    def signatures(self) -> dict[str, dict[str, list[str]]]:
+        """A TFLite model's signatures: key -> {"inputs": names, "outputs": names} (``edgedl.load(path,
+        signature=key)`` loads one); empty for other models."""
+        import json
+
+        raw = self.graph.metadata.get("edgedl.tflite.signatures")
+        if not raw:
+            return {}
+        return {s["key"]: {"inputs": list(s["inputs"]), "outputs": list(s["outputs"])} for s in json.loads(raw)}
+
     def reset_state(self) -> None:
         """Start a streaming model over: its state (TFLite resource variables) goes back to the initial values.
         Nothing to do for a model without state."""

@@ -188,7 +188,8 @@ def test_unsupported_operators_are_listed_together():
     y, z = b.tensor("y", (1, 4)), b.tensor("z", (1, 4))
     b.op("SIN", [x], [y])
     b.op("COS", [x], [z])
-    with pytest.raises(UnsupportedOpError, match=r"SIN \(operator 0: inputs \['x'\], outputs \['y'\]\); COS \(operator 1"):
+    listing = r"SIN \(operator 0: inputs \['x'\], outputs \['y'\]\); COS \(operator 1"
+    with pytest.raises(UnsupportedOpError, match=listing):
         edgedl.load(b.build([x], [y, z]))
 
 
@@ -641,3 +642,70 @@ def test_unidirectional_sequence_lstm_keeps_its_state(time_major, peephole):
         it.invoke()
         want = it.get_tensor(it.get_output_details()[0]["index"])
         np.testing.assert_allclose(model.run({"x": xv})["y"], want, rtol=1e-5, atol=1e-6, err_msg=f"invoke {k}")
+
+
+def test_info_tells_what_runs_in_int8(tmp_path, capsys):
+    from edgedl.cli import main
+
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(_int8_net())
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "requantization: double" in out
+    assert "int8 steps:" in out and "QLinearConv x2" in out and "com.microsoft.QGemm x1" in out
+    assert "quantize/dequantize: DequantizeLinear x1, QuantizeLinear x1" in out
+
+
+def _two_signatures() -> bytes:
+    """Subgraph 0 ("double": y = 2x) and subgraph 1 ("shift": out = in + 3), each with a SignatureDef."""
+    b = Builder()
+    a = b.tensor("t_in", (1, 3))
+    r = b.tensor("t_out", (1, 3))
+    b.op("ADD", [a, b.const("three", np.full((1, 3), 3.0, np.float32))], [r], "AddOptions")
+    shift = b.subgraph([a], [r])
+    x = b.tensor("x_tensor", (1, 3))
+    y = b.tensor("y_tensor", (1, 3))
+    b.op("MUL", [x, b.const("two", np.full((1, 3), 2.0, np.float32))], [y], "MulOptions")
+    data = b.build([x], [y])
+    # add the SignatureDefs to the built model
+    m = schema.ModelT.InitFromPackedBuf(data, 0)
+
+    def sig(key, index, ins, outs):
+        s = schema.SignatureDefT()
+        s.signatureKey, s.subgraphIndex = key, index
+        s.inputs, s.outputs = [], []
+        for name, t in ins:
+            tm = schema.TensorMapT()
+            tm.name, tm.tensorIndex = name, t
+            s.inputs.append(tm)
+        for name, t in outs:
+            tm = schema.TensorMapT()
+            tm.name, tm.tensorIndex = name, t
+            s.outputs.append(tm)
+        return s
+    m.signatureDefs = [sig("double", 0, [("value", 0)], [("doubled", 1)]), sig("shift", shift, [("value", 0)],
+                                                                              [("shifted", 1)])]
+    import flatbuffers
+
+    fb = flatbuffers.Builder(1024)
+    fb.Finish(m.Pack(fb), file_identifier=b"TFL3")
+    return bytes(fb.Output())
+
+
+def test_signatures_select_a_subgraph_and_its_names():
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = _two_signatures()
+    model = edgedl.load(data)
+    assert model.signatures == {"double": {"inputs": ["value"], "outputs": ["doubled"]},
+                                "shift": {"inputs": ["value"], "outputs": ["shifted"]}}
+    x = _f32(1, 3)
+    np.testing.assert_array_equal(model.run({"x_tensor": x})["y_tensor"], 2 * x)
+    it = Interpreter(model_content=data)
+    for key, out in (("double", "doubled"), ("shift", "shifted")):
+        m = edgedl.load(data, signature=key)
+        assert [s.name for s in m.inputs] == ["value"] and [s.name for s in m.outputs] == [out]
+        want = it.get_signature_runner(key)(value=x)[out]
+        np.testing.assert_allclose(m.run({"value": x})[out], want, rtol=1e-6)
+    with pytest.raises(EdgeDLError, match="no signature 'nope'"):
+        edgedl.load(data, signature="nope")

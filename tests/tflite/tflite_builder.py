@@ -26,7 +26,8 @@ class Builder:
         """A tensor (a constant with ``data``); ``quant``: (scales, zero points, quantized dimension)."""
         t = schema.TensorT()
         t.name, t.shape = name, list(shape)
-        t.type = schema.TensorType.RESOURCE if isinstance(dtype, str) and dtype == "resource" else _TYPES[np.dtype(dtype)]
+        resource = isinstance(dtype, str) and dtype == "resource"
+        t.type = schema.TensorType.RESOURCE if resource else _TYPES[np.dtype(dtype)]
         if quant is not None:
             q = schema.QuantizationParametersT()
             q.scale = [float(v) for v in np.atleast_1d(quant[0])]
