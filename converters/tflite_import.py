@@ -25,7 +25,7 @@ UNIDIRECTIONAL_SEQUENCE_LSTM (an ONNX LSTM; its state tensors carry over between
 weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
-(QLinearAdd / QLinearMul), with TFLite's double-rounding requantization (``_requant="double"``) and fused
+(QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), with TFLite's double-rounding requantization (``_requant="double"``) and fused
 activations as output ranges (``_clamp``); data movement on the codes when input and output share their
 quantization. Any other int8 form is an error (never float arithmetic on codes).
 
@@ -565,13 +565,19 @@ class _Importer:
 
     def _pool(self, op, ins, outs, kind: str) -> None:
         o = self.options(op, "Pool2DOptions")
-        if self.quantized(ins[0]) and (kind != "MaxPool" or o.FusedActivationFunction()
-                                       or not np.array_equal(self.quant[ins[0]][:2], self.quant[outs[0]][:2])):
-            raise UnsupportedOpError("int8 pooling other than MAX_POOL_2D with equal input and output "
-                                     "quantization is not supported yet")
         y = self._name(self.tensors[outs[0]][0])
         attrs = dict(kernel_shape=[o.FilterHeight(), o.FilterWidth()], strides=[o.StrideH(), o.StrideW()],
                      auto_pad=_padding(o.Padding()))
+        if self.quantized(ins[0]) and kind == "AveragePool":  # TFLite's int8 average (rounding half away)
+            args = [self.get(ins[0], "nchw"), *self.qparams(ins[0]), *self.qparams(outs[0])]
+            self.nodes.append(Node("QLinearAveragePool", self._name("QLinearAveragePool"), args, [y],
+                                   dict(attrs, **self.q_attrs(o.FusedActivationFunction())), domain="com.microsoft"))
+            self.set_output(outs[0], y, "nchw")
+            return
+        if self.quantized(ins[0]) and (o.FusedActivationFunction()
+                                       or not np.array_equal(self.quant[ins[0]][:2], self.quant[outs[0]][:2])):
+            raise UnsupportedOpError("int8 MAX_POOL_2D needs equal input and output quantization and no fused "
+                                     "activation")
         self.emit(kind, [self.get(ins[0], "nchw")], [y], **attrs)
         self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
 
@@ -827,7 +833,6 @@ class _Importer:
 
     # -- reductions and selection -----------------------------------------------------------------------
     def _reduce(self, op, ins, outs, onnx_op: str) -> None:
-        self.float_only(ins[0])
         axes = self.const(ins[1])
         if axes is None:
             raise UnsupportedOpError("needs constant axes")
@@ -835,6 +840,10 @@ class _Importer:
         keep = bool(o.KeepDims()) if o is not None else False
         rank = len(self.shape(ins[0]))
         axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
+        # NOTE: int8 MEAN is refused: TFLite's reference kernel (sum of x - zp, then one fixed-point multiplier
+        # with the count folded in) is not edgedl's QLinearGlobalAveragePool (the optimized kernel's arithmetic):
+        # they differ by 1 LSB on some inputs
+        self.float_only(ins[0])
         source, layout = "plain", "plain"
         if self.layout_of(ins[0]) == "nchw":
             kept = [_NHWC_TO_NCHW_AXIS[a] for a in range(4) if a not in axes]

@@ -709,3 +709,30 @@ def test_signatures_select_a_subgraph_and_its_names():
         np.testing.assert_allclose(m.run({"value": x})[out], want, rtol=1e-6)
     with pytest.raises(EdgeDLError, match="no signature 'nope'"):
         edgedl.load(data, signature="nope")
+
+
+@pytest.mark.parametrize("padding", [SAME, VALID])
+def test_int8_average_pool_is_bit_exact(padding):
+    """int8 AVERAGE_POOL_2D: TFLite averages the raw values and rounds half away from zero; SAME windows at the
+    edges average fewer values."""
+    def op(b, c):
+        pooled = b.tensor("pooled", (1, 3, 3, 4) if padding == SAME else (1, 2, 2, 4), np.int8, quant=(0.06, -5))
+        b.op("AVERAGE_POOL_2D", [c], [pooled], "Pool2DOptions", padding=padding, strideW=2, strideH=2,
+             filterWidth=2, filterHeight=2)
+        return pooled, (1, 3, 3, 4) if padding == SAME else (1, 2, 2, 4)
+    data = _int8_conv_then(op)
+    model = edgedl.load(data)
+    assert any(n.op_type == "QLinearAveragePool" for n in model.graph.nodes)
+    for seed in range(5):
+        x = np.random.default_rng(seed).standard_normal((1, 5, 5, 2)).astype(np.float32) * 2
+        np.testing.assert_array_equal(model.run({"input": x})["y"], interpret(data, [x], reference=True)[0])
+
+
+def test_int8_mean_is_refused_until_it_is_exact():
+    def op(b, c):
+        y = b.tensor("r", (1, 4), np.int8, quant=(0.03, -7))
+        b.op("MEAN", [c, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions",
+             keepDims=False)
+        return y, (1, 4)
+    with pytest.raises(UnsupportedOpError, match="int8 form"):
+        edgedl.load(_int8_conv_then(op))
