@@ -25,9 +25,9 @@ UNIDIRECTIONAL_SEQUENCE_LSTM (an ONNX LSTM; its state tensors carry over between
 weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
-(QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), with TFLite's double-rounding requantization (``_requant="double"``) and fused
-activations as output ranges (``_clamp``); data movement on the codes when input and output share their
-quantization. Any other int8 form is an error (never float arithmetic on codes).
+(QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), with TFLite's double-rounding requantization
+(``_requant="double"``) and fused activations as output ranges (``_clamp``); data movement on the codes when
+input and output share their quantization. Any other int8 form is an error (never float arithmetic on codes).
 
 Streaming state: resource variables (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) become ``Graph.state``: a graph
 input with the value a run reads, a graph output with the value it leaves, and the initial value that CALL_ONCE's
@@ -214,6 +214,28 @@ class _Importer:
                                    f"its buffer {index} holds {raw.size}")
         return np.frombuffer(raw.tobytes(), dtype).reshape(shape).copy()
 
+    def _dynamic_batch(self, inputs) -> int | None:
+        """The file's batch size when every input declares a dynamic first dimension (``shape_signature`` -1)
+        over the same stored size: the graph then takes any batch ("N"), and the shapes this importer writes
+        (reshape targets, resize sizes) follow the input's; None: the stored shapes as they are."""
+        sizes = set()
+        for i in inputs:
+            t = self.graph.Tensors(i)
+            sig = t.ShapeSignatureAsNumpy() if self.count(t.ShapeSignatureLength(), "dimensions") else None
+            shape = self.tensors[i][1]
+            if sig is None or len(sig) != len(shape) or not len(shape) or int(sig[0]) != -1 or \
+                    any(int(d) < 0 for d in sig[1:]):
+                return None
+            sizes.add(shape[0])
+        return sizes.pop() if len(sizes) == 1 else None
+
+    def shape_const(self, shape) -> str:
+        """A reshape target: with a dynamic batch, a leading batch-sized dimension copies the input's (0)."""
+        target = np.array(shape, np.int64)
+        if self.batch is not None and target.size and target[0] == self.batch:
+            target[0] = 0
+        return self.constant("shape", target)
+
     def _signatures(self, n_graphs: int) -> list[dict]:
         """Every SignatureDef: key, subgraph, and (name, tensor index) of its inputs and outputs."""
         sigs = []
@@ -394,9 +416,10 @@ class _Importer:
                 raise ModelFormatError(f"the subgraph's inputs / outputs name tensor {i}, it has {n}")
         specs = []
         self._input_tensors = list(inputs)
+        self.batch = self._dynamic_batch(inputs)
         for i in inputs:
             name, shape, dtype, _ = self.tensors[i]
-            specs.append(TensorSpec(name, shape, dtype))
+            specs.append(TensorSpec(name, ("N", *shape[1:]) if self.batch is not None else shape, dtype))
             self.set_output(i, name, "plain")
         ops, unsupported = [], []
         for k in range(self.count(g.OperatorsLength(), "operators")):
@@ -618,7 +641,7 @@ class _Importer:
         out_shape = self.shape(outs[0])
         if o is not None and o.KeepNumDims() and len(out_shape) != 2:
             shaped = self._name(self.tensors[outs[0]][0])
-            self.emit("Reshape", [y, self.constant("shape", np.array(out_shape, np.int64))], [shaped])
+            self.emit("Reshape", [y, self.shape_const(out_shape)], [shaped])
             y = shaped
         self.finish(outs[0], y, "plain", fused)
 
@@ -719,7 +742,7 @@ class _Importer:
     def _reshape_to_output(self, ins, outs):
         self.same_quantization([ins[0], outs[0]])
         y = self._name(self.tensors[outs[0]][0])
-        shape = self.constant("shape", np.array(self.shape(outs[0]), np.int64))
+        shape = self.shape_const(self.shape(outs[0]))
         self.emit("Reshape", [self.get(ins[0], "plain"), shape], [y])
         self.set_output(outs[0], y, "plain")
 
@@ -899,10 +922,9 @@ class _Importer:
         begin, size = self.const(ins[1]), self.const(ins[2])
         if begin is None or size is None:
             raise UnsupportedOpError("needs constant begin and size")
-        shape = self.shape(ins[0])
         begin = begin.reshape(-1).astype(np.int64)
-        end = np.array([shape[d] if s < 0 else b + s for d, (b, s) in enumerate(zip(begin, size.reshape(-1)))],
-                       np.int64)
+        big = np.iinfo(np.int64).max
+        end = np.array([(big if s < 0 else b + s) for b, s in zip(begin, size.reshape(-1))], np.int64)
         self._slice(ins, outs, begin, end, np.ones(len(begin), np.int64))
 
     def _slice(self, ins, outs, begin, end, steps) -> None:
@@ -912,7 +934,7 @@ class _Importer:
         self.emit("Slice", [self.get(ins[0], "plain"), self.constant("starts", begin), self.constant("ends", end),
                             self.constant("axes", axes), self.constant("steps", steps)], [cut])
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Reshape", [cut, self.constant("shape", np.array(self.shape(outs[0]), np.int64))], [y])
+        self.emit("Reshape", [cut, self.shape_const(self.shape(outs[0]))], [y])
         self.set_output(outs[0], y, "plain")
 
     def op_STRIDED_SLICE(self, op, ins, outs):
@@ -992,7 +1014,7 @@ class _Importer:
             part = self._name("unsqueezed")
             shape = list(self.shape(i))
             shape.insert(axis, 1)
-            self.emit("Reshape", [self.get(i, "plain"), self.constant("shape", np.array(shape, np.int64))], [part])
+            self.emit("Reshape", [self.get(i, "plain"), self.shape_const(shape)], [part])
             parts.append(part)
         y = self._name(self.tensors[outs[0]][0])
         self.emit("Concat", parts, [y], axis=axis)
@@ -1021,8 +1043,10 @@ class _Importer:
 
     def op_BROADCAST_TO(self, op, ins, outs):
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Expand", [self.get(ins[0], "plain"), self.constant("shape", np.array(self.shape(outs[0]),
-                                                                                       np.int64))], [y])
+        target = np.array(self.shape(outs[0]), np.int64)
+        if self.batch is not None and target.size and target[0] == self.batch:
+            target[0] = 1  # Expand broadcasts 1 to whatever batch the input has
+        self.emit("Expand", [self.get(ins[0], "plain"), self.constant("shape", target)], [y])
         self.set_output(outs[0], y, "plain")
 
     def op_BATCH_MATMUL(self, op, ins, outs):
@@ -1071,9 +1095,14 @@ class _Importer:
         n, _, _, c = self.shape(ins[0])
         _, oh, ow, _ = self.shape(outs[0])
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Resize", [self.get(ins[0], "nchw"), "", "", self.constant("sizes", np.array([n, c, oh, ow],
-                                                                                               np.int64))],
-                  [y], mode=mode, coordinate_transformation_mode=ctm, **extra)
+        x = self.get(ins[0], "nchw")
+        sizes = self.constant("sizes", np.array([n, c, oh, ow], np.int64))
+        if self.batch is not None:  # N and C from the input, the stored output height and width
+            shape, lead = self._name("shape"), self._name("batch_channels")
+            self.emit("Shape", [x], [shape], start=0, end=2)
+            self.emit("Concat", [shape, self.constant("hw", np.array([oh, ow], np.int64))], [lead], axis=0)
+            sizes = lead
+        self.emit("Resize", [x, "", "", sizes], [y], mode=mode, coordinate_transformation_mode=ctm, **extra)
         self.set_output(outs[0], y, "nchw")
 
     def op_RESIZE_BILINEAR(self, op, ins, outs):

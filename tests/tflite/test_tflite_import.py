@@ -736,3 +736,63 @@ def test_int8_mean_is_refused_until_it_is_exact():
         return y, (1, 4)
     with pytest.raises(UnsupportedOpError, match="int8 form"):
         edgedl.load(_int8_conv_then(op))
+
+
+# -- dynamic batch, training, export ---------------------------------------------------------------------------
+def _dynamic_batch_net(resize: bool = True) -> bytes:
+    """CONV_2D (RELU6) [-> RESIZE_BILINEAR] -> MEAN -> RESHAPE -> FULLY_CONNECTED with a dynamic batch
+    (shape_signature -1)."""
+    b = Builder()
+    rng = np.random.default_rng(8)
+    x = b.tensor("input", (1, 6, 6, 2))
+    b.tensors[x].shapeSignature = [-1, 6, 6, 2]
+    c = b.tensor("c", (1, 6, 6, 4))
+    b.op("CONV_2D", [x, b.const("w", rng.standard_normal((4, 3, 3, 2)) * 0.4), b.const("b", np.zeros(4))], [c],
+         "Conv2DOptions", padding=SAME, strideW=1, strideH=1, dilationWFactor=1, dilationHFactor=1,
+         fusedActivationFunction=AF.RELU6)
+    r = c
+    if resize:
+        r = b.tensor("r", (1, 9, 9, 4))
+        b.op("RESIZE_BILINEAR", [c, b.const("size", np.array([9, 9], np.int32), np.int32)], [r],
+             "ResizeBilinearOptions", halfPixelCenters=True)
+    m = b.tensor("m", (1, 4))
+    b.op("MEAN", [r, b.const("axes", np.array([1, 2], np.int32), np.int32)], [m], "ReducerOptions", keepDims=False)
+    flat = b.tensor("flat", (1, 4))
+    b.op("RESHAPE", [m, b.const("shape", np.array([-1, 4], np.int32), np.int32)], [flat])
+    y = b.tensor("logits", (1, 3))
+    b.op("FULLY_CONNECTED", [flat, b.const("fw", rng.standard_normal((3, 4))), b.const("fb", np.zeros(3))], [y],
+         "FullyConnectedOptions")
+    return b.build([x], [y])
+
+
+def test_a_dynamic_batch_runs_any_batch():
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = _dynamic_batch_net()
+    model = edgedl.load(data)
+    assert model.inputs[0].shape == ("N", 6, 6, 2)
+    x = _f32(5, 6, 6, 2)
+    it = Interpreter(model_content=data)
+    it.resize_tensor_input(it.get_input_details()[0]["index"], [5, 6, 6, 2])
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    want = it.get_tensor(it.get_output_details()[0]["index"])
+    np.testing.assert_allclose(model.run({"input": x})["logits"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_imported_model_fine_tunes_and_exports_standard_onnx(tmp_path):
+    """A float .tflite model trains (every layer) with the Trainer, and Model.save writes ONNX that onnxruntime
+    runs to edgedl's outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    model = edgedl.load(_dynamic_batch_net(resize=False))
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((24, 6, 6, 2)).astype(np.float32), rng.integers(0, 3, 24)
+    before = edgedl.Trainer(model, trainable="all").evaluate(x, y)["loss"]
+    trainer = edgedl.Trainer(model, trainable="all", optimizer=edgedl.train.Adam(lr=0.05), seed=0)
+    history = trainer.fit(x, y, epochs=8, batch_size=8)
+    assert history.loss[-1] < before
+    path = tmp_path / "trained.onnx"
+    model.save(str(path))
+    got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, model.run({"input": x})["logits"], rtol=1e-4, atol=1e-5)
