@@ -52,6 +52,8 @@ MAX_ELEMENTS = 1 << 31
 #: TFLite TensorType -> numpy
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
            9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+#: custom operators edgedl imports: custom code -> handler method
+_CUSTOM_OPS = {"Convolution2DTransposeBias": "custom_transpose_conv_bias"}
 #: TFLite's RESOURCE tensor type (resource variables)
 _RESOURCE = 13
 #: numpy -> ONNX TensorProto element type (Cast's "to")
@@ -437,7 +439,10 @@ class _Importer:
             if code == tfl.BuiltinOperator.CUSTOM:
                 custom = self.model.OperatorCodes(idx).CustomCode()
                 op_name = f"CUSTOM {custom.decode('utf-8', 'replace') if custom else '?'}"
-            handler = getattr(self, f"op_{op_name}", None)
+            if code == tfl.BuiltinOperator.CUSTOM:
+                handler = getattr(self, _CUSTOM_OPS.get(op_name[len("CUSTOM "):], ""), None)
+            else:
+                handler = getattr(self, f"op_{op_name}", None)
             if handler is None:
                 unsupported.append(f"{op_name} (operator {k}: inputs {[self.tensors[t][0] for t in ins if t >= 0]}, "
                                    f"outputs {[self.tensors[t][0] for t in outs]})")
@@ -1137,22 +1142,36 @@ class _Importer:
         self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
 
     def op_TRANSPOSE_CONV(self, op, ins, outs):
-        """TRANSPOSE_CONV(output_shape, weights [O, KH, KW, I], input[, bias]) as ConvTranspose with the pads
-        TFLite derives from the output shape."""
-        w = self.const(ins[1])
-        x_i = ins[2]
+        """TRANSPOSE_CONV(output_shape, weights [O, KH, KW, I], input[, bias])."""
+        o = self.options(op, "TransposeConvOptions")
+        self._transpose_conv(ins[2], ins[1], ins[3] if len(ins) > 3 else -1, outs[0], o.Padding() == 0,
+                             [o.StrideH(), o.StrideW()], o.FusedActivationFunction())
+
+    def custom_transpose_conv_bias(self, op, ins, outs):
+        """MediaPipe's Convolution2DTransposeBias (input, weights [O, KH, KW, I], bias): its custom options are
+        TFLite's C struct of padding (1 SAME, 2 VALID), stride width and stride height, as int32s."""
+        raw = op.CustomOptionsAsNumpy() if op.CustomOptionsLength() >= 12 else None
+        if raw is None:
+            raise ModelFormatError("Convolution2DTransposeBias without its 12 bytes of options")
+        padding, stride_w, stride_h = (int(v) for v in np.frombuffer(raw.tobytes()[:12], "<i4"))
+        if padding not in (1, 2) or stride_w < 1 or stride_h < 1:
+            raise ModelFormatError(f"Convolution2DTransposeBias options {padding, stride_w, stride_h}")
+        self._transpose_conv(ins[0], ins[1], ins[2] if len(ins) > 2 else -1, outs[0], padding == 1,
+                             [stride_h, stride_w], 0)
+
+    def _transpose_conv(self, x_i: int, w_i: int, b_i: int, out: int, same: bool, strides, fused: int) -> None:
+        """A transposed convolution as ConvTranspose with the pads TFLite derives from the output shape."""
+        w = self.const(w_i)
         self.float_only(x_i)
         if w is None or w.ndim != 4 or len(self.shape(x_i)) != 4:
             raise UnsupportedOpError("needs a 4-D input and constant 4-D weights")
-        o = self.options(op, "TransposeConvOptions")
-        strides = [o.StrideH(), o.StrideW()]
         kernel = list(w.shape[1:3])
-        in_sp, out_sp = self.shape(x_i)[1:3], self.shape(outs[0])[1:3]
+        in_sp, out_sp = self.shape(x_i)[1:3], self.shape(out)[1:3]
         pads_b, pads_e, out_pad = [], [], []
         for d in range(2):
             full = strides[d] * (in_sp[d] - 1) + kernel[d]
             total = full - out_sp[d]
-            if o.Padding() == 1 or total < 0:  # VALID (or an output past the full extent): the tail is padding
+            if not same or total < 0:  # VALID (or an output past the full extent): the tail is padding
                 pads_b.append(0)
                 pads_e.append(max(total, 0))
                 out_pad.append(max(-total, 0))
@@ -1161,13 +1180,13 @@ class _Importer:
                 pads_e.append(total - total // 2)
                 out_pad.append(0)
         weight = np.ascontiguousarray(w.transpose(3, 0, 1, 2))  # [I, O, KH, KW]
-        args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[ins[1]][0]}_iohw", weight)]
-        if len(ins) > 3 and ins[3] >= 0:
-            args.append(self.get(ins[3], "plain"))
-        y = self._name(self.tensors[outs[0]][0])
-        self.emit("ConvTranspose", args, [y], kernel_shape=kernel, strides=strides, pads=pads_b + pads_e,
+        args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[w_i][0]}_iohw", weight)]
+        if b_i >= 0:
+            args.append(self.get(b_i, "plain"))
+        y = self._name(self.tensors[out][0])
+        self.emit("ConvTranspose", args, [y], kernel_shape=kernel, strides=list(strides), pads=pads_b + pads_e,
                   output_padding=out_pad)
-        self.finish(outs[0], y, "nchw", o.FusedActivationFunction())
+        self.finish(out, y, "nchw", fused)
 
     def op_DEQUANTIZE(self, op, ins, outs):
         data = self.const(ins[0])

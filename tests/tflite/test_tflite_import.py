@@ -796,3 +796,14 @@ def test_an_imported_model_fine_tunes_and_exports_standard_onnx(tmp_path):
     model.save(str(path))
     got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, model.run({"input": x})["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_mediapipe_convolution_2d_transpose_bias():
+    """MediaPipe's custom Convolution2DTransposeBias (selfie segmentation's last layer): options are TFLite's C
+    struct (padding, stride width, stride height)."""
+    def op(b, c):
+        y = b.tensor("y", (1, 12, 12, 1))
+        b.custom("Convolution2DTransposeBias", [c, b.const("k", _f32(1, 2, 2, 4, scale=0.5)), b.const("kb", _f32(1))],
+                 [y], np.array([1, 2, 2], "<i4").tobytes())
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])

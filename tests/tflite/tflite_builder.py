@@ -61,6 +61,16 @@ class Builder:
             o.builtinOptions = opts
         self.ops.append(o)
 
+    def custom(self, code: str, inputs, outputs, options: bytes = b"") -> None:
+        """A custom operator (``code``) with raw custom options."""
+        key = ("custom", code)
+        if key not in self.codes:
+            self.codes[key] = len(self.codes)
+        o = schema.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.codes[key], list(inputs), list(outputs)
+        o.customOptions = list(options)
+        self.ops.append(o)
+
     def subgraph(self, inputs, outputs) -> int:
         """Close the subgraph built so far (with these inputs and outputs) and start the next one; returns the
         closed one's index (:meth:`build` closes the last)."""
@@ -75,6 +85,8 @@ class Builder:
         codes = []
         for builtin, _ in sorted(self.codes.items(), key=lambda kv: kv[1]):
             c = schema.OperatorCodeT()
+            if isinstance(builtin, tuple):  # a custom operator
+                builtin, c.customCode = schema.BuiltinOperator.CUSTOM, builtin[1]
             c.builtinCode = builtin
             c.deprecatedBuiltinCode = min(builtin, 127)
             c.version = 1
