@@ -52,6 +52,11 @@ MAX_ELEMENTS = 1 << 31
 #: TFLite TensorType -> numpy
 _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 6: np.bool_, 7: np.int16,
            9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
+#: element-wise operators that map to one ONNX op of the same layout: TFLite name -> (ONNX op, attributes)
+_UNARY = {"RELU": ("Relu", {}), "RELU6": ("Clip", {"bounds": (0.0, 6.0)}),
+          "RELU_N1_TO_1": ("Clip", {"bounds": (-1.0, 1.0)}), "LOGISTIC": ("Sigmoid", {}), "TANH": ("Tanh", {}),
+          "HARD_SWISH": ("HardSwish", {}), "EXP": ("Exp", {}), "LOG": ("Log", {}), "SQRT": ("Sqrt", {}),
+          "ABS": ("Abs", {}), "NEG": ("Neg", {}), "ELU": ("Elu", {"alpha": 1.0})}
 #: custom operators edgedl imports: custom code -> handler method
 _CUSTOM_OPS = {"Convolution2DTransposeBias": "custom_transpose_conv_bias"}
 #: TFLite's RESOURCE tensor type (resource variables)
@@ -441,6 +446,10 @@ class _Importer:
                 op_name = f"CUSTOM {custom.decode('utf-8', 'replace') if custom else '?'}"
             if code == tfl.BuiltinOperator.CUSTOM:
                 handler = getattr(self, _CUSTOM_OPS.get(op_name[len("CUSTOM "):], ""), None)
+            elif op_name in _UNARY:
+                onnx_op, attrs = _UNARY[op_name]
+                handler = (lambda op, ins, outs, onnx_op=onnx_op, attrs=attrs:
+                           self._unary(ins, outs, onnx_op, **dict(attrs)))
             else:
                 handler = getattr(self, f"op_{op_name}", None)
             if handler is None:
@@ -708,24 +717,6 @@ class _Importer:
         self.emit(onnx_op, [self.get(ins[0], layout)] + extra, [y], **attrs)
         self.set_output(outs[0], y, layout)
 
-    def op_RELU(self, op, ins, outs):
-        self._unary(ins, outs, "Relu")
-
-    def op_RELU6(self, op, ins, outs):
-        self._unary(ins, outs, "Clip", bounds=(0.0, 6.0))
-
-    def op_RELU_N1_TO_1(self, op, ins, outs):
-        self._unary(ins, outs, "Clip", bounds=(-1.0, 1.0))
-
-    def op_LOGISTIC(self, op, ins, outs):
-        self._unary(ins, outs, "Sigmoid")
-
-    def op_TANH(self, op, ins, outs):
-        self._unary(ins, outs, "Tanh")
-
-    def op_HARD_SWISH(self, op, ins, outs):
-        self._unary(ins, outs, "HardSwish")
-
     def op_LEAKY_RELU(self, op, ins, outs):
         o = self.options(op, "LeakyReluOptions")
         self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
@@ -806,24 +797,6 @@ class _Importer:
         self.set_output(outs[0], y, "plain")
 
     # -- element-wise math, casts ------------------------------------------------------------------------
-    def op_EXP(self, op, ins, outs):
-        self._unary(ins, outs, "Exp")
-
-    def op_LOG(self, op, ins, outs):
-        self._unary(ins, outs, "Log")
-
-    def op_SQRT(self, op, ins, outs):
-        self._unary(ins, outs, "Sqrt")
-
-    def op_ABS(self, op, ins, outs):
-        self._unary(ins, outs, "Abs")
-
-    def op_NEG(self, op, ins, outs):
-        self._unary(ins, outs, "Neg")
-
-    def op_ELU(self, op, ins, outs):
-        self._unary(ins, outs, "Elu", alpha=1.0)
-
     def op_RSQRT(self, op, ins, outs):
         self.float_only(ins[0])
         layout = self.layout_of(ins[0])

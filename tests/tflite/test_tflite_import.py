@@ -319,6 +319,11 @@ def test_quantize_rounding_on_cuda():
     np.testing.assert_array_equal(edgedl.load(data, device="cuda").run({"x": x})["q"], want)
 
 
+def _same_bits(data: bytes, x: np.ndarray) -> None:
+    """edgedl's output is the interpreter's reference kernels' output, bit for bit."""
+    np.testing.assert_array_equal(edgedl.load(data).run({"input": x})["y"], interpret(data, [x], reference=True)[0])
+
+
 def _int8_conv_then(out_op):
     """QUANTIZE -> CONV_2D int8 (NCHW inside) -> ``out_op(builder, conv_out)`` -> DEQUANTIZE."""
     b = Builder()
@@ -347,9 +352,7 @@ def test_int8_add_and_mul_are_bit_exact(code, options, other_q, out_q):
         y = b.tensor("r", (1, 5, 5, 4), np.int8, quant=out_q)
         b.op(code, [c, k], [y], options, fusedActivationFunction=AF.RELU)
         return y, (1, 5, 5, 4)
-    data = _int8_conv_then(op)
-    x = _f32(1, 5, 5, 2, scale=2.0)
-    np.testing.assert_array_equal(edgedl.load(data).run({"input": x})["y"], interpret(data, [x], reference=True)[0])
+    _same_bits(_int8_conv_then(op), _f32(1, 5, 5, 2, scale=2.0))
 
 
 def test_int8_pad_and_concatenation_move_codes():
@@ -359,9 +362,7 @@ def test_int8_pad_and_concatenation_move_codes():
         p = b.tensor("p", (1, 6, 7, 8), np.int8, quant=(0.06, -5))
         b.op("PAD", [cat, b.const("pads", np.array([[0, 0], [1, 0], [0, 2], [0, 0]], np.int32), np.int32)], [p])
         return p, (1, 6, 7, 8)
-    data = _int8_conv_then(op)
-    x = _f32(1, 5, 5, 2, scale=2.0)
-    np.testing.assert_array_equal(edgedl.load(data).run({"input": x})["y"], interpret(data, [x], reference=True)[0])
+    _same_bits(_int8_conv_then(op), _f32(1, 5, 5, 2, scale=2.0))
 
 
 def test_int8_operators_not_imported_yet_are_errors_not_float_math():
