@@ -352,6 +352,22 @@ class _Importer:
             return self.constant(f"{name}_scale", scale[0]), self.constant(f"{name}_zp", np.array(zp[0], dtype))
         return self.constant(f"{name}_scale", scale), self.constant(f"{name}_zp", zp.astype(dtype))
 
+    def dequantized_weights(self, i: int) -> np.ndarray:
+        """The float32 values of constant int8 weights (a dynamic-range model's): scale * (q - zero point), per
+        channel along the quantized dimension. TFLite's hybrid kernels quantize the input on the fly instead; the
+        float layer differs from them by that rounding of the input (and is closer to the float model)."""
+        data, q = self.const(i), self.quant[i]
+        name = self.tensors[i][0]
+        if data is None or q is None or data.dtype.kind not in "iu":
+            raise UnsupportedOpError(f"weights {name!r} are {self.tensors[i][2].name} without quantization "
+                                     "parameters")
+        scale, zp, axis = q
+        shape = [1] * data.ndim
+        if scale.size > 1:
+            shape[axis] = scale.size
+        return ((data.astype(np.float32) - zp.astype(np.float32).reshape(shape)) * scale.reshape(shape)).astype(
+            np.float32)
+
     def float_only(self, i: int) -> None:
         """An operator whose int8 form is not imported yet: an error rather than float arithmetic on codes."""
         if self.tensors[i][2].kind != "f":
@@ -572,8 +588,9 @@ class _Importer:
         else:  # [O, KH, KW, I] -> [O, I, KH, KW]
             weight = np.ascontiguousarray(w.transpose(0, 3, 1, 2))
             group = c // w.shape[3] if w.shape[3] and c % w.shape[3] == 0 else 1
-        if not self.quantized(x_i) and weight.dtype.kind != "f":
-            raise UnsupportedOpError("float input with integer weights (a dynamic-range model) is not supported yet")
+        if not self.quantized(x_i) and weight.dtype.kind != "f":  # a dynamic-range (hybrid) layer
+            w = self.dequantized_weights(w_i)
+            weight = np.ascontiguousarray(w[0].transpose(2, 0, 1)[:, None] if depthwise else w.transpose(0, 3, 1, 2))
         w_name = self.constant(f"{self.tensors[w_i][0]}_oihw", weight)
         bias = self.get(ins[2], "plain") if len(ins) > 2 and ins[2] >= 0 else ""
         y = self._name(self.tensors[outs[0]][0])
@@ -648,10 +665,10 @@ class _Importer:
                                    domain="com.microsoft"))
             fused = 0
         else:
-            if self.tensors[ins[1]][2].kind != "f":
-                raise UnsupportedOpError("float input with integer weights (a dynamic-range model) is not supported "
-                                         "yet")
-            self.emit("Gemm", [rows, self.get(ins[1], "plain")] + ([bias] if bias else []), [y], transB=1)
+            w = self.get(ins[1], "plain")
+            if self.tensors[ins[1]][2].kind != "f":  # a dynamic-range (hybrid) layer
+                w = self.constant(f"{self.tensors[ins[1]][0]}_float", self.dequantized_weights(ins[1]))
+            self.emit("Gemm", [rows, w] + ([bias] if bias else []), [y], transB=1)
         out_shape = self.shape(outs[0])
         if o is not None and o.KeepNumDims() and len(out_shape) != 2:
             shaped = self._name(self.tensors[outs[0]][0])

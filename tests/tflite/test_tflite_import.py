@@ -808,3 +808,40 @@ def test_mediapipe_convolution_2d_transpose_bias():
                  [y], np.array([1, 2, 2], "<i4").tobytes())
         return y
     _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def _hybrid_net(quantized: bool) -> bytes:
+    """CONV_2D -> RESHAPE -> FULLY_CONNECTED with int8 weights (a dynamic-range model), or with those weights
+    dequantized to float32 (``quantized=False``)."""
+    rng = np.random.default_rng(6)
+    ws = (rng.random(4) * 0.01 + 0.005).astype(np.float32)
+    wq, fq = rng.integers(-127, 128, (4, 3, 3, 2)), rng.integers(-127, 128, (3, 144))
+    b = Builder()
+    x = b.tensor("input", (1, 6, 6, 2))
+    if quantized:
+        w = b.const("w", wq, np.int8, quant=(ws, np.zeros(4), 0))
+        fw = b.const("fw", fq, np.int8, quant=(0.004, 0))
+    else:
+        w = b.const("w", wq * ws[:, None, None, None])
+        fw = b.const("fw", fq * np.float32(0.004))
+    c = b.tensor("c", (1, 6, 6, 4))
+    b.op("CONV_2D", [x, w, b.const("b", np.linspace(-0.1, 0.1, 4))], [c], "Conv2DOptions", padding=SAME,
+         strideW=1, strideH=1, dilationWFactor=1, dilationHFactor=1, fusedActivationFunction=AF.RELU)
+    flat = b.tensor("flat", (1, 144))
+    b.op("RESHAPE", [c, b.const("shape", np.array([1, 144], np.int32), np.int32)], [flat])
+    y = b.tensor("y", (1, 3))
+    b.op("FULLY_CONNECTED", [flat, fw, b.const("fb", np.linspace(-0.2, 0.2, 3))], [y], "FullyConnectedOptions")
+    return b.build([x], [y])
+
+
+def test_dynamic_range_weights_run_in_float():
+    """A dynamic-range (hybrid) model: int8 weights with float activations. edgedl dequantizes the weights at
+    import and runs float layers: exactly the float model with those weights (within 1e-5); TFLite's hybrid
+    kernels also quantize the input on the fly, so they differ from both by that rounding (here < 2%)."""
+    data = _hybrid_net(True)
+    xv = _f32(1, 6, 6, 2)
+    got = edgedl.load(data).run({"input": xv})["y"]
+    float_model = interpret(_hybrid_net(False), [xv])[0]
+    np.testing.assert_allclose(got, float_model, rtol=1e-5, atol=1e-6)
+    hybrid = interpret(data, [xv])[0]
+    np.testing.assert_allclose(got, hybrid, atol=0.02 * np.abs(hybrid).max())
