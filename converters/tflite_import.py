@@ -1266,17 +1266,22 @@ class _Importer:
         ins = list(ins) + [-1] * (24 - len(ins))
         x_i = ins[0]
         self.float_only(x_i)
-        if ins[1] < 0 or ins[5] < 0:
-            raise UnsupportedOpError("CIFG (coupled input and forget gates) is not supported yet")
+        cifg = ins[1] < 0 and ins[5] < 0  # no input gate: i = 1 - f
+        if (ins[1] < 0) != (ins[5] < 0):
+            raise ModelFormatError("the input gate's weights are given for only one of input and recurrence")
         if ins[16] >= 0 or any(ins[k] >= 0 for k in range(20, 24)):
             raise UnsupportedOpError("projection and layer-normalized LSTMs are not supported yet")
         if o is not None and (o.CellClip() or o.ProjClip()):
             raise UnsupportedOpError("cell and projection clipping are not supported yet")
         if ins[18] < 0 or ins[19] < 0:
             raise ModelFormatError("the output and cell state tensors (inputs 18, 19) are required")
-        weights = [self.const(ins[k]) for k in (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15)]
-        if any(w is None for w in weights):
+        weights = [self.const(ins[k]) if ins[k] >= 0 else None for k in (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15)]
+        if any(w is None for k, w in enumerate(weights) if not (cifg and k in (0, 4, 8))):
             raise UnsupportedOpError("needs constant weights and biases")
+        if cifg:
+            # ONNX's input_forget couples f = 1 - i; TFLite's CIFG i = 1 - f. An input gate computing
+            # sigmoid(-z_f) = 1 - f gives both: its weights, bias and peephole are the forget gate's, negated
+            weights[0], weights[4], weights[8] = -weights[1], -weights[5], -weights[9]
         wi, wf, wc, wo, ri, rf, rc, ro, bi, bf, bc, bo = (np.asarray(w, np.float32) for w in weights)
         hidden = wi.shape[0]
         act = o.FusedActivationFunction() if o is not None else 4
@@ -1289,7 +1294,9 @@ class _Importer:
         W = self.constant("lstm_W", np.concatenate([wi, wo, wf, wc])[None])
         R = self.constant("lstm_R", np.concatenate([ri, ro, rf, rc])[None])
         B = self.constant("lstm_B", np.concatenate([bi, bo, bf, bc, np.zeros(4 * hidden, np.float32)])[None])
-        peep = [self.const(ins[k]) for k in (9, 11, 10)]  # i, o, f
+        peep = [self.const(ins[k]) if ins[k] >= 0 else None for k in (9, 11, 10)]  # i, o, f
+        if cifg and peep[2] is not None:
+            peep[0] = -np.asarray(peep[2], np.float32)
         if any(p is not None for p in peep) and not all(p is not None for p in peep):
             raise UnsupportedOpError("peepholes on only some gates")
         P = self.constant("lstm_P", np.concatenate(peep)[None].astype(np.float32)) if peep[0] is not None else ""
@@ -1308,7 +1315,8 @@ class _Importer:
         y, y_h, y_c = self._name("lstm_Y"), self._name("lstm_Y_h"), self._name("lstm_Y_c")
         act_name = names[act]
         self.emit("LSTM", [self.get(x_i, "plain"), W, R, B, "", initial[0][1], initial[1][1], P], [y, y_h, y_c],
-                  hidden_size=int(hidden), layout=layout, activations=["Sigmoid", act_name, act_name])
+                  hidden_size=int(hidden), layout=layout, activations=["Sigmoid", act_name, act_name],
+                  input_forget=int(cifg))
         for (key, _, shape), final in zip(initial, (y_h, y_c)):
             flat = self._name("lstm_state")
             self.emit("Reshape", [final, self.constant("shape", np.array(shape, np.int64))], [flat])

@@ -602,8 +602,8 @@ def test_streaming_state_persists_between_runs_and_resets():
         model.run({"frame": frames[0], "variable:acc": frames[0]})
 
 
-@pytest.mark.parametrize("time_major,peephole", [(False, False), (True, True)])
-def test_unidirectional_sequence_lstm_keeps_its_state(time_major, peephole):
+@pytest.mark.parametrize("time_major,peephole,cifg", [(False, False, False), (True, True, False), (False, True, True)])
+def test_unidirectional_sequence_lstm_keeps_its_state(time_major, peephole, cifg):
     """UNIDIRECTIONAL_SEQUENCE_LSTM against the interpreter over three invokes: its state tensors carry over
     from one run to the next, and reset_state() matches the interpreter's reset_all_variables()."""
     from ai_edge_litert.interpreter import Interpreter
@@ -613,14 +613,14 @@ def test_unidirectional_sequence_lstm_keeps_its_state(time_major, peephole):
     x_shape = (steps, batch, n_in) if time_major else (batch, steps, n_in)
     x = b.tensor("x", x_shape)
     ins = [x]
+    for k in range(4):  # gates i, f, c, o; CIFG: no input gate (i = 1 - f)
+        ins.append(-1 if cifg and k == 0 else b.const(f"w{k}", _f32(hidden, n_in, scale=0.5)))
     for k in range(4):
-        ins.append(b.const(f"w{k}", _f32(hidden, n_in, scale=0.5)))
-    for k in range(4):
-        ins.append(b.const(f"r{k}", _f32(hidden, hidden, scale=0.5)))
+        ins.append(-1 if cifg and k == 0 else b.const(f"r{k}", _f32(hidden, hidden, scale=0.5)))
     for k in range(3):
-        ins.append(b.const(f"p{k}", _f32(hidden, scale=0.3)) if peephole else -1)
+        ins.append(b.const(f"p{k}", _f32(hidden, scale=0.3)) if peephole and not (cifg and k == 0) else -1)
     for k in range(4):
-        ins.append(b.const(f"b{k}", _f32(hidden, scale=0.2)))
+        ins.append(-1 if cifg and k == 0 else b.const(f"b{k}", _f32(hidden, scale=0.2)))
     ins += [-1, -1]
     for name in ("h", "c"):
         t = b.tensor(name, (batch, hidden))
