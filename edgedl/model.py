@@ -361,8 +361,11 @@ class Model:
         The file is written atomically (a temporary file renamed into place). What is saved is the graph
         before edgedl's load-time rewrites (fusions, QDQ lowering), which stay internal."""
         from .converters.onnx_export import save_graph
+        from .quant.qoperator_to_qdq import has_qoperator_nodes, qoperator_to_qdq
 
         graph = self.source if self.source is not None else self.graph
+        if has_qoperator_nodes(graph) and any(k in n.attrs for n in graph.nodes for k in ("_requant", "_clamp")):
+            graph = qoperator_to_qdq(graph)  # an imported TFLite int8 model: standard QDQ (ONNX rounding)
         save_graph(graph, path, metadata=dict(graph.metadata) or None)
 
     # --- weights ----------------------------------------------------------------------------------------

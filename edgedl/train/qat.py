@@ -199,8 +199,8 @@ def to_qat(source: Graph) -> QatGraph:
         if n.op_type != "QuantizeLinear" or n.domain:
             continue
         users = consumers.get(n.outputs[0], [])
-        if not users or any(u.op_type != "DequantizeLinear" or u.inputs[1:] != n.inputs[1:] for u in users) \
-                or n.outputs[0] in outputs:
+        if not users or any(u.op_type != "DequantizeLinear" or not _same_constants(u.inputs[1:], n.inputs[1:], init)
+                            for u in users) or n.outputs[0] in outputs:
             raise EdgeDLError(f"{n.describe()}: quantization-aware training needs every QuantizeLinear to feed "
                               f"DequantizeLinear nodes with the same scale and zero point")
         if len(n.inputs) < 3 or not n.inputs[2] or any(i not in init for i in n.inputs[1:]):
@@ -228,3 +228,11 @@ def to_qat(source: Graph) -> QatGraph:
     if not qat.weights:
         raise EdgeDLError("the model has no int8 Conv / Gemm / MatMul weight to train")
     return qat
+
+
+def _same_constants(a: list[str], b: list[str], init: dict) -> bool:
+    """Whether two lists of quantization parameters (scale, zero point) name the same tensors or constants of
+    equal type and value."""
+    return len(a) == len(b) and all(
+        x == y or (x in init and y in init and init[x].dtype == init[y].dtype and np.array_equal(init[x], init[y]))
+        for x, y in zip(a, b))

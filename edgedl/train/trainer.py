@@ -231,6 +231,10 @@ class Trainer:
         self.model = model
         self.device = _training_device(device, model)
         graph = copy_graph(source_graph(model))
+        from ..quant.qoperator_to_qdq import has_qoperator_nodes, qoperator_to_qdq
+
+        if has_qoperator_nodes(graph) and any("_requant" in n.attrs for n in graph.nodes):
+            graph = qoperator_to_qdq(graph)  # an imported TFLite int8 model: QDQ, what QAT starts from
         remove_identities(graph, dropout=False)  # Dropout drops while training
         from ..passes import fuse_gelu, remove_noop_casts
 
