@@ -18,7 +18,7 @@ Operators so far. Float32 (float16 weights through DEQUANTIZE): CONV_2D, DEPTHWI
 FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, DIV, SQUARED_DIFFERENCE, MAXIMUM, MINIMUM, AVERAGE_POOL_2D,
 MAX_POOL_2D, L2_POOL_2D, MEAN, SUM, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE,
 CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (begin / end / shrink masks), PAD, PADV2,
-MIRROR_PAD (REFLECT), GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
+MIRROR_PAD, GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
 DEPTH_TO_SPACE, SPACE_TO_DEPTH, SOFTMAX, LOG_SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU,
 PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST,
 UNIDIRECTIONAL_SEQUENCE_LSTM (an ONNX LSTM; its state tensors carry over between runs), DENSIFY (sparse
@@ -1061,17 +1061,50 @@ class _Importer:
         self.set_output(outs[0], y, "plain")
 
     def op_MIRROR_PAD(self, op, ins, outs):
+        """REFLECT as Pad(mode="reflect"); SYMMETRIC (the edge repeated) as, per padded axis, the mirrored
+        slices of the edges concatenated around the tensor."""
         o = self.options(op, "MirrorPadOptions")
-        if o is not None and o.Mode() != 0:
-            raise UnsupportedOpError("SYMMETRIC mirror padding is not supported yet (REFLECT is)")
         pads = self.const(ins[1])
         if pads is None:
             raise UnsupportedOpError("needs constant paddings")
-        rank = len(self.shape(ins[0]))
+        shape = self.shape(ins[0])
+        rank = len(shape)
         pads = pads.reshape(rank, 2).astype(np.int64)
+        symmetric = o is not None and o.Mode() == 1
+        limit = 0 if symmetric else 1  # REFLECT cannot mirror more than size - 1, SYMMETRIC than size
+        if np.any(pads < 0) or any(p > shape[d] - limit for d in range(rank) for p in pads[d]):
+            raise ModelFormatError(f"mirror paddings {pads.tolist()} do not fit the input shape {shape}")
+        x = self.get(ins[0], "plain")
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Pad", [self.get(ins[0], "plain"), self.constant("pads", np.concatenate([pads[:, 0], pads[:, 1]]))],
-                  [y], mode="reflect")
+        if not symmetric:
+            self.emit("Pad", [x, self.constant("pads", np.concatenate([pads[:, 0], pads[:, 1]]))], [y],
+                      mode="reflect")
+            self.set_output(outs[0], y, "plain")
+            return
+        for d in range(rank):
+            before, after = int(pads[d, 0]), int(pads[d, 1])
+            if not before and not after:
+                continue
+            parts = []
+            if before:  # x[before - 1 :: -1] along d: the first `before` elements, mirrored
+                head = self._name("mirror_head")
+                self.emit("Slice", [x, self.constant("starts", np.array([before - 1], np.int64)),
+                                    self.constant("ends", np.array([-shape[d] - 1], np.int64)),
+                                    self.constant("axes", np.array([d], np.int64)),
+                                    self.constant("steps", np.array([-1], np.int64))], [head])
+                parts.append(head)
+            parts.append(x)
+            if after:  # the last `after` elements, mirrored
+                tail = self._name("mirror_tail")
+                self.emit("Slice", [x, self.constant("starts", np.array([-1], np.int64)),
+                                    self.constant("ends", np.array([-after - 1], np.int64)),
+                                    self.constant("axes", np.array([d], np.int64)),
+                                    self.constant("steps", np.array([-1], np.int64))], [tail])
+                parts.append(tail)
+            padded = self._name("mirror_padded")
+            self.emit("Concat", parts, [padded], axis=d)
+            x = padded
+        self.emit("Identity", [x], [y])
         self.set_output(outs[0], y, "plain")
 
     # -- spatial ops in NCHW ------------------------------------------------------------------------------

@@ -871,3 +871,13 @@ def test_an_imported_int8_model_exports_qdq_and_fine_tunes_quantization_aware(tm
     model.save(str(tmp_path / "tuned.onnx"))
     tuned = ort.InferenceSession(str(tmp_path / "tuned.onnx")).run(None, {"input": x})[0]
     np.testing.assert_array_equal(model.run({"input": x})["y"], tuned)
+
+
+@pytest.mark.parametrize("mode", [0, 1])  # REFLECT, SYMMETRIC
+def test_mirror_pad_modes(mode):
+    def op(b, c):
+        y = b.tensor("y", (1, 9, 7, 4))
+        b.op("MIRROR_PAD", [c, b.const("pads", np.array([[0, 0], [2, 1], [0, 1], [0, 0]], np.int32), np.int32)],
+             [y], "MirrorPadOptions", mode=mode)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
