@@ -17,7 +17,7 @@ convolutions therefore runs in NCHW with transposes only at the model's edges.
 Operators so far. Float32 (float16 weights through DEQUANTIZE): CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV,
 FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB, MUL, DIV, SQUARED_DIFFERENCE, MAXIMUM, MINIMUM, AVERAGE_POOL_2D,
 MAX_POOL_2D, L2_POOL_2D, MEAN, SUM, REDUCE_MAX, REDUCE_MIN, REDUCE_PROD, RESHAPE, SQUEEZE, EXPAND_DIMS, TRANSPOSE,
-CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (begin / end / shrink masks), PAD, PADV2,
+CONCATENATION, PACK, UNPACK, SPLIT, SPLIT_V, SLICE, STRIDED_SLICE (every mask), PAD, PADV2,
 MIRROR_PAD, GATHER, GATHER_ND, TILE, BROADCAST_TO, RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR,
 DEPTH_TO_SPACE, SPACE_TO_DEPTH, SOFTMAX, LOG_SOFTMAX, LOGISTIC, TANH, RELU, RELU6, RELU_N1_TO_1, LEAKY_RELU,
 PRELU, HARD_SWISH, ELU, GELU, EXP, LOG, SQRT, RSQRT, ABS, NEG, ARG_MAX, ARG_MIN, CAST,
@@ -933,29 +933,52 @@ class _Importer:
         self.set_output(outs[0], y, "plain")
 
     def op_STRIDED_SLICE(self, op, ins, outs):
+        """A Slice over every input axis (begin / end masks, shrink axes as one element, an ellipsis as full
+        ranges, new axes consuming none), then a reshape to the output's shape (which drops shrunk axes and
+        inserts new ones)."""
         begin, end, strides = (self.const(i) for i in ins[1:4])
         if begin is None or end is None or strides is None:
             raise UnsupportedOpError("needs constant begin, end and strides")
         o = self.options(op, "StridedSliceOptions")
-        if o.EllipsisMask() or o.NewAxisMask():
-            raise UnsupportedOpError("ellipsis and new-axis masks are not supported yet")
         shape = self.shape(ins[0])
+        rank = len(shape)
         begin, end, strides = (v.reshape(-1).astype(np.int64) for v in (begin, end, strides))
-        if np.any(strides == 0):
-            raise ModelFormatError("a stride of 0")
+        if not len(begin) == len(end) == len(strides) or np.any(strides == 0):
+            raise ModelFormatError(f"begin / end / strides of lengths {len(begin)}, {len(end)}, {len(strides)} "
+                                   f"(strides {strides.tolist()})")
         b_mask, e_mask, shrink = o.BeginMask(), o.EndMask(), o.ShrinkAxisMask()
+        ellipsis, new_axis = o.EllipsisMask(), o.NewAxisMask()
         big = np.iinfo(np.int64).max
-        starts, ends = [], []
-        for d in range(len(begin)):
-            if shrink >> d & 1:  # one element, the axis removed (the final reshape drops it)
-                b = begin[d] + shape[d] if begin[d] < 0 else begin[d]
+        specs = len(begin)
+        consumed = sum(1 for k in range(specs) if not (new_axis >> k & 1) and not (ellipsis >> k & 1))
+        starts, ends, steps = [], [], []
+        for k in range(specs):
+            if ellipsis >> k & 1:  # as many full ranges as the other entries leave
+                for _ in range(rank - consumed - len(starts)):
+                    starts.append(0)
+                    ends.append(big)
+                    steps.append(1)
+                ellipsis = 0  # one ellipsis only
+                continue
+            if new_axis >> k & 1:
+                continue
+            d = len(starts)
+            if d >= rank:
+                raise ModelFormatError(f"STRIDED_SLICE indexes {d + 1} axes of a rank-{rank} input")
+            if shrink >> k & 1:  # one element, the axis removed (the final reshape drops it)
+                b = begin[k] + shape[d] if begin[k] < 0 else begin[k]
                 starts.append(b)
                 ends.append(b + 1)
-                strides[d] = 1
+                steps.append(1)
                 continue
-            starts.append((0 if strides[d] > 0 else big) if b_mask >> d & 1 else begin[d])
-            ends.append((big if strides[d] > 0 else -big) if e_mask >> d & 1 else end[d])
-        self._slice(ins, outs, np.array(starts, np.int64), np.array(ends, np.int64), strides)
+            starts.append((0 if strides[k] > 0 else big) if b_mask >> k & 1 else begin[k])
+            ends.append((big if strides[k] > 0 else -big) if e_mask >> k & 1 else end[k])
+            steps.append(strides[k])
+        while len(starts) < rank:  # axes after the last entry: whole
+            starts.append(0)
+            ends.append(big)
+            steps.append(1)
+        self._slice(ins, outs, np.array(starts, np.int64), np.array(ends, np.int64), np.array(steps, np.int64))
 
     def op_GATHER(self, op, ins, outs):
         o = self.options(op, "GatherOptions")

@@ -881,3 +881,18 @@ def test_mirror_pad_modes(mode):
              [y], "MirrorPadOptions", mode=mode)
         return y
     _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+@pytest.mark.parametrize("begin,end,strides,masks,out_shape", [
+    ([0, 1], [0, 5], [1, 2], dict(ellipsisMask=1), (1, 6, 6, 2)),            # ..., 1:5:2
+    ([0, 0, 2], [0, 0, 3], [1, 1, 1], dict(newAxisMask=2, beginMask=1, endMask=1, shrinkAxisMask=4),
+     (1, 1, 6, 4)),                                                            # :, newaxis, 2, (the rest whole)
+    ([0, -1, 0], [0, -7, 0], [1, -1, 1], dict(beginMask=5, endMask=5, ellipsisMask=4), (1, 6, 6, 4)),
+])
+def test_strided_slice_masks(begin, end, strides, masks, out_shape):
+    def op(b, c):
+        y = b.tensor("y", out_shape)
+        consts = [b.const(n, np.array(v, np.int32), np.int32) for n, v in (("b", begin), ("e", end), ("s", strides))]
+        b.op("STRIDED_SLICE", [c, *consts], [y], "StridedSliceOptions", **masks)
+        return y
+    _check(_conv_model(op), [_f32(1, 6, 6, 2)])
