@@ -858,9 +858,11 @@ class _Importer:
         keep = bool(o.KeepDims()) if o is not None else False
         rank = len(self.shape(ins[0]))
         axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
-        # NOTE: int8 MEAN is refused: TFLite's reference kernel (sum of x - zp, then one fixed-point multiplier
-        # with the count folded in) is not edgedl's QLinearGlobalAveragePool (the optimized kernel's arithmetic):
-        # they differ by 1 LSB on some inputs
+        if self.quantized(ins[0]) and onnx_op == "ReduceMean" and rank == 4 and axes == [1, 2] and not keep:
+            self._int8_spatial_mean(ins, outs)
+            return
+        # NOTE: int8 MEAN with keep_dims runs another TFLite path (1 LSB apart from the one above on some inputs):
+        # refused, as are other int8 reductions
         self.float_only(ins[0])
         source, layout = "plain", "plain"
         if self.layout_of(ins[0]) == "nchw":
@@ -875,6 +877,17 @@ class _Importer:
         else:
             self.emit(onnx_op, [x], [y], axes=list(axes), keepdims=int(keep))
         self.set_output(outs[0], y, layout)
+
+    def _int8_spatial_mean(self, ins, outs) -> None:
+        """int8 MEAN over H and W without keep_dims (a converted GlobalAveragePooling2D): TFLite's reference
+        arithmetic (QLinearGlobalAveragePool with ``_mean="reference"``), then the [N, C] view."""
+        pooled = self._name("mean")
+        args = [self.get(ins[0], "nchw"), *self.qparams(ins[0]), *self.qparams(outs[0])]
+        self.nodes.append(Node("QLinearGlobalAveragePool", self._name("QLinearGlobalAveragePool"), args, [pooled],
+                               {"_requant": "double", "_mean": "reference"}, domain="com.microsoft"))
+        y = self._name(self.tensors[outs[0]][0])
+        self.emit("Reshape", [pooled, self.shape_const(self.shape(outs[0]))], [y])
+        self.set_output(outs[0], y, "plain")
 
     def op_MEAN(self, op, ins, outs):
         self._reduce(op, ins, outs, "ReduceMean")

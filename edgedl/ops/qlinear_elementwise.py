@@ -366,10 +366,20 @@ class QLinearConcat(Op):
 
 @register
 class QLinearGlobalAveragePool(_QUnary):
-    """com.microsoft QLinearGlobalAveragePool (channels_last 0: NC...; 1: N...C)."""
+    """com.microsoft QLinearGlobalAveragePool (channels_last 0: NC...; 1: N...C). In the fixed-point modes
+    edgedl's ``_mean`` attribute picks TFLite's arithmetic: "optimized" (default: the optimized MEAN kernel, what a
+    converted GlobalAveragePool runs) or "reference" (the reference kernel's: an imported TFLite MEAN)."""
 
     op_type = "QLinearGlobalAveragePool"
     kernels = {"cpu": ("int8", "uint8"), "cuda": ("int8", "uint8")}
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        mean = self.attr("_mean", "optimized")
+        mean = mean.decode() if isinstance(mean, bytes) else str(mean)
+        if mean not in ("optimized", "reference"):
+            raise self.error(f"_mean must be 'optimized' or 'reference', got {mean!r}")
+        self.reference_mean = mean == "reference"
 
     def infer(self, ins, consts):
         x = ins[0]
@@ -389,7 +399,8 @@ class QLinearGlobalAveragePool(_QUnary):
         nchw = np.moveaxis(x, -1, 1) if self.channels_last else x
         n, c = nchw.shape[:2]
         flat = nchw.reshape(n, c, -1)
-        fn = R.qglobal_avgpool_onnx if self.mode == MODE_FLOAT else R.qglobal_avgpool_tflite
+        fn = R.qglobal_avgpool_onnx if self.mode == MODE_FLOAT else \
+            R.qglobal_avgpool_tflite_reference if self.reference_mean else R.qglobal_avgpool_tflite
         kw = {} if self.mode == MODE_FLOAT else {"single": self.mode == MODE_SINGLE}
         y = np.asarray(fn(flat.reshape(n, c, flat.shape[2], 1), xs, xz, ys, yz, lo, hi, **kw)).reshape(n, c)
         out_shape = self.infer([TensorType(x.shape, x.dtype)] + ins[1:], [None] * len(ins))[0].shape
@@ -408,7 +419,7 @@ class QLinearGlobalAveragePool(_QUnary):
         x = ins[0]
         n, c = x.shape[:2]
         hw = int(np.prod(x.shape[2:], dtype=np.int64))
-        k = QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, lo, hi, self.mode)
+        k = QGlobalAvgPool(n, c, hw, xs, xz, ys, yz, lo, hi, self.mode, self.reference_mean)
         return _pool_kernel(k)
 
     def build_cuda(self, ins, outs, consts):
@@ -424,7 +435,7 @@ class QLinearGlobalAveragePool(_QUnary):
 
         x = ins[0]
         k = QGlobalAverage(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)), xs, xz, ys, yz, lo, hi,
-                           self.mode)
+                           self.mode, self.reference_mean)
         return Kernel(lambda inputs, outputs, stream: k(inputs[0], outputs[0], stream), impl="cuda")
 
 

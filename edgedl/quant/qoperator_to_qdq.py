@@ -19,7 +19,7 @@ from ..ir import Graph, Node
 _MS = "com.microsoft"
 #: QOperator op -> (float op, input slots (data, scale, zero point) of its operands, output scale, zero point)
 _BINARY = {"QLinearAdd": "Add", "QLinearMul": "Mul"}
-_INTERNAL = ("_requant", "_clamp", "_round")
+_INTERNAL = ("_requant", "_clamp", "_round", "_mean")
 
 
 def has_qoperator_nodes(graph: Graph) -> bool:
@@ -29,7 +29,7 @@ def has_qoperator_nodes(graph: Graph) -> bool:
 def _kind(n: Node) -> str | None:
     if n.op_type == "QLinearConv" and n.domain in ("", "ai.onnx"):
         return "conv"
-    if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", *_BINARY):
+    if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", *_BINARY):
         return n.op_type
     return None
 
@@ -109,6 +109,9 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
             nodes.append(Node("Gemm", name("Gemm"), args, [yf], {k: v for k, v in attrs.items()
                                                                    if k in ("transA", "transB", "alpha")}))
             finish(n, yf, y, ins[7], ins[8])
+        elif kind == "QLinearGlobalAveragePool":  # x, xs, xz, ys, yz
+            nodes.append(Node("GlobalAveragePool", name("GlobalAveragePool"), [dq(ins[0], ins[1], ins[2])], [yf]))
+            finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearAveragePool":  # x, xs, xz, ys, yz
             nodes.append(Node("AveragePool", name("AveragePool"), [dq(ins[0], ins[1], ins[2])], [yf],
                               {k: v for k, v in attrs.items() if k != "channels_last"}))

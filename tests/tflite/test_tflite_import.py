@@ -731,14 +731,30 @@ def test_int8_average_pool_is_bit_exact(padding):
         np.testing.assert_array_equal(model.run({"input": x})["y"], interpret(data, [x], reference=True)[0])
 
 
-def test_int8_mean_is_refused_until_it_is_exact():
-    def op(b, c):
-        y = b.tensor("r", (1, 4), np.int8, quant=(0.03, -7))
-        b.op("MEAN", [c, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions",
+def test_int8_mean_over_height_and_width_is_bit_exact():
+    """int8 MEAN over H, W without keep_dims (a converted GlobalAveragePooling2D) with TFLite's reference
+    arithmetic, over 40 random quantizations and inputs; keep_dims=True (another TFLite path) is refused."""
+    from tflite_builder import Builder as B
+
+    rng = np.random.default_rng(12)
+    for trial in range(40):
+        xs, ys = float(rng.random() * 0.1 + 0.01), float(rng.random() * 0.1 + 0.01)
+        xz, yz, hw = int(rng.integers(-20, 20)), int(rng.integers(-20, 20)), int(rng.integers(2, 9))
+        b = B()
+        x = b.tensor("input", (1, hw, hw, 4), np.int8, quant=(xs, xz))
+        y = b.tensor("y", (1, 4), np.int8, quant=(ys, yz))
+        b.op("MEAN", [x, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions",
              keepDims=False)
-        return y, (1, 4)
+        data = b.build([x], [y])
+        xv = rng.integers(-128, 128, (1, hw, hw, 4)).astype(np.int8)
+        np.testing.assert_array_equal(edgedl.load(data).run({"input": xv})["y"],
+                                      interpret(data, [xv], reference=True)[0], err_msg=f"trial {trial}")
+    b = B()
+    x = b.tensor("input", (1, 3, 3, 4), np.int8, quant=(0.1, 0))
+    y = b.tensor("y", (1, 1, 1, 4), np.int8, quant=(0.1, 0))
+    b.op("MEAN", [x, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions", keepDims=True)
     with pytest.raises(UnsupportedOpError, match="int8 form"):
-        edgedl.load(_int8_conv_then(op))
+        edgedl.load(b.build([x], [y]))
 
 
 # -- dynamic batch, training, export ---------------------------------------------------------------------------
@@ -896,3 +912,20 @@ def test_strided_slice_masks(begin, end, strides, masks, out_shape):
         b.op("STRIDED_SLICE", [c, *consts], [y], "StridedSliceOptions", **masks)
         return y
     _check(_conv_model(op), [_f32(1, 6, 6, 2)])
+
+
+def test_int8_mean_on_cuda():
+    """TFLite's reference MEAN arithmetic in the CUDA kernel too (numba's CUDA simulator)."""
+    pytest.importorskip("numba.cuda")
+    from edgedl.kernels.cuda import unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    b = Builder()
+    x = b.tensor("input", (1, 5, 5, 3), np.int8, quant=(0.037, -9))
+    y = b.tensor("y", (1, 3), np.int8, quant=(0.021, 4))
+    b.op("MEAN", [x, b.const("axes", np.array([1, 2], np.int32), np.int32)], [y], "ReducerOptions", keepDims=False)
+    data = b.build([x], [y])
+    xv = np.random.default_rng(3).integers(-128, 128, (1, 5, 5, 3)).astype(np.int8)
+    np.testing.assert_array_equal(edgedl.load(data, device="cuda").run({"input": xv})["y"],
+                                  interpret(data, [xv], reference=True)[0])

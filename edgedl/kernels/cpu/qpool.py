@@ -643,10 +643,13 @@ class QGlobalAvgPool(_Prepared):
     loop that vectorizes); planes of at most GAP_TABLE_MAX_HW values then look their output up in a table of
     every possible sum (built at prepare time with the same requantization), larger ones requantize."""
 
-    def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode):
+    def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode, reference_mean: bool = False):
         self.n, self.c, self.hw = int(n), int(c), int(hw)
         if min(self.n, self.c, self.hw) < 1:
             raise ValueError(f"n, c, hw must be positive, got {(n, c, hw)}")
+        #: TFLite's reference MEAN (sum of x - zp, one multiplier with the count folded in) instead of the
+        #: optimized kernel's arithmetic (fixed-point modes only)
+        self.reference_mean = bool(reference_mean)
         self.params = (x_scale, x_zp, y_scale, y_zp)
         self.lo, self.hi, self.mode = int(lo), int(hi), _check_mode(mode)
         self._prepared = {}
@@ -660,6 +663,9 @@ class QGlobalAvgPool(_Prepared):
             if self.mode == MODE_FLOAT:  # bias -x_zp * image_size, MlasRequantizeOutput with zp = y_zp
                 fscale = np.float32(xs / np.float32(ys * np.float32(self.hw)))
                 bias, m0, shift, zp = -xz * self.hw, 0, 0, yz
+            elif self.reference_mean:  # TFLite's reference MEAN
+                m0, shift = quantize_multiplier(float(np.float64(xs) / (np.float64(ys) * self.hw)))
+                bias, fscale, zp = -xz * self.hw, np.float32(0), yz
             else:  # TFLite optimized_integer_ops::Mean
                 temp = np.float32(np.float32(np.float32(xz) * xs) / ys)
                 temp = np.float32(temp + np.float32(0.5)) if temp > 0 else np.float32(temp - np.float32(0.5))

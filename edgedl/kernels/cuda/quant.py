@@ -398,7 +398,7 @@ class QBinary:
 
 
 @cuda.jit(cache=True)
-def _qglobal_average(x, y, rows, hw, zero_sum, mode, fscale, m0, shift, offset, yz, lo, hi):
+def _qglobal_average(x, y, rows, hw, zero_sum, mode, fscale, m0, shift, offset, yz, lo, hi, sub):
     # x: [rows, hw] 8-bit -> y: [rows] 8-bit (QLinearGlobalAveragePool, NCHW)
     r = cuda.grid(1)
     if r >= rows:
@@ -411,16 +411,16 @@ def _qglobal_average(x, y, rows, hw, zero_sum, mode, fscale, m0, shift, offset, 
         f = max(min(f, float32(hi - yz)), float32(lo - yz))
         v = int64(round_half_even(f)) + yz
     elif mode == 1:
-        v = mbqm_single(acc, m0, shift) + offset
+        v = mbqm_single(acc - sub, m0, shift) + offset
     else:
-        v = mbqm_double(acc, m0, shift) + offset
+        v = mbqm_double(acc - sub, m0, shift) + offset
     y[r] = clamp(v, lo, hi)
 
 
 class QGlobalAverage:
     """QLinearGlobalAveragePool (NCHW) with the arithmetic of edgedl.quant.reference_ops in each mode."""
 
-    def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode):
+    def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode, reference_mean: bool = False):
         from ...quant.fixed_point import quantize_multiplier
 
         f32 = np.float32
@@ -432,9 +432,14 @@ class QGlobalAverage:
         self.offset = int(y_zp) - int(np.trunc(temp))
         self.m0, self.shift = quantize_multiplier(float(f32(f32(x_scale) / f32(f32(self.hw) * f32(y_scale)))))
         self.yz, self.lo, self.hi = int(y_zp), int(lo), int(hi)
+        self.sub = 0
+        if reference_mean:  # TFLite's reference MEAN: the sum of x - zp, the count in the multiplier
+            self.m0, self.shift = quantize_multiplier(float(np.float64(f32(x_scale)) / (np.float64(f32(y_scale))
+                                                                                        * self.hw)))
+            self.sub, self.offset = self.zero_sum, self.yz
 
     def __call__(self, x, y, stream=0):
         if self.rows:
             _qglobal_average[blocks(self.rows), 128, stream](flat(x), flat(y), self.rows, self.hw, self.zero_sum,
                                                              self.mode, self.fscale, int(self.m0), int(self.shift),
-                                                             self.offset, self.yz, self.lo, self.hi)
+                                                             self.offset, self.yz, self.lo, self.hi, self.sub)
