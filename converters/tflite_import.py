@@ -25,7 +25,8 @@ UNIDIRECTIONAL_SEQUENCE_LSTM (an ONNX LSTM; its state tensors carry over between
 weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
-(QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), with TFLite's double-rounding requantization
+(QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), MEAN over H, W (QLinearGlobalAveragePool,
+``_mean="reference"``), with TFLite's double-rounding requantization
 (``_requant="double"``) and fused activations as output ranges (``_clamp``); data movement on the codes when
 input and output share their quantization. Any other int8 form is an error (never float arithmetic on codes).
 
