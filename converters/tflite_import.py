@@ -26,7 +26,7 @@ weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
 (QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), MEAN over H, W (QLinearGlobalAveragePool,
-``_mean="reference"``), with TFLite's double-rounding requantization
+``_mean="reference"``), SOFTMAX (QLinearSoftmax in TFLite's fixed point), with TFLite's double-rounding requantization
 (``_requant="double"``) and fused activations as output ranges (``_clamp``); data movement on the codes when
 input and output share their quantization. Any other int8 form is an error (never float arithmetic on codes).
 
@@ -740,9 +740,17 @@ class _Importer:
         self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
 
     def op_SOFTMAX(self, op, ins, outs):
-        self.float_only(ins[0])
         o = self.options(op, "SoftmaxOptions")
         beta = float(o.Beta()) if o is not None else 1.0
+        if self.quantized(ins[0]):  # TFLite's fixed-point softmax (QLinearSoftmax in TFLite's mode)
+            y = self._name(self.tensors[outs[0]][0])
+            args = [self.get(ins[0], "plain"), *self.qparams(ins[0]), *self.qparams(outs[0])]
+            self.nodes.append(Node("QLinearSoftmax", self._name("QLinearSoftmax"), args, [y],
+                                   {"axis": -1, "opset": 13, "_requant": "double", "_beta": beta},
+                                   domain="com.microsoft"))
+            self.set_output(outs[0], y, "plain")
+            return
+        self.float_only(ins[0])
         layout = self.layout_of(ins[0])
         x = self.get(ins[0], layout)
         if beta != 1.0:

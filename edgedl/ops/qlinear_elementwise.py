@@ -262,7 +262,9 @@ class QLinearLookup(_TableOp):
 @register
 class QLinearSoftmax(_QUnary):
     """com.microsoft QLinearSoftmax: dequantize, softmax in float32 along ``axis``, quantize (round half to
-    even). (onnxruntime builds a table of exponentials; results can differ by 1 LSB near ties.)"""
+    even). (onnxruntime builds a table of exponentials; results can differ by 1 LSB near ties.) In the fixed-point
+    modes (``_requant``): TFLite's reference int8 softmax (:mod:`edgedl.quant.tflite_softmax`; edgedl's ``_beta``
+    scales the input), which needs the last axis and TFLite's output quantization."""
 
     op_type = "QLinearSoftmax"
     kernels = {"cpu": ()}
@@ -275,6 +277,13 @@ class QLinearSoftmax(_QUnary):
     def ref(self, x, *rest):
         arrays, ins, out_dtype = self._arrays([x, *rest])
         (xs, xz), (ys, yz), lo, hi = self.qparams(arrays, ins, out_dtype)
+        if self.mode != MODE_FLOAT:  # TFLite's reference int8 softmax (fixed point), along the last axis
+            from ..quant.tflite_softmax import softmax_int8
+
+            if self.axis != x.ndim - 1 or np.float32(ys) != np.float32(1 / 256) or yz != np.iinfo(out_dtype).min:
+                raise self.unsupported("TFLite's int8 softmax runs along the last axis with output scale 1/256 and "
+                                       "the type's minimum as zero point")
+            return [softmax_int8(x, float(xs), float(self.attr("_beta", 1.0)), out_dtype)]
         f = (x.astype(np.float32) - np.float32(xz)) * xs
         if int(self.attr("opset", 13)) < 13:  # softmax over the flattened trailing axes
             shape = f.shape

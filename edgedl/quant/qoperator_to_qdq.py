@@ -19,7 +19,7 @@ from ..ir import Graph, Node
 _MS = "com.microsoft"
 #: QOperator op -> (float op, input slots (data, scale, zero point) of its operands, output scale, zero point)
 _BINARY = {"QLinearAdd": "Add", "QLinearMul": "Mul"}
-_INTERNAL = ("_requant", "_clamp", "_round", "_mean")
+_INTERNAL = ("_requant", "_clamp", "_round", "_mean", "_beta")
 
 
 def has_qoperator_nodes(graph: Graph) -> bool:
@@ -29,7 +29,8 @@ def has_qoperator_nodes(graph: Graph) -> bool:
 def _kind(n: Node) -> str | None:
     if n.op_type == "QLinearConv" and n.domain in ("", "ai.onnx"):
         return "conv"
-    if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", *_BINARY):
+    if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
+                                         *_BINARY):
         return n.op_type
     return None
 
@@ -109,6 +110,15 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
             nodes.append(Node("Gemm", name("Gemm"), args, [yf], {k: v for k, v in attrs.items()
                                                                    if k in ("transA", "transB", "alpha")}))
             finish(n, yf, y, ins[7], ins[8])
+        elif kind == "QLinearSoftmax":  # x, xs, xz, ys, yz (TFLite's beta scales the input)
+            xf = dq(ins[0], ins[1], ins[2])
+            beta = float(n.attrs.get("_beta", 1.0))
+            if beta != 1.0:
+                scaled = name("scaled")
+                nodes.append(Node("Mul", name("Mul"), [xf, const("beta", np.float32(beta))], [scaled]))
+                xf = scaled
+            nodes.append(Node("Softmax", name("Softmax"), [xf], [yf], {"axis": int(attrs.get("axis", -1))}))
+            finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearGlobalAveragePool":  # x, xs, xz, ys, yz
             nodes.append(Node("GlobalAveragePool", name("GlobalAveragePool"), [dq(ins[0], ins[1], ins[2])], [yf]))
             finish(n, yf, y, ins[3], ins[4])

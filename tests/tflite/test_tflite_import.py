@@ -370,7 +370,7 @@ def test_int8_pad_and_concatenation_move_codes():
 def test_int8_operators_not_imported_yet_are_errors_not_float_math():
     def op(b, c):
         y = b.tensor("r", (1, 5, 5, 4), np.int8, quant=(1.0 / 256, -128))
-        b.op("SOFTMAX", [c], [y], "SoftmaxOptions", beta=1.0)
+        b.op("LOGISTIC", [c], [y])
         return y, (1, 5, 5, 4)
     with pytest.raises(UnsupportedOpError, match="int8 form .* not supported yet"):
         edgedl.load(_int8_conv_then(op))
@@ -929,3 +929,42 @@ def test_int8_mean_on_cuda():
     xv = np.random.default_rng(3).integers(-128, 128, (1, 5, 5, 3)).astype(np.int8)
     np.testing.assert_array_equal(edgedl.load(data, device="cuda").run({"input": xv})["y"],
                                   interpret(data, [xv], reference=True)[0])
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.6])
+def test_int8_softmax_is_bit_exact(beta):
+    """TFLite's reference int8 softmax (fixed-point exp and reciprocal, edgedl/quant/tflite_softmax.py) at the end
+    of an int8 classifier and along the channels of a feature map, bit for bit."""
+    def op(b, c):
+        flat = b.tensor("flat", (1, 100), np.int8, quant=(0.06, -5))
+        b.op("RESHAPE", [c, b.const("shape", np.array([1, 100], np.int32), np.int32)], [flat])
+        probs = b.tensor("probs", (1, 100), np.int8, quant=(1.0 / 256, -128))
+        b.op("SOFTMAX", [flat], [probs], "SoftmaxOptions", beta=beta)
+        return probs, (1, 100)
+    def op_channels(b, c):
+        probs = b.tensor("probs", (1, 5, 5, 4), np.int8, quant=(1.0 / 256, -128))
+        b.op("SOFTMAX", [c], [probs], "SoftmaxOptions", beta=beta)
+        return probs, (1, 5, 5, 4)
+    for build in (op, op_channels):
+        data = _int8_conv_then(build)
+        for seed in range(3):
+            _same_bits(data, np.random.default_rng(seed).standard_normal((1, 5, 5, 2)).astype(np.float32) * 3)
+
+
+def test_int8_softmax_exports_as_qdq(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+
+    def op(b, c):
+        flat = b.tensor("flat", (1, 100), np.int8, quant=(0.06, -5))
+        b.op("RESHAPE", [c, b.const("shape", np.array([1, 100], np.int32), np.int32)], [flat])
+        probs = b.tensor("probs", (1, 100), np.int8, quant=(1.0 / 256, -128))
+        b.op("SOFTMAX", [flat], [probs], "SoftmaxOptions", beta=0.8)
+        return probs, (1, 100)
+    data = _int8_conv_then(op)
+    model = edgedl.load(data)
+    model.save(str(tmp_path / "sm.onnx"))
+    x = _f32(1, 5, 5, 2, scale=3.0)
+    ours = edgedl.load(str(tmp_path / "sm.onnx")).run({"input": x})["y"]
+    np.testing.assert_allclose(ort.InferenceSession(str(tmp_path / "sm.onnx")).run(None, {"input": x})[0], ours,
+                               atol=1 / 256 + 1e-7)
+    np.testing.assert_allclose(ours, interpret(data, [x], reference=True)[0], atol=1 / 256 + 1e-7)
