@@ -26,9 +26,10 @@ weights made dense at import, :mod:`.tflite_sparse`); fused activations
 (RELU, RELU6, RELU_N1_TO_1, TANH) become the node after. Full-integer int8: QUANTIZE (ties away from zero),
 DEQUANTIZE, CONV_2D and DEPTHWISE_CONV_2D (QLinearConv), FULLY_CONNECTED (com.microsoft QGemm), ADD and MUL
 (QLinearAdd / QLinearMul), AVERAGE_POOL_2D (QLinearAveragePool), MEAN over H, W (QLinearGlobalAveragePool,
-``_mean="reference"``), SOFTMAX (QLinearSoftmax in TFLite's fixed point), with TFLite's double-rounding requantization
-(``_requant="double"``) and fused activations as output ranges (``_clamp``); data movement on the codes when
-input and output share their quantization. Any other int8 form is an error (never float arithmetic on codes).
+``_mean="reference"``), SOFTMAX and LOGISTIC (QLinearSoftmax / QLinearSigmoid in TFLite's fixed point), with
+TFLite's double-rounding requantization (``_requant="double"``) and fused activations as output ranges
+(``_clamp``); data movement on the codes when input and output share their quantization. Any other int8 form
+is an error (never float arithmetic on codes).
 
 Streaming state: resource variables (VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE) become ``Graph.state``: a graph
 input with the value a run reads, a graph output with the value it leaves, and the initial value that CALL_ONCE's
@@ -55,7 +56,7 @@ _DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 
            9: np.int8, 10: np.float64, 12: np.uint64, 15: np.uint32, 16: np.uint16}
 #: element-wise operators that map to one ONNX op of the same layout: TFLite name -> (ONNX op, attributes)
 _UNARY = {"RELU": ("Relu", {}), "RELU6": ("Clip", {"bounds": (0.0, 6.0)}),
-          "RELU_N1_TO_1": ("Clip", {"bounds": (-1.0, 1.0)}), "LOGISTIC": ("Sigmoid", {}), "TANH": ("Tanh", {}),
+          "RELU_N1_TO_1": ("Clip", {"bounds": (-1.0, 1.0)}), "TANH": ("Tanh", {}),
           "HARD_SWISH": ("HardSwish", {}), "EXP": ("Exp", {}), "LOG": ("Log", {}), "SQRT": ("Sqrt", {}),
           "ABS": ("Abs", {}), "NEG": ("Neg", {}), "ELU": ("Elu", {"alpha": 1.0})}
 #: custom operators edgedl imports: custom code -> handler method
@@ -738,6 +739,17 @@ class _Importer:
     def op_LEAKY_RELU(self, op, ins, outs):
         o = self.options(op, "LeakyReluOptions")
         self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
+
+    def op_LOGISTIC(self, op, ins, outs):
+        if not self.quantized(ins[0]):
+            self._unary(ins, outs, "Sigmoid")
+            return
+        layout = self.layout_of(ins[0])  # TFLite's fixed-point logistic (QLinearSigmoid in TFLite's mode)
+        y = self._name(self.tensors[outs[0]][0])
+        args = [self.get(ins[0], layout), *self.qparams(ins[0]), *self.qparams(outs[0])]
+        self.nodes.append(Node("QLinearSigmoid", self._name("QLinearSigmoid"), args, [y], {"_requant": "double"},
+                               domain="com.microsoft"))
+        self.set_output(outs[0], y, layout)
 
     def op_SOFTMAX(self, op, ins, outs):
         o = self.options(op, "SoftmaxOptions")

@@ -192,12 +192,27 @@ def _clamped(table: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 @register
 class QLinearSigmoid(_TableOp):
+    """com.microsoft QLinearSigmoid through a 256-entry table: dequantize, sigmoid, quantize; in the fixed-point
+    modes (``_requant``) TFLite's reference int8 logistic (:func:`edgedl.quant.tflite_softmax.logistic_int8`,
+    output scale 1/256 and the type's minimum as zero point) fills the table."""
+
     op_type = "QLinearSigmoid"
 
     def table(self, consts, ins, out_dtype):
         from ..kernels.cpu.lut import activation_table
 
         (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, out_dtype)
+        if self.mode != MODE_FLOAT:
+            from ..quant.tflite_softmax import logistic_int8
+
+            if np.dtype(ins[0].dtype) != np.int8 or np.dtype(out_dtype) != np.int8 or \
+                    np.float32(ys) != np.float32(1 / 256) or yz != -128:
+                raise self.unsupported("TFLite's int8 logistic takes int8 in and out, output scale 1/256 and zero "
+                                       "point -128")
+            codes = np.arange(-128, 128, dtype=np.int8)
+            t = np.empty(256, np.int8)
+            t[codes.view(np.uint8)] = logistic_int8(codes, float(xs), int(xz))
+            return _clamped(t, lo, hi)
         t = activation_table("Sigmoid", None, None, xs, xz, ys, yz, ins[0].dtype, out_dtype, "even", "float32")
         return _clamped(t, lo, hi)
 

@@ -30,7 +30,7 @@ def _kind(n: Node) -> str | None:
     if n.op_type == "QLinearConv" and n.domain in ("", "ai.onnx"):
         return "conv"
     if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
-                                         *_BINARY):
+                                         "QLinearSigmoid", *_BINARY):
         return n.op_type
     return None
 
@@ -118,6 +118,9 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
                 nodes.append(Node("Mul", name("Mul"), [xf, const("beta", np.float32(beta))], [scaled]))
                 xf = scaled
             nodes.append(Node("Softmax", name("Softmax"), [xf], [yf], {"axis": int(attrs.get("axis", -1))}))
+            finish(n, yf, y, ins[3], ins[4])
+        elif kind == "QLinearSigmoid":  # x, xs, xz, ys, yz
+            nodes.append(Node("Sigmoid", name("Sigmoid"), [dq(ins[0], ins[1], ins[2])], [yf]))
             finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearGlobalAveragePool":  # x, xs, xz, ys, yz
             nodes.append(Node("GlobalAveragePool", name("GlobalAveragePool"), [dq(ins[0], ins[1], ins[2])], [yf]))

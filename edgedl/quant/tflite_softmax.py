@@ -45,17 +45,17 @@ def _exp_quarter(a) -> np.ndarray:
     return exp_minus_eighth + srdhm(exp_minus_eighth, x + poly)
 
 
-def exp_on_negative_values(a) -> np.ndarray:
-    """exp(a) for Q5.26 ``a`` <= 0, as Q0.31."""
+def exp_on_negative_values(a, integer_bits: int = SCALED_DIFF_BITS) -> np.ndarray:
+    """exp(a) for ``a`` <= 0 with ``integer_bits`` integer bits (Q5.26 for softmax), as Q0.31."""
     a = np.asarray(a, np.int64)
-    frac = 31 - SCALED_DIFF_BITS
+    frac = 31 - integer_bits
     quarter = 1 << (frac - 2)
     mod_minus_quarter = (a & (quarter - 1)) - quarter
-    result = _exp_quarter(_mul_pot(mod_minus_quarter, SCALED_DIFF_BITS))
+    result = _exp_quarter(_mul_pot(mod_minus_quarter, integer_bits))
     remainder = mod_minus_quarter - a
     for exponent, multiplier in ((-2, 1672461947), (-1, 1302514674), (0, 790015084), (1, 290630308),
                                  (2, 39332535), (3, 720401), (4, 242)):
-        if SCALED_DIFF_BITS > exponent:
+        if integer_bits > exponent:
             bit = 1 << (frac + exponent)
             result = np.where(remainder & bit, srdhm(result, multiplier), result)
     return np.where(a == 0, INT32_MAX, result)
@@ -112,3 +112,28 @@ def softmax_int8(x: np.ndarray, input_scale: float, beta: float = 1.0, out_dtype
         out[r] = rounding_divide_by_pot(srdhm(scale[r], exps[r]), int(exponent[r])) + info.min
     out = np.where(keep, np.clip(out, info.min, info.max), info.min)
     return out.astype(out_dtype).reshape(x.shape)
+
+
+#: integer bits of the logistic's scaled input (Q4.27)
+LOGISTIC_INPUT_BITS = 4
+
+
+def logistic_int8(x: np.ndarray, input_scale: float, input_zp: int, out_dtype=np.int8) -> np.ndarray:
+    """TFLite's reference int8 logistic (``reference_integer_ops::Logistic``): the input scaled to Q4.27,
+    1 / (1 + exp(-|x|)) in fixed point (mirrored for negative inputs), rounded to the output (scale 1/256, zero
+    point the type's minimum); inputs beyond the radius saturate."""
+    from .reference import mbqm
+
+    m0, shift = quantize_multiplier(float(np.float32(input_scale)) * (1 << (31 - LOGISTIC_INPUT_BITS)))
+    radius = math.floor(((1 << LOGISTIC_INPUT_BITS) - 1) * float(1 << (31 - LOGISTIC_INPUT_BITS))
+                        / float(1 << max(shift, 0)))
+    info = np.iinfo(out_dtype)
+    v = np.asarray(x).astype(np.int64) - int(input_zp)
+    q4 = mbqm(v, m0, shift)
+    positive = q4 > 0
+    absolute = np.where(positive, q4, -q4)
+    on_positive = _one_over_one_plus_x(exp_on_negative_values(-absolute, LOGISTIC_INPUT_BITS))
+    value = np.where(q4 == 0, 1 << 30, np.where(positive, on_positive, INT32_MAX - on_positive))
+    out = np.clip(rounding_divide_by_pot(value, 31 - 8) + info.min, info.min, info.max)
+    out = np.where(v <= -radius, info.min, np.where(v >= radius, info.max, out))
+    return out.astype(out_dtype)

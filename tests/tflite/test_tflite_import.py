@@ -369,8 +369,8 @@ def test_int8_pad_and_concatenation_move_codes():
 
 def test_int8_operators_not_imported_yet_are_errors_not_float_math():
     def op(b, c):
-        y = b.tensor("r", (1, 5, 5, 4), np.int8, quant=(1.0 / 256, -128))
-        b.op("LOGISTIC", [c], [y])
+        y = b.tensor("r", (1, 5, 5, 4), np.int8, quant=(0.05, 0))
+        b.op("TANH", [c], [y])
         return y, (1, 5, 5, 4)
     with pytest.raises(UnsupportedOpError, match="int8 form .* not supported yet"):
         edgedl.load(_int8_conv_then(op))
@@ -968,3 +968,19 @@ def test_int8_softmax_exports_as_qdq(tmp_path):
     np.testing.assert_allclose(ort.InferenceSession(str(tmp_path / "sm.onnx")).run(None, {"input": x})[0], ours,
                                atol=1 / 256 + 1e-7)
     np.testing.assert_allclose(ours, interpret(data, [x], reference=True)[0], atol=1 / 256 + 1e-7)
+
+
+def test_int8_logistic_is_bit_exact():
+    """TFLite's reference int8 logistic (Q4.27 input, fixed-point 1 / (1 + exp(-x)), saturation beyond the
+    radius) through a 256-entry table, bit for bit on every input code."""
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        xs, xz = float(rng.random() * 0.2 + 0.005), int(rng.integers(-30, 30))
+        b = Builder()
+        x = b.tensor("input", (1, 256), np.int8, quant=(xs, xz))
+        y = b.tensor("y", (1, 256), np.int8, quant=(1 / 256, -128))
+        b.op("LOGISTIC", [x], [y])
+        data = b.build([x], [y])
+        codes = np.arange(-128, 128, dtype=np.int8).reshape(1, 256)
+        np.testing.assert_array_equal(edgedl.load(data).run({"input": codes})["y"],
+                                      interpret(data, [codes], reference=True)[0])
