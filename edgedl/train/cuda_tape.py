@@ -148,65 +148,33 @@ class CudaTape:
 
     def backward(self, saved: Saved, grad_output) -> dict:
         """The gradient of every parameter (device arrays) from the gradient of the loss with respect to
-        ``loss_output`` (numpy or device). Consumes ``saved`` as the host tape does."""
-        tape = self.tape
-        t = self.types[self.loss_output]
-        if tuple(grad_output.shape) != tuple(t.shape):
-            raise EdgeDLError(f"the loss gradient has shape {tuple(grad_output.shape)}, output "
-                              f"{self.loss_output!r} {tuple(t.shape)}")
-        mem = getattr(self, "_mem", _DeviceMemory())
-        grads: dict = {self.loss_output: self._device(grad_output, np.float32)}
-        mem.add(grads[self.loss_output])
-        values = saved.values
-        produced = {o for s in tape.steps for o in s.node.outputs if o}
-        for idx in range(len(tape.steps) - 1, -1, -1):
-            s = tape.steps[idx]
-            if s.grad:
-                self._backward_step(idx, s, grads, values, mem)
-            for name in tape._free_after.get(idx, ()):
-                v = values.pop(name, None)
-                if name in produced:
-                    mem.drop(v)
-        self.peak_bytes = mem.peak
-        return {p: grads[p] for p in self.params}
+        ``loss_output`` (numpy or device): the host tape's walk (:meth:`Tape.backward`), with gradients made and
+        summed on the device (the three methods below). Consumes ``saved`` as the host tape does."""
+        grads = self.tape.backward(saved, grad_output, via=self, mem=getattr(self, "_mem", None) or _DeviceMemory())
+        self.peak_bytes = self.tape.peak_bytes
+        return grads
 
-    def _backward_step(self, idx: int, s, grads: dict, values: dict, mem: _DeviceMemory) -> None:
-        gouts = [grads.pop(o, None) if o else None for o in s.node.outputs]
-        if all(g is None for g in gouts):
-            return
-        ins = [values.get(s.node.inputs[k]) if (k in s.keep_in and s.node.inputs[k]) else None
-               for k in range(len(s.node.inputs))]
-        outs = [values.get(s.node.outputs[k]) if k in s.keep_out else None for k in range(len(s.node.outputs))]
+    def gradient(self, g):
+        return self._device(g, np.float32)
+
+    def input_gradients(self, idx: int, s, gouts, ins, outs) -> list:
+        """One op's input gradients on the device: a view's reshaped, ``Op.backward_cuda``, else ``Op.backward``
+        on the host between transfers."""
         if s.op.alias:
-            gins = [gouts[0].reshape(tuple(self.types[s.node.inputs[0]].shape))] + [None] * (len(ins) - 1)
-        else:
-            gins = s.op.backward_cuda(gouts, ins, outs, s.needs, self.stream)
-            if gins is None:
-                self._host_backward.add(idx)
-                self.stream.synchronize()
-                host = s.op.backward([_to_host(g) for g in gouts], [_to_host(v) for v in ins],
-                                     [_to_host(v) for v in outs], s.needs)
-                gins = [self._device(g, np.float32) if g is not None else None for g in host]
-        for g in gouts:
-            mem.drop(g)
-        for name, need, g in zip(s.node.inputs, s.needs, gins):
-            if not need:
-                continue
-            if g is None:
-                raise EdgeDLError(f"{s.node.describe()}: backward gave no gradient for input {name!r}")
-            want = tuple(self.types[name].shape)
-            if tuple(g.shape) != want:
-                raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {tuple(g.shape)}, "
-                                  f"expected {want}")
-            if name in grads:
-                from ..kernels.cuda.grad import add
+            return [gouts[0].reshape(tuple(self.types[s.node.inputs[0]].shape))] + [None] * (len(ins) - 1)
+        gins = s.op.backward_cuda(gouts, ins, outs, s.needs, self.stream)
+        if gins is not None:
+            return gins
+        self._host_backward.add(idx)
+        self.stream.synchronize()
+        host = s.op.backward([_to_host(g) for g in gouts], [_to_host(v) for v in ins], [_to_host(v) for v in outs],
+                             s.needs)
+        return [self._device(g, np.float32) if g is not None else None for g in host]
 
-                prev = grads[name]
-                grads[name] = add(prev, g, self.stream)
-                mem.drop(prev)
-            else:
-                grads[name] = g
-            mem.add(grads[name])
+    def add(self, a, b):
+        from ..kernels.cuda.grad import add
+
+        return add(a, b, self.stream)
 
 
 def _address(a) -> int:

@@ -238,22 +238,29 @@ class Tape:
                     last[i] = idx
         return last
 
-    def backward(self, saved: Saved, grad_output: np.ndarray) -> dict[str, np.ndarray]:
+    def backward(self, saved: Saved, grad_output, via=None, mem: _Memory | None = None) -> dict:
         """The gradient of every parameter, from the gradient of the loss with respect to ``loss_output``.
-        Consumes ``saved``: each value is released once no remaining backward step reads it."""
+        Consumes ``saved``: each value is released once no remaining backward step reads it.
+
+        ``via`` says where the gradients live (default: host arrays, ``Op.backward``): an object with
+        ``gradient(array)`` (the loss gradient as a gradient value), ``input_gradients(index, step, output
+        gradients, inputs, outputs)`` (one op's backward) and ``add(a, b)`` (a new a + b);
+        :class:`~edgedl.train.cuda_tape.CudaTape` runs the same walk on the device. ``mem`` counts the live
+        bytes (default: this tape's forward's)."""
+        via = via or _HOST
         t = self.types[self.loss_output]
         if tuple(grad_output.shape) != tuple(t.shape):
-            raise EdgeDLError(f"the loss gradient has shape {grad_output.shape}, output {self.loss_output!r} "
+            raise EdgeDLError(f"the loss gradient has shape {tuple(grad_output.shape)}, output {self.loss_output!r} "
                               f"{tuple(t.shape)}")
-        mem = getattr(self, "_mem", _Memory())
-        grads: dict[str, np.ndarray] = {self.loss_output: np.ascontiguousarray(grad_output, np.float32)}
+        mem = mem if mem is not None else getattr(self, "_mem", _Memory())
+        grads: dict = {self.loss_output: via.gradient(grad_output)}
         mem.add(grads[self.loss_output])
         values = saved.values
         produced = {o for s in self.steps for o in s.node.outputs if o}
         for idx in range(len(self.steps) - 1, -1, -1):
             s = self.steps[idx]
             if s.grad:
-                self._backward_step(s, grads, values, mem)
+                self._backward_step(idx, s, grads, values, mem, via)
             for name in self._free_after.get(idx, ()):  # no earlier step's backward reads these
                 v = values.pop(name, None)
                 if name in produced:
@@ -261,7 +268,7 @@ class Tape:
         self.peak_bytes = mem.peak
         return {p: grads[p] for p in self.params}
 
-    def _backward_step(self, s: _Step, grads: dict, values: dict, mem: _Memory) -> None:
+    def _backward_step(self, idx: int, s: _Step, grads: dict, values: dict, mem: _Memory, via) -> None:
         """One op's backward: its output gradients in, its inputs' gradients accumulated into ``grads``."""
         gouts = [grads.pop(o, None) if o else None for o in s.node.outputs]
         if all(g is None for g in gouts):
@@ -269,7 +276,7 @@ class Tape:
         ins = [values.get(s.node.inputs[k]) if (k in s.keep_in and s.node.inputs[k]) else None
                for k in range(len(s.node.inputs))]
         outs = [values.get(s.node.outputs[k]) if k in s.keep_out else None for k in range(len(s.node.outputs))]
-        gins = s.op.backward(gouts, ins, outs, s.needs)
+        gins = via.input_gradients(idx, s, gouts, ins, outs)
         for g in gouts:
             mem.drop(g)
         for name, need, g in zip(s.node.inputs, s.needs, gins):
@@ -279,14 +286,34 @@ class Tape:
                 raise EdgeDLError(f"{s.node.describe()}: backward gave no gradient for input {name!r}")
             want = tuple(self.types[name].shape)
             if tuple(g.shape) != want:
-                raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {g.shape}, expected {want}")
+                raise EdgeDLError(f"{s.node.describe()}: gradient of {name!r} has shape {tuple(g.shape)}, "
+                                  f"expected {want}")
             if name in grads:
                 prev = grads[name]
-                grads[name] = prev + g
+                grads[name] = via.add(prev, g)
                 mem.drop(prev)
             else:
                 grads[name] = g
             mem.add(grads[name])
+
+
+class _HostGradients:
+    """Gradients as host arrays, each op's ``backward``: the tape's default (see :meth:`Tape.backward`)."""
+
+    @staticmethod
+    def gradient(g) -> np.ndarray:
+        return np.ascontiguousarray(g, np.float32)
+
+    @staticmethod
+    def input_gradients(idx, s: _Step, gouts, ins, outs) -> list:
+        return s.op.backward(gouts, ins, outs, s.needs)
+
+    @staticmethod
+    def add(a, b):
+        return a + b
+
+
+_HOST = _HostGradients()
 
 
 def _dummy(t: TensorType | None):
