@@ -71,6 +71,12 @@ class DeviceTraining:
         values.update({k: self.host_buffers[k] for k in self.keep_on_host if k in self.host_buffers})
         return values
 
+    def to_host(self, value) -> np.ndarray:
+        """A device array's values on the host, once the stream has produced them."""
+        host = value.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return host
+
     def update_buffer(self, name: str, value) -> None:
         """A running statistic's new value (a device array of the buffer's shape)."""
         self.buffers[name].copy_to_device(value, stream=self.stream)

@@ -518,9 +518,8 @@ class Trainer:
                 values[name] = np.array(_dropout_seed(self.seed, self.step_count, name), np.int64)
         outs, saved, tape = self.runner.forward(feeds, values, train=True, keep=True)
         out = outs[self.output]
-        if self._gpu is not None:
-            return self._device_step(outs, saved, tape, y)
-        loss, grad = self.loss(out, y)
+        gpu = self._gpu  # on the GPU: the loss, clipping, update and running statistics on the device too
+        loss, grad = gpu.loss(self.loss, out, y) if gpu is not None else self.loss(out, y)
         if not np.isfinite(loss):
             raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
                               f"learning rate, clip gradients, or check the data)")
@@ -529,36 +528,24 @@ class Trainer:
         self.peak_bytes = max(self.peak_bytes, prefix + tape.peak_bytes)
         self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
         if self.clip_norm:
-            clip_grad_norm(grads, self.clip_norm)
-        self.optimizer.step(self._params, grads)
+            if gpu is not None:
+                gpu.clip(grads, self.clip_norm)
+            else:
+                clip_grad_norm(grads, self.clip_norm)
+        if gpu is not None:
+            gpu.step(self.optimizer, grads)
+        else:
+            self.optimizer.step(self._params, grads)
         for name in self.runner.buffers:
-            if f"{name}{_UPDATED}" in outs:  # a running statistic of a training-mode BatchNormalization
-                self._buffers[name][...] = outs[f"{name}{_UPDATED}"]
+            updated = outs.get(f"{name}{_UPDATED}")  # a running statistic of a training-mode BatchNormalization
+            if updated is None:
+                continue
+            if gpu is not None:
+                gpu.update_buffer(name, updated)
+            else:
+                self._buffers[name][...] = updated
         self.step_count += 1
-        return loss, out
-
-    def _device_step(self, outs: dict, saved, tape, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """The rest of a step on the GPU: loss, backward, clipping, update, running statistics (device
-        arrays throughout; the loss and the output come back to the host)."""
-        gpu = self._gpu
-        out = outs[self.output]
-        loss, grad = gpu.loss(self.loss, out, y)
-        if not np.isfinite(loss):
-            raise EdgeDLError(f"the loss is {loss} at step {self.step_count}: training stopped (lower the "
-                              f"learning rate, clip gradients, or check the data)")
-        grads = tape.backward(saved, grad)
-        self.peak_bytes = max(self.peak_bytes, self.runner.prefix_bytes() + tape.peak_bytes)
-        self.saved_bytes = max(self.saved_bytes, tape.saved_bytes)
-        if self.clip_norm:
-            gpu.clip(grads, self.clip_norm)
-        gpu.step(self.optimizer, grads)
-        for name in self.runner.buffers:
-            if f"{name}{_UPDATED}" in outs:
-                gpu.update_buffer(name, outs[f"{name}{_UPDATED}"])
-        self.step_count += 1
-        host_out = out.copy_to_host(stream=self.runner.stream)
-        self.runner.stream.synchronize()
-        return loss, host_out
+        return loss, (gpu.to_host(out) if gpu is not None else out)
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """The model output (the loss's output) for every sample, with the current weights (running
