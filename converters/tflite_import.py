@@ -245,6 +245,37 @@ class _Importer:
             target[0] = 0
         return self.constant("shape", target)
 
+    def _operator_names(self) -> list[str]:
+        """The name of each operator code of the file: a builtin's (CONV_2D), "CUSTOM <code>" for a custom one."""
+        builtins = {v: k for k, v in vars(self.tfl.BuiltinOperator).items() if not k.startswith("_")}
+        names = []
+        for k in range(self.count(self.model.OperatorCodesLength(), "operator codes")):
+            c = self.model.OperatorCodes(k)
+            code = max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode()))
+            if code == self.tfl.BuiltinOperator.CUSTOM:
+                custom = c.CustomCode()
+                names.append(f"CUSTOM {custom.decode('utf-8', 'replace') if custom else '?'}")
+            else:
+                names.append(builtins.get(code, f"builtin code {code}"))
+        return names
+
+    def _operators(self):
+        """(index, operator, name, input tensors, output tensors) of each operator of this subgraph, its indices
+        checked against the operator codes and the tensors (-1: an omitted optional input)."""
+        names, n = self._operator_names(), len(self.tensors)
+        g = self.graph
+        for k in range(self.count(g.OperatorsLength(), "operators")):
+            op = g.Operators(k)
+            idx = int(op.OpcodeIndex())
+            if not 0 <= idx < len(names):
+                raise ModelFormatError(f"operator {k} names operator code {idx}, the file has {len(names)}")
+            ins = [int(v) for v in op.InputsAsNumpy()] if self.count(op.InputsLength(), "operator inputs") else []
+            outs = [int(v) for v in op.OutputsAsNumpy()] if self.count(op.OutputsLength(), "operator outputs") else []
+            for t in ins + outs:
+                if not -1 <= t < n:
+                    raise ModelFormatError(f"operator {k} names tensor {t}, the subgraph has {n}")
+            yield k, op, names[idx], ins, outs
+
     def _signatures(self, n_graphs: int) -> list[dict]:
         """Every SignatureDef: key, subgraph, and (name, tensor index) of its inputs and outputs."""
         sigs = []
@@ -426,14 +457,9 @@ class _Importer:
 
     # -- the graph --------------------------------------------------------------------------------------
     def run(self) -> Graph:
-        tfl, g = self.tfl, self.graph
+        g = self.graph
         self._tensors()
         n = len(self.tensors)
-        codes = []
-        for k in range(self.count(self.model.OperatorCodesLength(), "operator codes")):
-            c = self.model.OperatorCodes(k)
-            codes.append(max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode())))
-        names = {v: k for k, v in vars(tfl.BuiltinOperator).items() if not k.startswith("_")}
         inputs = [int(v) for v in g.InputsAsNumpy()] if self.count(g.InputsLength(), "inputs") else []
         outputs = [int(v) for v in g.OutputsAsNumpy()] if self.count(g.OutputsLength(), "outputs") else []
         for i in inputs + outputs:
@@ -447,22 +473,8 @@ class _Importer:
             specs.append(TensorSpec(name, ("N", *shape[1:]) if self.batch is not None else shape, dtype))
             self.set_output(i, name, "plain")
         ops, unsupported = [], []
-        for k in range(self.count(g.OperatorsLength(), "operators")):
-            op = g.Operators(k)
-            idx = int(op.OpcodeIndex())
-            if not 0 <= idx < len(codes):
-                raise ModelFormatError(f"operator {k} names operator code {idx}, the file has {len(codes)}")
-            ins = [int(v) for v in op.InputsAsNumpy()] if self.count(op.InputsLength(), "operator inputs") else []
-            outs = [int(v) for v in op.OutputsAsNumpy()] if self.count(op.OutputsLength(), "operator outputs") else []
-            for t in ins + outs:
-                if not -1 <= t < n:
-                    raise ModelFormatError(f"operator {k} names tensor {t}, the subgraph has {n}")
-            code = codes[idx]
-            op_name = names.get(code, f"builtin code {code}")
-            if code == tfl.BuiltinOperator.CUSTOM:
-                custom = self.model.OperatorCodes(idx).CustomCode()
-                op_name = f"CUSTOM {custom.decode('utf-8', 'replace') if custom else '?'}"
-            if code == tfl.BuiltinOperator.CUSTOM:
+        for k, op, op_name, ins, outs in self._operators():
+            if op_name.startswith("CUSTOM "):
                 handler = getattr(self, _CUSTOM_OPS.get(op_name[len("CUSTOM "):], ""), None)
             elif op_name in _UNARY:
                 onnx_op, attrs = _UNARY[op_name]
@@ -1326,26 +1338,14 @@ class _Importer:
         init = _Importer(self.tfl, self.data)
         init.graph = self.model.Subgraphs(index)
         init._tensors()
-        names = {v: k for k, v in vars(self.tfl.BuiltinOperator).items() if not k.startswith("_")}
-        codes = [max(int(c.BuiltinCode()), int(c.DeprecatedBuiltinCode())) for c in
-                 (self.model.OperatorCodes(k) for k in range(self.count(self.model.OperatorCodesLength(),
-                                                                        "operator codes")))]
-        n = len(init.tensors)
-        for k in range(self.count(init.graph.OperatorsLength(), "operators")):
-            sub = init.graph.Operators(k)
-            code = codes[int(sub.OpcodeIndex())] if 0 <= int(sub.OpcodeIndex()) < len(codes) else -1
-            sub_ins = [int(v) for v in sub.InputsAsNumpy()] if sub.InputsLength() else []
-            sub_outs = [int(v) for v in sub.OutputsAsNumpy()] if sub.OutputsLength() else []
-            if any(not 0 <= t < n for t in sub_ins + sub_outs):
-                raise ModelFormatError(f"the initialization subgraph's operator {k} names a tensor out of range")
-            kind = names.get(code)
+        for k, sub, kind, sub_ins, sub_outs in init._operators():
             if kind == "VAR_HANDLE":
                 init.handles[sub_outs[0]] = init._var_key(sub) or f"var{sub_outs[0]}"
             elif kind == "ASSIGN_VARIABLE" and init.const(sub_ins[1]) is not None:
                 self.initial[init._handle(sub_ins[0])] = init.const(sub_ins[1])
             else:
                 raise UnsupportedOpError(f"the initialization subgraph (CALL_ONCE) may only assign constants to "
-                                         f"variables; its operator {k} is {kind or code}")
+                                         f"variables; its operator {k} is {kind}")
 
     def op_UNIDIRECTIONAL_SEQUENCE_LSTM(self, op, ins, outs):
         """An ONNX LSTM (gates i, o, f, c; peepholes i, o, f). Its output and cell states (inputs 18, 19) are
