@@ -79,6 +79,21 @@ def unravel_nchw(i, c, h, w):
     return t // c, t % c, y, x
 
 
+@cuda.jit(device=True)
+def im2col_index(k, nb, oy, ox, g, cpg, c, h, wd, taps, kw, sh, sw, ph, pw, dh, dw):
+    """The flat index into x [N, C, H, W] of row ``k`` (input channel of group ``g`` x kernel tap) of the im2col
+    matrix at output pixel (nb, oy, ox), or -1 where that tap falls in the padding."""
+    ci = k // taps
+    r = k - ci * taps
+    ky = r // kw
+    kx = r - ky * kw
+    iy = oy * sh - ph + ky * dh
+    ix = ox * sw - pw + kx * dw
+    if iy >= 0 and iy < h and ix >= 0 and ix < wd:
+        return ((nb * c + g * cpg + ci) * h + iy) * wd + ix
+    return -1
+
+
 def plane_geometry(x_shape, y_shape, kernel, strides, pads, dilations):
     """A 1-D or 2-D window geometry as 2-D (1-D as height 1): ((h, w), (oh, ow), (kh, kw), (sh, sw), (ph, pw),
     (dh, dw)) from an input and output of rank 3 or 4 and per-axis kernel / strides / begin pads / dilations."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32
 
-from .common import activate, blocks, flat, plane_geometry, unravel_nchw
+from .common import activate, blocks, flat, im2col_index, plane_geometry, unravel_nchw
 
 TILE = 16
 
@@ -43,14 +43,9 @@ def _conv2d_gemm(x, w, bias, res, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw
         kb = step * TILE + ty
         v = float32(0)
         if kb < k_len and col < pixels:
-            ci = kb // taps
-            r = kb - ci * taps
-            ky = r // kw
-            kx = r - ky * kw
-            iy = oy * sh - ph + ky * dh
-            ix = ox * sw - pw + kx * dw
-            if iy >= 0 and iy < h and ix >= 0 and ix < wd:
-                v = float32(x[((nb * c + g * cpg + ci) * h + iy) * wd + ix])
+            at = im2col_index(kb, nb, oy, ox, g, cpg, c, h, wd, taps, kw, sh, sw, ph, pw, dh, dw)
+            if at >= 0:
+                v = float32(x[at])
         sb[ty, tx] = v
         cuda.syncthreads()
         for j in range(TILE):

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, int32, int64
 
-from .common import blocks, flat, unravel_nchw
-from .quant import requantize
+from .common import blocks, flat, im2col_index, unravel_nchw
+from .quant import requantize, upload_requant
 
 #: the CUDA C device function behind :func:`linked_dp4a` (Numba's device-function ABI)
 SOURCE = r"""
@@ -170,17 +170,12 @@ def _kernels(dp4a, cache):
                     for s in range(4):
                         kk = (t0 + wi) * 4 + s
                         v = int64(xz)
-                        if kk < k_len:
-                            ci = kk // taps
-                            rr = kk - ci * taps
-                            ky = rr // kw
-                            kx = rr - ky * kw
-                            iy = oy * sh - ph + ky * dh
-                            ix = ox * sw - pw + kx * dw
-                            if iy >= 0 and iy < h and ix >= 0 and ix < wd:
-                                v = int64(x[((nb * c + g * cpg + ci) * h + iy) * wd + ix])
-                                if flip:
-                                    v -= 128
+                        at = im2col_index(kk, nb, oy, ox, g, cpg, c, h, wd, taps, kw, sh, sw, ph, pw, dh, dw) \
+                            if kk < k_len else -1
+                        if at >= 0:
+                            v = int64(x[at])
+                            if flip:
+                                v -= 128
                         word |= (v & 0xFF) << (8 * s)
                     if word >= int64(1 << 31):
                         word -= int64(1 << 32)
@@ -287,10 +282,7 @@ class QGemmDp4a:
         self.b4, self.b_sum = cuda.to_device(b4.reshape(-1)), cuda.to_device(b_sum)
         bz = np.broadcast_to(np.asarray(b_zp, np.int64), (self.n,)) - (128 if b_nk.dtype == np.uint8 else 0)
         self.bz = cuda.to_device(np.ascontiguousarray(bz, np.int64))
-        self.m0 = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.m0, (self.n,)), np.int64))
-        self.shift = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.shift, (self.n,)), np.int64))
-        self.fscale = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.fscale, (self.n,)), np.float32))
-        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+        upload_requant(self, req, self.n)
         self.a4 = cuda.device_array(max(self.m * self.k4, 1), np.int32)
         self.a_sum = cuda.device_array(max(self.m, 1), np.int64)
         self.kernel = kernels(linked)[0]
@@ -334,10 +326,7 @@ class QConv2dDp4a:
         w4, w_sum = pack_rows_host(np.asarray(w).reshape(self.co, -1))
         self.k4 = int(w4.shape[1])
         self.w4, self.w_sum = cuda.to_device(w4.reshape(-1)), cuda.to_device(w_sum)
-        self.m0 = cuda.to_device(np.ascontiguousarray(req.m0, np.int64))
-        self.shift = cuda.to_device(np.ascontiguousarray(req.shift, np.int64))
-        self.fscale = cuda.to_device(np.ascontiguousarray(req.fscale, np.float32))
-        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+        upload_requant(self, req, self.co)
         per_group = self.co // self.groups
         self.grid = ((self.n * self.oh * self.ow + TILE - 1) // TILE, (per_group + TILE - 1) // TILE, self.groups)
         self.kernel = kernels(linked)[1]

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, int64
 
-from .common import blocks, broadcast_offsets, flat, unravel_nchw
+from .common import blocks, broadcast_offsets, flat, im2col_index, unravel_nchw
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -219,14 +219,9 @@ def _qconv2d_gemm(x, w, bias, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph
         kb = step * TILE + ty
         v = int32(0)  # padding reads as the zero point: 0 once shifted
         if kb < k_len and col < pixels:
-            ci = kb // taps
-            r = kb - ci * taps
-            ky = r // kw
-            kx = r - ky * kw
-            iy = oy * sh - ph + ky * dh
-            ix = ox * sw - pw + kx * dw
-            if iy >= 0 and iy < h and ix >= 0 and ix < wd:
-                v = int32(int64(x[((nb * c + g * cpg + ci) * h + iy) * wd + ix]) - xz)
+            at = im2col_index(kb, nb, oy, ox, g, cpg, c, h, wd, taps, kw, sh, sw, ph, pw, dh, dw)
+            if at >= 0:
+                v = int32(int64(x[at]) - xz)
         sb[ty, tx] = v
         cuda.syncthreads()
         for j in range(TILE):
@@ -237,6 +232,15 @@ def _qconv2d_gemm(x, w, bias, y, n_img, c, h, wd, co, oh, ow, kh, kw, sh, sw, ph
         if has_bias:
             acc += int64(bias[o])
         y[((nb * co + o) * oh + oy) * ow + ox] = requantize(acc, m0[o], shift[o], fscale[o], zp, lo, hi, mode)
+
+
+def upload_requant(target, req, channels: int) -> None:
+    """Set ``target``'s ``m0``, ``shift``, ``fscale`` (device arrays of ``channels`` values, per-tensor parameters
+    broadcast) and ``zp``, ``lo``, ``hi``, ``mode`` from a :class:`edgedl.quant.requant.Requant`."""
+    target.m0 = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.m0, (channels,)), np.int64))
+    target.shift = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.shift, (channels,)), np.int64))
+    target.fscale = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.fscale, (channels,)), np.float32))
+    target.zp, target.lo, target.hi, target.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
 
 
 class QConv2d:
@@ -252,10 +256,7 @@ class QConv2d:
         self.ph, self.pw = int(pads[0]), int(pads[1])
         self.groups, self.xz = int(groups), int(x_zp)
         self.wz = cuda.to_device(np.ascontiguousarray(np.broadcast_to(np.asarray(w_zp, np.int64), (self.co,))))
-        self.m0 = cuda.to_device(np.ascontiguousarray(req.m0, np.int64))
-        self.shift = cuda.to_device(np.ascontiguousarray(req.shift, np.int64))
-        self.fscale = cuda.to_device(np.ascontiguousarray(req.fscale, np.float32))
-        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+        upload_requant(self, req, self.co)
         self.total = self.n * self.co * self.oh * self.ow
         reduction, per_group = (self.c // self.groups) * self.kh * self.kw, self.co // self.groups
         if tiled is None:
@@ -305,10 +306,7 @@ class QGemmRows:
     def __init__(self, m, n, k, a_zp, b_zp, req):
         self.m, self.n, self.k, self.az = int(m), int(n), int(k), int(a_zp)
         self.bz = cuda.to_device(np.ascontiguousarray(np.broadcast_to(np.asarray(b_zp, np.int64), (self.n,))))
-        self.m0 = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.m0, (self.n,)), np.int64))
-        self.shift = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.shift, (self.n,)), np.int64))
-        self.fscale = cuda.to_device(np.ascontiguousarray(np.broadcast_to(req.fscale, (self.n,)), np.float32))
-        self.zp, self.lo, self.hi, self.mode = int(req.zp), int(req.lo), int(req.hi), int(req.mode)
+        upload_requant(self, req, self.n)
 
     def __call__(self, a, b_nk, bias, y, stream=0):
         total = self.m * self.n
