@@ -478,8 +478,8 @@ class _Importer:
                 handler = getattr(self, _CUSTOM_OPS.get(op_name[len("CUSTOM "):], ""), None)
             elif op_name in _UNARY:
                 onnx_op, attrs = _UNARY[op_name]
-                handler = (lambda op, ins, outs, onnx_op=onnx_op, attrs=attrs:
-                           self._unary(ins, outs, onnx_op, **dict(attrs)))
+                handler = (lambda op, ins, outs, onnx_op=onnx_op, attrs=attrs, op_name=op_name:
+                           self._unary(ins, outs, onnx_op, tflite=op_name, **dict(attrs)))
             else:
                 handler = getattr(self, f"op_{op_name}", None)
             if handler is None:
@@ -695,14 +695,7 @@ class _Importer:
         args = [self.broadcast_nchw(i) if nchw else self.get(i, "plain") for i in ins]
         y = self._name(self.tensors[outs[0]][0])
         if any(self.quantized(i) for i in list(ins) + list(outs)):
-            if onnx_op not in ("Add", "Mul") or not all(self.quantized(i) for i in list(ins) + list(outs)):
-                raise UnsupportedOpError(f"int8 {onnx_op} is not supported yet (int8 ADD and MUL are)")
-            o = self.options(op, options)
-            fused = o.FusedActivationFunction() if o is not None else 0
-            q_args = [args[0], *self.qparams(ins[0]), args[1], *self.qparams(ins[1]), *self.qparams(outs[0])]
-            self.nodes.append(Node(f"QLinear{onnx_op}", self._name(f"QLinear{onnx_op}"), q_args, [y],
-                                   self.q_attrs(fused), domain="com.microsoft"))
-            self.set_output(outs[0], y, "nchw" if nchw else "plain")
+            self._int8_binary(op, ins, outs, onnx_op, options, args, y, "nchw" if nchw else "plain")
             return
         if onnx_op == "SquaredDifference":
             d = self._name("difference")
@@ -715,6 +708,27 @@ class _Importer:
             o = self.options(op, options)
             fused = o.FusedActivationFunction() if o is not None else 0
         self.finish(outs[0], y, "nchw" if nchw else "plain", fused)
+
+    def _int8_binary(self, op, ins, outs, onnx_op: str, options: str | None, args, y: str, layout: str) -> None:
+        """int8 ADD / MUL as com.microsoft QLinearAdd / QLinearMul in TFLite's mode; SUB, SQUARED_DIFFERENCE,
+        MAXIMUM, MINIMUM and PRELU as edgedl.QLinearBinary (a table of every input pair in TFLite's arithmetic)."""
+        from edgedl.ops.qlinear_elementwise import TFLITE_PAIRS
+
+        if onnx_op not in ("Add", "Mul", *TFLITE_PAIRS) or not all(self.quantized(i) for i in list(ins) + list(outs)):
+            raise UnsupportedOpError(f"int8 {onnx_op} is not supported (int8 ADD, SUB, MUL, SQUARED_DIFFERENCE, "
+                                     "MAXIMUM, MINIMUM and PRELU with every tensor quantized are)")
+        o = self.options(op, options) if options else None
+        fused = o.FusedActivationFunction() if o is not None else 0
+        q_args = [args[0], *self.qparams(ins[0]), args[1], *self.qparams(ins[1]), *self.qparams(outs[0])]
+        if onnx_op in ("Add", "Mul"):
+            self.nodes.append(Node(f"QLinear{onnx_op}", self._name(f"QLinear{onnx_op}"), q_args, [y],
+                                   self.q_attrs(fused), domain="com.microsoft"))
+        else:
+            if any(self.tensors[i][2] != np.int8 for i in list(ins) + list(outs)):
+                raise UnsupportedOpError(f"{onnx_op} on 8-bit tensors needs int8 inputs and output")
+            self.nodes.append(Node("QLinearBinary", self._name("QLinearBinary"), q_args, [y],
+                                   {"function": onnx_op, **self.q_attrs(fused)}, domain="edgedl"))
+        self.set_output(outs[0], y, layout)
 
     def op_ADD(self, op, ins, outs):
         self._binary(op, ins, outs, "Add", "AddOptions")
@@ -737,20 +751,33 @@ class _Importer:
     def op_SQUARED_DIFFERENCE(self, op, ins, outs):
         self._binary(op, ins, outs, "SquaredDifference", None)
 
-    def _unary(self, ins, outs, onnx_op: str, **attrs) -> None:
-        self.float_only(ins[0])
+    def _unary(self, ins, outs, onnx_op: str, tflite: str | None = None, extra=(), **attrs) -> None:
+        """An element-wise operator as the ONNX op ``onnx_op`` (constant ``extra`` inputs after the data); its
+        int8 form (the TFLite operator ``tflite``) as an edgedl.QLinearLookup whose table follows TFLite's
+        arithmetic (:mod:`edgedl.quant.tflite_tables`), the float op kept for export and training."""
         layout = self.layout_of(ins[0])
         y = self._name(self.tensors[outs[0]][0])
-        extra = []
+        extra = [self.constant("operand", v) for v in extra]
         if onnx_op == "Clip":
             lo, hi = attrs.pop("bounds")
             extra = [self.constant("min", np.float32(lo)), self.constant("max", np.float32(hi))]
-        self.emit(onnx_op, [self.get(ins[0], layout)] + extra, [y], **attrs)
+        x = self.get(ins[0], layout)
+        if self.quantized(ins[0]) and tflite is not None:
+            if not self.quantized(outs[0]) or self.tensors[ins[0]][2] != np.int8 or \
+                    self.tensors[outs[0]][2] != np.int8:
+                raise UnsupportedOpError(f"int8 {tflite} needs int8 input and output with quantization parameters")
+            args = [x, *self.qparams(ins[0]), *self.qparams(outs[0]), *extra]
+            self.nodes.append(Node("QLinearLookup", self._name("QLinearLookup"), args, [y],
+                                   {"function": onnx_op, **attrs, "_tflite": tflite, "_requant": "double"},
+                                   domain="edgedl"))
+        else:
+            self.float_only(ins[0])
+            self.emit(onnx_op, [x] + extra, [y], **attrs)
         self.set_output(outs[0], y, layout)
 
     def op_LEAKY_RELU(self, op, ins, outs):
         o = self.options(op, "LeakyReluOptions")
-        self._unary(ins, outs, "LeakyRelu", alpha=float(o.Alpha()) if o is not None else 0.2)
+        self._unary(ins, outs, "LeakyRelu", "LEAKY_RELU", alpha=float(o.Alpha()) if o is not None else 0.2)
 
     def op_LOGISTIC(self, op, ins, outs):
         if not self.quantized(ins[0]):
@@ -848,6 +875,9 @@ class _Importer:
 
     # -- element-wise math, casts ------------------------------------------------------------------------
     def op_RSQRT(self, op, ins, outs):
+        if self.quantized(ins[0]):  # the int8 form's float function: x ** -0.5
+            self._unary(ins, outs, "Pow", "RSQRT", extra=[np.float32(-0.5)])
+            return
         self.float_only(ins[0])
         layout = self.layout_of(ins[0])
         root = self._name("sqrt")
@@ -858,9 +888,17 @@ class _Importer:
 
     def op_GELU(self, op, ins, outs):
         o = self.options(op, "GeluOptions")
-        self._unary(ins, outs, "Gelu", approximate="tanh" if o is not None and o.Approximate() else "none")
+        self._unary(ins, outs, "Gelu", "GELU", approximate="tanh" if o is not None and o.Approximate() else "none")
 
     def op_LOG_SOFTMAX(self, op, ins, outs):
+        if self.quantized(ins[0]):  # TFLite's fixed-point log-softmax (QLinearSoftmax in TFLite's mode, _log)
+            y = self._name(self.tensors[outs[0]][0])
+            args = [self.get(ins[0], "plain"), *self.qparams(ins[0]), *self.qparams(outs[0])]
+            self.nodes.append(Node("QLinearSoftmax", self._name("QLinearSoftmax"), args, [y],
+                                   {"axis": -1, "opset": 13, "_requant": "double", "_log": 1},
+                                   domain="com.microsoft"))
+            self.set_output(outs[0], y, "plain")
+            return
         self.float_only(ins[0])
         layout = self.layout_of(ins[0])
         y = self._name(self.tensors[outs[0]][0])
@@ -874,11 +912,14 @@ class _Importer:
         self.set_output(outs[0], y, layout)
 
     def op_PRELU(self, op, ins, outs):
-        self.float_only(ins[0])
         nchw = self.layout_of(ins[0]) == "nchw" and len(self.shape(ins[1])) <= 4
         args = [self.get(ins[0], "nchw" if nchw else "plain"),
                 self.broadcast_nchw(ins[1]) if nchw else self.get(ins[1], "plain")]
         y = self._name(self.tensors[outs[0]][0])
+        if self.quantized(ins[0]):
+            self._int8_binary(op, ins, outs, "PRelu", None, args, y, "nchw" if nchw else "plain")
+            return
+        self.float_only(ins[0])
         self.emit("PRelu", args, [y])
         self.set_output(outs[0], y, "nchw" if nchw else "plain")
 
@@ -891,12 +932,23 @@ class _Importer:
         keep = bool(o.KeepDims()) if o is not None else False
         rank = len(self.shape(ins[0]))
         axes = sorted({int(a) % rank for a in axes.reshape(-1)}) if rank else []
-        if self.quantized(ins[0]) and onnx_op == "ReduceMean" and rank == 4 and axes == [1, 2] and not keep:
-            self._int8_spatial_mean(ins, outs)
+        if self.quantized(ins[0]) and onnx_op in ("ReduceMean", "ReduceSum", "ReduceProd"):
+            if not self.quantized(outs[0]) or {self.tensors[i][2] for i in (ins[0], outs[0])} != {np.dtype(np.int8)}:
+                raise UnsupportedOpError(f"8-bit {onnx_op} needs an int8 input and output")
+            if onnx_op == "ReduceMean" and rank == 4 and axes == [1, 2]:
+                self._int8_spatial_mean(ins, outs, keep)
+                return
+            y = self._name(self.tensors[outs[0]][0])  # TFLite's integer arithmetic in TFLite's element order
+            args = [self.get(ins[0], "plain"), *self.qparams(ins[0]), *self.qparams(outs[0])]
+            self.nodes.append(Node("QLinearReduce", self._name("QLinearReduce"), args, [y],
+                                   {"function": onnx_op, "axes": axes, "keepdims": int(keep), "_requant": "double"},
+                                   domain="edgedl"))
+            self.set_output(outs[0], y, "plain")
             return
-        # NOTE: int8 MEAN with keep_dims runs another TFLite path (1 LSB apart from the one above on some inputs):
-        # refused, as are other int8 reductions
-        self.float_only(ins[0])
+        if self.quantized(ins[0]):  # REDUCE_MAX / REDUCE_MIN pick codes
+            self.same_quantization([ins[0], outs[0]])
+        else:
+            self.float_only(ins[0])
         source, layout = "plain", "plain"
         if self.layout_of(ins[0]) == "nchw":
             kept = [_NHWC_TO_NCHW_AXIS[a] for a in range(4) if a not in axes]
@@ -911,13 +963,16 @@ class _Importer:
             self.emit(onnx_op, [x], [y], axes=list(axes), keepdims=int(keep))
         self.set_output(outs[0], y, layout)
 
-    def _int8_spatial_mean(self, ins, outs) -> None:
-        """int8 MEAN over H and W without keep_dims (a converted GlobalAveragePooling2D): TFLite's reference
-        arithmetic (QLinearGlobalAveragePool with ``_mean="reference"``), then the [N, C] view."""
+    def _int8_spatial_mean(self, ins, outs, keep: bool) -> None:
+        """int8 MEAN over H and W (a converted GlobalAveragePooling2D): TFLite's reference arithmetic
+        (QLinearGlobalAveragePool with ``_mean="reference"``), then the [N, C] view without keep_dims."""
         pooled = self._name("mean")
         args = [self.get(ins[0], "nchw"), *self.qparams(ins[0]), *self.qparams(outs[0])]
         self.nodes.append(Node("QLinearGlobalAveragePool", self._name("QLinearGlobalAveragePool"), args, [pooled],
                                {"_requant": "double", "_mean": "reference"}, domain="com.microsoft"))
+        if keep:  # (N, C, 1, 1): TFLite's (N, 1, 1, C) in NCHW
+            self.set_output(outs[0], pooled, "nchw")
+            return
         y = self._name(self.tensors[outs[0]][0])
         self.emit("Reshape", [pooled, self.shape_const(self.shape(outs[0]))], [y])
         self.set_output(outs[0], y, "plain")
@@ -1114,7 +1169,12 @@ class _Importer:
         self.set_output(outs[0], y, "plain")
 
     def op_BATCH_MATMUL(self, op, ins, outs):
-        self.float_only(ins[0])
+        quantized = self.quantized(ins[0])
+        if quantized and not (all(self.quantized(i) and self.tensors[i][2] == np.int8 for i in (*ins[:2], outs[0]))):
+            raise UnsupportedOpError("8-bit BATCH_MATMUL needs int8 inputs and an int8 output (int32 / int16 "
+                                     "outputs are not supported)")
+        if not quantized:
+            self.float_only(ins[0])
         o = self.options(op, "BatchMatMulOptions")
         args = []
         for i, adj in zip(ins[:2], (o.AdjX(), o.AdjY()) if o is not None else (False, False)):
@@ -1126,7 +1186,11 @@ class _Importer:
                 x = t
             args.append(x)
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("MatMul", args, [y])
+        if quantized:  # int32 sums of the offset codes, TFLite's requantization (QLinearMatMul in its mode)
+            q_args = [args[0], *self.qparams(ins[0]), args[1], *self.qparams(ins[1]), *self.qparams(outs[0])]
+            self.emit("QLinearMatMul", q_args, [y], _requant="double")
+        else:
+            self.emit("MatMul", args, [y])
         self.set_output(outs[0], y, "plain")
 
     def op_MIRROR_PAD(self, op, ins, outs):
@@ -1184,6 +1248,11 @@ class _Importer:
         if mode == "linear":
             ctm = "align_corners" if align else "half_pixel" if half else "asymmetric"
             extra = {}
+            if self.quantized(ins[0]):  # TFLite's integer arithmetic (edgedl/kernels/cpu/resize_i8.py)
+                if self.tensors[ins[0]][2] != np.int8:
+                    raise UnsupportedOpError("8-bit RESIZE_BILINEAR is supported on int8 (TFLite's uint8 kernel "
+                                             "interpolates in float)")
+                extra = {"_tflite_int8": 1}
         else:
             # TFLite: floor((x + 0.5) * in / out) with half-pixel centers, which is half_pixel's
             # (x + 0.5) * in / out - 0.5 rounded half up; round(x * (in - 1) / (out - 1)) with aligned corners
@@ -1254,7 +1323,8 @@ class _Importer:
     def _transpose_conv(self, x_i: int, w_i: int, b_i: int, out: int, same: bool, strides, fused: int) -> None:
         """A transposed convolution as ConvTranspose with the pads TFLite derives from the output shape."""
         w = self.const(w_i)
-        self.float_only(x_i)
+        if not self.quantized(x_i):
+            self.float_only(x_i)
         if w is None or w.ndim != 4 or len(self.shape(x_i)) != 4:
             raise UnsupportedOpError("needs a 4-D input and constant 4-D weights")
         kernel = list(w.shape[1:3])
@@ -1271,6 +1341,9 @@ class _Importer:
                 pads_b.append(total // 2)
                 pads_e.append(total - total // 2)
                 out_pad.append(0)
+        if self.quantized(x_i):
+            self._int8_transpose_conv(x_i, w_i, b_i, out, strides, pads_b, fused)
+            return
         weight = np.ascontiguousarray(w.transpose(3, 0, 1, 2))  # [I, O, KH, KW]
         args = [self.get(x_i, "nchw"), self.constant(f"{self.tensors[w_i][0]}_iohw", weight)]
         if b_i >= 0:
@@ -1279,6 +1352,60 @@ class _Importer:
         self.emit("ConvTranspose", args, [y], kernel_shape=kernel, strides=list(strides), pads=pads_b + pads_e,
                   output_padding=out_pad)
         self.finish(out, y, "nchw", fused)
+
+    def _int8_transpose_conv(self, x_i: int, w_i: int, b_i: int, out: int, strides, pads_b, fused: int) -> None:
+        """int8 TRANSPOSE_CONV as TFLite's reference computes it (int32 sums of (x - x_zp) * w, the bias, per-channel
+        double-rounding requantization) in the form of a stride-1 QLinearConv: the input's codes spread ``stride``
+        apart with the zero point between them (a real 0), padded (or cropped) with the zero point so that the
+        spatially flipped kernel meets exactly the products TFLite scatters. Integer sums do not depend on their
+        order, so the bits are TFLite's."""
+        w = self.const(w_i)  # [O, KH, KW, I] int8
+        if not all(self.quantized(i) and self.tensors[i][2] == np.int8 for i in (x_i, w_i, out)):
+            raise UnsupportedOpError("8-bit TRANSPOSE_CONV needs int8 input, weights and output")
+        if np.any(self.quant[w_i][1]):
+            raise UnsupportedOpError("int8 weights with a non-zero zero point")
+        n, h, wd, c = self.shape(x_i)
+        if w.shape[3] != c:
+            raise UnsupportedOpError(f"weights for {w.shape[3]} input channels on a {c}-channel input")
+        out_sp, kernel = self.shape(out)[1:3], w.shape[1:3]
+        zp_dtype = self.tensors[x_i][2]
+        zp = self.constant("pad_value", np.array(self.quant[x_i][1][0], zp_dtype))
+        x = self.get(x_i, "nchw")
+        if strides[0] > 1 or strides[1] > 1:  # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zp-padded -> (N, C, H*s, W*s)
+            grid, spread, spaced = self._name("grid"), self._name("spread"), self._name("spaced")
+            self.emit("Reshape", [x, self.shape_const([n, c, h, 1, wd, 1])], [grid])
+            pads = [0] * 6 + [0, 0, 0, strides[0] - 1, 0, strides[1] - 1]
+            self.emit("Pad", [grid, self.constant("pads", np.array(pads, np.int64)), zp], [spread], mode="constant")
+            self.emit("Reshape", [spread, self.shape_const([n, c, h * strides[0], wd * strides[1]])], [spaced])
+            x = spaced
+        # spaced length s * in (its last s - 1 codes are zero points); the flipped kernel reads positions
+        # o + pad_b - (K - 1) + g of it for output o and tap g: pad K - 1 - pad_b before, out + pad_b - s * in after
+        before = [kernel[d] - 1 - pads_b[d] for d in range(2)]
+        after = [out_sp[d] + pads_b[d] - strides[d] * (h, wd)[d] for d in range(2)]
+        if min(before + after) < 0:  # crop first (Slice), then pad what is left to pad
+            start = [max(-v, 0) for v in before]
+            end = [(h, wd)[d] * strides[d] - max(-after[d], 0) for d in range(2)]
+            cropped = self._name("cropped")
+            self.emit("Slice", [x, self.constant("starts", np.array(start, np.int64)),
+                                self.constant("ends", np.array(end, np.int64)),
+                                self.constant("axes", np.array([2, 3], np.int64))], [cropped])
+            x = cropped
+        if max(before + after) > 0:
+            padded = self._name("padded")
+            pads = [0, 0, max(before[0], 0), max(before[1], 0), 0, 0, max(after[0], 0), max(after[1], 0)]
+            self.emit("Pad", [x, self.constant("pads", np.array(pads, np.int64)), zp], [padded], mode="constant")
+            x = padded
+        weight = np.ascontiguousarray(w[:, ::-1, ::-1, :].transpose(0, 3, 1, 2))  # flipped, [O, I, KH, KW]
+        w_name = self.constant(f"{self.tensors[w_i][0]}_flipped_oihw", weight)
+        w_scale, w_zp = self.qparams(w_i, per_tensor=False)
+        self.initializers[w_zp] = np.zeros(weight.shape[0], weight.dtype)
+        self.initializers[w_scale] = np.broadcast_to(self.initializers[w_scale], (weight.shape[0],)).copy()
+        args = [x, *self.qparams(x_i), w_name, w_scale, w_zp, *self.qparams(out)]
+        if b_i >= 0:
+            args.append(self.get(b_i, "plain"))
+        y = self._name(self.tensors[out][0])
+        self.emit("QLinearConv", args, [y], kernel_shape=list(kernel), strides=[1, 1], **self.q_attrs(fused))
+        self.set_output(out, y, "nchw")
 
     def op_DEQUANTIZE(self, op, ins, outs):
         data = self.const(ins[0])
@@ -1426,6 +1553,9 @@ class _Importer:
         self.quant[outs[0]] = self.quant[outs[0]] or self.quant[ins[0]]
 
     def op_QUANTIZE(self, op, ins, outs):
+        if self.quantized(ins[0]) and self.quantized(outs[0]):  # requantization: TFLite's Requantize
+            self._unary(ins, outs, "Identity", "QUANTIZE")
+            return
         if self.tensors[ins[0]][2] != np.float32 or not self.quantized(outs[0]):
             raise UnsupportedOpError("QUANTIZE from float32 to int8 / uint8 is supported (not requantization)")
         layout = self.layout_of(ins[0])

@@ -258,6 +258,8 @@ class QLinearLookup(_TableOp):
         from ..kernels.cpu.lut import build_table
 
         (xs, xz), (ys, yz), lo, hi = self.qparams(consts, ins, out_dtype)
+        if self.attr("_tflite") is not None:
+            return _clamped(self._tflite_table(ins, out_dtype, xs, xz, ys, yz), lo, hi)
         extra = list(consts[5:])
         if any(v is None for v in extra):
             raise self.error("the float function's extra inputs must be constants")
@@ -272,6 +274,85 @@ class QLinearLookup(_TableOp):
         else:
             t = build_table(fn, xs, xz, ys, yz, ins[0].dtype, out_dtype, "away", "float64")
         return _clamped(t, lo, hi)
+
+    def _tflite_table(self, ins, out_dtype, xs, xz, ys, yz) -> np.ndarray:
+        """The table of the TFLite int8 operator named by ``_tflite`` (:mod:`edgedl.quant.tflite_tables`: its
+        arithmetic, not the float function's, which stays for export and training)."""
+        from ..quant.tflite_tables import unary_table
+
+        name = _text(self.attr("_tflite"))
+        if np.dtype(ins[0].dtype) != np.int8 or np.dtype(out_dtype) != np.int8:
+            raise self.unsupported(f"TFLite's {name} table maps int8 to int8")
+        options = {}
+        if name == "LEAKY_RELU":
+            options["alpha"] = float(self.attr("alpha", 0.01))
+        elif name == "GELU":
+            options["approximate"] = _text(self.attr("approximate", "none")) == "tanh"
+        try:
+            return unary_table(name, xs, xz, ys, yz, **options)
+        except ValueError as e:
+            raise self.unsupported(str(e)) from None
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+#: edgedl.QLinearBinary's functions -> the TFLite int8 operator whose arithmetic its table follows
+TFLITE_PAIRS = {"Sub": "SUB", "SquaredDifference": "SQUARED_DIFFERENCE", "PRelu": "PRELU", "Max": "MAXIMUM",
+                "Min": "MINIMUM"}
+
+
+@register
+class QLinearBinary(_QBinaryOp):
+    """edgedl's int8 operator of two int8 tensors (numpy broadcasting), laid out as QLinearAdd
+    (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp), through a 65536-entry table of every input pair
+    computed at prepare time with TFLite's integer arithmetic for ``function`` (Sub, SquaredDifference, PRelu
+    with B the slopes, Max, Min: :data:`TFLITE_PAIRS`, :mod:`edgedl.quant.tflite_tables`). Made by the .tflite
+    importer; the TFLite requantization mode (``_requant`` "double") is required."""
+
+    op_type = "QLinearBinary"
+    domain = "edgedl"
+    kernels = {"cpu": ("int8",)}
+
+    def __init__(self, node, opset):
+        super().__init__(node, opset)
+        self.function = _text(self.attr("function", ""))
+        if self.function not in TFLITE_PAIRS:
+            raise self.unsupported(f"function {self.function!r} is not one of {sorted(TFLITE_PAIRS)}")
+        if self.mode == MODE_FLOAT or self.mode == MODE_SINGLE:
+            raise self.unsupported("QLinearBinary follows TFLite's double-rounding arithmetic (_requant 'double')")
+
+    def pair_table(self, consts, ins, out_dtype) -> np.ndarray:
+        from ..quant.tflite_tables import pair_table
+
+        if {np.dtype(ins[0].dtype), np.dtype(ins[3].dtype), np.dtype(out_dtype)} != {np.dtype(np.int8)}:
+            raise self.unsupported("the inputs and the output must be int8")
+        (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(consts, ins, out_dtype)
+        return pair_table(TFLITE_PAIRS[self.function], asc, azp, bsc, bzp, ysc, yzp, lo, hi)
+
+    def ref(self, a, a_s, a_z, b, b_s, b_z, y_s, y_z=None):
+        arrays = [a, a_s, a_z, b, b_s, b_z, y_s, y_z]
+        ins = [TensorType(v.shape, v.dtype) if v is not None else None for v in arrays]
+        table = self.pair_table(arrays, ins, y_z.dtype if y_z is not None else a.dtype)
+        a8, b8 = np.broadcast_arrays(a.view(np.uint8).astype(np.int64), b.view(np.uint8).astype(np.int64))
+        return [table[(a8 << 8) | b8]]
+
+    def build(self, ins, outs, consts):
+        from ..kernels.cpu.qelementwise import QTableBinary
+
+        k = QTableBinary(self.pair_table(consts, ins, outs[0].dtype), ins[0].shape, ins[3].shape, outs[0].shape)
+
+        def run(inputs, outputs, scratch):
+            k(inputs[0], inputs[3], outputs[0])
+
+        def bind(inputs, outputs, scratch, threads):
+            return k.bind(inputs[0], inputs[3], outputs[0])
+
+        return Kernel(run, bind=bind)
+
+    def build_cuda(self, ins, outs, consts):
+        return None  # a host step
 
 
 @register
@@ -295,9 +376,12 @@ class QLinearSoftmax(_QUnary):
         if self.mode != MODE_FLOAT:  # TFLite's reference int8 softmax (fixed point), along the last axis
             from ..quant.tflite_softmax import softmax_int8
 
-            if self.axis != x.ndim - 1 or np.float32(ys) != np.float32(1 / 256) or yz != np.iinfo(out_dtype).min:
+            if not self.attr("_log") and (self.axis != x.ndim - 1 or np.float32(ys) != np.float32(1 / 256) or
+                                          yz != np.iinfo(out_dtype).min):
                 raise self.unsupported("TFLite's int8 softmax runs along the last axis with output scale 1/256 and "
                                        "the type's minimum as zero point")
+            if self.attr("_log"):  # TFLite's reference int8 LOG_SOFTMAX
+                return [self._log_softmax(x, xs, xz, ys, yz, out_dtype)]
             return [softmax_int8(x, float(xs), float(self.attr("_beta", 1.0)), out_dtype)]
         f = (x.astype(np.float32) - np.float32(xz)) * xs
         if int(self.attr("opset", 13)) < 13:  # softmax over the flattened trailing axes
@@ -310,6 +394,18 @@ class QLinearSoftmax(_QUnary):
             p = e / e.sum(axis=self.axis, keepdims=True)
         q = np.rint(p.astype(np.float32) / ys) + yz
         return [np.clip(q, lo, hi).astype(out_dtype)]
+
+    def _log_softmax(self, x, xs, xz, ys, yz, out_dtype) -> np.ndarray:
+        from ..quant.tflite_log_softmax import OUTPUT_SCALE, OUTPUT_ZERO_POINT, log_softmax_int8
+
+        if self.axis != x.ndim - 1 or np.dtype(out_dtype) != np.int8 or x.dtype != np.int8 or \
+                np.float32(ys) != np.float32(OUTPUT_SCALE) or yz != OUTPUT_ZERO_POINT:
+            raise self.unsupported("TFLite's int8 log-softmax runs along the last axis on int8, with output scale "
+                                   "16/256 and zero point 127")
+        try:
+            return log_softmax_int8(x, float(xs), int(xz))
+        except ValueError as e:  # a row TFLite's int32 sum overflows on
+            raise self.error(str(e)) from None
 
     def build(self, ins, outs, consts):
         self.qparams(consts, ins, outs[0].dtype)  # validate at prepare time

@@ -410,6 +410,7 @@ class Resize(_ResizeBase):
         super().__init__(node, opset)
         self.mode = self.attr("mode", "nearest")
         self._check_mode()
+        self.tflite_int8 = False
         if opset < 11:
             if self.mode == "cubic":
                 raise self.error("mode 'cubic' exists from opset 11 on")
@@ -434,6 +435,42 @@ class Resize(_ResizeBase):
         self.policy = self.attr("keep_aspect_ratio_policy", "stretch")
         if self.policy not in ("stretch", "not_larger", "not_smaller"):
             raise self.unsupported(f"keep_aspect_ratio_policy '{self.policy}' is not supported")
+        # edgedl's _tflite_int8: TFLite's all-integer int8 bilinear arithmetic (an imported RESIZE_BILINEAR)
+        self.tflite_int8 = bool(int(self.attr("_tflite_int8", 0)))
+        if self.tflite_int8 and (self.mode != "linear" or self.ctm not in ("asymmetric", "align_corners",
+                                                                          "half_pixel")):
+            raise self.unsupported("_tflite_int8 is TFLite's bilinear resize (linear mode; asymmetric, "
+                                   "align_corners or half_pixel coordinates)")
+
+    def _tflite_geometry(self, x: TensorType, consts) -> tuple:
+        """(output shape, align_corners, half_pixel_centers) of a TFLite int8 bilinear resize over H, W."""
+        out, _ = self._geometry(tuple(x.shape), consts)
+        if np.dtype(x.dtype) != np.int8 or len(x.shape) != 4 or tuple(out[:2]) != tuple(x.shape[:2]):
+            raise self.unsupported("TFLite's int8 bilinear resize takes an int8 (N, C, H, W) tensor and resizes H, W")
+        return out, self.ctm == "align_corners", self.ctm == "half_pixel"
+
+    def ref(self, x, *rest):
+        if not self.tflite_int8:
+            return super().ref(x, *rest)
+        from ..kernels.cpu.resize_i8 import resize_bilinear_int8_reference
+
+        out, align, half = self._tflite_geometry(TensorType(x.shape, x.dtype), [x, *rest])
+        return [resize_bilinear_int8_reference(x, out[2], out[3], align, half)]
+
+    def build(self, ins, outs, consts):
+        if not self.tflite_int8:
+            return super().build(ins, outs, consts)
+        from ..kernels.cpu.resize_i8 import resize_bilinear_int8
+
+        _, align, half = self._tflite_geometry(ins[0], consts)
+
+        def run(inputs, outputs, scratch):
+            resize_bilinear_int8(inputs[0], outputs[0], align, half)
+
+        return Kernel(run)
+
+    def build_cuda(self, ins, outs, consts):
+        return None if self.tflite_int8 else super().build_cuda(ins, outs, consts)
 
     def _opt_const(self, consts, index, what):
         if len(self.node.inputs) <= index or not self.node.inputs[index]:

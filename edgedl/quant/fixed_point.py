@@ -53,6 +53,19 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     return int(m0), int(shift)
 
 
+def tflite_mean_multiplier(x_scale, y_scale, count: int) -> tuple[int, int]:
+    """(M0, shift) of TFLite's int8 MEAN (reference_ops::QuantizedMeanOrSum): ``x_scale / y_scale`` quantized
+    (in double from the float32 scales), then the division by the element count folded in with integers,
+    ``M0 * 2^s // count`` and ``shift - s`` for ``s = min(floor(log2(count)), 32, 31 + shift)``. Applied to the sum
+    of ``x - x_zp`` over the reduced elements."""
+    m0, shift = quantize_multiplier(float(np.float64(np.float32(x_scale)) / np.float64(np.float32(y_scale))))
+    count = int(count)
+    if count < 1:
+        raise ValueError(f"a mean over {count} elements")
+    s = min(count.bit_length() - 1, 32, 31 + shift)
+    return int((m0 << s) // count), shift - s
+
+
 def quantize_multipliers(ms) -> tuple[np.ndarray, np.ndarray]:
     """:func:`quantize_multiplier` per element (per output channel): (int32 M0, int32 shift) arrays."""
     ms = np.asarray(ms, dtype=np.float64).reshape(-1)

@@ -1,5 +1,6 @@
 """A graph of int8 operators (QOperator form: QLinearConv, com.microsoft QGemm / QLinearAdd / QLinearMul /
-QLinearAveragePool, as an imported full-integer TFLite model has them) rewritten in QDQ form: each one becomes
+QLinearAveragePool / QLinearSoftmax / QLinearSigmoid, edgedl's QLinearLookup and QLinearBinary, as an imported
+full-integer TFLite model has them) rewritten in QDQ form: each one becomes
 DequantizeLinear on its inputs, the float operator (with its fused activation as a Relu / Clip node), and
 QuantizeLinear on its output. Weights stay int8 constants behind a per-channel DequantizeLinear; int32 biases
 dequantize with scale ``x_scale * w_scale``.
@@ -19,7 +20,7 @@ from ..ir import Graph, Node
 _MS = "com.microsoft"
 #: QOperator op -> (float op, input slots (data, scale, zero point) of its operands, output scale, zero point)
 _BINARY = {"QLinearAdd": "Add", "QLinearMul": "Mul"}
-_INTERNAL = ("_requant", "_clamp", "_round", "_mean", "_beta")
+_INTERNAL = ("_requant", "_clamp", "_round", "_mean", "_beta", "_tflite", "_log")
 
 
 def has_qoperator_nodes(graph: Graph) -> bool:
@@ -29,8 +30,12 @@ def has_qoperator_nodes(graph: Graph) -> bool:
 def _kind(n: Node) -> str | None:
     if n.op_type == "QLinearConv" and n.domain in ("", "ai.onnx"):
         return "conv"
+    if n.op_type == "QLinearMatMul" and n.domain in ("", "ai.onnx"):
+        return "QLinearMatMul"
     if n.domain == _MS and n.op_type in ("QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSoftmax",
                                          "QLinearSigmoid", *_BINARY):
+        return n.op_type
+    if n.domain == "edgedl" and n.op_type in ("QLinearLookup", "QLinearBinary", "QLinearReduce"):
         return n.op_type
     return None
 
@@ -117,7 +122,8 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
                 scaled = name("scaled")
                 nodes.append(Node("Mul", name("Mul"), [xf, const("beta", np.float32(beta))], [scaled]))
                 xf = scaled
-            nodes.append(Node("Softmax", name("Softmax"), [xf], [yf], {"axis": int(attrs.get("axis", -1))}))
+            nodes.append(Node("LogSoftmax" if n.attrs.get("_log") else "Softmax", name("Softmax"), [xf], [yf],
+                              {"axis": int(attrs.get("axis", -1))}))
             finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearSigmoid":  # x, xs, xz, ys, yz
             nodes.append(Node("Sigmoid", name("Sigmoid"), [dq(ins[0], ins[1], ins[2])], [yf]))
@@ -129,6 +135,37 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
             nodes.append(Node("AveragePool", name("AveragePool"), [dq(ins[0], ins[1], ins[2])], [yf],
                               {k: v for k, v in attrs.items() if k != "channels_last"}))
             finish(n, yf, y, ins[3], ins[4])
+        elif kind == "QLinearMatMul":  # a, as, az, b, bs, bz, ys, yz
+            axis = None if np.asarray(scalar(ins[4])).size == 1 else -1
+            nodes.append(Node("MatMul", name("MatMul"), [dq(ins[0], ins[1], ins[2]), dq(ins[3], ins[4], ins[5], axis)],
+                              [yf]))
+            finish(n, yf, y, ins[6], ins[7])
+        elif kind == "QLinearReduce":  # x, xs, xz, ys, yz; function, axes, keepdims
+            fn = attrs.pop("function")
+            fn = fn.decode() if isinstance(fn, bytes) else fn
+            axes = [int(a) for a in attrs.pop("axes")]
+            if fn == "ReduceSum":  # axes are an input from opset 13, an attribute of the others up to opset 17
+                nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2]), const("axes", np.array(axes, np.int64))],
+                                  [yf], attrs))
+            else:
+                nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2])], [yf], {**attrs, "axes": axes}))
+            finish(n, yf, y, ins[3], ins[4])
+        elif kind == "QLinearLookup":  # x, xs, xz, ys, yz, the float function's constant inputs
+            fn = attrs.pop("function")
+            fn = fn.decode() if isinstance(fn, bytes) else fn
+            nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2]), *n.inputs[5:]], [yf], attrs))
+            finish(n, yf, y, ins[3], ins[4])
+        elif kind == "QLinearBinary":  # a, as, az, b, bs, bz, ys, yz; function Sub, Max, Min, PRelu, SquaredDifference
+            fn = attrs.pop("function")
+            fn = fn.decode() if isinstance(fn, bytes) else fn
+            a, b = dq(ins[0], ins[1], ins[2]), dq(ins[3], ins[4], ins[5])
+            if fn == "SquaredDifference":
+                d = name("difference")
+                nodes.append(Node("Sub", name("Sub"), [a, b], [d]))
+                nodes.append(Node("Mul", name("Mul"), [d, d], [yf]))
+            else:
+                nodes.append(Node(fn, name(fn), [a, b], [yf]))
+            finish(n, yf, y, ins[6], ins[7])
         else:  # QLinearAdd / QLinearMul: a, as, az, b, bs, bz, ys, yz
             nodes.append(Node(_BINARY[kind], name(_BINARY[kind]), [dq(ins[0], ins[1], ins[2]),
                                                                     dq(ins[3], ins[4], ins[5])], [yf]))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import reference as ref
-from .fixed_point import quantize_multiplier
+from .fixed_point import quantize_multiplier, tflite_mean_multiplier
 
 _F32 = np.float32
 
@@ -265,12 +265,13 @@ def qglobal_avgpool_tflite(x, x_scale, x_zp, y_scale, y_zp, lo, hi, single=False
 
 
 def qglobal_avgpool_tflite_reference(x, x_scale, x_zp, y_scale, y_zp, lo, hi, single=False):
-    """TFLite's reference int8 MEAN over H, W (BUILTIN_REF): the sum of ``x - x_zp`` requantized by one fixed-point
-    multiplier ``x_scale / (H * W * y_scale)`` (in double), plus ``y_zp``. Returns (N, C, 1, 1)."""
+    """TFLite's reference int8 MEAN over H, W (BUILTIN_REF): the sum of ``x - x_zp`` requantized by the fixed-point
+    multiplier of ``x_scale / y_scale`` with the count divided into it (:func:`tflite_mean_multiplier`), plus
+    ``y_zp``. Returns (N, C, 1, 1)."""
     x = np.asarray(x)
     n, c = x.shape[:2]
     hw = int(np.prod(x.shape[2:], dtype=np.int64))
-    m0, shift = quantize_multiplier(float(np.float64(_f32(x_scale)) / (np.float64(_f32(y_scale)) * hw)))
+    m0, shift = tflite_mean_multiplier(x_scale, y_scale, hw)
     acc = x.reshape(n, c, hw).astype(np.int64).sum(-1) - int(x_zp) * hw
     v = (ref.mbqm_single if single else ref.mbqm)(acc, m0, shift) + int(y_zp)
     return np.clip(v, lo, hi).reshape(n, c, 1, 1)

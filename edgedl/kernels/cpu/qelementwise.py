@@ -51,7 +51,7 @@ from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL
 from .lut import byte_values, check_qparams
 
-__all__ = ["QBinary", "broadcast_geometry", "KINDS"]
+__all__ = ["QBinary", "QTableBinary", "broadcast_geometry", "KINDS"]
 
 KINDS = {"add": 0, "mul": 1}
 _ADD, _MUL = 0, 1
@@ -261,6 +261,7 @@ class QBinary:
         self._tables = {}
 
     def _int_params(self, a_dtype, b_dtype, out_dtype):
+        """(int64 parameters, float32 scales) of :func:`_qbinary` for these dtypes."""
         a_scale, a_zp, b_scale, b_zp, y_scale, y_zp = self.params
         sa, za = check_qparams(a_scale, a_zp, a_dtype, "input A")
         sb, zb = check_qparams(b_scale, b_zp, b_dtype, "input B")
@@ -327,3 +328,20 @@ class QBinary:
             b0 = sum(i * s for i, s in zip(idx, sb))
             kernel(av, bv, table, ov, self.geometry, a0, b0, k * inner)
         return out
+
+
+class QTableBinary(QBinary):
+    """The broadcasting gather of :class:`QBinary` over a given (65536,) int8 table of an int8 operator of two
+    int8 inputs (indexed by ``a byte << 8 | b byte``; :mod:`edgedl.quant.tflite_tables` makes them)."""
+
+    def __init__(self, pair_table: np.ndarray, a_shape, b_shape, out_shape):
+        pair_table = np.asarray(pair_table)
+        if pair_table.shape != (65536,) or pair_table.dtype != np.int8:
+            raise ValueError(f"a pair table is (65536,) int8, got {pair_table.dtype}{pair_table.shape}")
+        super().__init__("add", a_shape, b_shape, out_shape, 1.0, 0, 1.0, 0, 1.0, 0, -128, 127, MODE_DOUBLE)
+        self.pair_table = pair_table
+
+    def table(self, a_dtype, b_dtype, out_dtype) -> np.ndarray:
+        if {np.dtype(a_dtype), np.dtype(b_dtype), np.dtype(out_dtype)} != {np.dtype(np.int8)}:
+            raise ValueError("a pair table maps int8 inputs to an int8 output")
+        return self.pair_table

@@ -57,7 +57,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ...quant.fixed_point import quantize_multiplier
+from ...quant.fixed_point import quantize_multiplier, tflite_mean_multiplier
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
@@ -664,7 +664,7 @@ class QGlobalAvgPool(_Prepared):
                 fscale = np.float32(xs / np.float32(ys * np.float32(self.hw)))
                 bias, m0, shift, zp = -xz * self.hw, 0, 0, yz
             elif self.reference_mean:  # TFLite's reference MEAN
-                m0, shift = quantize_multiplier(float(np.float64(xs) / (np.float64(ys) * self.hw)))
+                m0, shift = tflite_mean_multiplier(xs, ys, self.hw)
                 bias, fscale, zp = -xz * self.hw, np.float32(0), yz
             else:  # TFLite optimized_integer_ops::Mean
                 temp = np.float32(np.float32(np.float32(xz) * xs) / ys)

@@ -419,7 +419,7 @@ class QGlobalAverage:
     """QLinearGlobalAveragePool (NCHW) with the arithmetic of edgedl.quant.reference_ops in each mode."""
 
     def __init__(self, n, c, hw, x_scale, x_zp, y_scale, y_zp, lo, hi, mode, reference_mean: bool = False):
-        from ...quant.fixed_point import quantize_multiplier
+        from ...quant.fixed_point import quantize_multiplier, tflite_mean_multiplier
 
         f32 = np.float32
         self.rows, self.hw, self.mode = int(n) * int(c), int(hw), int(mode)
@@ -432,8 +432,7 @@ class QGlobalAverage:
         self.yz, self.lo, self.hi = int(y_zp), int(lo), int(hi)
         self.sub = 0
         if reference_mean:  # TFLite's reference MEAN: the sum of x - zp, the count in the multiplier
-            self.m0, self.shift = quantize_multiplier(float(np.float64(f32(x_scale)) / (np.float64(f32(y_scale))
-                                                                                        * self.hw)))
+            self.m0, self.shift = tflite_mean_multiplier(x_scale, y_scale, self.hw)
             self.sub, self.offset = self.zero_sum, self.yz
 
     def __call__(self, x, y, stream=0):
