@@ -711,11 +711,12 @@ class _Importer:
 
     def _int8_binary(self, op, ins, outs, onnx_op: str, options: str | None, args, y: str, layout: str) -> None:
         """int8 ADD / MUL as com.microsoft QLinearAdd / QLinearMul in TFLite's mode; SUB, SQUARED_DIFFERENCE,
-        MAXIMUM, MINIMUM and PRELU as edgedl.QLinearBinary (a table of every input pair in TFLite's arithmetic)."""
+        DIV, MAXIMUM, MINIMUM and PRELU as edgedl.QLinearBinary (a table of every input pair in TFLite's
+        arithmetic)."""
         from edgedl.ops.qlinear_elementwise import TFLITE_PAIRS
 
         if onnx_op not in ("Add", "Mul", *TFLITE_PAIRS) or not all(self.quantized(i) for i in list(ins) + list(outs)):
-            raise UnsupportedOpError(f"int8 {onnx_op} is not supported (int8 ADD, SUB, MUL, SQUARED_DIFFERENCE, "
+            raise UnsupportedOpError(f"int8 {onnx_op} is not supported (int8 ADD, SUB, MUL, DIV, SQUARED_DIFFERENCE, "
                                      "MAXIMUM, MINIMUM and PRELU with every tensor quantized are)")
         o = self.options(op, options) if options else None
         fused = o.FusedActivationFunction() if o is not None else 0

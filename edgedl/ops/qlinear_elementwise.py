@@ -299,16 +299,16 @@ def _text(v) -> str:
 
 
 #: edgedl.QLinearBinary's functions -> the TFLite int8 operator whose arithmetic its table follows
-TFLITE_PAIRS = {"Sub": "SUB", "SquaredDifference": "SQUARED_DIFFERENCE", "PRelu": "PRELU", "Max": "MAXIMUM",
-                "Min": "MINIMUM"}
+TFLITE_PAIRS = {"Sub": "SUB", "Div": "DIV", "SquaredDifference": "SQUARED_DIFFERENCE", "PRelu": "PRELU",
+                "Max": "MAXIMUM", "Min": "MINIMUM"}
 
 
 @register
 class QLinearBinary(_QBinaryOp):
     """edgedl's int8 operator of two int8 tensors (numpy broadcasting), laid out as QLinearAdd
     (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp), through a 65536-entry table of every input pair
-    computed at prepare time with TFLite's integer arithmetic for ``function`` (Sub, SquaredDifference, PRelu
-    with B the slopes, Max, Min: :data:`TFLITE_PAIRS`, :mod:`edgedl.quant.tflite_tables`). Made by the .tflite
+    computed at prepare time with TFLite's integer arithmetic for ``function`` (Sub, Div, SquaredDifference,
+    PRelu with B the slopes, Max, Min: :data:`TFLITE_PAIRS`, :mod:`edgedl.quant.tflite_tables`). Made by the .tflite
     importer; the TFLite requantization mode (``_requant`` "double") is required."""
 
     op_type = "QLinearBinary"

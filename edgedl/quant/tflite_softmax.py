@@ -71,7 +71,7 @@ def _one_over_one_plus_x(a) -> np.ndarray:
     for _ in range(3):
         one_minus = one_q2 - srdhm(half_denominator, x)
         x = x + _mul_pot(srdhm(x, one_minus), 2)
-    return _mul_pot(x >> 1, 2)
+    return _mul_pot(x, 1)  # Rescale<0>(ExactMulByPot<-1>(x)): the Q2.29 raw read as Q1.30, to Q0.31
 
 
 def _reciprocal(sums) -> tuple[np.ndarray, np.ndarray]:

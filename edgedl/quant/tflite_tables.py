@@ -16,7 +16,8 @@ Tables are indexed by the input *byte* (``table[x.view(np.uint8)]``; pairs by ``
   range), LEAKY_RELU (an identity and an alpha multiplier), ABS, QUANTIZE of an int8 tensor (Requantize), NEG
   (the code negated, wrapping), HARD_SWISH (TFLite's int16 fixed point), SQRT (float, truncated), RSQRT
   (fixed-point inverse square root by Newton-Raphson).
-* Pairs: SUB and SQUARED_DIFFERENCE (inputs rescaled to twice the larger scale, left shift 20 / 7),
+* Pairs: SUB and SQUARED_DIFFERENCE (inputs rescaled to twice the larger scale, left shift 20 / 7), DIV
+  (a fixed-point reciprocal of the divisor),
   MAXIMUM / MINIMUM (on the raw codes, as TFLite compares them), PRELU (alpha is the second input).
 
 All multipliers use TFLite's default double rounding (``MultiplyByQuantizedMultiplier``).
@@ -29,8 +30,9 @@ import numpy as np
 
 from .fixed_point import quantize_multiplier
 from .reference import mbqm, rounding_divide_by_pot, srdhm
+from .tflite_softmax import _one_over_one_plus_x
 
-__all__ = ["UNARY", "PAIRS", "unary_table", "pair_table", "lut_float"]
+__all__ = ["UNARY", "PAIRS", "unary_table", "pair_table", "lut_float", "div_is_defined"]
 
 _F32 = np.float32
 _I8 = np.iinfo(np.int8)
@@ -305,9 +307,59 @@ def _prelu(a, b, as_, az, bs, bz, ys, yz):
     return np.where(v >= 0, mbqm(v, *m1), mbqm(v * (b - bz), *m2)) + yz
 
 
+def _leading_sign_bits(v: np.ndarray) -> np.ndarray:
+    """CountLeadingSignBits of int32 values (31 for 0 and -1)."""
+    v = np.asarray(v, np.int64)
+    mag = np.where(v >= 0, v, -v - 1)
+    bits = np.zeros(v.shape, np.int64) if mag.ndim else np.int64(0)
+    m = mag.copy()
+    for _ in range(32):  # bit_length, vectorized
+        nz = m > 0
+        bits = bits + nz
+        m = m >> 1
+    return 31 - bits
+
+
+def _div_parts(a, b, as_, az, bs, bz, ys):
+    m0, shift = quantize_multiplier(float(_F32(_F32(as_) / _F32(_F32(bs) * _F32(ys)))))
+    x, d = a - az, b - bz
+    x = np.where(d < 0, -x, x)
+    d = np.abs(d)
+    safe = np.where(d == 0, 1, d)
+    clz = 32 - np.array([int(v).bit_length() for v in safe.reshape(-1)], np.int64).reshape(safe.shape)
+    recip_shift = 31 - clz
+    shifted = ((safe << clz) & 0xFFFFFFFF) - (1 << 31)
+    inv = _one_over_one_plus_x(shifted)
+    headroom = _leading_sign_bits(x)
+    quotient = srdhm(x << headroom, inv)
+    return x, d, quotient, m0, shift - recip_shift - headroom
+
+
+def _div(a, b, as_, az, bs, bz, ys, yz):
+    """DivElementwise: the divisor's fixed-point reciprocal (GetReciprocal with 31 integer digits), the dividend
+    moved up by its headroom, then one requantization by ``a_scale / (b_scale * y_scale)`` (float32). A zero
+    divisor (TFLite fails at run time) saturates to the dividend's sign (0 / 0 gives the zero point). Where the
+    final right shift passes 31 bits (quotients well under one output step) TFLite shifts by undefined amounts and
+    gives saturated values on x86; here the shift is carried out (the quotient rounds to the zero point):
+    :func:`div_is_defined` tells those pairs."""
+    x, d, quotient, m0, total = _div_parts(a, b, as_, az, bs, bz, ys)
+    v = rounding_divide_by_pot(srdhm(quotient, m0), np.minimum(-total, 62)) + yz
+    return np.where(d == 0, np.where(x > 0, 127, np.where(x < 0, -128, yz)), v)
+
+
+def div_is_defined(a_scale, a_zp, b_scale, b_zp, y_scale) -> np.ndarray:
+    """(65536,) bool: the code pairs (``a byte << 8 | b byte``) on which TFLite's int8 DIV is defined behaviour (a
+    non-zero divisor and a final shift of at most 31 bits)."""
+    a, b = _pair_grid()
+    x, d, _, _, total = _div_parts(a, b, float(_F32(a_scale)), int(a_zp), float(_F32(b_scale)), int(b_zp),
+                                   float(_F32(y_scale)))
+    return (d != 0) & (-total <= 31)
+
+
 #: TFLite operator -> pair builder (a values, b values, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp) -> values
 PAIRS = {
     "SUB": _sub,
+    "DIV": _div,
     "SQUARED_DIFFERENCE": _squared_difference,
     "PRELU": _prelu,
     "MAXIMUM": lambda a, b, *params: np.maximum(a, b),
