@@ -76,7 +76,8 @@ def test_int8_tables_match_many_quantizations():
 
 
 PAIR_OPS = {"SUB": ("SubOptions", {"fusedActivationFunction": 0}),
-            "DIV": ("DivOptions", {"fusedActivationFunction": 0}), "SQUARED_DIFFERENCE": None, "MAXIMUM": None, "MINIMUM": None, "PRELU": None}
+            "DIV": ("DivOptions", {"fusedActivationFunction": 0}), "SQUARED_DIFFERENCE": None, "MAXIMUM": None,
+            "MINIMUM": None, "PRELU": None}
 
 
 @pytest.mark.parametrize("op", list(PAIR_OPS))
