@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ai_edge_litert import schema_py_generated as schema
 from tflite_builder import Builder, interpret
 
 import edgedl
@@ -345,3 +346,111 @@ def test_int8_reductions_export_as_qdq(tmp_path):
     ours = edgedl.load(path).run({"input": xv})["s"]
     np.testing.assert_array_equal(ort.InferenceSession(path).run(None, {"input": xv})[0], ours)
     assert np.max(np.abs(ours.astype(int) - interpret(data, [xv])[0])) <= 1
+
+
+# -- data movement on codes ------------------------------------------------------------------------------------
+Q = (0.06, -5)  # the conv output's quantization, kept by every data-movement operator
+
+
+def _movement_model(tail) -> bytes:
+    """QUANTIZE -> CONV_2D int8 (NCHW inside) -> ``tail(builder, conv_out, int8)`` -> (tensor, shape, dequantize)."""
+    b = Builder()
+    rng = np.random.default_rng(4)
+    x = b.tensor("input", (1, 6, 6, 3))
+    q = b.tensor("q", (1, 6, 6, 3), np.int8, quant=(0.05, 3))
+    b.op("QUANTIZE", [x], [q])
+    ws = (rng.random(4) * 0.02 + 0.01).astype(np.float32)
+    w = b.const("w", rng.integers(-127, 128, (4, 3, 3, 3)), np.int8, quant=(ws, np.zeros(4, np.int64), 0))
+    bias = b.const("bias", rng.integers(-200, 200, 4), np.int32, quant=(0.05 * ws, np.zeros(4, np.int64), 0))
+    c = b.tensor("c", (1, 6, 6, 4), np.int8, quant=Q)
+    b.op("CONV_2D", [q, w, bias], [c], "Conv2DOptions", padding=SAME, strideW=1, strideH=1, dilationWFactor=1,
+         dilationHFactor=1)
+    r, shape, dequantize = tail(b, c, lambda name, s: b.tensor(name, s, np.int8, quant=Q))
+    if not dequantize:
+        return b.build([x], [r])
+    y = b.tensor("y", shape)
+    b.op("DEQUANTIZE", [r], [y])
+    return b.build([x], [y])
+
+
+def _i32(b, name, values):
+    return b.const(name, np.array(values, np.int32), np.int32)
+
+
+def _slices_and_splits(b, c, t):
+    s1 = t("s1", (1, 4, 3, 4))
+    b.op("SLICE", [c, _i32(b, "begin", [0, 1, 2, 0]), _i32(b, "size", [-1, 4, 3, -1])], [s1])
+    s2 = t("s2", (2, 3, 2))
+    b.op("STRIDED_SLICE", [s1, _i32(b, "b", [0, 0, 0, 1]), _i32(b, "e", [1, 4, 3, 4]), _i32(b, "st", [1, 2, 1, 2])],
+         [s2], "StridedSliceOptions", shrinkAxisMask=1, beginMask=0, endMask=0)
+    g = t("g", (2, 3, 2))
+    b.op("GATHER", [s2, _i32(b, "idx", [2, 0, 1])], [g], "GatherOptions", axis=1)
+    parts = [t(f"part{k}", (2, 1, 2)) for k in range(3)]
+    b.op("SPLIT", [_i32(b, "axis", 1), g], parts, "SplitOptions", numSplits=3)
+    packed = t("packed", (3, 2, 1, 2))
+    b.op("PACK", parts, [packed], "PackOptions", valuesCount=3, axis=0)
+    un = [t(f"un{k}", (3, 1, 2)) for k in range(2)]
+    b.op("UNPACK", [packed], un, "UnpackOptions", num=2, axis=1)
+    tiled = t("tiled", (3, 2, 4))
+    b.op("TILE", [un[1], _i32(b, "reps", [1, 2, 2])], [tiled])
+    sv = [t("sv0", (3, 2, 1)), t("sv1", (3, 2, 3))]
+    b.op("SPLIT_V", [tiled, _i32(b, "sizes", [1, 3]), _i32(b, "ax", 2)], sv, "SplitVOptions", numSplits=2)
+    cat = t("cat", (3, 2, 4))
+    b.op("CONCATENATION", [sv[1], sv[0]], [cat], "ConcatenationOptions", axis=2)
+    return cat, (3, 2, 4), True
+
+
+def _layouts(b, c, t):
+    s2d = t("s2d", (1, 3, 3, 16))
+    b.op("SPACE_TO_DEPTH", [c], [s2d], "SpaceToDepthOptions", blockSize=2)
+    d2s = t("d2s", (1, 6, 6, 4))
+    b.op("DEPTH_TO_SPACE", [s2d], [d2s], "DepthToSpaceOptions", blockSize=2)
+    mp = t("mp", (1, 8, 7, 4))
+    b.op("MIRROR_PAD", [d2s, _i32(b, "pads", [[0, 0], [1, 1], [0, 1], [0, 0]])], [mp], "MirrorPadOptions", mode=1)
+    pool = t("pool", (1, 4, 4, 4))
+    b.op("MAX_POOL_2D", [mp], [pool], "Pool2DOptions", padding=SAME, strideW=2, strideH=2, filterWidth=2,
+         filterHeight=2)
+    pv = t("pv", (1, 5, 6, 4))
+    b.op("PADV2", [pool, _i32(b, "pads2", [[0, 0], [0, 1], [1, 1], [0, 0]]),
+                   b.const("value", np.array(-5, np.int8), np.int8, quant=Q)], [pv])
+    tr = t("tr", (1, 4, 6, 5))
+    b.op("TRANSPOSE", [pv, _i32(b, "perm", [0, 3, 2, 1])], [tr])
+    ex = t("ex", (1, 4, 6, 5, 1))
+    b.op("EXPAND_DIMS", [tr, _i32(b, "dim", -1)], [ex])
+    b.versions[schema.BuiltinOperator.BROADCAST_TO] = 2  # the reference resolver registers versions 2 and 3
+    bc = t("bc", (1, 4, 6, 5, 2))
+    b.op("BROADCAST_TO", [ex, _i32(b, "to", [1, 4, 6, 5, 2])], [bc])
+    gn = t("gn", (3, 6, 5, 2))
+    b.op("GATHER_ND", [bc, _i32(b, "nd", [[0, 1], [0, 3], [0, 0]])], [gn])
+    sq = t("sq", (3, 6, 10))
+    b.op("RESHAPE", [gn, _i32(b, "shape", [3, 6, 10])], [sq])
+    mx = t("mx", (3, 10))
+    b.op("REDUCE_MAX", [sq, _i32(b, "rax", [1])], [mx], "ReducerOptions", keepDims=False)
+    return mx, (3, 10), True
+
+
+def _argmax(b, c, t):
+    y = b.tensor("y", (1, 6, 6), np.int32)
+    b.op("ARG_MAX", [c, _i32(b, "axis", [3])], [y], "ArgMaxOptions", outputType=2)
+    return y, (1, 6, 6), False
+
+
+def _argmin_squeezed(b, c, t):
+    a = b.tensor("a", (1, 6, 4), np.int32)
+    b.op("ARG_MIN", [c, _i32(b, "axis", [2])], [a], "ArgMinOptions", outputType=2)
+    y = b.tensor("y", (6, 4), np.int32)
+    b.op("SQUEEZE", [a], [y], "SqueezeOptions", squeezeDims=[0])
+    return y, (6, 4), False
+
+
+@pytest.mark.parametrize("tail", [_slices_and_splits, _layouts, _argmax, _argmin_squeezed])
+def test_int8_data_movement_is_bit_exact(tail):
+    """Every data-movement operator on int8 codes (the tensors share one quantization): slices, gathers, splits,
+    packs, tiles, concatenation, depth/space, both pads, mirror pad, max pool, transpose, broadcast, reshapes and
+    arg max / min, from an NCHW convolution."""
+    data = _movement_model(tail)
+    model = edgedl.load(data)
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, 6, 6, 3)).astype(np.float32) * 3
+        got = list(model.run({"input": x}).values())[0]
+        np.testing.assert_array_equal(got, interpret(data, [x], reference=True)[0])

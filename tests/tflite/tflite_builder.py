@@ -21,6 +21,8 @@ class Builder:
         self.ops: list = []
         self.codes: dict[int, int] = {}
         self.subgraphs: list = []
+        #: operator versions other than 1 (builtin code -> version): some kernels register only later versions
+        self.versions: dict[int, int] = {}
 
     def tensor(self, name: str, shape, dtype=np.float32, data=None, quant=None) -> int:
         """A tensor (a constant with ``data``); ``quant``: (scales, zero points, quantized dimension)."""
@@ -89,7 +91,7 @@ class Builder:
                 builtin, c.customCode = schema.BuiltinOperator.CUSTOM, builtin[1]
             c.builtinCode = builtin
             c.deprecatedBuiltinCode = min(builtin, 127)
-            c.version = 1
+            c.version = self.versions.get(builtin, 1)
             codes.append(c)
         g = schema.SubGraphT()
         g.tensors, g.inputs, g.outputs, g.operators = self.tensors, list(inputs), list(outputs), self.ops
