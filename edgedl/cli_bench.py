@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
                    "(default last:1)")
     s.add_argument("--train-steps", type=int, default=20, help="timed training steps (default 20)")
     s.add_argument("--cooldown", type=float, default=0.0, help="seconds to sleep between processes")
+    s.add_argument("--processes", type=int, default=1, help="fresh processes per setting, taking turns; p50 is "
+                   "the median of theirs (default 1)")
     s.add_argument("--busy", type=int, default=0, help="busy-loop processes to run beside (benchmark beside "
                    "other work)")
     s.add_argument("--top", type=int, default=15, help="rows of the top-operators table (default 15)")
@@ -89,7 +91,7 @@ def cmd_bench(args) -> int:
                    compare=args.compare, op_profile=args.op_profile, train=args.train,
                    trainable=args.trainable, train_steps=args.train_steps, calibration=args.calibration,
                    cooldown=args.cooldown, busy=args.busy, json_path=args.json, csv_path=args.csv,
-                   plot_path=args.plot, progress=progress, device=args.device)
+                   plot_path=args.plot, progress=progress, device=args.device, processes=args.processes)
     reports = result if isinstance(result, list) else [result]
     for i, report in enumerate(reports):
         if i:

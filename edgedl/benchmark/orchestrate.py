@@ -56,7 +56,7 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
           trainable: str = "last:1",
           train_steps: int = 20, calibration: str | None = None, cooldown: float = 0.0, busy: int = 0,
           seed: int = 0, json_path: str | None = None, csv_path: str | None = None, plot_path: str | None = None,
-          progress=None, device: str = "cpu"):
+          progress=None, device: str = "cpu", processes: int = 1):
     """Benchmark one model (returns its report, a dict) or several (a list of reports).
 
     Parameters
@@ -86,6 +86,11 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
         Also time training steps for the ``trainable`` policy, edgedl and (when installed) PyTorch.
     cooldown : float
         Seconds to sleep between processes (lets a hot board cool, as benchncnn does).
+    processes : int
+        Fresh processes per setting (default 1). With several, the settings take turns (every engine once,
+        then again), so drift of the board hits all alike; a setting's ``latency_ms`` then summarizes all its
+        runs, except ``p50``, the median of the processes' own p50s (``process_p50_ms`` lists them), and its
+        start-up numbers are the processes' medians.
     busy : int
         Busy-loop processes to run beside the benchmark (how it holds up beside other work).
     json_path, csv_path, plot_path :
@@ -111,6 +116,9 @@ def bench(models, *, threads=None, runs: int = 100, warmup: int = 5, max_secs: f
         raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
     settings = _settings(threads, runs, warmup, max_secs, precision, engines, busy, cooldown, target)
     settings["device"] = device
+    if int(processes) < 1:
+        raise InputError(f"processes must be at least 1, got {processes}")
+    settings["processes"] = int(processes)
     log = progress or (lambda line: None)
     reports = []
     busy_procs = _start_busy(busy)
@@ -231,7 +239,8 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
         engines = _engines(settings["compare"], tflite, notes)
         precisions, model_for = _precisions(path, settings, tflite, feeds, specs, calibration, run_batch, work,
                                             notes, log)
-        jobs = [(p, t, e) for p in precisions for t in settings["threads"] for e in engines]
+        jobs = [(p, t, e) for _ in range(settings.get("processes", 1)) for p in precisions
+                for t in settings["threads"] for e in engines]
         sampler = board_state.Sampler(BOARD_ROOT)
         sampler.start()
         before = board_state.read_state(BOARD_ROOT)
@@ -265,6 +274,7 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
         if interrupted:
             report["interrupted"] = True
             notes.append("interrupted (Ctrl-C): the report holds what was measured before")
+        report["runs"] = _merge_processes(report["runs"])
         _agreement(report["runs"])
         whole = None
         ok = [r for r in report["runs"] if r.get("_window")]
@@ -282,6 +292,46 @@ def _bench_one(path: str, settings: dict, *, input, shapes, batch, op_profile, t
             run.pop("_outputs", None)
             run.pop("_window", None)
     return report
+
+
+#: run fields that are each process's own: a merged run gets their median over its processes
+_PER_PROCESS = ("import_ms", "init_ms", "compile_ms", "first_ms", "warmup_ms", "peak_rss_bytes", "power_w",
+                "energy_mj", "other_load_cores")
+
+
+def _merge_processes(runs: list[dict]) -> list[dict]:
+    """One run per (engine, precision, threads) from the runs of several processes of that setting: all latencies
+    pooled, p50 the median of the processes' p50s, start-up numbers their medians (see :func:`bench`)."""
+    groups: dict = {}
+    for run in runs:
+        groups.setdefault((run["engine"], run["precision"], run["threads"]), []).append(run)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        ok = [r for r in group if r.get("latency_ms")]
+        base = dict(ok[0] if ok else group[0])
+        base["processes"] = len(group)
+        base["process_p50_ms"] = [r["latency_ms"]["p50"] for r in ok]
+        if ok:
+            base["latencies_ms"] = [t for r in ok for t in r["latencies_ms"]]
+            stats = latency_stats(np.asarray(base["latencies_ms"]) / 1e3)
+            stats["p50"] = float(np.median(base["process_p50_ms"]))
+            base["latency_ms"] = stats
+            base["runs"] = len(base["latencies_ms"])
+            base["throughput_per_s"] = base["batch"] / (stats["mean"] / 1e3) if stats["mean"] > 0 else None
+            for key in _PER_PROCESS:
+                values = [r[key] for r in ok if r.get(key) is not None]
+                base[key] = float(np.median(values)) if values else None
+            windows = [r["_window"] for r in ok if r.get("_window")]
+            if windows:
+                base["_window"] = (min(w[0] for w in windows), max(w[1] for w in windows))
+        if any(r["status"] != "ok" for r in group):
+            base["notes"] = list(base.get("notes") or []) + [
+                f"{sum(r['status'] != 'ok' for r in group)} of {len(group)} processes failed"]
+        merged.append(base)
+    return merged
 
 
 def _batch_of(specs: list[InputSpec], bound: dict) -> int:

@@ -302,7 +302,9 @@ def _header(report: dict) -> list[str]:
         max_s = f" (max {fmt_ms(s['max_secs'])} s)" if _num(s.get("max_secs")) is not None else ""
         out.append(f"settings: {_text(s.get('runs'))} runs{max_s}, {_text(s.get('warmup'))} warmup, batch "
                    f"{_text(s.get('batch'))}, threads {threads}, {precs}, input {_text(s.get('input'))}"
-                   + (f", edgedl on {s['device']}" if s.get("device") not in (None, "cpu") else ""))
+                   + (f", edgedl on {s['device']}" if s.get("device") not in (None, "cpu") else "")
+                   + (f", {s['processes']} processes per setting (p50: their median)"
+                      if (_num(s.get("processes")) or 1) > 1 else ""))
     inputs = _dict(report.get("inputs"))
     if inputs:
         parts = []

@@ -475,3 +475,24 @@ def test_model_run_profile_lists_steps_and_subgraph_steps():
     feeds["cond"] = np.array(False)
     model.run(feeds, profile=steps)
     assert [s.scope + s.node.name for s in steps][1:3] == ["choose/else_op", "choose/else_mul"]
+
+
+def test_several_processes_per_setting_take_turns_and_report_the_median_p50(tmp_path):
+    """processes=3: each setting runs in 3 fresh processes, engines alternating; one merged run per setting whose
+    p50 is the median of the processes' p50s and whose latencies are all of theirs."""
+    pytest.importorskip("ai_edge_litert.interpreter")
+    weights = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    path = _tflite_dense_model(tmp_path / "dense.tflite", weights)
+    lines = []
+    report = edgedl.bench(path, **FAST, compare=["tflite"], processes=3, progress=lines.append)
+    assert [ln.split("]")[1].split("...")[0].strip() for ln in lines if ln.startswith("[")] == \
+        ["edgedl fp32 1 thread(s)", "tflite fp32 1 thread(s)"] * 3
+    assert len(report["runs"]) == 2
+    for run in report["runs"]:
+        _check_run(run)
+        assert run["processes"] == 3 and len(run["process_p50_ms"]) == 3
+        assert run["latency_ms"]["p50"] == pytest.approx(float(np.median(run["process_p50_ms"])))
+        assert run["runs"] == len(run["latencies_ms"]) >= 3 * 5 - 3
+    assert "3 processes per setting" in "\n".join(edgedl.benchmark.report.format_report(report))
+    with pytest.raises(edgedl.EdgeDLError, match="processes"):
+        edgedl.bench(path, **FAST, processes=0)
