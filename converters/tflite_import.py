@@ -238,10 +238,23 @@ class _Importer:
             sizes.add(shape[0])
         return sizes.pop() if len(sizes) == 1 else None
 
-    def shape_const(self, shape) -> str:
-        """A reshape target: with a dynamic batch, a leading batch-sized dimension copies the input's (0)."""
+    def batched(self, i: int) -> bool:
+        """Whether tensor ``i`` carries the dynamic batch as its first dimension: its ``shape_signature`` says -1
+        there (or, in files without signatures on inner tensors, its first dimension is the batch size)."""
+        shape = self.tensors[i][1]
+        if self.batch is None or not len(shape):
+            return False
+        t = self.graph.Tensors(i)
+        sig = t.ShapeSignatureAsNumpy() if self.count(t.ShapeSignatureLength(), "dimensions") else None
+        if sig is not None and len(sig) == len(shape):
+            return int(sig[0]) == -1
+        return shape[0] == self.batch
+
+    def shape_const(self, shape, source: int) -> str:
+        """A reshape target for tensor ``source``'s data: with a dynamic batch that ``source`` carries, a leading
+        batch-sized dimension copies the input's (0)."""
         target = np.array(shape, np.int64)
-        if self.batch is not None and target.size and target[0] == self.batch:
+        if target.size and target[0] == self.batch and self.batched(source):
             target[0] = 0
         return self.constant("shape", target)
 
@@ -675,8 +688,12 @@ class _Importer:
             self.initializers[w_scale] = np.broadcast_to(self.initializers[w_scale], (units,)).copy()
             args = [rows, *self.qparams(ins[0]), self.get(ins[1], "plain"), w_scale, w_zp, bias,
                     *self.qparams(outs[0])]
-            self.nodes.append(Node("QGemm", self._name("QGemm"), args, [y], dict(transB=1, **self.q_attrs(fused)),
-                                   domain="com.microsoft"))
+            # TFLite's reference FULLY_CONNECTED rounds once (x * M0 + 2^(30 - shift)) >> (31 - shift), unlike its
+            # convolutions (measured against ai-edge-litert 2.3's BUILTIN_REF: double rounding was one step off
+            # on ties)
+            attrs = dict(transB=1, **self.q_attrs(fused))
+            attrs["_requant"] = "single"
+            self.nodes.append(Node("QGemm", self._name("QGemm"), args, [y], attrs, domain="com.microsoft"))
             fused = 0
         else:
             w = self.get(ins[1], "plain")
@@ -686,7 +703,7 @@ class _Importer:
         out_shape = self.shape(outs[0])
         if o is not None and o.KeepNumDims() and len(out_shape) != 2:
             shaped = self._name(self.tensors[outs[0]][0])
-            self.emit("Reshape", [y, self.shape_const(out_shape)], [shaped])
+            self.emit("Reshape", [y, self.shape_const(out_shape, ins[0])], [shaped])
             y = shaped
         self.finish(outs[0], y, "plain", fused)
 
@@ -816,7 +833,7 @@ class _Importer:
     def _reshape_to_output(self, ins, outs):
         self.same_quantization([ins[0], outs[0]])
         y = self._name(self.tensors[outs[0]][0])
-        shape = self.shape_const(self.shape(outs[0]))
+        shape = self.shape_const(self.shape(outs[0]), ins[0])
         self.emit("Reshape", [self.get(ins[0], "plain"), shape], [y])
         self.set_output(outs[0], y, "plain")
 
@@ -906,6 +923,21 @@ class _Importer:
         self.emit("LogSoftmax", [self.get(ins[0], layout)], [y], axis=1 if layout == "nchw" else -1)
         self.set_output(outs[0], y, layout)
 
+    def op_SHAPE(self, op, ins, outs):
+        """The input's shape (TFLite's, NHWC) as int32 / int64: a constant, or read at run time with a dynamic
+        batch."""
+        dtype = self.tensors[outs[0]][2]
+        if dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+            raise UnsupportedOpError(f"SHAPE to {dtype.name} (int32 and int64 are supported)")
+        y = self._name(self.tensors[outs[0]][0])
+        if self.batch is None:
+            self.emit("Identity", [self.constant("shape", np.array(self.shape(ins[0]), dtype))], [y])
+        else:
+            full = self._name("shape")
+            self.emit("Shape", [self.get(ins[0], "plain")], [full])
+            self.emit("Cast", [full], [y], to=_ONNX_TYPES[dtype])
+        self.set_output(outs[0], y, "plain")
+
     def op_CAST(self, op, ins, outs):
         layout = self.layout_of(ins[0])
         y = self._name(self.tensors[outs[0]][0])
@@ -975,7 +1007,7 @@ class _Importer:
             self.set_output(outs[0], pooled, "nchw")
             return
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Reshape", [pooled, self.shape_const(self.shape(outs[0]))], [y])
+        self.emit("Reshape", [pooled, self.shape_const(self.shape(outs[0]), ins[0])], [y])
         self.set_output(outs[0], y, "plain")
 
     def op_MEAN(self, op, ins, outs):
@@ -1031,7 +1063,7 @@ class _Importer:
         self.emit("Slice", [self.get(ins[0], "plain"), self.constant("starts", begin), self.constant("ends", end),
                             self.constant("axes", axes), self.constant("steps", steps)], [cut])
         y = self._name(self.tensors[outs[0]][0])
-        self.emit("Reshape", [cut, self.shape_const(self.shape(outs[0]))], [y])
+        self.emit("Reshape", [cut, self.shape_const(self.shape(outs[0]), outs[0])], [y])
         self.set_output(outs[0], y, "plain")
 
     def op_STRIDED_SLICE(self, op, ins, outs):
@@ -1134,7 +1166,7 @@ class _Importer:
             part = self._name("unsqueezed")
             shape = list(self.shape(i))
             shape.insert(axis, 1)
-            self.emit("Reshape", [self.get(i, "plain"), self.shape_const(shape)], [part])
+            self.emit("Reshape", [self.get(i, "plain"), self.shape_const(shape, i)], [part])
             parts.append(part)
         y = self._name(self.tensors[outs[0]][0])
         self.emit("Concat", parts, [y], axis=axis)
@@ -1374,10 +1406,11 @@ class _Importer:
         x = self.get(x_i, "nchw")
         if strides[0] > 1 or strides[1] > 1:  # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zp-padded -> (N, C, H*s, W*s)
             grid, spread, spaced = self._name("grid"), self._name("spread"), self._name("spaced")
-            self.emit("Reshape", [x, self.shape_const([n, c, h, 1, wd, 1])], [grid])
+            self.emit("Reshape", [x, self.shape_const([n, c, h, 1, wd, 1], x_i)], [grid])
             pads = [0] * 6 + [0, 0, 0, strides[0] - 1, 0, strides[1] - 1]
             self.emit("Pad", [grid, self.constant("pads", np.array(pads, np.int64)), zp], [spread], mode="constant")
-            self.emit("Reshape", [spread, self.shape_const([n, c, h * strides[0], wd * strides[1]])], [spaced])
+            self.emit("Reshape", [spread, self.shape_const([n, c, h * strides[0], wd * strides[1]], x_i)],
+                      [spaced])
             x = spaced
         # spaced length s * in (its last s - 1 codes are zero points); the flipped kernel reads positions
         # o + pad_b - (K - 1) + g of it for output o and tap g: pad K - 1 - pad_b before, out + pad_b - s * in after
