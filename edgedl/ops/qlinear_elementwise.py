@@ -363,7 +363,7 @@ class QLinearSoftmax(_QUnary):
     scales the input), which needs the last axis and TFLite's output quantization."""
 
     op_type = "QLinearSoftmax"
-    kernels = {"cpu": ()}
+    kernels = {"cpu": ("int8", "uint8")}
 
     def infer(self, ins, consts):
         out = super().infer(ins, consts)
@@ -408,7 +408,14 @@ class QLinearSoftmax(_QUnary):
             raise self.error(str(e)) from None
 
     def build(self, ins, outs, consts):
-        self.qparams(consts, ins, outs[0].dtype)  # validate at prepare time
+        (xs, _), (ys, yz), _, _ = self.qparams(consts, ins, outs[0].dtype)  # validate at prepare time
+        if self.mode != MODE_FLOAT and not self.attr("_log") and self.axis == len(ins[0].shape) - 1 and \
+                np.float32(ys) == np.float32(1 / 256) and yz == np.iinfo(outs[0].dtype).min:
+            from ..kernels.cpu.softmax_i8 import TFLiteSoftmax
+
+            k = TFLiteSoftmax(float(xs), float(self.attr("_beta", 1.0)))
+            return Kernel(lambda inputs, outputs, scratch: k(inputs[0], outputs[0]))
+
         def run(inputs, outputs, scratch):
             outputs[0][...] = self.ref(*inputs)[0]
 

@@ -516,3 +516,21 @@ def test_shape_is_a_constant_or_read_with_a_dynamic_batch():
         np.testing.assert_array_equal(model.run({"input": xv})["y"], xv.reshape(batch, 4, 6))
     xv = np.random.default_rng(0).standard_normal((1, 6, 4)).astype(np.float32)
     np.testing.assert_array_equal(model.run({"input": xv})["y"], interpret(data, [xv])[0])
+
+
+def test_int8_softmax_kernel_equals_the_numpy_transcription():
+    """edgedl/kernels/cpu/softmax_i8.py (per-difference tables, a per-row reciprocal) against
+    edgedl/quant/tflite_softmax.py over random scales, betas, row lengths, int8 and uint8, equal rows."""
+    from edgedl.kernels.cpu.softmax_i8 import TFLiteSoftmax
+    from edgedl.quant.tflite_softmax import softmax_int8
+
+    rng = np.random.default_rng(2)
+    for t in range(60):
+        xs, beta = float(np.exp(rng.uniform(np.log(0.001), np.log(2)))), float(rng.choice([1.0, 0.5, 2.0]))
+        dtype = np.int8 if t % 3 else np.uint8
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max + 1, (int(rng.integers(1, 80)), int(rng.integers(1, 300)))).astype(dtype)
+        if t % 5 == 0:
+            x[...] = info.max
+        out = np.empty_like(x)
+        np.testing.assert_array_equal(TFLiteSoftmax(xs, beta)(x, out), softmax_int8(x, xs, beta, dtype))
