@@ -2,10 +2,12 @@
 built here in float32 and as a full-integer int8 twin (random weights, TFLite's int8 scheme: per-channel
 symmetric weights, int32 biases, asymmetric activations), and any .tflite files given on the command line.
 
-    pip install ".[test]" && python benchmarks/bench_tflite.py [--threads 1,2] [--runs 200] [MODEL.tflite ...]
+    pip install ".[test]" && python benchmarks/bench_tflite.py [--threads 1,2] [--runs 200] [--processes 3]
+        [MODEL.tflite ...]
 
-Each engine runs alone in its own fresh process per thread count (``edgedl.bench``); the table gives p50
-latencies in milliseconds and edgedl's ratio to TFLite.
+Each engine runs alone in its own fresh processes (``edgedl.bench``, ``--processes`` of them per setting, taking
+turns); the table gives p50 latencies in milliseconds (the median of the processes' p50s) and edgedl's ratio to
+TFLite, with the geometric mean of the ratios at the end.
 """
 from __future__ import annotations
 
@@ -93,12 +95,14 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--max-secs", type=float, default=3.0)
+    ap.add_argument("--processes", type=int, default=3)
+    ap.add_argument("--no-test-nets", action="store_true", help="only the models given")
     args = ap.parse_args()
     import edgedl
 
     folder = tempfile.mkdtemp(prefix="edgedl_tflite_bench_")
     paths = []
-    for int8 in (False, True):
+    for int8 in () if args.no_test_nets else (False, True):
         path = os.path.join(folder, f"mobilenet_128_{'int8' if int8 else 'fp32'}.tflite")
         with open(path, "wb") as f:
             f.write(mobilenet(int8))
@@ -106,14 +110,20 @@ def main() -> None:
     paths += args.models
     threads = [int(t) for t in args.threads.split(",")]
     print(f"{'model':34s}" + "".join(f"  edgedl {t}t  tflite {t}t  ratio" for t in threads))
+    ratios: dict[int, list[float]] = {t: [] for t in threads}
     for path in paths:
-        report = edgedl.bench(path, compare=["tflite"], threads=threads, runs=args.runs, max_secs=args.max_secs)
+        report = edgedl.bench(path, compare=["tflite"], threads=threads, runs=args.runs, max_secs=args.max_secs,
+                              processes=args.processes)
         p50 = {(r["engine"], r["threads"]): r["latency_ms"]["p50"] for r in report["runs"] if r.get("latency_ms")}
         cells = []
         for t in threads:
             e, f = p50.get(("edgedl", t)), p50.get(("tflite", t))
             cells.append(f"  {e:9.3f}  {f:9.3f}  {e / f:5.2f}x" if e and f else "  (failed)")
+            if e and f:
+                ratios[t].append(e / f)
         print(f"{os.path.basename(path):34s}" + "".join(cells), flush=True)
+    print("geometric mean of edgedl / TFLite: " + ", ".join(
+        f"{t} thread(s) {np.exp(np.mean(np.log(r))):.2f}x" for t, r in ratios.items() if r))
 
 
 if __name__ == "__main__":
