@@ -6,6 +6,7 @@ several repetitions. This produces the README's performance tables.
     python benchmarks/bench_models.py --busy 0 1 2 --models examples/kws_tc_resnet.onnx rec.onnx:x=1,3,48,320
     python benchmarks/bench_models.py --json all.json   # every report, for edgedl's report tools
     python benchmarks/bench_models.py --precision fp32,int8 --ort-u8s8   # the README's int8 table
+    python benchmarks/published.py fetch DIR && python benchmarks/bench_models.py --published DIR --zoo
 
 Models: ``--zoo`` (the default) writes the zoo's models (mobilenet_v2_like at 224 and 0.5x 128, resnet_like
 224, kws_tc_resnet, nhwc_cnn 64) to a temporary folder; ``--models`` takes files, each ``PATH`` or
@@ -220,6 +221,9 @@ def parse_models(specs: list[str]) -> list[tuple[str, str, dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=None, help="model files (default: the zoo)")
+    ap.add_argument("--published", default=None, metavar="DIR", help="also the published models present in DIR "
+                    "(benchmarks/published.py fetch DIR downloads them)")
+    ap.add_argument("--zoo", action="store_true", help="the zoo too when --models or --published is given")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="default: 1 and every core")
     ap.add_argument("--busy", type=int, nargs="+", default=[0], help="busy-loop processes beside (default 0)")
     ap.add_argument("--repeat", type=int, default=3, help="repetitions (fresh processes each; default 3)")
@@ -234,7 +238,20 @@ def main() -> None:
     reports = []
     cells: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = parse_models(args.models) if args.models else write_zoo(tmp)
+        models = parse_models(args.models) if args.models else []
+        if args.published:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from published import PUBLISHED
+            from published import models as published_models
+
+            found = published_models(args.published)
+            models += found
+            missing = sorted(set(PUBLISHED) - {m[0] for m in found})
+            if missing:
+                print(f"not in {args.published} (benchmarks/published.py fetch): {', '.join(missing)}",
+                      file=sys.stderr)
+        if not models or args.zoo:
+            models += write_zoo(tmp)
         int8 = "int8" in args.precision
         calibration = {label: calibration_file(path, shapes, tmp) for label, path, shapes in models} if int8 else {}
         runs = [(label, path, shapes, args.precision, calibration.get(label)) for label, path, shapes in models]

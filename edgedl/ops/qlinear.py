@@ -346,12 +346,45 @@ class ConvInteger(_ConvBase):
 
         if len(ins[0].shape) not in (3, 4) or consts[1] is None:
             return ref_kernel(self)
-        x_zp, w_zp = self._zps(consts, ins)
         kernel, strides, dilations, pads = _as_2d(*self.geometry)
         x_shape, out_shape = _as_4d(ins[0].shape), _as_4d(outs[0].shape)
         w = consts[1].reshape(*consts[1].shape[:2], *kernel)
+        w_zp = channel_param(self, consts, 3, "w_zero_point", ins[1].shape[0]).astype(np.int64)
+        has_xzp = len(self.node.inputs) > 2 and bool(self.node.inputs[2])
+        if has_xzp and consts[2] is None:  # computed at run time (DynamicQuantizeLinear): a kernel per value
+            if ins[2] is not None and int(np.prod(ins[2].shape, dtype=np.int64)) != 1:
+                raise self.unsupported("x_zero_point must be a scalar")
+            return _runtime_zero_point_kernel(
+                lambda zp: QConv2d(w, None, None, x_shape, zp, strides, pads, dilations, self.group, w_zp),
+                lambda conv, x, out, scratch: conv(x.reshape(x_shape), out.reshape(out_shape)))
+        x_zp, _ = self._zps(consts, ins)
         conv = QConv2d(w, None, None, x_shape, x_zp, strides, pads, dilations, self.group, w_zp)
         return _conv_kernel(conv, x_shape, out_shape)
+
+
+#: prepared kernels kept per op for zero points computed at run time (most recently used)
+RUNTIME_ZERO_POINTS_KEPT = 16
+
+
+def _runtime_zero_point_kernel(make, call) -> Kernel:
+    """A kernel for an 8-bit op whose input zero point is a tensor computed at run time (onnxruntime's dynamic
+    quantization: DynamicQuantizeLinear -> ConvInteger / MatMulInteger): ``make(zp)`` prepares the op for one
+    zero point (weights packed with its corrections), kept for the last :data:`RUNTIME_ZERO_POINTS_KEPT` values
+    seen, and ``call(prepared, x, out, scratch)`` runs it. A zero point is one of 256 values, so the plan never
+    has to specialize on the data that produced it."""
+    cache: dict[int, object] = {}
+
+    def run(inputs, outputs, scratch):
+        zp = int(np.asarray(inputs[2]).reshape(()))
+        prepared = cache.pop(zp, None)
+        if prepared is None:
+            prepared = make(zp)
+            if len(cache) >= RUNTIME_ZERO_POINTS_KEPT:
+                cache.pop(next(iter(cache)))
+        cache[zp] = prepared
+        call(prepared, inputs[0], outputs[0], scratch)
+
+    return Kernel(run)
 
 
 def _int_matmul(a, a_zp, b, b_zp) -> np.ndarray:
@@ -463,12 +496,20 @@ class MatMulInteger(Op):
         from ..kernels.cpu.gemm_i8 import QGemm
 
         has_azp = len(self.node.inputs) > 2 and bool(self.node.inputs[2])
-        if consts[1] is None or len(ins[1].shape) != 2 or (has_azp and (consts[2] is None or consts[2].size != 1)):
+        scalar_azp = not has_azp or (ins[2] is not None and int(np.prod(ins[2].shape, dtype=np.int64)) == 1)
+        if consts[1] is None or len(ins[1].shape) != 2 or not scalar_azp:
             return ref_kernel(self)
         n = ins[1].shape[1]
-        a_zp = int(consts[2].reshape(())) if has_azp else 0
         b_zp = channel_param(self, consts, 3, "b_zero_point", n).astype(np.int64)
-        gemm = QGemm(np.ascontiguousarray(consts[1].T), None, None, a_zp, b_zp)
+        w = np.ascontiguousarray(consts[1].T)
+        if has_azp and consts[2] is None:  # computed at run time (DynamicQuantizeLinear): a GEMM per value
+            def call(gemm_kernel, a, out, scratch):
+                gemm_kernel.fn([a], [out], scratch)
+
+            return _runtime_zero_point_kernel(
+                lambda zp: _MatMulRows.kernel(QGemm(w, None, None, zp, b_zp), ins[0].shape, outs[0].shape), call)
+        a_zp = int(consts[2].reshape(())) if has_azp else 0
+        gemm = QGemm(w, None, None, a_zp, b_zp)
         return _MatMulRows.kernel(gemm, ins[0].shape, outs[0].shape)
 
 

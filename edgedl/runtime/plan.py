@@ -206,6 +206,10 @@ class Plan:
         return counts
 
 
+#: elements of a tensor crossing a cut up to which a tail specializes its plans on the tensor's value
+TAIL_SPECIALIZE_LIMIT = 64
+
+
 class Tail:
     """The nodes after a cut: the cut node itself when it runs at run time (``eager``: its ref computes its
     outputs, whose shapes only data decides), then a runner over the remaining nodes, which plans them once
@@ -223,7 +227,9 @@ class Tail:
         self.graph = graph
         #: graph inputs of the enclosing plan that the tail reads directly
         self.feeds_from_inputs = feeds_from_inputs
-        self.runner = GraphRunner(graph)
+        # like the model's runner, specialize only on small values (shape tensors, zero points): a large one
+        # crossing the cut (an image) would make every new input a new plan, built at run time
+        self.runner = GraphRunner(graph, specialize_limit=TAIL_SPECIALIZE_LIMIT)
 
     def run(self, values: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
         values.update(self.constants)

@@ -691,3 +691,26 @@ def test_hot_paths_use_compiled_kernels():
     for op, ins, attrs, outs, consts in cases:
         model = node_model(op, ins, attrs, outs, consts)
         assert _impls(model)[op] == "numba", op
+
+
+def test_dynamic_quantization_reads_zero_points_at_run_time(tmp_path):
+    """onnxruntime's quantize_dynamic turns Conv into DynamicQuantizeLinear -> ConvInteger (and MatMul into
+    MatMulInteger): the zero point is computed from each input. The plan reads it at run time (a kernel prepared
+    per zero point) instead of specializing on the input's values, which rebuilt and constant-folded the whole
+    model for every new image (a published OCR model took 500 ms per new input and a bogus 0.06 ms for a
+    repeated one). Every new input matches onnxruntime, runs the ConvInteger kernels, and adds no plan."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    onnx.save(_small_cnn(), str(tmp_path / "f.onnx"))
+    quantization.quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), op_types_to_quantize=["Conv"],
+                                  weight_type=quantization.QuantType.QUInt8)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger"} <= ops, ops
+    model = edgedl.load(str(tmp_path / "q.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    for k in range(6):
+        x = (rng(20 + k).uniform(-1, 1, (1, 3, 16, 16)) * (k + 1) + k * 0.3).astype(np.float32)
+        profile = []
+        got = model.run({"x": x}, profile=profile)["y"]
+        np.testing.assert_allclose(got, sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+        assert sum(p.node.op_type == "ConvInteger" for p in profile) == 2
+    assert len(model._runner.plans) == 1 and not model._runner.value_inputs
