@@ -284,8 +284,7 @@ class Model:
             # A value the plan needs (a Reshape shape, Slice starts...) that comes from small graph inputs makes
             # the runner specialize its plans on those inputs' values, as on shapes (see edgedl.runtime.runner).
             plan = self._runner.resolve(self._bind(shapes, feeds), feeds)
-            if not self._value_inputs:
-                self._last.remember(feeds, plan)
+            self._last.remember(feeds, plan, self._value_inputs)
         apply_target(self.target)
         cores = core_ids(self.target)
         configure_threads(self.num_threads, self._target_threads, None if cores is None else len(cores))

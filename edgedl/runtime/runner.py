@@ -16,8 +16,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ConstantRequired, InputError
-from ..ir import Graph, TensorType
+from ..ir import Graph, Node, TensorType
 from ..registry import Op, lookup
+from .inline_if import has_if, inline_constant_ifs
 from .plan import nested_profile
 
 #: How many bindings keep their plan (and arena) alive at once, per runner.
@@ -46,6 +47,7 @@ class GraphRunner:
         self._producers = graph.producers()
         self.last = LastPlan()
         self._graph_inputs = {s.name for s in graph.inputs}
+        self._has_if = has_if(graph)
 
     # --- planning -----------------------------------------------------------------------------------------
     def plan(self, types: dict[str, TensorType], values: dict[str, np.ndarray] | None = None):
@@ -60,17 +62,43 @@ class GraphRunner:
         key += tuple((n, _value_key(values[n])) for n in sorted(values))
         plan = self.plans.get(key)
         if plan is None:
+            graph = inline_constant_ifs(self.graph, values) if self._has_if else self.graph
             # NOTE: every plan gets its own op instances, so an op may keep per-shape state from infer().
-            ops = {n.name: self.op_classes[n.name](n, self.graph.opset) for n in self.graph.nodes}
+            ops = {n.name: self._op_class(n)(n, graph.opset) for n in graph.nodes}
             if self.before_plan is not None:
                 self.before_plan()
-            plan = build_plan(self.graph, ops, types, values, cut=lambda t: self._should_cut(t, types))
+            plan = build_plan(graph, ops, types, values, cut=lambda t: self._should_cut(t, types))
             if len(self.plans) >= MAX_CACHED_PLANS:
                 self.plans.pop(next(iter(self.plans)))
             self.plans[key] = plan
         else:  # most recently used last: the oldest binding is dropped first
             self.plans[key] = self.plans.pop(key)
         return plan
+
+    def _op_class(self, node: Node) -> type[Op]:
+        """The op class of a graph node, or of a node an inlined If branch brought in."""
+        cls = self.op_classes.get(node.name)
+        if cls is None:
+            cls = lookup(node.op_type, node.domain)
+            if cls is None:
+                from ..errors import UnsupportedOpError
+
+                raise UnsupportedOpError(f"{node.describe()}: operator {node.op_type} is not supported")
+        return cls
+
+    def condition_inputs(self, types: dict[str, TensorType]) -> set[str]:
+        """Small graph inputs (at most ``specialize_limit`` elements) that If conditions are computed from: a plan
+        specialized on their values knows each condition and inlines the branch it takes
+        (:mod:`edgedl.runtime.inline_if`). None for a runner that specializes without a limit (subgraphs)."""
+        if self.specialize_limit is None or not self._has_if:
+            return set()
+        found: set[str] = set()
+        for node in self.graph.nodes:
+            if node.op_type == "If" and node.inputs and node.inputs[0]:
+                sources = self.inputs_feeding(node.inputs[0])
+                if sources and all(s in types and types[s].size <= self.specialize_limit for s in sources):
+                    found |= sources
+        return found
 
     def inputs_feeding(self, tensor: str) -> set[str]:
         """Graph inputs that ``tensor`` is computed from."""
@@ -97,7 +125,11 @@ class GraphRunner:
         return any(types[s].size > self.specialize_limit for s in sources if s in types)
 
     def resolve(self, types: dict[str, TensorType], feeds: dict[str, np.ndarray]):
-        """The plan for these feeds, specializing on input values the planner asks for."""
+        """The plan for these feeds, specializing on input values the planner asks for (and on the small inputs
+        If conditions come from)."""
+        wanted = self.condition_inputs(types) - self.value_inputs
+        if wanted and all(n in feeds for n in wanted):
+            self.value_inputs |= wanted
         while True:
             try:
                 return self.plan(types, feeds)
@@ -125,8 +157,7 @@ class GraphRunner:
                 feeds = {**feeds, spec.name: np.ascontiguousarray(value)}
             types[spec.name] = spec_type(spec, feeds[spec.name])
         plan = self.resolve(types, feeds)
-        if not self.value_inputs:
-            self.last.remember(feeds, plan)
+        self.last.remember(feeds, plan, self.value_inputs)
         return plan.run(feeds, profile)
 
 
@@ -135,17 +166,27 @@ class LastPlan:
     of the very same names, shapes and dtypes again (a stream of same-sized frames, a Loop body's next
     iteration) skips the type binding and the plan lookup (about 15 us per call)."""
 
-    __slots__ = ("signature", "plan")
+    __slots__ = ("signature", "plan", "values")
+
+    #: the most elements of a value input the remembered plan compares by value (larger ones: not remembered)
+    MAX_VALUE_ELEMENTS = 64
 
     def __init__(self):
         self.signature: tuple | None = None
         self.plan = None
+        #: value inputs (the plan is specialized on their values) -> the bytes of the values it was made for
+        self.values: dict[str, bytes] = {}
 
-    def remember(self, feeds: dict, plan) -> None:
-        """Keep ``plan`` for feeds like these (only when every feed is an array)."""
-        if all(type(a) is np.ndarray for a in feeds.values()):
+    def remember(self, feeds: dict, plan, value_inputs=()) -> None:
+        """Keep ``plan`` for feeds like these (only when every feed is an array); for the names in
+        ``value_inputs`` (small inputs the plan is specialized on) the values must match too."""
+        if all(type(a) is np.ndarray for a in feeds.values()) and \
+                all(n in feeds and feeds[n].size <= self.MAX_VALUE_ELEMENTS for n in value_inputs):
             self.signature = tuple((n, a.shape, a.dtype) for n, a in feeds.items())
+            self.values = {n: feeds[n].tobytes() for n in value_inputs}
             self.plan = plan
+        else:
+            self.signature, self.plan, self.values = None, None, {}
 
     def recall(self, feeds):
         """The remembered plan when ``feeds`` match its signature, else None."""
@@ -155,6 +196,9 @@ class LastPlan:
         for name, shape, dtype in signature:
             a = feeds.get(name)
             if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+                return None
+        for name, value in self.values.items():
+            if feeds[name].tobytes() != value:
                 return None
         return self.plan
 
