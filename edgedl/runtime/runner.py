@@ -44,6 +44,8 @@ class GraphRunner:
         self.plans: dict[tuple, object] = {}
         #: graph inputs whose values the plans are specialized on
         self.value_inputs: set[str] = set()
+        #: the value inputs that only If conditions come from (plans without their values keep the If)
+        self.optional_value_inputs: set[str] = set()
         self._producers = graph.producers()
         self.last = LastPlan()
         self._graph_inputs = {s.name for s in graph.inputs}
@@ -55,7 +57,8 @@ class GraphRunner:
         from .plan import build_plan
 
         values = {n: values[n] for n in self.value_inputs if n in values} if values and self.value_inputs else {}
-        if self.value_inputs and len(values) != len(self.value_inputs):
+        # the If-condition inputs are a choice, not a need: without their values the plan keeps the eager If
+        if self.value_inputs and set(self.value_inputs) - set(values) - self.optional_value_inputs:
             raise ConstantRequired(f"this model needs the values of inputs {sorted(self.value_inputs)} to "
                                    "build a plan: call run() with feeds", sorted(self.value_inputs)[0])
         key = tuple((n, types[n]) for n in sorted(types))
@@ -130,12 +133,17 @@ class GraphRunner:
         wanted = self.condition_inputs(types) - self.value_inputs
         if wanted and all(n in feeds for n in wanted):
             self.value_inputs |= wanted
+            self.optional_value_inputs |= wanted
         while True:
             try:
                 return self.plan(types, feeds)
             except ConstantRequired as e:
-                sources = self.inputs_feeding(e.tensor) - self.value_inputs
+                needed = self.inputs_feeding(e.tensor)
+                sources = needed - self.value_inputs
                 if not sources:
+                    if needed & self.optional_value_inputs:  # needed after all, not only a choice
+                        self.optional_value_inputs -= needed
+                        continue
                     raise
                 self.value_inputs |= sources
 
