@@ -60,14 +60,17 @@ def write_zoo(folder: str) -> list[tuple[str, str, dict]]:
     return out
 
 
-def calibration_file(path: str, shapes: dict, folder: str, count: int = 8) -> str:
-    """``count`` seeded random inputs for ``path`` (an .npz with a leading sample axis) for int8 calibration."""
+def calibration_file(path: str, shapes: dict, folder: str, count: int = 8) -> str | None:
+    """``count`` seeded random inputs for ``path`` (an .npz with a leading sample axis) for int8 calibration; None
+    for a model with a scalar input."""
     import numpy as np
 
     from edgedl.benchmark.inputs import onnx_input_specs, resolve_shapes
 
     specs = onnx_input_specs(path)
     bound = resolve_shapes(specs, shapes or None, default_batch=1)
+    if any(len(bound[s.name]) == 0 for s in specs):
+        return None  # a scalar input (a sample rate) has no sample axis: int8 calibrates on the benchmark inputs
     rng = np.random.default_rng(1)
     # samples stacked along the batch (first) axis, which the calibration splits again
     arrays = {s.name: rng.standard_normal((count * bound[s.name][0], *bound[s.name][1:])).astype(s.dtype)

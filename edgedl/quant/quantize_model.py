@@ -67,6 +67,25 @@ def source_graph(model) -> Graph:
     return import_onnx(model)
 
 
+def _upgraded_to_13(g: Graph) -> Graph:
+    """``g`` converted to opset 13 (quantization writes per-channel DequantizeLinear, an opset-13 form) with
+    onnx's version converter, as onnxruntime's quantizer does for older models (PP-OCR ships opset 11 / 12)."""
+    import onnx
+    from onnx import version_converter
+
+    from ..converters.onnx_export import export_graph
+    from ..converters.onnx_import import import_onnx
+
+    try:
+        proto = version_converter.convert_version(export_graph(g), 13)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - the converter fails in many ways on unusual graphs
+        raise EdgeDLError(f"quantization needs opset >= 13 (per-channel DequantizeLinear); the model has opset "
+                          f"{g.opset} and onnx's version converter could not upgrade it ({e}): convert it "
+                          "yourself") from e
+    return import_onnx(proto)
+
+
 class _Builder:
     def __init__(self, g: Graph):
         self.g = g
@@ -379,8 +398,7 @@ def quantize(model, calibration=None, *, method: str = "minmax", per_channel: bo
     if is_quantized(g):
         raise EdgeDLError("the model is already quantized (it has QuantizeLinear/DequantizeLinear nodes)")
     if g.opset < 13:
-        raise EdgeDLError(f"quantization needs opset >= 13 (per-channel DequantizeLinear); the model has opset "
-                          f"{g.opset}: convert it with onnx.version_converter first")
+        g = _upgraded_to_13(g)
     remove_identities(g)
     fold_batchnorm(g)
     exclude = set(exclude)

@@ -157,3 +157,26 @@ def test_cli_quantize_prints_the_accuracy_proxy(digits, tmp_path, capsys):
     assert "precision: int8 steps:" in text and "QLinearConv x3" in text
     assert main(["quantize", str(DATA / "digits_cnn.onnx"), "-o", str(out)]) == 2
     assert "--calibration is required" in capsys.readouterr().err
+
+
+def test_an_opset_10_model_is_upgraded_to_13_and_quantized(tmp_path):
+    """Models older than opset 13 (PP-OCR's published files are opset 11 and 12) are converted with onnx's version
+    converter before quantization (per-channel DequantizeLinear is an opset-13 form), as onnxruntime's quantizer
+    does; the int8 model tracks the float one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Clip", ["r"], ["y"], min=0.0, max=6.0)]  # Clip's attribute form (opset < 11)
+    graph = helper.make_graph(nodes, "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
+    proto.ir_version = 6
+    calibration = [rng.uniform(-1, 1, (1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+    q = edgedl.quantize(proto, calibration, progress=False)
+    assert q.graph.opset == 13 and any(n.op_type == "QLinearConv" or n.op_type == "DequantizeLinear"
+                                       for n in q.graph.nodes)
+    x = calibration[0]
+    want = edgedl.load(proto).run({"x": x})["y"]
+    assert np.abs(q.run({"x": x})["y"] - want).max() < 0.1
