@@ -3,7 +3,15 @@ at plan time (see ``edgedl.runtime.plan``)."""
 from __future__ import annotations
 
 from ..ir import Graph
-from .fuse import fold_batchnorm, fuse_activations, fuse_gelu, fuse_matmul_bias, fuse_residual_add
+from .fuse import (
+    fold_batchnorm,
+    fold_conv_scalar_affine,
+    fuse_activations,
+    fuse_gelu,
+    fuse_hard_swish,
+    fuse_matmul_bias,
+    fuse_residual_add,
+)
 from .half_precision import compute_half_in_float32
 from .qdq import lower_qdq
 from .simplify import remove_identities, remove_noop_casts
@@ -15,8 +23,10 @@ def optimize(graph: Graph) -> Graph:
     remove_identities(graph)
     remove_noop_casts(graph)
     fuse_gelu(graph)  # before lower_qdq: a Gelu between DequantizeLinear and QuantizeLinear becomes an int8 table
+    fuse_hard_swish(graph)
     lower_qdq(graph)
     fold_batchnorm(graph)
+    fold_conv_scalar_affine(graph)
     fuse_residual_add(graph)
     fuse_matmul_bias(graph)
     fuse_activations(graph)
@@ -24,5 +34,6 @@ def optimize(graph: Graph) -> Graph:
 
 
 __all__ = ["optimize", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
-           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu",
+           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu", "fuse_hard_swish",
+           "fold_conv_scalar_affine",
            "remove_noop_casts"]

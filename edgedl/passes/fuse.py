@@ -334,3 +334,104 @@ def fuse_gelu(graph: Graph) -> int:
         producers = graph.producers()
         fused += 1
     return fused
+
+
+# --- HardSwish written out, and scalar affine steps after a convolution --------------------------------------------
+def _clip_bounds(graph: Graph, node: Node) -> tuple[float | None, float | None]:
+    """A Clip's constant (min, max): its inputs from opset 11, its attributes before."""
+    if len(node.inputs) > 1:
+        lo = _scalar(graph, node.inputs[1], False) if node.inputs[1] else -np.inf
+        hi = _scalar(graph, node.inputs[2], False) if len(node.inputs) > 2 and node.inputs[2] else np.inf
+        return lo, hi
+    return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
+
+
+def fuse_hard_swish(graph: Graph) -> int:
+    """``x * Clip(x + 3, 0, 6) / 6`` (Paddle's and Keras' exports: Add, Clip, Mul by x, then Div by 6 or Mul by
+    1/6) becomes one ``HardSwish(x)``: a fused activation of the convolution before it in float, one 8-bit table
+    when quantized (instead of four full passes, four requantizations in int8). Only when every intermediate
+    tensor has the chain's next node as its sole consumer and is not a graph output. Returns how many."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    fused = 0
+    for clip in list(graph.nodes):
+        if clip.op_type != "Clip" or clip.domain or not clip.inputs:
+            continue
+        lo, hi = _clip_bounds(graph, clip)
+        if lo is None or hi is None or lo != 0.0 or not _close(hi, 6.0):
+            continue
+        add = producers.get(clip.inputs[0])
+        if (add is None or add.op_type != "Add" or add.domain
+                or _sole_consumer(graph, clip.inputs[0], outputs) is not clip):
+            continue
+        x = next((i for i in add.inputs if _close(_scalar(graph, _other(add, i) or "",
+                                                           _rank_at_least_1(graph, i, producers)), 3.0)), None)
+        if x is None or _const(graph, x) is not None:
+            continue
+        mul = _sole_consumer(graph, clip.outputs[0], outputs)
+        if mul is None or mul.op_type != "Mul" or mul.domain or _other(mul, clip.outputs[0]) != x:
+            continue
+        last = _sole_consumer(graph, mul.outputs[0], outputs)
+        if last is None or last.domain or not (
+                (last.op_type == "Div" and last.inputs[0] == mul.outputs[0] and
+                 _close(_scalar(graph, last.inputs[1], True), 6.0)) or
+                (last.op_type == "Mul" and _close(_scalar(graph, _other(last, mul.outputs[0]) or "", True),
+                                                  1.0 / 6.0))):
+            continue
+        node = Node("HardSwish", (last.name or clip.name) + "_hardswish", [x], [last.outputs[0]])
+        graph.nodes[graph.nodes.index(last)] = node
+        for n in (add, clip, mul):
+            graph.nodes.remove(n)
+        producers = graph.producers()
+        fused += 1
+    if fused:
+        _drop_unused_initializers(graph)
+    return fused
+
+
+def fold_conv_scalar_affine(graph: Graph) -> int:
+    """``Conv(x, W, B) * s + t`` with float scalars s, t (either step alone; PP-LCNet's learnable affine blocks)
+    becomes ``Conv(x, W * s, B * s + t)``: exact up to float rounding, and one pass over the output fewer per
+    step. Only when the Conv's weights (and bias) are constants and each intermediate tensor has the next step as
+    its sole consumer and is not a graph output. Returns how many steps were folded."""
+    outputs = {s.name for s in graph.outputs}
+    folded = 0
+    for conv in list(graph.nodes):
+        if conv.op_type != "Conv" or conv.domain or len(conv.inputs) < 2 or any(k.startswith("_") for k in conv.attrs):
+            continue
+        w = _const(graph, conv.inputs[1])
+        b = _const(graph, conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+        if w is None or w.dtype != np.float32 or (len(conv.inputs) > 2 and conv.inputs[2] and b is None):
+            continue
+        scale, shift, steps = np.float32(1), np.float32(0), []
+        y = conv.outputs[0]
+        while True:
+            nxt = _sole_consumer(graph, y, outputs)
+            if nxt is None or nxt.domain or nxt.op_type not in ("Mul", "Add") or len(nxt.inputs) != 2:
+                break
+            c = _scalar(graph, _other(nxt, y) or "", True)
+            if c is None:
+                break
+            if nxt.op_type == "Mul":
+                scale, shift = np.float32(scale * c), np.float32(shift * c)
+            else:
+                shift = np.float32(shift + c)
+            steps.append(nxt)
+            y = nxt.outputs[0]
+        if not steps:
+            continue
+        m = w.shape[0]
+        w_name = _new_name(graph, conv.inputs[1] + "_affine")
+        graph.initializers[w_name] = contiguous((w * scale).astype(np.float32))
+        bias = (b.astype(np.float32) if b is not None else np.zeros(m, np.float32)) * scale + shift
+        b_name = _new_name(graph, (conv.inputs[2] if b is not None else conv.name + "_bias") + "_affine")
+        graph.initializers[b_name] = contiguous(bias.astype(np.float32))
+        new = Node("Conv", conv.name, [conv.inputs[0], w_name, b_name], [y], dict(conv.attrs), conv.domain)
+        graph.nodes[graph.nodes.index(steps[-1])] = new
+        graph.nodes.remove(conv)
+        for n in steps[:-1]:
+            graph.nodes.remove(n)
+        folded += len(steps)
+    if folded:
+        _drop_unused_initializers(graph)
+    return folded
