@@ -100,12 +100,54 @@ def export_graph(graph: Graph, *, opset_imports: Mapping[str, int] | None = None
 
 def _graph_proto(graph: Graph, default_version: int) -> onnx.GraphProto:
     """The GraphProto of a graph or subgraph (a subgraph's outer tensors are read by name, not inputs)."""
-    nodes = [_node_proto(n, default_version) for n in graph.nodes]
-    initializers = [_tensor_proto(arr, name, f"initializer '{name}'") for name, arr in graph.initializers.items()]
+    node_list, extra = _spelled_out(graph, default_version)
+    nodes = [_node_proto(n, default_version) for n in node_list]
+    initializers = [_tensor_proto(arr, name, f"initializer '{name}'")
+                    for name, arr in {**graph.initializers, **extra}.items()]
     formal = graph.inputs[:len(graph.inputs) - len(graph.outer)]
     inputs = [_value_info(spec, "graph input") for spec in formal]
     outputs = [_value_info(spec, "graph output") for spec in graph.outputs]
     return helper.make_graph(nodes, graph.name or "graph", inputs, outputs, initializers)
+
+
+def _spelled_out(graph: Graph, version: int) -> tuple[list[Node], dict]:
+    """The graph's nodes with the ops its opset lacks written in the ops it has: HardSwish (opset 14; edgedl's
+    passes fuse ``x * Clip(x + 3, 0, 6) / 6`` into it at any opset) as Add, Clip, Mul and Div again. Returns the
+    nodes and the constants they add."""
+    if version >= 14 or not any(n.op_type == "HardSwish" and n.domain in _DEFAULT_DOMAINS for n in graph.nodes):
+        return list(graph.nodes), {}
+    taken = set(graph.initializers) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs) if t}
+    extra: dict = {}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    def const(base: str, value: float) -> str:
+        name = fresh(base)
+        extra[name] = np.array(value, np.float32)
+        return name
+
+    out: list[Node] = []
+    for n in graph.nodes:
+        if n.op_type != "HardSwish" or n.domain not in _DEFAULT_DOMAINS:
+            out.append(n)
+            continue
+        x, y = n.inputs[0], n.outputs[0]
+        shifted, clipped, product = fresh(f"{n.name}_plus3"), fresh(f"{n.name}_clip"), fresh(f"{n.name}_mul")
+        if version >= 11:
+            clip = Node("Clip", f"{n.name}_Clip", [shifted, const(f"{n.name}_zero", 0.0),
+                                                   const(f"{n.name}_six", 6.0)], [clipped])
+        else:
+            clip = Node("Clip", f"{n.name}_Clip", [shifted], [clipped], {"min": 0.0, "max": 6.0})
+        out += [Node("Add", f"{n.name}_Add", [x, const(f"{n.name}_three", 3.0)], [shifted]), clip,
+                Node("Mul", f"{n.name}_Mul", [x, clipped], [product]),
+                Node("Div", f"{n.name}_Div", [product, const(f"{n.name}_six_div", 6.0)], [y])]
+    return out, extra
 
 
 def save_graph(graph: Graph, path: str | os.PathLike, **kwargs) -> onnx.ModelProto:

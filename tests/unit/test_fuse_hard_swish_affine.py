@@ -56,6 +56,20 @@ def test_hard_swish_and_affine_steps_fuse_and_match_onnxruntime(div):
     assert np.abs(q.run({"x": x})["y"] - want).max() < 0.1 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("opset", [12, 14])
+def test_a_fused_hard_swish_saves_as_a_valid_file_at_any_opset(tmp_path, opset):
+    """HardSwish exists from opset 14: below, Model.save and the quantizer's QDQ file write it out as Add / Clip /
+    Mul / Div again, so onnxruntime loads them (and agrees with edgedl)."""
+    proto = _model()
+    proto.opset_import[0].version = opset
+    x = np.random.default_rng(3).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    for model in (edgedl.load(proto), edgedl.quantize(proto, [x], progress=False)):
+        path = str(tmp_path / "m.onnx")
+        model.save(path)
+        got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, edgedl.load(path).run({"x": x})["y"], rtol=1e-4, atol=0.05)
+
+
 @pytest.mark.parametrize("exposed", ["a", "cs"])
 def test_chains_with_an_exposed_intermediate_stay(exposed):
     """An intermediate tensor that is also a graph output keeps its producer: nothing is fused past it."""
