@@ -166,6 +166,11 @@ class Graph:
         self.nodes = topological_order(self.nodes, set(defined) - set(self.producers()))
 
 
+def attr_text(value) -> str:
+    """A string attribute's text (the importer keeps ONNX's bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def subgraph_outer_names(attrs: dict) -> list[str]:
     """The outer tensors that the subgraphs among a node's attributes read, each once, in attribute order: the
     order in which the node lists them as its last inputs."""

@@ -12,12 +12,8 @@ from .ir import Graph, TensorType, contiguous
 from .kernels.cpu.config import apply_target
 from .registry import lookup
 from .runtime.plan import Plan
-from .runtime.runner import GraphRunner, LastPlan, spec_type
+from .runtime.runner import SPECIALIZE_MAX_ELEMENTS, GraphRunner, LastPlan, spec_type
 from .threads import configure_threads
-
-#: A node needing a value computed from graph inputs of at most this many elements each (a shape, a count)
-#: makes the plans specialize on those inputs' values; from larger inputs (data) it cuts the plan instead.
-SPECIALIZE_MAX_ELEMENTS = 64
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Node, TensorType
+from ..ir import Node, TensorType, attr_text
 from ..quant import reference_ops as R
 from ..quant.requant import MODE_FLOAT, MODE_SINGLE
 from ..registry import Kernel, Op, lookup, register
@@ -47,6 +47,19 @@ def _pool_kernel(k) -> Kernel:
 
     def bind(inputs, outputs, scratch, threads):
         return k.bind(inputs[0], outputs[0], threads=threads)
+
+    return Kernel(run, bind=bind)
+
+
+def _gather_kernel(k) -> Kernel:
+    """The Kernel of a prepared two-input 8-bit gather ``k`` (:mod:`edgedl.kernels.cpu.qelementwise`), reading
+    inputs 0 and 3 (the QLinearAdd layout)."""
+
+    def run(inputs, outputs, scratch):
+        k(inputs[0], inputs[3], outputs[0])
+
+    def bind(inputs, outputs, scratch, threads):
+        return k.bind(inputs[0], inputs[3], outputs[0])
 
     return Kernel(run, bind=bind)
 
@@ -92,16 +105,8 @@ class _QBinaryOp(Op):
         from ..kernels.cpu.qelementwise import QBinary
 
         (asc, azp), (bsc, bzp), (ysc, yzp), lo, hi = self._all(consts, ins, outs[0].dtype)
-        k = QBinary(self.kind, ins[0].shape, ins[3].shape, outs[0].shape, asc, azp, bsc, bzp, ysc, yzp, lo, hi,
-                    self.mode)
-
-        def run(inputs, outputs, scratch):
-            k(inputs[0], inputs[3], outputs[0])
-
-        def bind(inputs, outputs, scratch, threads):
-            return k.bind(inputs[0], inputs[3], outputs[0])
-
-        return Kernel(run, bind=bind)
+        return _gather_kernel(QBinary(self.kind, ins[0].shape, ins[3].shape, outs[0].shape, asc, azp, bsc, bzp, ysc,
+                                      yzp, lo, hi, self.mode))
 
     def build_cuda(self, ins, outs, consts):
         from ..errors import EdgeDLError
@@ -280,22 +285,18 @@ class QLinearLookup(_TableOp):
         arithmetic, not the float function's, which stays for export and training)."""
         from ..quant.tflite_tables import unary_table
 
-        name = _text(self.attr("_tflite"))
+        name = attr_text(self.attr("_tflite"))
         if np.dtype(ins[0].dtype) != np.int8 or np.dtype(out_dtype) != np.int8:
             raise self.unsupported(f"TFLite's {name} table maps int8 to int8")
         options = {}
         if name == "LEAKY_RELU":
             options["alpha"] = float(self.attr("alpha", 0.01))
         elif name == "GELU":
-            options["approximate"] = _text(self.attr("approximate", "none")) == "tanh"
+            options["approximate"] = attr_text(self.attr("approximate", "none")) == "tanh"
         try:
             return unary_table(name, xs, xz, ys, yz, **options)
         except ValueError as e:
             raise self.unsupported(str(e)) from None
-
-
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 #: edgedl.QLinearBinary's functions -> the TFLite int8 operator whose arithmetic its table follows
@@ -317,7 +318,7 @@ class QLinearBinary(_QBinaryOp):
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
-        self.function = _text(self.attr("function", ""))
+        self.function = attr_text(self.attr("function", ""))
         if self.function not in TFLITE_PAIRS:
             raise self.unsupported(f"function {self.function!r} is not one of {sorted(TFLITE_PAIRS)}")
         if self.mode == MODE_FLOAT or self.mode == MODE_SINGLE:
@@ -341,15 +342,8 @@ class QLinearBinary(_QBinaryOp):
     def build(self, ins, outs, consts):
         from ..kernels.cpu.qelementwise import QTableBinary
 
-        k = QTableBinary(self.pair_table(consts, ins, outs[0].dtype), ins[0].shape, ins[3].shape, outs[0].shape)
-
-        def run(inputs, outputs, scratch):
-            k(inputs[0], inputs[3], outputs[0])
-
-        def bind(inputs, outputs, scratch, threads):
-            return k.bind(inputs[0], inputs[3], outputs[0])
-
-        return Kernel(run, bind=bind)
+        return _gather_kernel(QTableBinary(self.pair_table(consts, ins, outs[0].dtype), ins[0].shape, ins[3].shape,
+                                           outs[0].shape))
 
     def build_cuda(self, ins, outs, consts):
         return None  # a host step

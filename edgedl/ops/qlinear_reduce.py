@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import TensorType
+from ..ir import TensorType, attr_text
 from ..quant.fixed_point import quantize_multiplier, tflite_mean_multiplier
-from ..quant.reference import mbqm
+from ..quant.reference import mbqm, round_half_away
 from ..quant.requant import MODE_FLOAT
 from ..registry import Kernel, Op, register
 from .common import normalize_axis
@@ -39,11 +39,6 @@ def _mbqm64(x: np.ndarray, m0: int, shift: int) -> np.ndarray:
     return ((r + (1 << 31)) % (1 << 32)) - (1 << 31)  # the int32 it is stored in
 
 
-def _round_away(v: np.ndarray) -> np.ndarray:
-    t = np.trunc(v)
-    return t + np.where(np.abs(v - t) >= v.dtype.type(0.5), np.sign(v), 0).astype(v.dtype)
-
-
 @register
 class QLinearReduce(Op):
     op_type = "QLinearReduce"
@@ -53,8 +48,7 @@ class QLinearReduce(Op):
 
     def __init__(self, node, opset):
         super().__init__(node, opset)
-        fn = self.attr("function", "")
-        self.function = fn.decode() if isinstance(fn, bytes) else str(fn)
+        self.function = attr_text(self.attr("function", ""))
         if self.function not in FUNCTIONS:
             raise self.unsupported(f"function {self.function!r} is not one of {FUNCTIONS}")
         if requant_mode(self) == MODE_FLOAT:
@@ -92,7 +86,7 @@ class QLinearReduce(Op):
             s = f32(f32(xs) / f32(ys))
             bias = f32(f32(f32(-xz) * s) * f32(self.count))
             total = rows.sum(axis=1)
-            y = _round_away((total.astype(f32) * s + bias).astype(f32)).astype(np.int64) + yz
+            y = round_half_away((total.astype(f32) * s + bias).astype(f32)).astype(np.int64) + yz
         else:
             m0, shift = quantize_multiplier(float(np.float64(np.float32(xs)) /
                                                   np.float64(np.float32(ys)) ** (1.0 / self.count)))

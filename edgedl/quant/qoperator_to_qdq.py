@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDLError
-from ..ir import Graph, Node
+from ..ir import Graph, Node, attr_text
 
 _MS = "com.microsoft"
 #: QOperator op -> (float op, input slots (data, scale, zero point) of its operands, output scale, zero point)
@@ -141,8 +141,7 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
                               [yf]))
             finish(n, yf, y, ins[6], ins[7])
         elif kind == "QLinearReduce":  # x, xs, xz, ys, yz; function, axes, keepdims
-            fn = attrs.pop("function")
-            fn = fn.decode() if isinstance(fn, bytes) else fn
+            fn = attr_text(attrs.pop("function"))
             axes = [int(a) for a in attrs.pop("axes")]
             if fn == "ReduceSum":  # axes are an input from opset 13, an attribute of the others up to opset 17
                 nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2]), const("axes", np.array(axes, np.int64))],
@@ -151,13 +150,11 @@ def qoperator_to_qdq(graph: Graph) -> Graph:
                 nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2])], [yf], {**attrs, "axes": axes}))
             finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearLookup":  # x, xs, xz, ys, yz, the float function's constant inputs
-            fn = attrs.pop("function")
-            fn = fn.decode() if isinstance(fn, bytes) else fn
+            fn = attr_text(attrs.pop("function"))
             nodes.append(Node(fn, name(fn), [dq(ins[0], ins[1], ins[2]), *n.inputs[5:]], [yf], attrs))
             finish(n, yf, y, ins[3], ins[4])
         elif kind == "QLinearBinary":  # a, as, az, b, bs, bz, ys, yz; function Sub, Max, Min, PRelu, SquaredDifference
-            fn = attrs.pop("function")
-            fn = fn.decode() if isinstance(fn, bytes) else fn
+            fn = attr_text(attrs.pop("function"))
             a, b = dq(ins[0], ins[1], ins[2]), dq(ins[3], ins[4], ins[5])
             if fn == "SquaredDifference":
                 d = name("difference")

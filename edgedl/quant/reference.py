@@ -40,6 +40,14 @@ def _to_int32(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64).astype(np.uint64).astype(np.uint32).astype(np.int32).astype(np.int64)
 
 
+def round_half_away(q: np.ndarray) -> np.ndarray:
+    """std::round on a float array, in its dtype: to nearest, ties away from zero (``q - trunc(q)`` is exact,
+    unlike ``floor(|q| + 0.5)`` near 0.5 in float32)."""
+    q = np.asarray(q)
+    t = np.trunc(q)
+    return t + np.where(np.abs(q - t) >= q.dtype.type(0.5), np.sign(q), 0).astype(q.dtype)
+
+
 def mbqm(x, m0, shift) -> np.ndarray:
     """MultiplyByQuantizedMultiplier, double rounding (TFLite's default)."""
     shift = np.asarray(shift, dtype=np.int64)

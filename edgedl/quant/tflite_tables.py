@@ -28,8 +28,10 @@ import math
 
 import numpy as np
 
+from ..kernels.cpu.lut import build_table, byte_values, requant_table
 from .fixed_point import quantize_multiplier
-from .reference import mbqm, rounding_divide_by_pot, srdhm
+from .reference import mbqm, round_half_away, rounding_divide_by_pot, srdhm
+from .requant import MODE_DOUBLE
 from .tflite_softmax import _one_over_one_plus_x
 
 __all__ = ["UNARY", "PAIRS", "unary_table", "pair_table", "lut_float", "div_is_defined"]
@@ -40,27 +42,17 @@ _I8 = np.iinfo(np.int8)
 
 def _codes() -> np.ndarray:
     """(256,) int64: the int8 value of each byte 0..255."""
-    return np.arange(256, dtype=np.uint8).view(np.int8).astype(np.int64)
+    return byte_values(np.int8)
 
 
 def _saturate(v) -> np.ndarray:
     return np.clip(np.asarray(v, np.int64), _I8.min, _I8.max).astype(np.int8)
 
 
-def _round_away(q: np.ndarray) -> np.ndarray:
-    """std::round on float32 values (exact: q - trunc(q) is representable)."""
-    t = np.trunc(q)
-    return t + np.where(np.abs(q - t) >= _F32(0.5), np.sign(q), _F32(0)).astype(q.dtype)
-
-
 def lut_float(fn, xs, xz, ys, yz) -> np.ndarray:
-    """TFLite's ``LUTPopulate`` for int8: ``fn`` (float32 array -> float32 array) on each dequantized code."""
-    with np.errstate(all="ignore"):
-        x = _F32(xs) * (_codes() - int(xz)).astype(_F32)  # (256,) float32
-        f = np.asarray(fn(x), _F32)
-        q = _round_away(f * (_F32(1) / _F32(ys))) + _F32(yz)
-    q = np.where(np.isnan(q), 0, q)  # NaN / inf: C's conversion is undefined there; saturate instead
-    return _saturate(np.clip(q, -1e9, 1e9))
+    """TFLite's ``LUTPopulate`` for int8: ``fn`` (float32 array -> float32 array) on each dequantized code (an
+    infinite result saturates, as C's undefined conversion does not promise)."""
+    return build_table(fn, xs, xz, ys, yz, np.int8, np.int8, "away", "tflite")
 
 
 def _erf32(x: np.ndarray) -> np.ndarray:
@@ -92,9 +84,8 @@ def _log_table(xs, xz, ys, yz):
 def _relu_x(xs, xz, ys, yz, act_min, act_max):
     """ReluX: ``clamp(MBQM(code - x_zp) + y_zp)`` to the activation's quantized range (QuantizedReluX)."""
     m0, shift = quantize_multiplier(float(_F32(_F32(xs) / _F32(ys))))
-    lo = max(_I8.min, int(yz) + int(_round_away(np.array([_F32(act_min) / _F32(ys)], _F32))[0]))
-    hi = _I8.max if act_max is None else min(
-        _I8.max, int(yz) + int(_round_away(np.array([_F32(act_max) / _F32(ys)], _F32))[0]))
+    lo = max(_I8.min, int(yz) + int(round_half_away(_F32(act_min) / _F32(ys))))
+    hi = _I8.max if act_max is None else min(_I8.max, int(yz) + int(round_half_away(_F32(act_max) / _F32(ys))))
     return _saturate(np.clip(mbqm(_codes() - int(xz), m0, shift) + int(yz), lo, hi))
 
 
@@ -116,8 +107,7 @@ def _abs(xs, xz, ys, yz):
 
 
 def _requantize(xs, xz, ys, yz):
-    m0, shift = quantize_multiplier(float(np.float64(_F32(xs)) / np.float64(_F32(ys))))
-    return _saturate(mbqm(_codes() - int(xz), m0, shift) + int(yz))
+    return requant_table(xs, xz, ys, yz, np.int8, np.int8, MODE_DOUBLE)  # TFLite's Requantize
 
 
 def _neg(xs, xz, ys, yz):

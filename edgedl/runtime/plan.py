@@ -206,10 +206,6 @@ class Plan:
         return counts
 
 
-#: elements of a tensor crossing a cut up to which a tail specializes its plans on the tensor's value
-TAIL_SPECIALIZE_LIMIT = 64
-
-
 class Tail:
     """The nodes after a cut: the cut node itself when it runs at run time (``eager``: its ref computes its
     outputs, whose shapes only data decides), then a runner over the remaining nodes, which plans them once
@@ -217,7 +213,7 @@ class Tail:
 
     def __init__(self, node: Node, op: Op, eager: bool, graph: Graph, feeds_from_inputs: list[str],
                  constants: dict):
-        from .runner import GraphRunner
+        from .runner import SPECIALIZE_MAX_ELEMENTS, GraphRunner
 
         #: values known when the plan was built that the cut node or the remainder reads
         self.constants = constants
@@ -229,7 +225,7 @@ class Tail:
         self.feeds_from_inputs = feeds_from_inputs
         # like the model's runner, specialize only on small values (shape tensors, zero points): a large one
         # crossing the cut (an image) would make every new input a new plan, built at run time
-        self.runner = GraphRunner(graph, specialize_limit=TAIL_SPECIALIZE_LIMIT)
+        self.runner = GraphRunner(graph, specialize_limit=SPECIALIZE_MAX_ELEMENTS)
 
     def run(self, values: dict[str, np.ndarray], profile: list | None = None) -> dict[str, np.ndarray]:
         values.update(self.constants)

@@ -23,6 +23,10 @@ from .plan import nested_profile
 
 #: How many bindings keep their plan (and arena) alive at once, per runner.
 MAX_CACHED_PLANS = 8
+#: A node needing a value computed from graph inputs of at most this many elements each (a shape, a count, a
+#: sample rate) makes the plans specialize on those inputs' values; from larger inputs (data) it cuts the plan
+#: instead (the model's runner, and the runners of plan tails)
+SPECIALIZE_MAX_ELEMENTS = 64
 
 
 class GraphRunner:
@@ -177,7 +181,7 @@ class LastPlan:
     __slots__ = ("signature", "plan", "values")
 
     #: the most elements of a value input the remembered plan compares by value (larger ones: not remembered)
-    MAX_VALUE_ELEMENTS = 64
+    MAX_VALUE_ELEMENTS = SPECIALIZE_MAX_ELEMENTS
 
     def __init__(self):
         self.signature: tuple | None = None

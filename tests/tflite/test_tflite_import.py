@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tflite_builder import Builder, interpret, schema  # noqa: E402  (tests/tflite on sys.path)
+from tflite_builder import Builder, int8_conv_model, interpret, schema  # noqa: E402  (tests/tflite on sys.path)
 
 import edgedl
 from edgedl.errors import EdgeDLError, ModelFormatError, UnsupportedOpError
@@ -327,22 +327,8 @@ def _same_bits(data: bytes, x: np.ndarray) -> None:
 
 
 def _int8_conv_then(out_op):
-    """QUANTIZE -> CONV_2D int8 (NCHW inside) -> ``out_op(builder, conv_out)`` -> DEQUANTIZE."""
-    b = Builder()
-    rng = np.random.default_rng(9)
-    x = b.tensor("input", (1, 5, 5, 2))
-    q = b.tensor("q", (1, 5, 5, 2), np.int8, quant=(0.05, 3))
-    b.op("QUANTIZE", [x], [q])
-    ws = (rng.random(4) * 0.02 + 0.01).astype(np.float32)
-    w = b.const("w", rng.integers(-127, 128, (4, 3, 3, 2)), np.int8, quant=(ws, np.zeros(4, np.int64), 0))
-    bias = b.const("bias", rng.integers(-200, 200, 4), np.int32, quant=(0.05 * ws, np.zeros(4, np.int64), 0))
-    c = b.tensor("c", (1, 5, 5, 4), np.int8, quant=(0.06, -5))
-    b.op("CONV_2D", [q, w, bias], [c], "Conv2DOptions", padding=SAME, strideW=1, strideH=1, dilationWFactor=1,
-         dilationHFactor=1)
-    r, shape = out_op(b, c)
-    y = b.tensor("y", shape)
-    b.op("DEQUANTIZE", [r], [y])
-    return b.build([x], [y])
+    """QUANTIZE -> CONV_2D int8 on a (1, 5, 5, 2) input -> ``out_op(builder, conv_out)`` -> DEQUANTIZE."""
+    return int8_conv_model(out_op, in_shape=(1, 5, 5, 2))
 
 
 @pytest.mark.parametrize("code,options,other_q,out_q", [

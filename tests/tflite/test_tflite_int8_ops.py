@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-from tflite_builder import Builder, interpret
+from tflite_builder import CONV_OUT_Q, Builder, int8_conv_model, interpret
 
 import edgedl
 from edgedl.quant.tflite_tables import div_is_defined, pair_table, unary_table
@@ -117,22 +117,8 @@ def test_int8_two_input_operators_are_bit_exact_on_every_code_pair(op):
 
 
 def _conv_chain(tail) -> bytes:
-    """QUANTIZE -> CONV_2D int8 (run in NCHW) -> ``tail(builder, conv_out)`` -> DEQUANTIZE."""
-    b = Builder()
-    rng = np.random.default_rng(9)
-    x = b.tensor("input", (1, 6, 6, 3))
-    q = b.tensor("q", (1, 6, 6, 3), np.int8, quant=(0.05, 3))
-    b.op("QUANTIZE", [x], [q])
-    ws = (rng.random(4) * 0.02 + 0.01).astype(np.float32)
-    w = b.const("w", rng.integers(-127, 128, (4, 3, 3, 3)), np.int8, quant=(ws, np.zeros(4, np.int64), 0))
-    bias = b.const("bias", rng.integers(-200, 200, 4), np.int32, quant=(0.05 * ws, np.zeros(4, np.int64), 0))
-    c = b.tensor("c", (1, 6, 6, 4), np.int8, quant=(0.06, -5))
-    b.op("CONV_2D", [q, w, bias], [c], "Conv2DOptions", padding=SAME, strideW=1, strideH=1, dilationWFactor=1,
-         dilationHFactor=1)
-    r = tail(b, c)
-    y = b.tensor("y", (1, 6, 6, 4))
-    b.op("DEQUANTIZE", [r], [y])
-    return b.build([x], [y])
+    """QUANTIZE -> CONV_2D int8 (run in NCHW) -> ``tail(builder, conv_out)`` -> DEQUANTIZE of (1, 6, 6, 4)."""
+    return int8_conv_model(lambda b, c: (tail(b, c), (1, 6, 6, 4)))
 
 
 def _feature_map_tail(b, c):
@@ -349,28 +335,16 @@ def test_int8_reductions_export_as_qdq(tmp_path):
 
 
 # -- data movement on codes ------------------------------------------------------------------------------------
-Q = (0.06, -5)  # the conv output's quantization, kept by every data-movement operator
+Q = CONV_OUT_Q  # the conv output's quantization, kept by every data-movement operator
 
 
 def _movement_model(tail) -> bytes:
     """QUANTIZE -> CONV_2D int8 (NCHW inside) -> ``tail(builder, conv_out, int8)`` -> (tensor, shape, dequantize)."""
-    b = Builder()
-    rng = np.random.default_rng(4)
-    x = b.tensor("input", (1, 6, 6, 3))
-    q = b.tensor("q", (1, 6, 6, 3), np.int8, quant=(0.05, 3))
-    b.op("QUANTIZE", [x], [q])
-    ws = (rng.random(4) * 0.02 + 0.01).astype(np.float32)
-    w = b.const("w", rng.integers(-127, 128, (4, 3, 3, 3)), np.int8, quant=(ws, np.zeros(4, np.int64), 0))
-    bias = b.const("bias", rng.integers(-200, 200, 4), np.int32, quant=(0.05 * ws, np.zeros(4, np.int64), 0))
-    c = b.tensor("c", (1, 6, 6, 4), np.int8, quant=Q)
-    b.op("CONV_2D", [q, w, bias], [c], "Conv2DOptions", padding=SAME, strideW=1, strideH=1, dilationWFactor=1,
-         dilationHFactor=1)
-    r, shape, dequantize = tail(b, c, lambda name, s: b.tensor(name, s, np.int8, quant=Q))
-    if not dequantize:
-        return b.build([x], [r])
-    y = b.tensor("y", shape)
-    b.op("DEQUANTIZE", [r], [y])
-    return b.build([x], [y])
+    def run_tail(b, c):
+        r, shape, dequantize = tail(b, c, lambda name, s: b.tensor(name, s, np.int8, quant=Q))
+        return r, shape if dequantize else None
+
+    return int8_conv_model(run_tail, seed=4)
 
 
 def _i32(b, name, values):

@@ -104,6 +104,36 @@ class Builder:
         return bytes(b.Output())
 
 
+#: quantization of the int8 convolution output in :func:`int8_conv_model` (what data movement after it keeps)
+CONV_OUT_Q = (0.06, -5)
+
+
+def int8_conv_model(tail, in_shape=(1, 6, 6, 3), channels: int = 4, seed: int = 9) -> bytes:
+    """input (float32) -> QUANTIZE (0.05, 3) -> CONV_2D 3x3 SAME int8 (per-channel weights, int32 bias; edgedl runs
+    it in NCHW), output quantized :data:`CONV_OUT_Q` -> ``tail(builder, conv_out)``, which returns (tensor, shape):
+    that tensor DEQUANTIZEd to a float32 output "y" of ``shape``, or, with shape None, the tensor itself as the
+    model's output."""
+    b = Builder()
+    rng = np.random.default_rng(seed)
+    n, h, w, c_in = in_shape
+    x = b.tensor("input", in_shape)
+    q = b.tensor("q", in_shape, np.int8, quant=(0.05, 3))
+    b.op("QUANTIZE", [x], [q])
+    ws = (rng.random(channels) * 0.02 + 0.01).astype(np.float32)
+    zeros = np.zeros(channels, np.int64)
+    weights = b.const("w", rng.integers(-127, 128, (channels, 3, 3, c_in)), np.int8, quant=(ws, zeros, 0))
+    bias = b.const("bias", rng.integers(-200, 200, channels), np.int32, quant=(0.05 * ws, zeros, 0))
+    c = b.tensor("c", (n, h, w, channels), np.int8, quant=CONV_OUT_Q)
+    b.op("CONV_2D", [q, weights, bias], [c], "Conv2DOptions", padding=schema.Padding.SAME, strideW=1, strideH=1,
+         dilationWFactor=1, dilationHFactor=1)
+    r, shape = tail(b, c)
+    if shape is None:
+        return b.build([x], [r])
+    y = b.tensor("y", shape)
+    b.op("DEQUANTIZE", [r], [y])
+    return b.build([x], [y])
+
+
 def interpret(data: bytes, feeds: list[np.ndarray], reference: bool = False) -> list[np.ndarray]:
     """The TFLite interpreter's outputs for ``feeds`` (in input order); ``reference``: its reference kernels
     (``BUILTIN_REF``, what int8 results are compared with bit for bit), else the default resolver."""

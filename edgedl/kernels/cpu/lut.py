@@ -7,7 +7,8 @@ input (an int8 value v sits at v & 0xFF, i.e. v + 256 for negatives) and stored 
 * :func:`build_table`: ``saturate(round(fn(dequantize(b)) / y_scale) + y_zp)`` with dequantize(b) =
   float32(x_scale * float32(value(b) - x_zp)) (onnxruntime's QlinearBuildLookupTable). ``precision``
   "float64" evaluates fn and the division in float64 (edgedl's own models: the best rounding); "float32"
-  does both in float32 as onnxruntime does (its lookup-table ops and MlasQuantizeLinear). ``rounding`` "even"
+  does both in float32 as onnxruntime does (its lookup-table ops and MlasQuantizeLinear); "tflite" evaluates fn
+  in float32 and multiplies by float32(1 / y_scale), as TFLite's ``LUTPopulate`` does. ``rounding`` "even"
   is ONNX QuantizeLinear (half to even), "away" TFLite (half away from zero).
 * :func:`requant_table`: the same tensor at another scale / zero point (Concat inputs, any op whose output
   parameters differ from its input's). MODE_FLOAT = onnxruntime QLinearConcat (identity table in float32, half
@@ -29,6 +30,7 @@ import numpy as np
 from numba import prange
 
 from ...quant.fixed_point import quantize_multiplier
+from ...quant.reference import round_half_away
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, requantize
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL
@@ -73,9 +75,8 @@ def check_qparams(scale, zp, dtype, what: str) -> tuple[np.float32, int]:
 def _round(q: np.ndarray, rounding: str) -> np.ndarray:
     if rounding == "even":
         return np.rint(q)
-    if rounding == "away":  # std::round; q - trunc(q) is exact, unlike floor(|q| + 0.5)
-        t = np.trunc(q)
-        return t + np.where(np.abs(q - t) >= 0.5, np.sign(q), 0).astype(q.dtype)
+    if rounding == "away":  # std::round
+        return round_half_away(q)
     raise ValueError(f"rounding must be 'even' or 'away', got {rounding!r}")
 
 
@@ -87,12 +88,14 @@ def build_table(fn, x_scale, x_zp, y_scale, y_zp, in_dtype, out_dtype, rounding:
     ys, yz = check_qparams(y_scale, y_zp, out_dtype, "output")
     xf = xs * (byte_values(in_dtype) - xz).astype(np.float32)  # (256,) float32, onnxruntime's dequantize
     with np.errstate(all="ignore"):
-        if precision == "float32":
+        if precision == "tflite":  # TFLite's LUTPopulate: fn in float32, times float32(1 / y_scale)
+            q = np.asarray(fn(xf), np.float32) * (np.float32(1) / ys)
+        elif precision == "float32":
             q = np.asarray(fn(xf), np.float32) / ys
         elif precision == "float64":
             q = np.asarray(fn(xf.astype(np.float64)), np.float64) / np.float64(ys)
         else:
-            raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+            raise ValueError(f"precision must be 'float32', 'float64' or 'tflite', got {precision!r}")
     if np.isnan(q).any():
         raise ValueError("the table function gives NaN on the input's range")
     info = np.iinfo(np.dtype(out_dtype))

@@ -231,19 +231,12 @@ def broadcast_geometry(a_shape, b_shape, out_shape):
     return tuple(dims), tuple(ga), tuple(gb)
 
 
-class QBinary:
-    """Prepared 8-bit Add / Mul of ``a`` (a_shape) and ``b`` (b_shape) into ``out`` (out_shape, their
-    numpy broadcast), per-tensor parameters, output clamped to [lo, hi] (the output type's range narrowed
-    by a fused activation), ``mode`` one of edgedl.quant.requant's MODE_*. The 256 x 256 table is built on
-    the first call for each (a, b, out) dtype triple."""
+class _BroadcastGather:
+    """The broadcasting gather of an 8-bit op of two 8-bit tensors through a (65536,) table of every input byte
+    pair: ``a`` (a_shape) and ``b`` (b_shape) into ``out`` (out_shape, their numpy broadcast). Subclasses give
+    :meth:`table` for the dtypes."""
 
-    def __init__(self, kind, a_shape, b_shape, out_shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, lo, hi,
-                 mode):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be 'add' or 'mul', got {kind!r}")
-        if mode not in (MODE_DOUBLE, MODE_SINGLE, MODE_FLOAT):
-            raise ValueError(f"unknown requantization mode {mode}")
-        self.kind, self.mode = kind, int(mode)
+    def __init__(self, a_shape, b_shape, out_shape):
         self.a_shape, self.b_shape, self.out_shape = tuple(a_shape), tuple(b_shape), tuple(out_shape)
         dims, ga, gb = broadcast_geometry(a_shape, b_shape, out_shape)
         pad = max(0, 4 - len(dims))
@@ -251,45 +244,11 @@ class QBinary:
         self.outer = dims[:-4]  # leading dims that did not collapse: looped over in Python
         self._outer_strides = (ga[:-4], gb[:-4])
         self.geometry = np.array(dims[-4:] + ga[-4:] + gb[-4:], np.int64)
-        # onnxruntime's add takes its IsScalarA path where A is constant along the innermost dimension
-        self.scalar_a = self.kind == "add" and self.mode == MODE_FLOAT and ga[-1] == 0
         self.size = int(np.prod(out_shape, dtype=np.int64))
-        self.params = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp)
-        self.lo, self.hi = int(lo), int(hi)
-        if self.lo > self.hi:
-            raise ValueError(f"empty output range [{lo}, {hi}]")
-        self._tables = {}
-
-    def _int_params(self, a_dtype, b_dtype, out_dtype):
-        """(int64 parameters, float32 scales) of :func:`_qbinary` for these dtypes."""
-        a_scale, a_zp, b_scale, b_zp, y_scale, y_zp = self.params
-        sa, za = check_qparams(a_scale, a_zp, a_dtype, "input A")
-        sb, zb = check_qparams(b_scale, b_zp, b_dtype, "input B")
-        sy, zy = check_qparams(y_scale, y_zp, out_dtype, "output")
-        info = np.iinfo(out_dtype)
-        if not info.min <= self.lo <= self.hi <= info.max:
-            raise ValueError(f"output range [{self.lo}, {self.hi}] outside {np.dtype(out_dtype)}")
-        ma = mb = (0, 0)
-        if self.kind == "add":  # TFLite add.cc Prepare (double from the float32 scales)
-            twice_max = 2.0 * max(float(sa), float(sb))
-            ma = quantize_multiplier(float(sa) / twice_max)
-            mb = quantize_multiplier(float(sb) / twice_max)
-            mo = quantize_multiplier(twice_max / ((1 << _LEFT_SHIFT) * float(sy)))
-        else:  # TFLite mul.cc Prepare: input1_scale * input2_scale / output_scale in float32
-            mo = quantize_multiplier(float(np.float32(np.float32(sa * sb) / sy)))
-        ip = np.array([za, zb, zy, self.lo, self.hi, *ma, *mb, *mo], np.int64)
-        return ip, np.array([sa, sb, sy], np.float32)
 
     def table(self, a_dtype, b_dtype, out_dtype) -> np.ndarray:
         """(65536,) out_dtype: output of each (a byte << 8 | b byte)."""
-        key = (np.dtype(a_dtype), np.dtype(b_dtype), np.dtype(out_dtype))
-        if key not in self._tables:
-            ip, fs = self._int_params(*key)
-            vals = np.empty(65536, np.int64)
-            _pair_table(byte_values(key[0]), byte_values(key[1]), KINDS[self.kind], self.mode, ip, fs,
-                        self.scalar_a, vals)
-            self._tables[key] = vals.astype(key[2])
-        return self._tables[key]
+        raise NotImplementedError
 
     def bind(self, a: np.ndarray, b: np.ndarray, out: np.ndarray):
         """A no-argument callable doing ``self(a, b, out)`` on these very arrays, every argument prepared once
@@ -330,15 +289,68 @@ class QBinary:
         return out
 
 
-class QTableBinary(QBinary):
-    """The broadcasting gather of :class:`QBinary` over a given (65536,) int8 table of an int8 operator of two
-    int8 inputs (indexed by ``a byte << 8 | b byte``; :mod:`edgedl.quant.tflite_tables` makes them)."""
+class QBinary(_BroadcastGather):
+    """Prepared 8-bit Add / Mul of ``a`` (a_shape) and ``b`` (b_shape) into ``out`` (out_shape, their
+    numpy broadcast), per-tensor parameters, output clamped to [lo, hi] (the output type's range narrowed
+    by a fused activation), ``mode`` one of edgedl.quant.requant's MODE_*. The 256 x 256 table is built on
+    the first call for each (a, b, out) dtype triple."""
+
+    def __init__(self, kind, a_shape, b_shape, out_shape, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp, lo, hi,
+                 mode):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be 'add' or 'mul', got {kind!r}")
+        if mode not in (MODE_DOUBLE, MODE_SINGLE, MODE_FLOAT):
+            raise ValueError(f"unknown requantization mode {mode}")
+        super().__init__(a_shape, b_shape, out_shape)
+        self.kind, self.mode = kind, int(mode)
+        # onnxruntime's add takes its IsScalarA path where A is constant along the innermost dimension
+        self.scalar_a = self.kind == "add" and self.mode == MODE_FLOAT and self.geometry[7] == 0  # A's inner stride
+        self.params = (a_scale, a_zp, b_scale, b_zp, y_scale, y_zp)
+        self.lo, self.hi = int(lo), int(hi)
+        if self.lo > self.hi:
+            raise ValueError(f"empty output range [{lo}, {hi}]")
+        self._tables = {}
+
+    def _int_params(self, a_dtype, b_dtype, out_dtype):
+        """(int64 parameters, float32 scales) of :func:`_qbinary` for these dtypes."""
+        a_scale, a_zp, b_scale, b_zp, y_scale, y_zp = self.params
+        sa, za = check_qparams(a_scale, a_zp, a_dtype, "input A")
+        sb, zb = check_qparams(b_scale, b_zp, b_dtype, "input B")
+        sy, zy = check_qparams(y_scale, y_zp, out_dtype, "output")
+        info = np.iinfo(out_dtype)
+        if not info.min <= self.lo <= self.hi <= info.max:
+            raise ValueError(f"output range [{self.lo}, {self.hi}] outside {np.dtype(out_dtype)}")
+        ma = mb = (0, 0)
+        if self.kind == "add":  # TFLite add.cc Prepare (double from the float32 scales)
+            twice_max = 2.0 * max(float(sa), float(sb))
+            ma = quantize_multiplier(float(sa) / twice_max)
+            mb = quantize_multiplier(float(sb) / twice_max)
+            mo = quantize_multiplier(twice_max / ((1 << _LEFT_SHIFT) * float(sy)))
+        else:  # TFLite mul.cc Prepare: input1_scale * input2_scale / output_scale in float32
+            mo = quantize_multiplier(float(np.float32(np.float32(sa * sb) / sy)))
+        ip = np.array([za, zb, zy, self.lo, self.hi, *ma, *mb, *mo], np.int64)
+        return ip, np.array([sa, sb, sy], np.float32)
+
+    def table(self, a_dtype, b_dtype, out_dtype) -> np.ndarray:
+        """(65536,) out_dtype: output of each (a byte << 8 | b byte)."""
+        key = (np.dtype(a_dtype), np.dtype(b_dtype), np.dtype(out_dtype))
+        if key not in self._tables:
+            ip, fs = self._int_params(*key)
+            vals = np.empty(65536, np.int64)
+            _pair_table(byte_values(key[0]), byte_values(key[1]), KINDS[self.kind], self.mode, ip, fs,
+                        self.scalar_a, vals)
+            self._tables[key] = vals.astype(key[2])
+        return self._tables[key]
+
+class QTableBinary(_BroadcastGather):
+    """The broadcasting gather over a given (65536,) int8 table of an int8 operator of two int8 inputs (indexed
+    by ``a byte << 8 | b byte``; :mod:`edgedl.quant.tflite_tables` makes them)."""
 
     def __init__(self, pair_table: np.ndarray, a_shape, b_shape, out_shape):
         pair_table = np.asarray(pair_table)
         if pair_table.shape != (65536,) or pair_table.dtype != np.int8:
             raise ValueError(f"a pair table is (65536,) int8, got {pair_table.dtype}{pair_table.shape}")
-        super().__init__("add", a_shape, b_shape, out_shape, 1.0, 0, 1.0, 0, 1.0, 0, -128, 127, MODE_DOUBLE)
+        super().__init__(a_shape, b_shape, out_shape)
         self.pair_table = pair_table
 
     def table(self, a_dtype, b_dtype, out_dtype) -> np.ndarray:
