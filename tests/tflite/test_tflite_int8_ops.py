@@ -508,3 +508,36 @@ def test_int8_softmax_kernel_equals_the_numpy_transcription():
             x[...] = info.max
         out = np.empty_like(x)
         np.testing.assert_array_equal(TFLiteSoftmax(xs, beta)(x, out), softmax_int8(x, xs, beta, dtype))
+
+
+def test_a_model_with_the_int8_tables_fine_tunes_quantization_aware(tmp_path):
+    """HARD_SWISH, SUB (a pair table), TANH, MEAN and FULLY_CONNECTED int8: the Trainer fine-tunes it through its QDQ
+    form (quantization-aware), and the saved file runs the same in onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+
+    def tail(b, c):
+        hs = b.tensor("hs", (1, 6, 6, 4), np.int8, quant=(0.04, -20))
+        b.op("HARD_SWISH", [c], [hs])
+        off = b.const("off", np.array([-50, 0, 40, 100]), np.int8, quant=(0.01, 2))
+        sub = b.tensor("sub", (1, 6, 6, 4), np.int8, quant=(0.03, -128))
+        b.op("SUB", [hs, off], [sub], "SubOptions", fusedActivationFunction=1)
+        th = b.tensor("th", (1, 6, 6, 4), np.int8, quant=(1 / 128, 0))
+        b.op("TANH", [sub], [th])
+        m = b.tensor("m", (1, 4), np.int8, quant=(1 / 128, 0))
+        b.op("MEAN", [th, _i32(b, "ax", [1, 2])], [m], "ReducerOptions", keepDims=False)
+        w = b.const("fw", np.random.default_rng(0).integers(-127, 128, (5, 4)), np.int8,
+                    quant=(np.full(5, 0.02, np.float32), np.zeros(5, np.int64), 0))
+        logits = b.tensor("logits", (1, 5), np.int8, quant=(0.05, 0))
+        b.op("FULLY_CONNECTED", [m, w], [logits], "FullyConnectedOptions")
+        return logits, (1, 5)
+
+    model = edgedl.load(int8_conv_model(tail))
+    rng = np.random.default_rng(1)
+    xs, ys = rng.standard_normal((8, 6, 6, 3)).astype(np.float32), rng.integers(0, 5, 8)
+    trainer = edgedl.Trainer(model, trainable="last:1", optimizer=edgedl.train.Adam(lr=0.01), seed=0)
+    assert trainer.qat is not None
+    assert np.isfinite(trainer.fit(xs, ys, epochs=2, batch_size=1).loss).all()
+    model.save(str(tmp_path / "tuned.onnx"))
+    x = xs[:1]
+    np.testing.assert_array_equal(model.run({"input": x})["y"],
+                                  ort.InferenceSession(str(tmp_path / "tuned.onnx")).run(None, {"input": x})[0])
