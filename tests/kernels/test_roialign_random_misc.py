@@ -395,6 +395,8 @@ def test_random_uniform_and_normal_shapes_ranges_moments():
 def test_random_seed_repeatable_across_fresh_models(op_type):
     like = op_type not in ("RandomUniform", "RandomNormal")
     attrs = {} if like else {"shape": [3, 5]}
+    if op_type == "Multinomial":  # 20 draws per row: two unseeded runs of 3 draws agreed once in 125 (flaky)
+        attrs = {"sample_size": 20}
     x = np.full((3, 5), 0.5, np.float32)
     out_elem = TensorProto.INT32 if op_type == "Multinomial" else TensorProto.FLOAT
 
