@@ -112,9 +112,10 @@ def _graph_proto(graph: Graph, default_version: int) -> onnx.GraphProto:
 
 def _spelled_out(graph: Graph, version: int) -> tuple[list[Node], dict]:
     """The graph's nodes with the ops its opset lacks written in the ops it has: HardSwish (opset 14; edgedl's
-    passes fuse ``x * Clip(x + 3, 0, 6) / 6`` into it at any opset) as Add, Clip, Mul and Div again. Returns the
-    nodes and the constants they add."""
-    if version >= 14 or not any(n.op_type == "HardSwish" and n.domain in _DEFAULT_DOMAINS for n in graph.nodes):
+    passes fuse ``x * Clip(x + 3, 0, 6) / 6`` into it at any opset) as Add, Clip, Mul and Div again, and Swish
+    (opset 24; fused from ``x * Sigmoid(x)``) as Sigmoid and Mul. Returns the nodes and the constants they add."""
+    newer = {"HardSwish": 14, "Swish": 24}
+    if not any(version < newer.get(n.op_type, 0) and n.domain in _DEFAULT_DOMAINS for n in graph.nodes):
         return list(graph.nodes), {}
     taken = set(graph.initializers) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs) if t}
     extra: dict = {}
@@ -134,10 +135,19 @@ def _spelled_out(graph: Graph, version: int) -> tuple[list[Node], dict]:
 
     out: list[Node] = []
     for n in graph.nodes:
-        if n.op_type != "HardSwish" or n.domain not in _DEFAULT_DOMAINS:
+        if version >= newer.get(n.op_type, 0) or n.domain not in _DEFAULT_DOMAINS:
             out.append(n)
             continue
         x, y = n.inputs[0], n.outputs[0]
+        if n.op_type == "Swish":
+            alpha = float(n.attrs.get("alpha", 1.0))
+            gate_in, gate = x, fresh(f"{n.name}_sigmoid")
+            if alpha != 1.0:
+                gate_in = fresh(f"{n.name}_scaled")
+                out.append(Node("Mul", f"{n.name}_Scale", [x, const(f"{n.name}_alpha", alpha)], [gate_in]))
+            out += [Node("Sigmoid", f"{n.name}_Sigmoid", [gate_in], [gate]),
+                    Node("Mul", f"{n.name}_Mul", [x, gate], [y])]
+            continue
         shifted, clipped, product = fresh(f"{n.name}_plus3"), fresh(f"{n.name}_clip"), fresh(f"{n.name}_mul")
         if version >= 11:
             clip = Node("Clip", f"{n.name}_Clip", [shifted, const(f"{n.name}_zero", 0.0),

@@ -141,7 +141,9 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
     int8_options = _int8_options(bench.model)
     core_options = _core_set_options(shipped)
     thread_options = _thread_candidates(shipped.cores)
-    total = len(core_options) + len(thread_options) + 2 * len(THRESHOLDS) + len(int8_options) + 1
+    flat_options = _conv_flat_options(bench.model)
+    total = (len(core_options) + len(thread_options) + 2 * len(THRESHOLDS) + len(int8_options)
+             + len(flat_options) + 1)
     follow = threads.follows_load()
     threads.set_num_threads(None, follow_load=False)  # every candidate runs at the count it names
     bar = tqdm(total=total, desc="edgedl tune", unit="trial", disable=not progress)
@@ -180,6 +182,8 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
             stage("int8_kernel", int8_options, shipped.int8_kernel)
         else:
             bar.update(len(int8_options))
+        if flat_options:
+            stage("conv_flat", flat_options, shipped.conv_flat)
         # final check, interleaved so drifts of the board (clocks, heat, other work) hit both alike
         before, after = [], []
         for _ in range(5):
@@ -214,6 +218,18 @@ def _core_set_options(target) -> list[str]:
     if core_ids(target.replace(core_set="big")) is None or core_ids(target.replace(core_set="little")) is None:
         return []
     return ["all", "big", "little"]
+
+
+def _conv_flat_options(model) -> list[bool]:
+    """Both convolution strategies (padded image read in place, packed panels) when the model has a float
+    group-1 spatial convolution, the kind :func:`~edgedl.kernels.cpu.conv_flat.prefer_flat` decides for."""
+    for node in model.graph.nodes:
+        if node.op_type != "Conv" or node.domain or int(node.attrs.get("group", 1)) != 1:
+            continue
+        w = model.graph.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is not None and w.dtype == np.float32 and w.ndim in (3, 4) and int(np.prod(w.shape[2:])) > 1:
+            return [True, False]
+    return []
 
 
 def _int8_options(model) -> list[str]:

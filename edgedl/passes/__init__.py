@@ -11,6 +11,7 @@ from .fuse import (
     fuse_hard_swish,
     fuse_matmul_bias,
     fuse_residual_add,
+    fuse_swish,
 )
 from .half_precision import compute_half_in_float32
 from .qdq import lower_qdq
@@ -24,6 +25,7 @@ def optimize(graph: Graph) -> Graph:
     remove_noop_casts(graph)
     fuse_gelu(graph)  # before lower_qdq: a Gelu between DequantizeLinear and QuantizeLinear becomes an int8 table
     fuse_hard_swish(graph)
+    fuse_swish(graph)
     lower_qdq(graph)
     fold_batchnorm(graph)
     fold_conv_scalar_affine(graph)
@@ -34,6 +36,6 @@ def optimize(graph: Graph) -> Graph:
 
 
 __all__ = ["optimize", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
-           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu", "fuse_hard_swish",
+           "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu", "fuse_hard_swish", "fuse_swish",
            "fold_conv_scalar_affine",
            "remove_noop_casts"]

@@ -389,6 +389,27 @@ def fuse_hard_swish(graph: Graph) -> int:
     return fused
 
 
+def fuse_swish(graph: Graph) -> int:
+    """``x * Sigmoid(x)`` (SiLU: the activation of YOLOv5/v8/X, EfficientNet and many exported CNNs) becomes one
+    ``Swish(x)``: one pass over memory instead of two in float, one 8-bit table instead of a table and a
+    requantized product in int8. Only when the Sigmoid's output feeds nothing but that Mul and is not a graph
+    output. Returns how many."""
+    outputs = {s.name for s in graph.outputs}
+    fused = 0
+    for sig in list(graph.nodes):
+        if sig.op_type != "Sigmoid" or sig.domain or len(sig.inputs) != 1 or len(sig.outputs) != 1:
+            continue
+        x = sig.inputs[0]
+        mul = _sole_consumer(graph, sig.outputs[0], outputs)
+        if mul is None or mul.op_type != "Mul" or mul.domain or _other(mul, sig.outputs[0]) != x:
+            continue
+        graph.nodes[graph.nodes.index(mul)] = Node("Swish", (mul.name or sig.name) + "_swish", [x],
+                                                   [mul.outputs[0]])
+        graph.nodes.remove(sig)
+        fused += 1
+    return fused
+
+
 def fold_conv_scalar_affine(graph: Graph) -> int:
     """``Conv(x, W, B) * s + t`` with float scalars s, t (either step alone; PP-LCNet's learnable affine blocks)
     becomes ``Conv(x, W * s, B * s + t)``: exact up to float rounding, and one pass over the output fewer per

@@ -388,7 +388,14 @@ def quantize(model, calibration=None, *, method: str = "minmax", per_channel: bo
         parameters), and ``model.save(path)`` writes it as standard QDQ ONNX.
     """
     from ..model import Model
-    from ..passes import fold_batchnorm, fold_conv_scalar_affine, fuse_hard_swish, optimize, remove_identities
+    from ..passes import (
+        fold_batchnorm,
+        fold_conv_scalar_affine,
+        fuse_hard_swish,
+        fuse_swish,
+        optimize,
+        remove_identities,
+    )
 
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -402,6 +409,7 @@ def quantize(model, calibration=None, *, method: str = "minmax", per_channel: bo
     remove_identities(g)
     fold_batchnorm(g)
     fuse_hard_swish(g)  # one table in int8 rather than four requantized passes
+    fuse_swish(g)  # ... and rather than a table and a requantized product
     fold_conv_scalar_affine(g)
     exclude = set(exclude)
     report = QuantizationReport("dynamic" if dynamic else method, per_channel)

@@ -23,7 +23,8 @@ PREFIX_CHUNK = 4
 
 #: ops that compute each sample from that sample alone (with the attribute checks in _per_sample)
 _PER_SAMPLE = {"Conv", "ConvTranspose", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid",
-               "HardSwish", "Elu", "Selu", "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
+               "HardSwish", "Swish",
+               "Elu", "Selu", "Softplus", "Erf", "Gelu", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt",
                "Max", "Min", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization",
                "LRN", "InstanceNormalization", "Concat", "Flatten", "Reshape", "Identity", "Dropout", "QuantizeLinear",
                "DequantizeLinear", "MatMul", "Gemm", "Pad", "Resize", "Upsample", "Softmax", "LogSoftmax",

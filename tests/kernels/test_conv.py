@@ -17,8 +17,8 @@ def rnd(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def run_conv(x, w, b, strides, pads, dil, group, act=0, alpha=0.0, beta=0.0, scratch=True):
-    conv = Conv2d(w, b, x.shape, strides, pads, dil, group, act, alpha, beta)
+def run_conv(x, w, b, strides, pads, dil, group, act=0, alpha=0.0, beta=0.0, scratch=True, strategy=None):
+    conv = Conv2d(w, b, x.shape, strides, pads, dil, group, act, alpha, beta, strategy=strategy)
     out = np.full(conv.out_shape, np.nan, np.float32)
     conv(x, out, np.empty(conv.scratch_bytes, np.uint8) if scratch else None)
     return conv, out
@@ -69,15 +69,20 @@ DW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("strategy", [None, "gemm", "flat"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
-def test_conv_gemm_strategy(case):
+def test_conv_gemm_strategy(case, strategy):
+    """Every case by the strategy Conv2d picks, and by each of the two GEMM strategies forced (the flat one
+    for group 1 only)."""
     shape, cout, (kh, kw), s, p, d, g = case
+    if strategy == "flat" and g != 1:
+        pytest.skip("the flat strategy is for group-1 convolutions")
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, kh, kw), rnd(rng, cout)
-    conv, out = run_conv(x, w, b, s, p, d, g, A.ACT_RELU)
-    assert conv.strategy == "gemm"
+    conv, out = run_conv(x, w, b, s, p, d, g, A.ACT_RELU, strategy=strategy)
+    assert conv.strategy in ((strategy,) if strategy else ("gemm", "flat"))
     check(out, conv2d_ref(x, w, b, s, p, d, g, A.ACT_RELU))
-    _, out = run_conv(x, w, None, s, p, d, g, scratch=False)
+    _, out = run_conv(x, w, None, s, p, d, g, scratch=False, strategy=strategy)
     check(out, conv2d_ref(x, w, None, s, p, d, g))
 
 
@@ -208,7 +213,7 @@ def test_conv_one_vs_two_threads_identical():
         for shape, cout, k, g in cases:
             x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, k, k), rnd(rng, cout)
             conv = Conv2d(w, b, shape, (1, 1), (k // 2,) * 4, (1, 1), g, A.ACT_RELU)
-            assert conv.strategy == ("depthwise" if g == shape[1] else "gemm")
+            assert conv.strategy == ("depthwise" if g == shape[1] else "flat" if g == 1 and k > 1 else "gemm")
             res = []
             for th in (1, 2):
                 numba.set_num_threads(th)

@@ -61,6 +61,20 @@ def test_target_thresholds_reach_the_kernels():
     assert config.INT8_KERNEL is None
 
 
+def test_target_convolution_strategy_reaches_the_kernels():
+    """A board profile with ``conv_flat = false`` (tuned: packed panels faster there) prepares its convolutions
+    with packed panels; the default reads the padded image in place. Same outputs either way."""
+    x = np.load(SPEC)
+    packed = edgedl.load(KWS, target=load_profile("host").replace(conv_flat=False))
+    y_packed = packed(x)
+    assert config.CONV_FLAT is False
+    y_flat = edgedl.load(KWS, target="host")(x)
+    assert config.CONV_FLAT is True
+    np.testing.assert_allclose(y_packed, y_flat, rtol=1e-5, atol=1e-5)
+    with pytest.raises(edgedl.EdgeDLError, match="conv_flat"):
+        load_profile("host").replace(conv_flat="yes")
+
+
 def test_target_thread_count_is_the_default(monkeypatch):
     import numba
 

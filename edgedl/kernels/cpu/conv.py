@@ -30,8 +30,9 @@ import numpy as np
 from numba import prange
 
 from . import config as _config
-from .act import ACT_NONE, act_code, act_inplace, act_ref
+from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
+from .conv_flat import FlatConv, prefer_flat
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
     BIAS_NONE,
@@ -326,19 +327,25 @@ class Conv2d:
       (top, left, bottom, right) too: x1_begin, x2_begin, x1_end, x2_end);
     * ``act``, ``alpha``, ``beta``: fused activation (an ``ACT_*`` code or an ONNX op name);
     * ``accumulate``: add the convolution to what ``out`` holds (a fused residual connection:
-      ``out = act(out + conv(x) + bias)``); always computed by the GEMM strategy.
+      ``out = act(out + conv(x) + bias)``); computed by the GEMM or flat strategy;
+    * ``strategy``: None (choose), or force ``"gemm"`` / ``"flat"`` (group 1) on a non-depthwise convolution.
 
     Attributes: ``out_shape``, ``scratch_bytes`` (0: panels are packed in small per-thread buffers),
-    ``strategy`` ("gemm" or "depthwise"), for depthwise ``depthwise_kernel`` ("rows": one plane at a
+    ``strategy`` ("gemm": implicit im2col, panels packed per call; "flat": the zero-padded image read in place,
+    :mod:`.conv_flat`, chosen by :func:`~.conv_flat.prefer_flat` unless ``config.CONV_FLAT`` is off; or
+    "depthwise"), for depthwise ``depthwise_kernel`` ("rows": one plane at a
     time, vectorized along output rows; "interleaved": :mod:`.depthwise_ci`, VW channels at a time, for
     narrow planes). ``__call__(x, out, scratch=None, threads=None)``.
     """
 
     def __init__(self, weight, bias, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                 group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0, accumulate: bool = False):
+                 group: int = 1, act=ACT_NONE, alpha: float = 0.0, beta: float = 0.0, accumulate: bool = False,
+                 strategy: str | None = None):
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"weight must be (C_out, C_in/group, kH, kW), got shape {weight.shape}")
+        if strategy not in (None, "gemm", "flat") or (strategy == "flat" and group != 1):
+            raise ValueError(f"strategy must be None, 'gemm' or (group 1 only) 'flat', got {strategy!r}")
         n, c, h, w = (int(v) for v in in_shape)
         cout, cg, kh, kw = weight.shape
         sh, sw = _pair(strides, "strides", (1, 1))
@@ -396,6 +403,15 @@ class Conv2d:
         w2 = weight.reshape(group, m, k)
         for g in range(group):
             pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
+        self._flat = None
+        if strategy == "flat" or (strategy is None and _config.CONV_FLAT
+                                     and prefer_flat(self.in_shape, self.out_shape, kh, kw, sh, sw, group)):
+            self.strategy = "flat"
+            self._flat = FlatConv(self.ap, self.bias, self.in_shape, self.out_shape, kh, kw, sh, sw, dh, dw,
+                                  (pt, pl, pb, pr), self.act, self.alpha, self.beta, self.accumulate,
+                                  self.act in SIMPLE_ACTS)
+            self.scratch_bytes = self._flat.scratch_bytes
+            return
         if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pl == pb == pr == 0:
             geo, ktab = matrix_geometry(cg, h * w, h * w), matrix_ktab(cg, h * w)
         else:
@@ -415,7 +431,7 @@ class Conv2d:
         if (bias is None) != (self.bias is None) or getattr(self, "_ci", None) is not None:
             return False
         weight = np.ascontiguousarray(weight, dtype=np.float32)
-        if self.strategy == "gemm":
+        if self.strategy in ("gemm", "flat"):
             group, m, k, asz = self._packing
             w2 = weight.reshape(group, m, k)
             for g in range(group):
@@ -426,6 +442,8 @@ class Conv2d:
             self.bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
             if self.strategy == "gemm":
                 self._gemm.set_bias(self.bias)
+            elif self.strategy == "flat":
+                self._flat.set_bias(self.bias)
         return True
 
     def bind(self, x: np.ndarray, out: np.ndarray, scratch, threads: int):
@@ -435,6 +453,8 @@ class Conv2d:
         of = _flat(out, self.out_shape, "output")
         if self.strategy == "gemm":
             return self._gemm.bind(of, xf, threads, scratch)
+        if self.strategy == "flat":
+            return self._flat.bind(xf, of, scratch, threads)
         return functools.partial(*self._dw_call(xf, of, _as_scratch_f32(scratch, self.scratch_bytes // 4), threads))
 
     def _dw_call(self, xf, of, work, threads) -> tuple:
@@ -457,6 +477,11 @@ class Conv2d:
             raise ValueError(f"scratch has {scratch.nbytes} bytes, {self.scratch_bytes} needed")
         if self.strategy == "gemm":
             self._gemm.run(of, xf, threads, scratch)
+            return out
+        if threads is None:
+            threads = num_threads()
+        if self.strategy == "flat":
+            self._flat.bind(xf, of, scratch, threads)()
             return out
         if threads is None:
             threads = num_threads()

@@ -74,7 +74,7 @@ NC = 24 * NR
 #: stride-1 convolution's image in its interior panels
 DIRECT_B_MAX_M = 48
 #: in-place B modes of the driver
-DIRECT_NONE, DIRECT_MATRIX, DIRECT_CONV = 0, 1, 2
+DIRECT_NONE, DIRECT_MATRIX, DIRECT_CONV, DIRECT_FLAT = 0, 1, 2, 3
 
 #: bias modes
 BIAS_NONE = 0
@@ -352,7 +352,9 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     per K block and kept for the next row blocks) > row tiles. ``direct``: DIRECT_MATRIX: B is a
     row-major matrix (geometry row stride ldb, column stride 1) read in place for whole panels;
     DIRECT_CONV: B is a stride-1 convolution's image, its interior panels read in place through the row
-    table; other panels are packed."""
+    table; other panels are packed. DIRECT_FLAT: every panel is read in place through the row table at
+    column offset ``col0`` (a zero-padded image whose output columns run over the padded width, see
+    conv.Conv2d's "flat" strategy; N is a whole number of panels and the source is long enough)."""
     per = rs * cb
     gemm_i = task // per
     t = task - gemm_i * per
@@ -405,6 +407,13 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
             ie = min(i1, ia + mbt)
             for jt in range(j0, j1):
                 col0 = jt * NR
+                if direct == DIRECT_FLAT:
+                    microkernel_panel_rows(ie - ia, kc, ap, a_base + ia * k * MR + k0 * MR, k * MR, ktab, k0 * 3,
+                                           bsrc, b_off + col0, c, c_base + ia * MR * ldc + col0, MR * ldc, ldc,
+                                           flags, bias, bias_base + (ia * MR if bias_mode == BIAS_ROW else col0),
+                                           MR if bias_mode == BIAS_ROW else 0, uact, alpha, beta,
+                                           min(MR, m - (ie - 1) * MR))
+                    continue
                 if direct == DIRECT_CONV and n - col0 >= NR:
                     # an interior panel of a stride-1 convolution: B rows read from the image in place
                     poh = col0 // ow_n
@@ -612,7 +621,7 @@ class GemmCall:
                  ngroups: int = 1, a_gstride: int = 0, b_nstride: int = 0, b_gstride: int = 0,
                  c_nstride: int = 0, c_gstride: int = 0, bias: np.ndarray | None = None,
                  bias_mode: int = BIAS_NONE, bias_gstride: int = 0, accumulate: bool = False,
-                 act: int = ACT_NONE, alpha: float = 0.0, beta: float = 0.0):
+                 act: int = ACT_NONE, alpha: float = 0.0, beta: float = 0.0, flat: bool = False):
         if bp.size == 0 and (geo is None or ktab is None):
             raise ValueError("GemmCall: give a pre-packed B or a B geometry and row table")
         self.m, self.n, self.k, self.nbatch, self.ngroups = m, n, k, nbatch, ngroups
@@ -634,6 +643,10 @@ class GemmCall:
         direct = DIRECT_NONE
         if m <= DIRECT_B_MAX_M:
             direct = DIRECT_MATRIX if plain else (DIRECT_CONV if conv_rows else DIRECT_NONE)
+        if flat:
+            if bp.size or ktab is None or n % NR:
+                raise ValueError("GemmCall(flat=True) reads B through its row table in whole panels")
+            direct = DIRECT_FLAT
         code = int(act_code(act))
         # NOTE: the microkernel applies the simple activations in its registers; the others (exp, tanh) run
         # over the finished output (_act_rows), so the GEMM kernels never carry their code: it made every
@@ -657,7 +670,7 @@ class GemmCall:
             # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
             # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.
             shared = (nslots > 1 and rs > 1 and total == 1 and self._head[2].size == 0
-                      and self.k <= SHARED_PACK_MAX_K and self._flags[4] != DIRECT_MATRIX
+                      and self.k <= SHARED_PACK_MAX_K and self._flags[4] in (DIRECT_NONE, DIRECT_CONV)
                       and (nslots - 1) * self.k * self.n >= SHARED_PACK_MIN_FLOATS)
             shared_floats = -(-self.n // NR) * self.k * NR if shared else 0
             plan = (nslots, ntasks, bufsize, (rs, cb, mst, nbt), shared_floats)

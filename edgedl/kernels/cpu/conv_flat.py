@@ -1,0 +1,235 @@
+"""Convolution as a GEMM that reads the image in place: the "flat" strategy of :class:`~.conv.Conv2d`.
+
+The implicit-im2col GEMM packs every ``KC x NR`` panel of B from the image before the microkernel reads it.
+That packing is avoidable. Copy the image once into a zero-padded buffer (``Hp x Wp`` per channel, the pads
+included) and let the output columns run over the *padded* width, ``p = oy*Wp + ox`` for ``ox < Wp``. For a
+stride-1 convolution, row ``k = (ci, i, j)`` of B at columns ``p .. p+NR-1`` is then the contiguous run
+``xpad[ci*Hp*Wp + i*dh*Wp + j*dw + p :][:NR]``, whatever the row boundaries, so every panel is read in place
+through a row table (:data:`~.gemm.DIRECT_FLAT`). The columns ``ox >= OW`` of each row are computed and thrown
+away when the result is copied out of the column buffer (the activations that the microkernel does not apply,
+and a fused residual, are applied during that copy).
+
+Stride s: the padded image is split into ``s x s`` phase planes of ``Hq x Wq`` = ``ceil(Hp/s) x ceil(Wp/s)``,
+plane (a, b) holding the padded pixels ``[y*s + a, x*s + b]``. Tap (i, j) of output (oy, ox) is pixel
+``[oy + i*dh // s, ox + j*dw // s]`` of plane ``(i*dh % s, j*dw % s)``: contiguous in ox again, with the
+output columns running over ``Wq``.
+
+Cost against packing: one copy of the input into the padded buffer and one of the output out of the column
+buffer, plus ``(Wq - OW) / OW`` wasted columns (5 % at 40 wide, 20 % at 10): worth it from about 8 columns of
+output width (measured, see :func:`prefer_flat`).
+
+Buffers per image (float32): ``pad_floats`` for the phase planes (with a tail so the last panel's reads stay
+inside) and ``col_floats`` = ``M x Np`` for the columns (``Np`` = ``OH*Wq`` rounded up to whole panels).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import config as _config
+from .act import act_inplace
+from .config import NJIT, NJIT_PARALLEL
+from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
+from .vec import copy_floats, copy_nr_s2
+
+
+def prefer_flat(in_shape, out_shape, kh: int, kw: int, sh: int, sw: int, group: int) -> bool:
+    """True when a group-1 spatial convolution should read its padded (phase-split) image in place: stride 1
+    or 2, output rows of at least 8 columns (narrower rows waste too many of the padded columns) and at least
+    8 input channels (a first layer's K of 27 is too short to pay for the two copies).
+
+    Measured on Zen 4 (3x3 kernels, time against the packed GEMM's, ``benchmarks/bench_conv_flat.py``):
+    stride 1 0.79-0.93x at 1 thread and 0.81-0.98x at 2; stride 2 0.75-1.01x at 1 thread, 0.58-1.06x at 2."""
+    _, c, _, _ = in_shape
+    ow = out_shape[3]
+    return group == 1 and kh * kw > 1 and ow >= 8 and c >= 8 and sh <= 2 and sw <= 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def _phase_plane(x, xoff, xpad, poff, h, w, pt, pl, sh, sw, a, b, hq, wq, zeros):
+    """xpad[poff:] (hq x wq) = phase (a, b) of the zero-padded plane x[xoff:] (h x w, pads pt, pl):
+    element [yq, xq] = x[yq*sh + a - pt, xq*sw + b - pl] (0 outside the plane). ``zeros``: at least wq
+    zeros (the pads are written as masked vector copies of it: a loop storing zeros becomes a memset call,
+    whose fixed cost dominated the short runs of a row's pads)."""
+    # the columns xq whose source column lies inside the plane: [q0, q1)
+    q0 = max(0, (pl - b + sw - 1) // sw)
+    q1 = min(wq, (w - 1 + pl - b) // sw + 1)
+    for yq in range(hq):
+        row = poff + yq * wq
+        y = yq * sh + a - pt
+        if y < 0 or y >= h or q1 <= q0:
+            copy_floats(xpad, row, zeros, 0, wq)
+            continue
+        copy_floats(xpad, row, zeros, 0, q0)
+        src = xoff + y * w + q0 * sw + b - pl
+        if sw == 1:
+            copy_floats(xpad, row + q0, x, src, q1 - q0)
+        else:
+            q = 0
+            if sw == 2:
+                # NR every-other floats at a time (a vector load pair and a shuffle)
+                while q + NR <= q1 - q0 and src + 2 * (q + NR) <= x.size:
+                    copy_nr_s2(xpad, row + q0 + q, x, src + 2 * q)
+                    q += NR
+            for t in range(q, q1 - q0):
+                xpad[row + q0 + t] = x[src + t * sw]
+        copy_floats(xpad, row + q1, zeros, 0, wq - q1)
+
+
+@numba.njit(**NJIT)
+def _pad_serial(x, xpad, nb, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros):
+    # x: (nb, c, h, w) flat; xpad: nb images of img_floats = c*sh*sw phase planes of hq x wq, zero tail
+    phases = sh * sw
+    for b in range(nb):
+        for pi in range(c * phases):
+            ci = pi // phases
+            ph = pi - ci * phases
+            _phase_plane(x, (b * c + ci) * h * w, xpad, b * img_floats + pi * hq * wq, h, w, pt, pl, sh, sw,
+                         ph // sw, ph % sw, hq, wq, zeros)
+        for q in range(b * img_floats + c * phases * hq * wq, (b + 1) * img_floats):
+            xpad[q] = 0.0
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _pad_parallel(nslots, x, xpad, nb, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros):
+    phases = sh * sw
+    planes = nb * c * phases
+    for s in prange(nslots):
+        for gi in range(s * planes // nslots, (s + 1) * planes // nslots):
+            b = gi // (c * phases)
+            pi = gi - b * c * phases
+            ci = pi // phases
+            ph = pi - ci * phases
+            _phase_plane(x, (b * c + ci) * h * w, xpad, b * img_floats + pi * hq * wq, h, w, pt, pl, sh, sw,
+                         ph // sw, ph % sw, hq, wq, zeros)
+    for b in range(nb):
+        for q in range(b * img_floats + c * phases * hq * wq, (b + 1) * img_floats):
+            xpad[q] = 0.0
+
+
+@numba.njit(inline="always", **NJIT)
+def _unflat_plane(col, coff, out, ooff, oh, ow, wp, accumulate, act, alpha, beta):
+    """out[ooff:] (oh x ow) = act(col[coff:] rows of wp, first ow columns (+ out when accumulating))."""
+    if accumulate:
+        for y in range(oh):
+            dst = out[ooff + y * ow:ooff + (y + 1) * ow]
+            src = col[coff + y * wp:coff + y * wp + ow]
+            for q in range(ow):
+                dst[q] += src[q]
+    else:
+        for y in range(oh):
+            copy_floats(out, ooff + y * ow, col, coff + y * wp, ow)
+    act_inplace(out, ooff, ooff + oh * ow, act, alpha, beta)
+
+
+@numba.njit(**NJIT)
+def _unflat_serial(col, out, nb, m, oh, ow, wp, col_floats, accumulate, act, alpha, beta):
+    # col: nb blocks of col_floats, rows of np_ columns = oh x wp; out: (nb, m, oh, ow) flat
+    np_ = col_floats // m
+    for b in range(nb):
+        for r in range(m):
+            _unflat_plane(col, b * col_floats + r * np_, out, (b * m + r) * oh * ow, oh, ow, wp, accumulate, act,
+                          alpha, beta)
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _unflat_parallel(nslots, col, out, nb, m, oh, ow, wp, col_floats, accumulate, act, alpha, beta):
+    np_ = col_floats // m
+    planes = nb * m
+    for s in prange(nslots):
+        for pi in range(s * planes // nslots, (s + 1) * planes // nslots):
+            b = pi // m
+            r = pi - b * m
+            _unflat_plane(col, b * col_floats + r * np_, out, pi * oh * ow, oh, ow, wp, accumulate, act, alpha,
+                          beta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepared convolution
+# ---------------------------------------------------------------------------------------------------
+def flat_ktab(c: int, hq: int, wq: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> np.ndarray:
+    """Row table of B over the phase planes: for k = (ci*kh + i)*kw + j, the plane of phase
+    (i*dh % sh, j*dw % sw) of channel ci, moved down i*dh // sh rows and right j*dw // sw columns:
+    (plane*hq*wq + (i*dh // sh)*wq + j*dw // sw, 0, 0)."""
+    ci, i, j = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+    plane = (ci * sh + (i * dh) % sh) * sw + (j * dw) % sw
+    t = np.zeros((max(c * kh * kw, 1), 3), dtype=np.int64)
+    t[:c * kh * kw, 0] = (plane * hq * wq + ((i * dh) // sh) * wq + (j * dw) // sw).reshape(-1)
+    return t
+
+
+class FlatConv:
+    """The GEMM half of a group-1 convolution on its zero-padded, phase-split image read in place.
+
+    ``FlatConv(ap, bias, in_shape, out_shape, kh, kw, sh, sw, dh, dw, pads, act, alpha, beta, accumulate,
+    simple)``: ``ap`` the packed weights (M x C*kh*kw), ``bias`` (M,) or None, ``simple``: the microkernel
+    applies ``act`` itself (otherwise it runs during the copy out). ``scratch_bytes`` covers both buffers;
+    ``bind(x, out, scratch, threads)`` returns the prepared call."""
+
+    def __init__(self, ap, bias, in_shape, out_shape, kh, kw, sh, sw, dh, dw, pads, act, alpha, beta,
+                 accumulate, simple):
+        n, c, h, w = in_shape
+        _, m, oh, ow = out_shape
+        pt, pl, pb, pr = pads
+        hq, wq = -(-(h + pt + pb) // sh), -(-(w + pl + pr) // sw)
+        k = c * kh * kw
+        npanel = -(-(oh * wq) // NR) * NR
+        ktab = flat_ktab(c, hq, wq, kh, kw, sh, sw, dh, dw)
+        # the last panel reads up to its NR-th column past the deepest row offset
+        self.pad_floats = _round16(max(c * sh * sw * hq * wq, int(ktab[:, 0].max()) + npanel))
+        self.col_floats = m * npanel
+        self._dims = (n, c, h, w, pt, pl, sh, sw, hq, wq, m, oh, ow)
+        self._zeros = np.zeros(wq, dtype=np.float32)
+        self.accumulate = bool(accumulate)
+        in_kernel = simple and not accumulate
+        self._post = (np.int64(0 if in_kernel else act), np.float32(alpha), np.float32(beta))
+        self._gemm = GemmCall(ap, m, npanel, k, npanel, geo=_FLAT_GEO, ktab=ktab, nbatch=n,
+                              b_nstride=self.pad_floats, c_nstride=self.col_floats, bias=bias,
+                              bias_mode=BIAS_ROW if bias is not None else BIAS_NONE,
+                              act=act if in_kernel else 0, alpha=alpha, beta=beta, flat=True)
+        self.work = n * m * npanel * max(k, 1)
+        self._buffers = 4 * n * (self.pad_floats + self.col_floats)
+        self.scratch_bytes = self._buffers + self._gemm.scratch_bytes()
+
+    def set_bias(self, bias) -> None:
+        self._gemm.set_bias(bias)
+
+    def bind(self, xf: np.ndarray, of: np.ndarray, scratch, threads: int):
+        """A no-argument callable: out = conv(x) (flat float32 arrays that stay the same between calls)."""
+        if scratch is None or scratch.nbytes < self.scratch_bytes:
+            scratch = np.empty(self.scratch_bytes, dtype=np.uint8)
+        n, c, h, w, pt, pl, sh, sw, hq, wq, m, oh, ow = self._dims
+        pad_bytes = 4 * n * self.pad_floats
+        xpad = scratch[:pad_bytes].view(np.float32)
+        col = scratch[pad_bytes:self._buffers].view(np.float32)
+        gemm = self._gemm.bind(col, xpad, threads, scratch[self._buffers:])
+        big = threads > 1 and self.work >= _config.PARALLEL_MIN_WORK
+        pad_slots = min(threads, n * c * sh * sw) if big else 1
+        out_slots = min(threads, n * m) if big else 1
+        pad_args = (xf, xpad, n, c, h, w, pt, pl, sh, sw, hq, wq, self.pad_floats, self._zeros)
+        out_args = (col, of, n, m, oh, ow, wq, self.col_floats, self.accumulate, *self._post)
+
+        def run():
+            if pad_slots > 1:
+                _pad_parallel(pad_slots, *pad_args)
+            else:
+                _pad_serial(*pad_args)
+            gemm()
+            if out_slots > 1:
+                _unflat_parallel(out_slots, *out_args)
+            else:
+                _unflat_serial(*out_args)
+
+        return run
+
+
+def _round16(v: int) -> int:
+    return -(-v // 16) * 16
+
+
+#: the geometry argument of a flat GEMM (unused by DIRECT_FLAT, which reads only the row table)
+_FLAT_GEO = np.array([1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1], dtype=np.int64)

@@ -1,0 +1,144 @@
+"""The "flat" convolution strategy (edgedl/kernels/cpu/conv_flat.py): the zero-padded, phase-split image read in
+place by the GEMM. Against the float64 reference over strides, dilations, asymmetric pads, batches, fused
+activations (in the microkernel and after it) and residuals; the same bits at any thread count; weights
+reloaded for training; the per-board switch; and the phase planes against numpy slicing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedl.kernels.cpu import config
+from edgedl.kernels.cpu import conv_flat as F
+from edgedl.kernels.cpu.act import act_code, act_ref
+from edgedl.kernels.cpu.conv import Conv2d, conv2d_ref
+
+CASES = [
+    # (N, C, M, H, W, (kh, kw), (sh, sw), (dh, dw), pads (t, l, b, r), act)
+    (1, 8, 8, 13, 11, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "Relu"),
+    (2, 9, 7, 20, 17, (3, 3), (1, 1), (2, 2), (2, 1, 0, 3), None),
+    (1, 16, 5, 15, 16, (5, 5), (2, 2), (1, 1), (2, 2, 2, 2), "Sigmoid"),
+    (1, 8, 16, 31, 33, (3, 3), (2, 2), (1, 1), (0, 0, 1, 1), None),
+    (1, 10, 4, 12, 40, (3, 5), (2, 1), (1, 2), (1, 2, 1, 2), "Tanh"),
+    (3, 12, 13, 9, 10, (2, 2), (1, 2), (1, 1), (0, 0, 0, 0), "LeakyRelu"),
+    (1, 8, 6, 10, 10, (3, 3), (3, 3), (1, 1), (1, 1, 1, 1), "HardSwish"),
+    (1, 64, 70, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "Clip"),
+]
+
+
+def _data(case, seed=0):
+    n, c, m, h, w, k, *_ = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c) + k) * 0.3).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    return x, wt, b
+
+
+def _reference(x, wt, b, case, base=None):
+    *_, s, d, pads, act = case
+    y = conv2d_ref(x, wt, b, strides=s, dilations=d, pads=pads)
+    if base is not None:
+        y = y + base
+    return act_ref(y, act_code(act or 0), 0.1, 6.0 if act == "Clip" else 0.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[5]}s{c[6]}d{c[7]}p{c[8]}{c[9]}")
+@pytest.mark.parametrize("bias", [True, False])
+def test_flat_matches_the_reference_and_the_same_bits_at_any_thread_count(case, bias):
+    x, wt, b = _data(case)
+    b = b if bias else None
+    *_, s, d, pads, act = case
+    conv = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, act=act or 0, alpha=0.1,
+                  beta=6.0 if act == "Clip" else 0.0, strategy="flat")
+    assert conv.strategy == "flat"
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out)
+    np.testing.assert_allclose(out, _reference(x, wt, b, case), rtol=1e-5, atol=1e-4)
+    for threads in (1, 2, 3):
+        again = np.full(conv.out_shape, np.nan, np.float32)
+        conv.bind(x, again, np.empty(conv.scratch_bytes, np.uint8), threads)()
+        assert np.array_equal(again, out)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5]], ids=["s1", "s2", "s12"])
+def test_flat_residual_accumulates_before_the_activation(case):
+    x, wt, b = _data(case, 1)
+    *_, s, d, pads, act = case
+    conv = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, act=act or 0, alpha=0.1, accumulate=True,
+                  strategy="flat")
+    base = np.random.default_rng(2).standard_normal(conv.out_shape).astype(np.float32)
+    out = base.copy()
+    conv(x, out)
+    np.testing.assert_allclose(out, _reference(x, wt, b, case, base), rtol=1e-5, atol=1e-4)
+
+
+def test_flat_agrees_with_the_packed_gemm_and_reloads_weights():
+    case = CASES[1]
+    x, wt, b = _data(case, 4)
+    *_, s, d, pads, _ = case
+    flat = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, strategy="flat")
+    gemm = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, strategy="gemm")
+    assert gemm.strategy == "gemm"
+    y_flat, y_gemm = np.empty(flat.out_shape, np.float32), np.empty(gemm.out_shape, np.float32)
+    flat(x, y_flat)
+    gemm(x, y_gemm)
+    np.testing.assert_allclose(y_flat, y_gemm, rtol=1e-5, atol=1e-5)
+    wt2, b2 = wt * -0.5, b + 1.0  # a training step's new weights, loaded in place
+    assert flat.repack(wt2, b2)
+    flat(x, y_flat)
+    np.testing.assert_allclose(y_flat, conv2d_ref(x, wt2, b2, strides=s, dilations=d, pads=pads), rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_which_convolutions_read_their_image_in_place():
+    def pick(c, h, k=(3, 3), s=(1, 1), group=1, m=16):
+        wt = np.zeros((m, c // group) + k, np.float32)
+        return Conv2d(wt, None, (1, c, h, h), strides=s, pads=(1, 1, 1, 1) if k == (3, 3) else (0, 0, 0, 0),
+                      group=group).strategy
+
+    assert pick(16, 40) == "flat"
+    assert pick(16, 40, s=(2, 2)) == "flat"
+    assert pick(3, 224, s=(2, 2)) == "gemm"  # a first layer: K = 27
+    assert pick(16, 6) == "gemm"  # output rows narrower than 8
+    assert pick(16, 40, k=(1, 1)) == "gemm"  # nothing to unfold
+    assert pick(16, 40, s=(3, 3)) == "gemm"
+    assert pick(16, 40, group=2) == "gemm"
+    assert pick(16, 40, group=16, m=16) == "depthwise"
+    config.apply_tuning(conv_flat=False)  # a board whose tuned profile says packed panels are faster
+    try:
+        assert pick(16, 40) == "gemm"
+    finally:
+        config.apply_tuning()
+    assert pick(16, 40) == "flat"
+    with pytest.raises(ValueError, match="strategy"):
+        Conv2d(np.zeros((4, 2, 3, 3), np.float32), None, (1, 4, 8, 8), group=2, strategy="flat")
+    with pytest.raises(ValueError, match="strategy"):
+        Conv2d(np.zeros((4, 4, 3, 3), np.float32), None, (1, 4, 8, 8), strategy="im2col")
+
+
+@pytest.mark.parametrize("s", [(1, 1), (2, 2), (3, 2), (1, 3)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 2, 3, 0), (0, 0, 0, 0)])
+def test_phase_planes_are_the_padded_image_sliced(s, pads):
+    n, c, h, w = 2, 3, 37, 35
+    sh, sw = s
+    pt, pl, pb, pr = pads
+    x = np.random.default_rng(7).standard_normal((n, c, h, w)).astype(np.float32)
+    hq, wq = -(-(h + pt + pb) // sh), -(-(w + pl + pr) // sw)
+    img = c * sh * sw * hq * wq + 40
+    xpad = np.full(n * img, np.nan, np.float32)
+    zeros = np.zeros(wq, np.float32)
+    args = (x.reshape(-1), xpad, n, c, h, w, pt, pl, sh, sw, hq, wq, img, zeros)
+    for parallel in (False, True):
+        xpad[:] = np.nan
+        if parallel:
+            F._pad_parallel(2, *args)
+        else:
+            F._pad_serial(*args)
+        padded = np.zeros((n, c, hq * sh, wq * sw), np.float32)
+        padded[:, :, pt:pt + h, pl:pl + w] = x
+        for b in range(n):
+            planes = xpad[b * img:b * img + c * sh * sw * hq * wq].reshape(c, sh, sw, hq, wq)
+            for a in range(sh):
+                for q in range(sw):
+                    np.testing.assert_array_equal(planes[:, a, q], padded[b, :, a::sh, q::sw])
+            assert not xpad[b * img + c * sh * sw * hq * wq:(b + 1) * img].any()  # the tail is zeros
