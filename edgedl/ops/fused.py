@@ -11,7 +11,7 @@ from ..registry import Op
 
 #: activation name -> epilogue code (must match edgedl.kernels.cpu.act)
 ACT_CODES = {None: 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "HardSwish": 4, "Sigmoid": 5, "HardSigmoid": 6,
-             "Tanh": 7, "Elu": 8}
+             "Tanh": 7, "Elu": 8, "Swish": 9}
 
 
 def fused_activation(op: Op) -> tuple[int, float, float]:
@@ -43,4 +43,8 @@ def activation_ref(y: np.ndarray, code: int, alpha: float, beta: float) -> np.nd
         return np.tanh(y)
     if code == 8:
         return np.where(y > 0, y, alpha * np.expm1(np.minimum(y, 0))).astype(y.dtype)
+    if code == 9:
+        y64 = y.astype(np.float64)
+        with np.errstate(over="ignore"):
+            return (y64 / (1 + np.exp(-alpha * y64))).astype(y.dtype)
     raise ValueError(f"unknown activation code {code}")

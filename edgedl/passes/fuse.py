@@ -24,6 +24,7 @@ ACTIVATIONS = {
     "Tanh": (0.0, 0.0),
     "Elu": (1.0, 0.0),
     "Clip": (-np.inf, np.inf),
+    "Swish": (1.0, 0.0),
 }
 
 

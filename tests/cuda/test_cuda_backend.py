@@ -128,6 +128,15 @@ def test_conv(case):
     _compare(_model(nodes, [_vi("x", list(x.shape))], [_vi("y", list(out_shape))], inits), {"x": x}, rtol=1e-4)
 
 
+def test_conv_with_fused_silu():
+    """x * Sigmoid(x) after a convolution becomes its Swish epilogue (activation code 9) on the device too."""
+    x = _f32(1, 4, 6, 6)
+    inits = [numpy_helper.from_array(_f32(5, 4, 3, 3), "w"), numpy_helper.from_array(_f32(5), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    _compare(_model(nodes, [_vi("x", [1, 4, 6, 6])], [_vi("y", [1, 5, 6, 6])], inits), {"x": x}, rtol=1e-4)
+
+
 def test_conv_with_fused_residual():
     x = _f32(1, 4, 5, 5)
     inits = [numpy_helper.from_array(_f32(4, 4, 3, 3), "w"), numpy_helper.from_array(_f32(4), "b")]

@@ -10,7 +10,7 @@ from edgedl.kernels.cpu.conv import Conv2d, ConvTranspose2d, conv2d_ref, conv_tr
 
 RTOL, ATOL = 1e-4, 1e-4
 ALPHA_BETA = {A.ACT_CLIP: (-0.5, 0.7), A.ACT_LEAKY_RELU: (0.1, 0.0), A.ACT_HARD_SIGMOID: (0.2, 0.5),
-              A.ACT_ELU: (0.9, 0.0)}
+              A.ACT_ELU: (0.9, 0.0), A.ACT_SWISH: (1.0, 0.0)}
 
 
 def rnd(rng, *shape):

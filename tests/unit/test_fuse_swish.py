@@ -57,7 +57,8 @@ def test_silu_fuses_into_swish_and_matches_onnxruntime(order):
     feeds = _feeds(proto)
     want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     model = edgedl.load(proto)
-    assert not any(n.op_type in ("Sigmoid", "Mul") for n in model.graph.nodes)
+    assert [n.op_type for n in model.graph.nodes] == ["Conv", "Conv"]  # each Swish fused into its convolution
+    assert all(n.attrs["_activation"][0] == "Swish" for n in model.graph.nodes)
     np.testing.assert_allclose(model.run(feeds)["z"], want, rtol=1e-5, atol=1e-5)
 
 

@@ -12,21 +12,24 @@ ACT_SIGMOID            5  1 / (1 + exp(-x))
 ACT_HARD_SIGMOID       6  max(0, min(1, alpha * x + beta))
 ACT_TANH               7  tanh(x)
 ACT_ELU                8  x if x >= 0 else alpha * (exp(x) - 1)
+ACT_SWISH              9  x * sigmoid(alpha * x)   (SiLU with alpha 1)
 ====================  ==  ==================================================
 
 NaN propagates through every activation (comparisons are written so that a NaN input gives a NaN
 output, like onnxruntime). :func:`apply_act` is the scalar Numba version, inlined into kernels;
 :func:`act_inplace` applies one to a contiguous run of a flat float32 array with the branch on the code
-hoisted out of the loop; :func:`act_ref` is the numpy reference.
+hoisted out of the loop; :func:`act_ref` is the numpy reference. The exp-based ones (Sigmoid, Tanh, Elu,
+Swish) use the branch-free float32 polynomials of :mod:`.elementwise`, which vectorize: libm's ``expf`` is a
+scalar call (measured 3 ns per element against 0.4 ns, which made a fused Sigmoid slower than a separate one).
 """
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
 
 from .config import FASTMATH
+from .elementwise import expm1_f32, sigmoid_f32, tanh_f32
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -37,7 +40,8 @@ ACT_SIGMOID = 5
 ACT_HARD_SIGMOID = 6
 ACT_TANH = 7
 ACT_ELU = 8
-NUM_ACTS = 9
+ACT_SWISH = 9
+NUM_ACTS = 10
 
 #: ONNX op type -> activation code (the kinds recorded by the fusion pass in ``attrs["_activation"]``)
 ACT_BY_NAME = {
@@ -49,6 +53,7 @@ ACT_BY_NAME = {
     "HardSigmoid": ACT_HARD_SIGMOID,
     "Tanh": ACT_TANH,
     "Elu": ACT_ELU,
+    "Swish": ACT_SWISH,
 }
 
 #: the codes that the GEMM microkernel evaluates itself, in vector registers (no exp)
@@ -98,15 +103,17 @@ def apply_act(v, code, alpha, beta):
         t = _F1 if t > _F1 else t
         r = v * t
     elif code == ACT_SIGMOID:
-        r = _F1 / (_F1 + np.float32(math.exp(-v)))
+        r = sigmoid_f32(v)
     elif code == ACT_HARD_SIGMOID:
         t = a * v + b
         t = _F0 if t < _F0 else t
         r = _F1 if t > _F1 else t
     elif code == ACT_TANH:
-        r = np.float32(math.tanh(v))
+        r = tanh_f32(v)
     elif code == ACT_ELU:
-        r = a * np.float32(math.expm1(v)) if v < _F0 else v
+        r = a * expm1_f32(v) if v < _F0 else v
+    elif code == ACT_SWISH:
+        r = v * sigmoid_f32(a * v)
     else:
         r = v
     return np.float32(r)
@@ -150,6 +157,9 @@ def act_inplace(x, start, stop, code, alpha, beta):
     elif code == ACT_ELU:
         for i in range(start, stop):
             x[i] = apply_act(x[i], ACT_ELU, a, b)
+    elif code == ACT_SWISH:
+        for i in range(start, stop):
+            x[i] = apply_act(x[i], ACT_SWISH, a, b)
 
 
 def act_ref(x, code: int, alpha: float = 0.0, beta: float = 0.0):
@@ -175,4 +185,6 @@ def act_ref(x, code: int, alpha: float = 0.0, beta: float = 0.0):
             return np.tanh(x)
         if code == ACT_ELU:
             return np.where(x < 0, alpha * np.expm1(x), x).astype(x.dtype)
+        if code == ACT_SWISH:
+            return (x / (1.0 + np.exp(-alpha * x))).astype(x.dtype)
     raise ValueError(f"unknown activation code {code}")

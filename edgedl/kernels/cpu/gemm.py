@@ -85,7 +85,7 @@ BIAS_COL = 2
 G_SC, G_SY, G_SX, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PT, G_PL, G_OW = range(14)
 GEOM_LEN = 14
 
-_SIMPLE = np.array([1, 1, 1, 1, 1, 0, 1, 0, 0], dtype=np.bool_)
+_SIMPLE = np.array([1, 1, 1, 1, 1, 0, 1, 0, 0, 0], dtype=np.bool_)
 
 
 def packed_a_size(m: int, k: int) -> int:

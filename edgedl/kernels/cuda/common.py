@@ -14,7 +14,7 @@ BLOCK = 128
 @cuda.jit(device=True)
 def activate(v, code, alpha, beta):
     """The epilogue activation ``code`` (0 none, 1 Relu, 2 Clip, 3 LeakyRelu, 4 HardSwish, 5 Sigmoid,
-    6 HardSigmoid, 7 Tanh, 8 Elu) of one float32 value."""
+    6 HardSigmoid, 7 Tanh, 8 Elu, 9 Swish) of one float32 value."""
     if code == 0:
         return v
     if code == 1:
@@ -36,6 +36,8 @@ def activate(v, code, alpha, beta):
         return math.tanh(v)
     if code == 8:
         return v if v > float32(0) else float32(alpha) * (math.exp(v) - float32(1))
+    if code == 9:
+        return v / (float32(1) + math.exp(-float32(alpha) * v))
     return v
 
 
