@@ -24,7 +24,6 @@ scalar call (measured 3 ns per element against 0.4 ns, which made a fused Sigmoi
 """
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 
