@@ -19,7 +19,8 @@ _detected = None
 #: what the last apply_codegen said, per target name (for ``edgedl targets --detect`` and ``edgedl info``)
 codegen_status: dict[str, str] = {}
 #: tuned choices copied onto the detected facts
-TUNED_CHOICES = ("threads", "core_set", "parallel_min_work", "gemm_parallel_min_work", "int8_kernel", "conv_flat")
+TUNED_CHOICES = ("threads", "core_set", "parallel_min_work", "gemm_parallel_min_work", "int8_kernel", "conv_flat",
+                 "conv_pixels")
 
 
 def detected_target():

@@ -51,7 +51,8 @@ def describe_target(target) -> list[str]:
         lines.append(f"  codegen: {want}")
     lines.append(f"  int8 kernel: {t.int8_kernel or 'best available'}; parallel thresholds: "
                  f"{t.parallel_min_work or 'default'} / GEMM {t.gemm_parallel_min_work or 'default'}; "
-                 f"convolutions: {'packed panels' if t.conv_flat is False else 'padded image in place'}; "
+                 f"convolutions: {'packed panels' if t.conv_flat is False else 'padded image in place'}"
+                 f"{'' if t.conv_pixels is False else ', deep ones pixel rows'}; "
                  f"precision: {t.precision}; training budget: {_size(t.train_budget_bytes)} "
                  f"({t.train_budget_fraction:.0%} of memory)")
     if t.tuned:

@@ -143,7 +143,7 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
     thread_options = _thread_candidates(shipped.cores)
     flat_options = _conv_flat_options(bench.model)
     total = (len(core_options) + len(thread_options) + 2 * len(THRESHOLDS) + len(int8_options)
-             + len(flat_options) + 1)
+             + 2 * len(flat_options) + 1)
     follow = threads.follows_load()
     threads.set_num_threads(None, follow_load=False)  # every candidate runs at the count it names
     bar = tqdm(total=total, desc="edgedl tune", unit="trial", disable=not progress)
@@ -184,6 +184,7 @@ def tune(src, target=None, shapes=None, seconds: float = 0.4, out=None, progress
             bar.update(len(int8_options))
         if flat_options:
             stage("conv_flat", flat_options, shipped.conv_flat)
+            stage("conv_pixels", flat_options, shipped.conv_pixels)
         # final check, interleaved so drifts of the board (clocks, heat, other work) hit both alike
         before, after = [], []
         for _ in range(5):
@@ -221,8 +222,9 @@ def _core_set_options(target) -> list[str]:
 
 
 def _conv_flat_options(model) -> list[bool]:
-    """Both convolution strategies (padded image read in place, packed panels) when the model has a float
-    group-1 spatial convolution, the kind :func:`~edgedl.kernels.cpu.conv_flat.prefer_flat` decides for."""
+    """On and off, for each of the convolution strategy switches (``conv_flat``: the padded image read in place;
+    ``conv_pixels``: pixels on the GEMM's rows) when the model has a float group-1 spatial convolution, the kind
+    they decide for."""
     for node in model.graph.nodes:
         if node.op_type != "Conv" or node.domain or int(node.attrs.get("group", 1)) != 1:
             continue

@@ -28,6 +28,7 @@ A profile has four tables (``[tuned]`` only in tuned files)::
     gemm_parallel_min_work = 262144     # optional, >= 1
     gemm_tile = [6, 8, 2, 4]            # optional (MR, VW, NV, UNROLL), each >= 1, VW in 4/8/16
     conv_flat = true                    # optional: convolutions read their padded image in place (default true)
+    conv_pixels = true                  # optional: deep convolutions put pixels on the GEMM's rows (default true)
     precision = "fp32"                  # optional: fp32 (default) | fp16 | int8
     train_budget_fraction = 0.6         # optional, in (0, 1] (default 0.5)
 
@@ -143,7 +144,8 @@ CHOICE_FIELDS = {
     "preferred_device": (_one_of(PREFERRED_DEVICES), False), "codegen_cpu": (_string, False),
     "codegen_features": (_llvm_features, False), "int8_kernel": (_one_of(INT8_KERNELS), False),
     "parallel_min_work": (_positive_int, False), "gemm_parallel_min_work": (_positive_int, False),
-    "gemm_tile": (_tile, False), "conv_flat": (_bool, False), "precision": (_one_of(PRECISIONS), False),
+    "gemm_tile": (_tile, False), "conv_flat": (_bool, False), "conv_pixels": (_bool, False),
+    "precision": (_one_of(PRECISIONS), False),
     "train_budget_fraction": (_fraction, False),
 }
 TUNED_FIELDS = {"edgedl_version": (_string, True), "board": (_string, True), "cpu": (_string, True),

@@ -33,7 +33,8 @@ class Target:
     ``codegen_features`` (what Numba should compile for; None = Numba's host default), ``int8_kernel``
     (``"sdot"``, ``"pairs"``... None = let the kernel module decide), ``parallel_min_work`` /
     ``gemm_parallel_min_work`` / ``gemm_tile`` / ``conv_flat`` (whether spatial convolutions read their padded
-    image in place rather than packing it; None = the runtime's defaults), ``precision`` and
+    image in place rather than packing it) / ``conv_pixels`` (whether deep ones put pixels on the GEMM's rows)
+    (None = the runtime's defaults), ``precision`` and
     ``train_budget_fraction`` (fraction of RAM the default training memory budget may use).
 
     Provenance: ``source`` (the profile file, or ``"detected"``), ``detected`` (facts read from this machine),
@@ -65,6 +66,7 @@ class Target:
     gemm_parallel_min_work: int | None = None
     gemm_tile: tuple[int, int, int, int] | None = None
     conv_flat: bool | None = None
+    conv_pixels: bool | None = None
     precision: str = "fp32"
     train_budget_fraction: float = 0.5
     source: str = "detected"
@@ -97,8 +99,9 @@ class Target:
             problems.append(f"device must be one of {list(DEVICES)}, got {self.device!r}")
         if self.preferred_device not in PREFERRED_DEVICES:
             problems.append(f"preferred_device must be one of {list(PREFERRED_DEVICES)}, got {self.preferred_device!r}")
-        if self.conv_flat is not None and not isinstance(self.conv_flat, bool):
-            problems.append(f"conv_flat must be true, false or unset, got {self.conv_flat!r}")
+        for name in ("conv_flat", "conv_pixels"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true, false or unset, got {getattr(self, name)!r}")
         if self.gemm_tile is not None and (len(self.gemm_tile) != 4 or min(self.gemm_tile) < 1):
             problems.append(f"gemm_tile must be 4 positive integers (MR, VW, NV, UNROLL), got {self.gemm_tile!r}")
         if not 0.0 < float(self.train_budget_fraction) <= 1.0:

@@ -69,18 +69,18 @@ DW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("strategy", [None, "gemm", "flat"])
+@pytest.mark.parametrize("strategy", [None, "gemm", "flat", "pixels"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
 def test_conv_gemm_strategy(case, strategy):
     """Every case by the strategy Conv2d picks, and by each of the two GEMM strategies forced (the flat one
     for group 1 only)."""
     shape, cout, (kh, kw), s, p, d, g = case
-    if strategy == "flat" and g != 1:
-        pytest.skip("the flat strategy is for group-1 convolutions")
+    if strategy in ("flat", "pixels") and g != 1:
+        pytest.skip("the flat and pixels strategies are for group-1 convolutions")
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, kh, kw), rnd(rng, cout)
     conv, out = run_conv(x, w, b, s, p, d, g, A.ACT_RELU, strategy=strategy)
-    assert conv.strategy in ((strategy,) if strategy else ("gemm", "flat"))
+    assert conv.strategy in ((strategy,) if strategy else ("gemm", "flat", "pixels"))
     check(out, conv2d_ref(x, w, b, s, p, d, g, A.ACT_RELU))
     _, out = run_conv(x, w, None, s, p, d, g, scratch=False, strategy=strategy)
     check(out, conv2d_ref(x, w, None, s, p, d, g))

@@ -65,11 +65,11 @@ def test_target_convolution_strategy_reaches_the_kernels():
     """A board profile with ``conv_flat = false`` (tuned: packed panels faster there) prepares its convolutions
     with packed panels; the default reads the padded image in place. Same outputs either way."""
     x = np.load(SPEC)
-    packed = edgedl.load(KWS, target=load_profile("host").replace(conv_flat=False))
+    packed = edgedl.load(KWS, target=load_profile("host").replace(conv_flat=False, conv_pixels=False))
     y_packed = packed(x)
-    assert config.CONV_FLAT is False
+    assert config.CONV_FLAT is False and config.CONV_PIXELS is False
     y_flat = edgedl.load(KWS, target="host")(x)
-    assert config.CONV_FLAT is True
+    assert config.CONV_FLAT is True and config.CONV_PIXELS is True
     np.testing.assert_allclose(y_packed, y_flat, rtol=1e-5, atol=1e-5)
     with pytest.raises(edgedl.EdgeDLError, match="conv_flat"):
         load_profile("host").replace(conv_flat="yes")

@@ -77,9 +77,9 @@ def test_never_slower_than_shipped(monkeypatch, tmp_path):
 def test_the_convolution_strategy_is_tuned(monkeypatch, tmp_path):
     """On a board where packed panels beat the padded image read in place, tuning writes ``conv_flat = false``."""
     assert tune._conv_flat_options(edgedl.load(KWS)) == [True, False]
-    r = _tune(monkeypatch, tmp_path, lambda t: 1.0 if t.conv_flat is False else 1.5)
-    assert r.target.conv_flat is False and not r.kept_shipped
-    assert load_profile_file(r.path).conv_flat is False
+    r = _tune(monkeypatch, tmp_path, lambda t: (1.0 if t.conv_flat is False else 1.5) - 0.2 * (t.conv_pixels is False))
+    assert r.target.conv_flat is False and r.target.conv_pixels is False and not r.kept_shipped
+    assert (load_profile_file(r.path).conv_flat, load_profile_file(r.path).conv_pixels) == (False, False)
     assert "conv_flat" in "\n".join(tune.format_result(r))
 
 

@@ -24,6 +24,9 @@ GEMM_PARALLEL_MIN_WORK = int(os.environ.get("EDGEDL_GEMM_PARALLEL_MIN_WORK", 1 <
 #: spatial convolutions (group 1, stride 1 or 2) read their zero-padded image in place instead of packing
 #: im2col panels (kernels/cpu/conv_flat.py); EDGEDL_CONV_FLAT=0 or a target's ``conv_flat = false`` turns it off
 CONV_FLAT = os.environ.get("EDGEDL_CONV_FLAT", "1") != "0"
+#: group-1 convolutions with small output planes and many channels put the pixels on the GEMM's rows
+#: (kernels/cpu/conv_pixels.py); EDGEDL_CONV_PIXELS=0 turns it off
+CONV_PIXELS = os.environ.get("EDGEDL_CONV_PIXELS", "1") != "0"
 
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)
@@ -79,7 +82,7 @@ def num_threads() -> int:
 
 #: the tuning values a target may set (see :func:`apply_tuning`), with the defaults above
 _DEFAULTS = {"PARALLEL_MIN_WORK": PARALLEL_MIN_WORK, "GEMM_PARALLEL_MIN_WORK": GEMM_PARALLEL_MIN_WORK,
-             "CONV_FLAT": CONV_FLAT}
+             "CONV_FLAT": CONV_FLAT, "CONV_PIXELS": CONV_PIXELS}
 _applied = None
 #: the int8 GEMM kernel a target prefers ("sdot", "pairs", ...; None: the best the codegen has). An
 #: ``EDGEDL_I8_KERNEL`` set by the user wins; a kernel the codegen cannot run is never picked
@@ -88,18 +91,20 @@ INT8_KERNEL: str | None = None
 
 
 def apply_tuning(parallel_min_work: int | None = None, gemm_parallel_min_work: int | None = None,
-                 int8_kernel: str | None = None, conv_flat: bool | None = None) -> None:
+                 int8_kernel: str | None = None, conv_flat: bool | None = None,
+                 conv_pixels: bool | None = None) -> None:
     """Set the choices kernels read when they are prepared and bound (None: the defaults above, which the
     ``EDGEDL_*`` variables set). A target's choices arrive here from :meth:`edgedl.Model.plan`; plans built
     before keep the choices they were built with until they rebind."""
-    global PARALLEL_MIN_WORK, GEMM_PARALLEL_MIN_WORK, INT8_KERNEL, CONV_FLAT, _applied
-    key = (parallel_min_work, gemm_parallel_min_work, int8_kernel, conv_flat)
+    global PARALLEL_MIN_WORK, GEMM_PARALLEL_MIN_WORK, INT8_KERNEL, CONV_FLAT, CONV_PIXELS, _applied
+    key = (parallel_min_work, gemm_parallel_min_work, int8_kernel, conv_flat, conv_pixels)
     if key == _applied:
         return
     PARALLEL_MIN_WORK = int(parallel_min_work or _DEFAULTS["PARALLEL_MIN_WORK"])
     GEMM_PARALLEL_MIN_WORK = int(gemm_parallel_min_work or _DEFAULTS["GEMM_PARALLEL_MIN_WORK"])
     INT8_KERNEL = int8_kernel
     CONV_FLAT = _DEFAULTS["CONV_FLAT"] if conv_flat is None else bool(conv_flat)
+    CONV_PIXELS = _DEFAULTS["CONV_PIXELS"] if conv_pixels is None else bool(conv_pixels)
     _applied = key
 
 
@@ -109,4 +114,4 @@ def apply_target(target) -> None:
         apply_tuning()
     else:
         apply_tuning(target.parallel_min_work, target.gemm_parallel_min_work, target.int8_kernel,
-                     getattr(target, "conv_flat", None))
+                     getattr(target, "conv_flat", None), getattr(target, "conv_pixels", None))

@@ -33,6 +33,7 @@ from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .conv_flat import FlatConv, prefer_flat
+from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
     BIAS_NONE,
@@ -344,8 +345,8 @@ class Conv2d:
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"weight must be (C_out, C_in/group, kH, kW), got shape {weight.shape}")
-        if strategy not in (None, "gemm", "flat") or (strategy == "flat" and group != 1):
-            raise ValueError(f"strategy must be None, 'gemm' or (group 1 only) 'flat', got {strategy!r}")
+        if strategy not in (None, "gemm", "flat", "pixels") or (strategy in ("flat", "pixels") and group != 1):
+            raise ValueError(f"strategy must be None, 'gemm', or (group 1 only) 'flat' or 'pixels', got {strategy!r}")
         n, c, h, w = (int(v) for v in in_shape)
         cout, cg, kh, kw = weight.shape
         sh, sw = _pair(strides, "strides", (1, 1))
@@ -393,6 +394,15 @@ class Conv2d:
                 self.scratch_bytes = 4 * max(self._ci.workspace_floats(t)
                                              for t in range(1, numba.config.NUMBA_NUM_THREADS + 1))
             return
+        self._flat = self._pixels = None
+        if strategy == "pixels" or (strategy is None and _config.CONV_PIXELS
+                                    and prefer_pixels(self.in_shape, self.out_shape, kh, kw, sh, sw, group)):
+            self.strategy = "pixels"  # (the weights live only in its packed B)
+            self._pixels = PixelConv(weight, self.bias, self.in_shape, self.out_shape, (sh, sw), (pt, pl, pb, pr),
+                                     (dh, dw), self.act, self.alpha, self.beta, self.accumulate,
+                                     self.act in SIMPLE_ACTS)
+            self.scratch_bytes = self._pixels.scratch_bytes
+            return
         self.strategy = "gemm"
         m = cout // group
         k = cg * kh * kw
@@ -403,7 +413,6 @@ class Conv2d:
         w2 = weight.reshape(group, m, k)
         for g in range(group):
             pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
-        self._flat = None
         if strategy == "flat" or (strategy is None and _config.CONV_FLAT
                                      and prefer_flat(self.in_shape, self.out_shape, kh, kw, sh, sw, group)):
             self.strategy = "flat"
@@ -431,7 +440,9 @@ class Conv2d:
         if (bias is None) != (self.bias is None) or getattr(self, "_ci", None) is not None:
             return False
         weight = np.ascontiguousarray(weight, dtype=np.float32)
-        if self.strategy in ("gemm", "flat"):
+        if self.strategy == "pixels":
+            self._pixels.repack(weight)
+        elif self.strategy in ("gemm", "flat"):
             group, m, k, asz = self._packing
             w2 = weight.reshape(group, m, k)
             for g in range(group):
@@ -444,6 +455,8 @@ class Conv2d:
                 self._gemm.set_bias(self.bias)
             elif self.strategy == "flat":
                 self._flat.set_bias(self.bias)
+            elif self.strategy == "pixels":
+                self._pixels.set_bias(self.bias)
         return True
 
     def bind(self, x: np.ndarray, out: np.ndarray, scratch, threads: int):
@@ -455,6 +468,8 @@ class Conv2d:
             return self._gemm.bind(of, xf, threads, scratch)
         if self.strategy == "flat":
             return self._flat.bind(xf, of, scratch, threads)
+        if self.strategy == "pixels":
+            return self._pixels.bind(xf, of, scratch, threads)
         return functools.partial(*self._dw_call(xf, of, _as_scratch_f32(scratch, self.scratch_bytes // 4), threads))
 
     def _dw_call(self, xf, of, work, threads) -> tuple:
@@ -482,6 +497,9 @@ class Conv2d:
             threads = num_threads()
         if self.strategy == "flat":
             self._flat.bind(xf, of, scratch, threads)()
+            return out
+        if self.strategy == "pixels":
+            self._pixels.bind(xf, of, scratch, threads)()
             return out
         if threads is None:
             threads = num_threads()

@@ -62,8 +62,13 @@ __all__ = [
     "gemm_ref", "GemmCall", "pad_bias", "pack_a_parallel",
 ]
 
-#: K block (B panel of KC x NR floats = 16 KiB stays in L1)
+#: K block (B panel of KC x NR floats = 16 KiB stays in L1) ...
 KC = 256
+#: ... and for long dot products (K >= K_LONG: the 3x3 convolutions of 256 to 512 channels, big FC layers),
+#: whose C tiles would otherwise make a round trip per 256 steps: 512 (measured on Zen 4, 1 thread: 54 x 512 x
+#: 4608 from 85 to 98 GFLOP/s, 512 x 49 x 4608 from 68 to 81; no change below K = 600)
+KC_LONG = 512
+K_LONG = 2048
 #: rows of C per task row block (A block of MC x KC floats stays in L2)
 MC = 24 * MR
 #: columns of C per task column block (when the task has several row blocks, all its packed B panels
@@ -323,6 +328,12 @@ def conv_ktab(c: int, h: int, w: int, kh: int, kw: int, dh: int, dw: int) -> np.
 # ---------------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------------
+@numba.njit(inline="always", **NJIT)
+def k_block(k):
+    """Rows of B per K block for a dot product of length k (see KC, KC_LONG)."""
+    return KC_LONG if k >= K_LONG else KC
+
+
 @numba.njit(**NJIT)
 def _act_rows(c, nbatch, ngroups, c_nstride, c_gstride, ldc, m, n, act, alpha, beta):
     # c: flat float32; the m x n block of GEMM (b, g) starts at b*c_nstride + g*c_gstride, rows ldc apart:
@@ -378,7 +389,8 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     mbt = MC // MR
     nrb = (i1 - i0 + mbt - 1) // mbt
     keep = nrb > 1  # several row blocks: keep every packed panel of the column block for the next ones
-    nkb = max(1, (k + KC - 1) // KC)
+    kcb = k_block(k)
+    nkb = max(1, (k + kcb - 1) // kcb)
     ldb = geo[G_SC]
     ow_n = geo[G_OW]
     sh_c = geo[G_SH]
@@ -390,8 +402,8 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
     span_y = (geo[G_KH] - 1) * geo[G_DH]
     span_x = (geo[G_KW] - 1) * geo[G_DW]
     for kb in range(nkb):
-        k0 = kb * KC
-        kc = min(KC, k - k0)
+        k0 = kb * kcb
+        kc = min(kcb, k - k0)
         flags = 0
         if kb > 0 or accumulate:
             flags |= UK_ACCUMULATE
@@ -442,7 +454,7 @@ def _run_task(task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c,
                     boff = jt * k * NR + k0 * NR
                 else:
                     bpanel = buf
-                    boff = (jt - j0) * KC * NR if keep else 0
+                    boff = (jt - j0) * kcb * NR if keep else 0
                     if ib == 0 or not keep:
                         _pack_b_panel(bsrc, b_off, geo, ktab, k0, kc, col0, min(NR, n - col0),
                                       buf[boff:], ybase, xbase)
@@ -665,7 +677,7 @@ class GemmCall:
             rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1)
             ntasks = total * rs * cb
             keep = mst > MC // MR
-            bufsize = (nbt if keep else 1) * KC * NR
+            bufsize = (nbt if keep else 1) * k_block(self.k) * NR
             nslots = min(threads, ntasks) if parallel else 0
             # NOTE: when the threads split the rows of one GEMM, each would pack the same B panels (im2col
             # for a conv): pack B once, in parallel, into the workspace, and let every thread read it.

@@ -1,7 +1,9 @@
-"""The "flat" convolution strategy (edgedl/kernels/cpu/conv_flat.py): the zero-padded, phase-split image read in
-place by the GEMM. Against the float64 reference over strides, dilations, asymmetric pads, batches, fused
+"""The "flat" convolution strategy (edgedl/kernels/cpu/conv_flat.py: the zero-padded, phase-split image read in
+place by the GEMM) and the "pixels" one (conv_pixels.py: output pixels as the GEMM's rows, the weights as its
+pre-packed columns). Against the float64 reference over strides, dilations, asymmetric pads, batches, fused
 activations (in the microkernel and after it) and residuals; the same bits at any thread count; weights
-reloaded for training; the per-board switch; and the phase planes against numpy slicing."""
+reloaded for training; which convolutions take them and the per-board switch; the phase planes against numpy
+slicing."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,13 +46,14 @@ def _reference(x, wt, b, case, base=None):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[5]}s{c[6]}d{c[7]}p{c[8]}{c[9]}")
 @pytest.mark.parametrize("bias", [True, False])
-def test_flat_matches_the_reference_and_the_same_bits_at_any_thread_count(case, bias):
+@pytest.mark.parametrize("strategy", ["flat", "pixels"])
+def test_strategy_matches_the_reference_and_the_same_bits_at_any_thread_count(case, bias, strategy):
     x, wt, b = _data(case)
     b = b if bias else None
     *_, s, d, pads, act = case
     conv = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, act=act or 0, alpha=0.1,
-                  beta=6.0 if act == "Clip" else 0.0, strategy="flat")
-    assert conv.strategy == "flat"
+                  beta=6.0 if act == "Clip" else 0.0, strategy=strategy)
+    assert conv.strategy == strategy
     out = np.empty(conv.out_shape, np.float32)
     conv(x, out)
     np.testing.assert_allclose(out, _reference(x, wt, b, case), rtol=1e-5, atol=1e-4)
@@ -61,22 +64,24 @@ def test_flat_matches_the_reference_and_the_same_bits_at_any_thread_count(case, 
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[5]], ids=["s1", "s2", "s12"])
-def test_flat_residual_accumulates_before_the_activation(case):
+@pytest.mark.parametrize("strategy", ["flat", "pixels"])
+def test_residual_accumulates_before_the_activation(case, strategy):
     x, wt, b = _data(case, 1)
     *_, s, d, pads, act = case
     conv = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, act=act or 0, alpha=0.1, accumulate=True,
-                  strategy="flat")
+                  strategy=strategy)
     base = np.random.default_rng(2).standard_normal(conv.out_shape).astype(np.float32)
     out = base.copy()
     conv(x, out)
     np.testing.assert_allclose(out, _reference(x, wt, b, case, base), rtol=1e-5, atol=1e-4)
 
 
-def test_flat_agrees_with_the_packed_gemm_and_reloads_weights():
+@pytest.mark.parametrize("strategy", ["flat", "pixels"])
+def test_strategy_agrees_with_the_packed_gemm_and_reloads_weights(strategy):
     case = CASES[1]
     x, wt, b = _data(case, 4)
     *_, s, d, pads, _ = case
-    flat = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, strategy="flat")
+    flat = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, strategy=strategy)
     gemm = Conv2d(wt, b, x.shape, strides=s, dilations=d, pads=pads, strategy="gemm")
     assert gemm.strategy == "gemm"
     y_flat, y_gemm = np.empty(flat.out_shape, np.float32), np.empty(gemm.out_shape, np.float32)
@@ -98,6 +103,11 @@ def test_which_convolutions_read_their_image_in_place():
 
     assert pick(16, 40) == "flat"
     assert pick(16, 40, s=(2, 2)) == "flat"
+    assert pick(256, 7, m=256) == "pixels"  # a deep stage: 49 pixels, 256 channels
+    assert pick(128, 28, s=(2, 2), m=256) == "pixels"  # strided into 14x14
+    assert pick(256, 14, m=256) == "flat"
+    assert pick(256, 7, m=32) == "gemm"  # few channels, and rows of 7
+    assert pick(256, 7, k=(1, 1), m=256) == "gemm"  # 1x1: the plain GEMM packs nothing
     assert pick(3, 224, s=(2, 2)) == "gemm"  # a first layer: K = 27
     assert pick(16, 6) == "gemm"  # output rows narrower than 8
     assert pick(16, 40, k=(1, 1)) == "gemm"  # nothing to unfold
@@ -112,6 +122,8 @@ def test_which_convolutions_read_their_image_in_place():
     assert pick(16, 40) == "flat"
     with pytest.raises(ValueError, match="strategy"):
         Conv2d(np.zeros((4, 2, 3, 3), np.float32), None, (1, 4, 8, 8), group=2, strategy="flat")
+    with pytest.raises(ValueError, match="strategy"):
+        Conv2d(np.zeros((4, 2, 3, 3), np.float32), None, (1, 4, 8, 8), group=2, strategy="pixels")
     with pytest.raises(ValueError, match="strategy"):
         Conv2d(np.zeros((4, 4, 3, 3), np.float32), None, (1, 4, 8, 8), strategy="im2col")
 
