@@ -543,3 +543,16 @@ def test_float16_gelu_matches_onnxruntime():
     model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [64])],
                    [helper.make_tensor_value_info(n, TensorProto.FLOAT16, None) for n in "yz"], 20)
     _compare(model, {"x": rand((64,), 3.0).astype(np.float16)}, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_pow_by_a_constant_two_is_the_exact_square(dtype):
+    """Pow(x, 2) with a constant exponent runs as x * x: the reference's float64 power rounded once, bit for bit,
+    including inf, NaN and -0; other exponents keep the float64 path."""
+    x = rand((3, 129), scale=100.0, dtype=dtype)
+    x.reshape(-1)[:4] = [np.inf, -np.inf, np.nan, -0.0]
+    for p in (2.0, 3.0, 0.5):
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = np.power(x.astype(np.float64), p).astype(dtype)
+        y = run("Pow", [x, np.array(p, np.float32)], const=(1,))[0]
+        np.testing.assert_array_equal(y, want)

@@ -154,3 +154,30 @@ def test_phase_planes_are_the_padded_image_sliced(s, pads):
                 for q in range(sw):
                     np.testing.assert_array_equal(planes[:, a, q], padded[b, :, a::sh, q::sw])
             assert not xpad[b * img + c * sh * sw * hq * wq:(b + 1) * img].any()  # the tail is zeros
+
+
+@pytest.mark.parametrize("n,c,m,h,act", [(1, 512, 300, 1, "Relu"), (2, 64, 16, 1, "HardSigmoid"), (3, 8, 10, 5, None),
+                                         (1, 3, 7, 4, "Swish")])
+def test_one_output_pixel_is_a_matrix_vector_product(n, c, m, h, act):
+    """A squeeze-and-excite block's 1x1 convolutions on a pooled 1x1 map, or a kernel covering the whole input:
+    the "gemv" strategy, against the reference, at 1 and 2 threads, and with reloaded weights."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    wt = (rng.standard_normal((m, c, h, h)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    alpha, beta = (0.2, 0.5) if act == "HardSigmoid" else (1.0, 0.0)
+    conv = Conv2d(wt, b, x.shape, act=act or 0, alpha=alpha, beta=beta)
+    assert conv.strategy == "gemv"
+    want = act_ref(conv2d_ref(x, wt, b), act_code(act or 0), alpha, beta)
+    for threads in (1, 2):
+        out = np.full(conv.out_shape, np.nan, np.float32)
+        conv.bind(x, out, None, threads)()
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert conv.repack(-wt, b)
+    out = np.empty(conv.out_shape, np.float32)
+    conv(x, out)
+    np.testing.assert_allclose(out, act_ref(conv2d_ref(x, -wt, b), act_code(act or 0), alpha, beta), rtol=1e-5,
+                               atol=1e-5)
+    # padding, a residual or a batch of 4 keep the GEMM strategies
+    assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).strategy != "gemv"
+    assert Conv2d(wt, b, (4, c, h, h)).strategy != "gemv"
