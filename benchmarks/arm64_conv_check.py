@@ -8,8 +8,8 @@ Run under the emulated arm64 Debian (``../shared/tools/arm64``), once per Pi cor
         python benchmarks/arm64_conv_check.py'
 
 For each strategy (gemm, flat, pixels, gemv) it runs a few shapes through ``Conv2d`` and reports the largest
-error against ``conv2d_ref``, relative to the largest output. Then it reads the assembly of the GEMM task (every microkernel
-variant: packed panels, rows read in place through the row table as the flat strategy does, the narrow
+error against ``conv2d_ref``, relative to the largest output. Then it reads the assembly of the GEMM task (every
+microkernel variant: packed panels, rows read in place through the row table as the flat strategy does, the narrow
 panel), of the flat strategy's phase-split copy and of the pixels strategy's im2col^T gather, and counts the
 instructions that matter: vector multiply-adds and their form (``fmla`` by element of a loaded A vector, or
 against a broadcast), vector loads, stack stores inside the code (spills), and the de-interleaving the stride-2
