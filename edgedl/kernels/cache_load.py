@@ -20,6 +20,15 @@ when an earlier process left it there (keyed by the Numba and llvmlite versions,
 settings; it is compiled and saved otherwise), and skips the extension hook for those dispatchers. Every
 other function (user code) takes Numba's own path unchanged, a kernel missing from the cache compiles as
 before, and a Numba without the expected internals is left alone.
+
+It also keys every edgedl kernel's cache entry on the whole package's sources, not only on its own file.
+Numba checks a cached function against a hash of the file that defines it; but a kernel's machine code
+contains every ``@njit`` function it calls, from other files (a convolution's epilogue from ``act.py``). After
+an upgrade that changed only such a callee, the caller's entry still matched and ran the old callee: a
+silent wrong answer (found when a new activation code reached the depthwise kernels as a no-op). The
+fingerprint (:func:`package_fingerprint`, a hash of every ``.py`` file of the installed package, ~6 ms once per
+process) makes any change of edgedl's sources recompile its kernels once, while reinstalling the same sources
+keeps the cache.
 """
 from __future__ import annotations
 
@@ -31,11 +40,63 @@ import tempfile
 _installed = False
 
 
+_fingerprint: bytes | None = None
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def package_fingerprint() -> bytes:
+    """sha256 of every ``.py`` file of the edgedl package (relative paths and contents), once per process."""
+    global _fingerprint
+    if _fingerprint is None:
+        h = hashlib.sha256()
+        for folder, subfolders, files in os.walk(_PACKAGE_DIR):
+            subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    h.update(os.path.relpath(path, _PACKAGE_DIR).encode())
+                    with open(path, "rb") as f:
+                        h.update(f.read())
+        _fingerprint = h.digest()
+    return _fingerprint
+
+
+def _in_package(path) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), _PACKAGE_DIR]) == _PACKAGE_DIR
+    except (TypeError, ValueError):
+        return False
+
+
+def _install_source_stamp() -> bool:
+    """Key the cache entries of functions defined in edgedl's files on :func:`package_fingerprint` too."""
+    try:
+        from numba.core.caching import _SourceFileBackedLocatorMixin as Mixin
+    except ImportError:
+        return False
+    original = getattr(Mixin, "get_source_stamp", None)
+    if original is None or getattr(original, "_edgedl_package", False):
+        return original is not None
+
+    def get_source_stamp(self):
+        stamp = original(self)
+        if _in_package(getattr(self, "_py_file", None)):
+            return (stamp, package_fingerprint())
+        return stamp
+
+    get_source_stamp._edgedl_package = True  # type: ignore[attr-defined]
+    get_source_stamp.__wrapped__ = original  # type: ignore[attr-defined]
+    Mixin.get_source_stamp = get_source_stamp
+    return True
+
+
 def install() -> bool:
-    """Install the light cache loading for edgedl kernels (once). Returns whether it is in place."""
+    """Install the light cache loading for edgedl kernels (once), and key their cache entries on the package's
+    sources. Returns whether the light loading is in place."""
     global _installed
     if _installed:
         return True
+    _install_source_stamp()
     try:
         from numba.core.caching import Cache
         from numba.core.dispatcher import _DispatcherBase

@@ -101,6 +101,26 @@ def test_wheel_install_caches_beside_the_package(installed, tmp_path):
     assert again["cache_misses"] == 0 and again["cache_hits"] > 0, again
 
 
+def test_a_change_in_another_file_of_the_package_recompiles(installed, tmp_path):
+    """A kernel's machine code holds the @njit functions it calls from other files (an epilogue from act.py);
+    Numba keys its cache entry on the kernel's own file only, so an upgrade that changed just the callee ran the
+    old callee. edgedl keys every entry on the whole package's sources: a changed file anywhere recompiles,
+    identical sources (a reinstall) do not."""
+    model = _model(tmp_path)
+    env = _env(PYTHONPATH=str(installed))
+    _child(model, env, tmp_path)  # (warm or cold: whatever the other tests left)
+    act = installed / "edgedl" / "kernels" / "cpu" / "act.py"
+    original = act.read_bytes()
+    try:
+        act.write_bytes(original + b"\n# an upgrade that changed only this file\n")
+        changed = _child(model, env, tmp_path)
+        assert changed["cache_misses"] > 0, changed
+        again = _child(model, env, tmp_path)
+        assert again["cache_misses"] == 0 and again["cache_hits"] > 0, again
+    finally:
+        act.write_bytes(original)
+
+
 def test_read_only_site_packages_fall_back_to_a_user_cache(installed, tmp_path):
     if shutil.which("mount") is None or os.geteuid() != 0:
         pytest.skip("needs a read-only bind mount (root)")
