@@ -26,9 +26,10 @@ Numba checks a cached function against a hash of the file that defines it; but a
 contains every ``@njit`` function it calls, from other files (a convolution's epilogue from ``act.py``). After
 an upgrade that changed only such a callee, the caller's entry still matched and ran the old callee: a
 silent wrong answer (found when a new activation code reached the depthwise kernels as a no-op). The
-fingerprint (:func:`package_fingerprint`, a hash of every ``.py`` file of the installed package, ~6 ms once per
-process) makes any change of edgedl's sources recompile its kernels once, while reinstalling the same sources
-keeps the cache.
+fingerprint (:func:`package_fingerprint`, a hash of every ``.py`` file of the installed package that uses Numba,
+~6 ms once per process) makes any change of edgedl's compiled code recompile its kernels once, while
+reinstalling the same sources, or changing only code that Numba never compiles (the CLI, the passes, the
+planner), keeps the cache.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def package_fingerprint() -> bytes:
-    """sha256 of every ``.py`` file of the edgedl package (relative paths and contents), once per process."""
+    """sha256 of every ``.py`` file of the edgedl package that mentions numba (relative paths and contents: the
+    files whose functions compiled kernels can call), once per process."""
     global _fingerprint
     if _fingerprint is None:
         h = hashlib.sha256()
@@ -54,9 +56,11 @@ def package_fingerprint() -> bytes:
             for name in sorted(files):
                 if name.endswith(".py"):
                     path = os.path.join(folder, name)
-                    h.update(os.path.relpath(path, _PACKAGE_DIR).encode())
                     with open(path, "rb") as f:
-                        h.update(f.read())
+                        source = f.read()
+                    if b"numba" in source:
+                        h.update(os.path.relpath(path, _PACKAGE_DIR).encode())
+                        h.update(source)
         _fingerprint = h.digest()
     return _fingerprint
 
