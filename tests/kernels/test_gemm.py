@@ -143,6 +143,23 @@ def test_gemm_every_activation(code):
         check(out, G.gemm_ref(a, b, bias, code, alpha, beta))
 
 
+@pytest.mark.parametrize("code, alpha", [(A.ACT_SIGMOID, 0.0), (A.ACT_SWISH, 1.0), (A.ACT_SWISH, 1.702)])
+def test_in_register_exp_activations_over_the_whole_range(code, alpha):
+    """Sigmoid and Swish run in the microkernel's registers (their own exp polynomial in IR): against the
+    reference on the GEMM's own plain output, from deep underflow (-100, the -86.6 cutoff) to saturation,
+    on full and edge tiles."""
+    x = np.concatenate([np.linspace(-12, 12, 97), [-100.0, -87.5, -86.6, -86.0, -20.0, 0.0, -0.0, 1e-30, 20.0,
+                                                    88.0, 100.0]]).astype(np.float32)
+    # C = A @ I puts every value of x through the epilogue exactly (identity B: no rounding)
+    n = 16 + 5
+    a = np.resize(x, (-(-x.size // n) * n,)).reshape(-1, n)
+    out = G.gemm(a, np.eye(n, dtype=np.float32), act=code, alpha=alpha)
+    np.testing.assert_array_equal(G.gemm(a, np.eye(n, dtype=np.float32)), a)
+    ref = A.act_ref(a.astype(np.float64), code, alpha, 0.0)
+    # (exp flushes to 0 below -86.6, like elementwise.exp_f32: |x * sigmoid(x)| < 1e-35 there)
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=2e-6, atol=1e-35)
+
+
 def test_gemm_k_blocking_and_accumulate():
     rng = np.random.default_rng(3)
     m, k, n = 20, 2 * G.KC + 17, 35  # three K blocks

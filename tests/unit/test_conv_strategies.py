@@ -47,7 +47,7 @@ def _reference(x, wt, b, case, base=None):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[5]}s{c[6]}d{c[7]}p{c[8]}{c[9]}")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("strategy", ["flat", "pixels"])
-def test_strategy_matches_the_reference_and_the_same_bits_at_any_thread_count(case, bias, strategy):
+def test_strategy_matches_the_reference_and_the_same_bits_at_any_thread_count(case, bias, strategy, monkeypatch):
     x, wt, b = _data(case)
     b = b if bias else None
     *_, s, d, pads, act = case
@@ -58,6 +58,13 @@ def test_strategy_matches_the_reference_and_the_same_bits_at_any_thread_count(ca
     conv(x, out)
     np.testing.assert_allclose(out, _reference(x, wt, b, case), rtol=1e-5, atol=1e-4)
     for threads in (1, 2, 3):
+        again = np.full(conv.out_shape, np.nan, np.float32)
+        conv.bind(x, again, np.empty(conv.scratch_bytes, np.uint8), threads)()
+        assert np.array_equal(again, out)
+    # these small layers copy on one thread; with no size threshold every pass runs its parallel variant too
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "GEMM_PARALLEL_MIN_WORK", 0)
+    for threads in (2, 3):
         again = np.full(conv.out_shape, np.nan, np.float32)
         conv.bind(x, again, np.empty(conv.scratch_bytes, np.uint8), threads)()
         assert np.array_equal(again, out)

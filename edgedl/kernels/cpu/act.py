@@ -55,8 +55,11 @@ ACT_BY_NAME = {
     "Swish": ACT_SWISH,
 }
 
-#: the codes that the GEMM microkernel evaluates itself, in vector registers (no exp)
-SIMPLE_ACTS = (ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID)
+#: the codes that the GEMM microkernel evaluates itself, in vector registers, before it stores a tile (Sigmoid
+#: and Swish with the same exp polynomial as :func:`~.elementwise.sigmoid_f32`); the others (Tanh, Elu) run over
+#: the stored output afterwards
+SIMPLE_ACTS = (ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_SIGMOID, ACT_HARD_SIGMOID,
+               ACT_SWISH)
 
 
 def act_code(kind: str | int | None) -> int:

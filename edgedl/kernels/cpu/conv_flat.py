@@ -180,7 +180,7 @@ class FlatConv:
         npanel = -(-(oh * wq) // NR) * NR
         ktab = flat_ktab(c, hq, wq, kh, kw, sh, sw, dh, dw)
         # the last panel reads up to its NR-th column past the deepest row offset
-        self.pad_floats = _round16(max(c * sh * sw * hq * wq, int(ktab[:, 0].max()) + npanel))
+        self.pad_floats = round16(max(c * sh * sw * hq * wq, int(ktab[:, 0].max()) + npanel))
         self.col_floats = m * npanel
         self._dims = (n, c, h, w, pt, pl, sh, sw, hq, wq, m, oh, ow)
         self._zeros = np.zeros(wq, dtype=np.float32)
@@ -207,27 +207,40 @@ class FlatConv:
         xpad = scratch[:pad_bytes].view(np.float32)
         col = scratch[pad_bytes:self._buffers].view(np.float32)
         gemm = self._gemm.bind(col, xpad, threads, scratch[self._buffers:])
-        big = threads > 1 and self.work >= _config.PARALLEL_MIN_WORK
-        pad_slots = min(threads, n * c * sh * sw) if big else 1
-        out_slots = min(threads, n * m) if big else 1
-        pad_args = (xf, xpad, n, c, h, w, pt, pl, sh, sw, hq, wq, self.pad_floats, self._zeros)
-        out_args = (col, of, n, m, oh, ow, wq, self.col_floats, self.accumulate, *self._post)
-
-        def run():
-            if pad_slots > 1:
-                _pad_parallel(pad_slots, *pad_args)
-            else:
-                _pad_serial(*pad_args)
-            gemm()
-            if out_slots > 1:
-                _unflat_parallel(out_slots, *out_args)
-            else:
-                _unflat_serial(*out_args)
-
-        return run
+        return staged_call([
+            pass_call(_pad_parallel, _pad_serial, threads, n * c * sh * sw, n * self.pad_floats,
+                      (xf, xpad, n, c, h, w, pt, pl, sh, sw, hq, wq, self.pad_floats, self._zeros)),
+            (gemm, ()),
+            pass_call(_unflat_parallel, _unflat_serial, threads, n * m, n * m * oh * ow,
+                      (col, of, n, m, oh, ow, wq, self.col_floats, self.accumulate, *self._post)),
+        ])
 
 
-def _round16(v: int) -> int:
+def pass_call(parallel, serial, threads: int, items: int, floats: int, args: tuple):
+    """(kernel, args) of a data-movement pass over ``items`` planes holding ``floats`` floats in all: the
+    parallel variant (its first argument the number of slots) when there are threads to use and enough data
+    to pay for the fork/join (a quarter of PARALLEL_MIN_WORK: a pass moves each float once, where a
+    compute kernel's work counts multiply-adds), else the serial one. A small layer's copies thus stay on
+    one thread even when its GEMM is split."""
+    slots = min(threads, items)
+    if slots > 1 and floats >= _config.PARALLEL_MIN_WORK // 4:
+        return parallel, (slots, *args)
+    return serial, args
+
+
+def staged_call(stages: list):
+    """A no-argument callable running ``kernel(*args)`` for each (kernel, args) stage in turn."""
+    stages = tuple(stages)
+
+    def run():
+        for kernel, args in stages:
+            kernel(*args)
+
+    return run
+
+
+def round16(v: int) -> int:
+    """``v`` rounded up to a multiple of 16 (64-byte-aligned float buffers)."""
     return -(-v // 16) * 16
 
 

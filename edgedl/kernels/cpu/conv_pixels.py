@@ -22,10 +22,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import config as _config
 from .act import act_inplace
 from .config import NJIT, NJIT_PARALLEL
-from .conv_flat import _pad_parallel, _pad_serial
+from .conv_flat import _pad_parallel, _pad_serial, pass_call, round16, staged_call
 from .gemm import BIAS_COL, BIAS_NONE, MR, GemmCall, pack_b, packed_a_size, packed_b_size
 
 #: a spatial convolution with at least this many output channels takes this strategy ...
@@ -119,10 +118,6 @@ def _unpack_parallel(nslots, ct, out, nb, m, plane, accumulate, act, alpha, beta
 # ---------------------------------------------------------------------------------------------------
 # prepared convolution
 # ---------------------------------------------------------------------------------------------------
-def _align16(v: int) -> int:
-    return -(-v // 16) * 16
-
-
 class PixelConv:
     """A group-1 convolution as ``Y^T = im2col(X)^T @ W^T``, prepared for one input shape.
 
@@ -143,7 +138,7 @@ class PixelConv:
         self.m = m
         self.padded = bool(pt or pl or pb or pr)
         hp, wp = (h + pt + pb, w + pl + pr) if self.padded else (h, w)
-        img = _align16(c * hp * wp)
+        img = round16(c * hp * wp)
         self.npix = npix = n * oh * ow
         # offsets into the (padded) image: pixel (b, oy, ox) -> its first tap; tap (ci, i, j) -> from there
         b_i, oy, ox = np.meshgrid(np.arange(n), np.arange(oh), np.arange(ow), indexing="ij")
@@ -161,8 +156,8 @@ class PixelConv:
                               act=act if in_kernel else 0, alpha=alpha, beta=beta)
         self._dims = (n, c, h, w, pt, pl, hp, wp, img, oh * ow)
         self.pad_floats = n * img if self.padded else 0
-        self.ap_floats = _align16(packed_a_size(npix, k))
-        self.ct_floats = _align16(npix * m)
+        self.ap_floats = round16(packed_a_size(npix, k))
+        self.ct_floats = round16(npix * m)
         self._buffers = 4 * (self.pad_floats + self.ap_floats + self.ct_floats)
         self.work = npix * m * k
         self.scratch_bytes = self._buffers + self._gemm.scratch_bytes()
@@ -185,30 +180,14 @@ class PixelConv:
         ap = floats[self.pad_floats:self.pad_floats + self.ap_floats]
         ct = floats[self.pad_floats + self.ap_floats:self.pad_floats + self.ap_floats + self.ct_floats]
         gemm = self._gemm.with_a(ap).bind(ct, np.zeros(0, np.float32), threads, scratch[self._buffers:])
-        big = threads > 1 and self.work >= _config.PARALLEL_MIN_WORK
         ntiles = -(-self.npix // MR)
-        pack_slots = min(threads, ntiles) if big else 1
-        out_slots = min(threads, n * self.m) if big else 1
-        pad_args = (xf, xpad, n, c, h, w, pt, pl, 1, 1, hp, wp, img, np.zeros(wp, np.float32))
-        src = xpad if self.padded else xf
-        pack_args = (src, self.pix_off, self.koff, ap, self.k, self.npix)
-        out_args = (ct, of, n, self.m, plane, self.accumulate, *self._post)
-        padded = self.padded
-
-        def run():
-            if padded:
-                if pack_slots > 1:
-                    _pad_parallel(pack_slots, *pad_args)
-                else:
-                    _pad_serial(*pad_args)
-            if pack_slots > 1:
-                _pack_parallel(pack_slots, *pack_args)
-            else:
-                _pack_serial(*pack_args)
-            gemm()
-            if out_slots > 1:
-                _unpack_parallel(out_slots, *out_args)
-            else:
-                _unpack_serial(*out_args)
-
-        return run
+        stages = []
+        if self.padded:
+            stages.append(pass_call(_pad_parallel, _pad_serial, threads, n * c, self.pad_floats,
+                                    (xf, xpad, n, c, h, w, pt, pl, 1, 1, hp, wp, img, np.zeros(wp, np.float32))))
+        stages.append(pass_call(_pack_parallel, _pack_serial, threads, ntiles, self.npix * self.k,
+                                (xpad if self.padded else xf, self.pix_off, self.koff, ap, self.k, self.npix)))
+        stages.append((gemm, ()))
+        stages.append(pass_call(_unpack_parallel, _unpack_serial, threads, n * self.m, self.npix * self.m,
+                                (ct, of, n, self.m, plane, self.accumulate, *self._post)))
+        return staged_call(stages)

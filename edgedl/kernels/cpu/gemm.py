@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange, types
 
 from . import config as _config
-from .act import ACT_NONE, act_code, act_inplace, act_ref, apply_act
+from .act import ACT_NONE, NUM_ACTS, SIMPLE_ACTS, act_code, act_inplace, act_ref, apply_act
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .native import caller, native
 from .native import readonly as _ro
@@ -90,7 +90,7 @@ BIAS_COL = 2
 G_SC, G_SY, G_SX, G_H, G_W, G_KH, G_KW, G_SH, G_SW, G_DH, G_DW, G_PT, G_PL, G_OW = range(14)
 GEOM_LEN = 14
 
-_SIMPLE = np.array([1, 1, 1, 1, 1, 0, 1, 0, 0, 0], dtype=np.bool_)
+_SIMPLE = np.array([code in SIMPLE_ACTS for code in range(NUM_ACTS)], dtype=np.bool_)
 
 
 def packed_a_size(m: int, k: int) -> int:

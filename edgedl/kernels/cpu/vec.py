@@ -11,7 +11,8 @@ scalar tile fails), so the GEMM microkernel is emitted here with llvmlite's IRBu
   a multiply and an add elsewhere; never a libcall as ``llvm.fma`` can be);
 * before the loop the accumulators start from 0, or from the C tile (``UK_ACCUMULATE``: K-blocking), plus
   a per-row bias (``UK_BIAS``) and/or a per-column bias (``UK_BIAS_COL``);
-* after the loop the simple activations (:data:`~edgedl.kernels.cpu.act.SIMPLE_ACTS`) run on the vectors
+* after the loop the in-register activations (:data:`~edgedl.kernels.cpu.act.SIMPLE_ACTS`, Sigmoid and Swish
+  with an exp polynomial) run on the vectors
   and the tile is stored to C at row stride ``ldc``. Edge tiles: missing rows are handled without masks
   (their stores are redirected to row 0, rewritten with its own values), missing columns with
   ``llvm.masked.load/store``.
@@ -37,7 +38,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .act import ACT_CLIP, ACT_HARD_SIGMOID, ACT_HARD_SWISH, ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
+from .act import (
+    ACT_CLIP,
+    ACT_HARD_SIGMOID,
+    ACT_HARD_SWISH,
+    ACT_LEAKY_RELU,
+    ACT_NONE,
+    ACT_RELU,
+    ACT_SIGMOID,
+    ACT_SWISH,
+)
 from .config import GEMM_TILE
 
 #: rows of the register tile, floats per vector, vectors per tile row, k steps per unrolled iteration
@@ -95,8 +105,46 @@ def _select_gt(builder, x, y, then_v, else_v):
     return builder.select(builder.fcmp_ordered(">", x, y), then_v, else_v)
 
 
+def _vec_intrinsic(builder, name, vecty):
+    """The unary LLVM intrinsic ``name`` (llvm.floor, llvm.fabs) on ``vecty``."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]),
+                                          f"{name}.v{vecty.count}f32")
+
+
+def _exp_neg_ir(builder, x, vecty):
+    """exp(x) for x <= 0 or NaN lanes (elementwise.exp_f32's range reduction and polynomial, step for step):
+    0 below -86.6; a NaN lane gives a finite value (callers select NaN lanes themselves)."""
+    lo = _vec_const(vecty, -86.6)
+    # NaN and x < lo lanes reduce lo instead: every lane's exponent stays in range (no poison from fptosi)
+    xc = builder.select(builder.fcmp_ordered(">=", x, lo), x, lo)
+    fx = builder.call(_vec_intrinsic(builder, "llvm.floor", vecty),
+                      [builder.fadd(builder.fmul(xc, _vec_const(vecty, 1.44269504088896341)),
+                                    _vec_const(vecty, 0.5))])
+    r = builder.fsub(builder.fsub(xc, builder.fmul(fx, _vec_const(vecty, 0.693359375))),
+                     builder.fmul(fx, _vec_const(vecty, -2.12194440e-4)))
+    z = builder.fmul(r, r)
+    p = _vec_const(vecty, 1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = builder.fadd(builder.fmul(p, r), _vec_const(vecty, c))
+    p = builder.fadd(builder.fadd(builder.fmul(p, z), r), _vec_const(vecty, 1.0))  # e**r
+    # p * 2**fx by adding fx to the exponent bits (fx in [-87, 0])
+    ity = ir.VectorType(_I32, vecty.count)
+    shift = builder.shl(builder.fptosi(fx, ity), ir.Constant(ity, [23] * vecty.count))
+    y = builder.bitcast(builder.add(builder.bitcast(p, ity), shift), vecty)
+    return _select_lt(builder, x, lo, _vec_const(vecty, 0.0), y)
+
+
+def _sigmoid_ir(builder, x, vecty):
+    """1 / (1 + exp(-x)) from exp(-|x|) (elementwise.sigmoid_f32); NaN lanes stay NaN."""
+    ax = builder.call(_vec_intrinsic(builder, "llvm.fabs", vecty), [x])
+    e = _exp_neg_ir(builder, builder.fsub(_vec_const(vecty, 0.0), ax), vecty)
+    r = builder.fdiv(_vec_const(vecty, 1.0), builder.fadd(_vec_const(vecty, 1.0), e))
+    y = builder.select(builder.fcmp_ordered(">=", x, _vec_const(vecty, 0.0)), r, builder.fmul(e, r))
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
+
+
 def _act_ir(builder, code, x, va, vb, vecty):
-    """IR for the simple activation ``code`` on vector ``x`` (NaN-propagating, like act.apply_act)."""
+    """IR for the in-register activation ``code`` on vector ``x`` (NaN-propagating, like act.apply_act)."""
     zero = _vec_const(vecty, 0.0)
     one = _vec_const(vecty, 1.0)
     if code == ACT_NONE:
@@ -117,10 +165,14 @@ def _act_ir(builder, code, x, va, vb, vecty):
         t = builder.fadd(builder.fmul(x, va), vb)
         t = _select_lt(builder, t, zero, zero, t)
         return _select_gt(builder, t, one, one, t)
+    if code == ACT_SIGMOID:
+        return _sigmoid_ir(builder, x, vecty)
+    if code == ACT_SWISH:
+        return builder.fmul(x, _sigmoid_ir(builder, builder.fmul(x, va), vecty))
     raise AssertionError(code)
 
 
-_IR_ACTS = (ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID)
+_IR_ACTS = (ACT_RELU, ACT_CLIP, ACT_LEAKY_RELU, ACT_HARD_SWISH, ACT_HARD_SIGMOID, ACT_SIGMOID, ACT_SWISH)
 
 
 def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_ptr, ldc, flags,
