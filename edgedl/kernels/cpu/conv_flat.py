@@ -36,14 +36,19 @@ from .vec import copy_floats, copy_nr_s2
 
 def prefer_flat(in_shape, out_shape, kh: int, kw: int, sh: int, sw: int, group: int) -> bool:
     """True when a group-1 spatial convolution should read its padded (phase-split) image in place: stride 1
-    or 2, output rows of at least 8 columns (narrower rows waste too many of the padded columns) and at least
-    8 input channels (a first layer's K of 27 is too short to pay for the two copies).
+    or 2, at least 8 input channels (a first layer's K of 27 is too short to pay for the two copies) and
+    output rows of at least 8 columns that are wide against the kernel: the ``ceil((kw - 1) / sw)`` extra
+    columns each row computes and throws away stay within a quarter of it (a 1-D audio layer of width 9 at
+    13 output columns would waste a third of its work).
 
     Measured on Zen 4 (3x3 kernels, time against the packed GEMM's, ``benchmarks/bench_conv_flat.py``):
-    stride 1 0.79-0.93x at 1 thread and 0.81-0.98x at 2; stride 2 0.75-1.01x at 1 thread, 0.58-1.06x at 2."""
+    stride 1 0.79-0.93x at 1 thread and 0.81-0.98x at 2; stride 2 0.75-1.01x at 1 thread, 0.58-1.06x at 2.
+    Width-9 1-D layers of a keyword spotter: 0.67-0.84x from 25 output columns on, 1.39-1.45x at 13."""
     _, c, _, _ = in_shape
     ow = out_shape[3]
-    return group == 1 and kh * kw > 1 and ow >= 8 and c >= 8 and sh <= 2 and sw <= 2
+    wasted = -(-(kw - 1) // max(sw, 1))
+    return (group == 1 and kh * kw > 1 and ow >= 8 and 4 * wasted <= ow and c >= 8 and sh <= 2
+            and sw <= 2)
 
 
 # ---------------------------------------------------------------------------------------------------
