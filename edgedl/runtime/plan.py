@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConstantRequired, DataDependentShape, EdgeDLError, ShapeError
 from ..ir import Graph, Node, OptionalType, SequenceType, TensorSpec, TensorType, check_shape, contiguous
+from ..kernels.aligned import aligned_empty
 from ..kernels.cpu.config import num_threads
 from ..registry import Kernel, Op
 from .arena import Buffer, lower_bound, plan_arena
@@ -493,7 +494,7 @@ def build_plan(graph: Graph, ops: dict[str, Op], input_types: dict[str, TensorTy
     buffers += [Buffer(("scratch", s_idx), step.kernel.scratch_bytes, s_idx, s_idx)
                 for s_idx, step in enumerate(steps) if step.kernel.scratch_bytes > 0]
     arena_bytes = plan_arena(buffers)
-    arena = np.empty(max(arena_bytes, 1), np.uint8)
+    arena = aligned_empty(max(arena_bytes, 1), np.uint8)
     for buf in buffers:
         raw = arena[buf.offset:buf.offset + buf.nbytes]
         if isinstance(buf.key, tuple):

@@ -29,6 +29,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..aligned import aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
@@ -420,7 +421,7 @@ class Conv2d:
         npix = oh * ow
         asz = packed_a_size(m, k)
         self._packing = (group, m, k, asz)
-        self.ap = np.zeros(group * asz, dtype=np.float32)
+        self.ap = aligned_zeros(group * asz)
         w2 = weight.reshape(group, m, k)
         for g in range(group):
             pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
@@ -579,7 +580,7 @@ class ConvTranspose2d:
         m = cog * kh * kw
         hw = h * w
         asz = packed_a_size(m, cig)
-        self.ap = np.zeros(group * asz, dtype=np.float32)
+        self.ap = aligned_zeros(group * asz)
         for g in range(group):
             wg = weight[g * cig:(g + 1) * cig].reshape(cig, m)  # (K, M)
             if cig > 0:

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..aligned import aligned_zeros
 from .act import act_inplace
 from .config import NJIT, NJIT_PARALLEL
 from .conv_flat import _pad_parallel, _pad_serial, pass_call, round16, staged_call
@@ -146,7 +147,7 @@ class PixelConv:
                                              + ox * sw).reshape(-1), dtype=np.int64)
         ci, i, j = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
         self.koff = np.ascontiguousarray((ci * hp * wp + i * dh * wp + j * dw).reshape(-1), dtype=np.int64)
-        self.bp = np.zeros(packed_b_size(k, m), dtype=np.float32)
+        self.bp = aligned_zeros(packed_b_size(k, m))
         self.repack(weight)
         self.accumulate = bool(accumulate)
         in_kernel = simple and not accumulate

@@ -34,6 +34,7 @@ import numba
 import numpy as np
 from numba import prange, types
 
+from ..aligned import aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, NUM_ACTS, SIMPLE_ACTS, act_code, act_inplace, act_ref, apply_act
 from .config import NJIT, NJIT_PARALLEL, num_threads
@@ -1090,7 +1091,7 @@ class PackedA:
         if a.ndim != 2:
             raise ValueError("A must be 2-D")
         self.m, self.k = a.shape
-        self.data = np.zeros(packed_a_size(self.m, self.k), dtype=np.float32)
+        self.data = aligned_zeros(packed_a_size(self.m, self.k))
         if self.k > 0 and self.m > 0:
             pack_a(a, self.data)
         self._calls: dict = {}
@@ -1132,7 +1133,7 @@ class PackedWeight:
             raise ValueError("weight must be 2-D")
         self.w_rows = np.ascontiguousarray(w if trans_b else w.T)  # (N_out, K)
         self.n, self.k = self.w_rows.shape
-        self.bp = np.zeros(packed_b_size(self.k, self.n), dtype=np.float32)
+        self.bp = aligned_zeros(packed_b_size(self.k, self.n))
         if self.k > 0 and self.n > 0:
             pack_b(self.w_rows.T, self.bp)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
