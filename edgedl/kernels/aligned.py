@@ -28,3 +28,10 @@ def aligned_zeros(count: int, dtype=np.float32) -> np.ndarray:
     out = aligned_empty(count, dtype)
     out.fill(0)
     return out
+
+
+def aligned_copy(a: np.ndarray) -> np.ndarray:
+    """A 1-D, 64-byte-aligned copy of ``a``'s elements in C order."""
+    out = aligned_empty(a.size, a.dtype)
+    out[:] = np.asarray(a).reshape(-1)
+    return out

@@ -56,6 +56,7 @@ import numpy as np
 from numba import prange, types
 
 from ...quant.requant import MODE_DOUBLE, MODE_FLOAT, MODE_SINGLE, Requant, requantize
+from ..aligned import aligned_copy, aligned_zeros
 from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .native import caller, native
@@ -347,8 +348,8 @@ _I64 = types.int64
 _TASK_OUTS = (types.uint8[:, ::1], types.int32[:, ::1])
 #: _pairs_task's signatures (one per output type)
 _PAIRS_SIGS = tuple(types.void(_I64, _ro(types.int16[::1]), _ro(types.uint8[:, :, ::1]), types.boolean, _I64,
-                               _ro(types.int64[::1]), _I64, _I64, _I64, _I64, _I64, _I64, _ro(types.int32[:, ::1]), _I64,
-                               _ro(types.int32[::1]), _ro(types.int64[::1]), _ro(types.int64[::1]),
+                               _ro(types.int64[::1]), _I64, _I64, _I64, _I64, _I64, _I64, _ro(types.int32[:, ::1]),
+                               _I64, _ro(types.int32[::1]), _ro(types.int64[::1]), _ro(types.int64[::1]),
                                _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out) for out in _TASK_OUTS)
 
 
@@ -585,8 +586,9 @@ def _dot_task(kind, src, ap, x, geo, ktab, flip, bz, j0, j1, i0, i1, kq, m, rp, 
 #: _dot_task's signatures without ``kind`` (one per output type)
 _DOT_SIGS = tuple(types.void(_I64, _ro(types.int8[::1]), _ro(types.uint8[:, :, ::1]), _ro(types.int64[::1]),
                              _ro(types.int64[:, ::1]), _I64, _I64, _I64, _I64, _I64, _I64, _I64, _I64,
-                             _ro(types.int32[:, ::1]), types.boolean, _I64, _ro(types.int32[::1]), _ro(types.int64[::1]),
-                             _ro(types.int64[::1]), _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out)
+                             _ro(types.int32[:, ::1]), types.boolean, _I64, _ro(types.int32[::1]),
+                             _ro(types.int64[::1]), _ro(types.int64[::1]), _ro(types.float32[::1]), _I64, _I64, _I64,
+                             _I64, out)
                   for out in _TASK_OUTS)
 
 
@@ -767,7 +769,7 @@ class QGemm:
             self.rowsum = a.sum(axis=1, dtype=np.int64)
             pad = np.zeros((self.mt * self.mr, self.kq * 4), np.int8)
             pad[:self.m, :self.k] = a
-            self.ap = np.ascontiguousarray(pad.reshape(self.mt, self.mr, self.kq, 4).transpose(0, 2, 1, 3)).reshape(-1)
+            self.ap = aligned_copy(pad.reshape(self.mt, self.mr, self.kq, 4).transpose(0, 2, 1, 3))
             self.colcorr = bool(np.any(self.az != 0))
         self.store = self._store_kind(w, w_zp)
         self._rp = {}
@@ -778,7 +780,7 @@ class QGemm:
     def _pack_pairs(self) -> np.ndarray:
         if self._pairs_ap is None:
             mt = -(-self.m // MR_I8)
-            ap = np.zeros(mt * ((self.k + 1) // 2) * 2 * MR_I8, np.int16)
+            ap = aligned_zeros(mt * ((self.k + 1) // 2) * 2 * MR_I8, np.int16)
             pack_weights_i8(self._w, self._w_zp, ap)
             self._pairs_ap = ap
         return self._pairs_ap
