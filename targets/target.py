@@ -28,8 +28,8 @@ class Target:
     and ``gpu`` (a CUDA arch such as ``"sm_87"``, else None).
 
     Choices: ``threads`` (default thread count), ``core_set`` (``"all"``, ``"big"`` or ``"little"``: the cores
-    edgedl's kernel threads run on, which matters on big.LITTLE CPUs), ``device`` (the device in force, ``"cpu"`` today),
-    ``preferred_device`` (``"cuda"`` on Jetsons, for when a CUDA backend exists), ``codegen_cpu`` /
+    edgedl's kernel threads run on, which matters on big.LITTLE CPUs), ``device`` (the device in force,
+    ``"cpu"`` today), ``preferred_device`` (``"cuda"`` on Jetsons, for when a CUDA backend exists), ``codegen_cpu`` /
     ``codegen_features`` (what Numba should compile for; None = Numba's host default), ``int8_kernel``
     (``"sdot"``, ``"pairs"``... None = let the kernel module decide), ``parallel_min_work`` /
     ``gemm_parallel_min_work`` / ``gemm_tile`` / ``conv_flat`` (whether spatial convolutions read their padded

@@ -108,9 +108,9 @@ def test_linked_dp4a_on_a_gpu(m, n, k):
 def test_portable_dp4a_convolution_is_bit_exact(x_dtype, w_dtype, w_zp):
     """The implicit-GEMM dp4a convolution (grouped, strided, padded: padding reads as the input's zero point;
     the reduction not a multiple of 4) against the CPU int8 convolution, bit for bit."""
-    import edgedl
     from onnx import TensorProto, helper, numpy_helper
 
+    import edgedl
     from edgedl.ir import TensorType
     from edgedl.kernels.cuda.dp4a import QConv2dDp4a
 

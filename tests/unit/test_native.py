@@ -141,6 +141,6 @@ def test_assembly_of_a_function_compiled_here():
 
     fresh = NativeFunction(_axpy_row, axpy_row.signature, {})
     assert fresh.inspect_asm() is None  # not compiled yet
-    fresh.address
+    assert fresh.address  # compiles it
     asm = fresh.inspect_asm()
     assert asm and ("ret" in asm)
