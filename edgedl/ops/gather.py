@@ -24,6 +24,8 @@ gradient.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..converters import onnx_proto as _pb
@@ -171,7 +173,27 @@ class Gather(Op):
                 self._check(inputs[1], dim)  # raises with the position and value
                 raise self.error(f"index out of range for an axis of size {dim}", EdgeDLError)
 
-        return Kernel(run)
+        bind = None
+        if const_idx is not None and const_idx.size and bool(((const_idx >= -dim) & (const_idx < dim)).all()):
+            first = int(const_idx[0]) % dim
+            if np.array_equal(const_idx % dim, np.arange(first, first + const_idx.size)):
+                # constant indices of one ascending run (a state tensor's row, x[..., 2:5]): a strided copy
+                n = const_idx.size
+
+                def bind(inputs, outputs, scratch, threads):
+                    x, o = inputs[0], outputs[0]
+                    if not (x.flags.c_contiguous and o.flags.c_contiguous):
+                        return None
+                    return functools.partial(np.copyto, o.reshape(outer, n, inner),
+                                             x.reshape(outer, dim, inner)[:, first:first + n])
+            else:
+                def bind(inputs, outputs, scratch, threads):  # indices checked here, once
+                    x, o = inputs[0], outputs[0]
+                    if not (x.flags.c_contiguous and o.flags.c_contiguous):
+                        return None
+                    return functools.partial(gather, bits_view(x), const_idx, bits_view(o), outer, dim, inner)
+
+        return Kernel(run, bind=bind)
 
     # --- training -----------------------------------------------------------------------------------------
     grad_inputs = (1,)

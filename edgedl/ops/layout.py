@@ -17,6 +17,26 @@ from ..kernels.cpu.layout import bits_view, make_transpose
 from ..registry import Kernel, Op, register
 from .common import const_ints, normalize_axis
 
+
+def bound_copies(pairs):
+    """A ``Kernel.bind`` for a kernel that is a fixed list of copies: ``pairs(inputs, outputs)`` gives the
+    (destination view, source view or value) pairs of those very arrays, or None where they cannot be views
+    (a non-contiguous array). The bound call is then one ``np.copyto`` per pair, with every reshape and
+    slice done here once: a Split, Concat, Slice or Pad of a small tensor costs its copies only, instead
+    of 2-5 us of Python per step in an audio model's loop."""
+    def bind(inputs, outputs, scratch, threads):
+        if not all(a is None or a.flags.c_contiguous for a in (*inputs, *outputs)):
+            return None
+        copies = tuple(pairs(inputs, outputs))
+
+        def run():
+            for dst, src in copies:
+                np.copyto(dst, src)
+
+        return run
+
+    return bind
+
 #: dtypes the bit-moving kernels handle (every dtype edgedl imports)
 ALL_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32",
               "int64", "uint64", "bool")
@@ -200,7 +220,11 @@ class Concat(Op):
             for k, a, b in parts:
                 o[:, a:b] = inputs[k].reshape(outer, b - a)
 
-        return Kernel(run, impl="numpy")
+        def pairs(inputs, outputs):
+            o = outputs[0].reshape(outer, width)
+            return [(o[:, a:b], inputs[k].reshape(outer, b - a)) for k, a, b in parts]
+
+        return Kernel(run, impl="numpy", bind=bound_copies(pairs))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -308,7 +332,11 @@ class Split(Op):
             for k, a, b in parts:
                 np.copyto(outputs[k].reshape(outer, b - a), x[:, a:b])
 
-        return Kernel(run, impl="numpy")
+        def pairs(inputs, outputs):
+            x = inputs[0].reshape(outer, width)
+            return [(outputs[k].reshape(outer, b - a), x[:, a:b]) for k, a, b in parts]
+
+        return Kernel(run, impl="numpy", bind=bound_copies(pairs))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -448,7 +476,7 @@ class Slice(Op):
             if not empty:
                 np.copyto(outputs[0], inputs[0][sl])
 
-        return Kernel(run, impl="numpy")
+        return Kernel(run, impl="numpy", bind=bound_copies(lambda i, o: [] if empty else [(o[0], i[0][sl])]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -671,7 +699,17 @@ class Pad(Op):
                 else:
                     o[dst] = o[src]
 
-        return Kernel(run, impl="numpy")
+        def pairs(inputs, outputs):
+            # in order: the interior first, then the borders (the other modes copy from filled parts)
+            o = outputs[0]
+            if empty_out:
+                return []
+            borders = [(o[d], const_value if src is None else o[src]) for d, src in copies]
+            if empty_in:
+                return [(o, const_value)] if mode == "constant" else borders
+            return [(o[interior], inputs[0][crop])] + borders
+
+        return Kernel(run, impl="numpy", bind=None if runtime_value else bound_copies(pairs))
 
 
 __all__ = ["ALL_DTYPES", "INT64_MAX", "Concat", "Pad", "Slice", "Split", "Transpose", "slice_bounds"]
