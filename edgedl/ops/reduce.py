@@ -17,6 +17,7 @@ other dtypes (and empty inputs) run the numpy reference. The float references ac
 """
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -127,7 +128,12 @@ class _Reduce(Op):
         def run(inputs, outputs, scratch):
             plan(inputs[0].reshape(-1), outputs[0].reshape(-1), scratch)
 
-        return Kernel(run, scratch_bytes=plan.scratch_bytes)
+        def bind(inputs, outputs, scratch, threads):
+            if not (inputs[0].flags.c_contiguous and outputs[0].flags.c_contiguous):
+                return None  # (a reshape would copy)
+            return functools.partial(plan, inputs[0].reshape(-1), outputs[0].reshape(-1), scratch)
+
+        return Kernel(run, scratch_bytes=plan.scratch_bytes, bind=bind)
 
     def build_cuda(self, ins, outs, consts):
         """One contiguous block of float32 axes (the usual: the last axes, or the spatial ones)."""

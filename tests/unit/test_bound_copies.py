@@ -1,5 +1,6 @@
 """Split, Concat, Slice, Pad and Gather with constant indices are pre-bound copies (ops.layout.bound_copies,
-Gather's bind): the bound steps give the reference's results run after run, with new inputs each time."""
+Gather's bind), ReduceMean and the square Pow pre-bound calls: the bound steps give the reference's results run
+after run, with new inputs each time."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,6 +42,10 @@ CASES = {
                    (3, 2, 4), ["a"]),
     "gather_run": ([helper.make_node("Gather", ["r", "i"], ["a"], axis=2)], {"i": _i64(1, 2, 3)}, (2, 3, 5),
                    ["a"]),
+    "reduce_mean": ([helper.make_node("ReduceMean", ["r", "ax"], ["a"], keepdims=1)], {"ax": _i64(1, 2)},
+                    (2, 3, 5), ["a"]),
+    "pow_square": ([helper.make_node("Pow", ["r", "two"], ["a"])], {"two": np.array(2.0, np.float32)}, (2, 7),
+                   ["a"]),
     "gather_any": ([helper.make_node("Gather", ["r", "i"], ["a"], axis=1)], {"i": _i64(2, -3, 2, 0)},
                    (2, 3, 5), ["a"]),
 }
@@ -60,7 +65,7 @@ def test_bound_copy_steps_match_the_reference_run_after_run(name):
         got = mod.run({"x": x})
         want = ref.run(None, {"x": x})
         for o, w in zip(outs, want):
-            np.testing.assert_array_equal(got[o + "_n"], w)
+            np.testing.assert_allclose(got[o + "_n"], w, rtol=1e-6, atol=1e-7)
     plan = mod.plan()
     op_type = op_nodes[0].op_type
     steps = [s for s in plan.steps if s.node.op_type == op_type]
