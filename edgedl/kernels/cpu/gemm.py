@@ -50,7 +50,6 @@ from .vec import (
     copy_floats,
     copy_nr,
     copy_nr_s2,
-    fetch_add,
     microkernel_panel,
     microkernel_panel_ldb,
     microkernel_panel_narrow,
@@ -63,14 +62,6 @@ __all__ = [
     "sgemm_packed", "gemm_driver", "gemm", "matmul", "gemv", "vecmat", "PackedA", "PackedWeight",
     "gemm_ref", "GemmCall", "pad_bias", "pack_a_parallel",
 ]
-
-#: a parallel GEMM of at least this many multiply-adds (~0.1 ms on one core) is cut into at least
-#: BALANCE_TASKS column tasks per thread, which the threads claim one at a time (see _plan_tasks)
-BALANCE_MIN_WORK = 1 << 22
-BALANCE_TASKS = 4
-
-#: int64s after the slots' index buffers: the parallel driver's task counter, alone on its cache line
-CLAIM_PAD = 8
 
 #: K block (B panel of KC x NR floats = 16 KiB stays in L1) ...
 KC = 256
@@ -504,22 +495,17 @@ def _gemm_serial(task_fn, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, 
 def _gemm_parallel(task_fn, nslots, ntasks, bufsize, wbuf, ibuf, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo,
                    ktab, c, c_nstride, c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb,
                    mst, nbt, accumulate, act, alpha, beta, direct):
-    # wbuf: (nslots*bufsize,) float32, ibuf: (nslots*2*NR + CLAIM_PAD,) int64: each slot owns its slice; the
-    # int64 after the slots' slices counts the tasks claimed so far. Each thread claims the next task until
-    # none is left (dynamic: when a core runs slow, beside other work or a busy hypervisor neighbour, the
-    # others take over its share instead of waiting for it at the end of the region, as a static split does)
-    claim = nslots * 2 * NR
-    ibuf[claim] = 0
+    # wbuf: (nslots*bufsize,) float32, ibuf: (nslots*2*NR,) int64: each slot owns its slice
     for s in prange(nslots):
         buf = wbuf[s * bufsize:(s + 1) * bufsize]
         ybase = ibuf[s * 2 * NR:s * 2 * NR + NR]
         xbase = ibuf[s * 2 * NR + NR:(s + 1) * 2 * NR]
-        task = fetch_add(ibuf, claim, 1)
-        while task < ntasks:
+        lo = s * ntasks // nslots
+        hi = (s + 1) * ntasks // nslots
+        for task in range(lo, hi):
             _call_task(task_fn, (task, ap, a_gstride, bp, bsrc, b_nstride, b_gstride, geo, ktab, c, c_nstride,
                                  c_gstride, ldc, bias, bias_mode, bias_gstride, m, n, k, ngroups, rs, cb, mst,
                                  nbt, accumulate, act, alpha, beta, direct, buf, ybase, xbase))
-            task = fetch_add(ibuf, claim, 1)
 
 
 _EMPTY = np.zeros(0, dtype=np.float32)
@@ -572,23 +558,14 @@ def _busiest(m: int, n: int, nbatch: int, threads: int, split) -> int:
     return most
 
 
-def _plan_tasks(m: int, n: int, nbatch: int, threads: int, fine: bool = False):
+def _plan_tasks(m: int, n: int, nbatch: int, threads: int):
     """(rs, cb, mst, nbt): row splits and column blocks per GEMM and their sizes in tiles.
 
     The heuristic split, unless it leaves few tasks unevenly spread (a ragged last block, a task count
     that is not a multiple of the threads): then the pure column or pure row split is taken when its
     busiest thread has less work (measured: a 32 x 64 GEMM in 3 row tasks on 2 threads ran slower than
-    on one). ``fine`` (a GEMM of at least BALANCE_MIN_WORK): at least BALANCE_TASKS tasks per thread where
-    the columns allow blocks of two panels, so that the threads' dynamic claiming can even out a core that
-    runs slow (a static two-task split on 2 cores ran 30 % slower whenever the hypervisor slowed one)."""
+    on one)."""
     split = _split_heuristic(m, n, nbatch, threads)
-    if fine and threads > 1:
-        rs, cb, mst, nbt = split
-        nt = -(-n // NR)
-        want = -(-BALANCE_TASKS * threads // (nbatch * rs))
-        if cb < want and nt >= 2 * cb:
-            nbt = -(-nt // min(want, nt // 2))
-            return rs, -(-nt // nbt), mst, nbt
     if threads <= 1 or nbatch * split[0] * split[1] > 8 * threads:
         return split
     mt = -(-m // MR)
@@ -698,8 +675,7 @@ class GemmCall:
         if plan is None:
             total = self.nbatch * self.ngroups
             parallel = threads > 1 and self.work >= _config.GEMM_PARALLEL_MIN_WORK
-            rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1,
-                                           self.work >= BALANCE_MIN_WORK)
+            rs, cb, mst, nbt = _plan_tasks(self.m, self.n, total, threads if parallel else 1)
             ntasks = total * rs * cb
             keep = mst > MC // MR
             bufsize = (nbt if keep else 1) * k_block(self.k) * NR
@@ -730,7 +706,7 @@ class GemmCall:
     def _work_sizes(self, threads: int) -> tuple[int, int]:
         nslots, _, bufsize, _, shared_floats = self._plan(threads)
         slots = max(nslots, 1)
-        return (slots * bufsize + shared_floats) * 4, (slots * 2 * NR + CLAIM_PAD) * 8
+        return (slots * bufsize + shared_floats) * 4, slots * 2 * NR * 8
 
     def scratch_bytes(self, max_threads: int | None = None) -> int:
         """Workspace bytes :meth:`run` needs for any thread count up to ``max_threads`` (default: every

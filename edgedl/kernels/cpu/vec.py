@@ -32,7 +32,6 @@ delete the ``*.nbi``/``*.nbc`` files of gemm/conv in ``__pycache__`` (or change 
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -449,31 +448,6 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         builder.position_at_end(bb)
         store_all([_act_ir(builder, code, x, va, vb, vecty) for x in final])
     builder.position_at_end(bb_exit)
-
-
-@intrinsic
-def fetch_add(typingctx, arr, idx, val):
-    """``old = arr[idx]; arr[idx] += val; return old`` as one atomic read-modify-write (sequentially consistent)
-    on a contiguous int64 array: threads claim work items from a shared counter with it."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(val, types.Integer)):
-        return None
-    sig = types.int64(arr, idx, val)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        data = context.make_array(at[0])(context, builder, value=args[0]).data
-        ptr = builder.gep(data, [context.cast(builder, args[1], at[1], types.int64)])
-        return builder.atomic_rmw("add", ptr, context.cast(builder, args[2], at[2], types.int64), "seq_cst")
-
-    return sig, codegen
-
-
-if numba.config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1 (coverage runs): intrinsics cannot run as Python
-    def fetch_add(arr, idx, val):
-        old = int(arr[idx])
-        arr[idx] = old + val
-        return old
 
 
 # ---------------------------------------------------------------------------------------------------
