@@ -184,11 +184,11 @@ class PixelConv:
         ntiles = -(-self.npix // MR)
         stages = []
         if self.padded:
-            stages.append(pass_call(_pad_parallel, _pad_serial, threads, n * c, self.pad_floats,
+            stages.append(pass_call(_pad_parallel, _pad_serial, threads, n * c, self.work,
                                     (xf, xpad, n, c, h, w, pt, pl, 1, 1, hp, wp, img, np.zeros(wp, np.float32))))
-        stages.append(pass_call(_pack_parallel, _pack_serial, threads, ntiles, self.npix * self.k,
+        stages.append(pass_call(_pack_parallel, _pack_serial, threads, ntiles, self.work,
                                 (xpad if self.padded else xf, self.pix_off, self.koff, ap, self.k, self.npix)))
         stages.append((gemm, ()))
-        stages.append(pass_call(_unpack_parallel, _unpack_serial, threads, n * self.m, self.npix * self.m,
+        stages.append(pass_call(_unpack_parallel, _unpack_serial, threads, n * self.m, self.work,
                                 (ct, of, n, self.m, plane, self.accumulate, *self._post)))
         return staged_call(stages)
