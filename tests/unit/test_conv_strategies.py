@@ -188,3 +188,25 @@ def test_one_output_pixel_is_a_matrix_vector_product(n, c, m, h, act):
     # padding, a residual or a batch of 4 keep the GEMM strategies
     assert Conv2d(wt, b, x.shape, pads=(1, 1, 1, 1)).strategy != "gemv"
     assert Conv2d(wt, b, (4, c, h, h)).strategy != "gemv"
+
+
+@pytest.mark.parametrize("act", [0, "LeakyRelu", "Swish"])
+def test_a_small_flat_layer_runs_the_packed_gemm_when_split_with_the_same_bits(act):
+    """Below FLAT_PARALLEL_MIN_WORK a flat layer keeps a packed-GEMM call too and binds it at 2+ threads
+    (three parallel regions cost more than packing saves there): the same bits either way."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
+    wt = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    conv = Conv2d(wt, b, x.shape, strides=(2, 2), pads=(1, 1, 1, 1), act=act or 0, alpha=0.1)
+    assert conv.strategy == "flat" and conv._gemm is not None
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.full(conv.out_shape, np.nan, np.float32)
+        conv.bind(x, out, np.empty(conv.scratch_bytes, np.uint8), threads)()
+        outs.append(out)
+    ref = act_ref(conv2d_ref(x, wt, b, strides=(2, 2), pads=(1, 1, 1, 1)), act_code(act or 0), 0.1, 0.0)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    big = Conv2d(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), None, (1, 64, 40, 40), pads=(1,) * 4)
+    assert big.strategy == "flat" and big._flat.work >= F.FLAT_PARALLEL_MIN_WORK and big._gemm is None

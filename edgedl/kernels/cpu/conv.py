@@ -33,7 +33,7 @@ from ..aligned import aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
-from .conv_flat import FlatConv, prefer_flat
+from .conv_flat import FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
 from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
@@ -397,7 +397,7 @@ class Conv2d:
                 self.scratch_bytes = 4 * max(self._ci.workspace_floats(t)
                                              for t in range(1, numba.config.NUMBA_NUM_THREADS + 1))
             return
-        self._flat = self._pixels = None
+        self._flat = self._pixels = self._gemm = None
         if (strategy is None and group == 1 and n <= 3 and oh == 1 and ow == 1 and kh == h and kw == w
                 and dh == 1 and dw == 1 and pt == pl == pb == pr == 0 and not accumulate):
             # one output pixel per image, the kernel covering the whole unpadded input (a squeeze-and-excite
@@ -432,7 +432,9 @@ class Conv2d:
                                   (pt, pl, pb, pr), self.act, self.alpha, self.beta, self.accumulate,
                                   self.act in SIMPLE_ACTS)
             self.scratch_bytes = self._flat.scratch_bytes
-            return
+            if strategy is not None or self._flat.work >= FLAT_PARALLEL_MIN_WORK:
+                return
+            # a small layer: flat at 1 thread, the packed GEMM when it is split across threads (see bind)
         if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pl == pb == pr == 0:
             geo, ktab = matrix_geometry(cg, h * w, h * w), matrix_ktab(cg, h * w)
         else:
@@ -443,7 +445,7 @@ class Conv2d:
                               c_nstride=cout * npix, c_gstride=m * npix, bias=self.bias,
                               bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
                               accumulate=self.accumulate, act=self.act, alpha=self.alpha, beta=self.beta)
-        self.scratch_bytes = self._gemm.scratch_bytes()
+        self.scratch_bytes = max(self.scratch_bytes, self._gemm.scratch_bytes())
 
     def repack(self, weight, bias) -> bool:
         """Load a new weight and bias of the same shapes (weights trained at run time), keeping everything
@@ -469,6 +471,8 @@ class Conv2d:
                 self._gemm.set_bias(self.bias)
             elif self.strategy == "flat":
                 self._flat.set_bias(self.bias)
+                if self._gemm is not None:
+                    self._gemm.set_bias(self.bias)
             elif self.strategy == "pixels":
                 self._pixels.set_bias(self.bias)
         return True
@@ -481,6 +485,8 @@ class Conv2d:
         if self.strategy == "gemm":
             return self._gemm.bind(of, xf, threads, scratch)
         if self.strategy == "flat":
+            if threads > 1 and self._gemm is not None:
+                return self._gemm.bind(of, xf, threads, scratch)
             return self._flat.bind(xf, of, scratch, threads)
         if self.strategy == "pixels":
             return self._pixels.bind(xf, of, scratch, threads)
@@ -518,7 +524,7 @@ class Conv2d:
         if threads is None:
             threads = num_threads()
         if self.strategy == "flat":
-            self._flat.bind(xf, of, scratch, threads)()
+            self.bind(x, out, scratch, threads)()
             return out
         if self.strategy == "pixels":
             self._pixels.bind(xf, of, scratch, threads)()

@@ -34,6 +34,13 @@ from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
 from .vec import copy_floats, copy_nr_s2
 
 
+#: a flat convolution of fewer multiply-adds runs as the packed GEMM when it is split across threads: its
+#: three parallel regions (pad, GEMM, copy out) cost more than the packing saves (2 cores: 16->32 channels
+#: 3x3 stride 2 at 32x32 took 31 us flat against 24 us packed; 3->16 at 64x64 41 us against 34 us), while one
+#: thread runs it 12-20 % faster flat
+FLAT_PARALLEL_MIN_WORK = 1 << 22
+
+
 def prefer_flat(in_shape, out_shape, kh: int, kw: int, sh: int, sw: int, group: int) -> bool:
     """True when a group-1 spatial convolution should read its padded (phase-split) image in place: stride 1
     or 2, at least 8 input channels (a first layer's K of 27 is too short to pay for the two copies) and
