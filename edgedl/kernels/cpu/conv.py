@@ -33,7 +33,7 @@ from ..aligned import aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
-from .conv_flat import FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
+from .conv_flat import FLAT_PARALLEL_MIN_C, FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
 from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
 from .gemm import (
@@ -432,7 +432,7 @@ class Conv2d:
                                   (pt, pl, pb, pr), self.act, self.alpha, self.beta, self.accumulate,
                                   self.act in SIMPLE_ACTS)
             self.scratch_bytes = self._flat.scratch_bytes
-            if strategy is not None or self._flat.work >= FLAT_PARALLEL_MIN_WORK:
+            if strategy is not None or (self._flat.work >= FLAT_PARALLEL_MIN_WORK and c >= FLAT_PARALLEL_MIN_C):
                 return
             # a small layer: flat at 1 thread, the packed GEMM when it is split across threads (see bind)
         if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pl == pb == pr == 0:

@@ -33,29 +33,30 @@ from .config import NJIT, NJIT_PARALLEL
 from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
 from .vec import copy_floats, copy_nr_s2
 
-
 #: a flat convolution of fewer multiply-adds runs as the packed GEMM when it is split across threads: its
 #: three parallel regions (pad, GEMM, copy out) cost more than the packing saves (2 cores: 16->32 channels
 #: 3x3 stride 2 at 32x32 took 31 us flat against 24 us packed; 3->16 at 64x64 41 us against 34 us), while one
 #: thread runs it 12-20 % faster flat
 FLAT_PARALLEL_MIN_WORK = 1 << 22
+#: ... and so does one with fewer input channels (a first layer: its K of 27 is too short to pay for the
+#: pad and copy-out regions at 2 threads, 1.0-1.4x the packed GEMM's time, while 0.81-0.98x on one thread)
+FLAT_PARALLEL_MIN_C = 8
 
 
 def prefer_flat(in_shape, out_shape, kh: int, kw: int, sh: int, sw: int, group: int) -> bool:
     """True when a group-1 spatial convolution should read its padded (phase-split) image in place: stride 1
-    or 2, at least 8 input channels (a first layer's K of 27 is too short to pay for the two copies) and
-    output rows of at least 8 columns that are wide against the kernel: the ``ceil((kw - 1) / sw)`` extra
-    columns each row computes and throws away stay within a quarter of it (a 1-D audio layer of width 9 at
-    13 output columns would waste a third of its work).
+    or 2, output rows of at least 8 columns that are wide against the kernel: the ``ceil((kw - 1) / sw)``
+    extra columns each row computes and throws away stay within a quarter of it (a 1-D audio layer of width
+    9 at 13 output columns would waste a third of its work).
 
     Measured on Zen 4 (3x3 kernels, time against the packed GEMM's, ``benchmarks/bench_conv_flat.py``):
     stride 1 0.79-0.93x at 1 thread and 0.81-0.98x at 2; stride 2 0.75-1.01x at 1 thread, 0.58-1.06x at 2.
-    Width-9 1-D layers of a keyword spotter: 0.67-0.84x from 25 output columns on, 1.39-1.45x at 13."""
-    _, c, _, _ = in_shape
+    Width-9 1-D layers of a keyword spotter: 0.67-0.84x from 25 output columns on, 1.39-1.45x at 13. First
+    layers (1-4 input channels, K of 9-36): 0.81-0.98x at 1 thread but 1.0-1.4x at 2, so
+    :class:`~.conv.Conv2d` runs those packed when split (see :data:`FLAT_PARALLEL_MIN_C`)."""
     ow = out_shape[3]
     wasted = -(-(kw - 1) // max(sw, 1))
-    return (group == 1 and kh * kw > 1 and ow >= 8 and 4 * wasted <= ow and c >= 8 and sh <= 2
-            and sw <= 2)
+    return group == 1 and kh * kw > 1 and ow >= 8 and 4 * wasted <= ow and sh <= 2 and sw <= 2
 
 
 # ---------------------------------------------------------------------------------------------------
