@@ -195,7 +195,7 @@ def test_one_output_pixel_is_a_matrix_vector_product(n, c, m, h, act):
     assert Conv2d(wt, b, (4, c, h, h)).strategy != "gemv"
 
 
-@pytest.mark.parametrize("act", [0, "LeakyRelu", "Swish"])
+@pytest.mark.parametrize("act", [0, "LeakyRelu", "Swish", "Tanh", "Elu"])
 def test_a_small_flat_layer_runs_the_packed_gemm_when_split_with_the_same_bits(act):
     """Below FLAT_PARALLEL_MIN_WORK a flat layer keeps a packed-GEMM call too and binds it at 2+ threads
     (three parallel regions cost more than packing saves there): the same bits either way."""
@@ -215,3 +215,20 @@ def test_a_small_flat_layer_runs_the_packed_gemm_when_split_with_the_same_bits(a
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
     big = Conv2d(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), None, (1, 64, 40, 40), pads=(1,) * 4)
     assert big.strategy == "flat" and big._flat.work >= F.FLAT_PARALLEL_MIN_WORK and big._gemm is None
+
+
+def test_a_flat_layer_with_a_residual_keeps_one_strategy_at_every_thread_count():
+    """Flat adds a fused residual after the dot products and the packed GEMM starts from it: different
+    roundings, so such a layer stays flat when split (the same bits at 1, 2 and 3 threads)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
+    conv = Conv2d(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), None, x.shape, pads=(1,) * 4,
+                  act="Relu", accumulate=True)
+    assert conv.strategy == "flat" and conv._gemm is None
+    base = rng.standard_normal(conv.out_shape).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        out = base.copy()
+        conv.bind(x, out, np.empty(conv.scratch_bytes, np.uint8), threads)()
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])

@@ -432,9 +432,12 @@ class Conv2d:
                                   (pt, pl, pb, pr), self.act, self.alpha, self.beta, self.accumulate,
                                   self.act in SIMPLE_ACTS)
             self.scratch_bytes = self._flat.scratch_bytes
-            if strategy is not None or (self._flat.work >= FLAT_PARALLEL_MIN_WORK and c >= FLAT_PARALLEL_MIN_C):
+            if (strategy is not None or self.accumulate
+                    or (self._flat.work >= FLAT_PARALLEL_MIN_WORK and c >= FLAT_PARALLEL_MIN_C)):
                 return
-            # a small layer: flat at 1 thread, the packed GEMM when it is split across threads (see bind)
+            # a small layer (or a first one): flat at 1 thread, the packed GEMM when split across threads (see
+            # bind), with the same bits. Not with a fused residual: flat adds it after the dot products, the
+            # GEMM starts its accumulators from it, and the roundings differ.
         if kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == pl == pb == pr == 0:
             geo, ktab = matrix_geometry(cg, h * w, h * w), matrix_ktab(cg, h * w)
         else:
