@@ -43,7 +43,7 @@ from ..kernels.cpu.gather import (
 from ..kernels.cpu.layout import bits_view
 from ..registry import Kernel, Op, ref_kernel, register
 from .common import const_ints, normalize_axis
-from .layout import ALL_DTYPES
+from .layout import ALL_DTYPES, bound_copies
 
 #: ONNX TensorProto element type names (fixed by the ONNX standard)
 ONNX_TYPE_NAMES = {
@@ -179,13 +179,8 @@ class Gather(Op):
             if np.array_equal(const_idx % dim, np.arange(first, first + const_idx.size)):
                 # constant indices of one ascending run (a state tensor's row, x[..., 2:5]): a strided copy
                 n = const_idx.size
-
-                def bind(inputs, outputs, scratch, threads):
-                    x, o = inputs[0], outputs[0]
-                    if not (x.flags.c_contiguous and o.flags.c_contiguous):
-                        return None
-                    return functools.partial(np.copyto, o.reshape(outer, n, inner),
-                                             x.reshape(outer, dim, inner)[:, first:first + n])
+                bind = bound_copies(lambda i, o: [(o[0].reshape(outer, n, inner),
+                                                   i[0].reshape(outer, dim, inner)[:, first:first + n])])
             else:
                 def bind(inputs, outputs, scratch, threads):  # indices checked here, once
                     x, o = inputs[0], outputs[0]

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ..aligned import aligned_empty, aligned_zeros
+from ..aligned import aligned_copy, aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, act_inplace
 from .config import NJIT, NJIT_PARALLEL
@@ -133,8 +133,7 @@ class DepthwiseInterleaved:
         w = np.zeros((nblk * VW, kh * kw), dtype=np.float32)
         w[:c] = np.asarray(weight, dtype=np.float32).reshape(c, kh * kw)
         # wi[block][tap][lane]
-        self.wi = aligned_empty(w.size)
-        self.wi[:] = w.reshape(nblk, VW, kh * kw).transpose(0, 2, 1).reshape(-1)
+        self.wi = aligned_copy(w.reshape(nblk, VW, kh * kw).transpose(0, 2, 1))
         b = aligned_zeros(nblk * VW)
         if bias is not None:
             b[:c] = bias
