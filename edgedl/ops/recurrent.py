@@ -265,7 +265,7 @@ class _Recurrent(Op):
         from ..kernels.cpu.gemm import PackedWeight
 
         d_n, g = self.num_dirs, self.gates
-        hsz = r.shape[2]
+        hsz = self.dims[3] if r is None else r.shape[2]
         gh = g * hsz
         wst = np.ascontiguousarray(w, np.float32).reshape(d_n * gh, w.shape[2])
         rbh = np.zeros((d_n, hsz), np.float32)
@@ -283,9 +283,21 @@ class _Recurrent(Op):
         peep = np.zeros((d_n, 3, hsz), np.float32)
         if p is not None:
             peep = np.ascontiguousarray(p, np.float32).reshape(d_n, 3, hsz)
+        if r is None:  # the recurrent weights come in another form (DynamicQuantizeLSTM's quantized R)
+            return dict(packed=PackedWeight(wst, bias, trans_b=True), w=wst, r=None,
+                        rt=np.zeros((d_n, 1, 1), np.float32), rbh=rbh, peep=peep)
         r32 = np.ascontiguousarray(r, np.float32)
         return dict(packed=PackedWeight(wst, bias, trans_b=True), w=wst, r=r32,
                     rt=np.ascontiguousarray(r32.transpose(0, 2, 1)), rbh=rbh, peep=peep)
+
+    #: the inputs that must be constants for the weights to be prepared once at build time
+    @property
+    def _weight_idx(self) -> tuple[int, ...]:
+        return (1, 2, 3, 7) if self.op_type == "LSTM" else (1, 2, 3)
+
+    def _weights_from(self, src: list) -> dict:
+        """:meth:`_prepare` on the weight inputs of ``src`` (the node's inputs or constants, in node order)."""
+        return self._prepare(src[1], src[2], src[3], src[7] if self.op_type == "LSTM" else None)
 
     def _params(self, rec: int, has: dict) -> tuple[np.ndarray, np.ndarray]:
         tlen, bsz, _, hsz = self.dims
@@ -335,12 +347,13 @@ class _Recurrent(Op):
         tlen, bsz, isz, hsz = self.dims
         if tlen * bsz * self.num_dirs * self.gates * hsz > MAX_TENSOR_ELEMENTS:
             raise self.error("the input projection would exceed the largest tensor edgedl accepts")
-        widx = (1, 2, 3, 7) if self.op_type == "LSTM" else (1, 2, 3)
         weights = None
-        if all(ins[i] is None or consts[i] is not None for i in widx):
-            weights = self._prepare(consts[1], consts[2], consts[3], consts[7] if self.op_type == "LSTM" else None)
+        if all(ins[i] is None or consts[i] is not None for i in self._weight_idx):
+            weights = self._weights_from(consts)
         own, bufs = self._scratch()
-        gemm_bytes = _align(max(weights["packed"].scratch_bytes(tlen * bsz), 0)) if weights is not None else 0
+        gemm_bytes = 0
+        if weights is not None and weights["packed"] is not None:
+            gemm_bytes = _align(max(weights["packed"].scratch_bytes(tlen * bsz), 0))
         if weights is None:
             from ..kernels.cpu.gemm import PackedWeight
 
@@ -352,7 +365,7 @@ class _Recurrent(Op):
             inputs = list(inputs) + [None] * (self.num_inputs[1] - len(inputs))
             wts = weights
             if wts is None:
-                wts = self._prepare(inputs[1], inputs[2], inputs[3], inputs[7] if self.op_type == "LSTM" else None)
+                wts = self._weights_from(inputs)
             return self._call(inputs, outputs, scratch, wts, threads, bufs, own)
 
         def run(inputs, outputs, scratch):
@@ -390,7 +403,10 @@ class _Recurrent(Op):
         yha = _E3 if yh is None else yh
         packed = wts["packed"]
         gemm = None
-        if tlen * bsz > 0:
+        if tlen * bsz > 0 and wts.get("qw") is not None:  # quantized W (DynamicQuantizeLSTM)
+            project = K.project_quantized_parallel if threads > 1 else K.project_quantized
+            gemm = functools.partial(project, x2, xw, wts["qw"])
+        elif tlen * bsz > 0:
             gemm = packed.bind(x2, xw, gscratch, threads)
             if gemm is None:
                 gemm = functools.partial(packed, x2, xw, gscratch, threads)
@@ -407,7 +423,10 @@ class _Recurrent(Op):
         else:
             args = (xw, wts["rt"], lens_a, h0a, ya, yha, views["acc"], views["hb"], ip, fp)
             fn = K.rnn_parallel if nch else K.rnn_serial
-        step = functools.partial(fn, *args, nch) if nch else functools.partial(fn, *args)
+        tail = (nch,) if nch else ()
+        if wts.get("qp") is not None:  # LSTM with quantized R (DynamicQuantizeLSTM)
+            tail += (wts["qp"],)
+        step = functools.partial(fn, *args, *tail)
 
         def error(code):
             b = int(code) - 1

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import NJIT
 
-__all__ = ["QuantizeKernel", "DequantizeKernel"]
+__all__ = ["QuantizeKernel", "DequantizeKernel", "quantize_row", "quantize_rows", "quantize_u8"]
 
 #: NOTE: no fast-math here: 'arcp' would turn x / scale into x * (1 / scale), which moves values across
 #: rounding ties; the quotient must be the IEEE float32 division that onnxruntime and the reference do
@@ -54,6 +54,81 @@ def _dequantize(q, scale, zp, out, outer, ch, inner):
             os_ = out[base:base + inner]
             for i in range(inner):
                 os_[i] = (np.float32(qs[i]) - z) * s
+
+
+# --- onnxruntime's dynamic quantization of a GEMM's activations (DynamicQuantizeLSTM / MatMul) -----------------
+@numba.njit(**_EXACT)
+def _qparams(lo, hi):
+    """onnxruntime's dynamic uint8 quantization parameters of a range [lo, hi] (already extended to 0):
+    ``scale = (hi - lo) / 255`` (1 when empty), zero point ``-lo / scale`` clamped, rounded half to even."""
+    scale = np.float32(1.0) if hi == lo else np.float32((hi - lo) / np.float32(255.0))
+    z = np.float32(0.0) - lo / scale
+    z = np.float32(0.0) if not z > np.float32(0.0) else (np.float32(255.0) if z > np.float32(255.0) else z)
+    return scale, np.int64(np.rint(z))
+
+
+@numba.njit(**_EXACT)
+def _quantize_into(h, ub, scale, zp, flip):
+    """ub[k] = clamp(rint(h[k] / scale) + zp, 0, 255) (XOR 0x80 with ``flip``); returns the sum of the values."""
+    zf = np.float32(zp)
+    total = np.int64(0)
+    for k in range(h.shape[0]):
+        q = np.rint(h[k] / scale) + zf
+        q = np.float32(0.0) if not q > np.float32(0.0) else (np.float32(255.0) if q > np.float32(255.0) else q)
+        qi = np.int64(q)
+        total += qi
+        ub[k] = np.uint8(qi ^ 0x80) if flip else np.uint8(qi)
+    return total
+
+
+@numba.njit(**_EXACT)
+def _range0(h):
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for k in range(h.shape[0]):
+        v = h[k]
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return lo, hi
+
+
+@numba.njit(**_EXACT)
+def quantize_row(h, ub, flip):
+    """h (K,) float32 -> ub[:K] uint8 (XOR 0x80 with ``flip``), onnxruntime's dynamic quantization of a GEMM's
+    A: the range [min(h, 0), max(h, 0)] over 255 steps, ``clamp(rint(h / scale) + zp, 0, 255)``. Returns
+    (scale, zp, sum of the values)."""
+    lo, hi = _range0(h)
+    scale, zp = _qparams(lo, hi)
+    return scale, zp, _quantize_into(h, ub, scale, zp, flip)
+
+
+@numba.njit(**_EXACT)
+def quantize_rows(x, xq, flip, sums):
+    """x (rows, K) float32 quantized as ONE tensor (onnxruntime's A of a quantized LSTM's input projection)
+    into xq (rows, >= K) uint8 (XOR 0x80 with ``flip``); sums (rows,) the per-row sums of the values;
+    returns (scale, zp)."""
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for r in range(x.shape[0]):
+        a, b = _range0(x[r])
+        lo = a if a < lo else lo
+        hi = b if b > hi else hi
+    scale, zp = _qparams(lo, hi)
+    for r in range(x.shape[0]):
+        sums[r] = _quantize_into(x[r], xq[r], scale, zp, flip)
+    return scale, zp
+
+
+@numba.njit(**_EXACT)
+def quantize_u8(x, scale, zp, y):
+    """y (n,) uint8 = clamp(rint(x / scale) + zp, 0, 255) for a per-tensor scale and zero point (x (n,) float32,
+    finite): DynamicQuantizeLinear's second pass, a loop LLVM vectorizes (IEEE division, no ties test)."""
+    zf = np.float32(zp)
+    for k in range(x.shape[0]):
+        q = np.rint(x[k] / scale) + zf
+        q = np.float32(0.0) if q < np.float32(0.0) else q
+        q = np.float32(255.0) if q > np.float32(255.0) else q
+        y[k] = np.uint8(np.int32(q))
 
 
 def _layout(shape, axis):

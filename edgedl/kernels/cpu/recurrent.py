@@ -29,6 +29,12 @@ Parallelism: batch rows and directions are independent over the whole sequence, 
 split (direction, batch chunk) units with ``prange`` (no barrier per step); a single row of one direction
 runs serially.
 
+Quantized recurrence (onnxruntime's DynamicQuantizeLSTM, :mod:`edgedl.ops.contrib_recurrent`): with a ``qp``
+tuple the LSTM kernels replace ``h_prev @ R^T`` by onnxruntime's arithmetic: h_prev quantized to uint8 per row
+and step (:func:`~.quantize.quantize_row`), an exact int32 product with the int8 R^T on byte dot products
+(:mod:`.gemv_i8`), scaled by ``h_scale * R_scale[col]``; :func:`project_quantized` is the input projection the
+same way (X quantized as one tensor).
+
 Recording (training): with ``rec = 1`` the kernels keep every step's gate pre-activations ``acc`` (D, T, B, G*H)
 (before clip; LSTM without the peephole terms; GRU's third block is the full ``h~`` input with
 ``linear_before_reset`` 0 and ``H_prev Rh^T + Rbh`` with 1) and the states ``hb`` / ``cb`` (D, T + 1, B, H)
@@ -53,6 +59,9 @@ from numba import prange
 from . import config as _config
 from .config import NJIT, NJIT_PARALLEL
 from .elementwise import expm1_f32, sigmoid_f32, tanh_f32
+from .gemv_i8 import gemm_block_u8s8, gemv_u8s8
+from .quantize import quantize_row, quantize_rows
+from .vec_i8dot import K_SDOT
 
 # error_model="numpy": no ZeroDivisionError checks in the loops (they stop vectorization)
 _NJIT = dict(NJIT, error_model="numpy")
@@ -261,6 +270,70 @@ def _vecmat_acc(out, v, m, r0, n):
 
 
 @numba.njit(**_INLINE)
+def _qgemv_acc(a, h, qp, d, ub, raw):
+    # a (n,) += dequantized (quantize_row(h) @ Rq[d]): qp = (wp (D, L) packed int8 R^T, cs (D, NP) column sums,
+    # rz (D, NP) weight zero points (int32), rs (D, NP) weight scales, kq, nblk, kind); ub (4kq,) and raw (NP,)
+    # are scratch
+    wp, cs, rz, rs, kq, nblk, kind = qp
+    kk = h.shape[0]
+    flip = kind == K_SDOT
+    scale, zp, total = quantize_row(h, ub, flip)
+    gemv_u8s8(ub, wp[d], kq, nblk, kind, raw)
+    base = np.int64(128) if flip else np.int64(0)
+    hcorr = total - kk * zp
+    csd = cs[d]
+    rzd = rz[d]
+    rsd = rs[d]
+    for j in range(a.shape[0]):
+        v = np.int64(raw[j]) + (base - zp) * np.int64(csd[j]) - np.int64(rzd[j]) * hcorr
+        a[j] += (scale * rsd[j]) * np.float32(v)
+
+
+@numba.njit(**_INLINE)
+def _project_block(blk, x, xw, qw, xq, sums, scale, zp):
+    # xw[:, block blk] = (scale * ws[c]) * int32 dot of the quantized x with block blk of W, + bias[c]
+    wp, cs, wz, ws, bias, kq, nblk, kind = qw
+    rows, kk = x.shape
+    n = xw.shape[1]
+    nbw = cs.shape[0] // nblk
+    tmp = np.empty((rows, nbw), np.int32)
+    gemm_block_u8s8(xq, wp, kq, blk, kind, tmp)
+    base = np.int64(128) if kind == K_SDOT else np.int64(0)
+    c0 = blk * nbw
+    c1 = min(n, c0 + nbw)
+    for r in range(rows):
+        hc = sums[r] - kk * zp
+        for c in range(c0, c1):
+            v = np.int64(tmp[r, c - c0]) + (base - zp) * np.int64(cs[c]) - np.int64(wz[c]) * hc
+            xw[r, c] = (scale * ws[c]) * np.float32(v) + bias[c]
+
+
+@numba.njit(**_NJIT)
+def project_quantized(x, xw, qw):
+    """The input projection of a dynamically quantized LSTM, onnxruntime's arithmetic: x (rows, I) float32
+    quantized to uint8 as one tensor, times the int8 W^T of both directions (qw = (wp, cs, wz, ws, bias, kq,
+    nblk, kind): :mod:`.gemv_i8` packing of the (I, D*4H) weight, its column sums, zero points (int32), scales
+    and the folded biases, each padded to whole blocks) in exact int32, scaled, plus the bias -> xw (rows, D*4H)."""
+    flip = qw[7] == K_SDOT
+    xq = np.zeros((x.shape[0], 4 * qw[5]), np.uint8)
+    sums = np.empty(x.shape[0], np.int64)
+    scale, zp = quantize_rows(x, xq, flip, sums)
+    for blk in range(qw[6]):
+        _project_block(blk, x, xw, qw, xq, sums, scale, zp)
+
+
+@numba.njit(**_NJIT_PAR)
+def project_quantized_parallel(x, xw, qw):
+    # project_quantized with the weight's blocks split across threads
+    flip = qw[7] == K_SDOT
+    xq = np.zeros((x.shape[0], 4 * qw[5]), np.uint8)
+    sums = np.empty(x.shape[0], np.int64)
+    scale, zp = quantize_rows(x, xq, flip, sums)
+    for blk in prange(qw[6]):
+        _project_block(blk, x, xw, qw, xq, sums, scale, zp)
+
+
+@numba.njit(**_INLINE)
 def _copy(dst, src):
     for j in range(dst.shape[0]):
         dst[j] = src[j]
@@ -400,8 +473,9 @@ def _lstm_cell_general(a, cp, hn, cn, pi, po, pf, hsz, clip, input_forget, fa, g
 
 
 @numba.njit(**_NJIT)
-def _lstm_dir(d, b0, b1, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp):
-    """Direction d, batch rows [b0, b1): the whole time loop."""
+def _lstm_dir(d, b0, b1, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, qp):
+    """Direction d, batch rows [b0, b1): the whole time loop. ``qp`` None: float R^T ``rt``; else the
+    quantized R of :func:`_qgemv_acc` (``rt`` unused)."""
     hsz = ip[IP_H]
     rec = ip[IP_REC]
     rev = ip[IP_REV + d] != 0
@@ -419,6 +493,9 @@ def _lstm_dir(d, b0, b1, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip,
     po = peep[d, 1]
     pf = peep[d, 2]
     rtd = rt[d]
+    if qp is not None:
+        ub = np.zeros(4 * qp[4], np.uint8)
+        raw = np.empty(qp[1].shape[1], np.int32)
     maxlen = _init_rows(d, b0, b1, lens, h0, c0, y, hb, cb, ip, True)
     for s in range(maxlen):
         si = s if rec else s & 1
@@ -431,7 +508,10 @@ def _lstm_dir(d, b0, b1, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip,
             a = acc[d, s * rec, b]
             hp = hb[d, si, b]
             _copy(a, xw[_xw_row(t, b, ip), col:col + n])
-            _gemv_acc(a, hp, rtd, 0, n)
+            if qp is None:
+                _gemv_acc(a, hp, rtd, 0, n)
+            else:
+                _qgemv_acc(a, hp, qp, d, ub, raw)
             hn = hb[d, so, b]
             if fast:
                 _lstm_cell_fast(a, cb[d, si, b], hn, cb[d, so, b], pi, po, pf, hsz, clip, input_forget)
@@ -443,20 +523,21 @@ def _lstm_dir(d, b0, b1, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip,
 
 
 @numba.njit(**_NJIT)
-def lstm_serial(xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp):
+def lstm_serial(xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, qp=None):
     # xw (rows, D*4H), rt (D, H, 4H), peep (D, 3, H), lens (B,), h0 / c0 (D, B, H) or (B, D, H),
     # y (T, D, B, H) or (B, T, D, H), yh / yc like h0; acc (D, 1, B, 4H) and hb / cb (D, 2, B, H), or with
-    # rec = 1 acc (D, T, B, 4H) and hb / cb (D, T + 1, B, H); returns 0, or 1 + a batch row whose length is bad
+    # rec = 1 acc (D, T, B, 4H) and hb / cb (D, T + 1, B, H); qp: the quantized R (see _qgemv_acc) or None;
+    # returns 0, or 1 + a batch row whose length is bad
     err = check_lens(lens, ip)
     if err:
         return err
     for d in range(ip[IP_D]):
-        _lstm_dir(d, 0, ip[IP_B], xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp)
+        _lstm_dir(d, 0, ip[IP_B], xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, qp)
     return 0
 
 
 @numba.njit(**_NJIT_PAR)
-def lstm_parallel(xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, nchunks):
+def lstm_parallel(xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, nchunks, qp=None):
     # lstm_serial split into (direction, batch chunk) units
     err = check_lens(lens, ip)
     if err:
@@ -466,7 +547,7 @@ def lstm_parallel(xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb, cb, ip, fp, nc
         d = u // nchunks
         c = u % nchunks
         _lstm_dir(d, c * nb // nchunks, (c + 1) * nb // nchunks, xw, rt, peep, lens, h0, c0, y, yh, yc, acc, hb,
-                  cb, ip, fp)
+                  cb, ip, fp, qp)
     return 0
 
 
