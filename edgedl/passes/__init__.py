@@ -9,6 +9,7 @@ from .fuse import (
     fuse_activations,
     fuse_gelu,
     fuse_hard_swish,
+    fuse_integer_dequantize,
     fuse_matmul_bias,
     fuse_residual_add,
     fuse_swish,
@@ -27,6 +28,7 @@ def optimize(graph: Graph) -> Graph:
     fuse_hard_swish(graph)
     fuse_swish(graph)
     lower_qdq(graph)
+    fuse_integer_dequantize(graph)
     fold_batchnorm(graph)
     fold_conv_scalar_affine(graph)
     fuse_residual_add(graph)
@@ -37,5 +39,5 @@ def optimize(graph: Graph) -> Graph:
 
 __all__ = ["optimize", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
            "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu", "fuse_hard_swish", "fuse_swish",
-           "fold_conv_scalar_affine",
+           "fold_conv_scalar_affine", "fuse_integer_dequantize",
            "remove_noop_casts"]

@@ -215,6 +215,62 @@ def fuse_matmul_bias(graph: Graph) -> int:
     return fused
 
 
+def _constant_expr(graph: Graph, name: str, producers: dict[str, Node]) -> bool:
+    """Whether ``name`` is an initializer or a shape op of initializers only (a bias reshaped at run time)."""
+    if not name:
+        return False
+    if name in graph.initializers:
+        return True
+    node = producers.get(name)
+    return (node is not None and not node.domain and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Identity")
+            and all(not i or i in graph.initializers for i in node.inputs))
+
+
+def fuse_integer_dequantize(graph: Graph) -> int:
+    """onnxruntime's dynamic quantization after a ConvInteger / MatMulInteger: ``[Add(acc, bias_int32) ->]
+    Cast(to float) -> Mul(., scale) [-> Add(., float_bias)]`` becomes one edgedl
+    ``DequantizeAccumulator(acc, scale[, bias[, float_bias]])`` (one pass over the accumulator instead of up to
+    four). Returns how many were fused."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    fused = 0
+    for prod in list(graph.nodes):
+        if prod.op_type not in ("ConvInteger", "MatMulInteger") or prod.domain or not prod.outputs:
+            continue
+        acc = prod.outputs[0]
+        first = _sole_consumer(graph, acc, outputs)
+        bias, add = "", None
+        if first is not None and first.op_type == "Add" and not first.domain and len(first.inputs) == 2:
+            add, bias = first, _other(first, acc)
+            if not bias:
+                continue
+            first = _sole_consumer(graph, add.outputs[0], outputs)
+        cast = first
+        if (cast is None or cast.op_type != "Cast" or cast.domain or int(cast.attrs.get("to", 0)) != 1
+                or cast.attrs.get("saturate") is not None and int(cast.attrs["saturate"]) != 1):
+            continue
+        mul = _sole_consumer(graph, cast.outputs[0], outputs)
+        if mul is None or mul.op_type != "Mul" or mul.domain or len(mul.inputs) != 2:
+            continue
+        scale = _other(mul, cast.outputs[0])
+        if not scale:
+            continue
+        last, fbias = mul, ""
+        after = _sole_consumer(graph, mul.outputs[0], outputs)
+        if after is not None and after.op_type == "Add" and not after.domain and len(after.inputs) == 2:
+            other = _other(after, mul.outputs[0]) or ""
+            if _constant_expr(graph, other, producers):  # a bias, not a residual branch
+                fbias, last = other, after
+        ins = [acc, scale] + ([bias] if bias or fbias else []) + ([fbias] if fbias else [])
+        node = Node("DequantizeAccumulator", last.name or cast.name, ins, [last.outputs[0]], {}, "edgedl")
+        graph.nodes[graph.nodes.index(last)] = node
+        for gone in (add, cast, mul if last is not mul else None):
+            if gone is not None:
+                graph.nodes.remove(gone)
+        fused += 1
+    return fused
+
+
 def _drop_unused_initializers(graph: Graph) -> None:
     used = {i for n in graph.nodes for i in n.inputs} | {s.name for s in graph.outputs}
     for name in list(graph.initializers):

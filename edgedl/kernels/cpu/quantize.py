@@ -12,7 +12,8 @@ import numpy as np
 
 from .config import NJIT
 
-__all__ = ["QuantizeKernel", "DequantizeKernel", "quantize_row", "quantize_rows", "quantize_u8"]
+__all__ = ["QuantizeKernel", "DequantizeKernel", "quantize_row", "quantize_rows", "quantize_u8",
+           "accumulator_to_float"]
 
 #: NOTE: no fast-math here: 'arcp' would turn x / scale into x * (1 / scale), which moves values across
 #: rounding ties; the quotient must be the IEEE float32 division that onnxruntime and the reference do
@@ -129,6 +130,35 @@ def quantize_u8(x, scale, zp, y):
         q = np.float32(0.0) if q < np.float32(0.0) else q
         q = np.float32(255.0) if q > np.float32(255.0) else q
         y[k] = np.uint8(np.int32(q))
+
+
+@numba.njit(**_EXACT)
+def accumulator_to_float(acc, bias, scale, fbias, has_fbias, out, outer, ch, inner):
+    """out = float32(acc + bias[c]) * scale (+ fbias[c]) over an (outer, ch, inner) view (acc, out flat; bias
+    int32 and fbias float32 of ch values, or one value broadcast); the int32 sum wraps as numpy's does
+    (edgedl's DequantizeAccumulator)."""
+    if inner == 1 and bias.shape[0] == ch and fbias.shape[0] == ch:  # biases along the last axis (MatMul)
+        for o in range(outer):
+            a = acc[o * ch:(o + 1) * ch]
+            y = out[o * ch:(o + 1) * ch]
+            if has_fbias:
+                for c in range(ch):
+                    y[c] = np.float32(np.int32(a[c] + bias[c])) * scale + fbias[c]
+            else:
+                for c in range(ch):
+                    y[c] = np.float32(np.int32(a[c] + bias[c])) * scale
+        return
+    for o in range(outer):
+        for c in range(ch):
+            b = bias[c] if bias.shape[0] > 1 else bias[0]
+            fb = fbias[c] if fbias.shape[0] > 1 else fbias[0]
+            base = (o * ch + c) * inner
+            if has_fbias:
+                for i in range(inner):
+                    out[base + i] = np.float32(np.int32(acc[base + i] + b)) * scale + fb
+            else:
+                for i in range(inner):
+                    out[base + i] = np.float32(np.int32(acc[base + i] + b)) * scale
 
 
 def _layout(shape, axis):
