@@ -48,7 +48,19 @@ from .gemm import (
     pack_a,
     packed_a_size,
 )
-from .vec import VW, copy_floats, dw_row_3_1, dw_row_3_2, dw_row_5_1, dw_row_5_2
+from .vec import (
+    VW,
+    copy_floats,
+    dw_row_3_1,
+    dw_row_3_2,
+    dw_row_5_1,
+    dw_row_5_2,
+    dw_rows2_3_1,
+    dw_rows2_3_2,
+    dw_rows2_5_1,
+    dw_rows2_5_2,
+    dw_rows4_3_1,
+)
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv_out_size", "conv_transpose_out_size", "conv2d_ref",
            "conv_transpose2d_ref"]
@@ -176,7 +188,27 @@ def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh,
         ooff = p * plane
         _dw_fill(x, (n * c_in + ic) * h * wd, h, wd, pt, pl, hp, wp, pbuf)
         if fast:
-            for oy in range(oh_n):
+            oy0 = 0
+            if sh == 1 and dh == 1:
+                # several output rows per call: they share input rows (fewer loads, independent chains)
+                if kh_n == 3 and sw == 1:
+                    while oy0 + 4 <= oh_n:
+                        dw_rows4_3_1(ow_n, out, ooff + oy0 * ow_n, ow_n, pbuf, oy0 * wp, wp, dw, w, woff, bval)
+                        oy0 += 4
+                while oy0 + 2 <= oh_n:
+                    o0 = ooff + oy0 * ow_n
+                    if kh_n == 3:
+                        if sw == 1:
+                            dw_rows2_3_1(ow_n, out, o0, ow_n, pbuf, oy0 * wp, wp, dw, w, woff, bval)
+                        else:
+                            dw_rows2_3_2(ow_n, out, o0, ow_n, pbuf, oy0 * wp, wp, dw, w, woff, bval)
+                    else:
+                        if sw == 1:
+                            dw_rows2_5_1(ow_n, out, o0, ow_n, pbuf, oy0 * wp, wp, dw, w, woff, bval)
+                        else:
+                            dw_rows2_5_2(ow_n, out, o0, ow_n, pbuf, oy0 * wp, wp, dw, w, woff, bval)
+                    oy0 += 2
+            for oy in range(oy0, oh_n):
                 o0 = ooff + oy * ow_n
                 p0 = oy * sh * wp
                 # a row may spill whole vectors into the next rows of this plane (computed later, so

@@ -747,6 +747,68 @@ def _make_dw_row(kk, stride, vw=VW):
     return dw_row
 
 
+def _make_dw_rows(kk, stride, nrows, vw=VW):
+    """``nrows`` vertically adjacent output rows of a KxK depthwise convolution (row stride 1): they share K - 1 of
+    their K + 1 input rows, so each input vector is loaded once for all, and the accumulator chains are
+    independent (one row's K*K fused multiply-adds form one chain, a latency-bound loop alone)."""
+    @intrinsic
+    def dw_rows(typingctx, n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias):
+        for arr in (out, pbuf, wts):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        for i in (n, ooff, ostride, poff, rstride, dil, woff):
+            if not isinstance(i, types.Integer):
+                return None
+        sig = types.void(n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias)
+
+        def codegen(context, builder, signature, args):
+            at = signature.args
+            i64, data = _arg_readers(context, builder, signature, args)
+            vecty = ir.VectorType(_F32, vw)
+            wide = ir.VectorType(_F32, vw * stride)
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vecty, [vecty, vecty, vecty]), f"llvm.fmuladd.v{vw}f32")
+            _, mstore = _masked_fns(builder.module, vw)
+            optr0 = builder.gep(data(1), [i64(2)])
+            optrs = [builder.gep(optr0, [builder.mul(_const_i64(k), i64(3))]) for k in range(nrows)]
+            pptr = builder.gep(data(4), [i64(5)])
+            rs = i64(6)
+            dl = i64(7)
+            wptr = builder.gep(data(8), [i64(9)])
+            wv = [_splat(builder, vecty, builder.load(builder.gep(wptr, [_const_i64(t)]), align=4))
+                  for t in range(kk * kk)]
+            bv = _splat(builder, vecty, context.cast(builder, args[10], at[10], types.float32))
+            even = ir.Constant(ir.VectorType(_I32, vw), [i * stride for i in range(vw)])
+
+            def body(bld, ox, mask):
+                base = bld.gep(pptr, [bld.mul(ox, _const_i64(stride))])
+                accs = [bv] * nrows
+                for r in range(kk + nrows - 1):  # input row r feeds kernel row r - k of output row k
+                    for b in range(kk):
+                        p = bld.gep(base, [bld.add(bld.mul(_const_i64(r), rs), bld.mul(_const_i64(b), dl))])
+                        if stride == 1:
+                            v = bld.load(bld.bitcast(p, vecty.as_pointer()), align=4)
+                        else:
+                            v = bld.load(bld.bitcast(p, wide.as_pointer()), align=4)
+                            v = bld.shuffle_vector(v, ir.Constant(wide, ir.Undefined), even)
+                        for k in range(nrows):
+                            if 0 <= r - k < kk:
+                                accs[k] = bld.call(fmuladd, [wv[(r - k) * kk + b], v, accs[k]])
+                for optr, acc in zip(optrs, accs):
+                    dst = bld.bitcast(bld.gep(optr, [ox]), vecty.as_pointer())
+                    if mask is None:
+                        bld.store(acc, dst, align=4)
+                    else:
+                        bld.call(mstore, [acc, dst, ir.Constant(_I32, 4), mask])
+
+            _emit_chunk_loop(builder, i64(0), vw, body)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dw_rows
+
+
 #: ``dw_row_K_S(n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias)``: one output row of a KxK
 #: depthwise convolution with column stride S over a zero-padded plane:
 #: out[ooff + x] = bias + sum_{a,b<K} wts[woff + a*K + b] * pbuf[poff + a*rstride + b*dil + S*x], x < n.
@@ -756,6 +818,15 @@ dw_row_3_1 = _make_dw_row(3, 1)
 dw_row_3_2 = _make_dw_row(3, 2)
 dw_row_5_1 = _make_dw_row(5, 1)
 dw_row_5_2 = _make_dw_row(5, 2)
+#: ``dw_rows2_K_S(n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias)``: output rows
+#: ``out[ooff + x]`` and ``out[ooff + ostride + x]`` (x < n, each with its own lane-masked tail, no spill) of
+#: :data:`dw_row_3_1`'s formula for input rows starting at ``poff`` and ``poff + rstride``: the same floats
+#: (bias, then the taps in order), each input vector loaded once for both rows
+dw_rows2_3_1 = _make_dw_rows(3, 1, 2)
+dw_rows2_3_2 = _make_dw_rows(3, 2, 2)
+dw_rows2_5_1 = _make_dw_rows(5, 1, 2)
+dw_rows2_5_2 = _make_dw_rows(5, 2, 2)
+dw_rows4_3_1 = _make_dw_rows(3, 1, 4)
 
 
 @intrinsic
