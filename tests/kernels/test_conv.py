@@ -69,18 +69,20 @@ DW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("strategy", [None, "gemm", "flat", "pixels"])
+@pytest.mark.parametrize("strategy", [None, "gemm", "flat", "pixels", "direct"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[str(i) for i in range(len(CONV_CASES))])
 def test_conv_gemm_strategy(case, strategy):
-    """Every case by the strategy Conv2d picks, and by each of the two GEMM strategies forced (the flat one
-    for group 1 only)."""
+    """Every case by the strategy Conv2d picks, and by each strategy forced (flat, pixels and direct for
+    group 1 only, direct for column stride 1 or 2)."""
     shape, cout, (kh, kw), s, p, d, g = case
-    if strategy in ("flat", "pixels") and g != 1:
-        pytest.skip("the flat and pixels strategies are for group-1 convolutions")
+    if strategy in ("flat", "pixels", "direct") and g != 1:
+        pytest.skip("the flat, pixels and direct strategies are for group-1 convolutions")
+    if strategy == "direct" and s[1] not in (1, 2):
+        pytest.skip("the direct strategy takes column stride 1 or 2")
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1] // g, kh, kw), rnd(rng, cout)
     conv, out = run_conv(x, w, b, s, p, d, g, A.ACT_RELU, strategy=strategy)
-    assert conv.strategy in ((strategy,) if strategy else ("gemm", "flat", "pixels", "gemv"))
+    assert conv.strategy in ((strategy,) if strategy else ("gemm", "flat", "pixels", "gemv", "direct"))
     check(out, conv2d_ref(x, w, b, s, p, d, g, A.ACT_RELU))
     _, out = run_conv(x, w, None, s, p, d, g, scratch=False, strategy=strategy)
     check(out, conv2d_ref(x, w, None, s, p, d, g))
@@ -292,3 +294,39 @@ def test_depthwise_interleaved_threads_identical():
         numba.set_num_threads(before)
     np.testing.assert_array_equal(res[0], res[1])
     check(res[0], conv2d_ref(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 200, A.ACT_RELU))
+
+
+DIRECT_CASES = [
+    ((1, 3, 40, 44), 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),    # an RGB first layer
+    ((2, 1, 37, 41), 10, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),    # grey, batch 2, a partial channel block
+    ((1, 3, 30, 38), 16, (3, 3), (2, 1), (0, 1, 1, 0), (2, 2)),    # row stride 2, dilation, asymmetric pads
+    ((1, 4, 35, 40), 9, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)),     # 7x7 stem
+    ((1, 2, 19, 70), 5, (5, 5), (1, 2), (2, 2, 2, 2), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=[str(i) for i in range(len(DIRECT_CASES))])
+def test_direct_first_layers_are_the_gemms_floats(case):
+    """The direct strategy (few input channels) is picked for these, and gives the GEMM's floats bit for bit
+    (the same sums in the same order) for every in-register activation and thread count; repack follows."""
+    shape, cout, (kh, kw), s, p, d = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1], kh, kw), rnd(rng, cout)
+    for code, alpha, beta in ((A.ACT_NONE, 0.0, 0.0), (A.ACT_RELU, 0.0, 0.0), (A.ACT_HARD_SWISH, 0.0, 0.0),
+                              (A.ACT_SWISH, 1.0, 0.0), (A.ACT_CLIP, -0.5, 0.7)):
+        direct = Conv2d(w, b, x.shape, s, p, d, 1, code, alpha, beta)
+        assert direct.strategy == "direct"
+        gemm = Conv2d(w, b, x.shape, s, p, d, 1, code, alpha, beta, strategy="gemm")
+        want = np.empty(gemm.out_shape, np.float32)
+        gemm(x, want, np.empty(gemm.scratch_bytes, np.uint8), 1)
+        for threads in (1, 2, 3):
+            got = np.full(direct.out_shape, np.nan, np.float32)
+            scratch = np.full(direct.scratch_bytes, 0xFF, np.uint8)  # NaN garbage: the padding must be written
+            direct.bind(x, got, scratch, threads)()
+            np.testing.assert_array_equal(got, want)
+    check(want, conv2d_ref(x, w, b, s, p, d, 1, code, alpha, beta))
+    w2, b2 = rnd(rng, *w.shape), rnd(rng, cout)
+    assert direct.repack(w2, b2)
+    got = np.empty(direct.out_shape, np.float32)
+    direct(x, got)
+    check(got, conv2d_ref(x, w2, b2, s, p, d, 1, code, alpha, beta))

@@ -27,6 +27,9 @@ CONV_FLAT = os.environ.get("EDGEDL_CONV_FLAT", "1") != "0"
 #: group-1 convolutions with small output planes and many channels put the pixels on the GEMM's rows
 #: (kernels/cpu/conv_pixels.py); EDGEDL_CONV_PIXELS=0 turns it off
 CONV_PIXELS = os.environ.get("EDGEDL_CONV_PIXELS", "1") != "0"
+#: group-1 convolutions with at most 4 input channels (first layers) run direct, output rows from the padded
+#: image (kernels/cpu/conv_direct.py); EDGEDL_CONV_DIRECT=0 turns it off
+CONV_DIRECT = os.environ.get("EDGEDL_CONV_DIRECT", "1") != "0"
 
 #: numba.njit keyword arguments used by every kernel (lazy compilation, on-disk cache)
 NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True)

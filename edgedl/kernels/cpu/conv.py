@@ -33,6 +33,8 @@ from ..aligned import aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
+from .conv_direct import MAX_CIN as DIRECT_MAX_CIN
+from .conv_direct import DirectConv
 from .conv_flat import FLAT_PARALLEL_MIN_C, FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
 from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
@@ -106,6 +108,11 @@ def _as_scratch_f32(scratch, nfloat: int) -> np.ndarray:
             if raw.nbytes - skip >= 4 * nfloat:
                 return raw[skip: skip + 4 * nfloat].view(np.float32)
     return np.empty(nfloat, dtype=np.float32)
+
+
+def _scratch_bytes(scratch, nbytes: int) -> np.ndarray:
+    """The caller's uint8 workspace, or a new one when there is none."""
+    return scratch if scratch is not None else np.empty(nbytes, np.uint8)
 
 
 def _flat(a: np.ndarray, shape, what: str) -> np.ndarray:
@@ -367,7 +374,8 @@ class Conv2d:
 
     Attributes: ``out_shape``, ``scratch_bytes`` (0: panels are packed in small per-thread buffers),
     ``strategy`` ("gemv": one output pixel per image from the whole unpadded input, a matrix-vector product;
-    "gemm": implicit im2col, panels packed per call; "flat": the zero-padded image read in place,
+    "gemm": implicit im2col, panels packed per call; "direct": few input channels (first layers), output rows
+    straight from the padded image, :mod:`.conv_direct`; "flat": the zero-padded image read in place,
     :mod:`.conv_flat`, chosen by :func:`~.conv_flat.prefer_flat` unless ``config.CONV_FLAT`` is off; or
     "depthwise"), for depthwise ``depthwise_kernel`` ("rows": one plane at a
     time, vectorized along output rows; "interleaved": :mod:`.depthwise_ci`, VW channels at a time, for
@@ -380,8 +388,10 @@ class Conv2d:
         weight = np.asarray(weight, dtype=np.float32)
         if weight.ndim != 4:
             raise ValueError(f"weight must be (C_out, C_in/group, kH, kW), got shape {weight.shape}")
-        if strategy not in (None, "gemm", "flat", "pixels") or (strategy in ("flat", "pixels") and group != 1):
-            raise ValueError(f"strategy must be None, 'gemm', or (group 1 only) 'flat' or 'pixels', got {strategy!r}")
+        if (strategy not in (None, "gemm", "flat", "pixels", "direct")
+                or (strategy in ("flat", "pixels", "direct") and group != 1)):
+            raise ValueError(f"strategy must be None, 'gemm', or (group 1 only) 'flat', 'pixels' or 'direct', "
+                             f"got {strategy!r}")
         n, c, h, w = (int(v) for v in in_shape)
         cout, cg, kh, kw = weight.shape
         sh, sw = _pair(strides, "strides", (1, 1))
@@ -408,7 +418,18 @@ class Conv2d:
             raise ValueError(f"bias has {self.bias.size} elements, expected {cout}")
         self.scratch_bytes = 0
         self.accumulate = bool(accumulate)
-        if group == c and cg == 1 and not accumulate and not _single_channel_gemm(c, cout, kh, kw, sw):
+        self._direct = None
+        # a first layer (RGB / grey input): output rows straight from the padded image (conv_direct.py) on one
+        # thread, the packed GEMM (built below too) when split across threads; the same sums, so the same
+        # floats (measured, 1 thread: 3->16 3x3 s2 at 224 0.17 against 0.20 ms flat; grey 1->32 s2 at 224 0.15
+        # against 0.38 as a multiplier-32 depthwise, which stays for stride 1: equal. 2 threads: the GEMM
+        # 0.10, direct 0.13: its rows split well, its padding pass does not)
+        direct = strategy == "direct" or (strategy is None and _config.CONV_DIRECT and group == 1
+                                          and c <= DIRECT_MAX_CIN and sw in (1, 2) and ow >= 2 * VW
+                                          and not accumulate and (c > 1 or sw == 2))
+        if direct and (group != 1 or sw not in (1, 2) or accumulate):
+            raise ValueError("the direct strategy takes group 1, column stride 1 or 2, no accumulation")
+        if not direct and group == c and cg == 1 and not accumulate and not _single_channel_gemm(c, cout, kh, kw, sw):
             self.strategy = "depthwise"
             self.w = np.ascontiguousarray(weight).reshape(-1)
             self._hp = (oh - 1) * sh + (kh - 1) * dh + 1
@@ -430,7 +451,7 @@ class Conv2d:
                                              for t in range(1, numba.config.NUMBA_NUM_THREADS + 1))
             return
         self._flat = self._pixels = self._gemm = None
-        if (strategy is None and group == 1 and n <= 3 and oh == 1 and ow == 1 and kh == h and kw == w
+        if (not direct and strategy is None and group == 1 and n <= 3 and oh == 1 and ow == 1 and kh == h and kw == w
                 and dh == 1 and dw == 1 and pt == pl == pb == pr == 0 and not accumulate):
             # one output pixel per image, the kernel covering the whole unpadded input (a squeeze-and-excite
             # block's 1x1 convolutions on a pooled 1x1 map, a classifier head): the image is the vector and
@@ -439,7 +460,7 @@ class Conv2d:
             self.strategy = "gemv"
             self._w_rows = np.array(weight.reshape(cout, cg * kh * kw), dtype=np.float32)  # owned: repack writes it
             return
-        if strategy == "pixels" or (strategy is None and _config.CONV_PIXELS
+        if strategy == "pixels" or (not direct and strategy is None and _config.CONV_PIXELS
                                     and prefer_pixels(self.in_shape, self.out_shape, kh, kw, sh, sw, group)):
             self.strategy = "pixels"  # (the weights live only in its packed B)
             self._pixels = PixelConv(weight, self.bias, self.in_shape, self.out_shape, (sh, sw), (pt, pl, pb, pr),
@@ -457,7 +478,7 @@ class Conv2d:
         w2 = weight.reshape(group, m, k)
         for g in range(group):
             pack_a(w2[g], self.ap[g * asz:(g + 1) * asz])
-        if strategy == "flat" or (strategy is None and _config.CONV_FLAT
+        if strategy == "flat" or (not direct and strategy is None and _config.CONV_FLAT
                                      and prefer_flat(self.in_shape, self.out_shape, kh, kw, sh, sw, group)):
             self.strategy = "flat"
             self._flat = FlatConv(self.ap, self.bias, self.in_shape, self.out_shape, kh, kw, sh, sw, dh, dw,
@@ -481,6 +502,11 @@ class Conv2d:
                               bias_mode=BIAS_ROW if self.bias is not None else BIAS_NONE, bias_gstride=m,
                               accumulate=self.accumulate, act=self.act, alpha=self.alpha, beta=self.beta)
         self.scratch_bytes = max(self.scratch_bytes, self._gemm.scratch_bytes())
+        if direct:
+            self.strategy = "direct"
+            self._direct = DirectConv(weight, self.bias, self.in_shape, self.out_shape, kh, kw, sh, sw, dh, dw,
+                                      (pt, pl, pb, pr), self.act, self.alpha, self.beta)
+            self.scratch_bytes = max(self.scratch_bytes, self._direct.scratch_bytes)
 
     def repack(self, weight, bias) -> bool:
         """Load a new weight and bias of the same shapes (weights trained at run time), keeping everything
@@ -493,7 +519,9 @@ class Conv2d:
             self._w_rows[...] = weight.reshape(self._w_rows.shape)
         elif self.strategy == "pixels":
             self._pixels.repack(weight)
-        elif self.strategy in ("gemm", "flat"):
+        elif self.strategy in ("gemm", "flat", "direct"):
+            if self.strategy == "direct":
+                self._direct.repack(weight)
             group, m, k, asz = self._packing
             w2 = weight.reshape(group, m, k)
             for g in range(group):
@@ -502,8 +530,10 @@ class Conv2d:
             self.w = weight.reshape(-1)  # (read at each call; may view the caller's array, as at __init__)
         if bias is not None:
             self.bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-            if self.strategy == "gemm":
+            if self.strategy in ("gemm", "direct"):
                 self._gemm.set_bias(self.bias)
+            if self.strategy == "direct":
+                self._direct.set_bias(self.bias)
             elif self.strategy == "flat":
                 self._flat.set_bias(self.bias)
                 if self._gemm is not None:
@@ -519,6 +549,10 @@ class Conv2d:
         of = _flat(out, self.out_shape, "output")
         if self.strategy == "gemm":
             return self._gemm.bind(of, xf, threads, scratch)
+        if self.strategy == "direct":
+            if threads > 1:
+                return self._gemm.bind(of, xf, threads, scratch)
+            return self._direct.bind(xf, of, _scratch_bytes(scratch, self.scratch_bytes), threads)
         if self.strategy == "flat":
             if threads > 1 and self._gemm is not None:
                 return self._gemm.bind(of, xf, threads, scratch)
@@ -563,6 +597,9 @@ class Conv2d:
             return out
         if self.strategy == "pixels":
             self._pixels.bind(xf, of, scratch, threads)()
+            return out
+        if self.strategy == "direct":
+            self.bind(x, out, _scratch_bytes(scratch, self.scratch_bytes), threads)()
             return out
         if self.strategy == "gemv":
             fn, *args = self._gemv_call(xf, of, threads)
