@@ -6,7 +6,7 @@ Here each output row is computed directly from the zero-padded image:
 
 * the input is copied once per call into a zero-padded buffer ``(C_in, HP, WP)`` (plus slack for the
   vector loads past a row's end, whose lanes are never stored);
-* :data:`conv_rows_s1` / :data:`conv_rows_s2` (LLVM IR) compute one output row of ``MB = 8`` output
+* ``conv_rows_sS_R`` (LLVM IR) compute one (or, with AVX-512, two) output rows of ``MB = 8`` output
   channels: per vector of ``VW`` output pixels, a loop over the ``K = C_in * kH * kW`` taps in order (channel,
   kernel row, kernel column) with MB accumulators, one vector load of the input per tap (column stride 2: a
   load of 2 VW floats and a shuffle of the even lanes) and MB broadcast weights; the accumulators start from
@@ -42,13 +42,12 @@ MAX_CIN = 4
 
 
 def _pair_rows() -> bool:
-    """Two output rows per call (2 MB accumulators) where the vector registers are 32: AArch64, x86 with
-    AVX-512 (ymm16-31); 16 ymm (AVX2) would spill them."""
+    """Two output rows per call (2 MB accumulators of VW = 8 floats) on x86 with AVX-512 (32 ymm registers);
+    AVX2's 16 ymm would spill them, and so do AArch64's 32 q registers (a vector of 8 floats is two of them:
+    the two-row variant compiled for Cortex-A76 reloads 27 spilled registers per tap loop, the one-row none)."""
     from .vec_i8dot import _feature_map, target_cpu
 
     machine, _, feats = target_cpu()
-    if machine in ("aarch64", "arm64"):
-        return True
     return machine in ("x86_64", "amd64") and _feature_map(feats).get("avx512vl", False)
 
 
@@ -148,7 +147,7 @@ def _make_conv_rows(stride: int, nrows: int):
 #: boff)``: R output rows r (R = 1 or 2), for m < mrows, x < ncols: ``out[ooff + r*orow + m*ostride + x] =
 #: bias[boff + m] + sum_{t < ntaps} wts[woff + t*MB + m] * src[soff + r*srow + taps[t] + S*x]`` (taps summed in
 #: order; ntaps >= 1; loads may read up to S*VW floats past the last tap of a row). Two rows share each weight
-#: broadcast: 2 MB accumulators (registers enough with AVX-512's 32, NEON's 32)
+#: broadcast: 2 MB accumulators (registers enough with AVX-512's 32 ymm only, see _pair_rows)
 conv_rows_s1_1 = _make_conv_rows(1, 1)
 conv_rows_s2_1 = _make_conv_rows(2, 1)
 conv_rows_s1_2 = _make_conv_rows(1, 2)
