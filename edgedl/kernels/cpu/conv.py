@@ -223,14 +223,14 @@ def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh,
                 nr = ow_round if (oy * ow_n + ow_round <= plane) else ow_n
                 if kh_n == 3:
                     if sw == 1:
-                        dw_row_3_1(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                        dw_row_3_1(nr, out, o0, 0, pbuf, p0, rstride, dw, w, woff, bval)
                     else:
-                        dw_row_3_2(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                        dw_row_3_2(nr, out, o0, 0, pbuf, p0, rstride, dw, w, woff, bval)
                 else:
                     if sw == 1:
-                        dw_row_5_1(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                        dw_row_5_1(nr, out, o0, 0, pbuf, p0, rstride, dw, w, woff, bval)
                     else:
-                        dw_row_5_2(nr, out, o0, pbuf, p0, rstride, dw, w, woff, bval)
+                        dw_row_5_2(nr, out, o0, 0, pbuf, p0, rstride, dw, w, woff, bval)
         elif sh == 1 and sw == 1:
             _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, pbuf, wide)
         else:

@@ -689,68 +689,12 @@ def _emit_chunk_loop(builder, n, vw, body):
     builder.position_at_end(bb_exit)
 
 
-def _make_dw_row(kk, stride, vw=VW):
-    @intrinsic
-    def dw_row(typingctx, n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias):
-        for arr in (out, pbuf, wts):
-            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
-                return None
-        for i in (n, ooff, poff, rstride, dil, woff):
-            if not isinstance(i, types.Integer):
-                return None
-        sig = types.void(n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias)
-
-        def codegen(context, builder, signature, args):
-            at = signature.args
-
-            i64, data = _arg_readers(context, builder, signature, args)
-
-            vecty = ir.VectorType(_F32, vw)
-            wide = ir.VectorType(_F32, vw * stride)
-            fmuladd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vecty, [vecty, vecty, vecty]), f"llvm.fmuladd.v{vw}f32")
-            _, mstore = _masked_fns(builder.module, vw)
-            optr = builder.gep(data(1), [i64(2)])
-            pptr = builder.gep(data(3), [i64(4)])
-            rs = i64(5)
-            dl = i64(6)
-            wptr = builder.gep(data(7), [i64(8)])
-            wv = [_splat(builder, vecty, builder.load(builder.gep(wptr, [_const_i64(t)]), align=4))
-                  for t in range(kk * kk)]
-            bv = _splat(builder, vecty, context.cast(builder, args[9], at[9], types.float32))
-            tap_off = [builder.add(builder.mul(_const_i64(a), rs), builder.mul(_const_i64(b), dl))
-                       for a in range(kk) for b in range(kk)]
-            even = ir.Constant(ir.VectorType(_I32, vw), [i * stride for i in range(vw)])
-
-            def body(bld, ox, mask):
-                base = bld.gep(pptr, [bld.mul(ox, _const_i64(stride))])
-                acc = bv
-                for t in range(kk * kk):
-                    p = bld.gep(base, [tap_off[t]])
-                    if stride == 1:
-                        v = bld.load(bld.bitcast(p, vecty.as_pointer()), align=4)
-                    else:
-                        v = bld.load(bld.bitcast(p, wide.as_pointer()), align=4)
-                        v = bld.shuffle_vector(v, ir.Constant(wide, ir.Undefined), even)
-                    acc = bld.call(fmuladd, [wv[t], v, acc])
-                dst = bld.bitcast(bld.gep(optr, [ox]), vecty.as_pointer())
-                if mask is None:
-                    bld.store(acc, dst, align=4)
-                else:
-                    bld.call(mstore, [acc, dst, ir.Constant(_I32, 4), mask])
-
-            _emit_chunk_loop(builder, i64(0), vw, body)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return dw_row
-
-
 def _make_dw_rows(kk, stride, nrows, vw=VW):
-    """``nrows`` vertically adjacent output rows of a KxK depthwise convolution (row stride 1): they share K - 1 of
-    their K + 1 input rows, so each input vector is loaded once for all, and the accumulator chains are
-    independent (one row's K*K fused multiply-adds form one chain, a latency-bound loop alone)."""
+    """``nrows`` vertically adjacent output rows of a KxK depthwise convolution, each with bias first, then the
+    taps in order. One row: any row dilation (``rstride`` is the kernel's row step). Several rows (the
+    convolution's row stride and row dilation 1, ``rstride`` one input row): they share K - 1 input rows per
+    pair, so each input vector is loaded once for all of them, and their accumulator chains are independent
+    (one row's K*K fused multiply-adds form one chain, a latency-bound loop alone)."""
     @intrinsic
     def dw_rows(typingctx, n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias):
         for arr in (out, pbuf, wts):
@@ -809,15 +753,15 @@ def _make_dw_rows(kk, stride, nrows, vw=VW):
     return dw_rows
 
 
-#: ``dw_row_K_S(n, out, ooff, pbuf, poff, rstride, dil, wts, woff, bias)``: one output row of a KxK
-#: depthwise convolution with column stride S over a zero-padded plane:
+#: ``dw_row_K_S(n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias)``: one output row of a KxK
+#: depthwise convolution with column stride S over a zero-padded plane (``ostride`` unused):
 #: out[ooff + x] = bias + sum_{a,b<K} wts[woff + a*K + b] * pbuf[poff + a*rstride + b*dil + S*x], x < n.
 #: Loads may read up to S*VW floats past the last tap of the row (pad the buffer); the last, partial
 #: vector of the row is stored with a lane mask.
-dw_row_3_1 = _make_dw_row(3, 1)
-dw_row_3_2 = _make_dw_row(3, 2)
-dw_row_5_1 = _make_dw_row(5, 1)
-dw_row_5_2 = _make_dw_row(5, 2)
+dw_row_3_1 = _make_dw_rows(3, 1, 1)
+dw_row_3_2 = _make_dw_rows(3, 2, 1)
+dw_row_5_1 = _make_dw_rows(5, 1, 1)
+dw_row_5_2 = _make_dw_rows(5, 2, 1)
 #: ``dw_rows2_K_S(n, out, ooff, ostride, pbuf, poff, rstride, dil, wts, woff, bias)``: output rows
 #: ``out[ooff + x]`` and ``out[ooff + ostride + x]`` (x < n, each with its own lane-masked tail, no spill) of
 #: :data:`dw_row_3_1`'s formula for input rows starting at ``poff`` and ``poff + rstride``: the same floats
