@@ -61,7 +61,7 @@ from . import config as _config
 from .config import NJIT_EXACT, NJIT_EXACT_PARALLEL, num_threads
 from .native import caller, native
 from .native import readonly as _ro
-from .vec_i8 import MR_I8, NR_I8, microkernel_i8
+from .vec_i8 import MR_I8, NR_I8, microkernel_i8, quads_to_pairs
 from .vec_i8dot import (
     B_SIGNED,
     DOT_KERNELS,
@@ -314,22 +314,43 @@ def _ncols(src, x, geo):
     return geo[10] * geo[11]
 
 
-def _pairs_task(src, ap, x, xs, x_zp, geo, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode,
-                out):
-    bp = np.empty(kp * 2 * NR_I8, np.int16)
+#: the pairs task's ``bz`` for a zero point its byte packers cannot take
+NO_BYTE_ZP = -(1 << 40)
+
+
+def _pairs_task(src, ap, x, xs, x_zp, geo, ktab, bz, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp,
+                lo, hi, mode, out):
+    # bz: the activations' zero point in the unsigned domain (x XOR 0x80 when xs): panels are packed as byte
+    # k-quads by the vectorized packers, then widened to int16 pairs minus bz (quads_to_pairs); NO_BYTE_ZP (an
+    # image's zero point that no byte holds: its padding taps cannot be bytes): byte by byte into pairs
+    kq = (kp + 1) // 2
+    bp = np.empty(2 * kq * 2 * NR_I8, np.int16)
     acc = np.empty((i1 - i0) * MR_I8 * NR_I8, np.int32)
     seg = np.empty((4, NR_I8), np.int64)
+    qb = np.empty(kq * 4 * NR_I8, np.uint8)
+    cs = np.zeros(NR_I8, np.int32)
+    tmp = np.empty(4 * NR_I8, np.uint8)
+    oyx = np.empty((2, NR_I8), np.int32)
+    segs = np.empty((4, NR_I8), np.int64)
+    flip = 0x80 if xs else 0
     ncol = _ncols(src, x, geo)
     ldo = out.shape[1]
     for j in range(j0, j1):
         col0 = j * NR_I8
+        nc = min(NR_I8, ncol - col0)
         if src == SRC_COLS:
-            _pack_cols(x[0], xs, x_zp, col0, bp)
+            if bz != NO_BYTE_ZP:
+                _pack_cols_dot(NR_I8, x[0], col0, nc, kq, flip, qb, cs, False, tmp)
+                quads_to_pairs(bp, qb, kq, bz)
+            else:
+                _pack_cols(x[0], xs, x_zp, col0, bp)
         elif src == SRC_ROWS:
             _pack_rows(x[0], xs, x_zp, col0, bp)
+        elif bz != NO_BYTE_ZP:
+            _pack_image_dot(NR_I8, x, col0, geo, ktab, kq, flip, bz, qb, cs, False, tmp, seg, oyx, segs)
+            quads_to_pairs(bp, qb, kq, bz)
         else:
             _pack_image(x, xs, x_zp, col0, geo, bp, seg)
-        nc = min(NR_I8, ncol - col0)
         for i in range(i0, i1):
             off = (i - i0) * MR_I8 * NR_I8
             microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, 0, acc, off, NR_I8, False)
@@ -348,7 +369,8 @@ _I64 = types.int64
 _TASK_OUTS = (types.uint8[:, ::1], types.int32[:, ::1])
 #: _pairs_task's signatures (one per output type)
 _PAIRS_SIGS = tuple(types.void(_I64, _ro(types.int16[::1]), _ro(types.uint8[:, :, ::1]), types.boolean, _I64,
-                               _ro(types.int64[::1]), _I64, _I64, _I64, _I64, _I64, _I64, _ro(types.int32[:, ::1]),
+                               _ro(types.int64[::1]), _ro(types.int64[:, ::1]), _I64, _I64, _I64, _I64, _I64, _I64,
+                               _I64, _ro(types.int32[:, ::1]),
                                _I64, _ro(types.int32[::1]), _ro(types.int64[::1]), _ro(types.int64[::1]),
                                _ro(types.float32[::1]), _I64, _I64, _I64, _I64, out) for out in _TASK_OUTS)
 
@@ -360,21 +382,22 @@ _call_pairs = caller(*_PAIRS_NATIVES)
 
 
 @numba.njit(**NJIT_EXACT)
-def _pairs_serial(task_fn, src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp, lo,
-                  hi, mode, out):
+def _pairs_serial(task_fn, src, ap, x, xs, x_zp, geo, ktab, bz, panels, mt, kp, m, rp, store, bias, m0, shift,
+                  fscale, zp, lo, hi, mode, out):
     # task_fn: the address of the _PAIRS_NATIVES entry for out's type
-    _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, 0, panels, 0, mt, kp, m, rp, store, bias, m0, shift, fscale, zp,
-                          lo, hi, mode, out))
+    _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, ktab, bz, 0, panels, 0, mt, kp, m, rp, store, bias, m0, shift,
+                          fscale, zp, lo, hi, mode, out))
 
 
 @numba.njit(**NJIT_EXACT_PARALLEL)
-def _pairs_parallel(task_fn, src, ap, x, xs, x_zp, geo, panels, mt, kp, m, rp, store, bias, m0, shift, fscale, zp,
-                    lo, hi, mode, out, tp, tm):
+def _pairs_parallel(task_fn, src, ap, x, xs, x_zp, geo, ktab, bz, panels, mt, kp, m, rp, store, bias, m0, shift,
+                    fscale, zp, lo, hi, mode, out, tp, tm):
     for t in prange(tp * tm):
         pj = t // tm
         ti = t - pj * tm
-        _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, pj * panels // tp, (pj + 1) * panels // tp, ti * mt // tm,
-                              (ti + 1) * mt // tm, kp, m, rp, store, bias, m0, shift, fscale, zp, lo, hi, mode, out))
+        _call_pairs(task_fn, (src, ap, x, xs, x_zp, geo, ktab, bz, pj * panels // tp, (pj + 1) * panels // tp,
+                              ti * mt // tm, (ti + 1) * mt // tm, kp, m, rp, store, bias, m0, shift, fscale, zp, lo,
+                              hi, mode, out))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -870,7 +893,13 @@ class QGemm:
         if kernel == K_PAIRS:
             ap = self._pack_pairs()
             rp = self._row_params(x3.dtype, K_PAIRS)
-            args = (task_fn, src, ap, xb, x3.dtype == np.int8, self.x_zp, geo, panels, mt, (self.k + 1) // 2, self.m,
+            # the zero point in the unsigned byte domain of the vectorized packers (an image's padding taps are
+            # that byte; a matrix's zero point is only subtracted: any int16 value minus a byte)
+            pbz = self.x_zp + (128 if x3.dtype == np.int8 else 0)
+            if not (0 <= pbz <= 255 or (src == SRC_COLS and abs(pbz) < 2 ** 15 - 256)):
+                pbz = NO_BYTE_ZP
+            args = (task_fn, src, ap, xb, x3.dtype == np.int8, self.x_zp, geo,
+                    self._ktab(geo) if src == SRC_IMAGE else _NO_KTAB, pbz, panels, mt, (self.k + 1) // 2, self.m,
                     rp, store, self.bias, r.m0, r.shift, r.fscale, r.zp, r.lo, r.hi, r.mode, outb)
             return (_pairs_parallel, *args, tp, tm) if tp * tm > 1 else (_pairs_serial, *args)
         args = (task_fn, src, self.ap, xb, geo, self._ktab(geo) if src == SRC_IMAGE else _NO_KTAB, flip, bz & 0xFF,

@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .vec import _arg_readers
+from .vec import _arg_readers, _counted_loop, _splat
 
 #: rows of the tile, int32 lanes per vector, vectors per tile row
 MR_I8, VW_I8, NV_I8 = 4, 8, 2
@@ -130,6 +130,45 @@ def microkernel_i8(typingctx, kp, ap, a_off, bp, b_off, c, c_off, ldc, accumulat
         for r in range(mr):
             for v in range(nv):
                 builder.store(final[r * nv + v], c_ptr(r, v), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def quads_to_pairs(typingctx, dst, src, kq, zp):
+    """``quads_to_pairs(dst, src, kq, zp)``: a B panel of NR_I8 columns packed as byte k-quads (the layout of
+    :mod:`.vec_i8dot`'s packers, ``src[q*4*NR + 4*c + t]``, unsigned) -> the int16 k-pairs this module's tile
+    reads, minus ``zp``: ``dst[(2q+h)*2*NR + 2*c + t] = src[q*4*NR + 4*c + 2*h + t] - zp`` for q < kq, h, t < 2
+    (dst holds 2*kq pairs). Lets the pairs kernel reuse the vectorized im2col packers (one vector load per
+    im2col row) instead of a byte-by-byte packing loop."""
+    if not (isinstance(dst, types.Array) and dst.dtype == types.int16 and isinstance(src, types.Array)
+            and src.dtype == types.uint8):
+        return None
+    for i in (kq, zp):
+        if not isinstance(i, types.Integer):
+            return None
+    sig = types.void(dst, src, kq, zp)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        i64, data = _arg_readers(context, builder, signature, args)
+        nr = NR_I8
+        d0 = b.bitcast(data(0), _I16.as_pointer())
+        s0 = b.bitcast(data(1), ir.IntType(8).as_pointer())
+        quad = ir.VectorType(ir.IntType(8), 4 * nr)
+        pairs = ir.VectorType(_I16, 2 * nr)
+        zp = _splat(b, pairs, b.trunc(i64(3), _I16))
+        halves = [ir.Constant(ir.VectorType(_I32, 2 * nr), [4 * c + 2 * h + t for c in range(nr) for t in range(2)])
+                  for h in range(2)]
+        q, close = _counted_loop(b, i64(2), "q2p")
+        v = b.load(b.bitcast(b.gep(s0, [b.mul(q, _c64(4 * nr))]), quad.as_pointer()), align=1)
+        for h in range(2):
+            half = b.shuffle_vector(v, ir.Constant(quad, ir.Undefined), halves[h])
+            val = b.sub(b.zext(half, pairs), zp)
+            dptr = b.gep(d0, [b.add(b.mul(q, _c64(4 * nr)), _c64(2 * nr * h))])
+            b.store(val, b.bitcast(dptr, pairs.as_pointer()), align=2)
+        close()
         return context.get_dummy_value()
 
     return sig, codegen
