@@ -318,14 +318,40 @@ def _ncols(src, x, geo):
 NO_BYTE_ZP = -(1 << 40)
 
 
+#: the pairs task packs all its panels first, then runs each weight panel over all of them, when they fit in
+#: this many bytes (L2): the weights (int16 pairs, twice the bytes of the model's) then stream from memory once,
+#: not once per panel (a MatMulInteger of 20 rows by 8210 x 1024 weights: 2 panels)
+PAIRS_HELD_BYTES = 1 << 18
+
+
+@numba.njit(inline="always", **NJIT_EXACT)
+def _pairs_pack(src, x, xs, x_zp, geo, ktab, bz, flip, col0, nc, kq, bp, qb, cs, tmp, seg, oyx, segs):
+    # column panel col0.. of B -> int16 pairs minus the zero point in bp
+    if src == SRC_COLS:
+        if bz != NO_BYTE_ZP:
+            _pack_cols_dot(NR_I8, x[0], col0, nc, kq, flip, qb, cs, False, tmp)
+            quads_to_pairs(bp, qb, kq, bz)
+        else:
+            _pack_cols(x[0], xs, x_zp, col0, bp)
+    elif src == SRC_ROWS:
+        _pack_rows(x[0], xs, x_zp, col0, bp)
+    elif bz != NO_BYTE_ZP:
+        _pack_image_dot(NR_I8, x, col0, geo, ktab, kq, flip, bz, qb, cs, False, tmp, seg, oyx, segs)
+        quads_to_pairs(bp, qb, kq, bz)
+    else:
+        _pack_image(x, xs, x_zp, col0, geo, bp, seg)
+
+
 def _pairs_task(src, ap, x, xs, x_zp, geo, ktab, bz, j0, j1, i0, i1, kp, m, rp, store, bias, m0, shift, fscale, zp,
                 lo, hi, mode, out):
     # bz: the activations' zero point in the unsigned domain (x XOR 0x80 when xs): panels are packed as byte
     # k-quads by the vectorized packers, then widened to int16 pairs minus bz (quads_to_pairs); NO_BYTE_ZP (an
     # image's zero point that no byte holds: its padding taps cannot be bytes): byte by byte into pairs
     kq = (kp + 1) // 2
-    bp = np.empty(2 * kq * 2 * NR_I8, np.int16)
-    acc = np.empty((i1 - i0) * MR_I8 * NR_I8, np.int32)
+    psz = 2 * kq * 2 * NR_I8
+    held = (j1 - j0) * psz * 2 <= PAIRS_HELD_BYTES
+    bp = np.empty(psz * (j1 - j0) if held else psz, np.int16)
+    acc = np.empty(MR_I8 * NR_I8, np.int32)
     seg = np.empty((4, NR_I8), np.int64)
     qb = np.empty(kq * 4 * NR_I8, np.uint8)
     cs = np.zeros(NR_I8, np.int32)
@@ -335,33 +361,29 @@ def _pairs_task(src, ap, x, xs, x_zp, geo, ktab, bz, j0, j1, i0, i1, kp, m, rp, 
     flip = 0x80 if xs else 0
     ncol = _ncols(src, x, geo)
     ldo = out.shape[1]
-    for j in range(j0, j1):
-        col0 = j * NR_I8
-        nc = min(NR_I8, ncol - col0)
-        if src == SRC_COLS:
-            if bz != NO_BYTE_ZP:
-                _pack_cols_dot(NR_I8, x[0], col0, nc, kq, flip, qb, cs, False, tmp)
-                quads_to_pairs(bp, qb, kq, bz)
-            else:
-                _pack_cols(x[0], xs, x_zp, col0, bp)
-        elif src == SRC_ROWS:
-            _pack_rows(x[0], xs, x_zp, col0, bp)
-        elif bz != NO_BYTE_ZP:
-            _pack_image_dot(NR_I8, x, col0, geo, ktab, kq, flip, bz, qb, cs, False, tmp, seg, oyx, segs)
-            quads_to_pairs(bp, qb, kq, bz)
-        else:
-            _pack_image(x, xs, x_zp, col0, geo, bp, seg)
+    if held:
+        for j in range(j0, j1):
+            col0 = j * NR_I8
+            _pairs_pack(src, x, xs, x_zp, geo, ktab, bz, flip, col0, min(NR_I8, ncol - col0), kq,
+                        bp[(j - j0) * psz:(j - j0 + 1) * psz], qb, cs, tmp, seg, oyx, segs)
+    for jj in range(j0, j1 if not held else j0 + 1):
+        if not held:
+            col0 = jj * NR_I8
+            _pairs_pack(src, x, xs, x_zp, geo, ktab, bz, flip, col0, min(NR_I8, ncol - col0), kq, bp, qb, cs, tmp,
+                        seg, oyx, segs)
         for i in range(i0, i1):
-            off = (i - i0) * MR_I8 * NR_I8
-            microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, 0, acc, off, NR_I8, False)
             row0 = i * MR_I8
             mrows = min(MR_I8, m - row0)
-            if store == ST_BUFFER:
-                _epilogue_scalar(src, acc[off:off + MR_I8 * NR_I8], NR_I8, row0, mrows, col0, nc, bias, m0, shift,
-                                 fscale, zp, lo, hi, mode, out)
-            else:
-                requant_tile_pairs(acc, off, rp, row0, store, out, row0 * ldo + col0, ldo, mrows, nc, acc, zp, lo,
-                                   hi, mode)
+            for j in range(jj, jj + 1 if not held else j1):
+                col0 = j * NR_I8
+                nc = min(NR_I8, ncol - col0)
+                microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, (j - j0) * psz if held else 0, acc, 0, NR_I8, False)
+                if store == ST_BUFFER:
+                    _epilogue_scalar(src, acc, NR_I8, row0, mrows, col0, nc, bias, m0, shift, fscale, zp, lo, hi,
+                                     mode, out)
+                else:
+                    requant_tile_pairs(acc, 0, rp, row0, store, out, row0 * ldo + col0, ldo, mrows, nc, acc, zp, lo,
+                                       hi, mode)
 
 
 _I64 = types.int64
