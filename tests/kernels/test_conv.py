@@ -307,13 +307,13 @@ DIRECT_CASES = [
 
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=[str(i) for i in range(len(DIRECT_CASES))])
 def test_direct_first_layers_are_the_gemms_floats(case):
-    """The direct strategy (few input channels) is picked for these (column stride 2 with several channels only
-    where conv_direct.STRIDED_DIRECT says so; forced elsewhere), and gives the GEMM's floats bit for bit (the same
+    """The direct strategy (few input channels) is picked for these (several channels only where
+    conv_direct.MULTI_CHANNEL_DIRECT says so; forced elsewhere), and gives the GEMM's floats bit for bit (the same
     sums in the same order) for every in-register activation and thread count; repack follows."""
-    from edgedl.kernels.cpu.conv_direct import STRIDED_DIRECT
+    from edgedl.kernels.cpu.conv_direct import MULTI_CHANNEL_DIRECT
 
     shape, cout, (kh, kw), s, p, d = case
-    picked = s[1] == 1 or shape[1] == 1 or STRIDED_DIRECT
+    picked = shape[1] == 1 or MULTI_CHANNEL_DIRECT
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     x, w, b = rnd(rng, *shape), rnd(rng, cout, shape[1], kh, kw), rnd(rng, cout)
     for code, alpha, beta in ((A.ACT_NONE, 0.0, 0.0), (A.ACT_RELU, 0.0, 0.0), (A.ACT_HARD_SWISH, 0.0, 0.0),

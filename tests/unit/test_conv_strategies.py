@@ -115,11 +115,11 @@ def test_which_convolutions_read_their_image_in_place():
     assert pick(256, 14, m=256) == "flat"
     assert pick(256, 7, m=32) == "gemm"  # few channels, and rows of 7
     assert pick(256, 7, k=(1, 1), m=256) == "gemm"  # 1x1: the plain GEMM packs nothing
-    from edgedl.kernels.cpu.conv_direct import STRIDED_DIRECT
+    from edgedl.kernels.cpu.conv_direct import MULTI_CHANNEL_DIRECT
 
     # a first layer (K = 27): direct on one thread, packed when split (column stride 2: where its shuffle is cheap)
-    assert pick(3, 224, s=(2, 2)) == ("direct" if STRIDED_DIRECT else "flat")
-    assert pick(3, 224) == "direct"
+    assert pick(3, 224, s=(2, 2)) == ("direct" if MULTI_CHANNEL_DIRECT else "flat")
+    assert pick(3, 224) == ("direct" if MULTI_CHANNEL_DIRECT else "flat")
     assert pick(1, 224, s=(2, 2), m=32) == "direct"
     first = Conv2d(np.zeros((16, 3, 3, 3), np.float32), None, (1, 3, 224, 224), strides=(2, 2), pads=(1,) * 4)
     assert first._gemm is not None  # (the packed call its 2-thread binds use)

@@ -34,7 +34,7 @@ from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .conv_direct import MAX_CIN as DIRECT_MAX_CIN
-from .conv_direct import STRIDED_DIRECT, DirectConv
+from .conv_direct import MULTI_CHANNEL_DIRECT, DirectConv
 from .conv_flat import FLAT_PARALLEL_MIN_C, FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
 from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
@@ -427,7 +427,7 @@ class Conv2d:
         direct = strategy == "direct" or (strategy is None and _config.CONV_DIRECT and group == 1
                                           and c <= DIRECT_MAX_CIN and sw in (1, 2) and ow >= 2 * VW
                                           and not accumulate and (c > 1 or sw == 2)
-                                          and (sw == 1 or c == 1 or STRIDED_DIRECT))
+                                          and (c == 1 or MULTI_CHANNEL_DIRECT))
         if direct and (group != 1 or sw not in (1, 2) or accumulate):
             raise ValueError("the direct strategy takes group 1, column stride 1 or 2, no accumulation")
         if not direct and group == c and cg == 1 and not accumulate and not _single_channel_gemm(c, cout, kh, kw, sw):

@@ -33,7 +33,7 @@ from .act import ACT_NONE, act_inplace
 from .config import NJIT, NJIT_PARALLEL
 from .vec import VW, _arg_readers, _const_i64, _counted_loop, _emit_chunk_loop, _masked_fns, _splat, copy_floats
 
-__all__ = ["DirectConv", "MAX_CIN", "MB", "PAIR_ROWS", "STRIDED_DIRECT"]
+__all__ = ["DirectConv", "MAX_CIN", "MB", "PAIR_ROWS", "MULTI_CHANNEL_DIRECT"]
 
 #: output channels per row call (accumulators)
 MB = 8
@@ -55,19 +55,21 @@ def _pair_rows() -> bool:
 PAIR_ROWS = _pair_rows()
 
 
-def _strided_direct() -> bool:
-    """Whether a column stride of 2 runs direct for several input channels: where its even-lane shuffle is cheap
-    against the taps' multiply-adds (AVX-512: two rows share it; AArch64: one ``uzp1``). With AVX2's 16 ymm, one
-    row of 8 accumulators pays two shuffles (``vshufps`` + ``vpermpd``) per 8 FMAs: slower than the GEMM (Zen 3,
-    1 thread: 3->16 3x3 at 224 0.33 ms against 0.27; 3->32 0.63 against 0.42; 3->64 7x7 4.5 against 3.0 flat);
-    a single channel still gains (1->32 at 224: 0.38 against 0.69), stride 1 too (3->8: 0.57 against 0.63)."""
+def _multi_channel_direct() -> bool:
+    """Whether images of several channels (RGB) run direct, or only single-channel ones. On x86 without AVX-512
+    (AVX2's 16 ymm: one row of 8 accumulators, and column stride 2 pays two shuffles, ``vshufps`` + ``vpermpd``,
+    per 8 FMAs) the flat or packed GEMM is as fast or faster (Zen 3, 1 thread: 3->16 3x3 at 224 with stride 2
+    0.33 ms against 0.27 packed; 3->32 0.63 against 0.42; the 7x7 stem 4.5 against 3.0 flat; stride 1 3->16 at 64
+    0.096 against 0.073 flat, 3->8 at 224 0.57 against 0.60); a single channel still gains (1->32 at 224 with
+    stride 2: 0.38 against 0.69, the GEMM's K of 9 is all packing). AVX-512 (two rows share each weight) and
+    AArch64 (32 registers, ``uzp1`` for stride 2) keep it."""
     from .vec_i8dot import target_cpu
 
     return PAIR_ROWS or target_cpu()[0] in ("aarch64", "arm64")
 
 
-#: see :func:`_strided_direct`
-STRIDED_DIRECT = _strided_direct()
+#: see :func:`_multi_channel_direct`
+MULTI_CHANNEL_DIRECT = _multi_channel_direct()
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
