@@ -656,32 +656,24 @@ class DynamicQuantizeLinear(Op):
         return [y, np.array(scale, np.float32), np.array(zp, np.uint8)]
 
     def build(self, ins, outs, consts):
-        from ..kernels.cpu.quantize import quantize_u8
+        from ..kernels.cpu.quantize import dynamic_quantize_u8
 
         def run(inputs, outputs, scratch):
             x = inputs[0]
             if not x.size:
                 outputs[1][...], outputs[2][...] = np.float32(1.0) / np.float32(255), 0
                 return
-            # numpy's min / max are vectorized and propagate NaN; an infinity is itself the min or max
-            lo, hi = np.float32(x.min()), np.float32(x.max())
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                y, s, z = self.ref(x)  # NaN/Inf: the reference's numpy semantics
-                outputs[0][...], outputs[1][...], outputs[2][...] = y, s, z
-                return
-            hi, lo = max(np.float32(0), hi), min(np.float32(0), lo)
-            scale = np.float32(np.float32(1.0 if hi == lo else hi - lo) / np.float32(255))
-            zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255))
-            outputs[1][...] = scale
-            outputs[2][...] = zp
             flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
             y = outputs[0]
-            if y.flags.c_contiguous:
-                quantize_u8(flat, scale, np.int64(zp), y.reshape(-1))
-            else:
-                tmp = np.empty(y.size, np.uint8)
-                quantize_u8(flat, scale, np.int64(zp), tmp)
-                y[...] = tmp.reshape(y.shape)
+            dst = y.reshape(-1) if y.flags.c_contiguous else np.empty(y.size, np.uint8)
+            scale, zp, ok = dynamic_quantize_u8(flat, dst)
+            if not ok:
+                y_ref, scale, zp = self.ref(x)  # NaN / Inf: the reference's numpy semantics
+                dst = y_ref.reshape(-1)
+            if not y.flags.c_contiguous or not ok:
+                y[...] = dst.reshape(y.shape)
+            outputs[1][...] = scale
+            outputs[2][...] = zp
 
         return Kernel(run)
 

@@ -132,6 +132,53 @@ def test_dynamicquantizelinear_matches_onnxruntime():
     assert _lsb_diff(got[0], want[0]) <= 1
 
 
+@pytest.mark.parametrize("case", ["normal", "zeros", "one", "negative", "subnormal", "ties", "constant", "big", "inf",
+                                  "-inf", "nan", "-nan", "strided"])
+def test_dynamicquantizelinear_kernel_is_the_reference(case):
+    """The fused kernel (one pass of order-preserving integer keys for the range, then the vectorized quantization)
+    against the op's numpy reference, bit for bit; NaN and infinities fall back to the reference's semantics."""
+    from edgedl.kernels.cpu.quantize import dynamic_quantize_u8, float_range
+    from edgedl.ops.qlinear import DynamicQuantizeLinear
+
+    rng = np.random.default_rng(11)
+    x = {"normal": (rng.standard_normal((3, 700)) * 5).astype(np.float32),
+         "zeros": np.array([-0.0, 0.0, -0.0], np.float32),
+         "one": np.array([3.0], np.float32),
+         "negative": np.array([-2.0, -1.0, -7.25], np.float32),
+         "subnormal": np.array([1e-42, -1e-40, 5.0, -3e-39], np.float32),
+         "ties": np.arange(-255, 256, dtype=np.float32) * np.float32(0.5),  # x / scale lands on .5
+         "constant": np.full(77, 7.5, np.float32),
+         "big": (rng.standard_normal(70001) * 1e30).astype(np.float32),
+         "inf": np.array([1.0, np.inf, -2.0], np.float32),
+         "-inf": np.array([-np.inf, 2.0], np.float32),
+         "nan": np.array([1.0, np.nan, -3.0], np.float32),
+         "-nan": np.array([-np.nan, 2.0], np.float32),
+         "strided": (rng.standard_normal((40, 30)) * 2).astype(np.float32).T}[case]
+    finite = bool(np.all(np.isfinite(x)))
+    lo, hi = float_range(np.ascontiguousarray(x).reshape(-1))
+    if finite:
+        assert (lo, hi) == (x.min(), x.max())
+    else:
+        assert not (np.isfinite(lo) and np.isfinite(hi))
+    y = np.zeros(x.size, np.uint8)
+    scale, zp, ok = dynamic_quantize_u8(np.ascontiguousarray(x).reshape(-1), y)
+    assert ok == finite
+    op = DynamicQuantizeLinear.__new__(DynamicQuantizeLinear)
+    with np.errstate(all="ignore"):
+        want = DynamicQuantizeLinear.ref(op, x)
+    if finite:
+        np.testing.assert_array_equal(y, want[0].reshape(-1))
+        assert scale == want[1] and zp == want[2]
+    model = _model([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                   [helper.make_tensor_value_info(n, t, None) for n, t in
+                    (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))], {})
+    with np.errstate(all="ignore"):
+        got = edgedl.load(model.SerializeToString()).run({"x": x})
+    for name, w in zip("ysz", want):
+        np.testing.assert_array_equal(got[name], w)
+
+
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_microsoft_qgemm_matches_onnxruntime(trans_b):
     rng = np.random.default_rng(4)

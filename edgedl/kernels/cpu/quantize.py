@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import NJIT
 
-__all__ = ["QuantizeKernel", "DequantizeKernel", "quantize_row", "quantize_rows", "quantize_u8",
+__all__ = ["QuantizeKernel", "DequantizeKernel", "quantize_row", "quantize_rows", "quantize_u8", "float_range", "dynamic_quantize_u8",
            "accumulator_to_float"]
 
 #: NOTE: no fast-math here: 'arcp' would turn x / scale into x * (1 / scale), which moves values across
@@ -123,13 +123,67 @@ def quantize_rows(x, xq, flip, sums):
 @numba.njit(**_EXACT)
 def quantize_u8(x, scale, zp, y):
     """y (n,) uint8 = clamp(rint(x / scale) + zp, 0, 255) for a per-tensor scale and zero point (x (n,) float32,
-    finite): DynamicQuantizeLinear's second pass, a loop LLVM vectorizes (IEEE division, no ties test)."""
+    finite): DynamicQuantizeLinear's second pass (IEEE division, ties to even). In chunks of 256: a float loop
+    LLVM vectorizes (``vdivps``, ``vroundps``), then the conversion to bytes; the clamp and the byte store in
+    one loop stayed scalar on Zen 3 (122880 values: 40 -> 27 us)."""
     zf = np.float32(zp)
-    for k in range(x.shape[0]):
-        q = np.rint(x[k] / scale) + zf
-        q = np.float32(0.0) if q < np.float32(0.0) else q
-        q = np.float32(255.0) if q > np.float32(255.0) else q
-        y[k] = np.uint8(np.int32(q))
+    n = x.shape[0]
+    t = np.empty(256, np.float32)
+    for c0 in range(0, n, 256):
+        m = min(256, n - c0)
+        xs = x[c0:c0 + m]
+        for k in range(m):
+            q = np.rint(xs[k] / scale) + zf
+            t[k] = min(max(q, np.float32(0.0)), np.float32(255.0))
+        ys = y[c0:c0 + m]
+        for k in range(m):
+            ys[k] = np.uint8(np.int32(t[k]))
+
+
+@numba.njit(**_EXACT)
+def _key(i):
+    # float32 bits -> an int32 that orders as the float does (negatives: magnitude bits flipped); NaN lands
+    # beyond the infinities, on the side of its sign bit
+    return np.int32(i ^ ((i >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@numba.njit(**_EXACT)
+def float_range(x):
+    """(min, max) of x (n >= 1, float32) in one pass of integer min / max on order-preserving keys (vectorized:
+    no float compare whose NaN rule would pin the order); a NaN comes back as a non-finite min or max, as an
+    infinity does. 122880 values on Zen 3: 20 us as numpy's min and max, 6 us."""
+    xi = x.view(np.int32)
+    lo = _key(xi[0])
+    hi = lo
+    for k in range(1, x.shape[0]):
+        v = _key(xi[k])
+        lo = min(lo, v)
+        hi = max(hi, v)
+    out = np.empty(2, np.int32)
+    out[0] = _key(lo)
+    out[1] = _key(hi)
+    f = out.view(np.float32)
+    return f[0], f[1]
+
+
+@numba.njit(**_EXACT)
+def dynamic_quantize_u8(x, y):
+    """DynamicQuantizeLinear of x (n >= 1,) float32 into y (n,) uint8: the range extended to 0, ``scale = (hi -
+    lo) / 255`` (1 / 255 when empty), ``zp = rint(clip(-lo / scale, 0, 255))``, y as :func:`quantize_u8`, all in
+    float32 as onnx's reference computes them. Returns (scale, zp, ok); ok False (nothing written) when x holds
+    a NaN or an infinity (the caller takes the reference's numpy semantics)."""
+    lo, hi = float_range(x)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return np.float32(0.0), np.int64(0), False
+    hi = max(np.float32(0.0), hi)
+    lo = min(np.float32(0.0), lo)
+    span = np.float32(1.0) if hi == lo else np.float32(hi - lo)
+    scale = np.float32(span / np.float32(255.0))
+    z = np.float32(np.float32(0.0) - lo / scale)
+    z = min(max(z, np.float32(0.0)), np.float32(255.0))
+    zp = np.int64(np.rint(z))
+    quantize_u8(x, scale, zp, y)
+    return scale, zp, True
 
 
 @numba.njit(**_EXACT)
