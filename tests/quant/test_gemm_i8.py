@@ -253,6 +253,27 @@ def test_ragged_shapes(kernel, m, k, n):
     raw = QGemm(w, bias, None, -3, w_zp, kernel=kernel)
     np.testing.assert_array_equal(_run(raw, x, "cols", np.int32), _acc(w, w_zp, x, -3, bias))
     np.testing.assert_array_equal(_run(raw, x, "rows", np.int32), _acc(w, w_zp, x, -3, bias))
+    raw0 = QGemm(w, None, None, -3, w_zp, kernel=kernel)  # no bias: the pairs kernel's rows-as-A path
+    np.testing.assert_array_equal(_run(raw0, x, "rows", np.int32), _acc(w, w_zp, x, -3, None))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("xt", [np.uint8, np.int8])
+def test_raw_rows_on_the_pairs_kernel_split_across_threads(threads, xt):
+    """Raw int32 rows on the int16 pairs (MatMulInteger without byte dot products): activation rows as the
+    tile's rows, weight panels split across threads, ragged on both sides; the same bits at every count."""
+    from edgedl.kernels.cpu.vec_i8dot import K_PAIRS
+
+    rng = np.random.default_rng(threads)
+    r, k, m = 23, 301, 1003  # above the parallel threshold; 23 rows: a partial last row panel
+    w = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w_zp = rng.integers(0, 256, m)
+    info = np.iinfo(xt)
+    a = rng.integers(info.min, info.max + 1, (r, k)).astype(xt)
+    q = QGemm(w, None, None, int(info.min) + 77, w_zp, kernel=K_PAIRS)
+    out = np.full((r, m), -1, np.int32)
+    q.rows(a, out, threads=threads)
+    np.testing.assert_array_equal(out, _acc(w, w_zp, a.T, int(info.min) + 77, None).T)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
