@@ -194,26 +194,33 @@ def _pack_cols(x, xs, zp, col0, bp):
                 dst[2 * c + t] = v
 
 
-@numba.njit(**NJIT_EXACT)
-def _pack_rows(a, xs, zp, row0, bp):
-    # a: (R, K) bytes; bp <- rows row0..row0+NR_I8 of a - zp as columns (zero padded)
+@numba.njit(inline="always", **NJIT_EXACT)
+def _rows_to_pairs(a, xs, zp, row0, width, dst):
+    # a: (R, K) bytes; dst (KP * 2 * width,) <- rows row0..row0+width of a - zp as the lanes of an int16-pair
+    # panel (dst[q*2*width + 2*lane + t] = a[row0 + lane, 2q + t] - zp; rows past R and k past K are 0)
     r_total, k = a.shape
     kp = (k + 1) // 2
     z = np.int16(zp)
-    for c in range(NR_I8):
+    for c in range(width):
         r = row0 + c
         if r >= r_total:
             for q in range(kp):
-                bp[q * 2 * NR_I8 + 2 * c] = 0
-                bp[q * 2 * NR_I8 + 2 * c + 1] = 0
+                dst[q * 2 * width + 2 * c] = 0
+                dst[q * 2 * width + 2 * c + 1] = 0
             continue
         row = a[r]
         for q in range(k // 2):
-            bp[q * 2 * NR_I8 + 2 * c] = _x16(row[2 * q], xs) - z
-            bp[q * 2 * NR_I8 + 2 * c + 1] = _x16(row[2 * q + 1], xs) - z
+            dst[q * 2 * width + 2 * c] = _x16(row[2 * q], xs) - z
+            dst[q * 2 * width + 2 * c + 1] = _x16(row[2 * q + 1], xs) - z
         if k % 2:
-            bp[(kp - 1) * 2 * NR_I8 + 2 * c] = _x16(row[k - 1], xs) - z
-            bp[(kp - 1) * 2 * NR_I8 + 2 * c + 1] = 0
+            dst[(kp - 1) * 2 * width + 2 * c] = _x16(row[k - 1], xs) - z
+            dst[(kp - 1) * 2 * width + 2 * c + 1] = 0
+
+
+@numba.njit(**NJIT_EXACT)
+def _pack_rows(a, xs, zp, row0, bp):
+    # a: (R, K) bytes; bp <- rows row0..row0+NR_I8 of a - zp as columns (zero padded)
+    _rows_to_pairs(a, xs, zp, row0, NR_I8, bp)
 
 
 @numba.njit(**NJIT_EXACT)
@@ -426,25 +433,9 @@ def _pairs_parallel(task_fn, src, ap, x, xs, x_zp, geo, ktab, bz, panels, mt, kp
 @numba.njit(**NJIT_EXACT)
 def _pack_rows_as_a(a, xs, zp, ap):
     # a (R, K) bytes (int8 values if xs) minus zp -> row panels of MR_I8 rows of int16 k-pairs (zero padded)
-    r_total, k = a.shape
-    kp = (k + 1) // 2
-    z = np.int16(zp)
-    for p in range((r_total + MR_I8 - 1) // MR_I8):
-        panel = ap[p * kp * 2 * MR_I8:(p + 1) * kp * 2 * MR_I8]
-        for r in range(MR_I8):
-            row = p * MR_I8 + r
-            if row >= r_total:
-                for q in range(kp):
-                    panel[q * 2 * MR_I8 + 2 * r] = 0
-                    panel[q * 2 * MR_I8 + 2 * r + 1] = 0
-                continue
-            src = a[row]
-            for q in range(k // 2):
-                panel[q * 2 * MR_I8 + 2 * r] = _x16(src[2 * q], xs) - z
-                panel[q * 2 * MR_I8 + 2 * r + 1] = _x16(src[2 * q + 1], xs) - z
-            if k % 2:
-                panel[(kp - 1) * 2 * MR_I8 + 2 * r] = _x16(src[k - 1], xs) - z
-                panel[(kp - 1) * 2 * MR_I8 + 2 * r + 1] = 0
+    kp = (a.shape[1] + 1) // 2
+    for p in range((a.shape[0] + MR_I8 - 1) // MR_I8):
+        _rows_to_pairs(a, xs, zp, p * MR_I8, MR_I8, ap[p * kp * 2 * MR_I8:(p + 1) * kp * 2 * MR_I8])
 
 
 @numba.njit(inline="always", **NJIT_EXACT)

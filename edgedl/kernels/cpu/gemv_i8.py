@@ -54,6 +54,36 @@ _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
+def _k_loop(b, n, zero, nacc, step, name):
+    """Emit ``for q in range(n)`` around ``accs = step(q, accs)`` (nacc vector accumulators from ``zero``);
+    returns the accumulators after the loop (``zero`` when n <= 0) with the builder after it."""
+    fn = b.function
+    bb_entry = b.block
+    bb_loop = fn.append_basic_block(f"{name}.loop")
+    bb_done = fn.append_basic_block(f"{name}.done")
+    b.cbranch(b.icmp_signed(">", n, ir.Constant(_I64, 0)), bb_loop, bb_done)
+    b.position_at_end(bb_loop)
+    q = b.phi(_I64)
+    accs = [b.phi(zero.type) for _ in range(nacc)]
+    new = step(q, accs)
+    q_next = b.add(q, ir.Constant(_I64, 1))
+    bb_end = b.block
+    b.cbranch(b.icmp_signed("<", q_next, n), bb_loop, bb_done)
+    q.add_incoming(ir.Constant(_I64, 0), bb_entry)
+    q.add_incoming(q_next, bb_end)
+    for acc, nxt in zip(accs, new):
+        acc.add_incoming(zero, bb_entry)
+        acc.add_incoming(nxt, bb_end)
+    b.position_at_end(bb_done)
+    final = []
+    for v in range(nacc):
+        phi = b.phi(zero.type)
+        phi.add_incoming(zero, bb_entry)
+        phi.add_incoming(new[v], bb_end)
+        final.append(phi)
+    return final
+
+
 def _make_block(kind):
     vw, nv = _SHAPE[kind]
     nb = vw * nv
@@ -85,45 +115,25 @@ def _make_block(kind):
             else:
                 dot = cgutils.get_or_insert_function(
                     b.module, ir.FunctionType(v32, [v32, v32, v32]), f"llvm.x86.avx512.vpdpbusd.{32 * vw}")
-            fn = b.function
-            bb_entry = b.block
-            bb_loop = fn.append_basic_block("gemv.loop")
-            bb_done = fn.append_basic_block("gemv.done")
             zero = ir.Constant(v32, [0] * vw)
-            b.cbranch(b.icmp_signed(">", n, ir.Constant(_I64, 0)), bb_loop, bb_done)
 
-            b.position_at_end(bb_loop)
-            q = b.phi(_I64)
-            accs = [b.phi(v32) for _ in range(nv)]
-            # four activation bytes, as one i32 broadcast to every lane
-            quad = b.load(b.bitcast(b.gep(u0, [b.mul(q, ir.Constant(_I64, 4))]), _I32.as_pointer()), align=1)
-            usp = _splat(b, v32, quad)
-            wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
-            new = []
-            for v in range(nv):
-                wv = b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 4 * vw * v)]), v32.as_pointer()), align=1)
-                if kind == K_SDOT:
-                    # acc[i] += sum_t w[4i + t] * u[t]: weights are the first operand, the quad the second
-                    new.append(b.call(dot, [accs[v], b.bitcast(wv, v8), b.bitcast(usp, v8)]))
-                else:
-                    # vpdpbusd(acc, unsigned bytes, signed bytes)
-                    new.append(b.call(dot, [accs[v], usp, wv]))
-            q_next = b.add(q, ir.Constant(_I64, 1))
-            bb_end = b.block
-            b.cbranch(b.icmp_signed("<", q_next, n), bb_loop, bb_done)
-            q.add_incoming(ir.Constant(_I64, 0), bb_entry)
-            q.add_incoming(q_next, bb_end)
-            for acc, nxt in zip(accs, new):
-                acc.add_incoming(zero, bb_entry)
-                acc.add_incoming(nxt, bb_end)
+            def step(q, accs):
+                # four activation bytes, as one i32 broadcast to every lane
+                quad = b.load(b.bitcast(b.gep(u0, [b.mul(q, ir.Constant(_I64, 4))]), _I32.as_pointer()), align=1)
+                usp = _splat(b, v32, quad)
+                wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
+                new = []
+                for v in range(nv):
+                    wv = b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 4 * vw * v)]), v32.as_pointer()), align=1)
+                    if kind == K_SDOT:
+                        # acc[i] += sum_t w[4i + t] * u[t]: weights are the first operand, the quad the second
+                        new.append(b.call(dot, [accs[v], b.bitcast(wv, v8), b.bitcast(usp, v8)]))
+                    else:
+                        # vpdpbusd(acc, unsigned bytes, signed bytes)
+                        new.append(b.call(dot, [accs[v], usp, wv]))
+                return new
 
-            b.position_at_end(bb_done)
-            final = []
-            for v in range(nv):
-                phi = b.phi(v32)
-                phi.add_incoming(zero, bb_entry)
-                phi.add_incoming(new[v], bb_end)
-                final.append(phi)
+            final = _k_loop(b, n, zero, nv, step, "gemv")
             for v in range(nv):
                 b.store(final[v], b.bitcast(b.gep(o0, [ir.Constant(_I64, vw * v)]), v32.as_pointer()), align=4)
             return context.get_dummy_value()
@@ -169,47 +179,27 @@ def _make_block_rows(kind):
             else:
                 dot = cgutils.get_or_insert_function(
                     b.module, ir.FunctionType(v32, [v32, v32, v32]), f"llvm.x86.avx512.vpdpbusd.{32 * vw}")
-            fn = b.function
-            bb_entry = b.block
-            bb_loop = fn.append_basic_block("gemvr.loop")
-            bb_done = fn.append_basic_block("gemvr.done")
             zero = ir.Constant(v32, [0] * vw)
-            b.cbranch(b.icmp_signed(">", n, ir.Constant(_I64, 0)), bb_loop, bb_done)
 
-            b.position_at_end(bb_loop)
-            q = b.phi(_I64)
-            accs = [b.phi(v32) for _ in range(rows * nh)]
-            q4 = b.mul(q, ir.Constant(_I64, 4))
-            usp = []
-            for r in range(rows):
-                ptr = b.gep(u0, [b.add(b.mul(ldu, ir.Constant(_I64, r)), q4)])
-                usp.append(_splat(b, v32, b.load(b.bitcast(ptr, _I32.as_pointer()), align=1)))
-            wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
-            new = [None] * (rows * nh)
-            for v in range(nh):
-                wv = b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 4 * vw * v)]), v32.as_pointer()), align=1)
+            def step(q, accs):
+                q4 = b.mul(q, ir.Constant(_I64, 4))
+                usp = []
                 for r in range(rows):
-                    k = r * nh + v
-                    if kind == K_SDOT:
-                        new[k] = b.call(dot, [accs[k], b.bitcast(wv, v8), b.bitcast(usp[r], v8)])
-                    else:
-                        new[k] = b.call(dot, [accs[k], usp[r], wv])
-            q_next = b.add(q, ir.Constant(_I64, 1))
-            bb_end = b.block
-            b.cbranch(b.icmp_signed("<", q_next, n), bb_loop, bb_done)
-            q.add_incoming(ir.Constant(_I64, 0), bb_entry)
-            q.add_incoming(q_next, bb_end)
-            for acc, nxt in zip(accs, new):
-                acc.add_incoming(zero, bb_entry)
-                acc.add_incoming(nxt, bb_end)
+                    ptr = b.gep(u0, [b.add(b.mul(ldu, ir.Constant(_I64, r)), q4)])
+                    usp.append(_splat(b, v32, b.load(b.bitcast(ptr, _I32.as_pointer()), align=1)))
+                wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
+                new = [None] * (rows * nh)
+                for v in range(nh):
+                    wv = b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 4 * vw * v)]), v32.as_pointer()), align=1)
+                    for r in range(rows):
+                        k = r * nh + v
+                        if kind == K_SDOT:
+                            new[k] = b.call(dot, [accs[k], b.bitcast(wv, v8), b.bitcast(usp[r], v8)])
+                        else:
+                            new[k] = b.call(dot, [accs[k], usp[r], wv])
+                return new
 
-            b.position_at_end(bb_done)
-            final = []
-            for k in range(rows * nh):
-                phi = b.phi(v32)
-                phi.add_incoming(zero, bb_entry)
-                phi.add_incoming(new[k], bb_end)
-                final.append(phi)
+            final = _k_loop(b, n, zero, rows * nh, step, "gemvr")
             for r in range(rows):
                 orow = b.gep(o0, [b.mul(ldo, ir.Constant(_I64, r))])
                 for v in range(nh):
@@ -254,43 +244,25 @@ def block_pairs(typingctx, kq, wp, w_off, u, out, o_off):
         even4 = ir.Constant(v4, [2 * i for i in range(4)])
         odd4 = ir.Constant(v4, [2 * i + 1 for i in range(4)])
         rep = ir.Constant(w16, [i % 4 for i in range(16)])
-        fn = b.function
-        bb_entry = b.block
-        bb_loop = fn.append_basic_block("gemvp.loop")
-        bb_done = fn.append_basic_block("gemvp.done")
         zero = ir.Constant(v8, [0] * 8)
-        b.cbranch(b.icmp_signed(">", n, ir.Constant(_I64, 0)), bb_loop, bb_done)
 
-        b.position_at_end(bb_loop)
-        q = b.phi(_I64)
-        accs = [b.phi(v8) for _ in range(nv)]
-        quad = b.load(b.bitcast(b.gep(u0, [b.mul(q, ir.Constant(_I64, 4))]), ir.VectorType(_I8, 4).as_pointer()),
-                      align=1)
-        uq = (b.sext if signed_u else b.zext)(b.shuffle_vector(quad, ir.Constant(quad.type, ir.Undefined), rep), w16)
-        wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
-        new = []
-        for v in range(nv):
-            wv = b.sext(b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 16 * v)]), v16x8.as_pointer()), align=1), w16)
-            prod = b.mul(wv, uq)
-            und = ir.Constant(w16, ir.Undefined)
-            pair = b.add(b.shuffle_vector(prod, und, even8), b.shuffle_vector(prod, und, odd8))
-            new.append(b.add(accs[v], pair))
-        q_next = b.add(q, ir.Constant(_I64, 1))
-        bb_end = b.block
-        b.cbranch(b.icmp_signed("<", q_next, n), bb_loop, bb_done)
-        q.add_incoming(ir.Constant(_I64, 0), bb_entry)
-        q.add_incoming(q_next, bb_end)
-        for acc, nxt in zip(accs, new):
-            acc.add_incoming(zero, bb_entry)
-            acc.add_incoming(nxt, bb_end)
+        def step(q, accs):
+            quad = b.load(b.bitcast(b.gep(u0, [b.mul(q, ir.Constant(_I64, 4))]), ir.VectorType(_I8, 4).as_pointer()),
+                          align=1)
+            uq = (b.sext if signed_u else b.zext)(b.shuffle_vector(quad, ir.Constant(quad.type, ir.Undefined), rep),
+                                                  w16)
+            wrow = b.gep(w0, [b.mul(q, ir.Constant(_I64, 4 * nb))])
+            new = []
+            for v in range(nv):
+                wv = b.sext(b.load(b.bitcast(b.gep(wrow, [ir.Constant(_I64, 16 * v)]), v16x8.as_pointer()),
+                                   align=1), w16)
+                prod = b.mul(wv, uq)
+                und = ir.Constant(w16, ir.Undefined)
+                pair = b.add(b.shuffle_vector(prod, und, even8), b.shuffle_vector(prod, und, odd8))
+                new.append(b.add(accs[v], pair))
+            return new
 
-        b.position_at_end(bb_done)
-        final = []
-        for v in range(nv):
-            phi = b.phi(v8)
-            phi.add_incoming(zero, bb_entry)
-            phi.add_incoming(new[v], bb_end)
-            final.append(phi)
+        final = _k_loop(b, n, zero, nv, step, "gemvp")
         for v, phi in enumerate(final):
             und = ir.Constant(v8, ir.Undefined)
             cols = b.add(b.shuffle_vector(phi, und, even4), b.shuffle_vector(phi, und, odd4))
