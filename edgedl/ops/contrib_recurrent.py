@@ -58,13 +58,17 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) 
     return np.ascontiguousarray(w.transpose(0, 2, 1))
 
 
+def per_column(v, g: int, dtype) -> np.ndarray:
+    """A (D,) per-direction or (D, G) per-column scale or zero point as (D, G) of ``dtype``."""
+    v = np.asarray(v).astype(dtype)
+    return np.repeat(v[:, None], g, axis=1) if v.ndim == 1 else v
+
+
 def signed_weight(q: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(D, K, G) int8 / uint8 weight and its (D,) or (D, G) zero point -> the int8 weight and the (D, G) int32
     zero point with the same differences ``q - zp`` (uint8 shifted by -128)."""
     q = np.asarray(q)
-    zp = np.asarray(zero_point).astype(np.int32)
-    if zp.ndim == 1:
-        zp = np.repeat(zp[:, None], q.shape[2], axis=1)
+    zp = per_column(zero_point, q.shape[2], np.int32)
     if q.dtype == np.uint8:
         return (q.astype(np.int16) - 128).astype(np.int8), zp - 128
     return q.astype(np.int8), zp
@@ -84,8 +88,7 @@ def pack_recurrence(r: np.ndarray, r_scale: np.ndarray, r_zero_point: np.ndarray
     rzp = np.zeros((d, npad), np.int32)
     rzp[:, :g] = rz
     rs = np.zeros((d, npad), np.float32)
-    scale = np.asarray(r_scale, np.float32)
-    rs[:, :g] = scale[:, None] if scale.ndim == 1 else scale
+    rs[:, :g] = per_column(r_scale, g, np.float32)
     return (wp, cs, rzp, rs, kq, nblk, gemv_i8.KIND)
 
 
@@ -105,8 +108,7 @@ def pack_projection(w: np.ndarray, w_scale: np.ndarray, w_zero_point: np.ndarray
     stacked = np.ascontiguousarray(wq.transpose(1, 0, 2).reshape(isz, d * g))
     wp, cs, kq, nblk = gemv_i8.pack(stacked)
     npad = cs.shape[0]
-    scale = np.asarray(w_scale, np.float32)
-    ws = np.repeat(scale[:, None], g, axis=1) if scale.ndim == 1 else scale
+    ws = per_column(w_scale, g, np.float32)
     return (wp, cs, _padded(wz, npad, np.int32), _padded(ws, npad, np.float32), _padded(bias, npad, np.float32),
             kq, nblk, gemv_i8.KIND)
 
@@ -152,8 +154,7 @@ class QuantRecurrenceLSTM(LSTM):
         x = np.asarray(x, np.float32)
         tlen, bsz, isz = x.shape
         wq, wzp = signed_weight(w, wz)
-        wsc = np.asarray(ws, np.float32)
-        wsc = np.repeat(wsc[:, None], g, axis=1) if wsc.ndim == 1 else wsc
+        wsc = per_column(ws, g, np.float32)
         q, xs, xzp = quantize_rows_ref(x.reshape(1, -1))
         xq = q.reshape(tlen * bsz, isz) - xzp[0]
         bias = np.zeros((d_n, 2, g)) if b is None else np.asarray(b, np.float64).reshape(d_n, 2, g)
@@ -166,9 +167,7 @@ class QuantRecurrenceLSTM(LSTM):
         for d in range(d_n):
             select[d, :, d * g:(d + 1) * g] = np.eye(g, dtype=np.float32)
         rq, rzp = signed_weight(r, rz)
-        scale = np.asarray(rs, np.float32)
-        rsc = np.repeat(scale[:, None], g, axis=1) if scale.ndim == 1 else scale
-        self._ref_r = (rq.astype(np.int64) - rzp[:, None, :].astype(np.int64), rsc)
+        self._ref_r = (rq.astype(np.int64) - rzp[:, None, :].astype(np.int64), per_column(rs, g, np.float32))
         try:
             rf = np.zeros((d_n, g, rq.shape[1]), np.float32)  # the recurrent product is _cell_ref's
             return self.ref(proj.reshape(tlen, bsz, d_n * g), select, rf, None, lens, h0, c0, p)
