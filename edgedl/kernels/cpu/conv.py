@@ -34,7 +34,7 @@ from . import config as _config
 from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .conv_direct import MAX_CIN as DIRECT_MAX_CIN
-from .conv_direct import MULTI_CHANNEL_DIRECT, DirectConv
+from .conv_direct import MULTI_CHANNEL_DIRECT, DirectConv, pad_plane
 from .conv_flat import FLAT_PARALLEL_MIN_C, FLAT_PARALLEL_MIN_WORK, FlatConv, prefer_flat
 from .conv_pixels import PixelConv, prefer_pixels
 from .depthwise_ci import DepthwiseInterleaved, prefer_interleaved
@@ -130,14 +130,7 @@ def _flat(a: np.ndarray, shape, what: str) -> np.ndarray:
 def _dw_fill(x, xoff, h, wd, pt, pl, hp, wp, pbuf):
     """Copy input plane x[xoff:] (h x wd) into the padded buffer (hp x wp, input at row pt, column pl).
     The border is never written: it stays zero from the buffer's allocation."""
-    r0 = max(0, pt)
-    r1 = min(hp, pt + h)
-    c0 = min(pl, wp)
-    ncopy = min(wp, pl + wd) - c0
-    if ncopy <= 0:
-        return
-    for r in range(r0, r1):
-        copy_floats(pbuf, r * wp + c0, x, xoff + (r - pt) * wd, ncopy)
+    pad_plane(x, xoff, h, wd, pt, pl, hp, wp, pbuf, 0, False)
 
 
 @numba.njit(inline="always", **NJIT)

@@ -33,7 +33,7 @@ from .act import ACT_NONE, act_inplace
 from .config import NJIT, NJIT_PARALLEL
 from .vec import VW, _arg_readers, _const_i64, _counted_loop, _emit_chunk_loop, _masked_fns, _splat, copy_floats
 
-__all__ = ["DirectConv", "MAX_CIN", "MB", "PAIR_ROWS", "MULTI_CHANNEL_DIRECT"]
+__all__ = ["DirectConv", "MAX_CIN", "MB", "PAIR_ROWS", "MULTI_CHANNEL_DIRECT", "pad_plane"]
 
 #: output channels per row call (accumulators)
 MB = 8
@@ -172,26 +172,33 @@ conv_rows_s2_2 = _make_conv_rows(2, 2)
 
 
 @numba.njit(inline="always", **NJIT)
+def pad_plane(x, xoff, h, w, pt, pl, hp, wp, dst, doff, border):
+    """Plane x[xoff:] (h x w) into dst[doff:] (hp x wp) at row pt, column pl (pads >= 0); with ``border`` the
+    cells around it are written 0 too (a shared scratch buffer), else left as they are (a buffer zeroed once)."""
+    c0 = min(pl, wp)
+    c1 = max(c0, min(wp, pl + w))
+    for r in range(hp):
+        row = doff + r * wp
+        if r < pt or r >= pt + h:
+            if border:
+                for j in range(wp):
+                    dst[row + j] = np.float32(0.0)
+            continue
+        if border:
+            for j in range(c0):
+                dst[row + j] = np.float32(0.0)
+            for j in range(c1, wp):
+                dst[row + j] = np.float32(0.0)
+        if c1 > c0:
+            copy_floats(dst, row + c0, x, xoff + (r - pt) * w + (c0 - pl), c1 - c0)
+
+
+@numba.njit(inline="always", **NJIT)
 def _pad_image(x, xoff, c, h, w, pt, pl, hp, wp, buf):
     # x[xoff:] (c, h, w) -> buf (c, hp, wp), the image at (pt, pl), zeros around it (every cell written: the
     # buffer is scratch other steps use between calls)
-    c0 = min(max(0, pl), wp)
-    c1 = max(c0, min(wp, pl + w))
     for ci in range(c):
-        for r in range(hp):
-            dst = buf[(ci * hp + r) * wp:(ci * hp + r + 1) * wp]
-            if r < pt or r >= pt + h:
-                for j in range(wp):
-                    dst[j] = np.float32(0.0)
-                continue
-            for j in range(c0):
-                dst[j] = np.float32(0.0)
-            if c1 > c0:
-                s0 = xoff + (ci * h + r - pt) * w + (c0 - pl)
-                copy_floats(dst, c0, x, s0, c1 - c0)
-            tail = dst[c1:]
-            for j in range(wp - c1):
-                tail[j] = np.float32(0.0)
+        pad_plane(x, xoff + ci * h * w, h, w, pt, pl, hp, wp, buf, ci * hp * wp, True)
 
 
 @numba.njit(inline="always", **NJIT)
