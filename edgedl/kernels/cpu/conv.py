@@ -127,13 +127,6 @@ def _flat(a: np.ndarray, shape, what: str) -> np.ndarray:
 # depthwise
 # ---------------------------------------------------------------------------------------------------
 @numba.njit(inline="always", **NJIT)
-def _dw_fill(x, xoff, h, wd, pt, pl, hp, wp, pbuf):
-    """Copy input plane x[xoff:] (h x wd) into the padded buffer (hp x wp, input at row pt, column pl).
-    The border is never written: it stays zero from the buffer's allocation."""
-    pad_plane(x, xoff, h, wd, pt, pl, hp, wp, pbuf, 0, False)
-
-
-@numba.njit(inline="always", **NJIT)
 def _dw_plane_wide(w, woff, bval, out, ooff, kh_n, kw_n, dh, dw, oh_n, ow_n, wp, pbuf, wide):
     """Generic stride-1 depthwise plane computed 'wide': wide[oy*wp + ox] for every ox < wp (the last
     columns are junk) is one long vectorized loop per tap, then the valid columns are copied to out."""
@@ -186,7 +179,8 @@ def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh,
         bval = bias[oc] if has_bias else np.float32(0.0)
         woff = oc * kh_n * kw_n
         ooff = p * plane
-        _dw_fill(x, (n * c_in + ic) * h * wd, h, wd, pt, pl, hp, wp, pbuf)
+        # the plane into the padded buffer (its border stays zero from the buffer's allocation)
+        pad_plane(x, (n * c_in + ic) * h * wd, h, wd, pt, pl, hp, wp, pbuf, 0, False)
         if fast:
             oy0 = 0
             if sh == 1 and dh == 1:

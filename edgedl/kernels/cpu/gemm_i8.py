@@ -325,9 +325,9 @@ def _ncols(src, x, geo):
 NO_BYTE_ZP = -(1 << 40)
 
 
-#: the pairs task packs all its panels first, then runs each weight panel over all of them, when they fit in
-#: this many bytes (L2): the weights (int16 pairs, twice the bytes of the model's) then stream from memory once,
-#: not once per panel (a MatMulInteger of 20 rows by 8210 x 1024 weights: 2 panels)
+#: the pairs task packs its column panels in groups that fit in this many bytes (L2), then runs each weight panel
+#: over a whole group: the weights (int16 pairs, twice the bytes of the model's) stream from memory once per group,
+#: not once per panel (a MatMulInteger of 20 rows by 8210 x 1024 weights: its 2 panels are one group)
 PAIRS_HELD_BYTES = 1 << 18
 
 
@@ -356,8 +356,8 @@ def _pairs_task(src, ap, x, xs, x_zp, geo, ktab, bz, j0, j1, i0, i1, kp, m, rp, 
     # image's zero point that no byte holds: its padding taps cannot be bytes): byte by byte into pairs
     kq = (kp + 1) // 2
     psz = 2 * kq * 2 * NR_I8
-    held = (j1 - j0) * psz * 2 <= PAIRS_HELD_BYTES
-    bp = np.empty(psz * (j1 - j0) if held else psz, np.int16)
+    group = max(1, min(j1 - j0, PAIRS_HELD_BYTES // (2 * psz)))  # panels packed together
+    bp = np.empty(group * psz, np.int16)
     acc = np.empty(MR_I8 * NR_I8, np.int32)
     seg = np.empty((4, NR_I8), np.int64)
     qb = np.empty(kq * 4 * NR_I8, np.uint8)
@@ -368,23 +368,19 @@ def _pairs_task(src, ap, x, xs, x_zp, geo, ktab, bz, j0, j1, i0, i1, kp, m, rp, 
     flip = 0x80 if xs else 0
     ncol = _ncols(src, x, geo)
     ldo = out.shape[1]
-    if held:
-        for j in range(j0, j1):
+    for g0 in range(j0, j1, group):
+        g1 = min(j1, g0 + group)
+        for j in range(g0, g1):
             col0 = j * NR_I8
             _pairs_pack(src, x, xs, x_zp, geo, ktab, bz, flip, col0, min(NR_I8, ncol - col0), kq,
-                        bp[(j - j0) * psz:(j - j0 + 1) * psz], qb, cs, tmp, seg, oyx, segs)
-    for jj in range(j0, j1 if not held else j0 + 1):
-        if not held:
-            col0 = jj * NR_I8
-            _pairs_pack(src, x, xs, x_zp, geo, ktab, bz, flip, col0, min(NR_I8, ncol - col0), kq, bp, qb, cs, tmp,
-                        seg, oyx, segs)
+                        bp[(j - g0) * psz:(j - g0 + 1) * psz], qb, cs, tmp, seg, oyx, segs)
         for i in range(i0, i1):
             row0 = i * MR_I8
             mrows = min(MR_I8, m - row0)
-            for j in range(jj, jj + 1 if not held else j1):
+            for j in range(g0, g1):
                 col0 = j * NR_I8
                 nc = min(NR_I8, ncol - col0)
-                microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, (j - j0) * psz if held else 0, acc, 0, NR_I8, False)
+                microkernel_i8(kp, ap, i * kp * 2 * MR_I8, bp, (j - g0) * psz, acc, 0, NR_I8, False)
                 if store == ST_BUFFER:
                     _epilogue_scalar(src, acc, NR_I8, row0, mrows, col0, nc, bias, m0, shift, fscale, zp, lo, hi,
                                      mode, out)
@@ -1040,9 +1036,9 @@ class QGemm:
     def _rows_as_a(self, a, out, threads):
         """(function, arguments) of raw int32 rows on the int16 pairs (MatMulInteger): the activation rows are
         the tile's rows (packed per call, MR_I8 at a time) and the weights its columns, packed once as B panels:
-        each weight panel streams once against every row (the other way round it streams once per NR_I8 rows and
-        a row count such as 20 fills 20 of 32 columns; 20 x 1024 x 8210 on Zen 3: 4.0 -> 2.4 ms), and out (R,
-        M) is stored row by row."""
+        each weight panel streams once against every row (the other way round a row count such as 20 fills 20 of
+        32 columns; ddddocr_old's 20 x 1024 x 8210 on Zen 3: 4.4 -> 3.0 ms in the model's op profile, 2.7 ms
+        alone), and out (R, M) is stored row by row."""
         if self._rows_b is None:
             j = -(-self.m // NR_I8)
             wz = np.zeros((j * NR_I8, 2 * self.kp), np.int16)
