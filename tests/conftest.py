@@ -1,6 +1,20 @@
 """Suite-wide settings."""
 import os
 
+# The suite runs in pytest-xdist workers (pyproject's addopts: -n auto). A cold run is mostly Numba compiling
+# kernels, which takes one core per process: two workers on the CI's two cores take a cold run from 22 to 14
+# minutes. More than four workers would mostly compile the same kernels in parallel (and hold a few hundred MB
+# each): the count is the usable cores, at most four.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
 # NOTE: thread counts that follow the load (edgedl.load_monitor) would make tests that compare 1 and N threads
 # compare 1 with 1 whenever the machine is busy. The suite runs at the counts it asks for; the monitor and its
 # wiring have their own tests (tests/unit/test_load_monitor.py).
