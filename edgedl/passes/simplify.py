@@ -33,6 +33,34 @@ def remove_identities(graph: Graph, dropout: bool = True) -> int:
     return removed
 
 
+def fold_output_identities(graph: Graph) -> int:
+    """An Identity that copies a tensor computed in this graph to a graph output: its producer writes the output
+    itself (every reader of the tensor reads the output's name), one copy and one step fewer. Exporters end the
+    branches of an If and the bodies of a Loop this way (PyTorch: ``output = Identity(x)``). A tensor that is
+    a graph input, an initializer or another graph output keeps its Identity. Returns how many were folded.
+
+    Renaming an internal tensor changes what a caller sees by name, so :func:`edgedl.passes.optimize` runs this
+    on subgraphs only, whose internal names nothing outside reads."""
+    outputs = {s.name for s in graph.outputs}
+    producers = graph.producers()
+    inputs = {s.name for s in graph.inputs}
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op_type != "Identity" or node.domain or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        src, dst = node.inputs[0], node.outputs[0]
+        if (not src or dst not in outputs or src in outputs or src in inputs or src in graph.initializers
+                or src not in producers):
+            continue
+        graph.nodes.remove(node)
+        producer = producers.pop(src)
+        producer.outputs = [dst if o == src else o for o in producer.outputs]
+        producers[dst] = producer
+        rename_input(graph, src, dst)
+        folded += 1
+    return folded
+
+
 def _is_false(graph: Graph, name: str) -> bool:
     value = graph.initializers.get(name)
     return value is not None and value.size == 1 and not bool(value.reshape(-1)[0])

@@ -177,3 +177,69 @@ def test_matmul_bias_fused(a_shape, c_shape, fused):
     if fused:
         (step,) = model.plan({"x": x.shape}).steps
         np.testing.assert_allclose(step.op.ref(x, inits["w"], inits["c"])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _branch(name, nodes, out, inits=()):
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                             list(inits))
+
+
+def _if_model():
+    """y = If(s > 0): then Relu(Conv(x)) through a nested If (its output through an Identity), else
+    Sigmoid(Conv(x)) + x read again (the Identity's source has a second reader); z = If(s > 0): x itself (an
+    Identity of a tensor from outside, which must stay) else Relu(x)."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
+    inner_then = _branch("inner_then", [helper.make_node("Conv", ["x", "w"], ["ic"], pads=[1, 1, 1, 1]),
+                                        helper.make_node("Relu", ["ic"], ["ir"]),
+                                        helper.make_node("Identity", ["ir"], ["iy"])], "iy")
+    inner_else = _branch("inner_else", [helper.make_node("Neg", ["x"], ["iy2"])], "iy2")
+    then = _branch("then", [helper.make_node("If", ["cond"], ["t"], then_branch=inner_then, else_branch=inner_else),
+                            helper.make_node("Identity", ["t"], ["ty"])], "ty")
+    other = _branch("else", [helper.make_node("Conv", ["x", "w"], ["ec"], pads=[1, 1, 1, 1]),
+                             helper.make_node("Sigmoid", ["ec"], ["es"]),
+                             helper.make_node("Identity", ["es"], ["ey"]),
+                             helper.make_node("Add", ["es", "ey"], ["ez"]),
+                             helper.make_node("Identity", ["ez"], ["eo"])], "eo")
+    keep = _branch("keep", [helper.make_node("Identity", ["x"], ["kx"])], "kx")
+    relu = _branch("relu", [helper.make_node("Relu", ["x"], ["rx"])], "rx")
+    nodes = [helper.make_node("ReduceSum", ["s"], ["ssum"], keepdims=0),
+             helper.make_node("Greater", ["ssum", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+             helper.make_node("If", ["cond"], ["z"], then_branch=keep, else_branch=relu)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6]),
+                                       helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                          [w, numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_subgraphs_get_the_fusions_and_keep_their_interface():
+    ort = pytest.importorskip("onnxruntime")
+    proto = _if_model()
+    model = edgedl.load(proto)
+    first_if = next(n for n in model.graph.nodes if n.op_type == "If")
+    then, other = first_if.attrs["then_branch"], first_if.attrs["else_branch"]
+    inner = then.nodes[0].attrs["then_branch"]
+    # nested: Conv + Relu is one step, and the Conv writes the branch output itself
+    assert [(n.op_type, n.attrs.get("_activation", (None,))[0]) for n in inner.nodes] == [("Conv", "Relu")]
+    assert inner.nodes[0].outputs == ["iy"] and [s.name for s in inner.outputs] == ["iy"]
+    assert [n.op_type for n in then.nodes] == ["If"] and then.nodes[0].outputs == ["ty"]
+    # the else branch: Sigmoid fused, the Identity with a second reader of its source removed by renaming
+    # (remove_identities), the output Identity folded into the Add
+    assert [n.op_type for n in other.nodes] == ["Conv", "Add"]
+    assert other.nodes[1].outputs == ["eo"]
+    keep = next(n for n in model.graph.nodes if n.outputs == ["z"]).attrs["then_branch"]
+    assert [n.op_type for n in keep.nodes] == ["Identity"]  # a tensor from outside: stays
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    plain = edgedl.load(proto, optimize=False)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    for s in (np.array([1, 2], np.float32), np.array([-1, -2], np.float32)):
+        ref = sess.run(None, {"x": x, "s": s})
+        got = model.run({"x": x, "s": s})
+        got_plain = plain.run({"x": x, "s": s})
+        for name, r in zip(("y", "z"), ref):
+            np.testing.assert_allclose(got[name], r, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(got[name], got_plain[name])
