@@ -430,6 +430,10 @@ class AveragePool(_WindowPool):
 
         fast = self._pool2x2("avg", x)
         if fast is not None:
+            self.avg_kernel = "2x2"
+            return fast
+        fast = self._depthwise_sums(x)
+        if fast is not None:
             return fast
         run_avg, nbytes = pool_runner("avg", self._tables(x, bool(self.count_include_pad)))
 
@@ -439,6 +443,62 @@ class AveragePool(_WindowPool):
         def bind(inputs, outputs, scratch, threads):
             return run_avg.bind(inputs[0], outputs[0], scratch, threads)
         return Kernel(run, scratch_bytes=nbytes, bind=bind)
+
+    #: which float32 kernel build() chose: "windows" (:mod:`~edgedl.kernels.cpu.pool`), "2x2" or "depthwise"
+    avg_kernel = "windows"
+
+    def _depthwise_sums(self, x: TensorType) -> Kernel | None:
+        """2-D average pooling as a depthwise convolution with weights of one (window sums, the padding adding
+        zeros) followed by one multiply by each output's reciprocal element count (as the window kernel counts
+        them: count_include_pad, ceil_mode clipping). The convolution's kernels read VW channels at a time
+        (short rows, strides) or whole vector rows, where the window kernel (:mod:`~edgedl.kernels.cpu.pool`)
+        loops over each plane's short rows and pays a fixed cost per plane. Measured on Zen 3, 1 thread, time
+        against the window kernel: 32 channels 16x16 3x3 stride 2 0.17-0.34x, 96 at 7x7 3x3 stride 1 0.12x, 192
+        at 28x28 0.24x, 64 at 56x56 stride 2 0.56x, 64 at 112x112 0.99x, 24 at 40x40 5x5 stride 2 0.42x. With
+        fewer than two vectors of channels, the interleaved kernel fills few lanes of its vectors (8 channels
+        at 128x128 stride 2: 1.32x, 3 at 224x224: 5.9x): those keep the window kernel. None where it does not
+        apply (other ranks, a kernel the convolution does not take)."""
+        if len(x.shape) != 4 or 0 in tuple(x.shape):
+            return None
+        from ..kernels.cpu.conv import Conv2d
+        from ..kernels.cpu.depthwise_ci import prefer_interleaved
+        from ..kernels.cpu.pool import scale_planes
+        from ..kernels.cpu.vec import VW
+
+        n, c, h, w = (int(v) for v in x.shape)
+        _, out, pads = self.geom
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.strides, self.dilations
+        if c < 2 * VW and prefer_interleaved(out[0], out[1], sw):
+            return None
+        pt, pl, pb, pr = pads
+        # ceil_mode: the last windows may hang past the end padding; more zeros there change no sum
+        pb = max(pb, (out[0] - 1) * sh + (kh - 1) * dh + 1 - h - pt)
+        pr = max(pr, (out[1] - 1) * sw + (kw - 1) * dw + 1 - w - pl)
+        try:
+            conv = Conv2d(np.ones((c, 1, kh, kw), np.float32), None, (n, c, h, w), (sh, sw), (pt, pl, pb, pr),
+                          (dh, dw), c)
+        except ValueError:
+            return None
+        if conv.strategy != "depthwise" or conv.out_shape[2:] != tuple(out):
+            return None
+        inv = self._tables(x, bool(self.count_include_pad)).inv
+        planes = n * c
+
+        def run(inputs, outputs, scratch):
+            conv(inputs[0], outputs[0], scratch)
+            scale_planes(outputs[0].reshape(planes, -1), inv)
+
+        def bind(inputs, outputs, scratch, threads):
+            summed = conv.bind(inputs[0], outputs[0], scratch, threads)
+            y2 = outputs[0].reshape(planes, -1)
+
+            def sums_scaled():
+                summed()
+                scale_planes(y2, inv)
+            return sums_scaled
+
+        self.avg_kernel = "depthwise"
+        return Kernel(run, scratch_bytes=conv.scratch_bytes, bind=bind)
 
     #: the gradient is linear in dy: no forward value is needed
     grad_inputs = ()

@@ -388,3 +388,56 @@ def test_pool2x2_kernel_matches_generic(shape):
         y2 = np.empty_like(y)
         run.bind(xin, y2, None, 2)()
         np.testing.assert_array_equal(y2, y)
+
+
+# --- AveragePool as a depthwise convolution of ones ----------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_average_pool_as_depthwise_sums_against_naive_spec(seed):
+    """Two vectors of channels and more: 2-D average pooling runs as window sums on the depthwise convolution
+    kernels times the reciprocal counts (ceil_mode, count_include_pad, dilations, asymmetric and auto pads),
+    the same floats for 1 and 2 threads."""
+    from edgedl.kernels.cpu.vec import VW
+
+    rng = np.random.default_rng(40 + seed)
+    taken = 0
+    old = numba.get_num_threads()
+    try:
+        for _ in range(8):
+            kernel, strides, dil, pads, auto_pad, ceil_mode, in_sp = random_geometry(rng, 2)
+            in_sp = [v + int(rng.integers(0, 12)) for v in in_sp]
+            if auto_pad in ("NOTSET", "VALID") and any(
+                    (kernel[i] - 1) * dil[i] + 1 > in_sp[i] + (0 if auto_pad == "VALID" else pads[i] + pads[i + 2])
+                    for i in range(2)):
+                continue
+            c = int(rng.choice([2 * VW, 3 * VW, 5 * VW + 3]))
+            x = rng.standard_normal((int(rng.integers(1, 3)), c, *in_sp)).astype(np.float32)
+            for cip in (0, 1):
+                attrs = attrs_of(kernel, strides, dil, pads, auto_pad, ceil_mode, count_include_pad=cip)
+                what = f"x {x.shape} {attrs}"
+                results = []
+                for nt in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                    numba.set_num_threads(nt)
+                    op = make_op("AveragePool", attrs)
+                    (y,), _ = run_kernel(op, x)
+                    results.append(y)
+                taken += op.avg_kernel == "depthwise"
+                want, _ = naive_pool(x, "avg", kernel, strides, dil, pads, ceil_mode, auto_pad, cip)
+                np.testing.assert_allclose(results[0], want, rtol=1e-5, atol=1e-6, err_msg=what)
+                np.testing.assert_array_equal(results[0], results[1], err_msg=what)
+    finally:
+        numba.set_num_threads(old)
+    assert taken >= 8
+
+
+def test_average_pool_route_depends_on_channels():
+    """Few channels at a strided (interleaved) geometry keep the window kernel; a wide layer takes the sums."""
+    from edgedl.kernels.cpu.vec import VW
+
+    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    for c, kernel in ((3, "windows"), (2 * VW, "depthwise")):
+        op = make_op("AveragePool", attrs)
+        x = np.random.default_rng(c).standard_normal((1, c, 40, 40)).astype(np.float32)
+        (y,), _ = run_kernel(op, x)
+        assert op.avg_kernel == kernel
+        want, _ = naive_pool(x, "avg", [3, 3], [2, 2], [1, 1], [1, 1, 1, 1])
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)

@@ -527,6 +527,17 @@ def maxpool_indices_runner(tab: WindowTables, col_major: bool):
     return run
 
 
+@numba.njit(**NJIT)
+def scale_planes(y, inv):
+    """y (P, Q) *= inv (Q,) in every plane: an average pool computed as window sums (a depthwise convolution
+    with weights of one, see :meth:`edgedl.ops.pool.AveragePool.build`) times the reciprocal element counts."""
+    n_q = y.shape[1]
+    for p in range(y.shape[0]):
+        yp = y[p]
+        for q in range(n_q):
+            yp[q] *= inv[q]
+
+
 # --- global pooling ----------------------------------------------------------------------------------
 @numba.njit(**NJIT)
 def _gap_planes(x, y, p0, p1, inv):
