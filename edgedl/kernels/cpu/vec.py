@@ -230,10 +230,6 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
     bb_after_c = fn.append_basic_block("uk.after_c")
     bb_bias = fn.append_basic_block("uk.bias")
     bb_after_bias = fn.append_basic_block("uk.after_bias")
-    bb_loop4 = fn.append_basic_block("uk.loop4")
-    bb_mid = fn.append_basic_block("uk.mid")
-    bb_loop1 = fn.append_basic_block("uk.loop1")
-    bb_done = fn.append_basic_block("uk.done")
 
     zero_v = _vec_const(vecty, 0.0)
     is_acc = builder.icmp_unsigned("!=", builder.and_(flags, _const_i64(UK_ACCUMULATE)), _const_i64(0))
@@ -311,12 +307,10 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
         phi.add_incoming(mid[i], bb_after_bias)
         phi.add_incoming(with_col[i], bb_bias_col)
         acc0.append(phi)
-    bb_start = bb_after_col
-    n4 = builder.udiv(kc, _const_i64(unroll)) if unroll > 1 else kc
-    builder.cbranch(builder.icmp_signed(">", n4, _const_i64(0)), bb_loop4, bb_mid)
 
-    def k_step(accs, ap, bp, k):
-        """One k step on accumulators ``accs`` reading A at ap[k*mr + r], B at bp[k*nr + v*vw]."""
+    def k_step(accs, ap, bp, k, rows):
+        """One k step on the accumulators of rows < ``rows`` (the others pass through), reading A at
+        ap[k*mr + r], B at bp[k*nr + v*vw]."""
         bvecs = []
         if b_base is not None:
             row = builder.gep(b_base, [builder.load(builder.gep(bp, [b_off(k)], inbounds=True), align=8)])
@@ -327,83 +321,119 @@ def _emit_microkernel(context, builder, mr, nv, vw, unroll, kc, a_ptr, b_ptr, c_
                 p = builder.gep(bp, [builder.add(b_off(k), _const_i64(v * vw))], inbounds=True)
             bvecs.append(builder.load(builder.bitcast(p, vptr), align=4))
         out = list(accs)
-        for r in range(mr):
+        for r in range(rows):
             aval = builder.load(builder.gep(ap, [_const_i64(k * mr + r)], inbounds=True), align=4)
             avec = _splat(builder, vecty, aval)
             for v in range(nv):
                 out[r * nv + v] = builder.call(fmuladd, [avec, bvecs[v], out[r * nv + v]])
         return out
 
-    # ---- unrolled main loop ---------------------------------------------------------------------------
-    builder.position_at_end(bb_loop4)
-    i_phi = builder.phi(_I64)
-    a_phi = builder.phi(a_ptr.type)
-    b_phi = builder.phi(b_ptr.type)
-    acc_phis = [builder.phi(vecty) for _ in range(nacc)]
-    accs = acc_phis
-    for u in range(unroll):
-        accs = k_step(accs, a_phi, b_phi, u)
-    a_next = builder.gep(a_phi, [_const_i64(unroll * mr)], inbounds=True)
-    b_next = builder.gep(b_phi, [b_off(unroll)], inbounds=True)
-    i_next = builder.add(i_phi, _const_i64(1))
-    bb_loop4_end = builder.block
-    builder.cbranch(builder.icmp_signed("<", i_next, n4), bb_loop4, bb_mid)
-    i_phi.add_incoming(_const_i64(0), bb_start)
-    i_phi.add_incoming(i_next, bb_loop4_end)
-    a_phi.add_incoming(a_ptr, bb_start)
-    a_phi.add_incoming(a_next, bb_loop4_end)
-    b_phi.add_incoming(b_ptr, bb_start)
-    b_phi.add_incoming(b_next, bb_loop4_end)
-    for i in range(nacc):
-        acc_phis[i].add_incoming(acc0[i], bb_start)
-        acc_phis[i].add_incoming(accs[i], bb_loop4_end)
+    def k_loops(rows, acc_in, tag):
+        """The k loop (unrolled by ``unroll``, then single steps) on the accumulators of rows < ``rows``,
+        starting from ``acc_in`` at the builder's block; returns (final accumulators, the block they are
+        defined in)."""
+        bb_start = builder.block
+        bb_loop4 = fn.append_basic_block(f"uk.loop4{tag}")
+        bb_mid = fn.append_basic_block(f"uk.mid{tag}")
+        bb_loop1 = fn.append_basic_block(f"uk.loop1{tag}")
+        bb_done = fn.append_basic_block(f"uk.done{tag}")
+        n4 = builder.udiv(kc, _const_i64(unroll)) if unroll > 1 else kc
+        builder.cbranch(builder.icmp_signed(">", n4, _const_i64(0)), bb_loop4, bb_mid)
+        # unrolled main loop
+        builder.position_at_end(bb_loop4)
+        i_phi = builder.phi(_I64)
+        a_phi = builder.phi(a_ptr.type)
+        b_phi = builder.phi(b_ptr.type)
+        acc_phis = [builder.phi(vecty) for _ in range(nacc)]
+        accs = acc_phis
+        for u in range(unroll):
+            accs = k_step(accs, a_phi, b_phi, u, rows)
+        a_next = builder.gep(a_phi, [_const_i64(unroll * mr)], inbounds=True)
+        b_next = builder.gep(b_phi, [b_off(unroll)], inbounds=True)
+        i_next = builder.add(i_phi, _const_i64(1))
+        bb_loop4_end = builder.block
+        builder.cbranch(builder.icmp_signed("<", i_next, n4), bb_loop4, bb_mid)
+        i_phi.add_incoming(_const_i64(0), bb_start)
+        i_phi.add_incoming(i_next, bb_loop4_end)
+        a_phi.add_incoming(a_ptr, bb_start)
+        a_phi.add_incoming(a_next, bb_loop4_end)
+        b_phi.add_incoming(b_ptr, bb_start)
+        b_phi.add_incoming(b_next, bb_loop4_end)
+        for i in range(nacc):
+            acc_phis[i].add_incoming(acc_in[i], bb_start)
+            acc_phis[i].add_incoming(accs[i], bb_loop4_end)
+        # remainder: kc % unroll single steps
+        builder.position_at_end(bb_mid)
+        a_mid = builder.phi(a_ptr.type)
+        a_mid.add_incoming(a_ptr, bb_start)
+        a_mid.add_incoming(a_next, bb_loop4_end)
+        b_mid = builder.phi(b_ptr.type)
+        b_mid.add_incoming(b_ptr, bb_start)
+        b_mid.add_incoming(b_next, bb_loop4_end)
+        acc_mid = []
+        for i in range(nacc):
+            phi = builder.phi(vecty)
+            phi.add_incoming(acc_in[i], bb_start)
+            phi.add_incoming(accs[i], bb_loop4_end)
+            acc_mid.append(phi)
+        rem = builder.sub(kc, builder.mul(n4, _const_i64(unroll))) if unroll > 1 else _const_i64(0)
+        builder.cbranch(builder.icmp_signed(">", rem, _const_i64(0)), bb_loop1, bb_done)
+        builder.position_at_end(bb_loop1)
+        j_phi = builder.phi(_I64)
+        a1 = builder.phi(a_ptr.type)
+        b1 = builder.phi(b_ptr.type)
+        acc1 = [builder.phi(vecty) for _ in range(nacc)]
+        accs1 = k_step(acc1, a1, b1, 0, rows)
+        a1n = builder.gep(a1, [_const_i64(mr)], inbounds=True)
+        b1n = builder.gep(b1, [b_off(1)], inbounds=True)
+        j_next = builder.add(j_phi, _const_i64(1))
+        bb_loop1_end = builder.block
+        builder.cbranch(builder.icmp_signed("<", j_next, rem), bb_loop1, bb_done)
+        j_phi.add_incoming(_const_i64(0), bb_mid)
+        j_phi.add_incoming(j_next, bb_loop1_end)
+        a1.add_incoming(a_mid, bb_mid)
+        a1.add_incoming(a1n, bb_loop1_end)
+        b1.add_incoming(b_mid, bb_mid)
+        b1.add_incoming(b1n, bb_loop1_end)
+        for i in range(nacc):
+            acc1[i].add_incoming(acc_mid[i], bb_mid)
+            acc1[i].add_incoming(accs1[i], bb_loop1_end)
+        builder.position_at_end(bb_done)
+        final = []
+        for i in range(nacc):
+            phi = builder.phi(vecty)
+            phi.add_incoming(acc_mid[i], bb_mid)
+            phi.add_incoming(accs1[i], bb_loop1_end)
+            final.append(phi)
+        return final, bb_done
 
-    # ---- remainder: kc % unroll single steps ----------------------------------------------------------
-    builder.position_at_end(bb_mid)
-    a_mid = builder.phi(a_ptr.type)
-    a_mid.add_incoming(a_ptr, bb_start)
-    a_mid.add_incoming(a_next, bb_loop4_end)
-    b_mid = builder.phi(b_ptr.type)
-    b_mid.add_incoming(b_ptr, bb_start)
-    b_mid.add_incoming(b_next, bb_loop4_end)
-    acc_mid = []
-    for i in range(nacc):
-        phi = builder.phi(vecty)
-        phi.add_incoming(acc0[i], bb_start)
-        phi.add_incoming(accs[i], bb_loop4_end)
-        acc_mid.append(phi)
-    rem = builder.sub(kc, builder.mul(n4, _const_i64(unroll))) if unroll > 1 else _const_i64(0)
-    builder.cbranch(builder.icmp_signed(">", rem, _const_i64(0)), bb_loop1, bb_done)
-
-    builder.position_at_end(bb_loop1)
-    j_phi = builder.phi(_I64)
-    a1 = builder.phi(a_ptr.type)
-    b1 = builder.phi(b_ptr.type)
-    acc1 = [builder.phi(vecty) for _ in range(nacc)]
-    accs1 = k_step(acc1, a1, b1, 0)
-    a1n = builder.gep(a1, [_const_i64(mr)], inbounds=True)
-    b1n = builder.gep(b1, [b_off(1)], inbounds=True)
-    j_next = builder.add(j_phi, _const_i64(1))
-    bb_loop1_end = builder.block
-    builder.cbranch(builder.icmp_signed("<", j_next, rem), bb_loop1, bb_done)
-    j_phi.add_incoming(_const_i64(0), bb_mid)
-    j_phi.add_incoming(j_next, bb_loop1_end)
-    a1.add_incoming(a_mid, bb_mid)
-    a1.add_incoming(a1n, bb_loop1_end)
-    b1.add_incoming(b_mid, bb_mid)
-    b1.add_incoming(b1n, bb_loop1_end)
-    for i in range(nacc):
-        acc1[i].add_incoming(acc_mid[i], bb_mid)
-        acc1[i].add_incoming(accs1[i], bb_loop1_end)
+    # An edge tile of at most ``short`` rows (the last row panel of M = 16, 32, 64, 128 against MR = 6) runs a
+    # k loop over its live rows only: the rows past M were multiply-adds of zero, an eighth of the work at
+    # M = 16 or 32 (its 4 x NV accumulators still cover the FMA latency). Every live element gets the same
+    # operations in the same order: the same floats.
+    short = mr - 2 if mr >= 6 else 0
+    if short:
+        bb_short = fn.append_basic_block("uk.short")
+        bb_whole = fn.append_basic_block("uk.whole")
+        bb_joined = fn.append_basic_block("uk.joined")
+        builder.cbranch(builder.icmp_signed("<=", mrows, _const_i64(short)), bb_short, bb_whole)
+        builder.position_at_end(bb_short)
+        final_short, end_short = k_loops(short, acc0, ".short")
+        builder.branch(bb_joined)
+        builder.position_at_end(bb_whole)
+        final_whole, end_whole = k_loops(mr, acc0, "")
+        builder.branch(bb_joined)
+        builder.position_at_end(bb_joined)
+        final = []
+        for i in range(nacc):
+            phi = builder.phi(vecty)
+            phi.add_incoming(final_short[i], end_short)
+            phi.add_incoming(final_whole[i], end_whole)
+            final.append(phi)
+    else:
+        final, _ = k_loops(mr, acc0, "")
 
     # ---- epilogue: activation, store --------------------------------------------------------------------
-    builder.position_at_end(bb_done)
-    final = []
-    for i in range(nacc):
-        phi = builder.phi(vecty)
-        phi.add_incoming(acc_mid[i], bb_mid)
-        phi.add_incoming(accs1[i], bb_loop1_end)
-        final.append(phi)
     va = _splat(builder, vecty, alpha)
     vb = _splat(builder, vecty, beta)
     bb_exit = fn.append_basic_block("uk.exit")
