@@ -441,3 +441,57 @@ def test_average_pool_route_depends_on_channels():
         assert op.avg_kernel == kernel
         want, _ = naive_pool(x, "avg", [3, 3], [2, 2], [1, 1], [1, 1, 1, 1])
         np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+# --- MaxPool on VW interleaved channels --------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_max_pool_on_interleaved_channels_against_naive_spec(seed):
+    """Two vectors of channels and more, short or strided rows: max pooling on the interleaved-channel kernel
+    (padding -inf; ceil_mode, dilations, asymmetric and auto pads, a last partial block of channels), NaN
+    inputs never winning, the same floats for 1 and 2 threads."""
+    from edgedl.kernels.cpu.vec import VW
+
+    rng = np.random.default_rng(60 + seed)
+    taken = 0
+    old = numba.get_num_threads()
+    try:
+        for _ in range(10):
+            kernel, strides, dil, pads, auto_pad, ceil_mode, in_sp = random_geometry(rng, 2)
+            c = int(rng.choice([2 * VW, 3 * VW, 5 * VW + 3]))
+            x = rng.standard_normal((int(rng.integers(1, 3)), c, *in_sp)).astype(np.float32)
+            x[rng.random(x.shape) < 0.05] = np.nan
+            x[rng.random(x.shape) < 0.02] = -np.inf
+            attrs = attrs_of(kernel, strides, dil, pads, auto_pad, ceil_mode)
+            what = f"x {x.shape} {attrs}"
+            results = []
+            for nt in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+                numba.set_num_threads(nt)
+                op = make_op("MaxPool", attrs)
+                (y,), _ = run_kernel(op, x)
+                results.append(y)
+            taken += op.max_kernel == "interleaved"
+            want = np.full(results[0].shape, -np.inf)
+            xs = np.where(np.isnan(x), -np.inf, x)  # NaN never wins: as if absent
+            got_spec, _ = naive_pool(xs, "max", kernel, strides, dil, pads, ceil_mode, auto_pad)
+            want[...] = got_spec
+            np.testing.assert_array_equal(results[0], want.astype(np.float32), err_msg=what)
+            np.testing.assert_array_equal(results[0], results[1], err_msg=what)
+            np.testing.assert_array_equal(op.ref(x)[0], results[0], err_msg=what)
+    finally:
+        numba.set_num_threads(old)
+    assert taken >= 5
+
+
+def test_max_pool_route_and_sppf_windows():
+    """SPPF's 5x5 stride-1 windows over a 10x10 plane of 128 channels take the interleaved kernel; few
+    channels, and long unstrided rows, keep the window kernel."""
+    cases = (((1, 128, 10, 10), dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2]), "interleaved"),
+             ((1, 3, 10, 10), dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2]), "windows"),
+             ((1, 32, 40, 40), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), "windows"))
+    for shape, attrs, kernel in cases:
+        x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+        op = make_op("MaxPool", attrs)
+        (y,), _ = run_kernel(op, x)
+        assert op.max_kernel == kernel
+        want, _ = naive_pool(x, "max", attrs["kernel_shape"], [1, 1], [1, 1], attrs["pads"])
+        np.testing.assert_array_equal(y, want.astype(np.float32))

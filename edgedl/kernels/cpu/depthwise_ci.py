@@ -9,7 +9,8 @@ The row kernels of ``conv.py`` vectorize along an output row, so a plane of a fe
    last block of fewer than VW channels zeroes the whole buffer first);
 2. compute: :data:`~edgedl.kernels.cpu.vec.dw_ci_rows` sums the taps per output pixel into
    ``pout[oh][ow][VW]`` (bias first, then the taps in order, as the row kernels do, so both
-   strategies give the same floats), then the activation runs over ``pout``;
+   strategies give the same floats), then the activation runs over ``pout``; for max pooling
+   (``is_max``, the padding holds -inf) :data:`~edgedl.kernels.cpu.vec.max_ci_rows` takes the maximum instead;
 3. unpack: ``pout`` is written back to the block's NCHW output planes.
 
 Weights and bias are interleaved once at construction (``wi[block][tap][VW]``, zero past C). Blocks
@@ -25,7 +26,7 @@ from ..aligned import aligned_copy, aligned_zeros
 from . import config as _config
 from .act import ACT_NONE, act_inplace
 from .config import NJIT, NJIT_PARALLEL
-from .vec import VW, dw_ci_rows, transpose_scatter, transpose_tiles
+from .vec import VW, dw_ci_rows, max_ci_rows, transpose_scatter, transpose_tiles
 
 __all__ = ["DepthwiseInterleaved", "prefer_interleaved"]
 
@@ -74,32 +75,36 @@ def _unpack_block(pout, out, dst0, plane_out, nv):
 
 
 @numba.njit(inline="always", **NJIT)
-def _zero_border(pin, zofs):
+def _fill_border(pin, zofs, pad):
     # the padded buffer's vectors no input pixel lands in (its border): the only ones the packing leaves
     for k in range(zofs.shape[0]):
         z = pin[zofs[k]:zofs[k] + VW]
         for lane in range(VW):
-            z[lane] = np.float32(0.0)
+            z[lane] = pad
 
 
 @numba.njit(inline="always", **NJIT)
 def _blocks(blo, bhi, x, wi, bi, taps, dofs, zofs, out, c, h, wd, sh, sw, wp, oh_n, ow_n, act, alpha, beta, pin,
-            pout):
+            pout, is_max):
     nblk = (c + VW - 1) // VW
     ntaps = taps.size
     plane_in = h * wd
     plane_out = oh_n * ow_n
-    _zero_border(pin, zofs)
+    pad = -np.inf if is_max else 0.0
+    _fill_border(pin, zofs, pad)
     for blk in range(blo, bhi):
         n = blk // nblk
         cb = blk - n * nblk
         ch0 = cb * VW
         nv = min(VW, c - ch0)
-        if nv < VW:  # a last, partial block: the packing writes nv lanes, the others must read zero
-            pin[:] = 0.0
+        if nv < VW:  # a last, partial block: the packing writes nv lanes, the others read the padding value
+            pin[:] = pad
         _pack_block(x, (n * c + ch0) * plane_in, plane_in, nv, dofs, pin)
-        dw_ci_rows(oh_n, ow_n, pout, 0, pin, 0, sh * wp * VW, sw * VW, taps, ntaps, wi, cb * ntaps * VW, bi,
-                   cb * VW)
+        if is_max:
+            max_ci_rows(oh_n, ow_n, pout, 0, pin, 0, sh * wp * VW, sw * VW, taps, ntaps, wi, 0, bi, 0)
+        else:
+            dw_ci_rows(oh_n, ow_n, pout, 0, pin, 0, sh * wp * VW, sw * VW, taps, ntaps, wi, cb * ntaps * VW, bi,
+                       cb * VW)
         if act != ACT_NONE:
             act_inplace(pout, 0, plane_out * VW, act, alpha, beta)
         _unpack_block(pout, out, (n * c + ch0) * plane_out, plane_out, nv)
@@ -107,17 +112,17 @@ def _blocks(blo, bhi, x, wi, bi, taps, dofs, zofs, out, c, h, wd, sh, sw, wp, oh
 
 @numba.njit(**NJIT)
 def _dwci_serial(work, psize, osize, x, wi, bi, taps, dofs, zofs, out, nb, c, h, wd, sh, sw, wp, oh_n, ow_n,
-                 act, alpha, beta):
+                 act, alpha, beta, is_max):
     # work: (>= psize + osize,) float32
     pin = work[:psize]
     pout = work[psize:psize + osize]
     _blocks(0, nb * ((c + VW - 1) // VW), x, wi, bi, taps, dofs, zofs, out, c, h, wd, sh, sw, wp, oh_n, ow_n, act,
-            alpha, beta, pin, pout)
+            alpha, beta, pin, pout, is_max)
 
 
 @numba.njit(**NJIT_PARALLEL)
 def _dwci_parallel(nslots, work, psize, osize, x, wi, bi, taps, dofs, zofs, out, nb, c, h, wd, sh, sw, wp,
-                   oh_n, ow_n, act, alpha, beta):
+                   oh_n, ow_n, act, alpha, beta, is_max):
     # work: (nslots*(psize+osize),) float32: each slot owns one pair of buffers
     total = nb * ((c + VW - 1) // VW)
     for s in prange(nslots):
@@ -125,25 +130,28 @@ def _dwci_parallel(nslots, work, psize, osize, x, wi, bi, taps, dofs, zofs, out,
         pin = work[base:base + psize]
         pout = work[base + psize:base + psize + osize]
         _blocks(s * total // nslots, (s + 1) * total // nslots, x, wi, bi, taps, dofs, zofs, out, c, h, wd, sh, sw,
-                wp, oh_n, ow_n, act, alpha, beta, pin, pout)
+                wp, oh_n, ow_n, act, alpha, beta, pin, pout, is_max)
 
 
 class DepthwiseInterleaved:
-    """Depthwise convolution (channel multiplier 1) of one weight and input shape, NCHW float32.
+    """Depthwise convolution (channel multiplier 1) of one weight and input shape, NCHW float32, or with
+    ``is_max`` the 2-D max pooling of that window geometry (``weight`` and ``bias`` None: the maximum over the
+    taps inside the input, the padding reading -inf).
 
     ``weight`` (C, 1, kH, kW), ``bias`` (C,) or None, geometry as :class:`~edgedl.kernels.cpu.conv.Conv2d`
     computes it (``hp``/``wp``: the padded extent the taps read). ``call_args(x, out, work, threads)``
     returns ``(kernel, *arguments)``; ``work`` is a float32 array of at least
     ``workspace_floats(threads)``."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, in_shape, out_shape, kh: int, kw: int,
+    def __init__(self, weight: np.ndarray | None, bias: np.ndarray | None, in_shape, out_shape, kh: int, kw: int,
                  sh: int, sw: int, dh: int, dw: int, pt: int, pl: int, hp: int, wp: int, act: int,
-                 alpha: float, beta: float):
+                 alpha: float, beta: float, is_max: bool = False):
         nb, c, h, wd = in_shape
         oh, ow = out_shape[2], out_shape[3]
         nblk = -(-c // VW)
         w = np.zeros((nblk * VW, kh * kw), dtype=np.float32)
-        w[:c] = np.asarray(weight, dtype=np.float32).reshape(c, kh * kw)
+        if weight is not None:
+            w[:c] = np.asarray(weight, dtype=np.float32).reshape(c, kh * kw)
         # wi[block][tap][lane]
         self.wi = aligned_copy(w.reshape(nblk, VW, kh * kw).transpose(0, 2, 1))
         b = aligned_zeros(nblk * VW)
@@ -164,7 +172,7 @@ class DepthwiseInterleaved:
         self.blocks = nb * nblk
         self.work = nb * c * oh * ow * kh * kw
         self._args = (self.wi, self.bi, self.taps, self.dofs, self.zofs)
-        self._geo = (nb, c, h, wd, sh, sw, wp, oh, ow, act, np.float32(alpha), np.float32(beta))
+        self._geo = (nb, c, h, wd, sh, sw, wp, oh, ow, act, np.float32(alpha), np.float32(beta), bool(is_max))
 
     def _slots(self, threads: int) -> int:
         if threads > 1 and self.work >= _config.PARALLEL_MIN_WORK:

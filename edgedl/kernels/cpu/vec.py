@@ -871,25 +871,20 @@ def _counted_loop(builder, count, name, at_least_once=False):
     return i, close
 
 
-@intrinsic
-def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff):
-    """``dw_ci_rows(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)``:
-    depthwise convolution of VW interleaved channels (every pixel is one ``<VW x float>``):
+def _make_ci_rows(is_max: bool):
+    """The interleaved-channel tap kernel: weighted sums (depthwise convolution) or maxima (max pooling)."""
 
-    out[ooff + (r*ncols + c)*VW + l] = bias[boff + l]
-        + sum_{t < ntaps} wts[woff + t*VW + l] * pin[poff + r*prow + c*pcol + taps[t] + l]
-
-    for r < nrows, c < ncols, l < VW. ``DWCI_PIXELS`` pixels of a row share each weight load and keep
-    their own accumulator; the taps are summed in order (as the row kernels do)."""
-    for arr in (out, pin, wts, bias):
-        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+    def typer(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff):
+        for arr in (out, pin, wts, bias):
+            if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+                return None
+        if not isinstance(taps, types.Array) or taps.dtype != types.int64:
             return None
-    if not isinstance(taps, types.Array) or taps.dtype != types.int64:
-        return None
-    for i in (nrows, ncols, ooff, poff, prow, pcol, ntaps, woff, boff):
-        if not isinstance(i, types.Integer):
-            return None
-    sig = types.void(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)
+        for i in (nrows, ncols, ooff, poff, prow, pcol, ntaps, woff, boff):
+            if not isinstance(i, types.Integer):
+                return None
+        sig = types.void(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)
+        return sig, codegen
 
     def codegen(context, builder, signature, args):
         i64, data = _arg_readers(context, builder, signature, args)
@@ -907,8 +902,16 @@ def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, 
         tptr = data(8)
         ntaps_v = i64(9)
         wptr = builder.gep(data(10), [i64(11)])
-        bvec = builder.load(builder.bitcast(builder.gep(data(12), [i64(13)]), vptr), align=4)
+        if is_max:
+            start_vec = _vec_const(vecty, float("-inf"))
+        else:
+            start_vec = builder.load(builder.bitcast(builder.gep(data(12), [i64(13)]), vptr), align=4)
         ngroups = builder.sdiv(ncols_v, _const_i64(npx))
+
+        def combine(acc, v, wv):
+            if is_max:  # v > acc (ordered): a NaN never wins, as in the window kernel
+                return builder.select(builder.fcmp_ordered(">", v, acc), v, acc)
+            return builder.call(fmuladd, [wv, v, acc])
 
         def pixels(row_in, row_out, c0, count):
             """``count`` pixels from column c0 of one row: a tap loop carrying ``count`` accumulators."""
@@ -918,12 +921,13 @@ def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, 
             t, close = _counted_loop(builder, ntaps_v, "dwci.taps", at_least_once=True)
             accs = [builder.phi(vecty) for _ in range(count)]
             for a in accs:
-                a.add_incoming(bvec, bb_pre)
-            wv = builder.load(builder.bitcast(builder.gep(wptr, [builder.mul(t, _const_i64(vw))]), vptr),
-                              align=4)
+                a.add_incoming(start_vec, bb_pre)
+            wv = None
+            if not is_max:
+                wv = builder.load(builder.bitcast(builder.gep(wptr, [builder.mul(t, _const_i64(vw))]), vptr),
+                                  align=4)
             toff = builder.load(builder.gep(tptr, [t]), align=8)
-            new = [builder.call(fmuladd, [wv, builder.load(builder.bitcast(builder.gep(ins[p], [toff]), vptr),
-                                                           align=4), accs[p]])
+            new = [combine(accs[p], builder.load(builder.bitcast(builder.gep(ins[p], [toff]), vptr), align=4), wv)
                    for p in range(count)]
             bb_body = builder.block
             for a, v in zip(accs, new):
@@ -948,7 +952,21 @@ def dw_ci_rows(typingctx, nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, 
         close_rows()
         return context.get_dummy_value()
 
-    return sig, codegen
+    return intrinsic(typer)
+
+
+#: ``dw_ci_rows(nrows, ncols, out, ooff, pin, poff, prow, pcol, taps, ntaps, wts, woff, bias, boff)``:
+#: depthwise convolution of VW interleaved channels (every pixel is one ``<VW x float>``)::
+#:
+#:     out[ooff + (r*ncols + c)*VW + l] = bias[boff + l]
+#:         + sum_{t < ntaps} wts[woff + t*VW + l] * pin[poff + r*prow + c*pcol + taps[t] + l]
+#:
+#: for r < nrows, c < ncols, l < VW. ``DWCI_PIXELS`` pixels of a row share each weight load and keep
+#: their own accumulator; the taps are summed in order (as the row kernels do).
+dw_ci_rows = _make_ci_rows(False)
+#: ``max_ci_rows(...)``, the same arguments (``wts`` and ``bias`` unread): the maximum over the taps instead,
+#: starting from -inf; a tap wins only when greater (NaN never does), as in max pooling's window kernel
+max_ci_rows = _make_ci_rows(True)
 
 
 def _transpose_vectors(builder, rows, vw):
