@@ -31,7 +31,7 @@ from . import config as _config
 from .act import act_inplace
 from .config import NJIT, NJIT_PARALLEL
 from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
-from .vec import copy_floats, copy_nr_s2
+from .vec import copy_floats, copy_nr_s2, split_pairs
 
 #: a flat convolution of fewer multiply-adds runs as the packed GEMM when it is split across threads: its
 #: three parallel regions (pad, GEMM, copy out) cost more than the packing saves (2 cores: 16->32 channels
@@ -93,16 +93,72 @@ def _phase_plane(x, xoff, xpad, poff, h, w, pt, pl, sh, sw, a, b, hq, wq, zeros)
         copy_floats(xpad, row + q1, zeros, 0, wq - q1)
 
 
+@numba.njit(inline="always", **NJIT)
+def _phase_pair(x, xoff, xpad, poff, h, w, pt, pl, sh, a, hq, wq, zeros):
+    """Column stride 2: both column phases (a, 0) at ``xpad[poff:]`` and (a, 1) at ``xpad[poff + hq*wq:]`` in
+    one pass over each input row (:func:`_phase_plane`'s elements). Input column x lands in phase
+    (x + pl) % 2 at column (x + pl) // 2: the even columns in phase pl % 2 from column pl // 2, the odd ones
+    in the other from (pl + 1) // 2. :data:`~.vec.split_pairs` loads VW pairs of neighbours as two vectors
+    and stores their even and odd lanes to the two planes, where a copy per phase read every row twice and
+    ended in a scalar tail."""
+    plane = hq * wq
+    n2 = w // 2
+    n_even = w - n2
+    e_off = poff + (pl % 2) * plane  # the even columns' plane
+    o_off = poff + (1 - pl % 2) * plane
+    e0 = pl // 2
+    o0 = (pl + 1) // 2
+    for yq in range(hq):
+        y = yq * sh + a - pt
+        er = e_off + yq * wq
+        orow = o_off + yq * wq
+        if y < 0 or y >= h:
+            copy_floats(xpad, er, zeros, 0, wq)
+            copy_floats(xpad, orow, zeros, 0, wq)
+            continue
+        copy_floats(xpad, er, zeros, 0, e0)
+        copy_floats(xpad, orow, zeros, 0, o0)
+        src = xoff + y * w
+        split_pairs(n2, xpad, er + e0, xpad, orow + o0, x, src)
+        if n_even > n2:
+            xpad[er + e0 + n2] = x[src + w - 1]
+        copy_floats(xpad, er + e0 + n_even, zeros, 0, wq - e0 - n_even)
+        copy_floats(xpad, orow + o0 + n2, zeros, 0, wq - o0 - n2)
+
+
+@numba.njit(inline="always", **NJIT)
+def _pad_unit(x, xpad, u, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros):
+    """Unit ``u`` of an image batch's padding: one phase plane, or with column stride 2 the pair of column
+    phases of one row phase (``u`` over images x channels x row phases)."""
+    units_img = c * sh if sw == 2 else c * sh * sw
+    b = u // units_img
+    pi = u - b * units_img
+    if sw == 2:
+        ci = pi // sh
+        a = pi - ci * sh
+        _phase_pair(x, (b * c + ci) * h * w, xpad, b * img_floats + (ci * sh + a) * 2 * hq * wq, h, w, pt, pl, sh,
+                    a, hq, wq, zeros)
+        return
+    phases = sh * sw
+    ci = pi // phases
+    ph = pi - ci * phases
+    _phase_plane(x, (b * c + ci) * h * w, xpad, b * img_floats + pi * hq * wq, h, w, pt, pl, sh, sw, ph // sw,
+                 ph % sw, hq, wq, zeros)
+
+
+def pad_units(c: int, sh: int, sw: int) -> int:
+    """Padding units per image (see :func:`_pad_unit`)."""
+    return c * sh if sw == 2 else c * sh * sw
+
+
 @numba.njit(**NJIT)
 def _pad_serial(x, xpad, nb, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros):
     # x: (nb, c, h, w) flat; xpad: nb images of img_floats = c*sh*sw phase planes of hq x wq, zero tail
     phases = sh * sw
+    units = c * sh if sw == 2 else c * phases
+    for u in range(nb * units):
+        _pad_unit(x, xpad, u, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros)
     for b in range(nb):
-        for pi in range(c * phases):
-            ci = pi // phases
-            ph = pi - ci * phases
-            _phase_plane(x, (b * c + ci) * h * w, xpad, b * img_floats + pi * hq * wq, h, w, pt, pl, sh, sw,
-                         ph // sw, ph % sw, hq, wq, zeros)
         for q in range(b * img_floats + c * phases * hq * wq, (b + 1) * img_floats):
             xpad[q] = 0.0
 
@@ -110,15 +166,10 @@ def _pad_serial(x, xpad, nb, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros)
 @numba.njit(**NJIT_PARALLEL)
 def _pad_parallel(nslots, x, xpad, nb, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros):
     phases = sh * sw
-    planes = nb * c * phases
+    units = nb * (c * sh if sw == 2 else c * phases)
     for s in prange(nslots):
-        for gi in range(s * planes // nslots, (s + 1) * planes // nslots):
-            b = gi // (c * phases)
-            pi = gi - b * c * phases
-            ci = pi // phases
-            ph = pi - ci * phases
-            _phase_plane(x, (b * c + ci) * h * w, xpad, b * img_floats + pi * hq * wq, h, w, pt, pl, sh, sw,
-                         ph // sw, ph % sw, hq, wq, zeros)
+        for u in range(s * units // nslots, (s + 1) * units // nslots):
+            _pad_unit(x, xpad, u, c, h, w, pt, pl, sh, sw, hq, wq, img_floats, zeros)
     for b in range(nb):
         for q in range(b * img_floats + c * phases * hq * wq, (b + 1) * img_floats):
             xpad[q] = 0.0
@@ -221,7 +272,7 @@ class FlatConv:
         col = scratch[pad_bytes:self._buffers].view(np.float32)
         gemm = self._gemm.bind(col, xpad, threads, scratch[self._buffers:])
         return staged_call([
-            pass_call(_pad_parallel, _pad_serial, threads, n * c * sh * sw, self.work,
+            pass_call(_pad_parallel, _pad_serial, threads, n * pad_units(c, sh, sw), self.work,
                       (xf, xpad, n, c, h, w, pt, pl, sh, sw, hq, wq, self.pad_floats, self._zeros)),
             (gemm, ()),
             pass_call(_unflat_parallel, _unflat_serial, threads, n * m, self.work,

@@ -839,6 +839,60 @@ def copy_floats(typingctx, dst, doff, src, soff, n):
     return sig, codegen
 
 
+@intrinsic
+def split_pairs(typingctx, n, even, eoff, odd, ooff, src, soff):
+    """``split_pairs(n, even, eoff, odd, ooff, src, soff)``: for t < n, even[eoff + t] = src[soff + 2t] and
+    odd[ooff + t] = src[soff + 2t + 1] (a stride-2 convolution's two column phases of one input row): two
+    vector loads split by two shuffles per VW pairs, a masked last chunk (reads src[soff:soff+2n] only)."""
+    for arr in (even, odd, src):
+        if not isinstance(arr, types.Array) or arr.dtype != types.float32:
+            return None
+    for i in (n, eoff, ooff, soff):
+        if not isinstance(i, types.Integer):
+            return None
+    sig = types.void(n, even, eoff, odd, ooff, src, soff)
+
+    def codegen(context, builder, signature, args):
+        i64, data = _arg_readers(context, builder, signature, args)
+        vw = VW
+        vecty = ir.VectorType(_F32, vw)
+        wide = ir.VectorType(_F32, 2 * vw)
+        mload, mstore = _masked_fns(builder.module, vw)
+        mload2, _ = _masked_fns(builder.module, 2 * vw)
+        e = data(1, 2)
+        o = data(3, 4)
+        sp0 = data(5, 6)
+        evens = ir.Constant(ir.VectorType(_I32, vw), [2 * i for i in range(vw)])
+        odds = ir.Constant(ir.VectorType(_I32, vw), [2 * i + 1 for i in range(vw)])
+        zero2 = _vec_const(wide, 0.0)
+
+        def body(bld, i, mask):
+            sp = bld.bitcast(bld.gep(sp0, [bld.mul(i, _const_i64(2))]), wide.as_pointer())
+            if mask is None:
+                pair = bld.load(sp, align=4)
+            else:  # lanes 2t and 2t + 1 of pair t < rem
+                lanes2 = ir.Constant(ir.VectorType(_I32, 2 * vw), [j // 2 for j in range(2 * vw)])
+                rem = bld.sub(n_v, i)
+                mask2 = bld.icmp_signed("<", lanes2, _splat(bld, ir.VectorType(_I32, 2 * vw), bld.trunc(rem, _I32)))
+                pair = bld.call(mload2, [sp, ir.Constant(_I32, 4), mask2, zero2])
+            ev = bld.shuffle_vector(pair, ir.Constant(wide, ir.Undefined), evens)
+            od = bld.shuffle_vector(pair, ir.Constant(wide, ir.Undefined), odds)
+            ep = bld.bitcast(bld.gep(e, [i]), vecty.as_pointer())
+            op = bld.bitcast(bld.gep(o, [i]), vecty.as_pointer())
+            if mask is None:
+                bld.store(ev, ep, align=4)
+                bld.store(od, op, align=4)
+            else:
+                bld.call(mstore, [ev, ep, ir.Constant(_I32, 4), mask])
+                bld.call(mstore, [od, op, ir.Constant(_I32, 4), mask])
+
+        n_v = i64(0)
+        _emit_chunk_loop(builder, n_v, vw, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ---------------------------------------------------------------------------------------------------
 # channel-interleaved depthwise convolution
 # ---------------------------------------------------------------------------------------------------
