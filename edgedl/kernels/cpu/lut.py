@@ -211,6 +211,40 @@ def _lut_parallel(x, table, out, kernel):
         lut_span(x, table, out, c * _CHUNK, min(c * _CHUNK + _CHUNK, n), kernel)
 
 
+@numba.njit(**NJIT_EXACT)
+def _lut_planes(x, tables, out, p0, p1, inner, kernel):
+    # x, out: (planes*inner,) uint8; tables: (ntab, 256) uint8; plane p (of p0 <= p < p1) through table p % ntab
+    ntab = tables.shape[0]
+    for p in range(p0, p1):
+        lut_span(x, tables[p % ntab], out, p * inner, (p + 1) * inner, kernel)
+
+
+@numba.njit(**NJIT_EXACT_PARALLEL)
+def _lut_planes_parallel(nchunks, x, tables, out, planes, inner, kernel):
+    for c in prange(nchunks):
+        _lut_planes(x, tables, out, c * planes // nchunks, (c + 1) * planes // nchunks, inner, kernel)
+
+
+def bind_plane_tables(x: np.ndarray, tables: np.ndarray, out: np.ndarray, inner: int, threads: int,
+                      kernel: int | None = None):
+    """A no-argument callable: ``out = tables[p % T][x]`` plane by plane (planes of ``inner`` contiguous bytes;
+    ``tables`` (T, 256), one per channel: an 8-bit op with a per-channel constant operand). C-contiguous x and
+    out of one size, a multiple of ``inner``."""
+    _dtype8(x.dtype, "input")
+    _dtype8(out.dtype, "output")
+    if (tables.ndim != 2 or tables.shape[1] != 256 or tables.dtype != out.dtype or x.size != out.size or inner < 1
+            or x.size % inner or not (x.flags.c_contiguous and out.flags.c_contiguous)):
+        raise ValueError(f"tables {tables.dtype}{tables.shape} do not map {x.dtype}{x.shape} to "
+                         f"{out.dtype}{out.shape} in planes of {inner}")
+    kernel = _check_kernel(kernel)
+    planes = x.size // inner
+    args = (x.reshape(-1).view(np.uint8), np.ascontiguousarray(tables).view(np.uint8), out.reshape(-1).view(np.uint8))
+    nchunks = min(planes, 4 * threads)
+    if threads > 1 and nchunks > 1 and x.size >= _config.PARALLEL_MIN_WORK:
+        return lambda: _lut_planes_parallel(nchunks, *args, planes, inner, kernel)
+    return lambda: _lut_planes(*args, 0, planes, inner, kernel)
+
+
 def _check_kernel(kernel) -> int:
     if kernel is None:
         return LUT_KERNEL
