@@ -217,6 +217,8 @@ def test_bad_quantization_parameters_are_clear_errors():
 @pytest.mark.parametrize("c,m,k,s,p,g,op,xt", [
     (4, 6, 3, 2, 1, 1, 0, np.int8), (4, 4, 3, 2, 0, 2, 1, np.uint8), (8, 3, 4, 2, 1, 1, 0, np.int8),
     (3, 5, 3, 1, 1, 1, 0, np.uint8), (2, 2, 2, 3, 0, 1, 2, np.int8),
+    # windows that tile the output (kernel == stride, no padding): requantized by the GEMM, bytes moved
+    (4, 6, 2, 2, 0, 1, 0, np.int8), (6, 4, 2, 2, 0, 2, 0, np.uint8), (3, 5, 3, 3, 0, 1, 0, np.int8),
 ])
 def test_qlinear_conv_transpose_kernel_matches_its_reference(mode, c, m, k, s, p, g, op, xt):
     rng = np.random.default_rng(c * 7 + k)
