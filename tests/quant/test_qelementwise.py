@@ -157,6 +157,31 @@ def test_parallel_same_shape_add_splits_its_single_row(shape):
     np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize("kind", ["add", "mul"])
+@pytest.mark.parametrize("mode", MODES)
+def test_one_value_per_row_of_either_operand(kind, mode):
+    """A squeeze-and-excitation scale (N, C, H, W) x (N, C, 1, 1), on either side: each row reads its row of the
+    pair table (or of its transpose), serial, parallel and bound, against the reference."""
+    rng = np.random.default_rng(30 + mode)
+    cases = [((2, 40, 6, 80), (2, 40, 1, 1)), ((3, 1, 1), (3, 7, 100)), ((2, 96, 1400), (2, 96, 1))]
+    for k, (sha, shb) in enumerate(cases):
+        dt = (I8, U8)[k % 2]
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, info.max + 1, sha).astype(dt)
+        b = rng.integers(info.min, info.max + 1, shb).astype(dt)
+        sa, sb, sy = (np.float32(np.exp(rng.uniform(-5, 0))) for _ in range(3))
+        za, zb, zy = _zp(rng, dt), _zp(rng, dt), _zp(rng, dt)
+        want = _reference(kind, mode, a, sa, za, b, sb, zb, sy, zy, info.min, info.max)
+        for parallel in (False, True):
+            got = _run(kind, mode, a, sa, za, b, sb, zb, sy, zy, info.min, info.max, dt, parallel)
+            np.testing.assert_array_equal(got, want, err_msg=f"{sha} {shb} parallel {parallel}")
+        shape = np.broadcast_shapes(sha, shb)
+        op = QBinary(kind, sha, shb, shape, sa, za, sb, zb, sy, zy, info.min, info.max, mode)
+        out = np.empty(shape, dt)
+        op.bind(a, b, out)()
+        np.testing.assert_array_equal(out, want, err_msg=f"{sha} {shb} bound")
+
+
 def test_fixed_modes_are_close_to_real_arithmetic():
     """Sanity of the TFLite transcriptions themselves: within 1 of the exactly rounded real result."""
     rng = np.random.default_rng(9)

@@ -153,10 +153,11 @@ def _pair_table(av, bv, kind, mode, ip, fs, swap, out):
 
 
 @numba.njit(inline="always", **NJIT_EXACT)
-def _gather_row(r, lo, hi, a, b, table, out, g, a0, b0, o0):
+def _gather_row(r, lo, hi, a, b, tables, out, g, a0, b0, o0):
     # elements lo..hi of output row r of the collapsed 4-D loop (d0, d1, d2 flattened); g: int64 (12,) = dims
     # (4), a strides (4), b strides (4), in elements of the uint8 arrays a, b; out: the flat output, rows of
-    # g[3] elements
+    # g[3] elements; tables: (2, 65536) uint8, the pair table indexed a << 8 | b and its transpose (b << 8 | a)
+    table = tables[0]
     d1 = g[1]
     d2 = g[2]
     i0 = r // (d1 * d2)
@@ -174,13 +175,27 @@ def _gather_row(r, lo, hi, a, b, table, out, g, a0, b0, o0):
         for i in range(hi - lo):
             orow[i] = table[(np.int64(ar[i]) << 8) | np.int64(br[i])]
         return
+    if sb == 0 and sa == 1:  # one B value along the row (a per-channel scale): B's row of the transposed table
+        row = tables[1, np.int64(b[ib]) << 8:(np.int64(b[ib]) << 8) + 256]
+        ar = a[ia + lo:ia + hi]
+        orow = out[o + lo:o + hi]
+        for i in range(hi - lo):
+            orow[i] = row[ar[i]]
+        return
+    if sa == 0 and sb == 1:  # one A value along the row: A's row of the table
+        row = table[np.int64(a[ia]) << 8:(np.int64(a[ia]) << 8) + 256]
+        br = b[ib + lo:ib + hi]
+        orow = out[o + lo:o + hi]
+        for i in range(hi - lo):
+            orow[i] = row[br[i]]
+        return
     for i in range(lo, hi):
         out[o + i] = table[(np.int64(a[ia + i * sa]) << 8) | np.int64(b[ib + i * sb])]
 
 
 @numba.njit(**NJIT_EXACT)
 def _gather(a, b, table, out, g, a0, b0, o0):
-    # a, b: flat uint8 inputs; table: (65536,) uint8; out: flat uint8 output; see _gather_row
+    # a, b: flat uint8 inputs; table: (2, 65536) uint8 (see _gather_row); out: flat uint8 output
     for r in range(g[0] * g[1] * g[2]):
         _gather_row(r, 0, g[3], a, b, table, out, g, a0, b0, o0)
 
@@ -250,6 +265,16 @@ class _BroadcastGather:
         """(65536,) out_dtype: output of each (a byte << 8 | b byte)."""
         raise NotImplementedError
 
+    def _kernel_tables(self, a_dtype, b_dtype, out_dtype) -> np.ndarray:
+        """(2, 65536) uint8: :meth:`table` and its transpose (indexed b << 8 | a), so that a row with one value
+        of either operand reads 256 consecutive bytes (a per-channel scale: 2.7 -> ~0.4 ns per element)."""
+        key = (np.dtype(a_dtype), np.dtype(b_dtype), np.dtype(out_dtype))
+        cache = self.__dict__.setdefault("_kernel_table_cache", {})
+        if key not in cache:
+            t = np.ascontiguousarray(self.table(*key)).view(np.uint8)
+            cache[key] = np.ascontiguousarray(np.stack([t, t.reshape(256, 256).T.reshape(-1)]))
+        return cache[key]
+
     def bind(self, a: np.ndarray, b: np.ndarray, out: np.ndarray):
         """A no-argument callable doing ``self(a, b, out)`` on these very arrays, every argument prepared once
         (C-contiguous a and b; plans bind arena tensors and constants)."""
@@ -258,7 +283,7 @@ class _BroadcastGather:
                 raise ValueError(f"{what} has shape {tuple(arr.shape)}, the op was prepared for {shape}")
         if self.outer or not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
             return lambda: self(a, b, out)
-        table = self.table(a.dtype, b.dtype, out.dtype).view(np.uint8)
+        table = self._kernel_tables(a.dtype, b.dtype, out.dtype)
         args = (a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8), table, out.reshape(-1).view(np.uint8),
                 self.geometry, 0, 0, 0)
         kernel = _gather_parallel if self.size >= PARALLEL_MIN_ELEMENTS else _gather
@@ -270,7 +295,7 @@ class _BroadcastGather:
                 raise ValueError(f"{what} has shape {tuple(arr.shape)}, the op was prepared for {shape}")
         if not out.flags.c_contiguous:
             raise ValueError("the output must be C-contiguous")
-        table = self.table(a.dtype, b.dtype, out.dtype).view(np.uint8)
+        table = self._kernel_tables(a.dtype, b.dtype, out.dtype)
         av = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
         bv = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
         ov = out.reshape(-1).view(np.uint8)
