@@ -24,6 +24,23 @@ def _subgraphs(node: Node) -> list[Graph]:
             if isinstance(g, Graph)]
 
 
+def _float_patterns(graph: Graph) -> None:
+    """Exported chains that are one op (GELU, HardSwish, swish)."""
+    fuse_gelu(graph)
+    fuse_hard_swish(graph)
+    fuse_swish(graph)
+
+
+def _epilogue_fusions(graph: Graph) -> None:
+    """Work moved into the producing Conv/Gemm/MatMul: BatchNorm and scalar affines folded into its weights, a
+    residual Add, a bias Add and an activation into its epilogue."""
+    fold_batchnorm(graph)
+    fold_conv_scalar_affine(graph)
+    fuse_residual_add(graph)
+    fuse_matmul_bias(graph)
+    fuse_activations(graph)
+
+
 def optimize_subgraph(graph: Graph) -> Graph:
     """The rewrites of :func:`optimize` that keep a subgraph's interface (the body of If/Loop/Scan: its inputs,
     outputs and the outer names it reads stay as they are), in place, nested subgraphs first. Exported models
@@ -38,14 +55,8 @@ def optimize_subgraph(graph: Graph) -> Graph:
     remove_identities(graph)
     fold_output_identities(graph)
     remove_noop_casts(graph)
-    fuse_gelu(graph)
-    fuse_hard_swish(graph)
-    fuse_swish(graph)
-    fold_batchnorm(graph)
-    fold_conv_scalar_affine(graph)
-    fuse_residual_add(graph)
-    fuse_matmul_bias(graph)
-    fuse_activations(graph)
+    _float_patterns(graph)
+    _epilogue_fusions(graph)
     return graph
 
 
@@ -58,20 +69,15 @@ def optimize(graph: Graph) -> Graph:
     compute_half_in_float32(graph)
     remove_identities(graph)
     remove_noop_casts(graph)
-    fuse_gelu(graph)  # before lower_qdq: a Gelu between DequantizeLinear and QuantizeLinear becomes an int8 table
-    fuse_hard_swish(graph)
-    fuse_swish(graph)
+    _float_patterns(graph)  # before lower_qdq: a Gelu between DequantizeLinear and QuantizeLinear becomes a table
     lower_qdq(graph)
     fuse_integer_dequantize(graph)
-    fold_batchnorm(graph)
-    fold_conv_scalar_affine(graph)
-    fuse_residual_add(graph)
-    fuse_matmul_bias(graph)
-    fuse_activations(graph)
+    _epilogue_fusions(graph)
     return graph
 
 
-__all__ = ["optimize", "optimize_subgraph", "fold_output_identities", "compute_half_in_float32", "remove_identities", "lower_qdq", "fold_batchnorm",
+__all__ = ["optimize", "optimize_subgraph", "fold_output_identities", "compute_half_in_float32", "remove_identities",
+           "lower_qdq", "fold_batchnorm",
            "fuse_residual_add", "fuse_matmul_bias", "fuse_activations", "fuse_gelu", "fuse_hard_swish", "fuse_swish",
            "fold_conv_scalar_affine", "fuse_integer_dequantize",
            "remove_noop_casts"]

@@ -31,7 +31,7 @@ from . import config as _config
 from .act import act_inplace
 from .config import NJIT, NJIT_PARALLEL
 from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
-from .vec import copy_floats, copy_nr_s2, split_pairs
+from .vec import copy_floats, split_pairs
 
 #: a flat convolution of fewer multiply-adds runs as the packed GEMM when it is split across threads: its
 #: three parallel regions (pad, GEMM, copy out) cost more than the packing saves (2 cores: 16->32 channels
@@ -81,14 +81,8 @@ def _phase_plane(x, xoff, xpad, poff, h, w, pt, pl, sh, sw, a, b, hq, wq, zeros)
         src = xoff + y * w + q0 * sw + b - pl
         if sw == 1:
             copy_floats(xpad, row + q0, x, src, q1 - q0)
-        else:
-            q = 0
-            if sw == 2:
-                # NR every-other floats at a time (a vector load pair and a shuffle)
-                while q + NR <= q1 - q0 and src + 2 * (q + NR) <= x.size:
-                    copy_nr_s2(xpad, row + q0 + q, x, src + 2 * q)
-                    q += NR
-            for t in range(q, q1 - q0):
+        else:  # (column stride 2 goes through _phase_pair)
+            for t in range(q1 - q0):
                 xpad[row + q0 + t] = x[src + t * sw]
         copy_floats(xpad, row + q1, zeros, 0, wq - q1)
 
