@@ -363,7 +363,7 @@ class MaxPool(_WindowPool):
         with ``is_max``: one vector per pixel, the padding -inf, a tap wins only when greater), for planes
         whose rows are short against a vector or strided, where the window kernel pays a fixed cost per plane
         and per row. Measured on Zen 3, 1 thread, against the window kernel: SPPF's 5x5 stride 1 on 128
-        channels of 10x10 (YOLOv8n at 320) 116 -> 12 us (onnxruntime ~25); the rule is the depthwise one
+        channels of 10x10 (YOLOv8n at 320) 113 -> 30 us per model step (onnxruntime 33 per run); the rule is the depthwise one
         (:func:`~edgedl.kernels.cpu.depthwise_ci.prefer_interleaved`), with two vectors of channels at least.
         None where it does not apply."""
         if len(x.shape) != 4 or 0 in tuple(x.shape):

@@ -138,7 +138,18 @@ class _QBinaryOp(Op):
             tables = np.broadcast_to(self.ref(*args)[0], (256, values.shape[1])).T.astype(outs[0].dtype)
             tables = np.ascontiguousarray(tables)
             from ..kernels.cpu.config import num_threads
-            from ..kernels.cpu.lut import bind_plane_tables
+            from ..kernels.cpu.lut import apply_table, bind_plane_tables, bind_table
+
+            if tables.shape[0] == 1:  # one value: the plain LUT kernel (split across threads in chunks)
+                table = tables[0]
+
+                def bind_one(inputs, outputs, scratch, threads, other=other):
+                    return bind_table(inputs[other], table, outputs[0])
+
+                def run_one(inputs, outputs, scratch, other=other):
+                    apply_table(inputs[other], table, outputs[0])
+
+                return Kernel(run_one, bind=bind_one)
 
             def bind(inputs, outputs, scratch, threads, other=other):
                 return bind_plane_tables(inputs[other], tables, outputs[0], inner, threads)
