@@ -70,3 +70,23 @@ def _exact_int8_onnxruntime() -> None:
 
 
 _exact_int8_onnxruntime()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_settings():
+    """Every test leaves Numba's thread count and edgedl's default count as it found them. With the suite
+    split across worker processes, the order of tests in a process changes from run to run: a count one test
+    set (edgedl.set_num_threads(1), numba.set_num_threads) made a later one in the same worker see 1 thread
+    (test_configure_threads_follows_the_monitor failed, three 2-thread tests skipped)."""
+    import numba
+
+    from edgedl import threads
+
+    before, default, follow = numba.get_num_threads(), threads._default, threads._follow_load
+    yield
+    threads._default, threads._follow_load = default, follow
+    if numba.get_num_threads() != before:
+        numba.set_num_threads(before)
