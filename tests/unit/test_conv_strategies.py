@@ -237,3 +237,39 @@ def test_a_flat_layer_with_a_residual_keeps_one_strategy_at_every_thread_count()
         conv.bind(x, out, np.empty(conv.scratch_bytes, np.uint8), threads)()
         outs.append(out)
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("shape,kernel,pads,strides", [
+    ((1, 24, 1, 49), (1, 9), (0, 4, 0, 4), (1, 1)),  # a 1-D audio layer: flat
+    ((1, 3, 24, 24), (3, 3), (1, 1, 1, 1), (2, 2)),  # an RGB first layer: direct
+])
+def test_a_layer_too_small_to_split_runs_its_own_strategy_on_one_thread(shape, kernel, pads, strides, monkeypatch):
+    """A small flat or direct layer keeps a packed GEMM for 2+ threads, but when that GEMM's work is below
+    GEMM_PARALLEL_MIN_WORK it would run on one thread anyway, slower than flat or direct: they then run on one
+    thread instead (the same bits as at 1 thread), and the packed GEMM only when it really splits."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    m = 24 if shape[1] == 24 else 16
+    wt = rng.standard_normal((m, shape[1]) + kernel).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    conv = Conv2d(wt, b, x.shape, strides=strides, pads=pads, act="Relu")
+    assert conv.strategy in ("flat", "direct") and conv._gemm is not None
+    inner = conv._flat if conv.strategy == "flat" else conv._direct
+    bound_threads = []
+    original = type(inner).bind
+    monkeypatch.setattr(type(inner), "bind", lambda self, *a: bound_threads.append(a[-1]) or original(self, *a))
+    ref = act_ref(conv2d_ref(x, wt, b, strides=strides, pads=pads), act_code("Relu"), 0.0, 0.0)
+    outs = []
+    for limit in (1 << 40, 1):  # the packed GEMM too small to split, then splitting from 1 multiply-add on
+        monkeypatch.setattr(config, "GEMM_PARALLEL_MIN_WORK", limit)
+        conv._gemm._plans.clear()
+        for threads in (1, 2, 3):
+            bound_threads.clear()
+            out = np.full(conv.out_shape, np.nan, np.float32)
+            conv.bind(x, out, np.empty(conv.scratch_bytes, np.uint8), threads)()
+            outs.append(out)
+            split = threads > 1 and limit == 1
+            assert bound_threads == ([] if split else [1]), (threads, limit, bound_threads)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-4)
+    for out in outs[1:]:
+        assert np.array_equal(outs[0], out)

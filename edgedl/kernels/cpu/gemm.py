@@ -690,6 +690,10 @@ class GemmCall:
             self._plans[threads] = plan
         return plan
 
+    def splits(self, threads: int) -> bool:
+        """Whether a call at ``threads`` threads runs the parallel kernel (the work is large enough)."""
+        return self._plan(threads)[0] > 0
+
     def set_bias(self, bias: np.ndarray) -> None:
         """Load a new bias of the prepared size into this call (in place: bound callables see it too)."""
         bias_arr, bias_mode, m, n, ngroups = self._tail[3], self._tail[4], self.m, self.n, self.ngroups
