@@ -469,7 +469,7 @@ def _build_conv_kernel(op: Conv, ins, outs, consts) -> Kernel:
 def _build_conv_then_add(op: Conv, ins, outs, consts) -> Kernel:
     """A fused residual the GEMM epilogue cannot take (broadcast or constant R): the convolution without
     activation into the workspace, then the add and the activation (rare; correct, not fast)."""
-    from ..kernels.cpu.act import act_inplace
+    from ..kernels.cpu.act_vec import act_run
 
     code, alpha, beta = op.act
     nbytes = int(np.prod(outs[0].shape)) * 4
@@ -480,7 +480,7 @@ def _build_conv_then_add(op: Conv, ins, outs, consts) -> Kernel:
         tmp = raw.view(np.float32).reshape(outputs[0].shape)
         conv.fn(inputs, [tmp], scratch[nbytes:])
         np.add(tmp, inputs[3], out=outputs[0])
-        act_inplace(outputs[0].reshape(-1), 0, outputs[0].size, code, alpha, beta)
+        act_run(outputs[0].reshape(-1), 0, outputs[0].size, code, alpha, beta)
 
     return Kernel(run, scratch_bytes=nbytes + conv.scratch_bytes)
 

@@ -285,7 +285,7 @@ class MatMul(Op):
 
 
 def _build_gemm_kernel(op: Gemm, ins, outs, consts) -> Kernel:
-    from ..kernels.cpu.act import act_inplace
+    from ..kernels.cpu.act_vec import act_run
     from ..kernels.cpu.gemm import PackedWeight, gemm
 
     m, n = outs[0].shape
@@ -334,7 +334,7 @@ def _build_gemm_kernel(op: Gemm, ins, outs, consts) -> Kernel:
             a = a * np.float32(op.alpha)  # NOTE: rare (alpha is folded into constant weights)
         gemm(a, b, out, accumulate=has_c)
         if code:
-            act_inplace(out.reshape(-1), 0, out.size, code, act_alpha, act_beta)
+            act_run(out.reshape(-1), 0, out.size, code, act_alpha, act_beta)
 
     return Kernel(run_general)
 

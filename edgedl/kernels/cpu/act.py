@@ -18,7 +18,8 @@ ACT_SWISH              9  x * sigmoid(alpha * x)   (SiLU with alpha 1)
 NaN propagates through every activation (comparisons are written so that a NaN input gives a NaN
 output, like onnxruntime). :func:`apply_act` is the scalar Numba version, inlined into kernels;
 :func:`act_inplace` applies one to a contiguous run of a flat float32 array with the branch on the code
-hoisted out of the loop; :func:`act_ref` is the numpy reference. The exp-based ones (Sigmoid, Tanh, Elu,
+hoisted out of the loop (kernels call :func:`.act_vec.act_run`, which runs the in-register ones as the GEMM
+epilogue's vector code and the rest here); :func:`act_ref` is the numpy reference. The exp-based ones (Sigmoid, Tanh, Elu,
 Swish) use the branch-free float32 polynomials of :mod:`.elementwise`, which vectorize: libm's ``expf`` is a
 scalar call (measured 3 ns per element against 0.4 ns, which made a fused Sigmoid slower than a separate one).
 """

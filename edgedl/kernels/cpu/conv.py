@@ -31,7 +31,8 @@ from numba import prange
 
 from ..aligned import aligned_zeros
 from . import config as _config
-from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_inplace, act_ref
+from .act import ACT_NONE, SIMPLE_ACTS, act_code, act_ref
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .conv_direct import MAX_CIN as DIRECT_MAX_CIN
 from .conv_direct import MULTI_CHANNEL_DIRECT, DirectConv, pad_plane
@@ -223,7 +224,7 @@ def _dw_range(lo, hi, x, w, bias, out, c_in, c_out, mult, h, wd, kh_n, kw_n, sh,
         else:
             _dw_plane_rows(w, woff, bval, out, ooff, kh_n, kw_n, sh, sw, dh, dw, oh_n, ow_n, wp, pbuf)
         if act != ACT_NONE:
-            act_inplace(out, ooff, ooff + plane, act, alpha, beta)
+            act_run(out, ooff, ooff + plane, act, alpha, beta)
         oc += 1
         if oc == c_out:
             oc = 0
@@ -298,7 +299,7 @@ def _col2im_plane(col, coff, out, ooff, bval, h, wd, kh_n, kw_n, sh, sw, dh, dw,
                 else:
                     for ix in range(ix0, ix1):
                         out[ob + ix * sw] += col[cb + ix]
-    act_inplace(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
+    act_run(out, ooff, ooff + oh_n * ow_n, act, alpha, beta)
 
 
 @numba.njit(inline="always", **NJIT)

@@ -29,7 +29,8 @@ from numba.extending import intrinsic
 
 from ..aligned import aligned_zeros
 from . import config as _config
-from .act import ACT_NONE, act_inplace
+from .act import ACT_NONE
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL
 from .vec import VW, _arg_readers, _const_i64, _counted_loop, _emit_chunk_loop, _masked_fns, _splat, copy_floats
 
@@ -231,7 +232,7 @@ def _rows(r0, r1, out, ooff, oh, ow, m, sh, wp, buf, taps, wts, bias, stride, pa
             if act != ACT_NONE:
                 for mm in range(mrows):
                     s = o0 + mm * plane
-                    act_inplace(out, s, s + (2 * ow if two else ow), act, alpha, beta)
+                    act_run(out, s, s + (2 * ow if two else ow), act, alpha, beta)
         oy += 2 if two else 1
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from numba import prange
 
 from . import config as _config
-from .act import act_inplace
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL
 from .gemm import BIAS_NONE, BIAS_ROW, NR, GemmCall
 from .vec import copy_floats, split_pairs
@@ -181,7 +181,7 @@ def _unflat_plane(col, coff, out, ooff, oh, ow, wp, accumulate, act, alpha, beta
     else:
         for y in range(oh):
             copy_floats(out, ooff + y * ow, col, coff + y * wp, ow)
-    act_inplace(out, ooff, ooff + oh * ow, act, alpha, beta)
+    act_run(out, ooff, ooff + oh * ow, act, alpha, beta)
 
 
 @numba.njit(**NJIT)

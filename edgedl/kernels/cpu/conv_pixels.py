@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ..aligned import aligned_zeros
-from .act import act_inplace
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL
 from .conv_flat import _pad_parallel, _pad_serial, pass_call, round16, staged_call
 from .gemm import BIAS_COL, BIAS_NONE, MR, GemmCall, pack_b, packed_a_size, packed_b_size
@@ -96,7 +96,7 @@ def _unpack_plane(ct, out, b, co, m, plane, accumulate, act, alpha, beta):
     else:
         for p in range(plane):
             out[dst + p] = ct[src + p * m]
-    act_inplace(out, dst, dst + plane, act, alpha, beta)
+    act_run(out, dst, dst + plane, act, alpha, beta)
 
 
 @numba.njit(**NJIT)

@@ -24,7 +24,8 @@ from numba import prange
 
 from ..aligned import aligned_copy, aligned_zeros
 from . import config as _config
-from .act import ACT_NONE, act_inplace
+from .act import ACT_NONE
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL
 from .vec import VW, dw_ci_rows, max_ci_rows, transpose_scatter, transpose_tiles
 
@@ -106,7 +107,7 @@ def _blocks(blo, bhi, x, wi, bi, taps, dofs, zofs, out, c, h, wd, sh, sw, wp, oh
             dw_ci_rows(oh_n, ow_n, pout, 0, pin, 0, sh * wp * VW, sw * VW, taps, ntaps, wi, cb * ntaps * VW, bi,
                        cb * VW)
         if act != ACT_NONE:
-            act_inplace(pout, 0, plane_out * VW, act, alpha, beta)
+            act_run(pout, 0, plane_out * VW, act, alpha, beta)
         _unpack_block(pout, out, (n * c + ch0) * plane_out, plane_out, nv)
 
 

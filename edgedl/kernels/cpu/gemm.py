@@ -36,7 +36,8 @@ from numba import prange, types
 
 from ..aligned import aligned_zeros
 from . import config as _config
-from .act import ACT_NONE, NUM_ACTS, SIMPLE_ACTS, act_code, act_inplace, act_ref, apply_act
+from .act import ACT_NONE, NUM_ACTS, SIMPLE_ACTS, act_code, act_ref, apply_act
+from .act_vec import act_run
 from .config import NJIT, NJIT_PARALLEL, num_threads
 from .native import caller, native
 from .native import readonly as _ro
@@ -343,7 +344,7 @@ def _act_rows(c, nbatch, ngroups, c_nstride, c_gstride, ldc, m, n, act, alpha, b
         for g in range(ngroups):
             base = bi * c_nstride + g * c_gstride
             for r in range(m):
-                act_inplace(c, base + r * ldc, base + r * ldc + n, act, alpha, beta)
+                act_run(c, base + r * ldc, base + r * ldc + n, act, alpha, beta)
 
 
 _F1, _I1, _I2 = types.float32[::1], types.int64[::1], types.int64[:, ::1]
@@ -1192,7 +1193,7 @@ class PackedWeight:
             out[...] = 0.0
             if self.bias is not None:
                 out += self.bias
-            act_inplace(out.reshape(-1), 0, out.size, self.act, np.float32(self.alpha), np.float32(self.beta))
+            act_run(out.reshape(-1), 0, out.size, self.act, np.float32(self.alpha), np.float32(self.beta))
             return out
         need = self.scratch_bytes(m)
         if scratch is None or scratch.nbytes < need:
