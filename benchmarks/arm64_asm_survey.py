@@ -56,14 +56,18 @@ def count_asm(asm: str) -> dict:
 
 
 def verdict(c: dict) -> str:
-    """'vector' when the kernel's arithmetic is mostly NEON, 'scalar' when mostly scalar float, '-' when it
-    has little arithmetic of either kind (data movement, setup)."""
+    """'vector' when the kernel has NEON arithmetic and at most as much scalar float arithmetic, 'mixed' when it
+    has both (vector loops with scalar remainders, or a scalar part: read it), 'scalar' when it does float
+    arithmetic with none in vector registers, '-' when it has little arithmetic of either kind (setup, data
+    movement: 'vector' instead when it moves data with vector loads and stores)."""
     vec = (c["vec_fma"] + c["vec_farith"] + c["sdot"] + c["vec_mla_long"] + c["vec_mul_long"] + c["vec_int"]
            + c["vec_select"])
     sca = c["scalar_farith"]
     if vec + sca < 4:
         return "vector" if c["vec_load"] + c["vec_store"] >= 4 else "-"
-    return "vector" if vec >= sca else ("mixed" if vec * 4 >= sca else "scalar")
+    if vec == 0:
+        return "scalar"
+    return "vector" if vec >= sca else "mixed"
 
 
 def models():
@@ -120,11 +124,28 @@ def run_models(threads=(1, 2)) -> list[dict]:
     return rows
 
 
+def _dispatchers(mod):
+    """(name, dispatcher) of a module: its @njit functions, and those its factories keep in dicts or tuples
+    (the element-wise kernels per op code, the serial/parallel pairs)."""
+    for attr, obj in vars(mod).items():
+        if hasattr(obj, "signatures") and hasattr(obj, "inspect_asm"):
+            yield attr, obj
+        elif isinstance(obj, dict):
+            for key, val in obj.items():
+                for i, item in enumerate(val if isinstance(val, tuple) else (val,)):
+                    if hasattr(item, "signatures") and hasattr(item, "inspect_asm"):
+                        yield f"{attr}[{key}][{i}]:{getattr(item, '__name__', '')}", item
+
+
 def compiled_kernels() -> list[tuple[str, str]]:
     """(qualified name, assembly) of every kernel this process compiled: the @njit dispatchers of the CPU
-    kernel modules (each signature) and the native functions."""
+    kernel modules (each signature with an array argument: scalar helpers such as ``sigmoid_f32`` are compiled
+    on their own only when called from Python, and are inlined into the kernels that use them) and the native
+    functions."""
     import importlib
     import pkgutil
+
+    from numba import types
 
     import edgedl.kernels.cpu as cpu
     from edgedl.kernels.cpu.native import all_native
@@ -133,12 +154,12 @@ def compiled_kernels() -> list[tuple[str, str]]:
     seen = set()
     for info in pkgutil.iter_modules(cpu.__path__):
         mod = importlib.import_module(f"edgedl.kernels.cpu.{info.name}")
-        for attr, obj in vars(mod).items():
-            if id(obj) in seen or not hasattr(obj, "signatures") or not hasattr(obj, "inspect_asm"):
+        for attr, obj in _dispatchers(mod):
+            if id(obj) in seen:
                 continue
             seen.add(id(obj))
             for sig in obj.signatures:
-                if obj.stats.cache_hits.get(sig):
+                if obj.stats.cache_hits.get(sig) or not any(isinstance(t, types.Array) for t in sig):
                     continue
                 try:
                     asm = obj.inspect_asm(sig)
