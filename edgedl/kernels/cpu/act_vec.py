@@ -9,8 +9,9 @@ as :func:`~edgedl.kernels.cpu.vec.act_floats`, the others (Tanh, Elu, ...) as th
 Measured on Zen 3 (51,200 floats in place, ns per float, the element loops -> act_floats): Relu 0.48 -> 0.09 and
 LeakyRelu 0.50 -> 0.10 (LLVM had made their loops masked stores), Clip, HardSwish, HardSigmoid 0.07-0.12 either
 way, Sigmoid 0.64 -> 0.70 and Swish 0.79 -> 0.81. Relu, Clip, LeakyRelu, HardSwish and HardSigmoid give the same
-bits as the loops; Sigmoid and Swish the same bits as the GEMM's fused epilogue (the loops differ from both in
-the last bit of some values: LLVM contracts and reorders the loop's arithmetic by its own rules).
+bits as the loops; every in-register activation gives the bits of the GEMM's fused epilogue (tests/kernels/
+test_act_run.py). act_inplace's Sigmoid and Swish loops differ from it in the last bit of some values (LLVM
+contracts and reorders their arithmetic by its own rules).
 """
 from __future__ import annotations
 
