@@ -1,23 +1,23 @@
 """In-place activations on a run of a flat float32 array (edgedl/kernels/cpu/act_vec.py: act_run, and the vector
 kernel vec.act_floats behind it): every activation code against its numpy reference, runs of every length around
 the vector width at any offset with nothing written outside them, NaN and infinities, the same bits as the element
-loops (act_inplace) for the piecewise-linear ones and as the GEMM's fused epilogue for all of them."""
+loops (act_inplace) it replaced, and vec.act_floats' bits equal to the GEMM's fused epilogue."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
 from edgedl.kernels.cpu import act as A
 from edgedl.kernels.cpu import gemm as G
-from edgedl.kernels.cpu.act_vec import act_run
-from edgedl.kernels.cpu.vec import VW
+from edgedl.kernels.cpu.act_vec import VECTOR_ACTS, act_run
+from edgedl.kernels.cpu.config import NJIT
+from edgedl.kernels.cpu.vec import VW, act_floats
 
 #: (name, alpha, beta) of every activation code
 CODES = [("Relu", 0.0, 0.0), ("Clip", -1.5, 6.0), ("LeakyRelu", 0.1, 0.0), ("HardSwish", 0.0, 0.0),
          ("HardSigmoid", 0.2, 0.5), ("Sigmoid", 0.0, 0.0), ("Swish", 1.0, 0.0), ("Swish", 1.702, 0.0),
          ("Tanh", 0.0, 0.0), ("Elu", 0.7, 0.0)]
-#: codes whose element loop and vector kernel do the same float operations in the same order
-SAME_AS_LOOPS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Tanh", "Elu"}
 
 
 def _values(n, seed=0):
@@ -46,28 +46,42 @@ def test_act_run_matches_the_reference_on_every_run(name, alpha, beta):
 
 
 @pytest.mark.parametrize("name,alpha,beta", CODES, ids=lambda v: str(v))
-def test_act_run_gives_the_bits_of_the_loops_or_of_the_fused_gemm(name, alpha, beta):
-    """The piecewise-linear activations: the bits of the element loops (act_inplace), which every kernel used
-    before. All the in-register ones: the bits of the GEMM with the activation fused, so a layer gives the same
-    floats whether its activation runs in the microkernel or after it."""
+def test_act_run_gives_the_bits_of_the_element_loops(name, alpha, beta):
+    """act_run replaced the element loops (act_inplace) in every kernel: the same bits, NaN and infinities
+    included (the piecewise-linear ones on vector code, the others on the loops themselves)."""
     code = A.act_code(name)
     x = _values(1000, seed=1)
     got = x.copy()
     act_run(got, 0, got.size, code, np.float32(alpha), np.float32(beta))
-    if name in SAME_AS_LOOPS:
-        loops = x.copy()
-        A.act_inplace(loops, 0, loops.size, code, np.float32(alpha), np.float32(beta))
-        np.testing.assert_array_equal(got.view(np.int32), loops.view(np.int32))
-    if code in A.SIMPLE_ACTS:
-        # A = identity (8 x 8), so the GEMM's outputs before the activation are B exactly (finite values, no -0:
-        # the zeros of the other rows would make inf and NaN lanes NaN and -0 lanes +0)
-        m = 8
-        b = (np.random.default_rng(2).standard_normal((m, 125)) * 5).astype(np.float32)
-        b[0, :6] = [90.0, -90.0, -3.0, 3.0, 6.0, 0.0]
-        fused = G.gemm(np.eye(m, dtype=np.float32), b, act=code, alpha=alpha, beta=beta)
-        after = b.reshape(-1).copy()
-        act_run(after, 0, after.size, code, np.float32(alpha), np.float32(beta))
-        np.testing.assert_array_equal(fused.reshape(-1).view(np.int32), after.view(np.int32))
+    loops = x.copy()
+    A.act_inplace(loops, 0, loops.size, code, np.float32(alpha), np.float32(beta))
+    np.testing.assert_array_equal(got.view(np.int32), loops.view(np.int32))
+
+
+@numba.njit(**dict(NJIT, cache=False))  # the kernels' flags: the code generator fuses by the function's fast-math
+def _act_floats(x, code, alpha, beta):
+    act_floats(x, 0, x.size, code, alpha, beta)
+
+
+@pytest.mark.parametrize("name,alpha,beta", [c for c in CODES if A.act_code(c[0]) in A.SIMPLE_ACTS],
+                         ids=lambda v: str(v))
+def test_act_floats_gives_the_bits_of_the_fused_gemm(name, alpha, beta):
+    """vec.act_floats is the GEMM epilogue's vector code run over memory: a layer gives the same floats whether
+    its activation runs in the microkernel or after it."""
+    code = A.act_code(name)
+    # A = identity (8 x 8), so the GEMM's outputs before the activation are B exactly (finite values, no -0:
+    # the zeros of the other rows would make inf and NaN lanes NaN and -0 lanes +0)
+    m = 8
+    b = (np.random.default_rng(2).standard_normal((m, 125)) * 5).astype(np.float32)
+    b[0, :6] = [90.0, -90.0, -3.0, 3.0, 6.0, 0.0]
+    fused = G.gemm(np.eye(m, dtype=np.float32), b, act=code, alpha=alpha, beta=beta)
+    after = b.reshape(-1).copy()
+    _act_floats(after, code, np.float32(alpha), np.float32(beta))
+    np.testing.assert_array_equal(fused.reshape(-1).view(np.int32), after.view(np.int32))
+    if code in VECTOR_ACTS:  # and act_run is act_floats for these
+        again = b.reshape(-1).copy()
+        act_run(again, 0, again.size, code, np.float32(alpha), np.float32(beta))
+        np.testing.assert_array_equal(again.view(np.int32), after.view(np.int32))
 
 
 def test_act_run_is_the_identity_for_no_activation():
