@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import FASTMATH
 from .elementwise import expm1_f32, sigmoid_f32, tanh_f32
+from .sigmoid_ir import swish_f32
 
 ACT_NONE = 0
 ACT_RELU = 1
@@ -116,7 +117,7 @@ def apply_act(v, code, alpha, beta):
     elif code == ACT_ELU:
         r = a * expm1_f32(v) if v < _F0 else v
     elif code == ACT_SWISH:
-        r = v * sigmoid_f32(a * v)
+        r = swish_f32(v, a)
     else:
         r = v
     return np.float32(r)

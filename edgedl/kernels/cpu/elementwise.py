@@ -49,6 +49,7 @@ from numba.extending import intrinsic
 
 from . import config as _config
 from .config import FASTMATH, num_threads
+from .sigmoid_ir import sigmoid_f32, swish_f32  # noqa: F401  (re-exported: act, recurrent, swiglu, act_grad)
 
 _NJIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 _NJIT_PAR = dict(_NJIT, parallel=True)
@@ -176,14 +177,6 @@ def tanh_f32(x):
     big = np.float32(1.0) - np.float32(2.0) / (exp_f32(z + z) + np.float32(1.0))
     big = -big if x < np.float32(0.0) else big
     return big if z > np.float32(0.625) else small
-
-
-@numba.njit(**_NJIT)
-def sigmoid_f32(x):
-    """1 / (1 + exp(-x)) computed from exp(-|x|), which never overflows."""
-    e = exp_f32(-np.abs(x))
-    r = np.float32(1.0) / (np.float32(1.0) + e)
-    return r if x >= np.float32(0.0) else e * r
 
 
 # Phi(-t) * exp(t * t / 2) / u with u = 1 / (1 + t / 4), t >= 0: a degree-9 polynomial in u in (0, 1] (weighted
@@ -437,7 +430,7 @@ def _un(op, v, alpha, beta):
     elif op == U_GELU_TANH:
         return gelu_tanh_f32(v)
     elif op == U_SWISH:
-        return v * sigmoid_f32(alpha * v)
+        return swish_f32(v, np.float32(alpha))
     elif op == U_SOFTPLUS:
         return softplus_f32(v)
     elif op == U_MISH:

@@ -6,8 +6,9 @@ Backward: with ``s = sigmoid(alpha * a)``::
     db = g * a * s
     da = g * b * (s + alpha * a * s * (1 - s))
 
-The sigmoid is :func:`edgedl.kernels.cpu.elementwise.sigmoid_f32` (from exp(-|z|): no overflow), the same one the
-Swish kernels use. Large arrays split into contiguous chunks run in parallel (see ``elementwise.num_chunks``).
+The sigmoid is :func:`edgedl.kernels.cpu.sigmoid_ir.sigmoid_f32` and the forward Swish gate
+:func:`~edgedl.kernels.cpu.sigmoid_ir.swish_f32`, the ones the Swish kernels use. Large arrays split into
+contiguous chunks run in parallel (see ``elementwise.num_chunks``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from numba import prange
 
 from .config import NJIT, NJIT_PARALLEL
 from .elementwise import num_chunks, sigmoid_f32
+from .sigmoid_ir import swish_f32
 
 
 @numba.njit(**NJIT)
@@ -27,7 +29,7 @@ def swiglu_range(a, b, y, alpha, start, stop):
     al = np.float32(alpha)
     for i in range(start, stop):
         v = a[i]
-        y[i] = v * sigmoid_f32(al * v) * b[i]
+        y[i] = swish_f32(v, al) * b[i]
 
 
 @numba.njit(**NJIT_PARALLEL)
@@ -37,7 +39,13 @@ def swiglu_parallel(a, b, y, alpha, nchunks):
         swiglu_range(a, b, y, alpha, k * n // nchunks, (k + 1) * n // nchunks)
 
 
-@numba.njit(**NJIT)
+#: the backward without ``reassoc``: with it LLVM re-associated ``s + alpha * a * s * (1 - s)`` around the
+#: sigmoid differently in the vectorized loop body and in its scalar remainder, so the bits depended on where
+#: a thread's chunk started (1 and 2 threads differed in the last bit)
+_NJIT_GRAD = dict(NJIT, fastmath={"contract", "arcp", "nsz"})
+
+
+@numba.njit(**_NJIT_GRAD)
 def swiglu_grad_range(a, b, g, da, db, alpha, want_a, want_b, start, stop):
     # a, b, g, da, db (n,) f32 (da / db unused when not wanted): the gradients for i in [start, stop)
     al = np.float32(alpha)
@@ -52,7 +60,7 @@ def swiglu_grad_range(a, b, g, da, db, alpha, want_a, want_b, start, stop):
             da[i] = gi * b[i] * (s + al * v * s * (one - s))
 
 
-@numba.njit(**NJIT_PARALLEL)
+@numba.njit(**dict(_NJIT_GRAD, parallel=True))
 def swiglu_grad_parallel(a, b, g, da, db, alpha, want_a, want_b, nchunks):
     n = g.shape[0]
     for k in prange(nchunks):

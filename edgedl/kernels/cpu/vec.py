@@ -49,6 +49,7 @@ from .act import (
     ACT_SWISH,
 )
 from .config import GEMM_TILE
+from .sigmoid_ir import emit_sigmoid, emit_swish, fmuladd
 
 #: rows of the register tile, floats per vector, vectors per tile row, k steps per unrolled iteration
 #: (per platform, see config.GEMM_TILE)
@@ -105,55 +106,6 @@ def _select_gt(builder, x, y, then_v, else_v):
     return builder.select(builder.fcmp_ordered(">", x, y), then_v, else_v)
 
 
-def _vec_intrinsic(builder, name, vecty):
-    """The unary LLVM intrinsic ``name`` (llvm.floor, llvm.fabs) on ``vecty``."""
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty]),
-                                          f"{name}.v{vecty.count}f32")
-
-
-def _fma(builder, a, b, c, vecty):
-    """a * b + c as ``llvm.fmuladd`` (one rounding where the FPU has FMA): the contraction Numba's fast-math
-    code makes of the same expression in :mod:`.act` and :mod:`.elementwise`, so both give the same bits."""
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vecty, [vecty, vecty, vecty]),
-                                        f"llvm.fmuladd.v{vecty.count}f32")
-    return builder.call(fn, [a, b, c])
-
-
-def _exp_neg_ir(builder, x, vecty):
-    """exp(x) for x <= 0 or NaN lanes (elementwise.exp_f32's range reduction and polynomial, step for step):
-    0 below -86.6; a NaN lane gives a finite value (callers select NaN lanes themselves). Separate multiplies
-    and adds, no fused multiply-adds: a fused Sigmoid or Swish then gives the bits of the element-wise Sigmoid
-    kernel (an optimized graph equals the unoptimized one, tests/unit/test_passes.py); fusing them here
-    changed those bits by an ulp and no timing measurably (YOLOv8n's SiLU layers, 33.2 against 33.0 ms)."""
-    lo = _vec_const(vecty, -86.6)
-    # NaN and x < lo lanes reduce lo instead: every lane's exponent stays in range (no poison from fptosi)
-    xc = builder.select(builder.fcmp_ordered(">=", x, lo), x, lo)
-    fx = builder.call(_vec_intrinsic(builder, "llvm.floor", vecty),
-                      [builder.fadd(builder.fmul(xc, _vec_const(vecty, 1.44269504088896341)),
-                                    _vec_const(vecty, 0.5))])
-    r = builder.fsub(builder.fsub(xc, builder.fmul(fx, _vec_const(vecty, 0.693359375))),
-                     builder.fmul(fx, _vec_const(vecty, -2.12194440e-4)))
-    z = builder.fmul(r, r)
-    p = _vec_const(vecty, 1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = builder.fadd(builder.fmul(p, r), _vec_const(vecty, c))
-    p = builder.fadd(builder.fadd(builder.fmul(p, z), r), _vec_const(vecty, 1.0))  # e**r
-    # p * 2**fx by adding fx to the exponent bits (fx in [-87, 0])
-    ity = ir.VectorType(_I32, vecty.count)
-    shift = builder.shl(builder.fptosi(fx, ity), ir.Constant(ity, [23] * vecty.count))
-    y = builder.bitcast(builder.add(builder.bitcast(p, ity), shift), vecty)
-    return _select_lt(builder, x, lo, _vec_const(vecty, 0.0), y)
-
-
-def _sigmoid_ir(builder, x, vecty):
-    """1 / (1 + exp(-x)) from exp(-|x|) (elementwise.sigmoid_f32); NaN lanes stay NaN."""
-    ax = builder.call(_vec_intrinsic(builder, "llvm.fabs", vecty), [x])
-    e = _exp_neg_ir(builder, builder.fsub(_vec_const(vecty, 0.0), ax), vecty)
-    r = builder.fdiv(_vec_const(vecty, 1.0), builder.fadd(_vec_const(vecty, 1.0), e))
-    y = builder.select(builder.fcmp_ordered(">=", x, _vec_const(vecty, 0.0)), r, builder.fmul(e, r))
-    return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
-
-
 def _act_ir(builder, code, x, va, vb, vecty):
     """IR for the in-register activation ``code`` on vector ``x`` (NaN-propagating, like act.apply_act)."""
     zero = _vec_const(vecty, 0.0)
@@ -168,18 +120,18 @@ def _act_ir(builder, code, x, va, vb, vecty):
     if code == ACT_LEAKY_RELU:
         return _select_lt(builder, x, zero, builder.fmul(x, va), x)
     if code == ACT_HARD_SWISH:
-        t = _fma(builder, x, _vec_const(vecty, 1.0 / 6.0), _vec_const(vecty, 0.5), vecty)
+        t = fmuladd(builder, x, _vec_const(vecty, 1.0 / 6.0), _vec_const(vecty, 0.5))
         t = _select_lt(builder, t, zero, zero, t)
         t = _select_gt(builder, t, one, one, t)
         return builder.fmul(x, t)
     if code == ACT_HARD_SIGMOID:
-        t = _fma(builder, x, va, vb, vecty)
+        t = fmuladd(builder, x, va, vb)
         t = _select_lt(builder, t, zero, zero, t)
         return _select_gt(builder, t, one, one, t)
     if code == ACT_SIGMOID:
-        return _sigmoid_ir(builder, x, vecty)
+        return emit_sigmoid(builder, x)
     if code == ACT_SWISH:
-        return builder.fmul(x, _sigmoid_ir(builder, builder.fmul(x, va), vecty))
+        return emit_swish(builder, x, va)
     raise AssertionError(code)
 
 
