@@ -66,3 +66,25 @@ def test_split_pairs_reads_and_writes_only_its_ranges():
         want_o[ooff:ooff + n] = src[soff + 1:soff + 2 * n:2]
         np.testing.assert_array_equal(even, want_e, err_msg=f"n {n}")
         np.testing.assert_array_equal(odd, want_o, err_msg=f"n {n}")
+
+
+def test_copy_floats_copies_exactly_its_range_at_every_length_and_offset():
+    """copy_floats runs whole vectors, the last one overlapping the one before, and a scalar loop below one
+    vector: every length from 0 to past three vectors at several offsets, nothing outside written."""
+    import numba
+
+    from edgedl.kernels.cpu.vec import copy_floats
+
+    @numba.njit
+    def copy(dst, doff, src, soff, n):
+        copy_floats(dst, doff, src, soff, n)
+
+    rng = np.random.default_rng(4)
+    for n in range(0, 30):
+        for doff, soff in ((0, 0), (1, 3), (7, 0), (5, 9)):
+            src = rng.standard_normal(n + 10).astype(np.float32)
+            dst = np.full(n + 20, 7.0, np.float32)
+            copy(dst, doff, src, soff, n)
+            want = np.full_like(dst, 7.0)
+            want[doff:doff + n] = src[soff:soff + n]
+            np.testing.assert_array_equal(dst, want, err_msg=f"n {n} offsets {doff, soff}")
