@@ -20,8 +20,8 @@ Swish / SiLU (:func:`emit_swish`) is ``x / (1 + exp(-alpha * x))``, not ``x * si
 rounding fewer, and inside a fast-math loop LLVM rewrites ``x * (1 / d)`` into ``x / d`` anyway, so only
 the division form gives the same bits in the loops and in the epilogue.
 
-Against the previous form (exp of -|x|, then a select on the sign, separate multiplies and adds) this is
-about 25 instead of 41 vector instructions per 8 floats.
+Against the previous form (exp of -|x|, then a select on the sign, separate multiplies and adds) this is 27
+LLVM IR instructions per vector for Sigmoid instead of 39, 26 for Swish instead of 41.
 
 :data:`sigmoid_f32` / :data:`swish_f32` are the scalar functions for ``@njit`` code (loops calling it vectorize: every instruction
 has a vector form); :func:`emit_sigmoid` / :func:`emit_swish` the same code for any ``float`` or ``<N x float>`` type, used by
