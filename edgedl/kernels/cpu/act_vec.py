@@ -9,8 +9,9 @@ module because :mod:`.vec` imports :mod:`.act`.
 Measured on Zen 3 (51,200 floats in place, ns per float, the element loops -> act_floats): Relu 0.48 -> 0.09 and
 LeakyRelu 0.50 -> 0.10 (LLVM had made their loops masked stores), Clip, HardSwish, HardSigmoid 0.07-0.12 either
 way, all with the same bits (and the bits of the GEMM's fused epilogue). Sigmoid and Swish stay on the loops:
-act_floats ran them at 0.92 and 1.01 against the loops' 0.64 and 0.79 (its exp is written without fused
-multiply-adds, to keep a fused Sigmoid's bits equal to the element-wise Sigmoid kernel's).
+act_floats ran them at 0.92 and 1.01 against the loops' 0.64 and 0.79 with the exp the epilogue had then (no
+fused multiply-adds); both now emit :mod:`.sigmoid_ir`'s code, the same bits either way, and were not
+measured again.
 """
 from __future__ import annotations
 

@@ -12,9 +12,8 @@
 Tails: above x = 86.6 the sum ``1 + exp(-x)`` is 1 (exp clamped at 2.6e-38: the float result is exactly 1,
 as it is from x = 17 on); below x = -88 it is +inf, so sigmoid gives 0 (exact: below 6e-39, a denormal) and
 ``x / (1 + exp(-x))`` gives -0 for finite x (the exact value is below 5e-37 in magnitude) and NaN for -inf
-(numpy's ``-inf * 0``). Elsewhere the result is
-within 2.5 ulp of the exact sigmoid, relative (no ``0.5 + 0.5 * tanh(x / 2)`` cancellation in the tail). A NaN
-x gives NaN.
+(numpy's ``-inf * 0``). Elsewhere the result is within 2.5 ulp of the exact sigmoid, relative (no
+``0.5 + 0.5 * tanh(x / 2)`` cancellation in the tail). A NaN x gives NaN.
 
 Swish / SiLU (:func:`emit_swish`) is ``x / (1 + exp(-alpha * x))``, not ``x * sigmoid(alpha * x)``: one
 rounding fewer, and inside a fast-math loop LLVM rewrites ``x * (1 / d)`` into ``x / d`` anyway, so only
@@ -23,9 +22,9 @@ the division form gives the same bits in the loops and in the epilogue.
 Against the previous form (exp of -|x|, then a select on the sign, separate multiplies and adds) this is 27
 LLVM IR instructions per vector for Sigmoid instead of 39, 26 for Swish instead of 41.
 
-:data:`sigmoid_f32` / :data:`swish_f32` are the scalar functions for ``@njit`` code (loops calling it vectorize: every instruction
-has a vector form); :func:`emit_sigmoid` / :func:`emit_swish` the same code for any ``float`` or ``<N x float>`` type, used by
-the GEMM microkernel (:mod:`.vec`). Both emit the same instructions without fast-math flags, so the fused
+:data:`sigmoid_f32` / :data:`swish_f32` are the scalar functions for ``@njit`` code (loops calling them
+vectorize: every instruction has a vector form); :func:`emit_sigmoid` / :func:`emit_swish` the same code for
+any ``float`` or ``<N x float>`` type, used by the GEMM microkernel (:mod:`.vec`). Both emit the same instructions without fast-math flags, so the fused
 epilogue and the element-wise Sigmoid kernel give the same bits (an optimized graph equals the unoptimized
 one, tests/unit/test_passes.py).
 """
@@ -38,7 +37,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_F32 = ir.FloatType()
 _I32 = ir.IntType(32)
 
 #: exp's argument range: n = rint(t * log2 e) stays in [-125, 127]

@@ -688,32 +688,16 @@ def _emit_overlap_loop(builder, n, vw, full, scalar):
     index)`` per item. No masked stores: AVX2's ``vmaskmovps`` store is microcoded on AMD Zen and NEON has
     none (LLVM stores lane by lane). Only for bodies that may write an item twice with the same value:
     copies between ranges that do not overlap."""
-    fn = builder.function
-    bb_pre = builder.block
-    bb_loop = fn.append_basic_block("ovl.loop")
-    bb_last = fn.append_basic_block("ovl.last")
-    bb_small = fn.append_basic_block("ovl.small")
-    bb_exit = fn.append_basic_block("ovl.exit")
     vwc = _const_i64(vw)
-    nfull = builder.sdiv(n, vwc)
-    builder.cbranch(builder.icmp_signed(">", nfull, _const_i64(0)), bb_loop, bb_small)
-    builder.position_at_end(bb_loop)
-    i = builder.phi(_I64)
-    full(builder, builder.mul(i, vwc))
-    i_next = builder.add(i, _const_i64(1))
-    bb_loop_end = builder.block
-    builder.cbranch(builder.icmp_signed("<", i_next, nfull), bb_loop, bb_last)
-    i.add_incoming(_const_i64(0), bb_pre)
-    i.add_incoming(i_next, bb_loop_end)
-    builder.position_at_end(bb_last)
-    with builder.if_then(builder.icmp_signed(">", builder.sub(n, builder.mul(nfull, vwc)), _const_i64(0))):
-        full(builder, builder.sub(n, vwc))
-    builder.branch(bb_exit)
-    builder.position_at_end(bb_small)
-    with cgutils.for_range(builder, n) as loop:
-        scalar(builder, loop.index)
-    builder.branch(bb_exit)
-    builder.position_at_end(bb_exit)
+    with builder.if_else(builder.icmp_signed(">=", n, vwc)) as (whole, short):
+        with whole:
+            with cgutils.for_range(builder, builder.sdiv(n, vwc)) as loop:
+                full(builder, builder.mul(loop.index, vwc))
+            with builder.if_then(builder.icmp_signed("!=", builder.srem(n, vwc), _const_i64(0))):
+                full(builder, builder.sub(n, vwc))
+        with short:
+            with cgutils.for_range(builder, n) as loop:
+                scalar(builder, loop.index)
 
 
 def _make_dw_rows(kk, stride, nrows, vw=VW):
